@@ -1,0 +1,71 @@
+"""The dataset object every reader returns and every benchmark consumes.
+
+A retrieval dataset is a database (ids, image paths, optional labels), a set of queries (ids, paths,
+optional boxes to crop) and ground truth per query: the relevant database ids, ids to ignore (junk),
+and optionally the GLDv2 ``Usage`` (Public / Private / Ignored). Training images, when the dataset has
+them, ride along in the same object.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+
+@dataclass
+class QueryTruth:
+    """Ground truth for one query. ``positives`` count as relevant, ``junk`` are removed from the
+    ranking before scoring (Oxford protocol), ``usage`` is GLDv2's Public / Private / Ignored."""
+
+    positives: Set[str] = field(default_factory=set)
+    junk: Set[str] = field(default_factory=set)
+    usage: Optional[str] = None
+    # revisited Oxford/Paris (Easy / Medium / Hard) lists, when the dataset has them
+    easy: Optional[Set[str]] = None
+    hard: Optional[Set[str]] = None
+
+
+@dataclass
+class RetrievalDataset:
+    name: str
+    root: Path
+    db_ids: List[str]
+    db_paths: List[Path]
+    query_ids: List[str]
+    query_paths: List[Path]
+    ground_truth: Dict[str, QueryTruth]
+    db_labels: Optional[List[str]] = None
+    query_labels: Optional[List[str]] = None
+    # (x1, y1, x2, y2) in pixels of the image file as stored, or None for the whole image
+    query_boxes: Optional[List[Optional[Tuple[float, float, float, float]]]] = None
+    train_ids: Optional[List[str]] = None
+    train_paths: Optional[List[Path]] = None
+    train_labels: Optional[List[str]] = None
+    # files skipped because they could not be read (when a reader collects instead of raising)
+    bad_files: List[Tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.db_ids) != len(self.db_paths):
+            raise ValueError(f"dataset {self.name!r}: {len(self.db_ids)} database ids but "
+                             f"{len(self.db_paths)} paths")
+        if len(self.query_ids) != len(self.query_paths):
+            raise ValueError(f"dataset {self.name!r}: {len(self.query_ids)} query ids but "
+                             f"{len(self.query_paths)} paths")
+
+    def solution(self, usage: Optional[Sequence[str]] = None) -> Dict[str, Set[str]]:
+        """``{query_id: relevant db ids}`` as the metrics take it; ``usage`` keeps only queries whose
+        Usage is in that list (e.g. ``["Public"]``). Queries marked Ignored are always left out."""
+        out = {}
+        for qid in self.query_ids:
+            truth = self.ground_truth.get(qid)
+            if truth is None or truth.usage == "Ignored":
+                continue
+            if usage is not None and truth.usage not in usage:
+                continue
+            out[qid] = set(truth.positives)
+        return out
+
+    def summary(self) -> str:
+        n_train = len(self.train_ids) if self.train_ids else 0
+        return (f"{self.name}: {len(self.db_ids)} database images, {len(self.query_ids)} queries, "
+                f"{n_train} training images, {len(self.bad_files)} unreadable files skipped")
