@@ -1,1 +1,18 @@
-"""retrieval"""
+"""hybrid-retrieval: instance-level image retrieval with one ranking and evaluation interface.
+
+``from retrieval import Index, Ranking`` is the ranking stage (:mod:`retrieval.index`); the import
+is lazy, so ``import retrieval`` stays light (no torch or faiss until an index is used).
+"""
+from typing import TYPE_CHECKING
+
+__all__ = ["Index", "Ranking"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .index import Index, Ranking
+
+
+def __getattr__(name):
+    if name in ("Index", "Ranking"):
+        from . import index
+        return getattr(index, name)
+    raise AttributeError(f"module 'retrieval' has no attribute {name!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 
 @dataclass
@@ -43,6 +43,11 @@ class RetrievalDataset:
     train_labels: Optional[List[str]] = None
     # files skipped because they could not be read (when a reader collects instead of raising)
     bad_files: List[Tuple[str, str]] = field(default_factory=list)
+    # extra per-image columns (e.g. COIL's azimuth_deg), each a list aligned with db_ids / query_ids
+    db_metadata: Dict[str, List[Any]] = field(default_factory=dict)
+    query_metadata: Dict[str, List[Any]] = field(default_factory=dict)
+    # dataset-level facts a reader wants to keep (scale used for boxes, protocol, source split ...)
+    metadata: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.db_ids) != len(self.db_paths):
@@ -51,6 +56,17 @@ class RetrievalDataset:
         if len(self.query_ids) != len(self.query_paths):
             raise ValueError(f"dataset {self.name!r}: {len(self.query_ids)} query ids but "
                              f"{len(self.query_paths)} paths")
+        for label, values, n in (("db_labels", self.db_labels, len(self.db_ids)),
+                                 ("query_labels", self.query_labels, len(self.query_ids)),
+                                 ("query_boxes", self.query_boxes, len(self.query_ids))):
+            if values is not None and len(values) != n:
+                raise ValueError(f"dataset {self.name!r}: {label} has {len(values)} entries for {n} ids")
+        for label, columns, n in (("db_metadata", self.db_metadata, len(self.db_ids)),
+                                  ("query_metadata", self.query_metadata, len(self.query_ids))):
+            for column, values in columns.items():
+                if len(values) != n:
+                    raise ValueError(f"dataset {self.name!r}: {label}[{column!r}] has {len(values)} "
+                                     f"entries for {n} ids")
 
     def solution(self, usage: Optional[Sequence[str]] = None) -> Dict[str, Set[str]]:
         """``{query_id: relevant db ids}`` as the metrics take it; ``usage`` keeps only queries whose

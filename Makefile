@@ -1,0 +1,30 @@
+# The whole set-up on a fresh machine is `make bench` (the main job) or `make test` (the test suite):
+# each creates the virtual environment first if it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+DATA ?= ../shared/data
+OUT ?= results/e1_e7
+PY := $(VENV)/bin/python
+# torch==2.13.0 (the CPU wheel) is pinned here, not in setup.cfg, so users elsewhere keep their own torch.
+PIP_INSTALL := $(VENV)/bin/pip install --quiet -c constraints.txt
+
+.PHONY: install test bench bench-quick clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) -e '.[dev,faiss,onnx]'
+	touch $@
+
+test: install
+	$(VENV)/bin/pytest -q
+
+bench: install
+	RETRIEVAL_DATA=$(DATA) $(PY) benchmarks/e1_e7.py --data $(DATA) --out $(OUT)
+
+bench-quick: install
+	RETRIEVAL_DATA=$(DATA) $(PY) benchmarks/e1_e7.py --data $(DATA) --out results/e1_e7_quick --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,400 @@
+"""Multi-view instance retrieval on COIL-100: teacher, MV-AlexNet and distilled MV-AlexNet.
+
+One command does everything (``python benchmarks/multiview.py``; ``--quick`` runs the same path on 8 + 8
+objects in about a minute):
+
+1. Read COIL-100 (``--data``/coil100), decode every image once at 128 px (cached as .npy under ``--cache``).
+2. Teacher: EfficientNet-Lite0 (ImageNet weights, GeM) fine-tuned on the seen instances DS (objects 1-50,
+   all their views) with the metric-learning code of ``retrieval.training`` (``train_siamese``,
+   configuration ``coil-e3``: contrastive loss, P x K batches, the last 6 blocks trained). Its view
+   pooling is at the embedding level (mean of the views' unit descriptors, L2), so its per-view
+   embeddings of every image are computed once and cached.
+3. MV-AlexNet: AlexNet-style trunk (random init; no offline ImageNet AlexNet weights exist) + max view
+   pooling of conv5 maps + GeM + linear -> 256-d, trained on DS view sets with the triplet loss.
+4. Distilled MV-AlexNet: starts from the trained MV-AlexNet, trained on DS to match the teacher
+   (similarity-KL relation distillation + feature matching through a learned projection + the triplet
+   loss; ``retrieval.training.distill``), from the cached teacher embeddings.
+5. Evaluation (``retrieval.datasets.viewsets``): DS and DU (objects 51-100), each object's 72 views cut
+   into 6 sets of 12 consecutive azimuths; every set is a query in turn with ``test_views`` seeded views,
+   against the database of all the other sets of the split, each pooled from all its views (up to 12).
+   Relevant = same object. Metrics: top-1/top-10 accuracy, mAP@100 (GLDv2), nDCG@100, ANMRR.
+   DS queries are views the models were trained on (seen-instance retrieval); DU is generalisation.
+6. Parameters and images per second (CPU, batch inference, eager torch, one process: ratios hold).
+
+Outputs in ``--out``: results.json, results.md (tables), map_vs_views.png. Every trained model and the
+teacher embeddings are cached under ``--cache``, so a rerun resumes (an interrupted training continues
+from its last checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from features.alexnet import AlexNetConfig, count_parameters, normalise  # noqa: E402
+from features.efficientnet import EfficientNetGlobal, preprocess as lite_preprocess  # noqa: E402
+from features.multiview import pool_view_embeddings  # noqa: E402
+from retrieval import metrics  # noqa: E402
+from retrieval.datasets.viewsets import (COIL100_SEEN, COIL100_UNSEEN, ViewCatalog,  # noqa: E402
+                                         make_benchmark, read_view_catalog, split_view_sets)
+from retrieval.paths import data_root  # noqa: E402
+from retrieval.report import StageTimer, markdown_table, peak_rss_mb, write_results  # noqa: E402
+from retrieval.training.augment import AugmentConfig, square_resize, uint8_to_float  # noqa: E402
+from retrieval.training.checkpoint import atomic_write_text  # noqa: E402
+from retrieval.training.config import get_config  # noqa: E402
+from retrieval.training.data import decode_images  # noqa: E402
+from retrieval.training.distill import (DistillConfig, compute_teacher_embeddings,  # noqa: E402
+                                        distill_mv_alexnet)
+from retrieval.training.embedding import load_trained_efficientnet, read_trained_config  # noqa: E402
+from retrieval.training.loop import LoopConfig  # noqa: E402
+from retrieval.training.multiview import MultiViewTrainConfig, load_mv_alexnet, train_mv_alexnet  # noqa: E402
+from retrieval.training.siamese import train_siamese  # noqa: E402
+
+MODELS = ("teacher", "mv-alexnet", "mv-alexnet-distilled")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="data folder holding coil100/ (default: retrieval.paths.data_root())")
+    p.add_argument("--out", default="results/multiview", help="results folder")
+    p.add_argument("--cache", default="cache/multiview", help="cache folder (images, models, embeddings)")
+    p.add_argument("--quick", action="store_true", help="same path, 8 + 8 objects, a few steps")
+    p.add_argument("--test-views", type=int, nargs="+", default=[1, 3, 6, 12])
+    p.add_argument("--n-sets", type=int, default=6, help="view sets per object (72 / 6 = 12 views each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=128, help="network input side for all models")
+    p.add_argument("--teacher-epochs", type=int, default=1)
+    p.add_argument("--student-epochs", type=int, default=4)
+    p.add_argument("--distill-epochs", type=int, default=4)
+    p.add_argument("--student-width", default="alexnet", choices=["alexnet", "alexnet-half"])
+    p.add_argument("--relation", default="kl", choices=["kl", "rkd"])
+    p.add_argument("--temperature", type=float, default=0.1)
+    p.add_argument("--feature-weight", type=float, default=1.0, help="feature matching (0: off)")
+    p.add_argument("--metric-weight", type=float, default=1.0, help="triplet loss during distillation")
+    p.add_argument("--teacher-embeddings", default=None,
+                   help="use another teacher: a global-feature file (features.store.save_global) of per-image "
+                        "embeddings with ids = COIL file names (e.g. obj1__0.png), made by any extractor such "
+                        "as CLIP; the fine-tuned EfficientNet-Lite0 is then not trained")
+    p.add_argument("--speed-images", type=int, default=256, help="images timed per model")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def load_image_cache(catalog: ViewCatalog, cache: Path) -> np.ndarray:
+    """All catalog images as one uint8 (N, 128, 128, 3) array, decoded once and kept as .npy; the
+    sidecar lists the files so another selection is never mixed up with it."""
+    listing = [str(p) for p in catalog.paths]
+    key = {"files": listing}
+    npy, meta = cache / "images.npy", cache / "images.json"
+    if npy.is_file() and meta.is_file():
+        try:
+            if json.loads(meta.read_text()) == key:
+                arr = np.load(npy, mmap_mode=None, allow_pickle=False)
+                if arr.shape[0] == len(listing):
+                    return arr
+        except (ValueError, OSError):
+            pass  # damaged cache: decode again
+    images, bad = decode_images(catalog.paths, None, n_jobs=2, progress=True, desc="decode COIL-100")
+    if bad:
+        raise SystemExit(f"unreadable images, e.g. {bad[0][0]}: {bad[0][1]}")
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise SystemExit(f"COIL-100 images of several sizes {sorted(shapes)[:3]}: expected 128x128")
+    arr = np.stack(images)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".images.{os.getpid()}.npy"
+    np.save(tmp, arr, allow_pickle=False)
+    os.replace(tmp, npy)
+    atomic_write_text(meta, json.dumps(key))
+    return arr
+
+
+def to_input(images_uint8: np.ndarray, size: int, model: str) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> normalised network input at ``size`` px for 'lite0' or 'alexnet'."""
+    if model == "lite0":
+        x = lite_preprocess(images_uint8, "lite0")
+        return square_resize(x, size) if x.shape[-1] != size else x
+    x = square_resize(uint8_to_float(torch.from_numpy(np.ascontiguousarray(images_uint8))), size)
+    return normalise(x)
+
+
+# --------------------------------------------------------------------------------------------- models
+
+def external_teacher_embeddings(path: Path, names: Sequence[str]):
+    """The teacher hook for any extractor (e.g. CLIP's image tower, its global/class embedding): per-image
+    embeddings from a global-feature file whose ids are the COIL file names; rows are L2-normalised."""
+    from features.store import load_global
+
+    ids, vectors, config = load_global(path)
+    row = {i: n for n, i in enumerate(ids)}
+    missing = [n for n in names if n not in row]
+    if missing:
+        raise SystemExit(f"{path}: no embedding for {len(missing)} images, e.g. {missing[0]}")
+    emb = vectors[[row[n] for n in names]]
+    if emb.ndim != 2 or not np.isfinite(emb).all():
+        raise SystemExit(f"{path}: embeddings must be finite (N, D) rows")
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return emb.astype(np.float32), {"external": str(path), "config": config, "dim": int(emb.shape[1])}
+
+
+def teacher_config(args, quick: bool):
+    over = {"loop.epochs": args.teacher_epochs, "image_size": args.image_size, "loop.seed": args.seed,
+            "loop.device": "cpu"}
+    if quick:
+        over.update({"P": 4, "K": 4, "loop.max_steps_per_epoch": 3})
+    cfg = get_config("coil-e3", **over)
+    cfg.name = "coil-mv-teacher"
+    return cfg
+
+
+def student_config(args, quick: bool, name: str, epochs: int, lr: float, bn: str) -> MultiViewTrainConfig:
+    loop = LoopConfig(epochs=epochs, lr=lr, optimizer="adamw", weight_decay=1e-4, schedule="cosine",
+                      warmup_steps=0 if quick else 20, seed=args.seed, device="cpu", checkpoint_every=50,
+                      max_steps_per_epoch=3 if quick else 0)
+    return MultiViewTrainConfig(
+        name=name, model=AlexNetConfig.named(args.student_width), image_size=args.image_size,
+        P=4 if quick else 16, K=4, views=(1, 2, 3), loss="triplet", margin=0.2, mining="batch_hard",
+        bn=bn, loop=loop)
+
+
+class Teacher:
+    """The fine-tuned EfficientNet-Lite0 as an embedding callable (uint8 -> (N, D) unit rows)."""
+
+    def __init__(self, model: EfficientNetGlobal, size: int):
+        self.model, self.size = model.eval(), size
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.model(to_input(images, self.size, "lite0")).numpy()
+
+
+@torch.inference_mode()
+def student_view_features(model, images: np.ndarray, size: int, batch: int = 128) -> torch.Tensor:
+    """Per-view features at MV-AlexNet's pooling level (conv5 maps) for every image."""
+    out = [model.view_features(to_input(images[i:i + batch], size, "alexnet"))
+           for i in range(0, len(images), batch)]
+    return torch.cat(out)
+
+
+def throughput(fn: Callable[[np.ndarray], object], images: np.ndarray, batch: int = 64, repeats: int = 3) -> float:
+    """Images per second of ``fn`` on batches of ``batch`` (best of ``repeats`` passes, after a warm-up),
+    preprocessing included."""
+    fn(images[:batch])
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, len(images), batch):
+            fn(images[i:i + batch])
+        best = min(best, time.perf_counter() - start)
+    return len(images) / best
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+def evaluate(name: str, describe: Callable[[List[np.ndarray]], np.ndarray], sets_by_split: Dict[str, list],
+             test_views: Sequence[int], seed: int) -> List[dict]:
+    rows = []
+    for split, sets in sets_by_split.items():
+        db_desc = None
+        for k in test_views:
+            bench = make_benchmark(sets, k, seed=seed, name=f"{split} k={k}")
+            if db_desc is None:
+                db_desc = describe(bench.db_views)  # the database does not depend on k
+            predictions = bench.rank(describe(bench.query_views), db_desc, k=100)
+            sol = bench.solution
+            rows.append({"model": name, "split": split, "test_views": k, "queries": len(sol),
+                         "db_sets": len(bench.db_ids),
+                         "top1": metrics.top_k_accuracy(predictions, sol, 1),
+                         "top10": metrics.top_k_accuracy(predictions, sol, 10),
+                         "mAP@100": metrics.map_at_k(predictions, sol, 100),
+                         "nDCG@100": metrics.ndcg_at_k(predictions, sol, 100),
+                         "ANMRR": metrics.anmrr(predictions, sol)})
+    return rows
+
+
+def plot_sweep(rows: List[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = sorted({r["split"] for r in rows})
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        for model, marker in zip(MODELS, "os^"):
+            pts = sorted((r["test_views"], r["mAP@100"]) for r in rows if r["model"] == model and r["split"] == split)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=model)
+        ax.set_xscale("log", base=2)
+        ticks = sorted({r["test_views"] for r in rows})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.set_xlabel("test views per query set")
+        ax.set_ylabel("mAP@100")
+        ax.set_title(f"COIL-100 {split}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    root = data_root(args.data) / "coil100"
+    out = Path(args.out) / ("quick" if args.quick else "")
+    cache = Path(args.cache) / ("quick" if args.quick else "full")
+    out.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    timer = StageTimer()
+
+    catalog = read_view_catalog(root)
+    seen = COIL100_SEEN[:8] if args.quick else COIL100_SEEN
+    unseen = COIL100_UNSEEN[:8] if args.quick else COIL100_UNSEEN
+    catalog = catalog.subset(catalog.rows_of(list(seen) + list(unseen)))
+    with timer("decode"):
+        images = load_image_cache(catalog, cache)
+    sets_ds = split_view_sets(catalog, seen, n_sets=args.n_sets)
+    sets_du = split_view_sets(catalog, unseen, n_sets=args.n_sets)
+    train_rows = catalog.rows_of(seen)
+    # training: every view of DS; set code = the evaluation's view set, so training sets of V views are
+    # consecutive azimuths like the evaluation's
+    set_code = np.full(len(catalog), -1, dtype=np.int64)
+    for code, s in enumerate(sets_ds + sets_du):
+        set_code[s.views] = code
+    train_images = images[train_rows]
+    train_labels = catalog.object_ids[train_rows]
+    train_sets = set_code[train_rows]
+    print(f"{len(catalog)} images; DS {len(seen)} objects / {len(sets_ds)} sets; "
+          f"DU {len(unseen)} objects / {len(sets_du)} sets; training on {len(train_rows)} DS views")
+
+    # -- teacher: fine-tune, then embed every image once (or take a user's embeddings)
+    names = [p.name for p in catalog.paths]
+    teacher_model = teacher = None
+    if args.teacher_embeddings:
+        teacher_emb, emb_config = external_teacher_embeddings(Path(args.teacher_embeddings), names)
+    else:
+        tcfg = teacher_config(args, args.quick)
+        with timer("train teacher"):
+            teacher_path = train_siamese(tcfg, [catalog.paths[i] for i in train_rows],
+                                         [str(o) for o in train_labels], cache / "teacher")
+        teacher_model = load_trained_efficientnet(teacher_path)
+        teacher = Teacher(teacher_model, args.image_size)
+        tconf = read_trained_config(teacher_path)
+        emb_config = {"teacher": {k: tconf.get(k) for k in ("train_config", "data", "init")},
+                      "image_size": args.image_size}
+        with timer("teacher embeddings"):
+            teacher_emb = compute_teacher_embeddings(
+                teacher, images, names, cache_path=cache / "teacher_embeddings.h5", config=emb_config,
+                batch_size=128)
+
+    # -- MV-AlexNet from scratch, then distilled from the teacher
+    scfg = student_config(args, args.quick, "mv-alexnet", args.student_epochs, 1e-3, "train")
+    with timer("train mv-alexnet"):
+        student_path, _ = train_mv_alexnet(train_images, train_labels, train_sets, cache / "mv_alexnet", scfg)
+    dcfg = student_config(args, args.quick, "mv-alexnet-distilled", args.distill_epochs, 5e-4, "train")
+    dist = DistillConfig(relation=args.relation, temperature=args.temperature,
+                         feature_weight=args.feature_weight, feature_kind="cosine",
+                         metric_weight=args.metric_weight, metric_loss="triplet", metric_margin=0.2)
+    with timer("distill"):
+        distilled_path, _ = distill_mv_alexnet(
+            student_path, train_images, train_labels, train_sets, teacher_emb[train_rows],
+            cache / ("mv_alexnet_distilled" if teacher is not None else "mv_alexnet_distilled_external"),
+            dcfg, dist, teacher_view_pooling="mean",
+            teacher_info=emb_config)
+    mv_alexnet, _ = load_mv_alexnet(student_path)
+    distilled, _ = load_mv_alexnet(distilled_path)
+
+    # -- evaluation
+    sets_by_split = {"DS": sets_ds, "DU": sets_du}
+    rows: List[dict] = []
+    with timer("evaluate"):
+        rows += evaluate("teacher", lambda views: pool_view_embeddings(teacher_emb, views, "mean"),
+                         sets_by_split, args.test_views, args.seed)
+        for name, model in (("mv-alexnet", mv_alexnet), ("mv-alexnet-distilled", distilled)):
+            feats = student_view_features(model, images, args.image_size)
+            with torch.inference_mode():
+                rows += evaluate(name, lambda views, m=model, f=feats: m.describe_sets(f, views).numpy(),
+                                 sets_by_split, args.test_views, args.seed)
+            del feats
+
+    # -- size and speed (same process, same batches: the ratios are what to read)
+    speed_images = images[: args.speed_images]
+    info = {}
+    with timer("speed"):
+        info["teacher"] = {"params": float("nan"), "img_per_s": float("nan")}
+        if teacher_model is not None:
+            # the ImageNet classifier (_fc) is not part of the descriptor network
+            fc = getattr(teacher_model.net, "_fc", None)
+            info["teacher"] = {"params": count_parameters(teacher_model) - (count_parameters(fc) if fc else 0),
+                               "img_per_s": throughput(teacher, speed_images)}
+        for name, model in (("mv-alexnet", mv_alexnet), ("mv-alexnet-distilled", distilled)):
+            def run(batch, m=model):
+                with torch.inference_mode():
+                    return m(to_input(batch, args.image_size, "alexnet").unsqueeze(1))
+            info[name] = {"params": count_parameters(model), "img_per_s": throughput(run, speed_images)}
+    for r in rows:
+        r.update(info[r["model"]])
+
+    # -- report
+    def pick(model, split, k):
+        return next(r for r in rows if r["model"] == model and r["split"] == split and r["test_views"] == k)
+
+    summary = {}
+    for k in args.test_views:
+        t, s, d = (pick(m, "DU", k)["mAP@100"] for m in MODELS)
+        summary[f"DU_gap_closed_k{k}"] = (d - s) / (t - s) if t != s else float("nan")
+    summary["speedup_distilled_vs_teacher"] = info["mv-alexnet-distilled"]["img_per_s"] / info["teacher"]["img_per_s"]
+    for m in MODELS:
+        summary[f"{m}_views12_beats_views1"] = all(
+            pick(m, sp, max(args.test_views))["mAP@100"] > pick(m, sp, min(args.test_views))["mAP@100"]
+            for sp in ("DS", "DU"))
+    summary["seconds"] = dict(timer.seconds)
+    summary["peak_rss_mb"] = peak_rss_mb()
+    columns = ["model", "split", "test_views", "top1", "top10", "mAP@100", "nDCG@100", "ANMRR", "params",
+               "img_per_s"]
+    headline = [r for r in rows if r["test_views"] in (1, 3)]
+    table = write_results(rows, out, columns=columns, title="COIL-100 multi-view retrieval (all test_views)",
+                          extra={"summary": summary, "args": vars(args),
+                                 "protocol": {"n_sets": args.n_sets, "db_views": "all views of the set",
+                                              "queries": "every set (leave-one-set-out)", "seed": args.seed}})
+    sweep = []
+    for m in MODELS:
+        for sp in ("DS", "DU"):
+            row = {"model": m, "split": sp}
+            row.update({f"k={k}": pick(m, sp, k)["mAP@100"] for k in args.test_views})
+            sweep.append(row)
+    plot = plot_sweep(rows, out / "map_vs_views.png")
+    text = ["## COIL-100 multi-view retrieval: test_views 1 and 3", "",
+            markdown_table(headline, columns), "",
+            "## mAP@100 against test_views", "", markdown_table(sweep), "",
+            "## Summary", "", "```", json.dumps(summary, indent=1), "```", "",
+            "## All rows", "", table, ""]
+    (out / "results.md").write_text("\n".join(text))
+    print("\n".join(text[:6]))
+    print(markdown_table(sweep))
+    print(json.dumps(summary, indent=1))
+    print(f"results: {out / 'results.json'}, {out / 'results.md'}, {plot}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

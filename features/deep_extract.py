@@ -1,0 +1,177 @@
+"""Dataset-scale deep extraction: parallel decoding, batched inference, resumable feature files.
+
+* :func:`extract_global`: global descriptors of every image into a global feature file
+  (:class:`features.store.GlobalFeatureWriter`; ids + (N, D) float32 + the extractor's configuration).
+* :func:`extract_patches`: patch tokens of every image into a :class:`features.store.LocalFeatureStore`
+  (keypoints at feature-map cell centres), like any local features.
+
+Pipeline: worker threads (joblib, ``n_jobs``) read, decode, crop and resize images ahead of the
+network (Pillow and OpenCV release the GIL, so decoding overlaps inference); the main thread groups the
+prepared images by size, since images whose aspect ratio is kept cannot be stacked otherwise, and runs
+the network on full batches of one size (``batch_size``); at the end each partial group runs as it
+is (a batch of one is a plain per-image forward, no padding). ``benchmarks/deep_speed.py`` compares
+this with per-image processing.
+
+Resuming: finished batches are written as they are produced; a rerun skips ids already in the file
+and computes only the rest. A file made with another configuration is refused. An unreadable image
+raises :class:`features.extract.ExtractionError` naming the file after every image decoded before it
+has been computed and written (``on_error="skip"`` lists it in the result and goes on).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
+
+from retrieval.imageio import ImageLoadError, load_image
+
+from .extract import ExtractionError, ExtractionResult
+from .store import GlobalFeatureWriter, LocalFeatureStore
+
+PathLike = Union[str, os.PathLike]
+Box = Tuple[float, float, float, float]
+
+__all__ = ["extract_global", "extract_patches", "patch_config", "ExtractionError", "ExtractionResult"]
+
+
+def _prepare_one(extractor, image_id: str, path: str, box: Optional[Box]):
+    """Worker: (id, prepared uint8 image, (h, w) of the cropped input, error). Never raises."""
+    try:
+        image = load_image(path)
+        if box is not None:
+            from retrieval.datasets.oxford import crop_query
+
+            image = crop_query(image, box)
+        return image_id, extractor.prepare(image), image.shape[:2], None
+    except ImageLoadError as exc:
+        return image_id, None, None, exc.reason
+    except Exception as exc:  # a bad box, an OpenCV error: reported with the file's name
+        return image_id, None, None, f"{type(exc).__name__}: {exc}"
+
+
+def _check_inputs(ids, paths, boxes):
+    ids = [str(i) for i in ids]
+    paths = [str(p) for p in paths]
+    if len(ids) != len(paths):
+        raise ValueError(f"{len(ids)} image ids but {len(paths)} paths")
+    if boxes is not None and len(boxes) != len(ids):
+        raise ValueError(f"{len(boxes)} boxes for {len(ids)} images")
+    if len(set(ids)) != len(ids):
+        raise ValueError("image ids must be unique")
+    return ids, paths
+
+
+def _run(extractor, ids: List[str], paths: List[str], todo: List[int], boxes, batch_size: int, n_jobs: int,
+         on_error: str, consume, result: ExtractionResult, desc: str, progress: bool) -> None:
+    """Decode ``todo`` in worker threads, group by prepared size, call ``consume(ids, prepared,
+    input_sizes)`` per batch; errors per ``on_error``."""
+    groups: Dict[tuple, list] = {}
+    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False)
+
+    def flush(shape):
+        items = groups.pop(shape)
+        consume([i for i, _, _ in items], np.stack([p for _, p, _ in items]), [s for _, _, s in items])
+        result.computed += len(items)
+        bar.update(len(items))
+
+    tasks = (delayed(_prepare_one)(extractor, ids[i], paths[i], None if boxes is None else boxes[i])
+             for i in todo)
+    path_of = {ids[i]: paths[i] for i in todo}
+    try:
+        with Parallel(n_jobs=n_jobs, backend="threading", return_as="generator",
+                      pre_dispatch=f"{max(2, 2 * batch_size)}") as parallel:
+            for image_id, prepared, in_size, error in parallel(tasks):
+                if error is not None:
+                    if on_error == "raise":
+                        for shape in list(groups):
+                            flush(shape)
+                        raise ExtractionError(image_id, path_of[image_id], error)
+                    result.failed.append((image_id, path_of[image_id], error))
+                    bar.update(1)
+                    continue
+                bucket = groups.setdefault(prepared.shape, [])
+                bucket.append((image_id, prepared, in_size))
+                if len(bucket) >= batch_size:
+                    flush(prepared.shape)
+            for shape in list(groups):
+                flush(shape)
+    finally:
+        bar.close()
+
+
+def extract_global(extractor, ids: Sequence, paths: Sequence[PathLike], out_path: PathLike,
+                   batch_size: Optional[int] = None, n_jobs: int = 2,
+                   boxes: Optional[Sequence[Optional[Box]]] = None, on_error: str = "raise",
+                   overwrite: bool = False, progress: bool = True,
+                   desc: str = "global features") -> ExtractionResult:
+    """Global descriptors of every image into the feature file ``out_path`` (resumable).
+
+    ``extractor``: an :class:`features.efficientnet.EfficientNetExtractor` (or any extractor with
+    ``prepare(image) -> uint8 array``, ``describe_prepared(batch) -> (B, dim)``, ``dim`` and
+    ``config``). ``boxes`` (one per image, or None) crop first, in pixels of the stored file.
+    ``batch_size`` images of one prepared size go through the network together (default: the
+    extractor's). ``n_jobs`` decoding threads. Returns an :class:`ExtractionResult`; read the file
+    with :func:`features.store.load_global`."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError("on_error must be 'raise' or 'skip'")
+    ids, paths = _check_inputs(ids, paths, boxes)
+    batch_size = int(batch_size or getattr(extractor, "batch_size", 8))
+    result = ExtractionResult()
+    start = time.perf_counter()
+    with GlobalFeatureWriter(out_path, extractor.dim, config=extractor.config, overwrite=overwrite) as writer:
+        done = set(writer.done_ids)
+        todo = [i for i, image_id in enumerate(ids) if image_id not in done]
+        result.skipped = len(ids) - len(todo)
+        if todo:
+            def consume(batch_ids, batch, _sizes):
+                writer.append(batch_ids, extractor.describe_prepared(batch))
+
+            _run(extractor, ids, paths, todo, boxes, batch_size, n_jobs, on_error, consume, result, desc, progress)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def patch_config(extractor) -> dict:
+    """The configuration stored with patch tokens: the extractor's network and input settings (scales,
+    pooling and whitening do not apply to patches)."""
+    cfg = {k: v for k, v in extractor.config.items()
+           if k not in ("scales", "pooling", "gem_p", "whitening", "name")}
+    cfg["features"] = "patch-tokens"
+    return cfg
+
+
+def extract_patches(extractor, ids: Sequence, paths: Sequence[PathLike], store_path: PathLike,
+                    batch_size: Optional[int] = None, n_jobs: int = 2,
+                    boxes: Optional[Sequence[Optional[Box]]] = None, on_error: str = "raise",
+                    overwrite: bool = False, progress: bool = True,
+                    desc: str = "patch tokens") -> ExtractionResult:
+    """Patch tokens (L2-normalised feature-map cells, keypoints at cell centres in pixels of the
+    (cropped) stored image) of every image into the :class:`LocalFeatureStore` ``store_path``
+    (float16, resumable). ``extractor`` needs ``prepare``, ``feature_maps_prepared`` and
+    ``patches_from_map`` (:class:`features.efficientnet.EfficientNetExtractor`)."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError("on_error must be 'raise' or 'skip'")
+    ids, paths = _check_inputs(ids, paths, boxes)
+    batch_size = int(batch_size or getattr(extractor, "batch_size", 8))
+    result = ExtractionResult()
+    start = time.perf_counter()
+    with LocalFeatureStore(store_path, mode="a", config=patch_config(extractor), overwrite=overwrite,
+                           dtype="float16") as store:
+        todo = [i for i, image_id in enumerate(ids) if image_id not in store]
+        result.skipped = len(ids) - len(todo)
+        if todo:
+            def consume(batch_ids, batch, sizes):
+                fmaps = extractor.feature_maps_prepared(batch)
+                for k, image_id in enumerate(batch_ids):
+                    feats = extractor.patches_from_map(fmaps[k], sizes[k])
+                    store.put(image_id, feats)
+                    result.n_keypoints += len(feats)
+                store.flush()
+
+            _run(extractor, ids, paths, todo, boxes, batch_size, n_jobs, on_error, consume, result, desc, progress)
+    result.seconds = time.perf_counter() - start
+    return result

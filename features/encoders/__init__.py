@@ -1,0 +1,36 @@
+"""Encoders of local features into one global vector: bag of words (with an inverted file), VLAD and
+Fisher vectors, behind one interface (:class:`LocalEncoder`): ``fit``, ``encode``, ``encode_many``,
+``dim``, ``config``, ``save`` / ``load`` (``.npz`` + JSON)."""
+from __future__ import annotations
+
+import os
+from typing import Dict, Type, Union
+
+from .base import LocalEncoder, l2_normalize_rows, signed_power
+from .bow import BowEncoder, BowInvertedIndex
+from .fisher import FisherEncoder
+from .vlad import VladEncoder
+
+ENCODERS: Dict[str, Type[LocalEncoder]] = {"bow": BowEncoder, "vlad": VladEncoder, "fisher": FisherEncoder}
+
+__all__ = ["LocalEncoder", "BowEncoder", "BowInvertedIndex", "VladEncoder", "FisherEncoder", "ENCODERS",
+           "load_encoder", "l2_normalize_rows", "signed_power"]
+
+
+def load_encoder(path: Union[str, os.PathLike]) -> LocalEncoder:
+    """Load any encoder saved with ``save``; the file says which kind it is."""
+    import json
+    import zipfile
+
+    import numpy as np
+
+    from ..store import FeatureFileError
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            kind = json.loads(str(data["__config_json__"])).get("kind")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise FeatureFileError(path, f"not an encoder file ({type(exc).__name__}: {exc})") from None
+    if kind not in ENCODERS:
+        raise FeatureFileError(path, f"holds a {kind!r}, not one of the encoders {sorted(ENCODERS)}")
+    return ENCODERS[kind].load(path)

@@ -1,0 +1,272 @@
+"""Fast CPU inference for EfficientNet backbones: batch-norm folding, channels-last memory layout, a
+frozen TorchScript module, and an optional ONNX Runtime session.
+
+Every backend maps a normalised image batch (B, 3, H, W) to the last feature map (B, C, h, w) of
+``EfficientNet.extract_features`` (pooling stays in torch, shared by all backends):
+
+=============== =========================================================================================
+``eager``       efficientnet-pytorch's own modules (reference; swish as ``nn.SiLU`` for B0..B7)
+``folded``      :class:`FoldedEfficientNet`: every conv + BatchNorm2d pair replaced by one conv
+``channels_last`` folded, weights and input in NHWC layout (oneDNN's preferred layout on CPU)
+``torchscript`` folded + channels-last, ``torch.jit.script`` + ``torch.jit.freeze`` +
+                ``torch.jit.optimize_for_inference``
+``onnxruntime`` folded model exported with ``torch.onnx.export`` (dynamic batch, height, width) and run
+                by ONNX Runtime on CPU (only where ``onnxruntime`` is installed)
+=============== =========================================================================================
+
+Batch-norm folding, for a convolution ``z = W * x + b`` followed by BN in eval mode
+``y = gamma * (z - mu) / sqrt(var + eps) + beta``::
+
+    s  = gamma / sqrt(var + eps)        (per output channel)
+    W' = W * s[:, None, None, None]
+    b' = beta + (b - mu) * s
+
+TensorFlow "same" padding (what efficientnet-pytorch's ``Conv2dDynamicSamePadding`` computes at run
+time) is kept exact: a stride-1 convolution with an odd kernel pads ``(k - 1) / 2`` on each side (a
+fixed ``padding`` of ``nn.Conv2d``); a strided one pads ``max((ceil(i / s) - 1) * s + k - i, 0)`` in
+total, the smaller half before, computed from the input size in the forward pass (scriptable, so any
+input size works with every backend).
+"""
+import os
+import tempfile
+import warnings
+from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["BACKENDS", "fold_conv_bn", "SamePadConv2d", "FoldedMBConv", "FoldedEfficientNet",
+           "fold_efficientnet", "FastBackbone", "make_backbone", "onnxruntime_available"]
+
+BACKENDS = ("eager", "folded", "channels_last", "torchscript", "onnxruntime")
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]):
+    """(weight, bias) of the single convolution equal to ``bn(conv(x))`` in eval mode."""
+    weight = conv.weight.detach().clone()
+    bias = (conv.bias.detach().clone() if conv.bias is not None
+            else torch.zeros(weight.shape[0], dtype=weight.dtype))
+    if bn is None:
+        return weight, bias
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var.detach() + bn.eps)
+    weight = weight * scale.view(-1, 1, 1, 1)
+    bias = bn.bias.detach() + (bias - bn.running_mean.detach()) * scale
+    return weight, bias
+
+
+class SamePadConv2d(nn.Module):
+    """A convolution (bias included) with TensorFlow "same" padding for any input size."""
+
+    strided: bool
+    stride: int
+    kernel: int
+    dilation: int
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, stride: int, groups: int, dilation: int = 1):
+        super().__init__()
+        out_ch, in_per_group, kh, kw = weight.shape
+        if kh != kw:
+            raise ValueError(f"square kernels only, got {kh}x{kw}")
+        self.stride, self.kernel, self.dilation = int(stride), int(kh), int(dilation)
+        effective = (kh - 1) * dilation + 1
+        # stride 1, odd effective kernel: the same total padding (k - 1) split evenly, a fixed padding
+        self.strided = self.stride != 1 or effective % 2 == 0
+        padding = 0 if self.strided else (effective - 1) // 2
+        self.conv = nn.Conv2d(in_per_group * groups, out_ch, kh, stride=self.stride, padding=padding,
+                              dilation=self.dilation, groups=groups, bias=True)
+        with torch.no_grad():
+            self.conv.weight.copy_(weight)
+            self.conv.bias.copy_(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.strided:
+            ih = x.shape[2]
+            iw = x.shape[3]
+            s = self.stride
+            k = (self.kernel - 1) * self.dilation + 1
+            pad_h = max(((ih + s - 1) // s - 1) * s + k - ih, 0)
+            pad_w = max(((iw + s - 1) // s - 1) * s + k - iw, 0)
+            if pad_h > 0 or pad_w > 0:
+                x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return self.conv(x)
+
+
+def _folded(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> SamePadConv2d:
+    weight, bias = fold_conv_bn(conv, bn)
+    stride = conv.stride[0] if isinstance(conv.stride, (tuple, list)) else int(conv.stride)
+    dilation = conv.dilation[0] if isinstance(conv.dilation, (tuple, list)) else int(conv.dilation)
+    return SamePadConv2d(weight, bias, stride=stride, groups=conv.groups, dilation=dilation)
+
+
+def _activation(is_lite: bool) -> nn.Module:
+    return nn.ReLU6() if is_lite else nn.SiLU()
+
+
+class FoldedMBConv(nn.Module):
+    """An efficientnet-pytorch ``MBConvBlock`` in eval mode with its batch norms folded: expand (1x1) ->
+    act -> depthwise -> act -> [squeeze-excitation] -> project (1x1) [+ input]."""
+
+    has_expand: bool
+    has_se: bool
+    residual: bool
+
+    def __init__(self, block: nn.Module, is_lite: bool):
+        super().__init__()
+        args = block._block_args
+        self.has_expand = args.expand_ratio != 1
+        self.expand = _folded(block._expand_conv, block._bn0) if self.has_expand else nn.Identity()
+        self.depthwise = _folded(block._depthwise_conv, block._bn1)
+        self.has_se = bool(block.has_se)
+        if self.has_se:
+            self.se_reduce = _folded(block._se_reduce, None)
+            self.se_expand = _folded(block._se_expand, None)
+        else:
+            self.se_reduce = nn.Identity()
+            self.se_expand = nn.Identity()
+        self.project = _folded(block._project_conv, block._bn2)
+        # the same test as MBConvBlock.forward (stride is [1] for a stage's first block, 1 after)
+        self.residual = bool(block.id_skip and args.stride == 1 and args.input_filters == args.output_filters)
+        self.act = _activation(is_lite)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = inputs
+        if self.has_expand:
+            x = self.act(self.expand(x))
+        x = self.act(self.depthwise(x))
+        if self.has_se:
+            squeezed = F.adaptive_avg_pool2d(x, 1)
+            squeezed = self.se_expand(self.act(self.se_reduce(squeezed)))
+            x = torch.sigmoid(squeezed) * x
+        x = self.project(x)
+        if self.residual:
+            x = x + inputs
+        return x
+
+
+class FoldedEfficientNet(nn.Module):
+    """``EfficientNet.extract_features`` in eval mode with every BatchNorm folded into its convolution.
+    Scriptable; equal to the eager network to float rounding."""
+
+    def __init__(self, net: nn.Module, is_lite: bool):
+        super().__init__()
+        self.stem = _folded(net._conv_stem, net._bn0)
+        self.blocks = nn.Sequential(*[FoldedMBConv(b, is_lite) for b in net._blocks])
+        self.head = _folded(net._conv_head, net._bn1)
+        self.act = _activation(is_lite)
+        self.out_channels = int(net._conv_head.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.stem(x))
+        x = self.blocks(x)
+        return self.act(self.head(x))
+
+
+def fold_efficientnet(net: nn.Module, is_lite: bool) -> FoldedEfficientNet:
+    return FoldedEfficientNet(net, is_lite).eval()
+
+
+class _EagerFeatures(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
+
+
+class FastBackbone:
+    """A callable ``fmap = backbone(x)`` for (B, 3, H, W) float input in eval / inference mode, built by
+    :func:`make_backbone`. ``channels_last`` says which layout it wants its input in (it converts
+    otherwise)."""
+
+    def __init__(self, backend: str, module=None, session=None, channels_last: bool = False,
+                 out_channels: int = 0):
+        self.backend = backend
+        self.module = module
+        self.session = session
+        self.channels_last = channels_last
+        self.out_channels = out_channels
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.session is not None:
+            feed = np.ascontiguousarray(x.detach().float().numpy())
+            out = self.session.run(None, {"image": feed})[0]
+            return torch.from_numpy(out)
+        if self.channels_last and not x.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif not self.channels_last and not x.is_contiguous():
+            x = x.contiguous()
+        with torch.inference_mode():
+            return self.module(x)
+
+    def __repr__(self) -> str:
+        return f"FastBackbone(backend={self.backend!r}, channels_last={self.channels_last})"
+
+
+def _onnx_session(module: nn.Module, example: torch.Tensor, threads: Optional[int]):
+    import onnxruntime as ort
+
+    # export to a temporary file: the model is ~14 MB, ONNX Runtime reads it back from bytes
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "backbone.onnx")
+        with warnings.catch_warnings():
+            # the tracer warns that the "same" padding is computed from input sizes; the exporter keeps
+            # those as dynamic shape ops (checked against eager at odd and even sizes in the tests)
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), path, input_names=["image"], output_names=["fmap"],
+                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                            "fmap": {0: "batch", 2: "fh", 3: "fw"}},
+                              opset_version=17, dynamo=False)
+        with open(path, "rb") as fh:
+            model_bytes = fh.read()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def make_backbone(net: nn.Module, is_lite: bool, backend: str = "torchscript",
+                  example_size: int = 224, threads: Optional[int] = None) -> FastBackbone:
+    """A :class:`FastBackbone` for the eval-mode EfficientNet ``net`` (not modified; copies are made).
+
+    ``backend``: one of :data:`BACKENDS`. 'onnxruntime' raises ``ImportError`` when onnx/onnxruntime
+    are not installed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    out_channels = int(net._conv_head.out_channels)
+    if backend == "eager":
+        import copy
+
+        eager = copy.deepcopy(net).eval()
+        if not is_lite and hasattr(eager, "set_swish"):
+            eager.set_swish(memory_efficient=False)  # plain SiLU: same values, no custom autograd
+        return FastBackbone("eager", _EagerFeatures(eager).eval(), out_channels=out_channels)
+    folded = fold_efficientnet(net, is_lite)
+    if backend == "folded":
+        return FastBackbone("folded", folded, out_channels=out_channels)
+    if backend == "channels_last":
+        return FastBackbone("channels_last", folded.to(memory_format=torch.channels_last),
+                            channels_last=True, out_channels=out_channels)
+    if backend == "torchscript":
+        folded = folded.to(memory_format=torch.channels_last)
+        scripted = torch.jit.script(folded)
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(scripted.eval()))
+        return FastBackbone("torchscript", frozen, channels_last=True, out_channels=out_channels)
+    if not onnxruntime_available():
+        raise ImportError("backend 'onnxruntime' needs the packages onnx and onnxruntime: "
+                          "pip install onnx onnxruntime")
+    example = torch.zeros(1, 3, example_size, example_size)
+    session = _onnx_session(folded, example, threads)
+    return FastBackbone("onnxruntime", session=session, out_channels=out_channels)

@@ -1,0 +1,233 @@
+"""The cached shortlist: what re-ranking needs to be re-sorted any number of times without
+re-extracting or re-matching anything.
+
+Per query (row): the ``k`` shortlisted database ids in global order with their global scores, the
+rest of the global ranking (``tail_ids``, kept behind the shortlist after re-ranking), and any number
+of named local scores, e.g. ``"inliers"``, ``"matches"``, ``"ratio"`` (``(Q, k)`` float64; NaN =
+not computed yet, so an interrupted scoring run resumes at the first missing row).
+
+Files: ``<name>.npz`` (arrays, no pickle: ids as fixed-width unicode) and ``<name>.json`` (format,
+version, configuration, local score names, shapes and a SHA-256 of the arrays). Both are written to
+temporary names and renamed, the JSON last; loading checks that the two belong together, so a
+half-written, stale (other configuration) or edited cache is refused with a clear error.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Dict, Hashable, List, Optional, Sequence, Union
+
+import numpy as np
+
+from features.store import FeatureFileError, config_json
+
+PathLike = Union[str, os.PathLike]
+SHORTLIST_FORMAT = "hybrid-retrieval/shortlist"
+FORMAT_VERSION = 1
+
+__all__ = ["Shortlist", "SHORTLIST_FORMAT"]
+
+
+def _str_array(ids, what: str) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.dtype.kind not in "US":
+        arr = np.asarray([[str(x) for x in row] for row in arr.tolist()] if arr.ndim == 2
+                         else [str(x) for x in arr.tolist()])
+    if arr.size == 0:
+        arr = arr.astype("<U1")
+    return arr.astype(str)
+
+
+class Shortlist:
+    """Shortlists of ``Q`` queries (see the module docstring).
+
+    ``query_ids`` (Q,); ``db_ids`` (Q, k) database ids in global order; ``global_scores`` (Q, k);
+    ``tail_ids`` (Q, t) the global ranking after the shortlist (t may be 0); ``local`` name -> (Q, k)
+    scores; ``config`` a JSON-able description of how it was made (global features, shortlist size,
+    local feature / scorer configuration) checked when a cache is reopened.
+    """
+
+    def __init__(self, query_ids: Sequence[Hashable], db_ids, global_scores,
+                 tail_ids=None, local: Optional[Dict[str, np.ndarray]] = None, config: Optional[dict] = None):
+        self.query_ids: List[str] = [str(q) for q in query_ids]
+        if len(set(self.query_ids)) != len(self.query_ids):
+            raise ValueError("query ids must be unique")
+        self.db_ids = _str_array(db_ids, "db_ids").reshape(len(self.query_ids), -1)
+        self.global_scores = np.asarray(global_scores, dtype=np.float64).reshape(self.db_ids.shape)
+        if tail_ids is None:
+            tail_ids = np.zeros((len(self.query_ids), 0), dtype="<U1")
+        self.tail_ids = _str_array(tail_ids, "tail_ids").reshape(len(self.query_ids), -1)
+        self.local: Dict[str, np.ndarray] = {}
+        for name, scores in (local or {}).items():
+            self.set_local_scores(name, scores)
+        self.config = dict(config or {})
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_ranking(cls, ranking, k: int = 100, query_ids: Optional[Sequence[Hashable]] = None,
+                     config: Optional[dict] = None, keep_tail: bool = True) -> "Shortlist":
+        """Top ``k`` of a :class:`retrieval.index.Ranking` (or anything with ``.ids`` / ``.scores``
+        (Q, N) best first) as the shortlist, the remaining columns as the tail."""
+        ids = np.asarray(ranking.ids)
+        scores = np.asarray(ranking.scores, dtype=np.float64)
+        if ids.ndim != 2 or ids.shape != scores.shape:
+            raise ValueError(f"ranking ids {ids.shape} and scores {scores.shape} must both be (Q, N)")
+        if k < 1:
+            raise ValueError(f"shortlist size k must be >= 1, got {k}")
+        if query_ids is None:
+            query_ids = getattr(ranking, "query_ids", None)
+            if query_ids is None:
+                raise ValueError("the ranking has no query_ids: pass query_ids")
+        k = min(int(k), ids.shape[1])
+        tail = ids[:, k:] if keep_tail else None
+        cfg = dict(config or {})
+        cfg.setdefault("k", k)
+        return cls(query_ids, ids[:, :k], scores[:, :k], tail, config=cfg)
+
+    # -- shape ---------------------------------------------------------------------------------
+    @property
+    def num_queries(self) -> int:
+        return len(self.query_ids)
+
+    @property
+    def k(self) -> int:
+        return int(self.db_ids.shape[1])
+
+    def __len__(self) -> int:
+        return self.num_queries
+
+    def row(self, query_id: Hashable) -> int:
+        try:
+            return self.query_ids.index(str(query_id))
+        except ValueError:
+            raise KeyError(f"query {query_id!r} is not in this shortlist") from None
+
+    # -- local scores --------------------------------------------------------------------------
+    def add_local(self, name: str) -> np.ndarray:
+        """Create the named local score (all NaN = to compute) unless it exists; returns it."""
+        if name not in self.local:
+            self.local[name] = np.full(self.db_ids.shape, np.nan)
+        return self.local[name]
+
+    def set_local_scores(self, name: str, scores) -> None:
+        arr = np.asarray(scores, dtype=np.float64)
+        if arr.shape != self.db_ids.shape:
+            raise ValueError(f"local scores {name!r} have shape {arr.shape}, the shortlist is {self.db_ids.shape}")
+        self.local[name] = arr.copy()
+
+    def set_local(self, name: str, row: int, scores) -> None:
+        """Store the (k,) local scores of one query (by row number)."""
+        arr = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if arr.shape != (self.k,):
+            raise ValueError(f"expected {self.k} local scores for query {self.query_ids[row]!r}, got {arr.shape}")
+        self.add_local(name)[row] = arr
+
+    def pending(self, name: str) -> List[int]:
+        """Rows whose ``name`` scores are not (all) computed yet."""
+        if name not in self.local:
+            return list(range(self.num_queries))
+        return np.nonzero(np.isnan(self.local[name]).any(axis=1))[0].tolist()
+
+    def local_scores(self, name: str) -> np.ndarray:
+        """The complete (Q, k) ``name`` scores; an error names the queries still missing."""
+        if name not in self.local:
+            raise KeyError(f"no local score {name!r} in this shortlist (has: {sorted(self.local)})")
+        missing = self.pending(name)
+        if missing:
+            names = [self.query_ids[i] for i in missing[:5]]
+            raise ValueError(f"local score {name!r} is not computed for {len(missing)} queries "
+                             f"(e.g. {names}); finish scoring first")
+        return self.local[name]
+
+    # -- rankings ------------------------------------------------------------------------------
+    def predictions(self, order: Optional[np.ndarray] = None) -> Dict[str, List[str]]:
+        """``{query_id: [db ids best first]}``: the shortlist in ``order`` ((Q, k) column
+        permutation; default the global order) followed by the tail."""
+        ids = self.db_ids if order is None else np.take_along_axis(self.db_ids, np.asarray(order), axis=1)
+        full = np.concatenate([ids, self.tail_ids], axis=1) if self.tail_ids.shape[1] else ids
+        return dict(zip(self.query_ids, full.tolist()))
+
+    # -- files ---------------------------------------------------------------------------------
+    @staticmethod
+    def paths(path: PathLike):
+        path = Path(path)
+        base = path.with_suffix("") if path.suffix in (".npz", ".json") else path
+        return base.with_name(base.name + ".npz"), base.with_name(base.name + ".json")
+
+    def _arrays(self) -> Dict[str, np.ndarray]:
+        arrays = {"query_ids": np.asarray(self.query_ids, dtype=str), "db_ids": self.db_ids,
+                  "global_scores": self.global_scores, "tail_ids": self.tail_ids}
+        for i, name in enumerate(sorted(self.local)):
+            arrays[f"local_{i}"] = self.local[name]
+        return arrays
+
+    @staticmethod
+    def _digest(arrays: Dict[str, np.ndarray]) -> str:
+        h = hashlib.sha256()
+        for key in sorted(arrays):
+            a = np.ascontiguousarray(arrays[key])
+            h.update(key.encode())
+            h.update(str(a.dtype.str).encode())
+            h.update(str(a.shape).encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
+    def save(self, path: PathLike) -> Path:
+        """Write ``<path>.npz`` + ``<path>.json`` (atomically, the JSON last); returns the npz path."""
+        npz_path, json_path = self.paths(path)
+        npz_path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = self._arrays()
+        header = {"format": SHORTLIST_FORMAT, "version": FORMAT_VERSION, "config": json.loads(config_json(self.config)),
+                  "num_queries": self.num_queries, "k": self.k, "tail": int(self.tail_ids.shape[1]),
+                  "local": sorted(self.local), "sha256": self._digest(arrays)}
+        tmp_npz = npz_path.with_name(npz_path.name + ".tmp.npz")
+        with open(tmp_npz, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp_npz, npz_path)
+        tmp_json = json_path.with_name(json_path.name + ".tmp")
+        tmp_json.write_text(json.dumps(header, indent=1))
+        os.replace(tmp_json, json_path)
+        return npz_path
+
+    @classmethod
+    def exists(cls, path: PathLike) -> bool:
+        return all(p.is_file() for p in cls.paths(path))
+
+    @classmethod
+    def load(cls, path: PathLike, expect_config: Optional[dict] = None) -> "Shortlist":
+        """Read a cache written by :meth:`save`. Refuses a missing half, another format/version, arrays
+        that do not match their header (edited, or from another save), and (with ``expect_config``)
+        a cache made with another configuration."""
+        npz_path, json_path = cls.paths(path)
+        for p in (npz_path, json_path):
+            if not p.is_file():
+                raise FeatureFileError(p, "shortlist cache file missing")
+        try:
+            header = json.loads(json_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise FeatureFileError(json_path, f"not valid JSON ({exc})") from None
+        if not isinstance(header, dict) or header.get("format") != SHORTLIST_FORMAT:
+            raise FeatureFileError(json_path, f"not a {SHORTLIST_FORMAT} file")
+        if header.get("version") != FORMAT_VERSION:
+            raise FeatureFileError(json_path, f"format version {header.get('version')}, this code reads {FORMAT_VERSION}")
+        try:
+            with np.load(npz_path, allow_pickle=False) as z:
+                arrays = {key: z[key] for key in z.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise FeatureFileError(npz_path, f"unreadable shortlist arrays ({exc}); delete it to recompute") from None
+        if cls._digest(arrays) != header.get("sha256"):
+            raise FeatureFileError(npz_path, f"arrays do not match {json_path.name} (edited, truncated or from "
+                                   "another run); delete both files to recompute")
+        if expect_config is not None and config_json(header.get("config")) != config_json(expect_config):
+            raise FeatureFileError(json_path, f"made with configuration {config_json(header.get('config'))}, "
+                                   f"expected {config_json(expect_config)}; use another cache path or delete it")
+        names = list(header.get("local", []))
+        local = {name: arrays[f"local_{i}"] for i, name in enumerate(names)}
+        return cls(arrays["query_ids"].tolist(), arrays["db_ids"], arrays["global_scores"], arrays["tail_ids"],
+                   local=local, config=header.get("config"))
+
+    def __repr__(self) -> str:
+        return (f"Shortlist({self.num_queries} queries, k={self.k}, tail={self.tail_ids.shape[1]}, "
+                f"local={sorted(self.local)})")

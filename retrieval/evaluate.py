@@ -1,0 +1,154 @@
+"""Score a ranking against a dataset's ground truth with the protocol the dataset comes with.
+
+``evaluate(dataset, predictions, protocol)`` returns a flat dict of metric name -> value (what the
+benchmarks write into results.json); ``evaluate_per_query`` returns ``{metric name: {query id:
+score}}`` for plots and per-query analysis.
+
+Protocols
+---------
+``"gldv2"``     Google Landmarks v2 / Kaggle: ``map@k`` over all scored queries, plus ``map@k_public``
+                and ``map@k_private`` over the queries of each ``Usage`` split present (queries
+                marked ``Ignored`` never count).
+``"oxford"``    Oxford / Paris: ``oxford_map``, the mean of :func:`retrieval.metrics.oxford_ap`
+                (positives = good + ok, junk removed). Give the FULL ranking of each query:
+                positives that are not ranked count as missed.
+``"revisited"`` revisited Oxford / Paris: ``revisited_map_easy``, ``_medium``, ``_hard`` (needs
+                the ``easy`` / ``hard`` lists in the ground truth).
+``"general"``   multi-view / labelled-folder datasets (COIL): ``map@k``, ``mean_ap``,
+                ``ndcg@k``, ``anmrr``, ``top1``, ``top10``, ``precision@10``, ``recall@k``.
+``"all"``       ``general`` plus every other protocol the ground truth supports.
+
+Junk. Each query's ``QueryTruth.junk`` (Oxford junk; the query's own image under
+:func:`retrieval.datasets.every_nth_query`) is removed from its ranking before the ``general`` and
+``gldv2`` metrics see it, as the Oxford AP does, so junk neither helps nor hurts (removing it twice,
+e.g. after :func:`retrieval.datasets.drop_junk`, changes nothing).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Union
+
+from . import metrics
+from .datasets.base import RetrievalDataset
+from .datasets.splits import drop_junk
+
+__all__ = ["evaluate", "evaluate_per_query", "ranking_to_predictions", "PROTOCOLS"]
+
+PROTOCOLS = ("gldv2", "oxford", "revisited", "general", "all")
+USAGE_SPLITS = ("Public", "Private")
+
+Predictions = Mapping[Hashable, Sequence[Hashable]]
+
+
+def ranking_to_predictions(ranking, query_ids: Optional[Sequence[Hashable]] = None) -> Dict[Hashable, List]:
+    """``{query_id: [db ids]}`` from a :class:`retrieval.index.Ranking` (rows named by
+    ``query_ids``, else the ranking's own query ids) or from such a dict (returned as is)."""
+    if isinstance(ranking, Mapping):
+        return dict(ranking)
+    return ranking.to_predictions(query_ids)
+
+
+def _as_predictions(dataset: RetrievalDataset, predictions) -> Dict[Hashable, List]:
+    if isinstance(predictions, Mapping):
+        return dict(predictions)
+    # a Ranking: its rows are the dataset's queries unless it names them itself
+    query_ids = predictions.query_ids if predictions.query_ids is not None else dataset.query_ids
+    return predictions.to_predictions(query_ids)
+
+
+def _check_ids(dataset: RetrievalDataset, predictions: Dict[Hashable, List]) -> None:
+    """Refuse predictions whose query or database ids are not the dataset's (e.g. row numbers or
+    ints where the dataset has string ids): they would silently score 0."""
+    known_queries = set(dataset.query_ids)
+    scored = [q for q in predictions if q in known_queries]
+    if predictions and not scored:
+        raise ValueError(f"no prediction is for a query of dataset {dataset.name!r}: predictions have "
+                         f"query ids like {next(iter(predictions))!r}, the dataset like "
+                         f"{dataset.query_ids[0] if dataset.query_ids else None!r}")
+    known_db = set(dataset.db_ids)
+    unknown = []
+    for q in scored:
+        unknown.extend(x for x in predictions[q] if x not in known_db)
+        if len(unknown) >= 5:
+            break
+    if unknown:
+        raise ValueError(f"predictions rank ids that are not database ids of dataset {dataset.name!r}: "
+                         f"{unknown[:5]} (database ids look like {dataset.db_ids[0]!r})")
+
+
+def _has_revisited(dataset: RetrievalDataset) -> bool:
+    truths = [t for t in dataset.ground_truth.values()]
+    return bool(truths) and all(t.easy is not None and t.hard is not None for t in truths)
+
+
+def _has_usage(dataset: RetrievalDataset) -> bool:
+    return any(t.usage in USAGE_SPLITS for t in dataset.ground_truth.values())
+
+
+def _query_truths(dataset: RetrievalDataset):
+    """(qid, truth) for the dataset's queries that have ground truth and are not Ignored."""
+    for qid in dataset.query_ids:
+        truth = dataset.ground_truth.get(qid)
+        if truth is not None and truth.usage != "Ignored":
+            yield qid, truth
+
+
+def evaluate_per_query(dataset: RetrievalDataset, predictions, protocol: str = "all",
+                       k: int = 100, check_ids: bool = True) -> Dict[str, Dict[Hashable, float]]:
+    """``{metric name: {query id: score}}`` for the metrics of ``protocol`` (see module doc).
+    ``predictions`` is ``{query id: [db ids best first]}`` or a :class:`Ranking` whose rows are
+    ``dataset.query_ids``."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    preds = _as_predictions(dataset, predictions)
+    if check_ids:
+        _check_ids(dataset, preds)
+    out: Dict[str, Dict[Hashable, float]] = {}
+    # the Oxford / revisited APs remove junk themselves; the other metrics get junk-free rankings
+    clean = drop_junk(dataset, preds) if protocol in ("general", "gldv2", "all") else preds
+    if protocol in ("general", "all"):
+        solution = dataset.solution()
+        out[f"map@{k}"] = metrics.per_query_scores("ap@k", clean, solution, k)
+        out["mean_ap"] = metrics.per_query_scores("ap", clean, solution)
+        out[f"ndcg@{k}"] = metrics.per_query_scores("ndcg@k", clean, solution, k)
+        out["nmrr"] = metrics.per_query_scores("nmrr", clean, solution)
+        out["top1"] = metrics.per_query_scores("top@k", clean, solution, 1)
+        out["top10"] = metrics.per_query_scores("top@k", clean, solution, 10)
+        out["precision@10"] = metrics.per_query_scores("precision@k", clean, solution, 10)
+        out[f"recall@{k}"] = metrics.per_query_scores("recall@k", clean, solution, k)
+    if protocol == "gldv2" or (protocol == "all" and _has_usage(dataset)):
+        out[f"map@{k}"] = metrics.per_query_scores("ap@k", clean, dataset.solution(), k)
+        for split in USAGE_SPLITS:
+            solution = dataset.solution([split])
+            if solution:
+                out[f"map@{k}_{split.lower()}"] = metrics.per_query_scores("ap@k", clean, solution, k)
+    if protocol in ("oxford", "all"):
+        truths = list(_query_truths(dataset))
+        out["oxford_map"] = metrics.oxford_map(preds, {q: t.positives for q, t in truths},
+                                               {q: t.junk for q, t in truths}, per_query=True)
+    if protocol == "revisited" or (protocol == "all" and _has_revisited(dataset)):
+        if not _has_revisited(dataset):
+            raise ValueError(f"dataset {dataset.name!r} has no revisited easy/hard ground truth; use "
+                             "protocol='oxford'")
+        truths = list(_query_truths(dataset))
+        easy = {q: t.easy for q, t in truths}
+        hard = {q: t.hard for q, t in truths}
+        junk = {q: t.junk for q, t in truths}
+        for level in metrics.REVISITED_PROTOCOLS:
+            out[f"revisited_map_{level}"] = metrics.revisited_map(preds, easy, hard, junk, level, per_query=True)
+    return out
+
+
+def evaluate(dataset: RetrievalDataset, predictions, protocol: str = "all", k: int = 100,
+             check_ids: bool = True) -> Dict[str, Union[float, int]]:
+    """Metrics of ``protocol`` as ``{name: value}`` (means over scored queries; ``anmrr`` is the
+    mean NMRR, lower is better), plus ``num_queries`` (queries scored by the protocol's main
+    metric). With ``check_ids`` predictions naming ids unknown to the dataset are refused."""
+    per_query = evaluate_per_query(dataset, predictions, protocol, k, check_ids)
+    result: Dict[str, Union[float, int]] = {}
+    for name, scores in per_query.items():
+        value = float(sum(scores.values()) / len(scores)) if scores else math.nan
+        result["anmrr" if name == "nmrr" else name] = value
+    main = next(iter(per_query.values()), {})
+    result["num_queries"] = len(main)
+    return result

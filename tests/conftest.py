@@ -1,0 +1,48 @@
+"""Shared fixtures: the real data folder (``$RETRIEVAL_DATA`` or ../shared/data); tests that need it
+skip cleanly when it is absent."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.paths import data_root as _data_root
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = _data_root()
+    if not root.is_dir():
+        pytest.skip(f"data folder {root} not found (set RETRIEVAL_DATA)")
+    return root
+
+
+def _sub(data_root: Path, name: str) -> Path:
+    path = data_root / name
+    if not path.is_dir():
+        pytest.skip(f"{path} not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def coil100_dir(data_root) -> Path:
+    return _sub(data_root, "coil100")
+
+
+@pytest.fixture(scope="session")
+def coil20_dir(data_root) -> Path:
+    return _sub(data_root, "coil20")
+
+
+@pytest.fixture(scope="session")
+def oxford_dir(data_root) -> Path:
+    return _sub(data_root, "oxford5k_subset")
+
+
+@pytest.fixture(scope="session")
+def pairs_dir(data_root) -> Path:
+    return _sub(data_root, "pairs")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

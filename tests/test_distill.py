@@ -1,0 +1,215 @@
+"""Relation distillation losses, the teacher-embedding cache and the distillation training run."""
+import numpy as np
+import pytest
+import torch
+
+from features.alexnet import AlexNetConfig
+from features.store import FeatureFileError
+from retrieval.training.distill import (DistillConfig, DistillationLoss, compute_teacher_embeddings,
+                                        distill_mv_alexnet, feature_matching_loss, pool_teacher_views,
+                                        rkd_angle_loss, rkd_distance_loss, similarity_kl_loss)
+from retrieval.training.loop import LoopConfig
+from retrieval.training.multiview import (MultiViewTrainConfig, ViewSetSampler, load_mv_alexnet,
+                                          train_mv_alexnet)
+
+RELATIONS = [similarity_kl_loss, rkd_distance_loss, rkd_angle_loss]
+
+
+def _emb(b, d, seed):
+    return torch.randn(b, d, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("loss", RELATIONS)
+def test_relation_zero_for_teacher_up_to_scale_positive_otherwise(loss):
+    t = _emb(12, 16, 0)
+    assert float(loss(3.5 * t, t)) < 1e-6
+    assert float(loss(t, 0.2 * t)) < 1e-6
+    assert float(loss(_emb(12, 16, 1), t)) > 1e-3
+
+
+@pytest.mark.parametrize("loss", RELATIONS)
+def test_relation_gradients_reach_student_not_teacher(loss):
+    s = _emb(10, 8, 2).requires_grad_(True)
+    t = _emb(10, 32, 3).requires_grad_(True)  # other dimension: only relations are compared
+    loss(s, t).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
+
+
+def test_relation_descent_moves_student_structure_to_teacher():
+    t = _emb(16, 32, 4)
+    s = _emb(16, 8, 5).requires_grad_(True)
+    opt = torch.optim.SGD([s], lr=0.5)
+    first = float(similarity_kl_loss(s, t).detach())
+    for _ in range(50):
+        opt.zero_grad()
+        similarity_kl_loss(s, t).backward()
+        opt.step()
+    assert float(similarity_kl_loss(s, t)) < 0.5 * first
+
+
+def test_kl_temperature_and_input_checks():
+    t = _emb(6, 4, 6)
+    s = _emb(6, 4, 7)
+    assert float(similarity_kl_loss(s, t, temperature=0.05)) != float(similarity_kl_loss(s, t, 0.5))
+    with pytest.raises(ValueError, match="global token"):
+        similarity_kl_loss(torch.zeros(6, 5, 4), t)  # token sequences must be reduced first
+    with pytest.raises(ValueError, match="batch"):
+        similarity_kl_loss(s[:5], t)
+    with pytest.raises(ValueError, match="temperatures"):
+        similarity_kl_loss(s, t, temperature=0)
+
+
+def test_feature_matching_pulls_student_towards_teacher():
+    t = _emb(8, 16, 8)
+    far = _emb(8, 16, 9)
+    losses = [float(feature_matching_loss((1 - a) * far + a * t, t)) for a in (0.0, 0.5, 0.9, 1.0)]
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 1e-6 and losses[0] > 0.1
+    for kind in ("cosine", "mse"):
+        assert float(feature_matching_loss(t, t, kind)) < 1e-6
+        assert float(feature_matching_loss(-t, t, kind)) > 1.9  # opposite: the largest loss
+    # one gradient step on the student lowers the loss and raises its cosine to the teacher
+    s = far.clone().requires_grad_(True)
+    feature_matching_loss(s, t).backward()
+    stepped = (s - 0.5 * s.grad).detach()
+    cos = lambda a: torch.nn.functional.cosine_similarity(a, t).mean()
+    assert cos(stepped) > cos(far)
+    with pytest.raises(ValueError, match="shape"):
+        feature_matching_loss(_emb(8, 4, 0), t)
+
+
+def test_distillation_loss_parts_projection_and_sign():
+    cfg = DistillConfig(relation="kl", feature_weight=1.0, metric_weight=0.5)
+    crit = DistillationLoss(cfg, student_dim=8, teacher_dim=16)
+    assert sum(p.numel() for p in crit.parameters()) == 8 * 16  # the projection trains with the student
+    s = _emb(8, 8, 10).requires_grad_(True)
+    t = _emb(8, 16, 11)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    total, parts = crit(s, t, labels)
+    assert set(parts) == {"relation_kl", "feature", "metric"}
+    assert abs(float(total) - sum(parts.values())) < 1e-5
+    # training the projection + student on the feature term alone brings P s to t (alignment, not repulsion)
+    only_feature = DistillationLoss(DistillConfig(relation="none", feature_weight=1.0), 8, 16)
+    opt = torch.optim.Adam([s, *only_feature.parameters()], lr=0.05)
+    start = float(only_feature(s, t)[0])
+    for _ in range(100):
+        opt.zero_grad()
+        only_feature(s, t)[0].backward()
+        opt.step()
+    assert float(only_feature(s, t)[0]) < 0.3 * start
+    with pytest.raises(ValueError, match="labels"):
+        crit(s, t)
+    with pytest.raises(ValueError, match="weight 0"):
+        DistillationLoss(DistillConfig(relation="none"), 8, 16)(s, t)
+    rkd = DistillationLoss(DistillConfig(relation="rkd"), 8, 16)
+    assert set(rkd(s, t)[1]) == {"rkd_distance", "rkd_angle"}
+    with pytest.raises(ValueError, match="relation"):
+        DistillConfig(relation="attention")
+
+
+def test_pool_teacher_views():
+    t = torch.nn.functional.normalize(_emb(6, 4, 12), dim=1)
+    one = pool_teacher_views(t, np.array([[2], [5]]))
+    assert torch.equal(one, t[[2, 5]])
+    two = pool_teacher_views(t, np.array([[0, 1]]))
+    want = torch.nn.functional.normalize((t[0] + t[1]).unsqueeze(0), dim=1)
+    assert torch.allclose(two, want, atol=1e-6)
+
+
+def _colour_teacher(calls):
+    def embed(images):
+        calls.append(len(images))
+        x = images.reshape(len(images), -1, 3).mean(1).astype(np.float32) + 1
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return embed
+
+
+def test_teacher_embedding_cache_resume_and_config(tmp_path, rng):
+    images = rng.integers(0, 255, (10, 8, 8, 3), dtype=np.uint8)
+    ids = [f"im{i}" for i in range(10)]
+    calls = []
+    path = tmp_path / "teacher.h5"
+    want = _colour_teacher([])(images)
+    # interrupted after 2 batches of 4: the file holds 8 rows; the rerun embeds only the rest
+    compute_teacher_embeddings(_colour_teacher(calls), images[:8], ids[:8], path, {"t": 1}, batch_size=4,
+                               progress=False)
+    calls.clear()
+    got = compute_teacher_embeddings(_colour_teacher(calls), images, ids, path, {"t": 1}, batch_size=4,
+                                     progress=False)
+    assert np.allclose(got, want, atol=1e-6)
+    assert sum(calls) <= 4 + 2  # the first batch (for the dimension) + the 2 missing images
+    calls.clear()
+    again = compute_teacher_embeddings(_colour_teacher(calls), images, ids, path, {"t": 1}, progress=False)
+    assert calls == [] and np.array_equal(again, got)
+    with pytest.raises(FeatureFileError, match="configuration"):
+        compute_teacher_embeddings(_colour_teacher([]), images, ids, path, {"t": 2}, progress=False)
+    with pytest.raises(FeatureFileError, match="other images"):
+        compute_teacher_embeddings(_colour_teacher([]), images[::-1].copy(), ids[::-1], path, {"t": 1},
+                                   progress=False)
+    with pytest.raises(ValueError, match="global token"):
+        compute_teacher_embeddings(lambda ims: np.zeros((len(ims), 3, 4)), images, ids, progress=False)
+
+
+def _toy_views(n_objects=4, per_object=8, size=40, seed=0):
+    """Each object a distinct colour blob, views shifted a little: (N, size, size, 3) uint8."""
+    g = np.random.default_rng(seed)
+    images, labels, sets = [], [], []
+    for o in range(n_objects):
+        colour = g.integers(60, 255, 3)
+        for v in range(per_object):
+            im = np.zeros((size, size, 3), np.uint8)
+            y, x = 8 + v % 4, 8 + (v * 3) % 12
+            im[y:y + 18, x:x + 14] = colour
+            images.append(im)
+            labels.append(o + 1)
+            sets.append(o * 2 + v // (per_object // 2))
+    return np.stack(images), np.asarray(labels), np.asarray(sets)
+
+
+def _tiny_cfg(name, epochs=1, seed=0):
+    return MultiViewTrainConfig(
+        name=name, model=AlexNetConfig(widths=(8, 16, 16, 16, 16), out_dim=16), image_size=40, P=2, K=2,
+        views=(1, 2), loop=LoopConfig(epochs=epochs, lr=1e-3, seed=seed, device="cpu", max_steps_per_epoch=2,
+                                      prefetch=1))
+
+
+def test_view_set_sampler_batches():
+    _, labels, sets = _toy_views()
+    sampler = ViewSetSampler(labels, sets, P=2, K=2, views=(3,), seed=1)
+    batches = sampler.batches(0)
+    assert batches and all(b.shape == (4, 3) for b in batches)
+    for b in batches:
+        for row in b:  # every view of a row is from the anchor's own view set
+            assert len(set(sets[row].tolist())) == 1
+        assert labels[b[0, 0]] == labels[b[1, 0]] and labels[b[0, 0]] != labels[b[2, 0]]
+    assert all(np.array_equal(a, b) for a, b in zip(batches, sampler.batches(0)))
+
+
+def test_train_then_distill_tiny(tmp_path):
+    images, labels, sets = _toy_views()
+    student_path, result = train_mv_alexnet(images, labels, sets, tmp_path / "mv", _tiny_cfg("mv"), progress=False)
+    assert student_path.is_file() and result.steps == 2 and (tmp_path / "mv" / "losses.png").is_file()
+    init, cfg = load_mv_alexnet(student_path)
+    assert cfg["architecture"] == "MVAlexNet" and cfg["image_size"] == 40
+    teacher = torch.nn.functional.normalize(torch.randn(len(images), 12), dim=1).numpy()
+    dist = DistillConfig(feature_weight=1.0, metric_weight=0.5)
+    # interrupted after one step, then resumed to the end
+    path, _ = distill_mv_alexnet(student_path, images, labels, sets, teacher, tmp_path / "d",
+                                 _tiny_cfg("d", epochs=2), dist, stop_after_steps=1, progress=False)
+    assert path is None
+    path, res = distill_mv_alexnet(student_path, images, labels, sets, teacher, tmp_path / "d",
+                                   _tiny_cfg("d", epochs=2), dist, progress=False)
+    assert res.resumed_from_step == 1 and res.steps == 4
+    distilled, dcfg = load_mv_alexnet(path)
+    x = torch.randn(2, 1, 3, 40, 40)
+    with torch.no_grad():
+        assert not torch.allclose(distilled(x), init(x))  # it trained, starting from the init
+    assert dcfg["distill"]["init"]["path"].endswith("model.pt")
+    with pytest.raises(ValueError, match="architecture"):
+        other = _tiny_cfg("d2")
+        other.model = AlexNetConfig(widths=(8, 16, 16, 16, 8), out_dim=16)
+        distill_mv_alexnet(student_path, images, labels, sets, teacher, tmp_path / "d2", other, dist,
+                           progress=False)
+    with pytest.raises(ValueError, match="L2-normalised"):
+        distill_mv_alexnet(student_path, images, labels, sets, teacher * 3, tmp_path / "d3", _tiny_cfg("d3"),
+                           dist, progress=False)
