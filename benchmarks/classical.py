@@ -60,10 +60,11 @@ from retrieval.report import peak_rss_mb, write_results  # noqa: E402
 
 NAME = "classical"
 
-#: SIFT configuration per dataset (features.sift.SIFT_CONFIGS): Oxford photos and COIL's turntable
-#: views are upright, so orientation invariance only costs distinctiveness; COIL's 128 px images are
-#: enlarged to 256 px with a low contrast threshold to get a few hundred keypoints each.
-SIFT_FOR = {"oxford": "rootsift-upright-c02-4k", "coil100": "rootsift-small-upright"}
+#: SIFT configuration per dataset (features.sift.SIFT_CONFIGS). Oxford photos are upright, so
+#: orientation invariance only costs distinctiveness (upright: VLAD k=64 47.2 -> 56.8 mAP in tuning);
+#: COIL's 128 px images are enlarged to 256 px with a low contrast threshold to get ~150 keypoints each,
+#: and keep rotation invariance (upright lost 3 points of VLAD k=64 mAP there).
+SIFT_FOR = {"oxford": "rootsift-upright-c02-4k", "coil100": "rootsift-small"}
 
 #: how each vocabulary size is learned: descriptors sampled, k-means iterations, cap per centroid
 CODEBOOK_SETTINGS = {
@@ -73,10 +74,14 @@ CODEBOOK_SETTINGS = {
 }
 
 
+QUICK_OXFORD_QUERIES = ("ashmolean_1", "christ_church_1", "magdalen_1")
+
+
 def _settings_for(k: int, quick: bool) -> dict:
     s = dict(CODEBOOK_SETTINGS["small" if k <= 256 else "medium" if k <= 4096 else "large"])
     if quick:
-        s["n_sample"] = min(s["n_sample"], 100_000)
+        s["n_sample"] = min(s["n_sample"], 50_000)
+        s["niter"] = min(s["niter"], 10)
     return s
 
 
@@ -85,16 +90,15 @@ def _settings_for(k: int, quick: bool) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 def load_datasets(data: Path, quick: bool) -> Dict[str, RetrievalDataset]:
-    """Oxford subset and COIL-100 (every 4th image a query). ``quick``: Oxford keeps the first query of
-    each landmark (11) and a database of their positives + junk plus every 6th other image; COIL keeps
-    objects 1-12 (864 images)."""
+    """Oxford subset and COIL-100 (every 4th image a query). ``quick``: Oxford keeps 3 queries and a
+    database of their positives + junk plus every 16th other image; COIL keeps objects 1-8."""
     oxford = read_oxford(data / "oxford5k_subset")
     coil_all = read_labelled_folder(data / "coil100")
     if quick:
-        qpos = [i for i, q in enumerate(oxford.query_ids) if q.endswith("_1")]
+        qpos = [i for i, q in enumerate(oxford.query_ids) if q in QUICK_OXFORD_QUERIES]
         qids = [oxford.query_ids[i] for i in qpos]
         related = set().union(*(oxford.ground_truth[q].positives | oxford.ground_truth[q].junk for q in qids))
-        others = [d for d in oxford.db_ids if d not in related][::6]
+        others = [d for d in oxford.db_ids if d not in related][::16]
         keep = set(related) | set(others)
         dpos = [i for i, d in enumerate(oxford.db_ids) if d in keep]
         oxford = replace(oxford, db_ids=[oxford.db_ids[i] for i in dpos],
@@ -106,7 +110,7 @@ def load_datasets(data: Path, quick: bool) -> Dict[str, RetrievalDataset]:
                          db_labels=None, db_metadata={},
                          query_metadata={c: [v[i] for i in qpos] for c, v in oxford.query_metadata.items()},
                          name=oxford.name + "-quick")
-        keep_objects = {str(o) for o in range(1, 13)}
+        keep_objects = {str(o) for o in range(1, 9)}
         pos = [i for i, label in enumerate(coil_all.db_labels) if str(label) in keep_objects]
         coil_all = replace(coil_all, db_ids=[coil_all.db_ids[i] for i in pos],
                            db_paths=[coil_all.db_paths[i] for i in pos],
@@ -175,11 +179,14 @@ def cached_codebook(cache: Path, tag: str, feats: Sequence[LocalFeatures], k: in
 
 def cached_fisher(cache: Path, tag: str, feats: Sequence[LocalFeatures], k: int, trained_on: str,
                   quick: bool, seed: int) -> FisherEncoder:
-    n_sample = 100_000 if quick else 250_000
-    path = cache / "codebooks" / f"{tag}-fisher-k{k}-pca64-n{n_sample}-s{seed}.npz"
+    # EM on a diagonal GMM is the slowest learning step here (scikit-learn, O(n k d) per iteration):
+    # 100k descriptors and 25 iterations keep it to a minute or two on 2 cores
+    n_sample = 30_000 if quick else 100_000
+    max_iter = 15 if quick else 25
+    path = cache / "codebooks" / f"{tag}-fisher-k{k}-pca64-n{n_sample}-it{max_iter}-s{seed}.npz"
     if path.is_file():
         return FisherEncoder.load(path)
-    enc = FisherEncoder(k=k, pca_dim=64, seed=seed, n_sample=n_sample, gmm_max_iter=30 if quick else 60,
+    enc = FisherEncoder(k=k, pca_dim=64, seed=seed, n_sample=n_sample, gmm_max_iter=max_iter,
                         trained_on=trained_on).fit(feats)
     enc.save(path)
     return enc
@@ -220,65 +227,99 @@ def search_and_score(name: str, ds: RetrievalDataset, db_vectors, query_vectors,
     return metrics, seconds, ranking
 
 
-def run_method(name: str, ds: RetrievalDataset, label: str, encoder, db_feats, q_feats, info: dict,
-               extras: dict) -> Tuple[dict, np.ndarray, np.ndarray]:
-    """Encode, search, evaluate one method; returns (result row, db vectors, query vectors)."""
+def score_vectors(name: str, ds: RetrievalDataset, label: str, dim: int, db_vectors, q_vectors,
+                  encode_db_s: float, encode_q_s: float, info: dict, extras: dict, inverted: bool) -> dict:
+    """Search, evaluate and describe one method's vectors as a result row."""
     _, main_metric = protocol_of(name)
-    inverted = isinstance(encoder, BowEncoder)
-    t0 = time.perf_counter()
-    db_vectors = encoder.encode_sparse(db_feats) if inverted else encoder.encode_many(db_feats)
-    encode_db = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    q_vectors = encoder.encode_sparse(q_feats) if inverted else encoder.encode_many(q_feats)
-    encode_q = time.perf_counter() - t0
     metrics, search_s, _ = search_and_score(name, ds, db_vectors, q_vectors, inverted)
     row = {"method": label, "dataset": name, "mAP": round(100 * metrics[main_metric], 2),
-           "dim": encoder.dim, "extract_s_per_image": round(info["extract_s_per_image"], 4),
-           "encode_db_s": round(encode_db, 2),
-           "query_s": round((encode_q + search_s) / max(1, len(ds.query_ids)), 5),
+           "dim": dim, "extract_s_per_image": round(info["extract_s_per_image"], 4),
+           "encode_db_s": round(encode_db_s, 2),
+           "query_s": round((encode_q_s + search_s) / max(1, len(ds.query_ids)), 5),
            "metrics": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}}
     row.update(extras)
-    print(f"  {label:32s} {name:8s} mAP {row['mAP']:6.2f}  dim {encoder.dim:6d}  "
-          f"encode db {encode_db:6.1f}s  query {row['query_s'] * 1000:7.1f} ms", flush=True)
+    print(f"  {label:34s} {name:8s} mAP {row['mAP']:6.2f}  dim {dim:6d}  "
+          f"encode db {encode_db_s:6.1f}s  query {row['query_s'] * 1000:7.1f} ms", flush=True)
+    return row
+
+
+def run_method(name: str, ds: RetrievalDataset, label: str, encoder, db_feats, q_feats, info: dict,
+               extras: dict) -> Tuple[dict, np.ndarray, np.ndarray]:
+    """Encode, search, evaluate one global encoder; returns (result row, db vectors, query vectors)."""
+    t0 = time.perf_counter()
+    db_vectors = encoder.encode_many(db_feats)
+    encode_db = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    q_vectors = encoder.encode_many(q_feats)
+    encode_q = time.perf_counter() - t0
+    row = score_vectors(name, ds, label, encoder.dim, db_vectors, q_vectors, encode_db, encode_q, info,
+                        extras, inverted=False)
     return row, db_vectors, q_vectors
+
+
+def bow_rows(name: str, ds: RetrievalDataset, cb: Codebook, db_feats, q_feats, info: dict, extras: dict,
+             soft: bool) -> List[dict]:
+    """BoW variants over one codebook, searched with the inverted file. The database and the queries
+    are quantised once per assignment mode (hard; soft over 3 words) and the variants (plain tf,
+    square-rooted tf against burstiness) re-weight those term frequencies; idf on the database."""
+    rows = []
+    modes = [("", {})] + ([("+soft3", {"n_nearest": 3, "sigma": 0.2})] if soft else [])
+    for mode, assign in modes:
+        quantiser = BowEncoder(cb, idf=False, **assign)
+        t0 = time.perf_counter()
+        tf_db = quantiser.term_frequencies(db_feats)
+        quant_db = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        tf_q = quantiser.term_frequencies(q_feats)
+        quant_q = time.perf_counter() - t0
+        for suffix, tf_power in (("", 1.0), ("+sqrt-tf", 0.5)):
+            enc = BowEncoder(cb, tf_power=tf_power, **assign).fit_idf_from_tf(
+                tf_db, trained_on=f"{name} database (idf)")
+            t0 = time.perf_counter()
+            db_vectors = enc.weight(tf_db)
+            weight_db = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            q_vectors = enc.weight(tf_q)
+            weight_q = time.perf_counter() - t0
+            rows.append(score_vectors(name, ds, f"RootSIFT+BoW{mode}{suffix} k={cb.k}", enc.dim, db_vectors,
+                                      q_vectors, quant_db + weight_db, quant_q + weight_q, info,
+                                      {**extras, "search": "inverted file"}, inverted=True))
+    return rows
 
 
 def _vlad_raw_for(encoder: VladEncoder, feats) -> np.ndarray:
     plain = VladEncoder(encoder.codebook, intra_norm=encoder.intra_norm, power=encoder.power,
-                        residual_norm=encoder.residual_norm)
+                        residual_norm=encoder.residual_norm, n_nearest=encoder.n_nearest, sigma=encoder.sigma)
     return plain.encode_many(feats)
 
 
 def dataset_rows(name: str, ds: RetrievalDataset, feats: Dict[str, tuple], args, cache: Path,
                  vocab_bow: Sequence[int], vocab_vlad: Sequence[int], vocab_fisher: Sequence[int]
-                 ) -> Tuple[List[dict], Dict[str, tuple]]:
+                 ) -> List[dict]:
     db, queries, info = feats[name]
     other = "coil100" if name == "oxford" else "oxford"
     other_db = feats[other][0]
     tag = f"{name}{'-quick' if args.quick else ''}-{SIFT_FOR[name]}"
     trained_on = f"{name} database images ({len(db)}, unlabelled)"
-    rows, vectors = [], {}
+    rows: List[dict] = []
     common = {"codebook_trained_on": trained_on, "keypoints_per_db_image": round(info["keypoints_per_db_image"], 1)}
 
     for k in vocab_bow:
         cb = cached_codebook(cache, tag, db, k, trained_on, args.quick, args.seed, args.faiss_threads)
-        variants = [("bow", {}), ("bow+sqrt-tf", {"tf_power": 0.5})]
-        if k >= 10000:
-            variants.append(("bow+soft3", {"n_nearest": 3, "sigma": 0.2}))
-        for suffix, options in variants:
-            enc = BowEncoder(cb, **options).fit_idf(db, trained_on=f"{name} database (idf)")
-            row, d, q = run_method(name, ds, f"RootSIFT+{suffix} k={k}", enc, db, queries, info,
-                                   {**common, "codebook_seconds": cb.config.get("seconds")})
-            rows.append(row)
-            vectors[row["method"]] = (d, q)
+        rows += bow_rows(name, ds, cb, db, queries, info, {**common, "codebook_seconds": cb.config.get("seconds")},
+                         soft=args.bow_soft and k >= (1000 if args.quick else 10000))
 
     for k in vocab_vlad:
         cb = cached_codebook(cache, tag, db, k, trained_on, args.quick, args.seed, args.faiss_threads)
         enc = VladEncoder(cb)
-        row, d, q = run_method(name, ds, f"RootSIFT+VLAD k={k}", enc, db, queries, info,
+        row, _, _ = run_method(name, ds, f"RootSIFT+VLAD k={k}", enc, db, queries, info,
                                {**common, "codebook_seconds": cb.config.get("seconds")})
         rows.append(row)
-        vectors[row["method"]] = (d, q)
+        # multiple assignment (3 nearest words, Gaussian weights) with normalised residuals
+        row, _, _ = run_method(name, ds, f"RootSIFT+VLAD+MA3+rn k={k}",
+                               VladEncoder(cb, n_nearest=3, sigma=0.2, residual_norm=True), db, queries, info,
+                               {**common, "codebook_seconds": cb.config.get("seconds")})
+        rows.append(row)
         # PCA-whitening learned on the other dataset's images, encoded with this codebook
         raw_other = _vlad_raw_for(enc, other_db)
         raw_other = raw_other[np.any(raw_other != 0, axis=1)]
@@ -286,16 +327,15 @@ def dataset_rows(name: str, ds: RetrievalDataset, feats: Dict[str, tuple], args,
             white = PCAWhitening(dim=dim, eigen_power=args.whiten_power, shrinkage=args.whiten_shrinkage,
                                  max_samples=4000, seed=args.seed).fit(raw_other, trained_on=f"{other} images")
             wenc = VladEncoder(cb, whitening=white)
-            row, d, q = run_method(name, ds, f"RootSIFT+VLAD k={k} +PCAw{white.dim}", wenc, db, queries, info,
+            row, _, _ = run_method(name, ds, f"RootSIFT+VLAD k={k} +PCAw{white.dim}", wenc, db, queries, info,
                                    {**common, "whitening_trained_on": f"{other} images ({len(raw_other)})"})
             rows.append(row)
 
     for k in vocab_fisher:
         enc = cached_fisher(cache, tag, db, k, trained_on, args.quick, args.seed)
-        row, d, q = run_method(name, ds, f"RootSIFT+Fisher k={k} (PCA64)", enc, db, queries, info, common)
+        row, _, _ = run_method(name, ds, f"RootSIFT+Fisher k={k} (PCA64)", enc, db, queries, info, common)
         rows.append(row)
-        vectors[row["method"]] = (d, q)
-    return rows, vectors
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------
@@ -436,10 +476,12 @@ def main(argv=None) -> dict:
     p.add_argument("--datasets", default="oxford,coil100")
     p.add_argument("--jobs", type=int, default=2, help="feature extraction workers")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bow-k", default=None, help="BoW vocabulary sizes (default 1000,20000; quick 200,2000)")
+    p.add_argument("--bow-k", default=None, help="BoW vocabulary sizes (default 1000,20000; quick 100,1000)")
+    p.add_argument("--bow-soft", action="store_true",
+                   help="also soft-assigned BoW (3 nearest words) for vocabularies >= 10k (quick: >= 1k)")
     p.add_argument("--vlad-k", default="64,256")
     p.add_argument("--fisher-k", default="64,256")
-    p.add_argument("--whiten-dims", default="512", help="PCA-whitening output sizes for VLAD ('' = none)")
+    p.add_argument("--whiten-dims", default="1024", help="PCA-whitening output sizes for VLAD ('' = none)")
     p.add_argument("--whiten-power", type=float, default=0.5, help="eigenvalue power (0.5 = full whitening)")
     p.add_argument("--whiten-shrinkage", type=float, default=0.0)
     p.add_argument("--faiss-threads", type=int, default=None,
@@ -455,7 +497,7 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     data = Path(args.data) if args.data else data_root()
     cache = Path(args.cache) / NAME
-    bow_k = [int(v) for v in (args.bow_k or ("200,2000" if args.quick else "1000,20000")).split(",") if v]
+    bow_k = [int(v) for v in (("100,1000" if args.quick else "1000,20000") if args.bow_k is None else args.bow_k).split(",") if v]
     vlad_k = [int(v) for v in args.vlad_k.split(",") if v]
     fisher_k = [int(v) for v in args.fisher_k.split(",") if v]
     args.whiten_dims = [int(v) for v in args.whiten_dims.split(",") if v]
@@ -467,6 +509,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"unknown datasets {sorted(unknown)}; known: {sorted(SIFT_FOR)}")
 
     datasets = load_datasets(data, args.quick)
+    # first search loads the index backend (torch): done once here so no method's query time pays it
+    Index(np.eye(4, dtype=np.float32)).search(np.eye(4, dtype=np.float32), k=1)
     feats = {}
     stage = {}
     # whitening of each dataset is learned on the other one, so both sets of features are needed
@@ -484,7 +528,7 @@ def main(argv=None) -> dict:
     rows: List[dict] = []
     for name in names:
         t0 = time.perf_counter()
-        r, _ = dataset_rows(name, datasets[name], feats, args, cache, bow_k, vlad_k, fisher_k)
+        r = dataset_rows(name, datasets[name], feats, args, cache, bow_k, vlad_k, fisher_k)
         rows.extend(r)
         stage[f"methods {name}"] = round(time.perf_counter() - t0, 1)
 
@@ -523,7 +567,9 @@ def main(argv=None) -> dict:
             if "VLAD" in best:
                 enc = VladEncoder(cb)
             else:
-                opts = {"tf_power": 0.5} if "sqrt-tf" in best else {"n_nearest": 3, "sigma": 0.2} if "soft3" in best else {}
+                opts = {"tf_power": 0.5} if "sqrt-tf" in best else {}
+                if "soft3" in best:
+                    opts.update({"n_nearest": 3, "sigma": 0.2})
                 enc = BowEncoder(cb, **opts).fit_idf(odb)
         args._encoders[best] = enc
         print(f"spatial re-ranking of {best} (mAP {cb_rows[best]['mAP']}):", flush=True)

@@ -10,14 +10,16 @@ EfficientNet-Lite0, GeM (p = 3), L2, at ``--eval-size`` pixels (COIL's native 12
 * E3: Siamese contrastive from ImageNet (``'coil-e3'``);
 * E4: Siamese contrastive from the E2 model (``'coil-e4'``).
 
-Trained models and their state go to ``--cache/<config>/`` (a rerun resumes or reuses them);
-descriptors to ``--cache/descriptors/``. ``--quick``: objects 1-6 / 51-56, one short epoch each.
+Trained models and their state go to ``--cache/<config name>-<config digest>/`` (a rerun resumes or reuses them);
+descriptors to ``--cache/descriptors/``. ``--quick``: objects 1-4 / 51-53, four steps each.
 
     .venv/bin/python benchmarks/train_coil_split.py [--methods e1,e2,e3,e4] [--set e3:loop.epochs=2]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -57,6 +59,18 @@ def split(root: Path, train_objects, test_objects):
     return ([full.db_paths[i] for i in tr], [full.db_labels[i] for i in tr]), evalset
 
 
+def run_folder(cache: Path, cfg) -> Path:
+    """Where a configuration trains: its name plus a digest of the whole configuration, so a changed
+    configuration trains afresh instead of meeting the old run's checkpoint."""
+    digest = hashlib.sha256(cfg.to_json().encode()).hexdigest()[:10]
+    return cache / f"{cfg.name}-{digest}"
+
+
+def quick_config(cfg):
+    return cfg.with_overrides(**{"loop.epochs": 1, "loop.max_steps_per_epoch": 4, "P": 4,
+                                 "batch_size": 16, "loop.warmup_steps": 0})
+
+
 def parse_overrides(items):
     out = {}
     for item in items or []:
@@ -83,7 +97,7 @@ def main(argv=None) -> int:
 
     root = Path(args.data) / "coil100"
     cache = Path(args.cache) / ("quick" if args.quick else "full")
-    train_objects, test_objects = (range(1, 7), range(51, 57)) if args.quick else (range(1, 51), range(51, 101))
+    train_objects, test_objects = (range(1, 5), range(51, 54)) if args.quick else (range(1, 51), range(51, 101))
     (train_paths, train_labels), evalset = split(root, train_objects, test_objects)
     overrides = parse_overrides(args.set)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -126,22 +140,21 @@ def main(argv=None) -> int:
         elif method in CONFIG_OF:
             cfg = get_config(CONFIG_OF[method], **{"loop.device": args.device, **overrides.get(method, {})})
             if args.quick:
-                cfg = cfg.with_overrides(**{"loop.epochs": 1, "loop.max_steps_per_epoch": 4, "P": 4,
-                                            "batch_size": 16, "loop.warmup_steps": 0})
-            out = cache / cfg.name
+                cfg = quick_config(cfg)
+            out = run_folder(cache, cfg)
             start = time.perf_counter()
             if method == "e2":
                 path = train_classifier(cfg, train_paths, train_labels, out)
             else:
                 init = None
                 if method == "e4":
-                    init = trained.get("e2") or cache / "coil-e2" / "model.pt"
+                    e2_cfg = get_config(CONFIG_OF["e2"], **{"loop.device": args.device, **overrides.get("e2", {})})
+                    init = trained.get("e2") or run_folder(cache, quick_config(e2_cfg) if args.quick else e2_cfg) / "model.pt"
                     if not Path(init).is_file():
                         raise SystemExit("E4 starts from the E2 model: run e2 first (--methods e2,e4)")
                 path = train_siamese(cfg, train_paths, train_labels, out, init_checkpoint=init)
             trained[method] = path
             wall = time.perf_counter() - start
-            import json
             meta = json.loads(path.with_suffix(".json").read_text())
             model = load_trained_efficientnet(path)
             row.update(evaluate(method, model, {"model_sha256": meta["sha256"], "size": args.eval_size}))

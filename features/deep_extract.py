@@ -5,15 +5,16 @@
 * :func:`extract_patches`: patch tokens of every image into a :class:`features.store.LocalFeatureStore`
   (keypoints at feature-map cell centres), like any local features.
 
-Pipeline: worker threads (joblib, ``n_jobs``) read, decode, crop and resize images ahead of the
-network (Pillow and OpenCV release the GIL, so decoding overlaps inference); the main thread groups the
+Pipeline: worker threads (joblib, ``n_jobs``) read, decode, crop, resize and normalise images ahead
+of the network (Pillow and OpenCV release the GIL, so decoding overlaps inference); the main thread groups the
 prepared images by size, since images whose aspect ratio is kept cannot be stacked otherwise, and runs
 the network on full batches of one size (``batch_size``); at the end each partial group runs as it
 is (a batch of one is a plain per-image forward, no padding). ``benchmarks/deep_speed.py`` compares
 this with per-image processing.
 
-Resuming: finished batches are written as they are produced; a rerun skips ids already in the file
-and computes only the rest. A file made with another configuration is refused. An unreadable image
+Resuming: computed rows are written in chunks (``write_every``) and whatever is computed is written
+when an error or an interruption ends the run; a rerun skips ids already in the file and computes
+only the rest. A file made with another configuration is refused. An unreadable image
 raises :class:`features.extract.ExtractionError` naming the file after every image decoded before it
 has been computed and written (``on_error="skip"`` lists it in the result and goes on).
 """
@@ -24,6 +25,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
@@ -39,14 +41,15 @@ __all__ = ["extract_global", "extract_patches", "patch_config", "ExtractionError
 
 
 def _prepare_one(extractor, image_id: str, path: str, box: Optional[Box]):
-    """Worker: (id, prepared uint8 image, (h, w) of the cropped input, error). Never raises."""
+    """Worker: (id, normalised float32 (3, H, W) network input, (h, w) of the cropped image, error):
+    decode, crop, resize and normalise all happen here, off the network's thread. Never raises."""
     try:
         image = load_image(path)
         if box is not None:
             from retrieval.datasets.oxford import crop_query
 
             image = crop_query(image, box)
-        return image_id, extractor.prepare(image), image.shape[:2], None
+        return image_id, extractor.to_input(extractor.prepare(image)), image.shape[:2], None
     except ImageLoadError as exc:
         return image_id, None, None, exc.reason
     except Exception as exc:  # a bad box, an OpenCV error: reported with the file's name
@@ -67,14 +70,15 @@ def _check_inputs(ids, paths, boxes):
 
 def _run(extractor, ids: List[str], paths: List[str], todo: List[int], boxes, batch_size: int, n_jobs: int,
          on_error: str, consume, result: ExtractionResult, desc: str, progress: bool) -> None:
-    """Decode ``todo`` in worker threads, group by prepared size, call ``consume(ids, prepared,
-    input_sizes)`` per batch; errors per ``on_error``."""
+    """Decode ``todo`` in worker threads, group by input size, call ``consume(ids, inputs (B, 3, H, W),
+    image_sizes)`` per batch; errors per ``on_error``."""
     groups: Dict[tuple, list] = {}
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False)
 
     def flush(shape):
         items = groups.pop(shape)
-        consume([i for i, _, _ in items], np.stack([p for _, p, _ in items]), [s for _, _, s in items])
+        batch = items[0][1][None] if len(items) == 1 else np.stack([p for _, p, _ in items])
+        consume([i for i, _, _ in items], torch.from_numpy(batch), [s for _, _, s in items])
         result.computed += len(items)
         bar.update(len(items))
 
@@ -106,16 +110,17 @@ def _run(extractor, ids: List[str], paths: List[str], todo: List[int], boxes, ba
 def extract_global(extractor, ids: Sequence, paths: Sequence[PathLike], out_path: PathLike,
                    batch_size: Optional[int] = None, n_jobs: int = 2,
                    boxes: Optional[Sequence[Optional[Box]]] = None, on_error: str = "raise",
-                   overwrite: bool = False, progress: bool = True,
+                   overwrite: bool = False, progress: bool = True, write_every: int = 64,
                    desc: str = "global features") -> ExtractionResult:
     """Global descriptors of every image into the feature file ``out_path`` (resumable).
 
-    ``extractor``: an :class:`features.efficientnet.EfficientNetExtractor` (or any extractor with
-    ``prepare(image) -> uint8 array``, ``describe_prepared(batch) -> (B, dim)``, ``dim`` and
-    ``config``). ``boxes`` (one per image, or None) crop first, in pixels of the stored file.
-    ``batch_size`` images of one prepared size go through the network together (default: the
-    extractor's). ``n_jobs`` decoding threads. Returns an :class:`ExtractionResult`; read the file
-    with :func:`features.store.load_global`."""
+    ``extractor``: an :class:`features.efficientnet.EfficientNetExtractor` (or anything with its
+    ``prepare``, ``to_input``, ``describe_inputs``, ``dim`` and ``config``). ``boxes`` (one per image,
+    or None) crop first, in pixels of the stored file. ``batch_size`` images of one input size go
+    through the network together (default: the extractor's). ``n_jobs`` decoding threads. Rows are
+    written every ``write_every`` images (and whatever is computed when an error or an interruption
+    ends the run). Returns an :class:`ExtractionResult`; read the file with
+    :func:`features.store.load_global`."""
     if on_error not in ("raise", "skip"):
         raise ValueError("on_error must be 'raise' or 'skip'")
     ids, paths = _check_inputs(ids, paths, boxes)
@@ -126,11 +131,27 @@ def extract_global(extractor, ids: Sequence, paths: Sequence[PathLike], out_path
         done = set(writer.done_ids)
         todo = [i for i, image_id in enumerate(ids) if image_id not in done]
         result.skipped = len(ids) - len(todo)
-        if todo:
-            def consume(batch_ids, batch, _sizes):
-                writer.append(batch_ids, extractor.describe_prepared(batch))
+        pending_ids: List[str] = []
+        pending_vecs: List[np.ndarray] = []
 
-            _run(extractor, ids, paths, todo, boxes, batch_size, n_jobs, on_error, consume, result, desc, progress)
+        def write():
+            if pending_ids:
+                writer.append(list(pending_ids), np.concatenate(pending_vecs))
+                pending_ids.clear()
+                pending_vecs.clear()
+
+        def consume(batch_ids, inputs, _sizes):
+            pending_ids.extend(batch_ids)
+            pending_vecs.append(extractor.describe_inputs(inputs))
+            if len(pending_ids) >= write_every:
+                write()
+
+        try:
+            if todo:
+                _run(extractor, ids, paths, todo, boxes, batch_size, n_jobs, on_error, consume, result, desc,
+                     progress)
+        finally:
+            write()  # whatever was computed is kept, even on an error or an interruption
     result.seconds = time.perf_counter() - start
     return result
 
@@ -147,12 +168,13 @@ def patch_config(extractor) -> dict:
 def extract_patches(extractor, ids: Sequence, paths: Sequence[PathLike], store_path: PathLike,
                     batch_size: Optional[int] = None, n_jobs: int = 2,
                     boxes: Optional[Sequence[Optional[Box]]] = None, on_error: str = "raise",
-                    overwrite: bool = False, progress: bool = True,
+                    overwrite: bool = False, progress: bool = True, write_every: int = 64,
                     desc: str = "patch tokens") -> ExtractionResult:
     """Patch tokens (L2-normalised feature-map cells, keypoints at cell centres in pixels of the
     (cropped) stored image) of every image into the :class:`LocalFeatureStore` ``store_path``
-    (float16, resumable). ``extractor`` needs ``prepare``, ``feature_maps_prepared`` and
-    ``patches_from_map`` (:class:`features.efficientnet.EfficientNetExtractor`)."""
+    (float16, resumable; flushed every ``write_every`` images and when the store closes).
+    ``extractor`` needs ``prepare``, ``to_input``, ``feature_maps_inputs`` and ``patches_from_map``
+    (:class:`features.efficientnet.EfficientNetExtractor`)."""
     if on_error not in ("raise", "skip"):
         raise ValueError("on_error must be 'raise' or 'skip'")
     ids, paths = _check_inputs(ids, paths, boxes)
@@ -163,15 +185,20 @@ def extract_patches(extractor, ids: Sequence, paths: Sequence[PathLike], store_p
                            dtype="float16") as store:
         todo = [i for i, image_id in enumerate(ids) if image_id not in store]
         result.skipped = len(ids) - len(todo)
-        if todo:
-            def consume(batch_ids, batch, sizes):
-                fmaps = extractor.feature_maps_prepared(batch)
-                for k, image_id in enumerate(batch_ids):
-                    feats = extractor.patches_from_map(fmaps[k], sizes[k])
-                    store.put(image_id, feats)
-                    result.n_keypoints += len(feats)
-                store.flush()
+        since_flush = [0]
 
+        def consume(batch_ids, inputs, sizes):
+            fmaps = extractor.feature_maps_inputs(inputs)
+            for k, image_id in enumerate(batch_ids):
+                feats = extractor.patches_from_map(fmaps[k], sizes[k])
+                store.put(image_id, feats)
+                result.n_keypoints += len(feats)
+            since_flush[0] += len(batch_ids)
+            if since_flush[0] >= write_every:
+                store.flush()
+                since_flush[0] = 0
+
+        if todo:
             _run(extractor, ids, paths, todo, boxes, batch_size, n_jobs, on_error, consume, result, desc, progress)
     result.seconds = time.perf_counter() - start
     return result

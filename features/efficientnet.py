@@ -316,11 +316,17 @@ _MS = (1.0, 2 ** -0.5, 2 ** 0.5)
 
 #: Named configurations. ``input``: 'longest' (aspect kept, longest side = ``size``, small images
 #: enlarged) or 'square' (resized to ``size`` x ``size``). ``scales``: multi-scale factors applied to
-#: the prepared image. ``whitening``: path of a PCAWhitening file (learned on OTHER data) or None.
+#: the prepared image. ``upscale`` (longest-side mode): enlarge images smaller than ``size`` (False
+#: keeps e.g. a cropped query at its native resolution). ``whitening``: path of a PCAWhitening file
+#: (learned on OTHER data) or None.
 EXTRACTOR_CONFIGS = {
     "lite0-gem-512": dict(model="lite0", pooling="gem", gem_p=3.0, input="longest", size=512, scales=[1.0]),
     "lite0-gem-ms-512": dict(model="lite0", pooling="gem", gem_p=3.0, input="longest", size=512,
                              scales=list(_MS)),
+    # scales 1 and 1/sqrt2 only: the best multi-scale set on Oxford (benchmarks/deep_oxford.py;
+    # chosen on that test set, so its figure there is optimistic)
+    "lite0-gem-ms2-512": dict(model="lite0", pooling="gem", gem_p=3.0, input="longest", size=512,
+                              scales=[1.0, 2 ** -0.5]),
     "lite0-avg-512": dict(model="lite0", pooling="avg", input="longest", size=512, scales=[1.0]),
     "lite0-avg-ms-512": dict(model="lite0", pooling="avg", input="longest", size=512, scales=list(_MS)),
     "lite0-max-512": dict(model="lite0", pooling="max", input="longest", size=512, scales=[1.0]),
@@ -332,7 +338,7 @@ EXTRACTOR_CONFIGS = {
     "lite0-patch-224": dict(model="lite0", pooling="gem", gem_p=3.0, input="square", size=224, scales=[1.0]),
 }
 _CONFIG_DEFAULTS = dict(model="lite0", weights="imagenet", pooling="gem", gem_p=3.0, input="longest",
-                        size=512, scales=[1.0], whitening=None)
+                        size=512, upscale=True, scales=[1.0], whitening=None)
 INPUT_MODES = ("longest", "square")
 
 
@@ -373,6 +379,7 @@ def resolve_config(config: Union[str, dict, None] = "lite0-gem-512", **overrides
     if cfg["input"] not in INPUT_MODES:
         raise ValueError(f"input must be one of {INPUT_MODES}, got {cfg['input']!r}")
     cfg["size"] = int(cfg["size"])
+    cfg["upscale"] = bool(cfg["upscale"])
     if cfg["size"] < 32:
         raise ValueError(f"input size must be >= 32 pixels, got {cfg['size']}")
     cfg["scales"] = [float(s) for s in cfg["scales"]]
@@ -399,6 +406,17 @@ def _is_training_checkpoint(path: PathLike) -> bool:
         return "kind" in json.loads(sidecar.read_text())
     except (OSError, ValueError):
         return False
+
+
+def _state_digest(module: nn.Module) -> str:
+    """Digest of a module's parameters and buffers (names and values): tells two networks apart."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _whitening_summary(whitening) -> dict:
@@ -429,6 +447,9 @@ class EfficientNetExtractor(GlobalExtractor):
     (checked to 1e-4 in the tests), so it is not part of :attr:`config`. ``weights`` may be 'imagenet',
     'random', a state dict file, or a checkpoint written by ``retrieval.training`` (its pooling and GeM
     p then come from the checkpoint). ``model`` passes an :class:`EfficientNetGlobal` directly.
+    ``batch_size``: images of one size per forward (default 1 for aspect-kept inputs, 4 for
+    squares). ``threads``: ONNX Runtime intra-op threads (default ``torch.get_num_threads()``; torch
+    backends follow ``torch.set_num_threads``).
     """
 
     name = "efficientnet"
@@ -443,6 +464,7 @@ class EfficientNetExtractor(GlobalExtractor):
         else:
             cfg["model"], cfg["pooling"] = model.name, model.pooling
             cfg["weights"] = "given-module"
+            cfg["weights_sha256"] = _state_digest(model)
             if model.pooling == "gem":
                 cfg["gem_p"] = float(model.pool.p.detach()[0])
         self.model = model.eval()
@@ -457,8 +479,12 @@ class EfficientNetExtractor(GlobalExtractor):
         self.backend = self._resolve_backend(backend)
         from .fast_inference import make_backbone
 
-        self.backbone = make_backbone(self.model.net, is_lite(cfg["model"]), self.backend, threads=threads)
-        self.batch_size = int(batch_size or (32 if cfg["size"] <= 256 else 8))
+        self.backbone = make_backbone(self.model.net, is_lite(cfg["model"]), self.backend, threads=threads,
+                                      pool=self.model.pool)
+        # small batches: on CPU a batch of 1 ran fastest per image in benchmarks/deep_speed.py (cache
+        # locality beats batching; variable-size images cannot be stacked anyway) and keeps the
+        # decoding threads and the network streaming; 224 px squares use a few per call
+        self.batch_size = int(batch_size or (4 if cfg["input"] == "square" else 1))
 
     # -- construction helpers ---------------------------------------------------------------------
     @staticmethod
@@ -543,33 +569,51 @@ class EfficientNetExtractor(GlobalExtractor):
             raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}")
         size = self._config["size"]
         if self._config["input"] == "longest":
-            return resize_longest_side(image, size, upscale=True)
+            return resize_longest_side(image, size, upscale=self._config["upscale"])
         import cv2
 
         h, w = image.shape[:2]
         interp = cv2.INTER_AREA if min(h, w) > size else cv2.INTER_LINEAR
         return cv2.resize(image, (size, size), interpolation=interp)
 
-    def describe_prepared(self, batch: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) uint8 prepared images of one size -> (B, dim) float32 unit rows."""
-        x = preprocess(batch, self._config["model"], channels_last=self.backbone.channels_last)
+    def to_input(self, prepared: np.ndarray) -> np.ndarray:
+        """One prepared uint8 image -> normalised float32 (3, H, W) network input, computed with numpy
+        (no torch threads): the step decoding workers run so that the network thread only stacks and
+        runs. Equal to ``preprocess(prepared)[0]``."""
+        offset, scale = normalisation(self._config["model"])
+        x = (prepared.astype(np.float32) - offset) * (np.float32(1.0) / scale)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def describe_inputs(self, x: torch.Tensor) -> np.ndarray:
+        """(B, 3, H, W) normalised inputs -> (B, dim) float32 unit rows: per scale backbone, pooling,
+        L2; sum over scales, L2; whitening, L2."""
         with torch.inference_mode():
             total = None
             for s in self._config["scales"]:
-                fmap = self.backbone(resize_tensor(x, s))
-                d = l2n(self.model.pool(fmap.float()))
+                d = self.backbone.describe(resize_tensor(x, s))
                 total = d if total is None else total + d
-            desc = l2n(total).numpy().astype(np.float32)
+        desc = np.asarray(total, dtype=np.float32)
+        if len(self._config["scales"]) > 1:
+            desc = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
         if self.whitening is not None:
             desc = self.whitening.transform(desc)
             desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
         return desc
 
-    def feature_maps_prepared(self, batch: np.ndarray) -> torch.Tensor:
-        """(B, H, W, 3) uint8 prepared images -> (B, C, h, w) last feature map (scale 1)."""
-        x = preprocess(batch, self._config["model"], channels_last=self.backbone.channels_last)
+    def describe_prepared(self, batch: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 prepared images of one size -> (B, dim) float32 unit rows."""
+        return self.describe_inputs(preprocess(batch, self._config["model"],
+                                               channels_last=self.backbone.channels_last))
+
+    def feature_maps_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised inputs -> (B, C, h, w) last feature map (scale 1)."""
         with torch.inference_mode():
             return self.backbone(x).float().contiguous()
+
+    def feature_maps_prepared(self, batch: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) uint8 prepared images -> (B, C, h, w) last feature map (scale 1)."""
+        return self.feature_maps_inputs(preprocess(batch, self._config["model"],
+                                                   channels_last=self.backbone.channels_last))
 
     def _by_size(self, prepared: Sequence[np.ndarray]):
         """Batches of positions whose prepared images share a size (stacked without padding)."""

@@ -185,30 +185,62 @@ class _EagerFeatures(nn.Module):
         return self.net.extract_features(x)
 
 
+class _FeaturesAndDescriptor(nn.Module):
+    """backbone -> (feature map, L2(pool(feature map))): exported as one ONNX graph, so the ONNX
+    Runtime path never runs a torch op (torch's OpenMP threads, spinning after a pooling op, halved
+    ONNX Runtime's speed on 2 cores in benchmarks/deep_speed.py)."""
+
+    def __init__(self, backbone: nn.Module, pool: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor):
+        fmap = self.backbone(x)
+        desc = self.pool(fmap)
+        return fmap, desc / desc.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12)
+
+
 class FastBackbone:
     """A callable ``fmap = backbone(x)`` for (B, 3, H, W) float input in eval / inference mode, built by
-    :func:`make_backbone`. ``channels_last`` says which layout it wants its input in (it converts
-    otherwise)."""
+    :func:`make_backbone`; :meth:`describe` gives the L2-normalised pooled descriptor.
+    ``channels_last`` says which layout it wants its input in (it converts otherwise)."""
 
     def __init__(self, backend: str, module=None, session=None, channels_last: bool = False,
-                 out_channels: int = 0):
+                 out_channels: int = 0, pool: Optional[nn.Module] = None):
         self.backend = backend
         self.module = module
         self.session = session
         self.channels_last = channels_last
         self.out_channels = out_channels
+        self.pool = pool
+
+    def _run_session(self, x: torch.Tensor):
+        feed = x.detach().numpy()
+        if feed.dtype != np.float32 or not feed.flags.c_contiguous:
+            feed = np.ascontiguousarray(feed, dtype=np.float32)
+        return self.session.run(None, {"image": feed})
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.session is not None:
-            feed = np.ascontiguousarray(x.detach().float().numpy())
-            out = self.session.run(None, {"image": feed})[0]
-            return torch.from_numpy(out)
+            return torch.from_numpy(self._run_session(x)[0])
         if self.channels_last and not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         elif not self.channels_last and not x.is_contiguous():
             x = x.contiguous()
         with torch.inference_mode():
             return self.module(x)
+
+    def describe(self, x: torch.Tensor) -> np.ndarray:
+        """(B, C) float32 numpy: ``L2(pool(fmap))`` with the pooling given to :func:`make_backbone`."""
+        if self.pool is None:
+            raise ValueError("this backbone was built without a pooling module (make_backbone(..., pool=))")
+        if self.session is not None:
+            return self._run_session(x)[1]
+        fmap = self(x).float()
+        with torch.inference_mode():
+            desc = self.pool(fmap)
+            return (desc / desc.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12)).numpy()
 
     def __repr__(self) -> str:
         return f"FastBackbone(backend={self.backend!r}, channels_last={self.channels_last})"
@@ -224,9 +256,9 @@ def _onnx_session(module: nn.Module, example: torch.Tensor, threads: Optional[in
             # the tracer warns that the "same" padding is computed from input sizes; the exporter keeps
             # those as dynamic shape ops (checked against eager at odd and even sizes in the tests)
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), path, input_names=["image"], output_names=["fmap"],
+            torch.onnx.export(module, (example,), path, input_names=["image"], output_names=["fmap", "desc"],
                               dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                            "fmap": {0: "batch", 2: "fh", 3: "fw"}},
+                                            "fmap": {0: "batch", 2: "fh", 3: "fw"}, "desc": {0: "batch"}},
                               opset_version=17, dynamo=False)
         with open(path, "rb") as fh:
             model_bytes = fh.read()
@@ -238,35 +270,48 @@ def _onnx_session(module: nn.Module, example: torch.Tensor, threads: Optional[in
 
 
 def make_backbone(net: nn.Module, is_lite: bool, backend: str = "torchscript",
-                  example_size: int = 224, threads: Optional[int] = None) -> FastBackbone:
+                  example_size: int = 224, threads: Optional[int] = None,
+                  pool: Optional[nn.Module] = None) -> FastBackbone:
     """A :class:`FastBackbone` for the eval-mode EfficientNet ``net`` (not modified; copies are made).
 
     ``backend``: one of :data:`BACKENDS`. 'onnxruntime' raises ``ImportError`` when onnx/onnxruntime
-    are not installed."""
+    are not installed. ``pool`` (a pooling module, e.g. :class:`features.pooling.GeM`) enables
+    :meth:`FastBackbone.describe` (in the ONNX graph for 'onnxruntime'; the exported exponent of a
+    learned GeM is its value at this call)."""
+    import copy
+
+    pool = None if pool is None else copy.deepcopy(pool).eval()
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     out_channels = int(net._conv_head.out_channels)
     if backend == "eager":
-        import copy
-
         eager = copy.deepcopy(net).eval()
         if not is_lite and hasattr(eager, "set_swish"):
             eager.set_swish(memory_efficient=False)  # plain SiLU: same values, no custom autograd
-        return FastBackbone("eager", _EagerFeatures(eager).eval(), out_channels=out_channels)
+        return FastBackbone("eager", _EagerFeatures(eager).eval(), out_channels=out_channels, pool=pool)
     folded = fold_efficientnet(net, is_lite)
     if backend == "folded":
-        return FastBackbone("folded", folded, out_channels=out_channels)
+        return FastBackbone("folded", folded, out_channels=out_channels, pool=pool)
     if backend == "channels_last":
         return FastBackbone("channels_last", folded.to(memory_format=torch.channels_last),
-                            channels_last=True, out_channels=out_channels)
+                            channels_last=True, out_channels=out_channels, pool=pool)
     if backend == "torchscript":
         folded = folded.to(memory_format=torch.channels_last)
-        scripted = torch.jit.script(folded)
-        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(scripted.eval()))
-        return FastBackbone("torchscript", frozen, channels_last=True, out_channels=out_channels)
+        with warnings.catch_warnings():
+            # torch 2.x marks TorchScript deprecated in favour of torch.compile (which needs a C++
+            # compiler at run time); the frozen module still works and is measured in deep_speed
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scripted = torch.jit.script(folded)
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(scripted.eval()))
+        return FastBackbone("torchscript", frozen, channels_last=True, out_channels=out_channels, pool=pool)
     if not onnxruntime_available():
         raise ImportError("backend 'onnxruntime' needs the packages onnx and onnxruntime: "
                           "pip install onnx onnxruntime")
     example = torch.zeros(1, 3, example_size, example_size)
-    session = _onnx_session(folded, example, threads)
-    return FastBackbone("onnxruntime", session=session, out_channels=out_channels)
+    from .pooling import AvgPool
+
+    # without a pooling module the graph still has a descriptor output (average pooling); describe()
+    # refuses to use it, since no pooling was asked for
+    session = _onnx_session(_FeaturesAndDescriptor(folded, pool if pool is not None else AvgPool()).eval(),
+                            example, threads)
+    return FastBackbone("onnxruntime", session=session, out_channels=out_channels, pool=pool)

@@ -4,6 +4,7 @@
 * :mod:`rerank.ratio`     ratio-test score (E5)
 * :mod:`rerank.spatial`   spatial verification (RANSAC / USAC inliers)
 * :mod:`rerank.vlad`      VLAD similarity score (E6)
+* :mod:`rerank.patch`     EfficientNet patch-token similarity (E7; imported on first use)
 * :mod:`rerank.shortlist` the cached shortlist (global + local scores, npz + JSON)
 * :mod:`rerank.fusion`    score normalisation, ``v * global + (1 - v) * local``, the DELG rule, sweeps
 * :mod:`rerank.expansion` average / alpha query expansion, database-side augmentation
@@ -23,4 +24,14 @@ __all__ = [
     "METHODS", "SPATIAL_CONFIGS", "VladSimilarityScorer", "Shortlist", "NORMALISATIONS",
     "normalise_scores", "fuse", "fusion_order", "delg_order", "rerank", "delg_rerank", "sweep",
     "average_query_expansion", "alpha_query_expansion", "database_side_augmentation",
+    "PatchScorer", "PATCH_METHODS",
 ]
+
+
+def __getattr__(name):
+    # the patch scorer builds on features.efficientnet: imported only when asked for
+    if name in ("PatchScorer", "PATCH_METHODS"):
+        from . import patch
+
+        return getattr(patch, name)
+    raise AttributeError(f"module 'rerank' has no attribute {name!r}")

@@ -109,12 +109,15 @@ def _as_tensor(desc: np.ndarray) -> torch.Tensor:
 
 
 class _Query:
-    """The query side, prepared once per shortlist: descriptors as float32 tensor and squared norms."""
+    """The query side, prepared once per shortlist: float32 descriptors (a tensor, and its transpose for
+    the reverse check) and squared norms."""
 
     def __init__(self, desc: np.ndarray):
         self.t = _as_tensor(desc)
-        self.sqnorm = (self.t * self.t).sum(1)
-        self.rows = torch.arange(len(self.t))
+        self.tT = self.t.T
+        sq = np.einsum("ij,ij->i", self.t.numpy(), self.t.numpy())
+        self.sqnorm = sq.astype(np.float64)
+        self.neg_sqnorm = torch.from_numpy(-sq)[None, :]  # (1, n) float32
 
 
 def _match_one(query: _Query, db_desc: np.ndarray, ratio: Optional[float], mutual: bool,
@@ -124,55 +127,50 @@ def _match_one(query: _Query, db_desc: np.ndarray, ratio: Optional[float], mutua
     if n == 0 or m == 0:
         return PairMatches.empty(n if m > 0 else 0)
     db = _as_tensor(db_desc)
-    neg_b2 = -(db * db).sum(1)[None, :]  # (1, m)
-    best = torch.empty(n, dtype=torch.long)
-    g1 = torch.empty(n)
-    g2 = torch.full((n,), -np.inf)
-    col_best = torch.full((m,), -np.inf) if mutual else None
+    dbn = db.numpy()
+    neg_b2 = torch.from_numpy(-np.einsum("ij,ij->i", dbn, dbn))[None, :]  # (1, m), no (m, D) temporary
     dbT = db.T
-    # rows in blocks so that each (rows, m) block of G stays in cache between the GEMM and the
+    best = np.empty(n, dtype=np.int64)
+    g1 = np.empty(n, dtype=np.float64)
+    g2 = np.full(n, -np.inf)
+    # rows in blocks so that each (rows, m) block of G stays in cache between the GEMM and the two
     # reductions that read it
     for r0 in range(0, n, row_block):
         r1 = min(n, r0 + row_block)
-        # G = 2 a.b - |b|^2  (= |a|^2 - d^2): row maxima are nearest neighbours
-        g = torch.addmm(neg_b2, query.t[r0:r1], dbT, beta=1.0, alpha=2.0)
-        if mutual:
-            # the nearest query descriptor of b maximises 2 a.b - |a|^2 (= |b|^2 - d^2): compare on -d^2
-            g.sub_(query.sqnorm[r0:r1, None])
-            torch.maximum(col_best, g.amax(0), out=col_best)
-        gn = g.numpy()
-        idx = gn.argmax(1)  # numpy's argmax is several times faster than torch's on CPU
+        # G = 2 a.b - |b|^2  (= |a|^2 - d^2): the row maxima are the nearest neighbours
+        gn = torch.addmm(neg_b2, query.t[r0:r1], dbT, beta=1.0, alpha=2.0).numpy()
+        idx = gn.argmax(1)
         rows = np.arange(r1 - r0)
-        top1 = gn[rows, idx].copy()
-        best[r0:r1] = torch.from_numpy(idx)
-        g1[r0:r1] = torch.from_numpy(top1)
+        best[r0:r1] = idx
+        g1[r0:r1] = gn[rows, idx]
         if m > 1:
             gn[rows, idx] = -np.inf
-            g2[r0:r1] = g.amax(1)
-    if mutual:
-        # undo the per-row shift so g1/g2 are again 2 a.b - |b|^2 (+ const per row)
-        keep = g1 >= col_best[best]
-        g1 = g1 + query.sqnorm
-        g2 = g2 + query.sqnorm
-    else:
-        keep = torch.ones(n, dtype=torch.bool)
-    d1sq = torch.clamp(query.sqnorm - g1, min=0.0)
-    d2sq = torch.clamp(query.sqnorm - g2, min=0.0)  # +inf when m == 1
-    d1 = d1sq.sqrt()
-    d2 = d2sq.sqrt()
-    rat = d1 / d2
-    rat[(d1 == 0) & (d2 == 0)] = 1.0  # duplicate descriptors: a tie, never a distinctive match
+            g2[r0:r1] = gn.max(1)
+    d1sq = np.maximum(query.sqnorm - g1, 0.0)
+    d2sq = np.maximum(query.sqnorm - g2, 0.0)  # +inf when m == 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rat = np.sqrt(d1sq) / np.sqrt(d2sq)
+    rat[(d1sq == 0) & (d2sq == 0)] = 1.0  # duplicate descriptors: a tie, never a distinctive match
     if m < 2:
-        rat.fill_(np.inf)
-    if ratio is not None:
-        if m < 2:
-            keep = torch.zeros(n, dtype=torch.bool)
-        else:
-            # d1 < r d2  <=>  d1^2 < r^2 d2^2 (squared form avoids the sqrt's rounding)
-            keep = keep & (d1sq < (ratio * ratio) * d2sq)
-    sel = torch.nonzero(keep).flatten()
-    return PairMatches(sel.numpy().astype(np.int64), best[sel].numpy().astype(np.int64),
-                       d1[sel].numpy().astype(np.float32), rat[sel].numpy().astype(np.float32),
+        rat[:] = np.inf
+    if ratio is None:
+        keep = np.ones(n, dtype=bool)
+    elif m < 2:
+        keep = np.zeros(n, dtype=bool)
+    else:
+        # d1 < r d2  <=>  d1^2 < r^2 d2^2 (the squared form avoids the square roots' rounding)
+        keep = d1sq < (ratio * ratio) * d2sq
+    if mutual:
+        # reverse check on the candidates only: for each database descriptor some candidate points at,
+        # its nearest query descriptor is the argmax of 2 a.b - |a|^2 (one small GEMM)
+        cand = np.flatnonzero(keep)
+        if len(cand):
+            cols, inverse = np.unique(best[cand], return_inverse=True)
+            rev = torch.addmm(query.neg_sqnorm, db[torch.from_numpy(cols)], query.tT, beta=1.0, alpha=2.0)
+            owner = rev.numpy().argmax(1)
+            keep[cand] = owner[inverse] == cand
+    sel = np.flatnonzero(keep)
+    return PairMatches(sel, best[sel], np.sqrt(d1sq[sel]).astype(np.float32), rat[sel].astype(np.float32),
                        n_tentative=n)
 
 
@@ -210,7 +208,8 @@ def match_shortlist(query_desc: np.ndarray, db_descs: Sequence[np.ndarray], rati
     def one(d):
         return _match_one(query, d, ratio, mutual, row_block)
 
-    with _torch_threads(1):
+    # one worker: torch's own threads parallelise each GEMM; several: single-threaded torch per worker
+    with _torch_threads(1 if workers > 1 else torch.get_num_threads()):
         if workers == 1:
             pairs = [one(d) for d in db_descs]
         else:

@@ -20,11 +20,12 @@ tokens are concatenated (N_total, D) and ``S = Q P_all^T`` is split back per ima
 ``np.maximum.reduceat``.
 
 The scores plug into :mod:`rerank.fusion` as a named local score of a :class:`rerank.shortlist.
-Shortlist` (:func:`score_shortlist`), fused with the global score by ``v``.
+Shortlist` (``shortlist.score_with(PatchScorer(), query_store, db_store)``), fused with the global
+score by ``v``.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from features.local import LocalFeatures
 
 from .base import LocalScorer
 
-__all__ = ["PATCH_METHODS", "PatchScorer", "score_shortlist"]
+__all__ = ["PATCH_METHODS", "PatchScorer"]
 
 PATCH_METHODS = ("mean_max", "mutual_sum", "mutual_count")
 
@@ -90,21 +91,3 @@ class PatchScorer(LocalScorer):
         scores[nonempty] = summed
         return scores
 
-
-def score_shortlist(shortlist, scorer: LocalScorer, query_features: Callable[[str], LocalFeatures],
-                    db_features: Callable[[str], LocalFeatures], name: Optional[str] = None,
-                    progress: bool = True) -> str:
-    """Fill the local score ``name`` (default ``scorer.name``) of every pending query of a
-    :class:`rerank.shortlist.Shortlist`: ``query_features(query_id)`` and ``db_features(db_id)``
-    give the :class:`LocalFeatures` (e.g. ``LocalFeatureStore.get``). Rows already computed are kept
-    (resume). Returns the score name."""
-    from tqdm.auto import tqdm
-
-    name = name or scorer.name
-    rows = shortlist.pending(name)
-    shortlist.add_local(name)
-    for row in tqdm(rows, desc=f"{name} scores", unit="query", disable=not progress, leave=False):
-        query = query_features(shortlist.query_ids[row])
-        feats = [db_features(str(i)) for i in shortlist.db_ids[row]]
-        shortlist.set_local(name, row, scorer.score(query, feats))
-    return name

@@ -30,7 +30,7 @@ FORMAT_VERSION = 1
 __all__ = ["Shortlist", "SHORTLIST_FORMAT"]
 
 
-def _str_array(ids, what: str) -> np.ndarray:
+def _str_array(ids) -> np.ndarray:
     arr = np.asarray(ids)
     if arr.dtype.kind not in "US":
         arr = np.asarray([[str(x) for x in row] for row in arr.tolist()] if arr.ndim == 2
@@ -54,11 +54,11 @@ class Shortlist:
         self.query_ids: List[str] = [str(q) for q in query_ids]
         if len(set(self.query_ids)) != len(self.query_ids):
             raise ValueError("query ids must be unique")
-        self.db_ids = _str_array(db_ids, "db_ids").reshape(len(self.query_ids), -1)
+        self.db_ids = _str_array(db_ids).reshape(len(self.query_ids), -1)
         self.global_scores = np.asarray(global_scores, dtype=np.float64).reshape(self.db_ids.shape)
         if tail_ids is None:
             tail_ids = np.zeros((len(self.query_ids), 0), dtype="<U1")
-        self.tail_ids = _str_array(tail_ids, "tail_ids").reshape(len(self.query_ids), -1)
+        self.tail_ids = _str_array(tail_ids).reshape(len(self.query_ids), -1)
         self.local: Dict[str, np.ndarray] = {}
         for name, scores in (local or {}).items():
             self.set_local_scores(name, scores)
@@ -140,6 +140,34 @@ class Shortlist:
             raise ValueError(f"local score {name!r} is not computed for {len(missing)} queries "
                              f"(e.g. {names}); finish scoring first")
         return self.local[name]
+
+    def score_with(self, scorer, query_features, db_features, name: Optional[str] = None,
+                   path: Optional[PathLike] = None, save_every: int = 10, progress: bool = True) -> np.ndarray:
+        """Fill the local score ``name`` (default ``scorer.name``) with any
+        :class:`~rerank.base.LocalScorer`, query by query, skipping rows already computed (resume).
+
+        ``query_features`` / ``db_features``: mappings from id to :class:`~features.local.LocalFeatures`
+        (a dict, or a :class:`~features.store.LocalFeatureStore`: anything with ``[id]`` or ``.get(id)``).
+        With ``path`` the cache is saved every ``save_every`` queries and at the end. Returns the
+        complete (Q, k) scores."""
+        from tqdm.auto import tqdm
+
+        name = name or getattr(scorer, "name", "local")
+
+        def lookup(features, image_id):
+            return features.get(image_id) if hasattr(features, "put") else features[image_id]
+
+        rows = self.pending(name)
+        self.add_local(name)
+        for count, row in enumerate(tqdm(rows, desc=f"local score {name}", disable=not progress, leave=False), 1):
+            query = lookup(query_features, self.query_ids[row])
+            shortlist = [lookup(db_features, i) for i in self.db_ids[row]]
+            self.set_local(name, row, scorer.score(query, shortlist))
+            if path is not None and count % save_every == 0:
+                self.save(path)
+        if path is not None and rows:
+            self.save(path)
+        return self.local_scores(name)
 
     # -- rankings ------------------------------------------------------------------------------
     def predictions(self, order: Optional[np.ndarray] = None) -> Dict[str, List[str]]:

@@ -39,6 +39,7 @@ COMMAND_GROUPS: List[str] = [
     "retrieval.cli:register_index",
     "retrieval.cli:register_evaluate",
     "retrieval.cli:register_dataset",
+    "retrieval.bench.cli:register",
 ]
 
 DATASET_TYPES = ("oxford", "revisited", "gldv2", "folder", "multiview", "os-core")

@@ -9,7 +9,18 @@ from features.efficientnet import (EXTRACTOR_CONFIGS, EfficientNetExtractor, Eff
                                    WeightsNotFoundError, build_efficientnet, canonical_name,
                                    lite_weights_path, load_efficientnet, preprocess, read_state_dict)
 from features.fast_inference import BACKENDS, make_backbone, onnxruntime_available
+from features.pooling import GeM
 from retrieval.imageio import load_image
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a loaded shared machine OpenMP's spinning threads make a 2-thread
+    forward pass up to 50x slower; one thread keeps these tests fast and their timing stable."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 
 COFFEE_MUG, CUP = 504, 968
 CARS = {407, 436, 468, 511, 609, 627, 656, 661, 705, 717, 751, 817, 864, 867}  # car-like ImageNet classes
@@ -122,13 +133,20 @@ def test_global_module_any_size_and_checkpoint(tmp_path, coil100_dir):
 def test_fast_backends_equal_eager(lite0, coil100_dir, size):
     img = cv2.resize(_coil(coil100_dir, 12, size=None), (size[1], size[0]))
     x = preprocess(np.stack([img, img[::-1].copy()]))
-    ref = make_backbone(lite0, True, "eager")(x)
+    pool = GeM(3.0)
+    eager = make_backbone(lite0, True, "eager", pool=pool)
+    ref, ref_desc = eager(x), eager.describe(x)
+    np.testing.assert_allclose(np.linalg.norm(ref_desc, axis=1), 1.0, atol=1e-5)
     for backend in BACKENDS[1:]:
         if backend == "onnxruntime" and not onnxruntime_available():
             continue
-        out = make_backbone(lite0, True, backend)(x)
+        fast = make_backbone(lite0, True, backend, pool=pool)
+        out = fast(x)
         assert out.shape == ref.shape
         torch.testing.assert_close(out.float(), ref, atol=1e-4, rtol=1e-4, msg=backend)
+        np.testing.assert_allclose(fast.describe(x), ref_desc, atol=1e-5, err_msg=backend)
+    with pytest.raises(ValueError, match="pooling"):
+        make_backbone(lite0, True, "folded").describe(x)
 
 
 def test_folding_b0_with_squeeze_excitation():

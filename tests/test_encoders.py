@@ -32,11 +32,12 @@ def _encoders(codebook):
         BowEncoder(codebook, n_nearest=3, sigma=0.2, tf_power=0.5, idf=False),
         VladEncoder(codebook),
         VladEncoder(codebook, intra_norm=False, power=1.0, residual_norm=True),
+        VladEncoder(codebook, n_nearest=3, sigma=0.2, residual_norm=True),
         FisherEncoder(k=4, pca_dim=16, n_sample=5000, seed=0, gmm_max_iter=50),
     ]
 
 
-@pytest.mark.parametrize("which", range(5))
+@pytest.mark.parametrize("which", range(6))
 def test_encoder_shapes_norms_empty_and_roundtrip(tmp_path, features, codebook, which):
     enc = _encoders(codebook)[which].fit(features)
     items = features + [EMPTY]
@@ -96,6 +97,25 @@ def test_vlad_matches_its_definition(features, codebook):
     np.testing.assert_allclose(got, v, atol=1e-5)
 
 
+def test_multiple_assignment_vlad_matches_its_definition(features, codebook):
+    sigma = 0.2
+    got = VladEncoder(codebook, n_nearest=2, sigma=sigma, intra_norm=False, power=1.0).encode(features[4])
+    x = features[4].descriptors.astype(np.float64)
+    c = codebook.centroids.astype(np.float64)
+    d2 = ((x[:, None] - c[None]) ** 2).sum(-1)
+    v = np.zeros_like(c)
+    for i in range(len(x)):  # reference: one descriptor at a time
+        near = np.argsort(d2[i])[:2]
+        a = np.exp(-d2[i, near] / (2 * sigma ** 2))
+        a /= a.sum()
+        for word, weight in zip(near, a):
+            v[word] += weight * (x[i] - c[word])
+    v = v.ravel() / np.linalg.norm(v)
+    np.testing.assert_allclose(got, v, atol=1e-5)
+    with pytest.raises(ValueError, match="sigma"):
+        VladEncoder(codebook, n_nearest=2)
+
+
 def test_fisher_matches_its_definition(features):
     enc = FisherEncoder(k=3, pca_dim=8, n_sample=4000, seed=0, power=1.0).fit(features)
     got = enc.encode(features[1])
@@ -126,6 +146,12 @@ def test_bow_tfidf_and_inverted_file_equal_dense_cosine(tmp_path, features, code
     sparse = enc.encode_sparse(features + [EMPTY])
     assert sp.issparse(sparse) and sparse.nnz < dense.size
     np.testing.assert_allclose(sparse.toarray(), dense, atol=1e-6)
+    # one quantisation shared: idf and weighting from precomputed term frequencies give the same vectors
+    shared = BowEncoder(codebook).fit_idf_from_tf(tf)
+    np.testing.assert_allclose(shared.idf, enc.idf)
+    np.testing.assert_allclose(shared.weight(enc.term_frequencies(features + [EMPTY])).toarray(), dense, atol=1e-6)
+    with pytest.raises(ValueError, match="words"):
+        shared.weight(tf[:, :5])
     ids = [f"img{i}" for i in range(len(dense))]
     index = BowInvertedIndex(sparse, ids=ids)
     np.testing.assert_allclose(index.scores(sparse[:5]), dense[:5] @ dense.T, atol=1e-5)
@@ -142,10 +168,10 @@ def test_inverted_file_with_a_large_vocabulary_matches_dense(oxford_dir):
     rng = np.random.default_rng(0)
     # 20k-word vocabulary from real descriptors; a few Oxford images
     ex = SiftExtractor("rootsift-1k", max_keypoints=300)
-    feats = [ex.extract_path(p) for p in sorted((oxford_dir / "images").glob("*.jpg"))[:12]]
+    feats = [ex.extract_path(p) for p in sorted((oxford_dir / "images").glob("*.jpg"))[:6]]
     pool = np.concatenate([f.descriptors for f in feats])
-    words = pool[rng.choice(len(pool), 3000, replace=False)] + rng.normal(0, 0.01, (3000, 128)).astype(np.float32)
-    words = np.concatenate([words, rng.random((17000, 128), dtype=np.float32)])
+    words = pool[rng.choice(len(pool), 1500, replace=False)] + rng.normal(0, 0.01, (1500, 128)).astype(np.float32)
+    words = np.concatenate([words, rng.random((18500, 128), dtype=np.float32)])
     enc = BowEncoder(Codebook(words), tf_power=0.5).fit(feats)
     sparse = enc.encode_sparse(feats)
     dense = enc.encode_many(feats)

@@ -9,6 +9,16 @@ from features.pooling import (GeM, avg_pool, gem_pool, l2n, make_pooling, max_po
 from retrieval.imageio import load_image
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a loaded shared machine OpenMP's spinning threads make a 2-thread
+    forward pass up to 50x slower; one thread keeps these tests fast and their timing stable."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def fmap(coil100_dir):
     """Lite0 feature maps of three real COIL-100 photos at their native 128 px (4 x 4 cells)."""

@@ -137,7 +137,7 @@ def test_one_step_on_real_images_lowers_the_loss(few_images):
 
 def test_loop_resume_gives_the_same_weights(few_images, tmp_path):
     full, full_result = _tiny_run(few_images, tmp_path / "full")
-    assert full_result.steps == full_result.epochs * 0 + len(full_result.losses) and full_result.epochs == 2
+    assert full_result.steps == len(full_result.losses) > 0 and full_result.epochs == 2
     assert (tmp_path / "full" / "losses.png").is_file()
     saved = json.loads((tmp_path / "full" / "losses.json").read_text())
     assert saved["finished"] and len(saved["losses"]) == full_result.steps
@@ -215,3 +215,18 @@ def test_unreadable_training_image(coil_few, tmp_path):
                             on_error="skip", progress=False)
     batch = streaming.get(np.array([0, 3]))
     assert batch.shape == (2, 32, 32, 3) and int(batch[1].max()) == 0 and streaming.bad_files
+
+
+def test_named_configs_and_overrides():
+    from retrieval.training import TRAIN_CONFIGS
+    from retrieval.training.cli import parse_label_ranges
+
+    assert {"coil-e2", "coil-e3", "coil-e4", "gldv2-e2-gpu", "gldv2-e3-gpu", "gldv2-e4-gpu"} <= set(TRAIN_CONFIGS)
+    cfg = get_config("coil-e3", **{"loop.epochs": "5", "P": 8, "image_size": 96, "name": "x"})
+    assert (cfg.loop.epochs, cfg.P, cfg.augment.out_size, cfg.name) == (5, 8, 96, "x")
+    assert TRAIN_CONFIGS["coil-e3"].loop.epochs != 5  # the named configuration is not modified
+    with pytest.raises(ValueError, match="unknown configuration key 'loop.epoch'"):
+        get_config("coil-e3", **{"loop.epoch": 2})
+    with pytest.raises(ValueError, match="unknown training configuration"):
+        get_config("coil-e9")
+    assert parse_label_ranges("1-3,7") == {"1", "2", "3", "7"}

@@ -81,10 +81,18 @@ class BowEncoder(LocalEncoder):
 
     def fit_idf(self, features: Sequence[FeatureInput], trained_on: Optional[str] = None) -> "BowEncoder":
         """``idf_w = log(N / n_w)`` over these ``N`` images (0 for words none of them contains)."""
-        tf = self.term_frequencies(features)
+        return self.fit_idf_from_tf(self.term_frequencies(features), trained_on=trained_on)
+
+    def fit_idf_from_tf(self, tf: sp.spmatrix, trained_on: Optional[str] = None) -> "BowEncoder":
+        """:meth:`fit_idf` from raw term frequencies already computed (:meth:`term_frequencies`), so one
+        quantisation of the database serves both idf and encoding."""
+        tf = sp.csr_matrix(tf)
+        tf.eliminate_zeros()
         n_docs = tf.shape[0]
         if n_docs == 0:
             raise ValueError("cannot learn idf from zero images")
+        if tf.shape[1] != self.k:
+            raise ValueError(f"term frequencies over {tf.shape[1]} words for a {self.k}-word encoder")
         doc_freq = np.bincount(tf.indices, minlength=self.k).astype(np.float64)
         idf = np.zeros(self.k, dtype=np.float64)
         seen = doc_freq > 0
@@ -148,13 +156,19 @@ class BowEncoder(LocalEncoder):
         for lo, hi in batches_by_descriptors(arrays, self.batch_descriptors):
             batch = Batch(arrays[lo:hi], self.input_dim)
             tf = self._word_weights(batch)
-            parts.append(self._finish(tf) if final else tf)
+            parts.append(self.weight(tf) if final else tf)
         if not parts:
             return sp.csr_matrix((0, self.k), dtype=np.float32)
         return sp.vstack(parts, format="csr").astype(np.float32)
 
-    def _finish(self, tf: sp.csr_matrix) -> sp.csr_matrix:
-        tf = tf.copy()
+    def weight(self, tf: sp.spmatrix) -> sp.csr_matrix:
+        """Raw term frequencies (:meth:`term_frequencies`) -> final vectors: damping, idf, L2 (sparse).
+        ``encode_sparse(f) == weight(term_frequencies(f))``; encoders that differ only in ``tf_power``
+        or idf can share one quantisation this way."""
+        self._check_fitted()
+        tf = sp.csr_matrix(tf, dtype=np.float32, copy=True)
+        if tf.shape[1] != self.k:
+            raise ValueError(f"term frequencies over {tf.shape[1]} words for a {self.k}-word encoder")
         if self.tf_power != 1.0:
             np.power(tf.data, self.tf_power, out=tf.data)
         if self.use_idf:
@@ -166,7 +180,7 @@ class BowEncoder(LocalEncoder):
         return tf
 
     def _encode_batch(self, batch: Batch) -> np.ndarray:
-        return self._finish(self._word_weights(batch)).toarray().astype(np.float32, copy=False)
+        return self.weight(self._word_weights(batch)).toarray().astype(np.float32, copy=False)
 
     # -- files ---------------------------------------------------------------------------------
     def _arrays(self) -> Dict[str, np.ndarray]:

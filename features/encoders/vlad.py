@@ -5,7 +5,9 @@ ECCV 2012).
 For a codebook ``c_1..c_k`` and descriptors ``x`` with nearest word ``NN(x)``:
 
 * ``v_i = sum_{x: NN(x) = i} r(x)`` with residual ``r(x) = x - c_i``, or ``(x - c_i) / ||x - c_i||``
-  with ``residual_norm`` (Delhumeau et al. 2013: every descriptor votes with the same weight);
+  with ``residual_norm`` (Delhumeau et al. 2013: every descriptor votes with the same weight); with
+  ``n_nearest = m > 1`` (multiple assignment) each descriptor adds ``a_j r_j(x)`` to each of its ``m``
+  nearest words, ``a_j = exp(-d_j^2 / (2 sigma^2)) / sum_l exp(-d_l^2 / (2 sigma^2))``;
 * ``intra_norm``: each ``v_i`` divided by its L2 norm (damps bursts within a word);
 * ``power``: signed power ``sign(v) |v|^power`` (0.5 = signed square root; 1 disables it);
 * L2 normalisation of the concatenated ``(k * D)`` vector;
@@ -35,8 +37,8 @@ class VladEncoder(LocalEncoder):
     kind = "vlad"
 
     def __init__(self, codebook: Optional[Codebook] = None, k: int = 64, intra_norm: bool = True,
-                 power: float = 0.5, residual_norm: bool = False,
-                 whitening: Optional[PCAWhitening] = None, seed: int = 0, n_sample: int = 500_000,
+                 power: float = 0.5, residual_norm: bool = False, n_nearest: int = 1,
+                 sigma: Optional[float] = None, whitening: Optional[PCAWhitening] = None, seed: int = 0, n_sample: int = 500_000,
                  niter: int = 20, max_points_per_centroid: int = 256, trained_on: Optional[str] = None):
         if not power > 0:
             raise ValueError("power must be > 0 (1 disables power-law normalisation)")
@@ -45,6 +47,12 @@ class VladEncoder(LocalEncoder):
         self.intra_norm = bool(intra_norm)
         self.power = float(power)
         self.residual_norm = bool(residual_norm)
+        if n_nearest < 1:
+            raise ValueError("n_nearest must be >= 1")
+        if n_nearest > 1 and not (sigma and sigma > 0):
+            raise ValueError("multiple assignment (n_nearest > 1) needs a positive sigma")
+        self.n_nearest = int(n_nearest)
+        self.sigma = None if sigma is None else float(sigma)
         self.whitening = whitening
         self.seed, self.n_sample, self.niter = int(seed), int(n_sample), int(niter)
         self.max_points_per_centroid = int(max_points_per_centroid)
@@ -90,7 +98,7 @@ class VladEncoder(LocalEncoder):
     @property
     def config(self) -> Dict:
         return {"type": "vlad", "k": self.k, "intra_norm": self.intra_norm, "power": self.power,
-                "residual_norm": self.residual_norm,
+                "residual_norm": self.residual_norm, "n_nearest": self.n_nearest, "sigma": self.sigma,
                 "codebook": None if self.codebook is None else self.codebook.config,
                 "whitening": None if self.whitening is None else self.whitening.config}
 
@@ -98,12 +106,19 @@ class VladEncoder(LocalEncoder):
         k, d = self.k, self.input_dim
         out = np.zeros((batch.size * k, d), dtype=np.float32)
         if len(batch.x):
-            idx, _ = self.codebook.assign(batch.x, 1)
-            idx = idx[:, 0]
-            residuals = batch.x - self.codebook.centroids[idx]
+            m = self.n_nearest
+            idx, sq = self.codebook.assign(batch.x, m)
+            rows = np.repeat(np.arange(len(batch.x)), m)
+            words = idx.ravel()
+            residuals = batch.x[rows] - self.codebook.centroids[words]
             if self.residual_norm:
                 l2_normalize_rows(residuals)
-            cell = batch.owner * k + idx
+            if m > 1:
+                # subtract each row's nearest distance before exp: same normalised weights, no underflow
+                a = np.exp(-(sq - sq[:, :1]) / (2.0 * self.sigma ** 2))
+                a /= a.sum(axis=1, keepdims=True)
+                residuals *= a.ravel()[:, None].astype(np.float32)
+            cell = batch.owner[rows] * k + words
             n = len(cell)
             indicator = sp.csr_matrix((np.ones(n, dtype=np.float32), (cell, np.arange(n))),
                                       shape=(batch.size * k, n))
@@ -134,4 +149,5 @@ class VladEncoder(LocalEncoder):
                 config["whitening"])
         return cls(codebook=Codebook(arrays["centroids"], config["codebook"]),
                    intra_norm=bool(config["intra_norm"]), power=float(config["power"]),
-                   residual_norm=bool(config.get("residual_norm", False)), whitening=whitening)
+                   residual_norm=bool(config.get("residual_norm", False)),
+                   n_nearest=int(config.get("n_nearest", 1)), sigma=config.get("sigma"), whitening=whitening)
