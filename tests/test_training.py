@@ -209,7 +209,8 @@ def test_unreadable_training_image(coil_few, tmp_path):
 
     with pytest.raises(ImageLoadError, match="broken.png"):
         TrainImages(list(paths[:3]) + [bad], labels[:4], progress=False)
-    kept = TrainImages(list(paths[:3]) + [bad], labels[:4], on_error="skip", progress=False)
+    with pytest.warns(UserWarning, match="broken.png"):
+        kept = TrainImages(list(paths[:3]) + [bad], labels[:4], on_error="skip", progress=False)
     assert len(kept) == 3 and kept.bad_files[0][0] == str(bad)
     streaming = TrainImages(list(paths[:3]) + [bad], labels[:4], load_size=32, cache=False,
                             on_error="skip", progress=False)
