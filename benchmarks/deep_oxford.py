@@ -34,7 +34,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -149,7 +149,7 @@ def check_against_extractor(ds: RetrievalDataset, multi: MultiPoolExtractor, n: 
     from retrieval.imageio import load_image
 
     images = [load_image(p) for p in ds.db_paths[:n]]
-    table = multi.describe_inputs(torch.stack([multi.to_input(multi.prepare(im)) for im in images[:1]]))
+    table = multi.describe_inputs(torch.from_numpy(np.stack([multi.to_input(multi.prepare(im)) for im in images[:1]])))
     worst = 0.0
     for name, scales in (("lite0-gem-512", (1.0,)), ("lite0-gem-ms-512", SCALES)):
         ext = EfficientNetExtractor(name, backend=multi.base.backend)

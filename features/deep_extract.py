@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from retrieval.imageio import ImageLoadError, load_image
 
-from .extract import ExtractionError, ExtractionResult
+from .extract import ExtractionError, ExtractionResult, _opencv_threads
 from .store import GlobalFeatureWriter, LocalFeatureStore
 
 PathLike = Union[str, os.PathLike]
@@ -56,6 +56,10 @@ def _prepare_one(extractor, image_id: str, path: str, box: Optional[Box]):
         return image_id, None, None, f"{type(exc).__name__}: {exc}"
 
 
+def _prepare_many(extractor, items):
+    return [_prepare_one(extractor, image_id, path, box) for image_id, path, box in items]
+
+
 def _check_inputs(ids, paths, boxes):
     ids = [str(i) for i in ids]
     paths = [str(p) for p in paths]
@@ -69,7 +73,7 @@ def _check_inputs(ids, paths, boxes):
 
 
 def _run(extractor, ids: List[str], paths: List[str], todo: List[int], boxes, batch_size: int, n_jobs: int,
-         on_error: str, consume, result: ExtractionResult, desc: str, progress: bool) -> None:
+         on_error: str, consume, result: ExtractionResult, desc: str, progress: bool, chunk: int = 8) -> None:
     """Decode ``todo`` in worker threads, group by input size, call ``consume(ids, inputs (B, 3, H, W),
     image_sizes)`` per batch; errors per ``on_error``."""
     groups: Dict[tuple, list] = {}
@@ -82,13 +86,16 @@ def _run(extractor, ids: List[str], paths: List[str], todo: List[int], boxes, ba
         result.computed += len(items)
         bar.update(len(items))
 
-    tasks = (delayed(_prepare_one)(extractor, ids[i], paths[i], None if boxes is None else boxes[i])
-             for i in todo)
+    # a task = a few consecutive images: per-task dispatch costs about as much as decoding a small image
+    chunks = [todo[s:s + chunk] for s in range(0, len(todo), chunk)]
+    tasks = (delayed(_prepare_many)(extractor, [(ids[i], paths[i], None if boxes is None else boxes[i])
+                                                for i in part]) for part in chunks)
     path_of = {ids[i]: paths[i] for i in todo}
     try:
-        with Parallel(n_jobs=n_jobs, backend="threading", return_as="generator",
-                      pre_dispatch=f"{max(2, 2 * batch_size)}") as parallel:
-            for image_id, prepared, in_size, error in parallel(tasks):
+        # one OpenCV thread per worker: the workers are the parallelism (features.extract does the same)
+        with _opencv_threads(1), Parallel(n_jobs=n_jobs, backend="threading", return_as="generator",
+                                          pre_dispatch=f"{max(2, 2 * n_jobs)}") as parallel:
+            for image_id, prepared, in_size, error in (item for part in parallel(tasks) for item in part):
                 if error is not None:
                     if on_error == "raise":
                         for shape in list(groups):

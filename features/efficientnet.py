@@ -13,6 +13,10 @@ and the pooled global descriptor network built on them.
   L2; a plain differentiable ``nn.Module`` (fine-tuned by ``retrieval.training``).
 * :func:`preprocess`: uint8 RGB -> normalised float tensor: Lite ``(pixel - 127) / 128``, B0..B7
   ``(pixel / 255 - mean) / std`` with the ImageNet mean/std.
+* :class:`EfficientNetExtractor`: the :class:`features.base.GlobalExtractor` with named
+  configurations (:data:`EXTRACTOR_CONFIGS`), a fast inference backend
+  (:mod:`features.fast_inference`), optional multi-scale and PCA-whitening, and patch tokens (E7).
+  Dataset-scale, resumable extraction: :mod:`features.deep_extract`.
 """
 from __future__ import annotations
 
@@ -485,6 +489,7 @@ class EfficientNetExtractor(GlobalExtractor):
         # locality beats batching; variable-size images cannot be stacked anyway) and keeps the
         # decoding threads and the network streaming; 224 px squares use a few per call
         self.batch_size = int(batch_size or (4 if cfg["input"] == "square" else 1))
+        self._blob_params = None
 
     # -- construction helpers ---------------------------------------------------------------------
     @staticmethod
@@ -577,12 +582,21 @@ class EfficientNetExtractor(GlobalExtractor):
         return cv2.resize(image, (size, size), interpolation=interp)
 
     def to_input(self, prepared: np.ndarray) -> np.ndarray:
-        """One prepared uint8 image -> normalised float32 (3, H, W) network input, computed with numpy
-        (no torch threads): the step decoding workers run so that the network thread only stacks and
-        runs. Equal to ``preprocess(prepared)[0]``."""
-        offset, scale = normalisation(self._config["model"])
-        x = (prepared.astype(np.float32) - offset) * (np.float32(1.0) / scale)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        """One prepared uint8 image -> normalised float32 (3, H, W) network input, the step decoding
+        workers run so that the network thread only stacks and runs. Equal to
+        ``preprocess(prepared)[0]``, computed by OpenCV's ``blobFromImageWithParams`` in one pass
+        (``(pixel - offset) * (1 / scale)``, HWC -> CHW; 6x faster than the numpy expression, no torch
+        threads involved)."""
+        import cv2
+
+        if self._blob_params is None:
+            offset, scale = normalisation(self._config["model"])
+            params = cv2.dnn.Image2BlobParams()
+            params.scalefactor = tuple(float(v) for v in np.float32(1.0) / scale) + (0.0,)
+            params.mean = tuple(float(v) for v in offset) + (0.0,)
+            params.ddepth = cv2.CV_32F
+            self._blob_params = params
+        return cv2.dnn.blobFromImageWithParams(np.ascontiguousarray(prepared), self._blob_params)[0]
 
     def describe_inputs(self, x: torch.Tensor) -> np.ndarray:
         """(B, 3, H, W) normalised inputs -> (B, dim) float32 unit rows: per scale backbone, pooling,

@@ -30,7 +30,7 @@ input size works with every backend).
 import os
 import tempfile
 import warnings
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import torch

@@ -1,6 +1,5 @@
 """Resumable deep extraction into global feature files and patch stores, on real COIL-100 images of
 mixed sizes, with a corrupt file in the middle."""
-import shutil
 
 import numpy as np
 import pytest

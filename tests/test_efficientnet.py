@@ -115,7 +115,7 @@ def test_global_module_any_size_and_checkpoint(tmp_path, coil100_dir):
     assert model.feature_map(x).shape == (1, 1280, 4, 4)
     d = model(x)
     assert d.shape == (1, model.out_dim) and model.out_dim == 1280
-    assert float(d.norm()) == pytest.approx(1.0, abs=1e-5)
+    assert float(d.detach().norm()) == pytest.approx(1.0, abs=1e-5)
     model.train()
     model(torch.cat([x, x.flip(-1)])).sum().backward()
     assert model.pool.p.grad is not None and model.net._conv_stem.weight.grad is not None
@@ -124,7 +124,7 @@ def test_global_module_any_size_and_checkpoint(tmp_path, coil100_dir):
         model.pool.p.fill_(4.5)
     torch.save(model.state_dict(), tmp_path / "tuned.pth")
     back = EfficientNetGlobal("lite0", weights=tmp_path / "tuned.pth", learn_p=True)
-    assert float(back.pool.p) == pytest.approx(4.5)
+    assert float(back.pool.p.detach()) == pytest.approx(4.5)
     with torch.inference_mode():
         torch.testing.assert_close(back(x), model(x))
 
@@ -177,6 +177,9 @@ def test_extractor_configs_multiscale_and_patches(coil100_dir):
     assert dm.shape == (2, 1280) and ms.config["scales"] == [1.0, 0.7071, 1.4142]
     assert 0.8 < float(dm[0] @ d[0]) < 0.9999
     assert "lite0-gem-ms-512" in EXTRACTOR_CONFIGS
+    prepared = ext.prepare(images[0])
+    assert prepared.shape == (224, 224, 3)
+    np.testing.assert_array_equal(ext.to_input(prepared), preprocess(prepared, "lite0")[0].numpy())
     with pytest.raises(ValueError, match="unknown EfficientNet extractor configuration"):
         EfficientNetExtractor("lite0-nope")
     # patch tokens: 7 x 7 at 224, unit rows, keypoints at cell centres of the 128 px input
