@@ -268,14 +268,23 @@ class EfficientNetGlobal(nn.Module):
 
     ``weights``: as :func:`load_efficientnet`, or a path to a state dict of this whole module (keys
     ``net.*`` and ``pool.*``, e.g. a fine-tuned checkpoint). ``pooling``: 'avg' | 'max' | 'gem';
-    ``learn_p=True`` makes the GeM exponent a trainable parameter.
+    ``learn_p=True`` makes the GeM exponent a trainable parameter. ``layer``: the feature map pooled,
+    'head' (after the 1x1 head convolution, 1280-d for Lite0) or 'blocks' (the last MBConv block's
+    output, 320-d for Lite0: better for instance retrieval off the shelf, see
+    ``benchmarks/deep_oxford.py``).
     """
 
     def __init__(self, name: str = "lite0", weights: Optional[PathLike] = "imagenet", pooling: str = "gem",
-                 gem_p: float = 3.0, learn_p: bool = False, net: Optional[EfficientNet] = None):
+                 gem_p: float = 3.0, learn_p: bool = False, net: Optional[EfficientNet] = None,
+                 layer: str = "head"):
         super().__init__()
+        from .fast_inference import LAYERS
+
+        if layer not in LAYERS:
+            raise ValueError(f"unknown feature layer {layer!r}; choose one of {LAYERS}")
         self.name = canonical_name(name)
         self.pooling = str(pooling).lower()
+        self.layer = layer
         whole_module_state = None
         if net is None:
             if isinstance(weights, (str, os.PathLike)) and str(weights) not in ("imagenet", "random"):
@@ -288,14 +297,20 @@ class EfficientNetGlobal(nn.Module):
                 net = load_efficientnet(self.name, weights)
         self.net = net
         self.pool = make_pooling(self.pooling, gem_p=gem_p, learn_p=learn_p)
-        self.out_dim = int(self.net._conv_head.out_channels)
+        from .fast_inference import layer_channels
+
+        self.out_dim = layer_channels(self.net, layer)
         if whole_module_state is not None:
             _load_strict(self, whole_module_state, str(weights))
         self.eval()
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, C, ceil(H/32), ceil(W/32)): the last feature map before the classifier."""
-        return self.net.extract_features(x)
+        """(B, 3, H, W) -> (B, C, ceil(H/32), ceil(W/32)): the feature map at :attr:`layer`."""
+        if self.layer == "head":
+            return self.net.extract_features(x)
+        from .fast_inference import blocks_features
+
+        return blocks_features(self.net, x)
 
     def pool_map(self, fmap: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, C) L2-normalised pooled descriptor."""
@@ -335,14 +350,22 @@ EXTRACTOR_CONFIGS = {
     "lite0-avg-ms-512": dict(model="lite0", pooling="avg", input="longest", size=512, scales=list(_MS)),
     "lite0-max-512": dict(model="lite0", pooling="max", input="longest", size=512, scales=[1.0]),
     "lite0-max-ms-512": dict(model="lite0", pooling="max", input="longest", size=512, scales=list(_MS)),
+    # The last MBConv block's 320-d map instead of the 1280-d head, GeM p = 4, scales 1, 1/sqrt2, sqrt2:
+    # the ImageNet default for landmarks (Oxford E1). Layer and p were chosen on Oxford, the only
+    # landmark set here, but with a held-out check (benchmarks/deep_oxford.py): each half of the
+    # landmarks prefers the blocks layer and p >= 4 over the head and p = 3.
+    "lite0-blocks-gem-512": dict(model="lite0", layer="blocks", pooling="gem", gem_p=4.0, input="longest",
+                                 size=512, scales=[1.0]),
+    "lite0-blocks-gem-ms-512": dict(model="lite0", layer="blocks", pooling="gem", gem_p=4.0, input="longest",
+                                    size=512, scales=list(_MS)),
     "lite0-gem-224": dict(model="lite0", pooling="gem", gem_p=3.0, input="square", size=224, scales=[1.0]),
     "lite0-avg-224": dict(model="lite0", pooling="avg", input="square", size=224, scales=[1.0]),
     "lite0-max-224": dict(model="lite0", pooling="max", input="square", size=224, scales=[1.0]),
     # patch tokens (E7): 7 x 7 feature-map cells of a 224 x 224 input
     "lite0-patch-224": dict(model="lite0", pooling="gem", gem_p=3.0, input="square", size=224, scales=[1.0]),
 }
-_CONFIG_DEFAULTS = dict(model="lite0", weights="imagenet", pooling="gem", gem_p=3.0, input="longest",
-                        size=512, upscale=True, scales=[1.0], whitening=None)
+_CONFIG_DEFAULTS = dict(model="lite0", weights="imagenet", layer="head", pooling="gem", gem_p=3.0,
+                        input="longest", size=512, upscale=True, scales=[1.0], whitening=None)
 INPUT_MODES = ("longest", "square")
 
 
@@ -380,6 +403,10 @@ def resolve_config(config: Union[str, dict, None] = "lite0-gem-512", **overrides
         cfg.pop("gem_p", None)
     else:
         cfg["gem_p"] = float(cfg["gem_p"])
+    from .fast_inference import LAYERS
+
+    if cfg["layer"] not in LAYERS:
+        raise ValueError(f"layer must be one of {LAYERS}, got {cfg['layer']!r}")
     if cfg["input"] not in INPUT_MODES:
         raise ValueError(f"input must be one of {INPUT_MODES}, got {cfg['input']!r}")
     cfg["size"] = int(cfg["size"])
@@ -466,7 +493,7 @@ class EfficientNetExtractor(GlobalExtractor):
         if model is None:
             model = self._build_model(cfg)
         else:
-            cfg["model"], cfg["pooling"] = model.name, model.pooling
+            cfg["model"], cfg["pooling"], cfg["layer"] = model.name, model.pooling, model.layer
             cfg["weights"] = "given-module"
             cfg["weights_sha256"] = _state_digest(model)
             if model.pooling == "gem":
@@ -484,7 +511,7 @@ class EfficientNetExtractor(GlobalExtractor):
         from .fast_inference import make_backbone
 
         self.backbone = make_backbone(self.model.net, is_lite(cfg["model"]), self.backend, threads=threads,
-                                      pool=self.model.pool)
+                                      pool=self.model.pool, layer=self.model.layer)
         # small batches: on CPU a batch of 1 ran fastest per image in benchmarks/deep_speed.py (cache
         # locality beats batching; variable-size images cannot be stacked anyway) and keeps the
         # decoding threads and the network streaming; 224 px squares use a few per call
@@ -502,14 +529,14 @@ class EfficientNetExtractor(GlobalExtractor):
             if model.name != cfg["model"]:
                 raise ValueError(f"{weights}: holds an efficientnet-{model.name}, the configuration asks "
                                  f"for efficientnet-{cfg['model']}")
-            cfg["pooling"] = model.pooling
+            cfg["pooling"], cfg["layer"] = model.pooling, model.layer
             if model.pooling == "gem":
                 cfg["gem_p"] = float(model.pool.p.detach()[0])
             else:
                 cfg.pop("gem_p", None)
         else:
             model = EfficientNetGlobal(cfg["model"], weights=weights, pooling=cfg["pooling"],
-                                       gem_p=cfg.get("gem_p", 3.0))
+                                       gem_p=cfg.get("gem_p", 3.0), layer=cfg["layer"])
             if model.pooling == "gem":  # a fine-tuned state dict may carry a learned p
                 cfg["gem_p"] = round(float(model.pool.p.detach()[0]), 6)
         if weights not in ("imagenet", "random"):

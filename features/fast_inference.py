@@ -1,8 +1,10 @@
 """Fast CPU inference for EfficientNet backbones: batch-norm folding, channels-last memory layout, a
 frozen TorchScript module, and an optional ONNX Runtime session.
 
-Every backend maps a normalised image batch (B, 3, H, W) to the last feature map (B, C, h, w) of
-``EfficientNet.extract_features`` (pooling stays in torch, shared by all backends):
+Every backend maps a normalised image batch (B, 3, H, W) to a feature map (B, C, h, w) at stride 32:
+``layer="head"`` the last one, ``EfficientNet.extract_features`` (after the 1x1 head convolution,
+1280 channels for B0 / Lite0), or ``layer="blocks"`` the output of the last MBConv block, before the
+head (320 channels for B0 / Lite0; see :data:`LAYERS`). Pooling is shared by all backends:
 
 =============== =========================================================================================
 ``eager``       efficientnet-pytorch's own modules (reference; swish as ``nn.SiLU`` for B0..B7)
@@ -37,10 +39,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["BACKENDS", "fold_conv_bn", "SamePadConv2d", "FoldedMBConv", "FoldedEfficientNet",
-           "fold_efficientnet", "FastBackbone", "make_backbone", "onnxruntime_available"]
+__all__ = ["BACKENDS", "LAYERS", "layer_channels", "blocks_features", "fold_conv_bn", "SamePadConv2d",
+           "FoldedMBConv", "FoldedEfficientNet", "fold_efficientnet", "FastBackbone", "make_backbone", "onnxruntime_available"]
 
 BACKENDS = ("eager", "folded", "channels_last", "torchscript", "onnxruntime")
+#: feature maps a backbone can end at: after the head convolution, or after the last MBConv block
+LAYERS = ("head", "blocks")
+
+
+def layer_channels(net: nn.Module, layer: str = "head") -> int:
+    """Channels of ``net``'s feature map at ``layer`` (one of :data:`LAYERS`)."""
+    if layer not in LAYERS:
+        raise ValueError(f"unknown feature layer {layer!r}; choose one of {LAYERS}")
+    if layer == "head":
+        return int(net._conv_head.out_channels)
+    return int(net._blocks[-1]._block_args.output_filters)
+
+
+def blocks_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """efficientnet-pytorch's ``extract_features`` without the head: stem, then every MBConv block
+    (with the same drop-connect schedule, which acts only in training)."""
+    x = net._swish(net._bn0(net._conv_stem(x)))
+    rate = net._global_params.drop_connect_rate
+    for idx, block in enumerate(net._blocks):
+        x = block(x, drop_connect_rate=rate * float(idx) / len(net._blocks) if rate else rate)
+    return x
 
 
 def onnxruntime_available() -> bool:
@@ -155,34 +178,40 @@ class FoldedMBConv(nn.Module):
 
 
 class FoldedEfficientNet(nn.Module):
-    """``EfficientNet.extract_features`` in eval mode with every BatchNorm folded into its convolution.
-    Scriptable; equal to the eager network to float rounding."""
+    """``EfficientNet.extract_features`` in eval mode with every BatchNorm folded into its convolution
+    (``layer="blocks"``: without the head). Scriptable; equal to the eager network to float rounding."""
 
-    def __init__(self, net: nn.Module, is_lite: bool):
+    has_head: bool
+
+    def __init__(self, net: nn.Module, is_lite: bool, layer: str = "head"):
         super().__init__()
+        self.out_channels = layer_channels(net, layer)
         self.stem = _folded(net._conv_stem, net._bn0)
         self.blocks = nn.Sequential(*[FoldedMBConv(b, is_lite) for b in net._blocks])
-        self.head = _folded(net._conv_head, net._bn1)
+        self.has_head = layer == "head"
+        self.head = _folded(net._conv_head, net._bn1) if self.has_head else nn.Identity()
         self.act = _activation(is_lite)
-        self.out_channels = int(net._conv_head.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.stem(x))
         x = self.blocks(x)
-        return self.act(self.head(x))
+        if self.has_head:
+            x = self.act(self.head(x))
+        return x
 
 
-def fold_efficientnet(net: nn.Module, is_lite: bool) -> FoldedEfficientNet:
-    return FoldedEfficientNet(net, is_lite).eval()
+def fold_efficientnet(net: nn.Module, is_lite: bool, layer: str = "head") -> FoldedEfficientNet:
+    return FoldedEfficientNet(net, is_lite, layer).eval()
 
 
 class _EagerFeatures(nn.Module):
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, layer: str = "head"):
         super().__init__()
         self.net = net
+        self.layer = layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x)
+        return self.net.extract_features(x) if self.layer == "head" else blocks_features(self.net, x)
 
 
 class _FeaturesAndDescriptor(nn.Module):
@@ -271,25 +300,25 @@ def _onnx_session(module: nn.Module, example: torch.Tensor, threads: Optional[in
 
 def make_backbone(net: nn.Module, is_lite: bool, backend: str = "torchscript",
                   example_size: int = 224, threads: Optional[int] = None,
-                  pool: Optional[nn.Module] = None) -> FastBackbone:
+                  pool: Optional[nn.Module] = None, layer: str = "head") -> FastBackbone:
     """A :class:`FastBackbone` for the eval-mode EfficientNet ``net`` (not modified; copies are made).
 
     ``backend``: one of :data:`BACKENDS`. 'onnxruntime' raises ``ImportError`` when onnx/onnxruntime
     are not installed. ``pool`` (a pooling module, e.g. :class:`features.pooling.GeM`) enables
     :meth:`FastBackbone.describe` (in the ONNX graph for 'onnxruntime'; the exported exponent of a
-    learned GeM is its value at this call)."""
+    learned GeM is its value at this call). ``layer``: the feature map returned (:data:`LAYERS`)."""
     import copy
 
     pool = None if pool is None else copy.deepcopy(pool).eval()
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    out_channels = int(net._conv_head.out_channels)
+    out_channels = layer_channels(net, layer)
     if backend == "eager":
         eager = copy.deepcopy(net).eval()
         if not is_lite and hasattr(eager, "set_swish"):
             eager.set_swish(memory_efficient=False)  # plain SiLU: same values, no custom autograd
-        return FastBackbone("eager", _EagerFeatures(eager).eval(), out_channels=out_channels, pool=pool)
-    folded = fold_efficientnet(net, is_lite)
+        return FastBackbone("eager", _EagerFeatures(eager, layer).eval(), out_channels=out_channels, pool=pool)
+    folded = fold_efficientnet(net, is_lite, layer)
     if backend == "folded":
         return FastBackbone("folded", folded, out_channels=out_channels, pool=pool)
     if backend == "channels_last":

@@ -22,7 +22,8 @@ reported too. Metric: Kaggle GLDv2 mAP@100 (:func:`retrieval.evaluate.evaluate_p
 protocol ``gldv2``), in percent.
 
 Oxford subset (standard protocol: queries cropped to their boxes, Oxford AP over good + ok, junk
-ignored): no training data there, so only E1 (``--oxford-config``, Lite0 GeM at 512 px) and E5-E7
+ignored): no training data there, so only E1 (``--oxford-config``, default ``lite0-blocks-gem-ms-512``:
+ImageNet Lite0, last-block feature map, GeM p = 4, scales 1, 1/sqrt2, sqrt2 at 512 px) and E5-E7
 re-ranking E1's top-100 (the VLAD codebook learned unsupervised on the database images, as the
 classical baselines did; patches from the ImageNet network at 512 px). v is cross-fitted over two
 halves of the queries split by landmark (alternate landmarks in sorted order), same rule.
@@ -249,7 +250,7 @@ class Options:
     train_config: str = "coil"
     train_overrides: Dict[str, Dict[str, str]] = field(default_factory=dict)
     global_config: str = "auto"
-    oxford_config: str = "lite0-gem-512"
+    oxford_config: str = "lite0-blocks-gem-ms-512"
     recompute: Tuple[str, ...] = ()
     skip_oxford: bool = False
     n_jobs: int = 2
@@ -1027,7 +1028,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--global-config", default="auto",
                     help="EfficientNet extractor configuration for E1-E4 (auto: 128 px square on COIL, "
                          "lite0-gem-512 on --gldv2)")
-    ap.add_argument("--oxford-config", default="lite0-gem-512", help="extractor configuration for Oxford E1")
+    ap.add_argument("--oxford-config", default="lite0-blocks-gem-ms-512",
+                    help="extractor configuration for Oxford E1 (features.efficientnet.EXTRACTOR_CONFIGS)")
     ap.add_argument("--recompute", action="store_true", help="ignore every cached result")
     ap.add_argument("--recompute-stage", action="append", choices=STAGES, default=[],
                     help="recompute one stage (repeatable)")
