@@ -480,7 +480,10 @@ class EfficientNetExtractor(GlobalExtractor):
     p then come from the checkpoint). ``model`` passes an :class:`EfficientNetGlobal` directly.
     ``batch_size``: images of one size per forward (default 1 for aspect-kept inputs, 4 for
     squares). ``threads``: ONNX Runtime intra-op threads (default ``torch.get_num_threads()``; torch
-    backends follow ``torch.set_num_threads``).
+    backends follow ``torch.set_num_threads``). ``device``: 'cpu' (default), 'cuda', 'cuda:1' ... or
+    'auto' (a GPU when torch sees one): on a GPU the network runs as a channels-last torch module
+    ('auto' backend) and only descriptors or feature maps come back; like ``backend`` it is not part
+    of :attr:`config`.
     """
 
     name = "efficientnet"
@@ -488,7 +491,7 @@ class EfficientNetExtractor(GlobalExtractor):
 
     def __init__(self, config: Union[str, dict, None] = "lite0-gem-512", backend: str = "auto",
                  model: Optional[EfficientNetGlobal] = None, whitening=None, batch_size: Optional[int] = None,
-                 threads: Optional[int] = None, **overrides):
+                 threads: Optional[int] = None, device: str = "cpu", **overrides):
         cfg = resolve_config(config, **overrides)
         if model is None:
             model = self._build_model(cfg)
@@ -507,15 +510,21 @@ class EfficientNetExtractor(GlobalExtractor):
         else:
             cfg["whitening"] = None
         self._config = cfg
-        self.backend = self._resolve_backend(backend)
+        from retrieval.training.loop import resolve_device
+
+        self.device = resolve_device(str(device))
+        self.backend = self._resolve_backend(backend, self.device)
         from .fast_inference import make_backbone
 
         self.backbone = make_backbone(self.model.net, is_lite(cfg["model"]), self.backend, threads=threads,
-                                      pool=self.model.pool, layer=self.model.layer)
+                                      pool=self.model.pool, layer=self.model.layer, device=self.device)
         # small batches: on CPU a batch of 1 ran fastest per image in benchmarks/deep_speed.py (cache
         # locality beats batching; variable-size images cannot be stacked anyway) and keeps the
-        # decoding threads and the network streaming; 224 px squares use a few per call
-        self.batch_size = int(batch_size or (4 if cfg["input"] == "square" else 1))
+        # decoding threads and the network streaming; 224 px squares use a few per call. A GPU wants
+        # large batches (of images that share a size)
+        if batch_size is None:
+            batch_size = 32 if self.device.type != "cpu" else (4 if cfg["input"] == "square" else 1)
+        self.batch_size = int(batch_size)
         self._blob_params = None
 
     # -- construction helpers ---------------------------------------------------------------------
@@ -545,9 +554,11 @@ class EfficientNetExtractor(GlobalExtractor):
         return model
 
     @staticmethod
-    def _resolve_backend(backend: str) -> str:
+    def _resolve_backend(backend: str, device: torch.device) -> str:
         from .fast_inference import BACKENDS, onnxruntime_available
 
+        if backend == "auto" and device.type != "cpu":
+            return "channels_last"
         if backend == "auto":
             return DEFAULT_BACKEND if (DEFAULT_BACKEND != "onnxruntime" or onnxruntime_available()) \
                 else "torchscript"
@@ -629,6 +640,7 @@ class EfficientNetExtractor(GlobalExtractor):
         """(B, 3, H, W) normalised inputs -> (B, dim) float32 unit rows: per scale backbone, pooling,
         L2; sum over scales, L2; whitening, L2."""
         with torch.inference_mode():
+            x = x.to(self.backbone.device)  # on a GPU, the multi-scale resizing happens there too
             total = None
             for s in self._config["scales"]:
                 d = self.backbone.describe(resize_tensor(x, s))
@@ -718,7 +730,8 @@ class EfficientNetExtractor(GlobalExtractor):
         return out
 
     def __repr__(self) -> str:
-        return f"EfficientNetExtractor({self._config['name']!r}, backend={self.backend!r}, dim={self.dim})"
+        return (f"EfficientNetExtractor({self._config['name']!r}, backend={self.backend!r}, "
+                f"device={str(self.device)!r}, dim={self.dim})")
 
 
 #: inference path used by default (benchmarks/deep_speed.py compares them); falls back to

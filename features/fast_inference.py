@@ -32,17 +32,21 @@ input size works with every backend).
 import os
 import tempfile
 import warnings
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["BACKENDS", "LAYERS", "layer_channels", "blocks_features", "fold_conv_bn", "SamePadConv2d",
-           "FoldedMBConv", "FoldedEfficientNet", "fold_efficientnet", "FastBackbone", "make_backbone", "onnxruntime_available"]
+__all__ = ["BACKENDS", "GPU_BACKENDS", "LAYERS", "layer_channels", "blocks_features", "fold_conv_bn",
+           "SamePadConv2d", "FoldedMBConv", "FoldedEfficientNet", "fold_efficientnet", "FastBackbone",
+           "make_backbone", "onnxruntime_available"]
 
 BACKENDS = ("eager", "folded", "channels_last", "torchscript", "onnxruntime")
+#: backends that also run on a GPU (torch modules); TorchScript and ONNX Runtime here are CPU paths
+GPU_BACKENDS = ("eager", "folded", "channels_last")
+CPU = torch.device("cpu")
 #: feature maps a backbone can end at: after the head convolution, or after the last MBConv block
 LAYERS = ("head", "blocks")
 
@@ -236,13 +240,24 @@ class FastBackbone:
     ``channels_last`` says which layout it wants its input in (it converts otherwise)."""
 
     def __init__(self, backend: str, module=None, session=None, channels_last: bool = False,
-                 out_channels: int = 0, pool: Optional[nn.Module] = None):
+                 out_channels: int = 0, pool: Optional[nn.Module] = None, device: torch.device = CPU):
         self.backend = backend
         self.module = module
         self.session = session
         self.channels_last = channels_last
         self.out_channels = out_channels
         self.pool = pool
+        self.device = torch.device(device)
+
+    def _run_module(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map on :attr:`device` (the input is moved there, non-blocking from pinned memory)."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and not x.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif not self.channels_last and not x.is_contiguous():
+            x = x.contiguous()
+        with torch.inference_mode():
+            return self.module(x)
 
     def _run_session(self, x: torch.Tensor):
         feed = x.detach().numpy()
@@ -251,28 +266,26 @@ class FastBackbone:
         return self.session.run(None, {"image": feed})
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map (B, C, h, w), on the CPU."""
         if self.session is not None:
             return torch.from_numpy(self._run_session(x)[0])
-        if self.channels_last and not x.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)
-        elif not self.channels_last and not x.is_contiguous():
-            x = x.contiguous()
-        with torch.inference_mode():
-            return self.module(x)
+        return self._run_module(x).cpu()
 
     def describe(self, x: torch.Tensor) -> np.ndarray:
-        """(B, C) float32 numpy: ``L2(pool(fmap))`` with the pooling given to :func:`make_backbone`."""
+        """(B, C) float32 numpy: ``L2(pool(fmap))`` with the pooling given to :func:`make_backbone`
+        (pooled on :attr:`device`: only the descriptors come back)."""
         if self.pool is None:
             raise ValueError("this backbone was built without a pooling module (make_backbone(..., pool=))")
         if self.session is not None:
             return self._run_session(x)[1]
-        fmap = self(x).float()
+        fmap = self._run_module(x).float()
         with torch.inference_mode():
             desc = self.pool(fmap)
-            return (desc / desc.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12)).numpy()
+            return (desc / desc.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
 
     def __repr__(self) -> str:
-        return f"FastBackbone(backend={self.backend!r}, channels_last={self.channels_last})"
+        return (f"FastBackbone(backend={self.backend!r}, channels_last={self.channels_last}, "
+                f"device={str(self.device)!r})")
 
 
 def _onnx_session(module: nn.Module, example: torch.Tensor, threads: Optional[int]):
@@ -300,30 +313,41 @@ def _onnx_session(module: nn.Module, example: torch.Tensor, threads: Optional[in
 
 def make_backbone(net: nn.Module, is_lite: bool, backend: str = "torchscript",
                   example_size: int = 224, threads: Optional[int] = None,
-                  pool: Optional[nn.Module] = None, layer: str = "head") -> FastBackbone:
+                  pool: Optional[nn.Module] = None, layer: str = "head",
+                  device: Union[str, torch.device] = "cpu") -> FastBackbone:
     """A :class:`FastBackbone` for the eval-mode EfficientNet ``net`` (not modified; copies are made).
 
     ``backend``: one of :data:`BACKENDS`. 'onnxruntime' raises ``ImportError`` when onnx/onnxruntime
     are not installed. ``pool`` (a pooling module, e.g. :class:`features.pooling.GeM`) enables
     :meth:`FastBackbone.describe` (in the ONNX graph for 'onnxruntime'; the exported exponent of a
-    learned GeM is its value at this call). ``layer``: the feature map returned (:data:`LAYERS`)."""
+    learned GeM is its value at this call). ``layer``: the feature map returned (:data:`LAYERS`).
+    ``device``: where the network runs ('cpu', 'cuda', 'cuda:1', ...); on a GPU only the torch
+    module backends (:data:`GPU_BACKENDS`) apply, inputs are moved there and feature maps or
+    descriptors come back to the CPU."""
     import copy
 
-    pool = None if pool is None else copy.deepcopy(pool).eval()
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    device = torch.device(device)
+    if device.type != "cpu":
+        if backend not in GPU_BACKENDS:
+            raise ValueError(f"backend {backend!r} runs on the CPU only; on {device} use one of {GPU_BACKENDS}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for but CUDA is not available in this torch build")
+    pool = None if pool is None else copy.deepcopy(pool).eval().to(device)
     out_channels = layer_channels(net, layer)
     if backend == "eager":
         eager = copy.deepcopy(net).eval()
         if not is_lite and hasattr(eager, "set_swish"):
             eager.set_swish(memory_efficient=False)  # plain SiLU: same values, no custom autograd
-        return FastBackbone("eager", _EagerFeatures(eager, layer).eval(), out_channels=out_channels, pool=pool)
+        return FastBackbone("eager", _EagerFeatures(eager, layer).eval().to(device), out_channels=out_channels,
+                            pool=pool, device=device)
     folded = fold_efficientnet(net, is_lite, layer)
     if backend == "folded":
-        return FastBackbone("folded", folded, out_channels=out_channels, pool=pool)
+        return FastBackbone("folded", folded.to(device), out_channels=out_channels, pool=pool, device=device)
     if backend == "channels_last":
-        return FastBackbone("channels_last", folded.to(memory_format=torch.channels_last),
-                            channels_last=True, out_channels=out_channels, pool=pool)
+        return FastBackbone("channels_last", folded.to(device, memory_format=torch.channels_last),
+                            channels_last=True, out_channels=out_channels, pool=pool, device=device)
     if backend == "torchscript":
         folded = folded.to(memory_format=torch.channels_last)
         with warnings.catch_warnings():

@@ -4,13 +4,13 @@ leaves a half-written model under the final name; loading checks the kind and ve
 file in every error."""
 from __future__ import annotations
 
-import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Dict, Tuple, Union
 
 import numpy as np
+
+from retrieval.fileio import check_header, pop_header, read_npz, save_npz
 
 from .store import FeatureFileError
 
@@ -27,15 +27,8 @@ def save_model(path: PathLike, kind: str, arrays: Dict[str, np.ndarray], config:
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
-    if _CONFIG_KEY in arrays:
-        raise ValueError(f"array name {_CONFIG_KEY!r} is reserved")
     header = {"kind": kind, "version": MODEL_VERSION, "config": config}
-    text = json.dumps(header, sort_keys=True, default=_json_default)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()}, **{_CONFIG_KEY: np.array(text)})
-    os.replace(tmp, path)
-    return path
+    return save_npz(path, arrays, header, header_key=_CONFIG_KEY, json_default=_json_default, sort_keys=True)
 
 
 def load_model(path: PathLike, kind: str) -> Tuple[Dict[str, np.ndarray], dict]:
@@ -45,24 +38,9 @@ def load_model(path: PathLike, kind: str) -> Tuple[Dict[str, np.ndarray], dict]:
     path = Path(path)
     if not path.is_file() and path.suffix != ".npz" and path.with_name(path.name + ".npz").is_file():
         path = path.with_name(path.name + ".npz")
-    if not path.is_file():
-        raise FeatureFileError(path, f"no such {kind} file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise FeatureFileError(path, f"not a readable .npz model file ({exc})") from None
-    if _CONFIG_KEY not in arrays:
-        raise FeatureFileError(path, "has no configuration header (not written by this library)")
-    try:
-        header = json.loads(str(arrays.pop(_CONFIG_KEY)))
-    except json.JSONDecodeError as exc:
-        raise FeatureFileError(path, f"configuration header is not valid JSON ({exc})") from None
-    if header.get("kind") != kind:
-        raise FeatureFileError(path, f"holds a {header.get('kind')!r}, not a {kind!r}")
-    if header.get("version") != MODEL_VERSION:
-        raise FeatureFileError(path, f"model file version {header.get('version')}, this code reads "
-                               f"{MODEL_VERSION}")
+    arrays = read_npz(path, kind, error=FeatureFileError)
+    header = pop_header(path, arrays, _CONFIG_KEY, "configuration header", error=FeatureFileError)
+    check_header(path, header, kind, MODEL_VERSION, kind_key="kind", label=repr(kind), error=FeatureFileError)
     return arrays, dict(header.get("config") or {})
 
 

@@ -18,6 +18,8 @@ from urllib.parse import quote, unquote
 import h5py
 import numpy as np
 
+from retrieval.fileio import FileFormatError, atomic_path, check_header
+
 from .local import LocalFeatures
 
 PathLike = Union[str, os.PathLike]
@@ -29,13 +31,9 @@ __all__ = ["FeatureFileError", "LocalFeatureStore", "save_global", "load_global"
            "GlobalFeatureWriter", "config_json"]
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(FileFormatError):
     """A feature file is missing, corrupt, of another format/version, or was made with another
     configuration than the one asked for."""
-
-    def __init__(self, path: PathLike, reason: str):
-        self.path = str(path)
-        super().__init__(f"{path}: {reason}")
 
 
 def config_json(config: Optional[dict]) -> str:
@@ -51,11 +49,7 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
 
 
 def _check_header(f: h5py.File, path: Path, fmt: str) -> dict:
-    if f.attrs.get("format") != fmt:
-        raise FeatureFileError(path, f"not a {fmt} file (format={f.attrs.get('format')!r})")
-    version = int(f.attrs.get("version", -1))
-    if version != FORMAT_VERSION:
-        raise FeatureFileError(path, f"file format version {version}, this code reads {FORMAT_VERSION}")
+    check_header(path, f.attrs, fmt, FORMAT_VERSION, error=FeatureFileError)
     try:
         return json.loads(f.attrs.get("config", "{}"))
     except json.JSONDecodeError as exc:
@@ -177,9 +171,7 @@ def save_global(path: PathLike, ids: Sequence, vectors: np.ndarray, config: Opti
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) != len(ids):
         raise ValueError(f"{path}: need (N, D) vectors for N ids; got {vectors.shape} for {len(ids)} ids")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = GLOBAL_FORMAT
         f.attrs["version"] = FORMAT_VERSION
         f.attrs["config"] = config_json(config)
@@ -187,7 +179,6 @@ def save_global(path: PathLike, ids: Sequence, vectors: np.ndarray, config: Opti
                          dtype=h5py.string_dtype())
         f.create_dataset("vectors", data=vectors)
         f.attrs["count"] = len(ids)
-    os.replace(tmp, path)
     return path
 
 

@@ -13,7 +13,6 @@ half-written, stale (other configuration) or edited cache is refused with a clea
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Dict, Hashable, List, Optional, Sequence, Union
 import numpy as np
 
 from features.store import FeatureFileError, config_json
+from retrieval.fileio import atomic_write_text, check_header, digest, read_json, read_npz, save_npz
 
 PathLike = Union[str, os.PathLike]
 SHORTLIST_FORMAT = "hybrid-retrieval/shortlist"
@@ -193,30 +193,18 @@ class Shortlist:
 
     @staticmethod
     def _digest(arrays: Dict[str, np.ndarray]) -> str:
-        h = hashlib.sha256()
-        for key in sorted(arrays):
-            a = np.ascontiguousarray(arrays[key])
-            h.update(key.encode())
-            h.update(str(a.dtype.str).encode())
-            h.update(str(a.shape).encode())
-            h.update(a.tobytes())
-        return h.hexdigest()
+        """SHA-256 of the arrays alone (no header, no separators: the format's definition)."""
+        return digest(arrays, separator="")
 
     def save(self, path: PathLike) -> Path:
         """Write ``<path>.npz`` + ``<path>.json`` (atomically, the JSON last); returns the npz path."""
         npz_path, json_path = self.paths(path)
-        npz_path.parent.mkdir(parents=True, exist_ok=True)
         arrays = self._arrays()
         header = {"format": SHORTLIST_FORMAT, "version": FORMAT_VERSION, "config": json.loads(config_json(self.config)),
                   "num_queries": self.num_queries, "k": self.k, "tail": int(self.tail_ids.shape[1]),
                   "local": sorted(self.local), "sha256": self._digest(arrays)}
-        tmp_npz = npz_path.with_name(npz_path.name + ".tmp.npz")
-        with open(tmp_npz, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp_npz, npz_path)
-        tmp_json = json_path.with_name(json_path.name + ".tmp")
-        tmp_json.write_text(json.dumps(header, indent=1))
-        os.replace(tmp_json, json_path)
+        save_npz(npz_path, arrays)
+        atomic_write_text(json_path, json.dumps(header, indent=1))
         return npz_path
 
     @classmethod
@@ -232,19 +220,9 @@ class Shortlist:
         for p in (npz_path, json_path):
             if not p.is_file():
                 raise FeatureFileError(p, "shortlist cache file missing")
-        try:
-            header = json.loads(json_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise FeatureFileError(json_path, f"not valid JSON ({exc})") from None
-        if not isinstance(header, dict) or header.get("format") != SHORTLIST_FORMAT:
-            raise FeatureFileError(json_path, f"not a {SHORTLIST_FORMAT} file")
-        if header.get("version") != FORMAT_VERSION:
-            raise FeatureFileError(json_path, f"format version {header.get('version')}, this code reads {FORMAT_VERSION}")
-        try:
-            with np.load(npz_path, allow_pickle=False) as z:
-                arrays = {key: z[key] for key in z.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise FeatureFileError(npz_path, f"unreadable shortlist arrays ({exc}); delete it to recompute") from None
+        header = read_json(json_path, "shortlist header", error=FeatureFileError)
+        check_header(json_path, header, SHORTLIST_FORMAT, FORMAT_VERSION, error=FeatureFileError)
+        arrays = read_npz(npz_path, "shortlist", error=FeatureFileError, hint="delete it to recompute")
         if cls._digest(arrays) != header.get("sha256"):
             raise FeatureFileError(npz_path, f"arrays do not match {json_path.name} (edited, truncated or from "
                                    "another run); delete both files to recompute")

@@ -14,18 +14,15 @@ from typing import Optional, Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .fileio import FileFormatError
+
 PathLike = Union[str, os.PathLike]
 
 __all__ = ["ImageLoadError", "load_image", "resize_longest_side", "image_size"]
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(FileFormatError):
     """An image file could not be read; ``path`` names it and ``reason`` says why."""
-
-    def __init__(self, path: PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:

@@ -49,16 +49,17 @@ other-version files with :class:`IndexFileError`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from .fileio import (FileFormatError, atomic_write_text, check_header, digest, pop_header, read_json,
+                     read_npz, save_npz)
 
 __all__ = ["Index", "Ranking", "IndexFileError", "BACKENDS", "normalize_rows"]
 
@@ -84,12 +85,8 @@ _ALIASES = {"efSearch": "ef_search", "efConstruction": "ef_construction", "M": "
 _SEARCH_OPTIONS = {"memory_mb", "nprobe", "ef_search"}
 
 
-class IndexFileError(ValueError):
+class IndexFileError(FileFormatError):
     """An index or ranking file is missing, truncated, altered, or of another format/version."""
-
-    def __init__(self, path: PathLike, reason: str):
-        self.path = str(path)
-        super().__init__(f"{path}: {reason}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,24 +224,14 @@ class Ranking:
             "scores": [[float(s) if math.isfinite(s) else None for s in row] for row in self.scores.tolist()],
             "indices": self.indices.tolist(),
         }
-        _atomic_write_bytes(path, json.dumps(payload).encode())
+        atomic_write_text(path, json.dumps(payload))
         return path
 
     @classmethod
     def load(cls, path: PathLike) -> "Ranking":
         """Read a ranking written by :meth:`save`; refuses other formats and versions."""
-        path = Path(path)
-        if not path.is_file():
-            raise IndexFileError(path, "ranking file not found")
-        try:
-            payload = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise IndexFileError(path, f"not a valid JSON ranking file (truncated or corrupt: {exc})") from None
-        if not isinstance(payload, dict) or payload.get("format") != RANKING_FORMAT:
-            raise IndexFileError(path, f"not a {RANKING_FORMAT} file")
-        if payload.get("version") != FORMAT_VERSION:
-            raise IndexFileError(path, f"ranking format version {payload.get('version')}, this code reads "
-                                       f"{FORMAT_VERSION}")
+        payload = read_json(path, "ranking", error=IndexFileError)
+        check_header(path, payload, RANKING_FORMAT, FORMAT_VERSION, error=IndexFileError)
         q, k = payload["num_queries"], payload["k"]
         dtype = np.int64 if payload.get("id_type") == "int" else str
         ids = np.asarray(payload["ids"], dtype=dtype).reshape(q, k)
@@ -616,12 +603,10 @@ class Index:
 
     def save(self, path: PathLike) -> Path:
         """Write the index to ``path`` (one ``.npz`` archive, exactly that name), atomically."""
-        path = Path(path)
         arrays = self._arrays()
         header = self._header()
-        header["sha256"] = _checksum(header, arrays)
-        _atomic_write(path, lambda f: np.savez(f, header=np.array(json.dumps(header, default=str)), **arrays))
-        return path
+        header["sha256"] = digest(arrays, header)
+        return save_npz(path, arrays, header)
 
     @classmethod
     def load(cls, path: PathLike, expect_config: Optional[dict] = None) -> "Index":
@@ -629,26 +614,12 @@ class Index:
         truncated or altered file (SHA-256 mismatch), another format or format version, and, with
         ``expect_config``, an index built with another extractor configuration."""
         path = Path(path)
-        if not path.is_file():
-            raise IndexFileError(path, "index file not found")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                contents = {name: npz[name] for name in npz.files}
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
-            raise IndexFileError(path, f"not a readable index archive, truncated or corrupt ({exc})") from None
-        if "header" not in contents:
-            raise IndexFileError(path, "no header: not a hybrid-retrieval index file")
-        try:
-            header = json.loads(str(contents.pop("header")))
-        except json.JSONDecodeError as exc:
-            raise IndexFileError(path, f"header is not valid JSON ({exc})") from None
-        if header.get("format") != INDEX_FORMAT:
-            raise IndexFileError(path, f"not a {INDEX_FORMAT} file (format={header.get('format')!r})")
-        if header.get("format_version") != FORMAT_VERSION:
-            raise IndexFileError(path, f"index format version {header.get('format_version')}, this code "
-                                       f"reads version {FORMAT_VERSION}; rebuild the index")
+        contents = read_npz(path, "index", error=IndexFileError)
+        header = pop_header(path, contents, error=IndexFileError)
+        check_header(path, header, INDEX_FORMAT, FORMAT_VERSION, version_key="format_version",
+                     error=IndexFileError, hint="rebuild the index")
         stored = header.pop("sha256", None)
-        if stored != _checksum(header, contents):
+        if stored != digest(contents, header):
             raise IndexFileError(path, "checksum mismatch: the file was altered or damaged; rebuild the index")
         if expect_config is not None and json.dumps(expect_config, sort_keys=True, default=str) != \
                 json.dumps(header["config"], sort_keys=True, default=str):
@@ -681,33 +652,3 @@ class Index:
                                        f"vectors and {len(index._ids)} ids")
         return index
 
-
-def _checksum(header: dict, arrays: Dict[str, np.ndarray]) -> str:
-    """SHA-256 over the header (without its checksum) and each array's name, dtype, shape and bytes."""
-    h = hashlib.sha256(json.dumps(header, sort_keys=True, default=str).encode())
-    for name in sorted(arrays):
-        arr = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-        if arr.size:
-            h.update(arr.reshape(-1).view(np.uint8))
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(file)`` into ``path.tmp`` then rename over ``path``: a crash never leaves a partial
-    file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))

@@ -149,6 +149,37 @@ def test_fast_backends_equal_eager(lite0, coil100_dir, size):
         make_backbone(lite0, True, "folded").describe(x)
 
 
+def test_blocks_layer_is_the_last_block_output(lite0, coil100_dir):
+    """layer='blocks': the last MBConv block's map (320-d for Lite0) in every backend, the same values
+    as a forward hook on efficientnet-pytorch's own last block; the extractor follows it."""
+    img = cv2.resize(_coil(coil100_dir, 7, size=None), (150, 111))
+    x = preprocess(np.stack([img, img[:, ::-1].copy()]))
+    seen = {}
+    hook = lite0._blocks[-1].register_forward_hook(lambda m, i, o: seen.__setitem__("map", o))
+    try:
+        with torch.inference_mode():
+            head = lite0.extract_features(x)
+    finally:
+        hook.remove()
+    want = seen["map"]
+    assert want.shape == (2, 320, 4, 5) and head.shape == (2, 1280, 4, 5)
+    for backend in BACKENDS:
+        if backend == "onnxruntime" and not onnxruntime_available():
+            continue
+        fast = make_backbone(lite0, True, backend, pool=GeM(4.0), layer="blocks")
+        assert fast.out_channels == 320
+        torch.testing.assert_close(fast(x).float(), want, atol=1e-4, rtol=1e-4, msg=backend)
+    ext = EfficientNetExtractor("lite0-blocks-gem-512", backend="folded", size=160)
+    assert ext.dim == 320 and ext.config["layer"] == "blocks" and ext.config["gem_p"] == 4.0
+    d = ext.extract(img)
+    with torch.inference_mode():
+        ref = GeM(4.0)(EfficientNetGlobal("lite0", layer="blocks").feature_map(
+            preprocess(ext.prepare(img))))
+    np.testing.assert_allclose(d, (ref / ref.norm())[0].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="layer"):
+        EfficientNetExtractor("lite0-gem-512", layer="stem")
+
+
 def test_folding_b0_with_squeeze_excitation():
     torch.manual_seed(0)
     net = build_efficientnet("b0").eval()
@@ -208,3 +239,22 @@ def test_extractor_whitening(coil100_dir, tmp_path):
     bad = PCAWhitening(dim=2).fit(np.random.default_rng(0).normal(size=(5, 16)))
     with pytest.raises(ValueError, match="16-d"):
         EfficientNetExtractor("lite0-avg-224", backend="folded", whitening=bad)
+
+
+def test_device_option_cpu_and_clear_errors(coil100_dir):
+    """``device`` moves the network; CPU-only backends and a missing GPU are refused with a message."""
+    img = _coil(coil100_dir, 3, size=None)
+    ref = EfficientNetExtractor("lite0-gem-224", backend="folded").extract(img)
+    on_cpu = EfficientNetExtractor("lite0-gem-224", backend="folded", device="cpu")
+    assert on_cpu.backbone.device.type == "cpu"
+    np.testing.assert_allclose(on_cpu.extract(img), ref, atol=1e-6)
+    net = load_efficientnet("lite0", weights="random")
+    with pytest.raises(ValueError, match="CPU only"):
+        make_backbone(net, True, "onnxruntime", device="cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            EfficientNetExtractor("lite0-gem-224", device="cuda")
+    else:  # pragma: no cover - only on a GPU machine
+        gpu = EfficientNetExtractor("lite0-gem-224", device="cuda")
+        assert gpu.backend == "channels_last" and gpu.batch_size == 32
+        np.testing.assert_allclose(gpu.extract(img), ref, atol=1e-3)

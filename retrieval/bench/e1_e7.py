@@ -52,8 +52,9 @@ Real GLDv2 on a GPU machine::
         --global-config lite0-gem-512 --out results/e1_e7_gldv2 --cache cache/e1_e7_gldv2 --skip-oxford
 
 (``--train-config gldv2-gpu`` picks ``gldv2-e2-gpu`` / ``gldv2-e3-gpu`` / ``gldv2-e4-gpu``; training
-runs on ``--device``; descriptor extraction runs on the CPU inference path of
-:class:`features.efficientnet.EfficientNetExtractor`.)
+and the EfficientNet global and patch extraction run on ``--device``: on a GPU the extractor runs a
+batch-norm-folded channels-last torch module there, on a CPU its fastest CPU path, ONNX Runtime.
+SIFT extraction and matching stay on the CPU: give ``--n-jobs`` the machine's cores.)
 """
 from __future__ import annotations
 
@@ -719,7 +720,7 @@ def run_coil(opts: Options, timings: Timings):
     rankings = {}
     for exp in ("E1", "E2", "E3", "E4"):
         weights = "imagenet" if exp == "E1" else str(models[exp])
-        extractor = EfficientNetExtractor(dict(base, weights=weights), backend=opts.backend)
+        extractor = EfficientNetExtractor(dict(base, weights=weights), backend=opts.backend, device=opts.device)
         db, q = global_features(extractor, dataset, gfolder, exp.lower(), opts, timings, f"extract {exp}")
         with _stage(timings, f"search {exp}"):
             ranking = rank(db, q, dataset, K_SHORTLIST)
@@ -773,7 +774,7 @@ def run_coil(opts: Options, timings: Timings):
         _remove(patch_path)
         shortlist.local.pop(f"patch-{PATCH_METHOD}", None)
     pcfg = resolve_config("lite0-patch-224", weights=str(models["E4"]))
-    pextractor = EfficientNetExtractor(pcfg, backend=opts.backend)
+    pextractor = EfficientNetExtractor(pcfg, backend=opts.backend, device=opts.device)
     with _stage(timings, "patches E4") as st:
         res = _fresh_file(lambda: extract_patches(pextractor, ids, paths, patch_path, n_jobs=opts.n_jobs,
                                                   boxes=boxes, progress=opts.progress, desc="patch tokens (E4)"),
@@ -862,7 +863,7 @@ def run_oxford(opts: Options, timings: Timings):
     cache = opts.run_cache / "oxford"
     if "oxford" in opts.recompute:
         _remove(cache)
-    extractor = EfficientNetExtractor(opts.oxford_config, backend=opts.backend)
+    extractor = EfficientNetExtractor(opts.oxford_config, backend=opts.backend, device=opts.device)
     db, q = global_features(extractor, dataset, cache, "e1", opts, timings, "oxford extract E1")
     with _stage(timings, "oxford search E1"):
         ranking = rank(db, q, dataset, len(dataset.db_ids))   # whole ranking: Oxford AP needs it
@@ -910,7 +911,7 @@ def run_oxford(opts: Options, timings: Timings):
                                       timings, "oxford "))
     del store
     pextractor = EfficientNetExtractor(resolve_config("lite0-patch-224", input="longest", size=512),
-                                       backend=opts.backend)
+                                       backend=opts.backend, device=opts.device)
     with _stage(timings, "oxford patches") as st:
         res = extract_patches(pextractor, ids, paths, cache / "patch_e1.h5", n_jobs=opts.n_jobs, boxes=boxes,
                               progress=opts.progress, desc="patch tokens (Oxford)")
@@ -1020,7 +1021,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", default=None, help="results folder (default results/e1_e7, quick: results/e1_e7_quick)")
     ap.add_argument("--cache", default="cache/e1_e7", help="cache folder (quick and full runs use subfolders)")
     ap.add_argument("--quick", action="store_true", help="small subset, a few training steps (CI)")
-    ap.add_argument("--device", default="auto", help="training device: auto, cpu, cuda, cuda:1 ...")
+    ap.add_argument("--device", default="auto",
+                    help="where training and the EfficientNet extractors run: auto (a GPU when torch sees one), "
+                         "cpu, cuda, cuda:1 ...")
     ap.add_argument("--train-config", default="coil",
                     help="training configuration family: 'coil' (coil-e2/e3/e4) or 'gldv2-gpu' (gldv2-e2-gpu ...)")
     ap.add_argument("--set", action="append", metavar="E:KEY=VALUE",

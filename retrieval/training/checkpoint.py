@@ -23,6 +23,8 @@ from typing import Any, Dict, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..fileio import FileFormatError, atomic_write_bytes, atomic_write_text, check_header
+
 PathLike = Union[str, os.PathLike]
 
 FORMAT = "hybrid-retrieval-checkpoint"
@@ -32,29 +34,8 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkp
            "load_state_dict_checked", "atomic_write_bytes", "atomic_write_text", "config_diff"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FileFormatError):
     """A checkpoint could not be used; ``path`` names the file and ``reason`` says why."""
-
-    def __init__(self, path: PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _sidecar(path: Path) -> Path:
@@ -138,11 +119,7 @@ def load_checkpoint(path: PathLike, kind: Optional[str] = None,
     except Exception as exc:  # torch raises several types for corrupt / non-weights files
         raise CheckpointError(path, f"cannot be read as a weights-only torch checkpoint "
                                     f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(path, f"not a {FORMAT} file")
-    if int(payload.get("version", -1)) > VERSION:
-        raise CheckpointError(path, f"written by a newer version ({payload.get('version')}) "
-                                    f"than this code reads ({VERSION})")
+    check_header(path, payload, FORMAT, VERSION, error=CheckpointError, older_ok=True)
     if kind is not None and payload.get("kind") != kind:
         raise CheckpointError(path, f"is a {payload.get('kind')!r} checkpoint, expected {kind!r}")
     try:
