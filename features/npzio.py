@@ -18,7 +18,7 @@ PathLike = Union[str, os.PathLike]
 MODEL_VERSION = 1
 _CONFIG_KEY = "__config_json__"
 
-__all__ = ["save_model", "load_model"]
+__all__ = ["save_model", "load_model", "read_model_header"]
 
 
 def save_model(path: PathLike, kind: str, arrays: Dict[str, np.ndarray], config: dict) -> Path:
@@ -39,9 +39,21 @@ def load_model(path: PathLike, kind: str) -> Tuple[Dict[str, np.ndarray], dict]:
     if not path.is_file() and path.suffix != ".npz" and path.with_name(path.name + ".npz").is_file():
         path = path.with_name(path.name + ".npz")
     arrays = read_npz(path, kind, error=FeatureFileError)
-    header = pop_header(path, arrays, _CONFIG_KEY, "configuration header", error=FeatureFileError)
+    header = _pop_config(path, arrays)
     check_header(path, header, kind, MODEL_VERSION, kind_key="kind", label=repr(kind), error=FeatureFileError)
     return arrays, dict(header.get("config") or {})
+
+
+def read_model_header(path: PathLike, what: str = "model") -> dict:
+    """The header (``kind``, ``version``, ``config``) of a file written by :func:`save_model`, read
+    without its arrays; :class:`~features.store.FeatureFileError` naming the file (``what`` says what
+    it should be) when it is missing, damaged or has no header."""
+    path = Path(path)
+    return _pop_config(path, read_npz(path, what, error=FeatureFileError, keys=(_CONFIG_KEY,)))
+
+
+def _pop_config(path: Path, arrays: Dict[str, np.ndarray]) -> dict:
+    return pop_header(path, arrays, _CONFIG_KEY, "configuration header", error=FeatureFileError)
 
 
 def _json_default(value):

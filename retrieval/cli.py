@@ -60,11 +60,9 @@ def emit_json(payload: Any, out: Optional[str] = None) -> None:
     """Print ``payload`` as JSON on stdout, and write it to ``out`` too when given (atomically)."""
     text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default)
     if out:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
+        from .fileio import atomic_write_text  # here: the command line starts without numpy
+
+        atomic_write_text(out, text + "\n")
     print(text)
 
 

@@ -25,7 +25,7 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, Mapping, Optional, Type, Union
+from typing import IO, Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Type, Union
 
 import numpy as np
 
@@ -114,10 +114,11 @@ def save_npz(path: PathLike, arrays: Mapping[str, Any], header: Optional[dict] =
 
 
 def read_npz(path: PathLike, what: str = "", error: Type[FileFormatError] = FileFormatError,
-             hint: str = "") -> Dict[str, np.ndarray]:
-    """All arrays of the ``.npz`` file ``path``, read with ``allow_pickle=False``. A missing file, a
-    file that is not an ``.npz`` archive, a truncated or damaged one are raised as ``error`` naming
-    the file (``what`` says what the file should be, ``hint`` what to do about it)."""
+             hint: str = "", keys: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+    """All arrays of the ``.npz`` file ``path`` (with ``keys``: only those of them it holds), read
+    with ``allow_pickle=False``. A missing file, a file that is not an ``.npz`` archive, a truncated
+    or damaged one are raised as ``error`` naming the file (``what`` says what the file should be,
+    ``hint`` what to do about it)."""
     path = Path(path)
     label = f"{what} " if what else ""
     if not path.is_file():
@@ -127,7 +128,7 @@ def read_npz(path: PathLike, what: str = "", error: Type[FileFormatError] = File
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError("a single .npy array, not an .npz archive")
         with data:
-            return {name: data[name] for name in data.files}
+            return {name: data[name] for name in data.files if keys is None or name in keys}
     except _READ_ERRORS as exc:
         raise error(path, _with_hint(f"not a readable {label}.npz archive, truncated or corrupt ({exc})",
                                      hint)) from None

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
+from .fileio import atomic_write_text
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -76,14 +78,10 @@ def write_results(rows: List[dict], out_dir: PathLike, columns: Optional[Sequenc
     """Write ``results.json`` (``{"rows": rows, **extra}``) and ``results.md`` into ``out_dir`` and
     return the markdown table."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"rows": rows}
     if extra:
         payload.update(extra)
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, out_dir / "results.json")
+    atomic_write_text(out_dir / "results.json", json.dumps(payload, indent=2, default=str))
     table = markdown_table(rows, columns)
-    text = (f"## {title}\n\n" if title else "") + table + "\n"
-    (out_dir / "results.md").write_text(text)
+    atomic_write_text(out_dir / "results.md", (f"## {title}\n\n" if title else "") + table + "\n")
     return table

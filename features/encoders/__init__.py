@@ -19,18 +19,10 @@ __all__ = ["LocalEncoder", "BowEncoder", "BowInvertedIndex", "VladEncoder", "Fis
 
 def load_encoder(path: Union[str, os.PathLike]) -> LocalEncoder:
     """Load any encoder saved with ``save``; the file says which kind it is."""
-    import json
-    import zipfile
-
-    import numpy as np
-
+    from ..npzio import read_model_header
     from ..store import FeatureFileError
 
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            kind = json.loads(str(data["__config_json__"])).get("kind")
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise FeatureFileError(path, f"not an encoder file ({type(exc).__name__}: {exc})") from None
+    kind = read_model_header(path, "encoder").get("kind")
     if kind not in ENCODERS:
         raise FeatureFileError(path, f"holds a {kind!r}, not one of the encoders {sorted(ENCODERS)}")
     return ENCODERS[kind].load(path)

@@ -12,8 +12,12 @@ Experiments (global descriptor: EfficientNet-Lite0, GeM p = 3, L2; exact cosine 
 * E7  E4's top-100 re-ranked with EfficientNet patch tokens of the E4 network (mean of each query
   patch's best cosine, :class:`rerank.patch.PatchScorer`).
 
-Re-rankers fuse per query over the shortlist ``score = v * global + (1 - v) * minmax(local)``
-(:func:`rerank.fusion.fuse`, local min-max normalised over the query's shortlist). The fusion
+Re-rankers fuse per query over the shortlist ``score = v * global + (1 - v) * N(local)``
+(:func:`rerank.fusion.fuse`). ``N`` (:data:`FUSION_NORM`): a local score that is a cosine
+similarity like the global one (VLAD, patch tokens) is fused as it is, on the same scale; the
+ratio-test score, a count, is min-max normalised over the query's shortlist. (Min-max on a cosine
+stretches the small differences within a shortlist to [0, 1], so any weight below 1 lets them
+swamp the global order: on COIL-100 it turned E7's +0.25 into -0.04.) The fusion
 weight is chosen by cross-fitting, never on the queries it is reported on: v for the Private queries
 is the v in {0, 0.1, ..., 1} with the best mAP@100 on the Public queries, and v for the Public queries
 the best on the Private queries (ties: the larger v, i.e. the least change to the global ranking);
@@ -71,8 +75,8 @@ from typing import Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
-__all__ = ["VS", "STAGES", "Options", "Timings", "cross_fit_v", "oxford_halves", "usage_groups",
-           "result_rows", "summary_table", "sweep_table", "prepare_data", "train_models",
+__all__ = ["VS", "FUSION_NORM", "STAGES", "Options", "Timings", "cross_fit_v", "oxford_halves",
+           "usage_groups", "result_rows", "summary_table", "sweep_table", "prepare_data", "train_models",
            "global_features", "rank", "build_shortlist", "ladder_sift", "ladder_vlad_encoder", "coil_split",
            "run_coil", "run_oxford", "oxford_quick_subset", "run", "build_parser", "add_arguments",
            "options_from_args", "check_paths", "main", "quick_train_overrides", "resolve_train_config"]
@@ -89,6 +93,8 @@ COIL_SIFT = "rootsift-small"        # COIL is 128 x 128: enlarged to 256, low co
 OXFORD_SIFT = "rootsift-1k"
 VLAD_WORDS = 64
 PATCH_METHOD = "mean_max"
+#: normalisation of each local score before fusion (module docstring)
+FUSION_NORM = {"ratio": "minmax", "vlad": "none", f"patch-{PATCH_METHOD}": "none"}
 
 
 def quick_train_overrides() -> Dict[str, object]:
@@ -611,7 +617,7 @@ def _fusion_sweep(dataset, shortlist, name: str, protocol: str) -> Dict[float, D
     from rerank.fusion import sweep
 
     return {v: _per_query(dataset, preds, protocol)
-            for v, preds in sweep(shortlist, VS, local=name, norm="minmax").items()}
+            for v, preds in sweep(shortlist, VS, local=name, norm=FUSION_NORM[name]).items()}
 
 
 @dataclass
@@ -632,7 +638,7 @@ def _rerank_experiment(experiment: str, dataset, shortlist, name: str, groups, p
     # the final ranking per query at its split's v (for the figures)
     local = shortlist.local_scores(name)
     v_row = np.array([fit["v"].get(groups.get(q), 1.0) for q in shortlist.query_ids])
-    fused = np.vstack([fuse(shortlist.global_scores[i], local[i], float(v_row[i]), "minmax")
+    fused = np.vstack([fuse(shortlist.global_scores[i], local[i], float(v_row[i]), FUSION_NORM[name])
                        for i in range(shortlist.num_queries)]) if shortlist.num_queries else np.zeros((0, 0))
     preds = shortlist.predictions(fusion_order(fused))
     stage = f"{prefix}fusion {experiment}"

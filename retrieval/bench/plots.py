@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from retrieval.fileio import atomic_path
+
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["bar_chart", "v_sweep_plot", "query_grid"]
+__all__ = ["bar_chart", "v_sweep_plot", "query_grid", "subplots", "save_figure"]
 
 
 def _pyplot():
@@ -22,11 +24,36 @@ def _pyplot():
     return plt
 
 
+def subplots(*args, **kwargs):
+    """``plt.subplots(*args, **kwargs)`` on the Agg backend: ``(fig, axes)``; finish with
+    :func:`save_figure`."""
+    return _pyplot().subplots(*args, **kwargs)
+
+
+def save_figure(fig, path: PathLike, dpi: int, fmt: Optional[str] = None) -> Path:
+    """Lay ``fig`` out (``tight_layout``), save it to ``path`` at ``dpi`` atomically (a temporary file
+    renamed over ``path``, its folder created) and close it; returns ``Path(path)``. The format is
+    ``fmt``, else the suffix of ``path``, else matplotlib's default with its suffix appended to the
+    name (as ``savefig`` does)."""
+    plt = _pyplot()
+    fig.tight_layout()
+    target = Path(path)
+    if fmt is None:
+        fmt = target.suffix[1:] or plt.rcParams["savefig.format"]
+        if not target.suffix:
+            target = target.with_name(f"{target.name.rstrip('.')}.{fmt}")
+    try:
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=fmt)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
 def bar_chart(rows: Sequence[dict], path: PathLike) -> Path:
     """One panel per dataset: grouped bars, experiments on the x axis, one bar per split (value in %)."""
-    plt = _pyplot()
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False)
+    fig, axes = subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         sub = [r for r in rows if r["dataset"] == dataset]
         exps = list(dict.fromkeys(r["experiment"] for r in sub))
@@ -51,12 +78,7 @@ def bar_chart(rows: Sequence[dict], path: PathLike) -> Path:
             ax.set_ylim(lo, min(100.0, max(finite) + 5))
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def v_sweep_plot(sweeps: Mapping[str, Mapping[str, Mapping[str, Mapping[float, float]]]], path: PathLike,
@@ -64,12 +86,11 @@ def v_sweep_plot(sweeps: Mapping[str, Mapping[str, Mapping[str, Mapping[float, f
     """``sweeps[dataset][experiment][split][v] = mAP`` (fraction): one panel per (dataset, experiment),
     one curve per split. v = 1 is the global ranking, v = 0 the local score alone. ``chosen[dataset]
     [experiment][split]``: the cross-fitted v of that split, marked with a star on its curve."""
-    plt = _pyplot()
     panels = [(d, e) for d, by_e in sweeps.items() for e in by_e]
     n = max(1, len(panels))
     cols = min(3, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(4.5 * cols, 3.4 * rows), squeeze=False)
     for ax, (d, e) in zip(axes.ravel(), panels):
         for split, curve in sweeps[d][e].items():
             vs = sorted(curve)
@@ -86,12 +107,7 @@ def v_sweep_plot(sweeps: Mapping[str, Mapping[str, Mapping[str, Mapping[float, f
         ax.legend(fontsize=7)
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def _framed(ax, image: np.ndarray, colour: Optional[str], title: str = "") -> None:
@@ -115,15 +131,14 @@ def query_grid(dataset, predictions: Mapping[str, Sequence[str]], path: PathLike
     from retrieval.datasets.oxford import crop_query
     from retrieval.imageio import load_image
 
-    plt = _pyplot()
     scored = [i for i, q in enumerate(dataset.query_ids)
               if q in predictions and dataset.ground_truth.get(q) is not None
               and dataset.ground_truth[q].usage != "Ignored" and dataset.ground_truth[q].positives]
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(scored, size=min(n_queries, len(scored)), replace=False).tolist()) if scored else []
     db_path = dict(zip((str(i) for i in dataset.db_ids), dataset.db_paths))
-    fig, axes = plt.subplots(max(1, len(pick)), top + 1, figsize=(1.3 * (top + 1), 1.45 * max(1, len(pick))),
-                             squeeze=False)
+    fig, axes = subplots(max(1, len(pick)), top + 1, figsize=(1.3 * (top + 1), 1.45 * max(1, len(pick))),
+                         squeeze=False)
     for r, qi in enumerate(pick):
         qid = dataset.query_ids[qi]
         truth = dataset.ground_truth[qid]
@@ -144,9 +159,4 @@ def query_grid(dataset, predictions: Mapping[str, Sequence[str]], path: PathLike
             _framed(ax, load_image(db_path[did], max_side=thumb), colour, f"{c + 1}")
     if title:
         fig.suptitle(title + "  (green: relevant, red: not, grey: junk)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

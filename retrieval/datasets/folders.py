@@ -4,6 +4,7 @@
   ``filename,object_id[,more columns]``. Every image goes into the database (no queries; make queries
   with :func:`retrieval.datasets.splits.every_nth_query`); labels = the label column as text; the other
   columns (COIL's ``azimuth_deg``) become ``db_metadata`` columns (numbers parsed).
+  :func:`read_labels_csv` is its CSV reader (also used by :mod:`retrieval.datasets.viewsets`).
 * :func:`read_multiview_tree`: ``ROOT/{DS,DU}/{train,retrieval}/<class>/<instance>/<instance>.<k>.png``
   (k = view number). Every image goes into the database, labelled by instance
   (``<class>/<instance>``), with ``db_metadata`` columns ``class``, ``instance``, ``view``.
@@ -29,7 +30,7 @@ from .files import (IMAGE_EXTENSIONS, DatasetError, apply_on_error, check_images
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["read_labelled_folder", "read_multiview_tree", "read_os_core", "group_views",
+__all__ = ["read_labelled_folder", "read_labels_csv", "read_multiview_tree", "read_os_core", "group_views",
            "parse_number", "sortable"]
 
 _LABEL_COLUMNS = ("label", "object_id", "class", "landmark_id", "instance")
@@ -82,6 +83,29 @@ def _finish_db(name, root, folder, ids, paths, labels, metadata, check, on_error
                             ground_truth={}, db_labels=labels, bad_files=bad, db_metadata=metadata)
 
 
+def read_labels_csv(csv_path: PathLike) -> Tuple[List[str], List[Tuple[int, List[str]]]]:
+    """The header (names stripped) and the rows of a labels CSV file (``filename,object_id[,...]``) as
+    ``(line, fields)``, ``line`` counting the header as 1; blank rows are skipped. Raises
+    :class:`DatasetError` naming the file (and line) when it is missing, has no header and row, fewer
+    than two columns, or a row whose number of fields differs from the header's."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DatasetError(f"{csv_path}: no such labels file")
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if len(rows) < 2:
+        raise DatasetError(f"{csv_path}: no labelled images (need a header and at least one row)")
+    header = [h.strip() for h in rows[0]]
+    if len(header) < 2:
+        raise DatasetError(f"{csv_path}: need at least two columns (filename, label), got {header}")
+    body = list(enumerate(rows[1:], start=2))
+    for line, row in body:
+        if len(row) != len(header):
+            raise DatasetError(f"{csv_path}:{line}: {len(row)} fields, header has {len(header)}")
+    return header, body
+
+
 def read_labelled_folder(root: PathLike, images_dir: str = "images", labels_csv: str = "labels.csv",
                          label_column: Optional[str] = None, name: Optional[str] = None,
                          check: bool = False, on_error: str = "raise", n_jobs: int = 1) -> RetrievalDataset:
@@ -96,16 +120,7 @@ def read_labelled_folder(root: PathLike, images_dir: str = "images", labels_csv:
     root = require_dir(root, "dataset folder")
     folder = require_dir(root / images_dir, "image folder")
     csv_path = root / labels_csv
-    if not csv_path.is_file():
-        raise DatasetError(f"{csv_path}: no such labels file")
-    with open(csv_path, newline="") as f:
-        rows = list(csv.reader(f))
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if len(rows) < 2:
-        raise DatasetError(f"{csv_path}: no labelled images (need a header and at least one row)")
-    header = [h.strip() for h in rows[0]]
-    if len(header) < 2:
-        raise DatasetError(f"{csv_path}: need at least two columns (filename, label), got {header}")
+    header, rows = read_labels_csv(csv_path)
     file_col = next((header.index(c) for c in _FILENAME_COLUMNS if c in header), 0)
     if label_column is not None:
         if label_column not in header:
@@ -116,9 +131,7 @@ def read_labelled_folder(root: PathLike, images_dir: str = "images", labels_csv:
     other = [i for i in range(len(header)) if i not in (file_col, label_col)]
 
     records = []
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise DatasetError(f"{csv_path}:{line}: {len(row)} fields, header has {len(header)}")
+    for line, row in rows:
         filename = row[file_col].strip()
         records.append((row[label_col].strip(), [parse_number(row[i]) for i in other], filename))
     records.sort(key=lambda r: (natural_key(r[0]), [sortable(v) for v in r[1]], natural_key(r[2])))

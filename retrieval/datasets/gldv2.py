@@ -31,6 +31,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
+from ..fileio import atomic_write_text
 from .base import QueryTruth, RetrievalDataset
 from .files import DatasetError, apply_on_error, check_images, missing_files, natural_key, require_dir
 from .folders import read_labelled_folder
@@ -222,12 +223,6 @@ def _place(source: Path, target: Path, link: str) -> bool:
     return True
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -306,17 +301,17 @@ def export_gldv2(dataset: RetrievalDataset, out_dir: PathLike, link: str = "syml
             usage = "Ignored"  # nothing to find: Kaggle leaves such queries out of the score
         sol_rows.append((new_id[("test", qid)], images, usage))
 
-    _write_text_atomic(out / "train.csv", _csv_text(
+    atomic_write_text(out / "train.csv", _csv_text(
         ("id", "url", "landmark_id"),
         [(hid, Path(manifest[hid]["source"]).as_uri(), lab) for hid, lab in labels_of("train")]))
-    _write_text_atomic(out / "index.csv", _csv_text(("id",), [(h,) for h, _ in labels_of("index")]))
-    _write_text_atomic(out / "test.csv", _csv_text(("id",), [(h,) for h, _ in labels_of("test")]))
-    _write_text_atomic(out / SOLUTION_CSV, _csv_text(("id", "images", "Usage"), sol_rows))
+    atomic_write_text(out / "index.csv", _csv_text(("id",), [(h,) for h, _ in labels_of("index")]))
+    atomic_write_text(out / "test.csv", _csv_text(("id",), [(h,) for h, _ in labels_of("test")]))
+    atomic_write_text(out / SOLUTION_CSV, _csv_text(("id", "images", "Usage"), sol_rows))
     if dataset.db_labels is not None:
-        _write_text_atomic(out / "index_labels.csv", _csv_text(("id", "landmark_id"), labels_of("index")))
+        atomic_write_text(out / "index_labels.csv", _csv_text(("id", "landmark_id"), labels_of("index")))
     if dataset.query_labels is not None:
-        _write_text_atomic(out / "test_labels.csv", _csv_text(("id", "landmark_id"), labels_of("test")))
-    _write_text_atomic(out / MANIFEST, json.dumps(
+        atomic_write_text(out / "test_labels.csv", _csv_text(("id", "landmark_id"), labels_of("test")))
+    atomic_write_text(out / MANIFEST, json.dumps(
         {"dataset": dataset.name, "source_root": str(id_root), "link": link, "ext": ext,
          "metadata": dataset.metadata, "images": manifest}, indent=1, sort_keys=True, default=str))
     counts = {split: len(v[0]) for split, v in splits.items()}

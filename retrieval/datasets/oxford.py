@@ -200,24 +200,25 @@ def _build(root: PathLike, scale, images_dir: str, gt_dir: str, name: Optional[s
                   "gt_images_missing": len(absent)})
 
 
-def _standard_truth(gt_path: Path, qname: str) -> QueryTruth:
-    lists = {}
-    for kind in ("good", "ok", "junk"):
+def _query_lists(gt_path: Path, qname: str, kinds: Sequence[str], what: str) -> List[Set[str]]:
+    """The lists ``gt/<qname>_<kind>.txt`` of one query, one per kind, in the order of ``kinds``."""
+    lists = []
+    for kind in kinds:
         f = gt_path / f"{qname}_{kind}.txt"
         if not f.is_file():
-            raise DatasetError(f"{f}: missing ground-truth list for query {qname!r}")
-        lists[kind] = _read_list(f)
-    return QueryTruth(positives=lists["good"] | lists["ok"], junk=lists["junk"] - lists["good"] - lists["ok"])
+            raise DatasetError(f"{f}: missing {what} for query {qname!r}")
+        lists.append(_read_list(f))
+    return lists
+
+
+def _standard_truth(gt_path: Path, qname: str) -> QueryTruth:
+    good, ok, junk = _query_lists(gt_path, qname, ("good", "ok", "junk"), "ground-truth list")
+    return QueryTruth(positives=good | ok, junk=junk - good - ok)
 
 
 def _revisited_lists(gt_path: Path, qname: str) -> QueryTruth:
-    lists = {}
-    for kind in ("easy", "hard", "junk"):
-        f = gt_path / f"{qname}_{kind}.txt"
-        if not f.is_file():
-            raise DatasetError(f"{f}: missing revisited ground-truth list for query {qname!r}")
-        lists[kind] = _read_list(f)
-    return revisited_truth(lists["easy"], lists["hard"], lists["junk"], "medium")
+    easy, hard, junk = _query_lists(gt_path, qname, ("easy", "hard", "junk"), "revisited ground-truth list")
+    return revisited_truth(easy, hard, junk, "medium")
 
 
 def revisited_truth(easy: Set[str], hard: Set[str], junk: Set[str], protocol: str = "medium") -> QueryTruth:

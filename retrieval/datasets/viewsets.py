@@ -24,13 +24,14 @@ views make which query and database entry, ranks with :class:`retrieval.index.In
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Union
 
 import numpy as np
+
+from .folders import read_labels_csv
 
 PathLike = Union[str, os.PathLike]
 
@@ -68,43 +69,41 @@ def read_view_catalog(root: PathLike, labels_file: str = "labels.csv", image_dir
                       check_files: bool = True) -> ViewCatalog:
     """Read ``labels.csv`` (``filename,object_id,azimuth_deg``) of a turntable dataset folder.
 
-    Rows are sorted by (object, azimuth). Raises ``FileNotFoundError`` / ``ValueError`` naming the file
-    and line for a missing labels file, a malformed row, a duplicate (object, azimuth) or, with
-    ``check_files``, a listed image that is not on disk.
+    The file is read with :func:`retrieval.datasets.folders.read_labels_csv`. Rows are sorted by
+    (object, azimuth). Raises ``FileNotFoundError`` / ``ValueError`` naming the file and line for a
+    missing labels file, a malformed row, a duplicate (object, azimuth) or, with ``check_files``, a
+    listed image that is not on disk.
     """
     root = Path(root)
     labels_path = root / labels_file
     if not labels_path.is_file():
         raise FileNotFoundError(f"{labels_path}: labels file not found (expected columns "
                                 f"filename,object_id,azimuth_deg)")
+    header, rows = read_labels_csv(labels_path)
+    needed = {"filename", "object_id", "azimuth_deg"}
+    if not needed.issubset(header):
+        raise ValueError(f"{labels_path}: header {header} lacks columns {sorted(needed)}")
     paths: List[Path] = []
     objects: List[int] = []
     azimuths: List[float] = []
-    with open(labels_path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        needed = {"filename", "object_id", "azimuth_deg"}
-        if reader.fieldnames is None or not needed.issubset(reader.fieldnames):
-            raise ValueError(f"{labels_path}: header {reader.fieldnames} lacks columns {sorted(needed)}")
-        for line_no, row in enumerate(reader, start=2):
-            try:
-                obj = int(row["object_id"])
-                az = float(row["azimuth_deg"])
-            except (TypeError, ValueError):
-                raise ValueError(f"{labels_path}:{line_no}: object_id/azimuth_deg not numeric: "
-                                 f"{row}") from None
-            if not np.isfinite(az):
-                raise ValueError(f"{labels_path}:{line_no}: azimuth {az} is not finite")
-            name = (row["filename"] or "").strip()
-            if not name:
-                raise ValueError(f"{labels_path}:{line_no}: empty filename")
-            path = root / image_dir / name
-            if not path.is_file() and (root / name).is_file():
-                path = root / name
-            paths.append(path)
-            objects.append(obj)
-            azimuths.append(az % 360.0)
-    if not paths:
-        raise ValueError(f"{labels_path}: no images listed")
+    for line_no, fields in rows:
+        row = dict(zip(header, fields))
+        try:
+            obj = int(row["object_id"])
+            az = float(row["azimuth_deg"])
+        except ValueError:
+            raise ValueError(f"{labels_path}:{line_no}: object_id/azimuth_deg not numeric: {row}") from None
+        if not np.isfinite(az):
+            raise ValueError(f"{labels_path}:{line_no}: azimuth {az} is not finite")
+        name = row["filename"].strip()
+        if not name:
+            raise ValueError(f"{labels_path}:{line_no}: empty filename")
+        path = root / image_dir / name
+        if not path.is_file() and (root / name).is_file():
+            path = root / name
+        paths.append(path)
+        objects.append(obj)
+        azimuths.append(az % 360.0)
     object_ids = np.asarray(objects, dtype=np.int64)
     az = np.asarray(azimuths, dtype=np.float64)
     order = np.lexsort((az, object_ids))

@@ -175,14 +175,10 @@ def _make_optimizer(cfg: LoopConfig, param_groups: Sequence[dict]) -> torch.opti
 def plot_losses(losses: Sequence[float], steps_per_epoch: Sequence[int], path: PathLike,
                 title: str = "training loss") -> Path:
     """Per-step loss (light), its moving average (dark) and epoch boundaries, as a PNG (Agg)."""
-    import matplotlib
+    from ..bench.plots import save_figure, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
     y = np.asarray(losses, dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     if len(y):
         x = np.arange(1, len(y) + 1)
         ax.plot(x, y, color="tab:blue", alpha=0.3, lw=1, label="per step")
@@ -200,12 +196,7 @@ def plot_losses(losses: Sequence[float], steps_per_epoch: Sequence[int], path: P
     ax.grid(alpha=0.3)
     if len(y):
         ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=100, fmt="png")
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
