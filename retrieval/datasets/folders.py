@@ -83,11 +83,13 @@ def _finish_db(name, root, folder, ids, paths, labels, metadata, check, on_error
                             ground_truth={}, db_labels=labels, bad_files=bad, db_metadata=metadata)
 
 
-def read_labels_csv(csv_path: PathLike) -> Tuple[List[str], List[Tuple[int, List[str]]]]:
+def read_labels_csv(csv_path: PathLike,
+                    required: Sequence[str] = ()) -> Tuple[List[str], List[Tuple[int, List[str]]]]:
     """The header (names stripped) and the rows of a labels CSV file (``filename,object_id[,...]``) as
     ``(line, fields)``, ``line`` counting the header as 1; blank rows are skipped. Raises
     :class:`DatasetError` naming the file (and line) when it is missing, has no header and row, fewer
-    than two columns, or a row whose number of fields differs from the header's."""
+    than two columns, lacks a ``required`` column, or has a row whose number of fields differs from
+    the header's."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DatasetError(f"{csv_path}: no such labels file")
@@ -99,6 +101,9 @@ def read_labels_csv(csv_path: PathLike) -> Tuple[List[str], List[Tuple[int, List
     header = [h.strip() for h in rows[0]]
     if len(header) < 2:
         raise DatasetError(f"{csv_path}: need at least two columns (filename, label), got {header}")
+    for column in required:
+        if column not in header:
+            raise DatasetError(f"{csv_path}: no column {column!r} (columns: {header})")
     body = list(enumerate(rows[1:], start=2))
     for line, row in body:
         if len(row) != len(header):
@@ -120,11 +125,9 @@ def read_labelled_folder(root: PathLike, images_dir: str = "images", labels_csv:
     root = require_dir(root, "dataset folder")
     folder = require_dir(root / images_dir, "image folder")
     csv_path = root / labels_csv
-    header, rows = read_labels_csv(csv_path)
+    header, rows = read_labels_csv(csv_path, () if label_column is None else (label_column,))
     file_col = next((header.index(c) for c in _FILENAME_COLUMNS if c in header), 0)
     if label_column is not None:
-        if label_column not in header:
-            raise DatasetError(f"{csv_path}: no column {label_column!r} (columns: {header})")
         label_col = header.index(label_column)
     else:
         label_col = next((header.index(c) for c in _LABEL_COLUMNS if c in header), 1 if file_col != 1 else 0)

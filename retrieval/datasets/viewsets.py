@@ -79,10 +79,7 @@ def read_view_catalog(root: PathLike, labels_file: str = "labels.csv", image_dir
     if not labels_path.is_file():
         raise FileNotFoundError(f"{labels_path}: labels file not found (expected columns "
                                 f"filename,object_id,azimuth_deg)")
-    header, rows = read_labels_csv(labels_path)
-    needed = {"filename", "object_id", "azimuth_deg"}
-    if not needed.issubset(header):
-        raise ValueError(f"{labels_path}: header {header} lacks columns {sorted(needed)}")
+    header, rows = read_labels_csv(labels_path, ("filename", "object_id", "azimuth_deg"))
     paths: List[Path] = []
     objects: List[int] = []
     azimuths: List[float] = []
