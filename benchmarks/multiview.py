@@ -12,8 +12,10 @@ objects in about a minute):
 3. MV-AlexNet: AlexNet-style trunk (random init; no offline ImageNet AlexNet weights exist) + max view
    pooling of conv5 maps + GeM + linear -> 256-d, trained on DS view sets with the triplet loss.
 4. Distilled MV-AlexNet: starts from the trained MV-AlexNet, trained on DS to match the teacher
-   (similarity-KL relation distillation + feature matching through a learned projection + the triplet
-   loss; ``retrieval.training.distill``), from the cached teacher embeddings.
+   (similarity-KL relation distillation at temperature 0.5 + the triplet loss; feature matching through
+   a learned projection is an option, ``--feature-weight``; ``retrieval.training.distill``), from the
+   cached teacher embeddings, centred on their mean over the training images
+   (:func:`retrieval.training.distill.center_embeddings`; ``--no-center-teacher`` distils them raw).
 5. Evaluation (``retrieval.datasets.viewsets``): DS and DU (objects 51-100), each object's 72 views cut
    into 6 sets of 12 consecutive azimuths; every set is a query in turn with ``test_views`` seeded views,
    against the database of all the other sets of the split, each pooled from all its views (up to 12).
@@ -28,6 +30,7 @@ from its last checkpoint).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -78,10 +81,20 @@ def parse_args(argv=None):
     p.add_argument("--student-epochs", type=int, default=4)
     p.add_argument("--distill-epochs", type=int, default=4)
     p.add_argument("--student-width", default="alexnet", choices=["alexnet", "alexnet-half"])
-    p.add_argument("--relation", default="kl", choices=["kl", "rkd"])
-    p.add_argument("--temperature", type=float, default=0.1)
-    p.add_argument("--feature-weight", type=float, default=1.0, help="feature matching (0: off)")
+    p.add_argument("--relation", default="kl", choices=["kl", "rkd", "none"])
+    p.add_argument("--relation-weight", type=float, default=1.0, help="weight of the relation term")
+    # tau = 0.5 spreads each similarity row over the other objects (the teacher's "dark knowledge");
+    # at 0.1 a row is almost all on the query's own object, which the triplet term already teaches.
+    # Feature matching through a projection lowered DU mAP here: off by default.
+    p.add_argument("--temperature", type=float, default=0.5, help="similarity-KL temperature (both sides)")
+    p.add_argument("--feature-weight", type=float, default=0.0, help="feature matching (0: off)")
     p.add_argument("--metric-weight", type=float, default=1.0, help="triplet loss during distillation")
+    p.add_argument("--teacher-on-augmented-views", action="store_true",
+                   help="consistent teaching: run the teacher on the student's augmented views in every "
+                        "distillation step (slower) instead of its cached embeddings of the plain views")
+    p.add_argument("--no-center-teacher", action="store_true",
+                   help="distil the raw teacher embeddings (default: centred on the training images' mean, "
+                        "retrieval.training.distill.center_embeddings)")
     p.add_argument("--teacher-embeddings", default=None,
                    help="use another teacher: a global-feature file (features.store.save_global) of per-image "
                         "embeddings with ids = COIL file names (e.g. obj1__0.png), made by any extractor such "
@@ -179,6 +192,13 @@ class Teacher:
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.model(to_input(images, self.size, "lite0")).numpy()
+
+    @torch.no_grad()
+    def on_views(self, views: torch.Tensor) -> torch.Tensor:
+        """Float views (N, 3, S, S) in [0, 1] (the student's augmented inputs) -> (N, D) unit rows,
+        with Lite's ``(pixel - 127) / 128`` normalisation: the teacher of consistent teaching."""
+        x = (views * 255.0 - 127.0) / 128.0
+        return self.model(square_resize(x, self.size) if x.shape[-1] != self.size else x)
 
 
 @torch.inference_mode()
@@ -311,15 +331,22 @@ def main(argv=None) -> dict:
     with timer("train mv-alexnet"):
         student_path, _ = train_mv_alexnet(train_images, train_labels, train_sets, cache / "mv_alexnet", scfg)
     dcfg = student_config(args, args.quick, "mv-alexnet-distilled", args.distill_epochs, 5e-4, "train")
-    dist = DistillConfig(relation=args.relation, temperature=args.temperature,
+    dist = DistillConfig(relation=args.relation, relation_weight=args.relation_weight,
+                         temperature=args.temperature,
                          feature_weight=args.feature_weight, feature_kind="cosine",
-                         metric_weight=args.metric_weight, metric_loss="triplet", metric_margin=0.2)
+                         metric_weight=args.metric_weight, metric_loss="triplet", metric_margin=0.2,
+                         center_teacher=not args.no_center_teacher)
+    consistent = args.teacher_on_augmented_views and teacher is not None
+    # one folder per distillation setting: another setting trains anew instead of tripping over the
+    # checkpoint of the last one (which a rerun with that setting then reuses)
+    setting = json.dumps({"distill": dist.to_dict(), "train": dcfg.to_dict(), "consistent": consistent,
+                          "external": teacher is None}, sort_keys=True, default=str)
+    distill_dir = cache / f"mv_alexnet_distilled-{hashlib.sha256(setting.encode()).hexdigest()[:10]}"
     with timer("distill"):
         distilled_path, _ = distill_mv_alexnet(
-            student_path, train_images, train_labels, train_sets, teacher_emb[train_rows],
-            cache / ("mv_alexnet_distilled" if teacher is not None else "mv_alexnet_distilled_external"),
-            dcfg, dist, teacher_view_pooling="mean",
-            teacher_info=emb_config)
+            student_path, train_images, train_labels, train_sets, teacher_emb[train_rows], distill_dir,
+            dcfg, dist, teacher_view_pooling="mean", teacher_info=emb_config,
+            teacher_model=teacher.on_views if consistent else None)
     mv_alexnet, _ = load_mv_alexnet(student_path)
     distilled, _ = load_mv_alexnet(distilled_path)
 

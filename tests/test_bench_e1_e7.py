@@ -162,3 +162,19 @@ def test_tiny_end_to_end(coil100_dir, tmp_path, monkeypatch):
     assert (tmp_path / "cache" / "quick" / "timings.json").read_text().count("train E2") == before.count("train E2")
     assert not any(k.startswith(("train", "extract", "sift", "patches")) and v > 5
                    for k, v in again["stage_seconds_this_run"].items())
+
+
+def test_shortlisted_images_are_the_queries_and_what_their_shortlists_hold(tmp_path):
+    """Re-ranking extracts local features only of the queries and the shortlisted index images."""
+    from rerank.shortlist import Shortlist
+    from retrieval.datasets import RetrievalDataset
+
+    ds = RetrievalDataset(name="t", root=tmp_path, db_ids=["a", "b", "c", "d"],
+                          db_paths=[tmp_path / f"{x}.jpg" for x in "abcd"], query_ids=["q1", "q2"],
+                          query_paths=[tmp_path / "q1.jpg", tmp_path / "q2.jpg"], ground_truth={},
+                          query_boxes=[(0, 0, 5, 5), None])
+    sl = Shortlist(["q1", "q2"], [["c", "a"], ["a", "c"]], [[0.9, 0.8], [0.7, 0.6]])
+    ids, paths, boxes = e1_e7.shortlisted_images(ds, sl)
+    assert ids == ["a", "c", "q1", "q2"]
+    assert paths == [tmp_path / "a.jpg", tmp_path / "c.jpg", tmp_path / "q1.jpg", tmp_path / "q2.jpg"]
+    assert boxes == [None, None, (0, 0, 5, 5), None]

@@ -5,8 +5,9 @@ import torch
 
 from features.alexnet import AlexNetConfig
 from features.store import FeatureFileError
-from retrieval.training.distill import (DistillConfig, DistillationLoss, compute_teacher_embeddings,
-                                        distill_mv_alexnet, feature_matching_loss, pool_teacher_views,
+from retrieval.training.distill import (DistillConfig, DistillationLoss, center_embeddings,
+                                        compute_teacher_embeddings, distill_mv_alexnet, feature_matching_loss,
+                                        pool_teacher_views,
                                         rkd_angle_loss, rkd_distance_loss, similarity_kl_loss)
 from retrieval.training.loop import LoopConfig
 from retrieval.training.multiview import (MultiViewTrainConfig, ViewSetSampler, load_mv_alexnet,
@@ -114,6 +115,23 @@ def test_pool_teacher_views():
     two = pool_teacher_views(t, np.array([[0, 1]]))
     want = torch.nn.functional.normalize((t[0] + t[1]).unsqueeze(0), dim=1)
     assert torch.allclose(two, want, atol=1e-6)
+
+
+def test_centring_removes_the_common_direction_and_keeps_the_ranking_signal():
+    """Positive-orthant embeddings (as GeM of ReLU maps gives) have nearly flat similarity rows;
+    centred, they are unit rows again whose similarities spread around 0."""
+    rng = np.random.default_rng(3)
+    common = np.abs(rng.normal(size=16)) * 3
+    raw = common + np.abs(rng.normal(size=(40, 16)))
+    raw /= np.linalg.norm(raw, axis=1, keepdims=True)
+    off = ~np.eye(40, dtype=bool)
+    assert (raw @ raw.T)[off].mean() > 0.8
+    c = center_embeddings(raw)
+    np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-5)
+    assert abs(float((c @ c.T)[off].mean())) < 0.1 and float((c @ c.T)[off].std()) > 0.15
+    assert DistillConfig().center_teacher
+    with pytest.raises(ValueError, match="centring"):
+        center_embeddings(raw[:1])
 
 
 def _colour_teacher(calls):

@@ -77,9 +77,10 @@ import numpy as np
 
 __all__ = ["VS", "FUSION_NORM", "STAGES", "Options", "Timings", "cross_fit_v", "oxford_halves",
            "usage_groups", "result_rows", "summary_table", "sweep_table", "prepare_data", "train_models",
-           "global_features", "rank", "build_shortlist", "ladder_sift", "ladder_vlad_encoder", "coil_split",
-           "run_coil", "run_oxford", "oxford_quick_subset", "run", "build_parser", "add_arguments",
-           "options_from_args", "check_paths", "main", "quick_train_overrides", "resolve_train_config"]
+           "global_features", "rank", "build_shortlist", "shortlisted_images", "ladder_sift",
+           "ladder_vlad_encoder", "coil_split", "run_coil", "run_oxford", "oxford_quick_subset", "run",
+           "build_parser", "add_arguments", "options_from_args", "check_paths", "main",
+           "quick_train_overrides", "resolve_train_config"]
 
 #: fusion weights swept: v in 0, 0.1, ..., 1
 VS: Tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
@@ -650,18 +651,28 @@ def _rerank_experiment(experiment: str, dataset, shortlist, name: str, groups, p
 # the COIL / GLDv2 ladder
 # --------------------------------------------------------------------------------------------------
 
-def ladder_sift(dataset, opts: Options, timings: Timings):
-    """RootSIFT of every index and query image into ``<cache>/local/sift.h5`` (E5, E6). Returns
-    (extractor, store path)."""
+def shortlisted_images(dataset, shortlist) -> Tuple[List[str], List, Optional[List]]:
+    """(ids, paths, boxes) of the images that re-ranking reads: every query and every database image
+    in some query's shortlist (on GLDv2, ~100 per query instead of the 760k index), in dataset order;
+    boxes are None when the dataset has no query boxes."""
+    wanted = set(np.unique(shortlist.db_ids).tolist())
+    db = [i for i, d in enumerate(dataset.db_ids) if str(d) in wanted]
+    ids = [str(dataset.db_ids[i]) for i in db] + [str(q) for q in dataset.query_ids]
+    paths = [dataset.db_paths[i] for i in db] + list(dataset.query_paths)
+    boxes = None if dataset.query_boxes is None else [None] * len(db) + list(dataset.query_boxes)
+    return ids, paths, boxes
+
+
+def ladder_sift(dataset, shortlist, opts: Options, timings: Timings):
+    """RootSIFT of the queries and shortlisted index images (:func:`shortlisted_images`) into
+    ``<cache>/local/sift.h5`` (E5, E6). Returns (extractor, store path)."""
     from features.extract import extract_local_features
     from features.sift import SiftExtractor
 
     sift_path = opts.run_cache / "local" / "sift.h5"
     if "sift" in opts.recompute:
         _remove(sift_path)
-    ids = [str(i) for i in dataset.db_ids] + [str(q) for q in dataset.query_ids]
-    paths = list(dataset.db_paths) + list(dataset.query_paths)
-    boxes = None if dataset.query_boxes is None else [None] * len(dataset.db_ids) + list(dataset.query_boxes)
+    ids, paths, boxes = shortlisted_images(dataset, shortlist)
     sift = SiftExtractor(COIL_SIFT if opts.gldv2 is None else "rootsift-1k")
     with _stage(timings, "sift index+queries") as st:
         res = extract_local_features(ids, paths, sift, sift_path, n_jobs=opts.n_jobs, boxes=boxes,
@@ -747,15 +758,13 @@ def run_coil(opts: Options, timings: Timings):
     sl_path = cache / "shortlist" / "e4"
     shortlist = build_shortlist(ranking, sl_path, {"global": gconf, "k": K_SHORTLIST},
                                 "shortlist" in opts.recompute)
-    ids = [str(i) for i in dataset.db_ids] + [str(q) for q in dataset.query_ids]
-    paths = list(dataset.db_paths) + list(dataset.query_paths)
-    boxes = None if dataset.query_boxes is None else [None] * len(dataset.db_ids) + list(dataset.query_boxes)
+    ids, paths, boxes = shortlisted_images(dataset, shortlist)
     local = cache / "local"
 
     # E5: RootSIFT ratio-test score
     if "sift" in opts.recompute:
         shortlist.local.pop("ratio", None)
-    sift, sift_path = ladder_sift(dataset, opts, timings)
+    sift, sift_path = ladder_sift(dataset, shortlist, opts, timings)
     with _stage(timings, "read sift") as st:
         st.computed = bool(shortlist.pending("ratio") or shortlist.pending("vlad"))
         store = _preload(sift_path, shortlist, progress=opts.progress) if st.computed else {}

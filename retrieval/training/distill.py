@@ -67,7 +67,8 @@ PathLike = Union[str, os.PathLike]
 
 __all__ = ["similarity_kl_loss", "rkd_distance_loss", "rkd_angle_loss", "feature_matching_loss",
            "FeatureProjector", "DistillConfig", "DistillationLoss", "RELATIONS", "FEATURE_KINDS",
-           "compute_teacher_embeddings", "pool_teacher_views", "distill_mv_alexnet"]
+           "compute_teacher_embeddings", "center_embeddings", "pool_teacher_views", "pool_set_embeddings",
+           "distill_mv_alexnet"]
 
 RELATIONS = ("kl", "rkd", "none")
 FEATURE_KINDS = ("cosine", "mse")
@@ -186,6 +187,7 @@ class DistillConfig:
     metric_weight: float = 0.0
     metric_loss: str = "triplet"
     metric_margin: Optional[float] = None
+    center_teacher: bool = True
 
     def __post_init__(self) -> None:
         if self.relation not in RELATIONS:
@@ -302,24 +304,47 @@ def compute_teacher_embeddings(teacher, images: Union[np.ndarray, torch.Tensor],
     return vectors
 
 
+def center_embeddings(embeddings: np.ndarray) -> np.ndarray:
+    """``L2(e_i - mean_j e_j)``: unit embeddings with their common direction removed.
+
+    A CNN's pooled descriptors of non-negative (ReLU / ReLU6) activations share a large common
+    component: the fine-tuned Lite0 teacher's COIL-100 embeddings have a mean of norm 0.92 and a
+    mean pairwise cosine of 0.84 (0.00 after centring). Raw, every similarity row the relation
+    loss matches is nearly flat and a cosine to the teacher is mostly explained by the mean, so
+    distilling them degrades the student (``benchmarks/multiview.py --no-center-teacher``: DU
+    mAP@100 at one view fell from 87.3 before distillation to 83.8; with ``--feature-weight 0
+    --metric-weight 0`` as well, to 75.1); centred, the rows carry the teacher's ranking."""
+    e = np.asarray(embeddings, dtype=np.float32)
+    if e.ndim != 2 or len(e) < 2:
+        raise ValueError(f"centring needs (N >= 2, D) embeddings, got {e.shape}")
+    centred = e - e.mean(axis=0, keepdims=True)
+    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+
+
 def pool_teacher_views(teacher: torch.Tensor, rows: np.ndarray, mode: str = "mean") -> torch.Tensor:
     """The teacher's set descriptors for a (B, V) batch of view indices from its cached per-view
     unit embeddings (N, D): ``L2(pool_v t_v)`` (embedding-level view pooling; V = 1 is the view's
     own embedding)."""
+
+    index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+    return pool_set_embeddings(teacher[index.reshape(-1)].unflatten(0, tuple(index.shape)), mode)
+
+
+def pool_set_embeddings(per_view: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    """(B, V, D) unit view embeddings -> (B, D) set descriptors ``L2(pool_v)`` (V = 1: as they are)."""
     from features.multiview import pool_views
     from features.pooling import l2n
 
-    index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
-    per_view = teacher[index.reshape(-1)].unflatten(0, tuple(index.shape))
     pooled = pool_views(per_view, mode, dim=1)
-    return pooled if index.shape[1] == 1 else l2n(pooled)
+    return pooled if per_view.shape[1] == 1 else l2n(pooled)
 
 
 def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes: Sequence[int],
                        teacher_embeddings: np.ndarray, out_dir: PathLike, cfg=None,
                        distill: Optional[DistillConfig] = None, teacher_view_pooling: str = "mean",
                        teacher_info: Optional[dict] = None, resume: bool = True, progress: bool = True,
-                       stop_after_steps: Optional[int] = None):
+                       stop_after_steps: Optional[int] = None,
+                       teacher_model: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
     """Distil a frozen teacher into MV-AlexNet.
 
     The student starts from the trained MV-AlexNet in ``init_model`` (its architecture must be
@@ -330,6 +355,11 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
     (:func:`compute_teacher_embeddings`), pooled per set (:func:`pool_teacher_views`), so the
     teacher never runs during distillation. Student views are augmented as in training (mild
     crops / colour); the teacher's cached embeddings are of the unaugmented views.
+
+    ``teacher_model`` (optional; "consistent teaching"): a frozen callable mapping the student's
+    augmented views, float (N, 3, S, S) in [0, 1], to (N, D) unit embeddings; the teacher then
+    runs on exactly the views the student sees in every step (slower: one teacher forward per view),
+    and ``teacher_embeddings`` only supply the centring mean (and the dimension).
 
     Returns (``out_dir/model.pt`` or None when stopped early, :class:`TrainResult`)."""
     from .multiview import (MultiViewTrainConfig, _sidecar_sha, load_mv_alexnet,
@@ -354,12 +384,22 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
     if np.abs(norms - 1).max() > 1e-3:
         raise ValueError("teacher embeddings must be L2-normalised rows (as compute_teacher_embeddings "
                          "returns them)")
+    mean = torch.from_numpy(teacher.mean(axis=0)) if distill.center_teacher else None
+    if distill.center_teacher:
+        teacher = center_embeddings(teacher)
     teacher_t = torch.from_numpy(teacher)
     criterion = DistillationLoss(distill, student.out_dim, teacher.shape[1])
     extra = {"distill": criterion} if any(True for _ in criterion.parameters()) else None
 
-    def batch_loss(desc, rows, y, ctx):
-        t = pool_teacher_views(teacher_t, rows, teacher_view_pooling).to(ctx.device)
+    def batch_loss(desc, rows, y, ctx, views=None):
+        if teacher_model is None:
+            t = pool_teacher_views(teacher_t, rows, teacher_view_pooling).to(ctx.device)
+        else:
+            with torch.no_grad():
+                per_view = teacher_model(views.flatten(0, 1)).float()
+                if mean is not None:
+                    per_view = F.normalize(per_view - mean.to(per_view.device), dim=1)
+                t = pool_set_embeddings(per_view.unflatten(0, tuple(views.shape[:2])), teacher_view_pooling)
         total, _parts = criterion(desc, t, y)
         return total
 
@@ -367,6 +407,7 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
 
     run_extra = {"distill": distill.to_dict(), "teacher_view_pooling": teacher_view_pooling,
                  "init": {"path": str(init_path), "sha256": _sidecar_sha(init_path)},
+                 "teacher_on_augmented_views": teacher_model is not None,
                  "teacher": {"dim": int(teacher.shape[1]),
                              "sha256": hashlib.sha256(teacher.tobytes()).hexdigest(),
                              **(teacher_info or {})}}
@@ -374,4 +415,4 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
                                   extra_modules=extra, run_extra=run_extra, resume=resume,
                                   progress=progress, stop_after_steps=stop_after_steps,
                                   title=f"{cfg.name}: distillation loss ({distill.relation})",
-                                  model_extra={"distill": run_extra})
+                                  model_extra={"distill": run_extra}, pass_views=teacher_model is not None)
