@@ -231,3 +231,26 @@ def test_train_then_distill_tiny(tmp_path):
     with pytest.raises(ValueError, match="L2-normalised"):
         distill_mv_alexnet(student_path, images, labels, sets, teacher * 3, tmp_path / "d3", _tiny_cfg("d3"),
                            dist, progress=False)
+
+
+def test_consistent_teaching_sees_the_students_augmented_views(tmp_path):
+    """With ``teacher_model`` the teacher runs on the very views the student is given (augmented,
+    float in [0, 1]) in every step; the cached embeddings then only supply the centring mean."""
+    images, labels, sets = _toy_views()
+    student_path, _ = train_mv_alexnet(images, labels, sets, tmp_path / "mv", _tiny_cfg("mv"), progress=False)
+    cached = torch.nn.functional.normalize(torch.randn(len(images), 12), dim=1).numpy()
+    proj = torch.randn(3, 12, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def teacher(views):
+        seen.append(views.detach().clone())
+        return torch.nn.functional.normalize(views.mean(dim=(2, 3)) @ proj, dim=1)
+
+    path, res = distill_mv_alexnet(student_path, images, labels, sets, cached, tmp_path / "c", _tiny_cfg("c"),
+                                   DistillConfig(metric_weight=0.5), progress=False, teacher_model=teacher)
+    assert path.is_file() and len(seen) == res.steps >= 1
+    for views in seen:
+        assert views.ndim == 4 and views.shape[1:] == (3, 40, 40)
+        assert float(views.min()) >= 0.0 and float(views.max()) <= 1.0
+    _, dcfg = load_mv_alexnet(path)
+    assert dcfg["distill"]["teacher_on_augmented_views"] is True
