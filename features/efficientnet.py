@@ -538,7 +538,11 @@ class EfficientNetExtractor(GlobalExtractor):
             if model.name != cfg["model"]:
                 raise ValueError(f"{weights}: holds an efficientnet-{model.name}, the configuration asks "
                                  f"for efficientnet-{cfg['model']}")
-            cfg["pooling"], cfg["layer"] = model.pooling, model.layer
+            if cfg["layer"] != model.layer:  # the trained network read at another feature map
+                from .fast_inference import layer_channels
+
+                model.layer, model.out_dim = cfg["layer"], layer_channels(model.net, cfg["layer"])
+            cfg["pooling"] = model.pooling
             if model.pooling == "gem":
                 cfg["gem_p"] = float(model.pool.p.detach()[0])
             else:
