@@ -231,3 +231,17 @@ def test_named_configs_and_overrides():
     with pytest.raises(ValueError, match="unknown training configuration"):
         get_config("coil-e9")
     assert parse_label_ranges("1-3,7") == {"1", "2", "3", "7"}
+
+
+def test_classifier_run_does_not_depend_on_the_global_generator(coil_few, few_images, tmp_path):
+    """E2's head is initialised from the run's seed: two runs of one configuration give the same
+    weights whatever drew from torch's global generator before them."""
+    paths, labels = coil_few
+    states = []
+    for k, seed in enumerate((1, 2)):
+        torch.manual_seed(seed)
+        torch.rand(17)
+        path = train_classifier(_quick("coil-e2"), paths, labels, tmp_path / f"run{k}", images=few_images,
+                                progress=False)
+        states.append(load_checkpoint(path, kind="embedding-model")["state"]["model"])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

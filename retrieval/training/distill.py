@@ -388,7 +388,9 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
     if distill.center_teacher:
         teacher = center_embeddings(teacher)
     teacher_t = torch.from_numpy(teacher)
-    criterion = DistillationLoss(distill, student.out_dim, teacher.shape[1])
+    with torch.random.fork_rng(devices=[]):  # the projection's initialisation is part of the run
+        torch.manual_seed(cfg.loop.seed)
+        criterion = DistillationLoss(distill, student.out_dim, teacher.shape[1])
     extra = {"distill": criterion} if any(True for _ in criterion.parameters()) else None
 
     def batch_loss(desc, rows, y, ctx, views=None):

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+import torch
 import torch.nn as nn
 
 from .config import TrainConfig, get_config
@@ -62,7 +63,11 @@ def train_classifier(config: Union[str, TrainConfig], train_paths: Sequence[Path
     if n_classes < 2:
         raise ValueError(f"classification needs at least 2 classes, the training labels have {n_classes}")
     model, params, init_info = prepare_embedding_model(cfg, init_checkpoint)
-    head = build_head(cfg, model.out_dim, n_classes)
+    # the head's random initialisation is part of the run: seeded, or E2 (and E4 after it) differed
+    # between two runs of the same configuration (whatever had drawn from torch's generator before)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.loop.seed)
+        head = build_head(cfg, model.out_dim, n_classes)
     sampler = RandomBatchSampler(len(images), min(cfg.batch_size, len(images)), seed=cfg.loop.seed)
 
     def loss_fn(emb, labels):
