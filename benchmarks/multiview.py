@@ -58,7 +58,8 @@ from retrieval.training.config import get_config  # noqa: E402
 from retrieval.training.data import decode_images  # noqa: E402
 from retrieval.training.distill import (DistillConfig, compute_teacher_embeddings,  # noqa: E402
                                         distill_mv_alexnet)
-from retrieval.training.embedding import load_trained_efficientnet, read_trained_config  # noqa: E402
+from retrieval.training.embedding import (PixelNormalize, load_trained_efficientnet,  # noqa: E402
+                                          read_trained_config)
 from retrieval.training.loop import LoopConfig  # noqa: E402
 from retrieval.training.multiview import MultiViewTrainConfig, load_mv_alexnet, train_mv_alexnet  # noqa: E402
 from retrieval.training.siamese import train_siamese  # noqa: E402
@@ -188,6 +189,7 @@ class Teacher:
 
     def __init__(self, model: EfficientNetGlobal, size: int):
         self.model, self.size = model.eval(), size
+        self.normalize = PixelNormalize.for_efficientnet(model.name)
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -196,8 +198,8 @@ class Teacher:
     @torch.no_grad()
     def on_views(self, views: torch.Tensor) -> torch.Tensor:
         """Float views (N, 3, S, S) in [0, 1] (the student's augmented inputs) -> (N, D) unit rows,
-        with Lite's ``(pixel - 127) / 128`` normalisation: the teacher of consistent teaching."""
-        x = (views * 255.0 - 127.0) / 128.0
+        normalised for the teacher's network: the teacher of consistent teaching."""
+        x = self.normalize(views)
         return self.model(square_resize(x, self.size) if x.shape[-1] != self.size else x)
 
 

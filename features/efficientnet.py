@@ -278,10 +278,8 @@ class EfficientNetGlobal(nn.Module):
                  gem_p: float = 3.0, learn_p: bool = False, net: Optional[EfficientNet] = None,
                  layer: str = "head"):
         super().__init__()
-        from .fast_inference import LAYERS
+        from .fast_inference import layer_channels
 
-        if layer not in LAYERS:
-            raise ValueError(f"unknown feature layer {layer!r}; choose one of {LAYERS}")
         self.name = canonical_name(name)
         self.pooling = str(pooling).lower()
         self.layer = layer
@@ -297,9 +295,7 @@ class EfficientNetGlobal(nn.Module):
                 net = load_efficientnet(self.name, weights)
         self.net = net
         self.pool = make_pooling(self.pooling, gem_p=gem_p, learn_p=learn_p)
-        from .fast_inference import layer_channels
-
-        self.out_dim = layer_channels(self.net, layer)
+        self.out_dim = layer_channels(self.net, layer)  # checks the layer name
         if whole_module_state is not None:
             _load_strict(self, whole_module_state, str(weights))
         self.eval()

@@ -61,6 +61,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .loop import seeded_init
 from .losses import make_metric_loss, pairwise_distances
 
 PathLike = Union[str, os.PathLike]
@@ -388,8 +389,7 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
     if distill.center_teacher:
         teacher = center_embeddings(teacher)
     teacher_t = torch.from_numpy(teacher)
-    with torch.random.fork_rng(devices=[]):  # the projection's initialisation is part of the run
-        torch.manual_seed(cfg.loop.seed)
+    with seeded_init(cfg.loop.seed):  # the projection's initialisation
         criterion = DistillationLoss(distill, student.out_dim, teacher.shape[1])
     extra = {"distill": criterion} if any(True for _ in criterion.parameters()) else None
 

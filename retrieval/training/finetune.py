@@ -15,13 +15,13 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import torch
 import torch.nn as nn
 
 from .config import TrainConfig, get_config
 from .data import TrainImages
 from .embedding import prepare_embedding_model, run_embedding_training
 from .heads import make_head
+from .loop import seeded_init
 from .losses import classification_loss
 from .samplers import RandomBatchSampler
 
@@ -63,10 +63,8 @@ def train_classifier(config: Union[str, TrainConfig], train_paths: Sequence[Path
     if n_classes < 2:
         raise ValueError(f"classification needs at least 2 classes, the training labels have {n_classes}")
     model, params, init_info = prepare_embedding_model(cfg, init_checkpoint)
-    # the head's random initialisation is part of the run: seeded, or E2 (and E4 after it) differed
-    # between two runs of the same configuration (whatever had drawn from torch's generator before)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.loop.seed)
+    # unseeded, E2 (and E4 after it) differed between two runs of one configuration
+    with seeded_init(cfg.loop.seed):
         head = build_head(cfg, model.out_dim, n_classes)
     sampler = RandomBatchSampler(len(images), min(cfg.batch_size, len(images)), seed=cfg.loop.seed)
 

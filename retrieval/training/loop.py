@@ -45,7 +45,7 @@ from .data import BatchPrefetcher
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["LoopConfig", "StepContext", "TrainResult", "run_training", "resolve_device", "seed_everything",
+__all__ = ["LoopConfig", "StepContext", "TrainResult", "run_training", "resolve_device", "seeded_init", "seed_everything",
            "lr_factor", "plot_losses", "LAST_CHECKPOINT", "LOSSES_JSON", "LOSSES_PNG"]
 
 LAST_CHECKPOINT = "last.pt"
@@ -132,6 +132,16 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for but CUDA is not available in this torch build")
     return device
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int):
+    """Random initialisation that belongs to a run: torch's CPU generator seeded with ``seed`` inside
+    the block and restored after it, so what was drawn before (another model, a test) cannot change
+    the run, and the run's draws do not leak out."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def seed_everything(seed: int) -> None:

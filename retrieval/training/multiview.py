@@ -33,7 +33,7 @@ from features.alexnet import AlexNetConfig, MVAlexNet, normalise
 
 from .augment import AugmentConfig, augment_batch, uint8_to_float
 from .checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
-from .loop import LoopConfig, TrainResult, run_training
+from .loop import LoopConfig, TrainResult, run_training, seeded_init
 from .losses import make_metric_loss
 from .samplers import PKSampler
 
@@ -279,8 +279,8 @@ def train_mv_alexnet(images, labels: Sequence, set_codes: Sequence[int], out_dir
     view; ``set_codes``: view set of each view (views of one set are pooled together). Resumes from
     ``out_dir/last.pt``; returns (``out_dir/model.pt``, or None when stopped early, result)."""
     cfg = cfg or MultiViewTrainConfig()
-    torch.manual_seed(cfg.loop.seed)  # the random initialisation is part of the run
-    model = MVAlexNet(cfg.model)
+    with seeded_init(cfg.loop.seed):
+        model = MVAlexNet(cfg.model)
     loss_fn = make_metric_loss(cfg.loss, cfg.margin,
                                **({"mining": cfg.mining} if cfg.loss == "triplet" else {}))
 
