@@ -93,6 +93,10 @@ def parse_args(argv=None):
     p.add_argument("--teacher-on-augmented-views", action="store_true",
                    help="consistent teaching: run the teacher on the student's augmented views in every "
                         "distillation step (slower) instead of its cached embeddings of the plain views")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="function matching: blend each training set with another one of the batch "
+                        "(lam ~ Beta(ALPHA, ALPHA)) before student and teacher see it; needs "
+                        "--teacher-on-augmented-views and --metric-weight 0 (0: off)")
     p.add_argument("--no-center-teacher", action="store_true",
                    help="distil the raw teacher embeddings (default: centred on the training images' mean, "
                         "retrieval.training.distill.center_embeddings)")
@@ -279,6 +283,17 @@ def plot_sweep(rows: List[dict], path: Path) -> Path:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    try:  # option errors before any training
+        dist = DistillConfig(relation=args.relation, relation_weight=args.relation_weight,
+                             temperature=args.temperature,
+                             feature_weight=args.feature_weight, feature_kind="cosine",
+                             metric_weight=args.metric_weight, metric_loss="triplet", metric_margin=0.2,
+                             center_teacher=not args.no_center_teacher, mixup_alpha=args.mixup)
+    except ValueError as exc:
+        raise SystemExit(f"distillation options: {exc}")
+    if args.mixup > 0 and (not args.teacher_on_augmented_views or args.teacher_embeddings):
+        raise SystemExit("--mixup needs --teacher-on-augmented-views with the built-in teacher (cached or "
+                         "external teacher embeddings are of unmixed views)")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     root = data_root(args.data) / "coil100"
@@ -333,11 +348,6 @@ def main(argv=None) -> dict:
     with timer("train mv-alexnet"):
         student_path, _ = train_mv_alexnet(train_images, train_labels, train_sets, cache / "mv_alexnet", scfg)
     dcfg = student_config(args, args.quick, "mv-alexnet-distilled", args.distill_epochs, 5e-4, "train")
-    dist = DistillConfig(relation=args.relation, relation_weight=args.relation_weight,
-                         temperature=args.temperature,
-                         feature_weight=args.feature_weight, feature_kind="cosine",
-                         metric_weight=args.metric_weight, metric_loss="triplet", metric_margin=0.2,
-                         center_teacher=not args.no_center_teacher)
     consistent = args.teacher_on_augmented_views and teacher is not None
     # one folder per distillation setting: another setting trains anew instead of tripping over the
     # checkpoint of the last one (which a rerun with that setting then reuses)

@@ -8,7 +8,7 @@ import torch
 
 from retrieval.imageio import load_image
 from retrieval.training.augment import (AugmentConfig, affine_warp, augment_batch, color_jitter,
-                                        eval_transform, hflip, sample_crop_params, uint8_to_float)
+                                        eval_transform, hflip, mixup, sample_crop_params, uint8_to_float)
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +127,26 @@ def test_config_validation():
         AugmentConfig(hue=0.9)
     with pytest.raises(ValueError, match="padding_mode"):
         AugmentConfig(padding_mode="wrap")
+
+
+def test_mixup_blends_each_item_with_one_other_item(coil_batch):
+    sets = torch.stack([coil_batch, coil_batch.flip(0)], dim=1)  # (4 sets, 2 views, 3, H, W)
+    mixed = mixup(sets, 1.0, _gen(5))
+    assert mixed.shape == sets.shape and torch.equal(mixed, mixup(sets, 1.0, _gen(5)))
+    flat, src = mixed.flatten(1), sets.flatten(1)
+    for i in range(4):
+        # x_i' = lam x_i + (1 - lam) x_j for one j and one lam shared by all the set's views
+        fits = []
+        for j in range(4):
+            if j == i:
+                continue
+            d = src[i] - src[j]
+            lam = float(((flat[i] - src[j]) @ d) / (d @ d))
+            err = float((lam * src[i] + (1 - lam) * src[j] - flat[i]).abs().max())
+            fits.append((err, lam))
+        err, lam = min(fits)
+        assert err < 1e-5 and 0.0 <= lam <= 1.0
+    same = coil_batch[:1].expand(4, -1, -1, -1)
+    assert torch.allclose(mixup(same, 0.4, _gen(1)), same)  # blending equal images changes nothing
+    with pytest.raises(ValueError, match="alpha"):
+        mixup(sets, 0.0, _gen(0))

@@ -9,6 +9,7 @@ from retrieval.training.distill import (DistillConfig, DistillationLoss, center_
                                         compute_teacher_embeddings, distill_mv_alexnet, feature_matching_loss,
                                         pool_teacher_views,
                                         rkd_angle_loss, rkd_distance_loss, similarity_kl_loss)
+from retrieval.training.augment import AugmentConfig
 from retrieval.training.loop import LoopConfig
 from retrieval.training.multiview import (MultiViewTrainConfig, ViewSetSampler, load_mv_alexnet,
                                           train_mv_alexnet)
@@ -254,3 +255,43 @@ def test_consistent_teaching_sees_the_students_augmented_views(tmp_path):
         assert float(views.min()) >= 0.0 and float(views.max()) <= 1.0
     _, dcfg = load_mv_alexnet(path)
     assert dcfg["distill"]["teacher_on_augmented_views"] is True
+
+
+def test_mixup_distillation_teacher_sees_the_mixed_views(tmp_path):
+    """With mixup the student and the teacher get the same blended sets; the labelled metric loss
+    and cached (unmixed) teacher embeddings are refused."""
+    images, labels, sets = _toy_views()
+    student_path, _ = train_mv_alexnet(images, labels, sets, tmp_path / "mv", _tiny_cfg("mv"), progress=False)
+    cached = torch.nn.functional.normalize(torch.randn(len(images), 12), dim=1).numpy()
+    proj = torch.randn(3, 12, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def teacher(views):
+        seen.append(views.detach().clone())
+        return torch.nn.functional.normalize(views.mean(dim=(2, 3)) @ proj, dim=1)
+
+    cfg = _tiny_cfg("m")
+    cfg.augment = AugmentConfig(out_size=40, scale=(1, 1), ratio=(1, 1), hflip_prob=0, rotation_deg=0,
+                                brightness=0, contrast=0, saturation=0, hue=0)  # identity
+    path, _ = distill_mv_alexnet(student_path, images, labels, sets, cached, tmp_path / "m", cfg,
+                                 DistillConfig(mixup_alpha=1.0), progress=False, teacher_model=teacher)
+    assert path.is_file() and seen
+    originals = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).flatten(1)
+    blended = 0
+    for view in torch.cat(seen).flatten(1):
+        # every view the teacher saw is lam * a + (1 - lam) * b for two training images a, b
+        best = float("inf")
+        for a in range(len(originals)):
+            for b in range(len(originals)):
+                d = originals[a] - originals[b]
+                lam = float((view - originals[b]) @ d / (d @ d)) if float(d @ d) > 0 else 1.0
+                lam = min(max(lam, 0.0), 1.0)
+                best = min(best, float((lam * originals[a] + (1 - lam) * originals[b] - view).abs().max()))
+        assert best < 1e-4
+        blended += int(min(float((view - o).abs().max()) for o in originals) > 1e-3)
+    assert blended > 0  # and some are not training images
+    with pytest.raises(ValueError, match="metric"):
+        DistillConfig(mixup_alpha=1.0, metric_weight=0.5)
+    with pytest.raises(ValueError, match="teacher_model"):
+        distill_mv_alexnet(student_path, images, labels, sets, cached, tmp_path / "m2", _tiny_cfg("m2"),
+                           DistillConfig(mixup_alpha=1.0), progress=False)

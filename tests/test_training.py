@@ -2,6 +2,8 @@
 lowers the loss, interrupted + resumed runs end with the same weights, E2/E3/E4 entry points on a
 handful of COIL-100 images, and loading a trained model back for extraction."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +247,19 @@ def test_classifier_run_does_not_depend_on_the_global_generator(coil_few, few_im
                                 progress=False)
         states.append(load_checkpoint(path, kind="embedding-model")["state"]["model"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_fingerprint_names_the_files_not_the_spelling_of_their_paths(coil_few, monkeypatch):
+    paths, labels = coil_few
+    pick = [0, 6, 12, 18]  # one view of each object
+    absolute = [Path(paths[i]).resolve() for i in pick]
+    labels = [labels[i] for i in pick]
+    monkeypatch.chdir(absolute[0].parent)
+    relative = [Path(os.path.relpath(p)) for p in absolute]
+    assert not relative[0].is_absolute()
+    a = TrainImages(absolute, labels, cache=False, progress=False)
+    b = TrainImages(relative, labels, cache=False, progress=False)
+    assert a.fingerprint == b.fingerprint
+    assert TrainImages(absolute[:3], labels[:3], cache=False, progress=False).fingerprint != a.fingerprint
+    assert TrainImages(absolute, labels[1:] + labels[:1], cache=False,
+                       progress=False).fingerprint != a.fingerprint

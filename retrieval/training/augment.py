@@ -29,11 +29,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = ["AugmentConfig", "uint8_to_float", "sample_crop_params", "affine_warp", "hflip",
-           "color_jitter", "augment_batch", "eval_transform", "square_resize"]
+           "color_jitter", "augment_batch", "mixup", "eval_transform", "square_resize"]
 
 # ITU-R BT.601 luma weights, also the Y row of YIQ
 _LUMA = (0.299, 0.587, 0.114)
@@ -187,6 +188,23 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gen
     params = sample_crop_params(images.shape[0], images.shape[2], images.shape[3], cfg, generator)
     warped = affine_warp(images, params, cfg.out_size, cfg.padding_mode).clamp_(0, 1)
     return color_jitter(warped, cfg, generator)
+
+
+def mixup(images: torch.Tensor, alpha: float, generator: torch.Generator) -> torch.Tensor:
+    """Blend every item of a batch with another one: ``x_i' = lam_i x_i + (1 - lam_i) x_perm(i)``,
+    ``lam_i ~ Beta(alpha, alpha)`` per item (alpha = 1: uniform), ``perm`` a random permutation of the
+    batch. Works on any (B, ...) tensor, so (B, V, 3, S, S) view sets mix set with set, view v with
+    view v. Labels no longer describe the outputs: it serves losses that need none (function
+    matching against a teacher run on the mixed images)."""
+    if alpha <= 0:
+        raise ValueError(f"mixup alpha must be > 0, got {alpha}")
+    b = images.shape[0]
+    perm = torch.randperm(b, generator=generator)
+    # numpy's Beta sampler, seeded from the run's generator: reproducible and resumable with it
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    lam = np.random.default_rng(seed).beta(alpha, alpha, size=b).astype(np.float32)
+    lam = torch.from_numpy(lam).to(images.device).view(b, *([1] * (images.ndim - 1)))
+    return lam * images + (1 - lam) * images[perm.to(images.device)]
 
 
 def square_resize(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -171,7 +171,8 @@ class TrainImages:
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
         for i, p in enumerate(self.paths):
-            digest.update(str(p).encode())
+            # absolute, so '../data/x.jpg' and '/home/u/data/x.jpg' (the same file) resume one run
+            digest.update(os.path.abspath(p).encode())
             digest.update(b"\0")
             if self.names is not None:
                 digest.update(str(self.names[i]).encode())

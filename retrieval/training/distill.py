@@ -61,6 +61,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .augment import mixup
 from .loop import seeded_init
 from .losses import make_metric_loss, pairwise_distances
 
@@ -189,6 +190,9 @@ class DistillConfig:
     metric_loss: str = "triplet"
     metric_margin: Optional[float] = None
     center_teacher: bool = True
+    # > 0: every training set is blended with another one of the batch (mixup, lam ~ Beta(a, a))
+    # before the student and the teacher see it; needs the teacher run on the views
+    mixup_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         if self.relation not in RELATIONS:
@@ -196,9 +200,12 @@ class DistillConfig:
         if self.feature_kind not in FEATURE_KINDS:
             raise ValueError(f"unknown feature matching {self.feature_kind!r}; choose one of {FEATURE_KINDS}")
         for name in ("relation_weight", "rkd_distance_weight", "rkd_angle_weight", "feature_weight",
-                     "metric_weight"):
+                     "metric_weight", "mixup_alpha"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mixup_alpha > 0 and self.metric_weight > 0:
+            raise ValueError("mixup blends instances, so the labelled metric loss has no labels to use: "
+                             "set metric_weight = 0 with mixup_alpha > 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -375,6 +382,9 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
     if init_cfg["model"] != cfg.model.to_dict():
         raise ValueError(f"{init_path}: the initial MV-AlexNet has architecture {init_cfg['model']}, "
                          f"the distillation configuration asks for {cfg.model.to_dict()}")
+    if distill.mixup_alpha > 0 and teacher_model is None:
+        raise ValueError("mixup_alpha > 0 needs teacher_model: cached teacher embeddings are of the "
+                         "unmixed views")
     teacher = np.ascontiguousarray(teacher_embeddings, dtype=np.float32)
     if teacher.ndim != 2 or len(teacher) != len(images):
         raise ValueError(f"teacher embeddings must be (N, D) for the N = {len(images)} training images, "
@@ -407,6 +417,11 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
 
     import hashlib
 
+    mix = None
+    if distill.mixup_alpha > 0:
+        def mix(views, generator, alpha=float(distill.mixup_alpha)):
+            return mixup(views, alpha, generator)
+
     run_extra = {"distill": distill.to_dict(), "teacher_view_pooling": teacher_view_pooling,
                  "init": {"path": str(init_path), "sha256": _sidecar_sha(init_path)},
                  "teacher_on_augmented_views": teacher_model is not None,
@@ -417,4 +432,5 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
                                   extra_modules=extra, run_extra=run_extra, resume=resume,
                                   progress=progress, stop_after_steps=stop_after_steps,
                                   title=f"{cfg.name}: distillation loss ({distill.relation})",
-                                  model_extra={"distill": run_extra}, pass_views=teacher_model is not None)
+                                  model_extra={"distill": run_extra}, pass_views=teacher_model is not None,
+                                  mix=mix)

@@ -146,18 +146,23 @@ def describe_training_data(images, labels: Sequence, set_codes: Sequence[int]) -
 
 def embed_view_batch(model: nn.Module, views_uint8: torch.Tensor, aug: Optional[AugmentConfig],
                      ctx, normalize: Callable[[torch.Tensor], torch.Tensor] = normalise,
-                     return_views: bool = False):
+                     return_views: bool = False,
+                     mix: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None):
     """uint8 (B, V, H, W, 3) -> every view augmented independently (``aug``; None: no augmentation)
-    and normalised -> ``model`` on (B, V, 3, S, S) -> (B, D) set descriptors. ``return_views=True``
-    also returns the augmented views before normalisation, (B, V, 3, S, S) in [0, 1] (what a teacher
-    must see to be matched on the same inputs)."""
+    and normalised -> ``model`` on (B, V, 3, S, S) -> (B, D) set descriptors. ``mix`` (optional)
+    then transforms the augmented batch as a whole, (B, V, 3, S, S) in [0, 1] -> same (e.g.
+    :func:`retrieval.training.augment.mixup`). ``return_views=True`` also returns the views the
+    model saw, before normalisation (what a teacher must see to be matched on the same inputs)."""
     b, v = views_uint8.shape[:2]
     x = uint8_to_float(views_uint8.flatten(0, 1), ctx.device)
     if aug is not None:
         x = augment_batch(x, aug, ctx.generator)
+    x = x.unflatten(0, (b, v))
+    if mix is not None:
+        x = mix(x, ctx.generator)
     with ctx.autocast():
-        desc = model(normalize(x).unflatten(0, (b, v)))
-    return (desc, x.unflatten(0, (b, v))) if return_views else desc
+        desc = model(normalize(x.flatten(0, 1)).unflatten(0, (b, v)))
+    return (desc, x) if return_views else desc
 
 
 def _check_training_inputs(images, labels, set_codes) -> None:
@@ -218,11 +223,13 @@ def run_multiview_training(model: MVAlexNet, cfg: MultiViewTrainConfig, images, 
                            extra_modules: Optional[Dict[str, nn.Module]] = None, run_extra: Optional[dict] = None,
                            resume: bool = True, progress: bool = True,
                            stop_after_steps: Optional[int] = None, title: str = "loss",
-                           model_extra: Optional[dict] = None,
-                           pass_views: bool = False) -> Tuple[Optional[Path], TrainResult]:
+                           model_extra: Optional[dict] = None, pass_views: bool = False,
+                           mix: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None
+                           ) -> Tuple[Optional[Path], TrainResult]:
     """Shared body of MV-AlexNet training and distillation: P x K view-set batches through
     ``model``; ``batch_loss(descriptors (B, D), index batch (B, V), labels (B,), ctx) -> loss``
-    (``pass_views=True``: ``batch_loss(..., ctx, views)`` with the augmented views in [0, 1]).
+    (``pass_views=True``: ``batch_loss(..., ctx, views)`` with the augmented views in [0, 1]);
+    ``mix``: a batch-level transform of the augmented views (:func:`embed_view_batch`).
     Writes ``out_dir/model.pt`` when the last epoch is done; returns (its path or None, result)."""
     _check_training_inputs(images, labels, set_codes)
     images_t = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
@@ -247,9 +254,9 @@ def run_multiview_training(model: MVAlexNet, cfg: MultiViewTrainConfig, images, 
     def step_loss(batch, ctx):
         views, rows, y = batch
         if pass_views:
-            desc, seen = embed_view_batch(model, views, cfg.augment, ctx, return_views=True)
+            desc, seen = embed_view_batch(model, views, cfg.augment, ctx, return_views=True, mix=mix)
             return batch_loss(desc.float(), rows, y.to(ctx.device), ctx, seen)
-        desc = embed_view_batch(model, views, cfg.augment, ctx)
+        desc = embed_view_batch(model, views, cfg.augment, ctx, mix=mix)
         return batch_loss(desc.float(), rows, y.to(ctx.device), ctx)
 
     data = describe_training_data(images_t, label_codes, set_codes)
