@@ -16,6 +16,10 @@ objects in about a minute):
    a learned projection is an option, ``--feature-weight``; ``retrieval.training.distill``), from the
    cached teacher embeddings, centred on their mean over the training images
    (:func:`retrieval.training.distill.center_embeddings`; ``--no-center-teacher`` distils them raw).
+   Options: ``--teacher-on-augmented-views`` (the teacher run on the student's augmented views in every
+   step), ``--mixup`` (function matching on blended view sets, with the former), ``--transfer oxford
+   coil20`` (also distil on random crops of unlabelled images that are not COIL-100, the teacher run
+   on the same crops: outside the issue's "all training on DS" protocol, reported apart).
 5. Evaluation (``retrieval.datasets.viewsets``): DS and DU (objects 51-100), each object's 72 views cut
    into 6 sets of 12 consecutive azimuths; every set is a query in turn with ``test_views`` seeded views,
    against the database of all the other sets of the split, each pooled from all its views (up to 12).
@@ -56,7 +60,7 @@ from retrieval.training.augment import AugmentConfig, square_resize, uint8_to_fl
 from retrieval.training.checkpoint import atomic_write_text  # noqa: E402
 from retrieval.training.config import get_config  # noqa: E402
 from retrieval.training.data import decode_images  # noqa: E402
-from retrieval.training.distill import (DistillConfig, compute_teacher_embeddings,  # noqa: E402
+from retrieval.training.distill import (DistillConfig, TransferSet, compute_teacher_embeddings,  # noqa: E402
                                         distill_mv_alexnet)
 from retrieval.training.embedding import (PixelNormalize, load_trained_efficientnet,  # noqa: E402
                                           read_trained_config)
@@ -81,6 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--teacher-epochs", type=int, default=1)
     p.add_argument("--student-epochs", type=int, default=4)
     p.add_argument("--distill-epochs", type=int, default=4)
+    p.add_argument("--distill-lr", type=float, default=5e-4, help="peak learning rate of the distillation")
+    p.add_argument("--distill-views", type=int, nargs="+", default=[1, 2, 3],
+                   help="view-set sizes of the distillation batches (MV-AlexNet training: 1 2 3)")
     p.add_argument("--student-width", default="alexnet", choices=["alexnet", "alexnet-half"])
     p.add_argument("--relation", default="kl", choices=["kl", "rkd", "none"])
     p.add_argument("--relation-weight", type=float, default=1.0, help="weight of the relation term")
@@ -97,6 +104,11 @@ def parse_args(argv=None):
                    help="function matching: blend each training set with another one of the batch "
                         "(lam ~ Beta(ALPHA, ALPHA)) before student and teacher see it; needs "
                         "--teacher-on-augmented-views and --metric-weight 0 (0: off)")
+    p.add_argument("--transfer", nargs="+", default=[], choices=sorted(TRANSFER_SOURCES),
+                   help="also distil on these unlabelled images (a transfer set; never COIL-100): random "
+                        "crops, the teacher run on the same crops (retrieval.training.distill.TransferSet)")
+    p.add_argument("--transfer-batch", type=int, default=64, help="transfer images per step")
+    p.add_argument("--transfer-weight", type=float, default=1.0, help="weight of the transfer loss")
     p.add_argument("--no-center-teacher", action="store_true",
                    help="distil the raw teacher embeddings (default: centred on the training images' mean, "
                         "retrieval.training.distill.center_embeddings)")
@@ -149,6 +161,39 @@ def to_input(images_uint8: np.ndarray, size: int, model: str) -> torch.Tensor:
     return normalise(x)
 
 
+#: transfer-set sources under the data folder: (folder holding the images, glob)
+TRANSFER_SOURCES = {"oxford": ("oxford5k_subset/images", "*.jpg"), "coil20": ("coil20/images", "*.png")}
+TRANSFER_SIZE = 192  # side of the stored transfer images (crops of them are resized to --image-size)
+
+
+def load_transfer_images(data: Path, sources: Sequence[str], cache: Path) -> np.ndarray:
+    """uint8 (M, 192, 192, 3): every image of the named sources, shorter side resized to 192 and
+    centre-cropped (grayscale made RGB by the image loader), decoded once and kept as .npy."""
+    paths = []
+    for name in sources:
+        folder, pattern = TRANSFER_SOURCES[name]
+        found = sorted((data / folder).glob(pattern))
+        if not found:
+            raise SystemExit(f"transfer source {name!r}: no {pattern} under {data / folder}")
+        paths += found
+    key = {"files": [str(p) for p in paths], "size": TRANSFER_SIZE}
+    name = "transfer-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:10]
+    npy, meta = cache / f"{name}.npy", cache / f"{name}.json"
+    if npy.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
+        arr = np.load(npy, allow_pickle=False)
+        if arr.shape[0] == len(paths):
+            return arr
+    images, bad = decode_images(paths, TRANSFER_SIZE, "centre", n_jobs=2, progress=True, desc="decode transfer")
+    if bad:
+        raise SystemExit(f"unreadable transfer images, e.g. {bad[0][0]}: {bad[0][1]}")
+    arr = np.stack(images)
+    tmp = cache / f".{name}.{os.getpid()}.npy"
+    np.save(tmp, arr, allow_pickle=False)
+    os.replace(tmp, npy)
+    atomic_write_text(meta, json.dumps(key))
+    return arr
+
+
 # --------------------------------------------------------------------------------------------- models
 
 def external_teacher_embeddings(path: Path, names: Sequence[str]):
@@ -178,13 +223,14 @@ def teacher_config(args, quick: bool):
     return cfg
 
 
-def student_config(args, quick: bool, name: str, epochs: int, lr: float, bn: str) -> MultiViewTrainConfig:
+def student_config(args, quick: bool, name: str, epochs: int, lr: float, bn: str,
+                   views: Sequence[int] = (1, 2, 3)) -> MultiViewTrainConfig:
     loop = LoopConfig(epochs=epochs, lr=lr, optimizer="adamw", weight_decay=1e-4, schedule="cosine",
                       warmup_steps=0 if quick else 20, seed=args.seed, device="cpu", checkpoint_every=50,
                       max_steps_per_epoch=3 if quick else 0)
     return MultiViewTrainConfig(
         name=name, model=AlexNetConfig.named(args.student_width), image_size=args.image_size,
-        P=4 if quick else 16, K=4, views=(1, 2, 3), loss="triplet", margin=0.2, mining="batch_hard",
+        P=4 if quick else 16, K=4, views=tuple(views), loss="triplet", margin=0.2, mining="batch_hard",
         bn=bn, loop=loop)
 
 
@@ -294,6 +340,9 @@ def main(argv=None) -> dict:
     if args.mixup > 0 and (not args.teacher_on_augmented_views or args.teacher_embeddings):
         raise SystemExit("--mixup needs --teacher-on-augmented-views with the built-in teacher (cached or "
                          "external teacher embeddings are of unmixed views)")
+    if args.transfer and args.teacher_embeddings:
+        raise SystemExit("--transfer runs the teacher on crops of the transfer images: it needs the built-in "
+                         "teacher, not --teacher-embeddings")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     root = data_root(args.data) / "coil100"
@@ -347,18 +396,28 @@ def main(argv=None) -> dict:
     scfg = student_config(args, args.quick, "mv-alexnet", args.student_epochs, 1e-3, "train")
     with timer("train mv-alexnet"):
         student_path, _ = train_mv_alexnet(train_images, train_labels, train_sets, cache / "mv_alexnet", scfg)
-    dcfg = student_config(args, args.quick, "mv-alexnet-distilled", args.distill_epochs, 5e-4, "train")
+    dcfg = student_config(args, args.quick, "mv-alexnet-distilled", args.distill_epochs, args.distill_lr, "train",
+                          views=args.distill_views)
     consistent = args.teacher_on_augmented_views and teacher is not None
+    transfer = None
+    if args.transfer:
+        transfer = TransferSet(load_transfer_images(data_root(args.data), args.transfer, cache), teacher.on_views,
+                               batch_size=args.transfer_batch, weight=args.transfer_weight,
+                               augment=replace(dcfg.augment, scale=(0.1, 1.0), ratio=(0.75, 4 / 3)),
+                               name="+".join(args.transfer))
     # one folder per distillation setting: another setting trains anew instead of tripping over the
     # checkpoint of the last one (which a rerun with that setting then reuses)
-    setting = json.dumps({"distill": dist.to_dict(), "train": dcfg.to_dict(), "consistent": consistent,
-                          "external": teacher is None}, sort_keys=True, default=str)
+    setting = {"distill": dist.to_dict(), "train": dcfg.to_dict(), "consistent": consistent,
+               "external": teacher is None}
+    if transfer is not None:
+        setting["transfer"] = transfer.describe()
+    setting = json.dumps(setting, sort_keys=True, default=str)
     distill_dir = cache / f"mv_alexnet_distilled-{hashlib.sha256(setting.encode()).hexdigest()[:10]}"
     with timer("distill"):
         distilled_path, _ = distill_mv_alexnet(
             student_path, train_images, train_labels, train_sets, teacher_emb[train_rows], distill_dir,
             dcfg, dist, teacher_view_pooling="mean", teacher_info=emb_config,
-            teacher_model=teacher.on_views if consistent else None)
+            teacher_model=teacher.on_views if consistent else None, transfer=transfer)
     mv_alexnet, _ = load_mv_alexnet(student_path)
     distilled, _ = load_mv_alexnet(distilled_path)
 
@@ -402,10 +461,13 @@ def main(argv=None) -> dict:
         t, s, d = (pick(m, "DU", k)["mAP@100"] for m in MODELS)
         summary[f"DU_gap_closed_k{k}"] = (d - s) / (t - s) if t != s else float("nan")
     summary["speedup_distilled_vs_teacher"] = info["mv-alexnet-distilled"]["img_per_s"] / info["teacher"]["img_per_s"]
+    def more_views(m, sp):
+        few, many = (pick(m, sp, k)["mAP@100"] for k in (min(args.test_views), max(args.test_views)))
+        # a perfect score at the fewest views cannot be beaten: say so rather than report a failure
+        return "beats" if many > few else ("both perfect" if few == many == 1.0 else "does not beat")
+
     for m in MODELS:
-        summary[f"{m}_views12_beats_views1"] = all(
-            pick(m, sp, max(args.test_views))["mAP@100"] > pick(m, sp, min(args.test_views))["mAP@100"]
-            for sp in ("DS", "DU"))
+        summary[f"{m}_most_views_vs_fewest"] = {sp: more_views(m, sp) for sp in ("DS", "DU")}
     summary["seconds"] = dict(timer.seconds)
     summary["peak_rss_mb"] = peak_rss_mb()
     columns = ["model", "split", "test_views", "top1", "top10", "mAP@100", "nDCG@100", "ANMRR", "params",

@@ -5,7 +5,7 @@ import torch
 
 from features.alexnet import AlexNetConfig
 from features.store import FeatureFileError
-from retrieval.training.distill import (DistillConfig, DistillationLoss, center_embeddings,
+from retrieval.training.distill import (DistillConfig, DistillationLoss, TransferSet, center_embeddings,
                                         compute_teacher_embeddings, distill_mv_alexnet, feature_matching_loss,
                                         pool_teacher_views,
                                         rkd_angle_loss, rkd_distance_loss, similarity_kl_loss)
@@ -295,3 +295,43 @@ def test_mixup_distillation_teacher_sees_the_mixed_views(tmp_path):
     with pytest.raises(ValueError, match="teacher_model"):
         distill_mv_alexnet(student_path, images, labels, sets, cached, tmp_path / "m2", _tiny_cfg("m2"),
                            DistillConfig(mixup_alpha=1.0), progress=False)
+
+
+def test_transfer_set_is_distilled_without_labels(tmp_path):
+    """Unlabelled transfer images: every step draws ``batch_size`` of them, the teacher sees the
+    same crops as the student, the metric term is left out for them, and the run records the set."""
+    images, labels, sets = _toy_views()
+    student_path, _ = train_mv_alexnet(images, labels, sets, tmp_path / "mv", _tiny_cfg("mv"), progress=False)
+    cached = torch.nn.functional.normalize(torch.randn(len(images), 12), dim=1).numpy()
+    proj = torch.randn(3, 12, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def teacher(views):
+        seen.append(views.detach().clone())
+        return torch.nn.functional.normalize(views.mean(dim=(2, 3)) @ proj, dim=1)
+
+    g = np.random.default_rng(3)
+    extra = g.integers(0, 256, (10, 64, 64, 3), dtype=np.uint8)
+    transfer = TransferSet(extra, teacher, batch_size=5, weight=0.5)
+    path, res = distill_mv_alexnet(student_path, images, labels, sets, cached, tmp_path / "t", _tiny_cfg("t"),
+                                   DistillConfig(metric_weight=0.5), progress=False, transfer=transfer)
+    assert path.is_file() and len(seen) == res.steps >= 1
+    for views in seen:  # crops resized to the training size, in [0, 1]
+        assert views.shape == (5, 3, 40, 40)
+        assert float(views.min()) >= 0.0 and float(views.max()) <= 1.0
+    _, dcfg = load_mv_alexnet(path)
+    assert dcfg["distill"]["transfer"]["n_images"] == 10 and dcfg["distill"]["transfer"]["weight"] == 0.5
+
+    loss = DistillationLoss(DistillConfig(metric_weight=1.0), 12, 12)
+    s_emb, t_emb = _emb(6, 12, 0), _emb(6, 12, 1)
+    with_metric, parts = loss(s_emb, t_emb, torch.tensor([0, 0, 1, 1, 2, 2]))
+    without, parts_unlabelled = loss(s_emb, t_emb, labelled=False)
+    assert "metric" in parts and "metric" not in parts_unlabelled
+    assert float(with_metric) == pytest.approx(float(without) + parts["metric"], abs=1e-5)
+
+    with pytest.raises(ValueError, match="uint8"):
+        TransferSet(extra.astype(np.float32), teacher)
+    with pytest.raises(ValueError, match="M >= 2"):
+        TransferSet(extra[:, :, :, :1], teacher)
+    with pytest.raises(ValueError, match="batch_size"):
+        TransferSet(extra, teacher, batch_size=1)

@@ -49,9 +49,10 @@ not the patch tokens) in such a callable; nothing here needs CLIP.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Union
 
@@ -70,7 +71,7 @@ PathLike = Union[str, os.PathLike]
 __all__ = ["similarity_kl_loss", "rkd_distance_loss", "rkd_angle_loss", "feature_matching_loss",
            "FeatureProjector", "DistillConfig", "DistillationLoss", "RELATIONS", "FEATURE_KINDS",
            "compute_teacher_embeddings", "center_embeddings", "pool_teacher_views", "pool_set_embeddings",
-           "distill_mv_alexnet"]
+           "TransferSet", "distill_mv_alexnet"]
 
 RELATIONS = ("kl", "rkd", "none")
 FEATURE_KINDS = ("cosine", "mse")
@@ -226,7 +227,9 @@ class DistillationLoss(nn.Module):
                        if config.metric_weight > 0 else None)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor,
-                labels: Optional[torch.Tensor] = None):
+                labels: Optional[torch.Tensor] = None, labelled: bool = True):
+        """``labelled=False``: the batch has no labels (e.g. transfer images), the metric term is
+        left out."""
         c = self.config
         teacher = teacher.detach()
         parts: Dict[str, torch.Tensor] = {}
@@ -243,7 +246,7 @@ class DistillationLoss(nn.Module):
         if self.projector is not None:
             parts["feature"] = c.feature_weight * feature_matching_loss(
                 self.projector(student), teacher, c.feature_kind)
-        if self.metric is not None:
+        if self.metric is not None and labelled:
             if labels is None:
                 raise ValueError("metric_weight > 0 needs the batch labels")
             parts["metric"] = c.metric_weight * self.metric(student, labels)
@@ -347,12 +350,51 @@ def pool_set_embeddings(per_view: torch.Tensor, mode: str = "mean") -> torch.Ten
     return pooled if per_view.shape[1] == 1 else l2n(pooled)
 
 
+@dataclass
+class TransferSet:
+    """Unlabelled images the student is also distilled on (a "transfer set"): in every step
+    ``batch_size`` of them are drawn, augmented by ``augment`` (random resized crops give many
+    different inputs per image), shown to the student as single views and to ``teacher`` (a frozen
+    callable: float views (n, 3, S, S) in [0, 1] -> (n, D) embeddings) as the same crops. Their loss
+    is :class:`DistillationLoss` without the metric term (no labels), times ``weight``.
+
+    ``images``: uint8 (M, H, W, 3), one size (any size: crops are resized to the training size).
+    Nothing of the retrieval task's evaluation instances may be in it."""
+
+    images: Union[np.ndarray, torch.Tensor]
+    teacher: Callable[[torch.Tensor], torch.Tensor]
+    batch_size: int = 64
+    weight: float = 1.0
+    augment: Optional[object] = None  # AugmentConfig; None: the distillation's own augmentation
+    name: str = "transfer"
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.images.shape)
+        if len(shape) != 4 or shape[-1] != 3 or shape[0] < 2:
+            raise ValueError(f"transfer images must be uint8 (M >= 2, H, W, 3), got {shape}")
+        if self.images.dtype not in (np.uint8, torch.uint8):
+            raise ValueError(f"transfer images must be uint8, got {self.images.dtype}")
+        if self.batch_size < 2:
+            raise ValueError(f"transfer batch_size must be >= 2 (relation losses), got {self.batch_size}")
+        if self.weight < 0:
+            raise ValueError(f"transfer weight must be >= 0, got {self.weight}")
+
+    def describe(self) -> dict:
+        arr = self.images.numpy() if torch.is_tensor(self.images) else np.asarray(self.images)
+        digest = hashlib.sha256(np.ascontiguousarray(arr[:: max(1, len(arr) // 256), ::5, ::5]).tobytes())
+        aug = self.augment.to_dict() if self.augment is not None else None
+        return {"name": self.name, "n_images": int(len(arr)), "shape": list(arr.shape[1:]),
+                "fingerprint": digest.hexdigest(), "batch_size": int(self.batch_size),
+                "weight": float(self.weight), "augment": aug}
+
+
 def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes: Sequence[int],
                        teacher_embeddings: np.ndarray, out_dir: PathLike, cfg=None,
                        distill: Optional[DistillConfig] = None, teacher_view_pooling: str = "mean",
                        teacher_info: Optional[dict] = None, resume: bool = True, progress: bool = True,
                        stop_after_steps: Optional[int] = None,
-                       teacher_model: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+                       teacher_model: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                       transfer: Optional[TransferSet] = None):
     """Distil a frozen teacher into MV-AlexNet.
 
     The student starts from the trained MV-AlexNet in ``init_model`` (its architecture must be
@@ -369,8 +411,12 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
     runs on exactly the views the student sees in every step (slower: one teacher forward per view),
     and ``teacher_embeddings`` only supply the centring mean (and the dimension).
 
+    ``transfer`` (optional, :class:`TransferSet`): unlabelled images distilled in every step
+    besides the labelled batch (relation and feature terms only), with the teacher run on their
+    crops.
+
     Returns (``out_dir/model.pt`` or None when stopped early, :class:`TrainResult`)."""
-    from .multiview import (MultiViewTrainConfig, _sidecar_sha, load_mv_alexnet,
+    from .multiview import (MultiViewTrainConfig, _sidecar_sha, embed_view_batch, load_mv_alexnet,
                             run_multiview_training)
 
     cfg = cfg or MultiViewTrainConfig(name="mv-alexnet-distilled")
@@ -413,9 +459,27 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
                     per_view = F.normalize(per_view - mean.to(per_view.device), dim=1)
                 t = pool_set_embeddings(per_view.unflatten(0, tuple(views.shape[:2])), teacher_view_pooling)
         total, _parts = criterion(desc, t, y)
+        if transfer is not None and transfer.weight > 0:
+            total = total + transfer.weight * transfer_loss(ctx)
         return total
 
-    import hashlib
+    transfer_images = None
+    if transfer is not None:
+        transfer_images = (transfer.images if torch.is_tensor(transfer.images)
+                           else torch.from_numpy(np.ascontiguousarray(transfer.images)))
+        transfer_aug = transfer.augment if transfer.augment is not None else cfg.augment
+        transfer_aug = replace(transfer_aug, out_size=cfg.image_size)
+
+    def transfer_loss(ctx) -> torch.Tensor:
+        pick = torch.randint(0, len(transfer_images), (transfer.batch_size,), generator=ctx.generator)
+        desc, views = embed_view_batch(student, transfer_images[pick].unsqueeze(1), transfer_aug, ctx,
+                                       return_views=True)
+        with torch.no_grad():
+            t = transfer.teacher(views.flatten(0, 1)).float()
+            if mean is not None:
+                t = F.normalize(t - mean.to(t.device), dim=1)
+        total, _parts = criterion(desc.float(), t, labelled=False)
+        return total
 
     mix = None
     if distill.mixup_alpha > 0:
@@ -425,6 +489,7 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
     run_extra = {"distill": distill.to_dict(), "teacher_view_pooling": teacher_view_pooling,
                  "init": {"path": str(init_path), "sha256": _sidecar_sha(init_path)},
                  "teacher_on_augmented_views": teacher_model is not None,
+                 "transfer": transfer.describe() if transfer is not None else None,
                  "teacher": {"dim": int(teacher.shape[1]),
                              "sha256": hashlib.sha256(teacher.tobytes()).hexdigest(),
                              **(teacher_info or {})}}
