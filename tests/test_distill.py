@@ -234,18 +234,32 @@ def test_train_then_distill_tiny(tmp_path):
                            dist, progress=False)
 
 
-def test_consistent_teaching_sees_the_students_augmented_views(tmp_path):
-    """With ``teacher_model`` the teacher runs on the very views the student is given (augmented,
-    float in [0, 1]) in every step; the cached embeddings then only supply the centring mean."""
+def _trained_toy_student(tmp_path):
+    """Toy views, an MV-AlexNet trained on them (its model file) and random unit "cached teacher"
+    embeddings: (images, labels, sets, student_path, cached)."""
     images, labels, sets = _toy_views()
     student_path, _ = train_mv_alexnet(images, labels, sets, tmp_path / "mv", _tiny_cfg("mv"), progress=False)
     cached = torch.nn.functional.normalize(torch.randn(len(images), 12), dim=1).numpy()
-    proj = torch.randn(3, 12, generator=torch.Generator().manual_seed(0))
+    return images, labels, sets, student_path, cached
+
+
+def _recording_teacher(dim=12):
+    """A teacher callable on float views (n, 3, S, S) that records every batch it is shown."""
+    proj = torch.randn(3, dim, generator=torch.Generator().manual_seed(0))
     seen = []
 
     def teacher(views):
         seen.append(views.detach().clone())
         return torch.nn.functional.normalize(views.mean(dim=(2, 3)) @ proj, dim=1)
+
+    return teacher, seen
+
+
+def test_consistent_teaching_sees_the_students_augmented_views(tmp_path):
+    """With ``teacher_model`` the teacher runs on the very views the student is given (augmented,
+    float in [0, 1]) in every step; the cached embeddings then only supply the centring mean."""
+    images, labels, sets, student_path, cached = _trained_toy_student(tmp_path)
+    teacher, seen = _recording_teacher()
 
     path, res = distill_mv_alexnet(student_path, images, labels, sets, cached, tmp_path / "c", _tiny_cfg("c"),
                                    DistillConfig(metric_weight=0.5), progress=False, teacher_model=teacher)
@@ -260,15 +274,8 @@ def test_consistent_teaching_sees_the_students_augmented_views(tmp_path):
 def test_mixup_distillation_teacher_sees_the_mixed_views(tmp_path):
     """With mixup the student and the teacher get the same blended sets; the labelled metric loss
     and cached (unmixed) teacher embeddings are refused."""
-    images, labels, sets = _toy_views()
-    student_path, _ = train_mv_alexnet(images, labels, sets, tmp_path / "mv", _tiny_cfg("mv"), progress=False)
-    cached = torch.nn.functional.normalize(torch.randn(len(images), 12), dim=1).numpy()
-    proj = torch.randn(3, 12, generator=torch.Generator().manual_seed(0))
-    seen = []
-
-    def teacher(views):
-        seen.append(views.detach().clone())
-        return torch.nn.functional.normalize(views.mean(dim=(2, 3)) @ proj, dim=1)
+    images, labels, sets, student_path, cached = _trained_toy_student(tmp_path)
+    teacher, seen = _recording_teacher()
 
     cfg = _tiny_cfg("m")
     cfg.augment = AugmentConfig(out_size=40, scale=(1, 1), ratio=(1, 1), hflip_prob=0, rotation_deg=0,
@@ -300,15 +307,8 @@ def test_mixup_distillation_teacher_sees_the_mixed_views(tmp_path):
 def test_transfer_set_is_distilled_without_labels(tmp_path):
     """Unlabelled transfer images: every step draws ``batch_size`` of them, the teacher sees the
     same crops as the student, the metric term is left out for them, and the run records the set."""
-    images, labels, sets = _toy_views()
-    student_path, _ = train_mv_alexnet(images, labels, sets, tmp_path / "mv", _tiny_cfg("mv"), progress=False)
-    cached = torch.nn.functional.normalize(torch.randn(len(images), 12), dim=1).numpy()
-    proj = torch.randn(3, 12, generator=torch.Generator().manual_seed(0))
-    seen = []
-
-    def teacher(views):
-        seen.append(views.detach().clone())
-        return torch.nn.functional.normalize(views.mean(dim=(2, 3)) @ proj, dim=1)
+    images, labels, sets, student_path, cached = _trained_toy_student(tmp_path)
+    teacher, seen = _recording_teacher()
 
     g = np.random.default_rng(3)
     extra = g.integers(0, 256, (10, 64, 64, 3), dtype=np.uint8)

@@ -42,6 +42,13 @@ contrastive) on the student's embeddings. The teacher is frozen: its embeddings 
 are typically precomputed once, :func:`compute_teacher_embeddings`), so gradients reach only the
 student and the projection.
 
+Inputs the loss is computed on: the labelled training view sets (the teacher's cached embeddings
+of the plain views, or the teacher run on the student's augmented views: "consistent teaching");
+optionally blended pairwise (``mixup_alpha``, function matching; no metric term then), and optionally
+a :class:`TransferSet` of unlabelled images outside the evaluation's instances, whose random crops
+both networks see in every step (relation / feature terms only). On COIL-100 the transfer set is
+what moved the student towards the teacher on unseen objects (``benchmarks/multiview.py``, README).
+
 The teacher is anything that maps images to embeddings: a :class:`features.base.GlobalExtractor`,
 or a callable uint8 (N, H, W, 3) -> (N, D) (see :func:`features.multiview.as_embedding_fn`). A user
 with CLIP weights wraps CLIP's image tower (its projected *class* embedding, i.e. the global token,
