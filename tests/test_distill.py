@@ -329,6 +329,9 @@ def test_transfer_set_is_distilled_without_labels(tmp_path):
     assert "metric" in parts and "metric" not in parts_unlabelled
     assert float(with_metric) == pytest.approx(float(without) + parts["metric"], abs=1e-5)
 
+    with pytest.raises(ValueError, match="unlabelled"):
+        distill_mv_alexnet(student_path, images, labels, sets, cached, tmp_path / "t2", _tiny_cfg("t2"),
+                           DistillConfig(relation="none", metric_weight=1.0), progress=False, transfer=transfer)
     with pytest.raises(ValueError, match="uint8"):
         TransferSet(extra.astype(np.float32), teacher)
     with pytest.raises(ValueError, match="M >= 2"):

@@ -435,6 +435,10 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
     if init_cfg["model"] != cfg.model.to_dict():
         raise ValueError(f"{init_path}: the initial MV-AlexNet has architecture {init_cfg['model']}, "
                          f"the distillation configuration asks for {cfg.model.to_dict()}")
+    if transfer is not None and not (distill.relation != "none" and distill.relation_weight > 0
+                                     or distill.feature_weight > 0):
+        raise ValueError("a transfer set is unlabelled: it needs a relation or feature-matching term "
+                         "(relation != 'none' or feature_weight > 0)")
     if distill.mixup_alpha > 0 and teacher_model is None:
         raise ValueError("mixup_alpha > 0 needs teacher_model: cached teacher embeddings are of the "
                          "unmixed views")
