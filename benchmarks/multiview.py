@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -60,7 +59,7 @@ from retrieval.datasets.viewsets import (COIL100_SEEN, COIL100_UNSEEN, ViewCatal
 from retrieval.paths import data_root  # noqa: E402
 from retrieval.report import StageTimer, markdown_table, peak_rss_mb, write_results  # noqa: E402
 from retrieval.training.augment import AugmentConfig, square_resize, uint8_to_float  # noqa: E402
-from retrieval.training.checkpoint import atomic_write_text  # noqa: E402
+from retrieval.fileio import atomic_write, atomic_write_text  # noqa: E402
 from retrieval.training.config import get_config  # noqa: E402
 from retrieval.training.data import decode_images  # noqa: E402
 from retrieval.training.distill import (DistillConfig, TransferSet, compute_teacher_embeddings,  # noqa: E402
@@ -130,33 +129,37 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------------------------------------- data
 
-def load_image_cache(catalog: ViewCatalog, cache: Path) -> np.ndarray:
-    """All catalog images as one uint8 (N, 128, 128, 3) array, decoded once and kept as .npy; the
-    sidecar lists the files so another selection is never mixed up with it."""
-    listing = [str(p) for p in catalog.paths]
-    key = {"files": listing}
-    npy, meta = cache / "images.npy", cache / "images.json"
+def decoded_array(paths: Sequence[Path], npy: Path, load_size=None, what: str = "images") -> np.ndarray:
+    """``paths`` decoded (``load_size``: shorter side resized and centre-cropped; None: as stored) into one
+    uint8 (N, H, W, 3) array, kept as ``npy`` with a sidecar .json listing the files (and size), so another
+    selection is never mixed up with it and a rerun does not decode again."""
+    key = {"files": [str(p) for p in paths]}
+    if load_size is not None:
+        key["size"] = int(load_size)
+    meta = npy.with_suffix(".json")
     if npy.is_file() and meta.is_file():
         try:
             if json.loads(meta.read_text()) == key:
-                arr = np.load(npy, mmap_mode=None, allow_pickle=False)
-                if arr.shape[0] == len(listing):
+                arr = np.load(npy, allow_pickle=False)
+                if arr.shape[0] == len(paths):
                     return arr
         except (ValueError, OSError):
             pass  # damaged cache: decode again
-    images, bad = decode_images(catalog.paths, None, n_jobs=2, progress=True, desc="decode COIL-100")
+    images, bad = decode_images(paths, load_size, "centre", n_jobs=2, progress=True, desc=f"decode {what}")
     if bad:
-        raise SystemExit(f"unreadable images, e.g. {bad[0][0]}: {bad[0][1]}")
+        raise SystemExit(f"unreadable {what}, e.g. {bad[0][0]}: {bad[0][1]}")
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
-        raise SystemExit(f"COIL-100 images of several sizes {sorted(shapes)[:3]}: expected 128x128")
+        raise SystemExit(f"{what} of several sizes {sorted(shapes)[:3]}: give a load size")
     arr = np.stack(images)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".images.{os.getpid()}.npy"
-    np.save(tmp, arr, allow_pickle=False)
-    os.replace(tmp, npy)
+    atomic_write(npy, lambda fh: np.save(fh, arr, allow_pickle=False))
     atomic_write_text(meta, json.dumps(key))
     return arr
+
+
+def load_image_cache(catalog: ViewCatalog, cache: Path) -> np.ndarray:
+    """All catalog images (COIL-100: 128 x 128) as one uint8 array, decoded once (:func:`decoded_array`)."""
+    return decoded_array(catalog.paths, cache / "images.npy", what="COIL-100 images")
 
 
 def to_input(images_uint8: np.ndarray, size: int, model: str) -> torch.Tensor:
@@ -184,22 +187,9 @@ def load_transfer_images(data: Path, sources: Sequence[str], cache: Path) -> np.
             raise SystemExit(f"transfer source {name!r}: no {pattern} under {data / folder} "
                              f"(--transfer none leaves the transfer-set student out)")
         paths += found
-    key = {"files": [str(p) for p in paths], "size": TRANSFER_SIZE}
-    name = "transfer-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:10]
-    npy, meta = cache / f"{name}.npy", cache / f"{name}.json"
-    if npy.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
-        arr = np.load(npy, allow_pickle=False)
-        if arr.shape[0] == len(paths):
-            return arr
-    images, bad = decode_images(paths, TRANSFER_SIZE, "centre", n_jobs=2, progress=True, desc="decode transfer")
-    if bad:
-        raise SystemExit(f"unreadable transfer images, e.g. {bad[0][0]}: {bad[0][1]}")
-    arr = np.stack(images)
-    tmp = cache / f".{name}.{os.getpid()}.npy"
-    np.save(tmp, arr, allow_pickle=False)
-    os.replace(tmp, npy)
-    atomic_write_text(meta, json.dumps(key))
-    return arr
+    listing = json.dumps({"files": [str(p) for p in paths], "size": TRANSFER_SIZE})
+    name = "transfer-" + hashlib.sha256(listing.encode()).hexdigest()[:10]
+    return decoded_array(paths, cache / f"{name}.npy", TRANSFER_SIZE, what="transfer images")
 
 
 # --------------------------------------------------------------------------------------------- models

@@ -460,15 +460,18 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
         criterion = DistillationLoss(distill, student.out_dim, teacher.shape[1])
     extra = {"distill": criterion} if any(True for _ in criterion.parameters()) else None
 
+    @torch.no_grad()
+    def teach(network, views: torch.Tensor) -> torch.Tensor:
+        """A teacher network's unit embeddings of float views (n, 3, S, S), centred as the cached ones."""
+        t = network(views).float()
+        return F.normalize(t - mean.to(t.device), dim=1) if mean is not None else t
+
     def batch_loss(desc, rows, y, ctx, views=None):
         if teacher_model is None:
             t = pool_teacher_views(teacher_t, rows, teacher_view_pooling).to(ctx.device)
         else:
-            with torch.no_grad():
-                per_view = teacher_model(views.flatten(0, 1)).float()
-                if mean is not None:
-                    per_view = F.normalize(per_view - mean.to(per_view.device), dim=1)
-                t = pool_set_embeddings(per_view.unflatten(0, tuple(views.shape[:2])), teacher_view_pooling)
+            per_view = teach(teacher_model, views.flatten(0, 1))
+            t = pool_set_embeddings(per_view.unflatten(0, tuple(views.shape[:2])), teacher_view_pooling)
         total, _parts = criterion(desc, t, y)
         if transfer is not None and transfer.weight > 0:
             total = total + transfer.weight * transfer_loss(ctx)
@@ -485,11 +488,7 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
         pick = torch.randint(0, len(transfer_images), (transfer.batch_size,), generator=ctx.generator)
         desc, views = embed_view_batch(student, transfer_images[pick].unsqueeze(1), transfer_aug, ctx,
                                        return_views=True)
-        with torch.no_grad():
-            t = transfer.teacher(views.flatten(0, 1)).float()
-            if mean is not None:
-                t = F.normalize(t - mean.to(t.device), dim=1)
-        total, _parts = criterion(desc.float(), t, labelled=False)
+        total, _parts = criterion(desc.float(), teach(transfer.teacher, views.flatten(0, 1)), labelled=False)
         return total
 
     mix = None
