@@ -44,13 +44,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from features.codebook import Codebook, learn_codebook, sample_descriptors, train_codebook  # noqa: E402
-from features.encoders import BowEncoder, BowInvertedIndex, FisherEncoder, VladEncoder  # noqa: E402
-from features.extract import extract_local_features  # noqa: E402
-from features.local import LocalFeatures  # noqa: E402
-from features.sift import SiftExtractor  # noqa: E402
-from features.store import LocalFeatureStore, save_global  # noqa: E402
-from features.whitening import PCAWhitening  # noqa: E402
+from retrieval.features.codebook import Codebook, learn_codebook, sample_descriptors, train_codebook  # noqa: E402
+from retrieval.features.encoders import BowEncoder, BowInvertedIndex, FisherEncoder, VladEncoder  # noqa: E402
+from retrieval.features.extract import extract_local_features  # noqa: E402
+from retrieval.features.local import LocalFeatures  # noqa: E402
+from retrieval.features.sift import SiftExtractor  # noqa: E402
+from retrieval.features.store import LocalFeatureStore, save_global  # noqa: E402
+from retrieval.features.whitening import PCAWhitening  # noqa: E402
 from retrieval.datasets import every_nth_query, read_labelled_folder, read_oxford  # noqa: E402
 from retrieval.datasets.base import RetrievalDataset  # noqa: E402
 from retrieval.evaluate import evaluate  # noqa: E402

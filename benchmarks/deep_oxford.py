@@ -50,11 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from features.deep_extract import extract_global, extract_patches  # noqa: E402
-from features.efficientnet import EfficientNetExtractor  # noqa: E402
-from features.pooling import avg_pool, gem_pool, l2n, max_pool, resize_tensor  # noqa: E402
-from features.store import LocalFeatureStore, load_global  # noqa: E402
-from features.whitening import PCAWhitening  # noqa: E402
+from retrieval.features.deep_extract import extract_global, extract_patches  # noqa: E402
+from retrieval.features.efficientnet import EfficientNetExtractor  # noqa: E402
+from retrieval.features.pooling import avg_pool, gem_pool, l2n, max_pool, resize_tensor  # noqa: E402
+from retrieval.features.store import LocalFeatureStore, load_global  # noqa: E402
+from retrieval.features.whitening import PCAWhitening  # noqa: E402
 from retrieval.datasets import read_labelled_folder, read_oxford  # noqa: E402
 from retrieval.datasets.base import RetrievalDataset  # noqa: E402
 from retrieval.bench.e1_e7 import oxford_halves  # noqa: E402
@@ -298,9 +298,9 @@ def patch_rerank_oxford(ds: RetrievalDataset, ranking, cache_dir, k: int = 100,
     cached :class:`rerank.shortlist.Shortlist`; :func:`rerank.fusion.sweep` fuses
     ``v * global + (1 - v) * N(patch score)`` (``norm``) for every ``v``. Returns one row per (method,
     v) with the Oxford mAP (v = 1 is the global ranking)."""
-    from rerank.fusion import sweep
-    from rerank.patch import PatchScorer
-    from rerank.shortlist import Shortlist
+    from retrieval.rerank.fusion import sweep
+    from retrieval.rerank.patch import PatchScorer
+    from retrieval.rerank.shortlist import Shortlist
 
     cache_dir = Path(cache_dir)
     ext = EfficientNetExtractor(patch_config, backend=backend)

@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from features.deep_extract import extract_global  # noqa: E402
-from features.efficientnet import EfficientNetExtractor, preprocess  # noqa: E402
-from features.fast_inference import BACKENDS, make_backbone, onnxruntime_available  # noqa: E402
+from retrieval.features.deep_extract import extract_global  # noqa: E402
+from retrieval.features.efficientnet import EfficientNetExtractor, preprocess  # noqa: E402
+from retrieval.features.fast_inference import BACKENDS, make_backbone, onnxruntime_available  # noqa: E402
 from retrieval.imageio import load_image  # noqa: E402
 from retrieval.paths import data_root  # noqa: E402
 from retrieval.report import write_results  # noqa: E402

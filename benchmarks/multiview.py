@@ -50,9 +50,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from features.alexnet import AlexNetConfig, count_parameters, normalise  # noqa: E402
-from features.efficientnet import EfficientNetGlobal, preprocess as lite_preprocess  # noqa: E402
-from features.multiview import pool_view_embeddings  # noqa: E402
+from retrieval.features.alexnet import AlexNetConfig, count_parameters, normalise  # noqa: E402
+from retrieval.features.efficientnet import EfficientNetGlobal, preprocess as lite_preprocess  # noqa: E402
+from retrieval.features.multiview import pool_view_embeddings  # noqa: E402
 from retrieval import metrics  # noqa: E402
 from retrieval.datasets.viewsets import (COIL100_SEEN, COIL100_UNSEEN, ViewCatalog,  # noqa: E402
                                          make_benchmark, read_view_catalog, split_view_sets)
@@ -197,7 +197,7 @@ def load_transfer_images(data: Path, sources: Sequence[str], cache: Path) -> np.
 def external_teacher_embeddings(path: Path, names: Sequence[str]):
     """The teacher hook for any extractor (e.g. CLIP's image tower, its global/class embedding): per-image
     embeddings from a global-feature file whose ids are the COIL file names; rows are L2-normalised."""
-    from features.store import load_global
+    from retrieval.features.store import load_global
 
     ids, vectors, config = load_global(path)
     row = {i: n for n, i in enumerate(ids)}

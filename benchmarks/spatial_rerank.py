@@ -43,13 +43,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from features.extract import extract_local_features  # noqa: E402
-from features.sift import SiftExtractor  # noqa: E402
-from features.store import GlobalFeatureWriter, LocalFeatureStore, load_global  # noqa: E402
-from rerank.fusion import delg_order, fuse, fusion_order  # noqa: E402
-from rerank.matching import default_workers, match_shortlist  # noqa: E402
-from rerank.shortlist import Shortlist  # noqa: E402
-from rerank.spatial import SPATIAL_CONFIGS, SpatialConfig, SpatialVerifier, fit_model  # noqa: E402
+from retrieval.features.extract import extract_local_features  # noqa: E402
+from retrieval.features.sift import SiftExtractor  # noqa: E402
+from retrieval.features.store import GlobalFeatureWriter, LocalFeatureStore, load_global  # noqa: E402
+from retrieval.rerank.fusion import delg_order, fuse, fusion_order  # noqa: E402
+from retrieval.rerank.matching import default_workers, match_shortlist  # noqa: E402
+from retrieval.rerank.shortlist import Shortlist  # noqa: E402
+from retrieval.rerank.spatial import SPATIAL_CONFIGS, SpatialConfig, SpatialVerifier, fit_model  # noqa: E402
 from retrieval.datasets import read_oxford  # noqa: E402
 from retrieval.datasets.base import RetrievalDataset  # noqa: E402
 from retrieval.imageio import load_image  # noqa: E402
@@ -134,7 +134,7 @@ def global_vectors(ds: RetrievalDataset, cache: Path, global_config: str = "lite
         return out[0], out[1], {"source": "files", "db": str(db_file), "queries": str(query_file)}
     from tqdm.auto import tqdm
 
-    from features.efficientnet import EfficientNetExtractor
+    from retrieval.features.efficientnet import EfficientNetExtractor
 
     extractor = None
     out = []

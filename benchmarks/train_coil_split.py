@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from features.efficientnet import EfficientNetGlobal  # noqa: E402
-from features.store import FeatureFileError, load_global, save_global  # noqa: E402
+from retrieval.features.efficientnet import EfficientNetGlobal  # noqa: E402
+from retrieval.features.store import FeatureFileError, load_global, save_global  # noqa: E402
 from retrieval import Index  # noqa: E402
 from retrieval.datasets import every_nth_query, exclude_self, read_labelled_folder  # noqa: E402
 from retrieval.metrics import map_at_k  # noqa: E402

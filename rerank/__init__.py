@@ -1,13 +1,13 @@
 """Re-ranking of a global shortlist with local evidence, fusion of the two, and query expansion.
 
-* :mod:`rerank.matching`  batched descriptor matching (one GEMM per pair, ratio / mutual tests)
-* :mod:`rerank.ratio`     ratio-test score (E5)
-* :mod:`rerank.spatial`   spatial verification (RANSAC / USAC inliers)
-* :mod:`rerank.vlad`      VLAD similarity score (E6)
-* :mod:`rerank.patch`     EfficientNet patch-token similarity (E7; imported on first use)
-* :mod:`rerank.shortlist` the cached shortlist (global + local scores, npz + JSON)
-* :mod:`rerank.fusion`    score normalisation, ``v * global + (1 - v) * local``, the DELG rule, sweeps
-* :mod:`rerank.expansion` average / alpha query expansion, database-side augmentation
+* :mod:`retrieval.rerank.matching`  batched descriptor matching (one GEMM per pair, ratio / mutual tests)
+* :mod:`retrieval.rerank.ratio`     ratio-test score (E5)
+* :mod:`retrieval.rerank.spatial`   spatial verification (RANSAC / USAC inliers)
+* :mod:`retrieval.rerank.vlad`      VLAD similarity score (E6)
+* :mod:`retrieval.rerank.patch`     EfficientNet patch-token similarity (E7; imported on first use)
+* :mod:`retrieval.rerank.shortlist` the cached shortlist (global + local scores, npz + JSON)
+* :mod:`retrieval.rerank.fusion`    score normalisation, ``v * global + (1 - v) * local``, the DELG rule, sweeps
+* :mod:`retrieval.rerank.expansion` average / alpha query expansion, database-side augmentation
 """
 from .base import LocalScorer
 from .expansion import alpha_query_expansion, average_query_expansion, database_side_augmentation
@@ -34,4 +34,4 @@ def __getattr__(name):
         from . import patch
 
         return getattr(patch, name)
-    raise AttributeError(f"module 'rerank' has no attribute {name!r}")
+    raise AttributeError(f"module 'retrieval.rerank' has no attribute {name!r}")

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from features.local import LocalFeatures
+from retrieval.features.local import LocalFeatures
 
 
 class LocalScorer(ABC):

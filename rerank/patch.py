@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from features.local import LocalFeatures
+from retrieval.features.local import LocalFeatures
 
 from .base import LocalScorer
 

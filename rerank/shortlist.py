@@ -20,7 +20,7 @@ from typing import Dict, Hashable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from features.store import FeatureFileError, config_json
+from retrieval.features.store import FeatureFileError, config_json
 from retrieval.fileio import atomic_write_text, check_header, digest, read_json, read_npz, save_npz
 
 PathLike = Union[str, os.PathLike]

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from features.local import LocalFeatures
+from retrieval.features.local import LocalFeatures
 
 from .base import LocalScorer
 from .matching import PairMatches, ShortlistMatches, default_workers, match_shortlist

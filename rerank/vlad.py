@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from features.local import LocalFeatures
+from retrieval.features.local import LocalFeatures
 
 from .base import LocalScorer
 

@@ -214,7 +214,7 @@ def register_index(subparsers) -> None:
 
 
 def _index_build(args) -> int:
-    from features.store import load_global
+    from retrieval.features.store import load_global
 
     from .index import BACKENDS, Index
 
@@ -240,7 +240,7 @@ def _index_search(args) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from features.store import load_global
+    from retrieval.features.store import load_global
 
     from .index import Index, Ranking
 

@@ -166,7 +166,7 @@ def test_tiny_end_to_end(coil100_dir, tmp_path, monkeypatch):
 
 def test_shortlisted_images_are_the_queries_and_what_their_shortlists_hold(tmp_path):
     """Re-ranking extracts local features only of the queries and the shortlisted index images."""
-    from rerank.shortlist import Shortlist
+    from retrieval.rerank.shortlist import Shortlist
     from retrieval.datasets import RetrievalDataset
 
     ds = RetrievalDataset(name="t", root=tmp_path, db_ids=["a", "b", "c", "d"],

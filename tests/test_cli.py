@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features.store import save_global
+from retrieval.features.store import save_global
 from retrieval.cli import main
 from retrieval.datasets import read_gldv2, read_labelled_folder, every_nth_query
 

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from features.codebook import (Codebook, assign_nearest, faiss_available, learn_codebook,
+from retrieval.features.codebook import (Codebook, assign_nearest, faiss_available, learn_codebook,
                                sample_descriptors, train_codebook)
-from features.local import LocalFeatures
-from features.sift import SiftExtractor
-from features.store import FeatureFileError
+from retrieval.features.local import LocalFeatures
+from retrieval.features.sift import SiftExtractor
+from retrieval.features.store import FeatureFileError
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_damaged_or_foreign_files_are_refused(tmp_path, descriptors):
         Codebook.load(tmp_path / "plain.npz")
     with pytest.raises(FeatureFileError, match="no such"):
         Codebook.load(tmp_path / "absent.npz")
-    from features.whitening import PCAWhitening
+    from retrieval.features.whitening import PCAWhitening
     w = PCAWhitening(dim=2).fit(descriptors[:50, :8])
     w.save(tmp_path / "w.npz")
     with pytest.raises(FeatureFileError, match="not a 'codebook'"):

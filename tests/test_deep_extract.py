@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from features.deep_extract import ExtractionError, extract_global, extract_patches
-from features.efficientnet import EfficientNetExtractor
-from features.store import FeatureFileError, LocalFeatureStore, load_global
+from retrieval.features.deep_extract import ExtractionError, extract_global, extract_patches
+from retrieval.features.efficientnet import EfficientNetExtractor
+from retrieval.features.store import FeatureFileError, LocalFeatureStore, load_global
 from retrieval.imageio import load_image
 
 

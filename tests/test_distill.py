@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from features.alexnet import AlexNetConfig
-from features.store import FeatureFileError
+from retrieval.features.alexnet import AlexNetConfig
+from retrieval.features.store import FeatureFileError
 from retrieval.training.distill import (DistillConfig, DistillationLoss, TransferSet, center_embeddings,
                                         compute_teacher_embeddings, distill_mv_alexnet, feature_matching_loss,
                                         pool_teacher_views,

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from features.efficientnet import (EXTRACTOR_CONFIGS, EfficientNetExtractor, EfficientNetGlobal,
+from retrieval.features.efficientnet import (EXTRACTOR_CONFIGS, EfficientNetExtractor, EfficientNetGlobal,
                                    WeightsNotFoundError, build_efficientnet, canonical_name,
                                    lite_weights_path, load_efficientnet, preprocess, read_state_dict)
-from features.fast_inference import BACKENDS, make_backbone, onnxruntime_available
-from features.pooling import GeM
+from retrieval.features.fast_inference import BACKENDS, make_backbone, onnxruntime_available
+from retrieval.features.pooling import GeM
 from retrieval.imageio import load_image
 
 @pytest.fixture(autouse=True, scope="module")
@@ -223,7 +223,7 @@ def test_extractor_configs_multiscale_and_patches(coil100_dir):
 
 
 def test_extractor_whitening(coil100_dir, tmp_path):
-    from features.whitening import PCAWhitening
+    from retrieval.features.whitening import PCAWhitening
 
     ext = EfficientNetExtractor("lite0-avg-224", backend="folded")
     train = ext.extract_arrays([_coil(coil100_dir, k, a, size=None) for k in (3, 4, 5, 6) for a in (0, 90, 180)])

@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from features.codebook import Codebook, learn_codebook
-from features.encoders import (BowEncoder, BowInvertedIndex, FisherEncoder, VladEncoder,
+from retrieval.features.codebook import Codebook, learn_codebook
+from retrieval.features.encoders import (BowEncoder, BowInvertedIndex, FisherEncoder, VladEncoder,
                                load_encoder)
-from features.local import LocalFeatures
-from features.sift import SiftExtractor
-from features.store import FeatureFileError
-from features.whitening import PCAWhitening
+from retrieval.features.local import LocalFeatures
+from retrieval.features.sift import SiftExtractor
+from retrieval.features.store import FeatureFileError
+from retrieval.features.whitening import PCAWhitening
 
 EMPTY = LocalFeatures.empty(128, (128, 128))
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rerank.expansion import alpha_query_expansion, average_query_expansion, database_side_augmentation
+from retrieval.rerank.expansion import alpha_query_expansion, average_query_expansion, database_side_augmentation
 from retrieval.index import Index
 
 

@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.extract import ExtractionError, extract_local_features
-from features.sift import SiftExtractor
-from features.store import FeatureFileError, LocalFeatureStore
+from retrieval.features.extract import ExtractionError, extract_local_features
+from retrieval.features.sift import SiftExtractor
+from retrieval.features.store import FeatureFileError, LocalFeatureStore
 
 
 @pytest.fixture(scope="module")

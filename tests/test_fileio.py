@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from features.store import FeatureFileError
+from retrieval.features.store import FeatureFileError
 from retrieval.fileio import (FileFormatError, atomic_write, atomic_write_bytes, atomic_write_text,
                               check_header, digest, pop_header, read_json, read_npz, save_npz)
 from retrieval.imageio import ImageLoadError

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from features.store import FeatureFileError
-from rerank.fusion import delg_order, delg_rerank, fuse, fusion_order, normalise_scores, rerank, sweep
-from rerank.shortlist import Shortlist
+from retrieval.features.store import FeatureFileError
+from retrieval.rerank.fusion import delg_order, delg_rerank, fuse, fusion_order, normalise_scores, rerank, sweep
+from retrieval.rerank.shortlist import Shortlist
 
 
 def test_normalisations_by_hand():

@@ -3,9 +3,9 @@ import cv2
 import numpy as np
 import pytest
 
-from features.local import LocalFeatures
-from features.sift import SiftExtractor
-from rerank.matching import match_pair, match_shortlist
+from retrieval.features.local import LocalFeatures
+from retrieval.features.sift import SiftExtractor
+from retrieval.rerank.matching import match_pair, match_shortlist
 
 RATIO = 0.8
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from features.alexnet import AlexNetConfig, AlexNetGlobal, MVAlexNet, count_parameters, preprocess
-from features.base import GlobalExtractor
-from features.multiview import (MultiViewExtractor, MultiViewNet, as_embedding_fn, pool_view_embeddings,
+from retrieval.features.alexnet import AlexNetConfig, AlexNetGlobal, MVAlexNet, count_parameters, preprocess
+from retrieval.features.base import GlobalExtractor
+from retrieval.features.multiview import (MultiViewExtractor, MultiViewNet, as_embedding_fn, pool_view_embeddings,
                                 pool_views)
 
 
@@ -49,7 +49,7 @@ def test_order_invariance_and_single_view_identity(pooling, level):
 
 
 def test_single_view_identity_with_efficientnet():
-    from features.efficientnet import EfficientNetGlobal
+    from retrieval.features.efficientnet import EfficientNetGlobal
 
     base = EfficientNetGlobal("lite0", weights="random").eval()
     x = _views(b=2, v=2, size=64)

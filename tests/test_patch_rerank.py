@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from features.efficientnet import EfficientNetExtractor
-from features.local import LocalFeatures
-from rerank.patch import PATCH_METHODS, PatchScorer
+from retrieval.features.efficientnet import EfficientNetExtractor
+from retrieval.features.local import LocalFeatures
+from retrieval.rerank.patch import PATCH_METHODS, PatchScorer
 from retrieval.imageio import load_image
 
 
@@ -86,7 +86,7 @@ def test_empty_inputs_and_mismatched_dimensions(patches):
 
 
 def test_float16_tokens_from_a_store(patches, tmp_path):
-    from features.store import LocalFeatureStore
+    from retrieval.features.store import LocalFeatureStore
 
     query, shortlist = patches
     with LocalFeatureStore(tmp_path / "p.h5", "a", config={"t": 1}) as store:

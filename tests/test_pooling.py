@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from features.efficientnet import EfficientNetGlobal, preprocess
-from features.pooling import (GeM, avg_pool, gem_pool, l2n, make_pooling, max_pool, multiscale_descriptor,
+from retrieval.features.efficientnet import EfficientNetGlobal, preprocess
+from retrieval.features.pooling import (GeM, avg_pool, gem_pool, l2n, make_pooling, max_pool, multiscale_descriptor,
                               resize_tensor)
 from retrieval.imageio import load_image
 

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from features.local import LocalFeatures
-from features.sift import SIFT_CONFIGS, SiftExtractor, root_sift, sift_config, to_gray
+from retrieval.features.local import LocalFeatures
+from retrieval.features.sift import SIFT_CONFIGS, SiftExtractor, root_sift, sift_config, to_gray
 from retrieval.imageio import ImageLoadError, load_image
 
 

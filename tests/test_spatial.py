@@ -4,11 +4,11 @@ import cv2
 import numpy as np
 import pytest
 
-from features.encoders.vlad import VladEncoder
-from features.local import LocalFeatures
-from features.sift import SiftExtractor
-from rerank import RatioTestScorer, SpatialConfig, SpatialVerifier, VladSimilarityScorer
-from rerank.spatial import count_inliers, fit_model, reprojection_errors
+from retrieval.features.encoders.vlad import VladEncoder
+from retrieval.features.local import LocalFeatures
+from retrieval.features.sift import SiftExtractor
+from retrieval.rerank import RatioTestScorer, SpatialConfig, SpatialVerifier, VladSimilarityScorer
+from retrieval.rerank.spatial import count_inliers, fit_model, reprojection_errors
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_ratio_scorer(feats):
     assert np.all((s >= 0) & (s <= 1))
     assert s[0] > 3 * s[1] and s[2] == 0.0
     # exactly passing / tentative, with tentative = number of query descriptors
-    from rerank.matching import match_pair
+    from retrieval.rerank.matching import match_pair
     n_pass = len(match_pair(feats["box"].descriptors, feats["scene"].descriptors, 0.8))
     assert s[0] == pytest.approx(n_pass / len(feats["box"]))
     assert np.all(scorer.score(LocalFeatures.empty(128, (5, 5)), [feats["scene"]]) == 0)
@@ -125,7 +125,7 @@ def test_vlad_scorer(feats):
 
 
 def test_shortlist_scoring_resumes_and_reranks(feats, tmp_path):
-    from rerank import Shortlist, rerank
+    from retrieval.rerank import Shortlist, rerank
 
     class Counting(SpatialVerifier):
         calls = 0

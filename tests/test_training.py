@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from features.pooling import GeM, l2n
+from retrieval.features.pooling import GeM, l2n
 from retrieval.training import (CheckpointError, TrainImages, get_config, load_checkpoint,
                                 load_trained_efficientnet, save_checkpoint, train_classifier, train_siamese)
 from retrieval.training.augment import AugmentConfig

@@ -499,7 +499,7 @@ def train_models(dataset, opts: Options, timings: Timings) -> Dict[str, Path]:
 # --------------------------------------------------------------------------------------------------
 
 def _global_config(opts: Options) -> object:
-    from features.efficientnet import resolve_config
+    from retrieval.features.efficientnet import resolve_config
 
     if opts.global_config != "auto":
         return resolve_config(opts.global_config)
@@ -512,7 +512,7 @@ def _ordered(ids: List[str], vectors: np.ndarray, wanted: Sequence[str], path: P
     pos = {i: n for n, i in enumerate(ids)}
     missing = [w for w in wanted if w not in pos]
     if missing:
-        from features.store import FeatureFileError
+        from retrieval.features.store import FeatureFileError
 
         raise FeatureFileError(path, f"lacks {len(missing)} image(s), e.g. {missing[:3]}")
     return vectors[[pos[w] for w in wanted]]
@@ -521,7 +521,7 @@ def _ordered(ids: List[str], vectors: np.ndarray, wanted: Sequence[str], path: P
 def _fresh_file(compute, path: Path):
     """Run ``compute`` (a resumable extraction into ``path``); a file made with another configuration
     (e.g. features of a model that has since been retrained) is deleted and computed again."""
-    from features.store import FeatureFileError
+    from retrieval.features.store import FeatureFileError
 
     try:
         return compute()
@@ -537,8 +537,8 @@ def global_features(extractor, dataset, folder: Path, name: str, opts: Options, 
                     stage: str) -> Tuple[np.ndarray, np.ndarray]:
     """(database vectors, query vectors) in dataset order, from ``folder/<name>_{index,queries}.h5``
     (extracted when missing; queries cropped to their boxes when the dataset has them)."""
-    from features.deep_extract import extract_global
-    from features.store import load_global
+    from retrieval.features.deep_extract import extract_global
+    from retrieval.features.store import load_global
 
     out = []
     for split, ids, paths, boxes in (("index", dataset.db_ids, dataset.db_paths, None),
@@ -564,8 +564,8 @@ def rank(db_vectors: np.ndarray, query_vectors: np.ndarray, dataset, k: int):
 def build_shortlist(ranking, path: Path, config: dict, recompute: bool):
     """The cached :class:`rerank.shortlist.Shortlist` of ``ranking``'s top-100 (the rest as tail),
     reopened when it exists with the same configuration (its local scores kept)."""
-    from features.store import FeatureFileError
-    from rerank.shortlist import Shortlist
+    from retrieval.features.store import FeatureFileError
+    from retrieval.rerank.shortlist import Shortlist
 
     if recompute:
         for p in Shortlist.paths(path):
@@ -606,7 +606,7 @@ def _preload(store_path: Path, shortlist, dtype=np.float32, extra_ids: Sequence[
     read once: scoring then looks each image up ~k times without going back to HDF5."""
     from tqdm.auto import tqdm
 
-    from features.store import LocalFeatureStore
+    from retrieval.features.store import LocalFeatureStore
 
     ids = list(dict.fromkeys([*shortlist.query_ids, *np.unique(shortlist.db_ids).tolist(), *extra_ids]))
     with LocalFeatureStore(store_path, mode="r") as store:
@@ -615,7 +615,7 @@ def _preload(store_path: Path, shortlist, dtype=np.float32, extra_ids: Sequence[
 
 
 def _fusion_sweep(dataset, shortlist, name: str, protocol: str) -> Dict[float, Dict[str, float]]:
-    from rerank.fusion import sweep
+    from retrieval.rerank.fusion import sweep
 
     return {v: _per_query(dataset, preds, protocol)
             for v, preds in sweep(shortlist, VS, local=name, norm=FUSION_NORM[name]).items()}
@@ -631,7 +631,7 @@ class RerankResult:
 
 def _rerank_experiment(experiment: str, dataset, shortlist, name: str, groups, protocol: str,
                        seconds: float, timings: Timings, prefix: str = "") -> RerankResult:
-    from rerank.fusion import fuse, fusion_order
+    from retrieval.rerank.fusion import fuse, fusion_order
 
     start = time.perf_counter()
     per_v = _fusion_sweep(dataset, shortlist, name, protocol)
@@ -666,8 +666,8 @@ def shortlisted_images(dataset, shortlist) -> Tuple[List[str], List, Optional[Li
 def ladder_sift(dataset, shortlist, opts: Options, timings: Timings):
     """RootSIFT of the queries and shortlisted index images (:func:`shortlisted_images`) into
     ``<cache>/local/sift.h5`` (E5, E6). Returns (extractor, store path)."""
-    from features.extract import extract_local_features
-    from features.sift import SiftExtractor
+    from retrieval.features.extract import extract_local_features
+    from retrieval.features.sift import SiftExtractor
 
     sift_path = opts.run_cache / "local" / "sift.h5"
     if "sift" in opts.recompute:
@@ -684,9 +684,9 @@ def ladder_sift(dataset, shortlist, opts: Options, timings: Timings):
 def ladder_vlad_encoder(dataset, dname: str, sift, opts: Options, timings: Timings):
     """The E6 VLAD encoder (k = 64) learned on the RootSIFT of every 4th training image (quick: every
     2nd), kept in ``<cache>/vlad/encoder.npz``."""
-    from features.encoders.vlad import VladEncoder
-    from features.extract import extract_local_features
-    from features.store import LocalFeatureStore
+    from retrieval.features.encoders.vlad import VladEncoder
+    from retrieval.features.extract import extract_local_features
+    from retrieval.features.store import LocalFeatureStore
 
     vlad_dir = opts.run_cache / "vlad"
     if "vlad" in opts.recompute:
@@ -709,15 +709,15 @@ def ladder_vlad_encoder(dataset, dname: str, sift, opts: Options, timings: Timin
 
 def run_coil(opts: Options, timings: Timings):
     """E1-E7 on the GLDv2-format data. Returns (rows, sweeps, predictions per experiment, dataset, name)."""
-    from features.efficientnet import EfficientNetExtractor, resolve_config
-    from features.deep_extract import extract_patches
-    from features.encoders.vlad import VladEncoder
-    from features.extract import extract_local_features
-    from features.sift import SiftExtractor
-    from features.store import LocalFeatureStore
-    from rerank.patch import PatchScorer
-    from rerank.ratio import RatioTestScorer
-    from rerank.vlad import VladSimilarityScorer
+    from retrieval.features.efficientnet import EfficientNetExtractor, resolve_config
+    from retrieval.features.deep_extract import extract_patches
+    from retrieval.features.encoders.vlad import VladEncoder
+    from retrieval.features.extract import extract_local_features
+    from retrieval.features.sift import SiftExtractor
+    from retrieval.features.store import LocalFeatureStore
+    from retrieval.rerank.patch import PatchScorer
+    from retrieval.rerank.ratio import RatioTestScorer
+    from retrieval.rerank.vlad import VladSimilarityScorer
 
     dataset, dname = prepare_data(opts, timings)
     _say(dataset.summary())
@@ -857,15 +857,15 @@ def oxford_quick_subset(dataset, n_landmarks: int = 2, per_landmark: int = 2, n_
 def run_oxford(opts: Options, timings: Timings):
     """E1 and E5-E7 (re-ranking E1's top-100) on the Oxford subset. Returns (rows, sweeps, predictions,
     dataset, name)."""
-    from features.efficientnet import EfficientNetExtractor, resolve_config
-    from features.deep_extract import extract_patches
-    from features.encoders.vlad import VladEncoder
-    from features.extract import extract_local_features
-    from features.sift import SiftExtractor
-    from features.store import LocalFeatureStore
-    from rerank.patch import PatchScorer
-    from rerank.ratio import RatioTestScorer
-    from rerank.vlad import VladSimilarityScorer
+    from retrieval.features.efficientnet import EfficientNetExtractor, resolve_config
+    from retrieval.features.deep_extract import extract_patches
+    from retrieval.features.encoders.vlad import VladEncoder
+    from retrieval.features.extract import extract_local_features
+    from retrieval.features.sift import SiftExtractor
+    from retrieval.features.store import LocalFeatureStore
+    from retrieval.rerank.patch import PatchScorer
+    from retrieval.rerank.ratio import RatioTestScorer
+    from retrieval.rerank.vlad import VladSimilarityScorer
     from retrieval.datasets import read_oxford
 
     root = opts.oxford if opts.oxford is not None else Path(opts.data) / "oxford5k_subset"

@@ -273,8 +273,8 @@ def compute_teacher_embeddings(teacher, images: Union[np.ndarray, torch.Tensor],
 
     ``teacher``: a :class:`features.base.GlobalExtractor` or callable uint8 (n, H, W, 3) -> (n, D)
     (checked by :func:`features.multiview.as_embedding_fn`)."""
-    from features.multiview import as_embedding_fn
-    from features.store import FeatureFileError, GlobalFeatureWriter, load_global
+    from retrieval.features.multiview import as_embedding_fn
+    from retrieval.features.store import FeatureFileError, GlobalFeatureWriter, load_global
 
     ids = [str(i) for i in ids]
     if len(ids) != len(images):
@@ -350,8 +350,8 @@ def pool_teacher_views(teacher: torch.Tensor, rows: np.ndarray, mode: str = "mea
 
 def pool_set_embeddings(per_view: torch.Tensor, mode: str = "mean") -> torch.Tensor:
     """(B, V, D) unit view embeddings -> (B, D) set descriptors ``L2(pool_v)`` (V = 1: as they are)."""
-    from features.multiview import pool_views
-    from features.pooling import l2n
+    from retrieval.features.multiview import pool_views
+    from retrieval.features.pooling import l2n
 
     pooled = pool_views(per_view, mode, dim=1)
     return pooled if per_view.shape[1] == 1 else l2n(pooled)

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from features.efficientnet import EfficientNetGlobal, normalisation
+from retrieval.features.efficientnet import EfficientNetGlobal, normalisation
 
 from .augment import AugmentConfig, augment_batch, uint8_to_float
 from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint

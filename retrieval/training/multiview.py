@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from features.alexnet import AlexNetConfig, MVAlexNet, normalise
+from retrieval.features.alexnet import AlexNetConfig, MVAlexNet, normalise
 
 from .augment import AugmentConfig, augment_batch, uint8_to_float
 from .checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
