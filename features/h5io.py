@@ -4,6 +4,7 @@ or a file of another kind each get their own clear error (see the notes in :mod:
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from pathlib import Path
 from typing import Optional, Sequence
@@ -31,8 +32,10 @@ def config_json(config: Optional[dict]) -> str:
 
 
 #: HDF5 bookkeeping an entry or an appended chunk may allocate besides its arrays (object headers,
-#: B-tree nodes, heap blocks, aggregator blocks): reserved with the arrays, so it is generous
-_OVERHEAD = 256 * 1024
+#: B-tree nodes, global heap collections, 2 KiB aggregator blocks): a few KiB, reserved generously
+_OVERHEAD = 64 * 1024
+#: reserved beyond what the next write needs when the disk has it, so most writes need no syscall
+_AHEAD = 1024 * 1024
 
 
 def crc(*parts) -> int:
@@ -112,6 +115,23 @@ def reserve(f: h5py.File, path: Path, nbytes: int) -> None:
     """Allocate room for ``nbytes`` more than HDF5 has allocated so far (``get_filesize`` is its end
     of allocated space), so the writes that follow cannot fail half-way for lack of space."""
     reserve_space(f.id.get_vfd_handle(), int(f.id.get_filesize()) + int(nbytes) + _OVERHEAD, path,
-                  ahead=4 * _OVERHEAD, error=FeatureDiskFullError)
+                  ahead=_AHEAD, error=FeatureDiskFullError)
 
 
+
+
+def close_trimmed(f: h5py.File, path: Path) -> None:
+    """Close a file opened for writing and give back the space :func:`reserve` allocated ahead and
+    HDF5 did not use (HDF5's end of allocated space, taken after a flush, is where the file ends)."""
+    if not f.id.valid:
+        return
+    end = None
+    if f.mode == "r+":
+        try:
+            f.flush()
+            end = int(f.id.get_filesize())
+        except (OSError, RuntimeError):
+            end = None
+    f.close()
+    if end is not None and path.is_file() and path.stat().st_size > end:
+        os.truncate(path, end)

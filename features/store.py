@@ -35,8 +35,8 @@ import numpy as np
 
 from retrieval.fileio import atomic_path
 
-from .h5io import (FORMAT_VERSION, FeatureDiskFullError, FeatureFileError, check_h5_header, config_json, crc,
-                   open_h5, remove_unless_in_use, reserve, row_crcs, write_h5_header)
+from .h5io import (FORMAT_VERSION, FeatureDiskFullError, FeatureFileError, check_h5_header, close_trimmed,
+                   config_json, crc, open_h5, remove_unless_in_use, reserve, row_crcs, write_h5_header)
 from .local import LocalFeatures
 
 PathLike = Union[str, os.PathLike]
@@ -91,8 +91,12 @@ class LocalFeatureStore:
                 self.config = dict(config or {})
                 self._f.create_group("images")
             self._images = self._f["images"]
+            # the group's name heap doubles when it fills up: put() reserves for that
+            self._name_bytes = sum(len(k) + 16 for k in self._images) if mode == "a" else 0
         except BaseException:
             self._f.close()
+            if not existed:  # a file this call created without a header would be refused later
+                self.path.unlink(missing_ok=True)
             raise
 
     # -- context manager
@@ -103,8 +107,7 @@ class LocalFeatureStore:
         self.close()
 
     def close(self) -> None:
-        if self._f.id.valid:
-            self._f.close()
+        close_trimmed(self._f, self.path)
 
     def flush(self) -> None:
         self._f.flush()
@@ -149,7 +152,8 @@ class LocalFeatureStore:
             desc = desc.astype(self.dtype)
         desc = np.ascontiguousarray(desc)
         image_size = np.asarray(feats.image_size, dtype=np.int64)
-        reserve(self._f, self.path, keypoints.nbytes + desc.nbytes + 2 * len(key))
+        self._name_bytes += len(key) + 16
+        reserve(self._f, self.path, keypoints.nbytes + desc.nbytes + 2 * self._name_bytes)
         try:
             if key in self._images:
                 del self._images[key]
@@ -293,6 +297,8 @@ class GlobalFeatureWriter:
             self._count = int(self._f.attrs["count"])
         except BaseException:
             self._f.close()
+            if not existed:  # a file this call created without a header would be refused later
+                self.path.unlink(missing_ok=True)
             raise
 
     @property
@@ -324,8 +330,7 @@ class GlobalFeatureWriter:
         self._count = n1
 
     def close(self) -> None:
-        if self._f.id.valid:
-            self._f.close()
+        close_trimmed(self._f, self.path)
 
     def __enter__(self) -> "GlobalFeatureWriter":
         return self

@@ -157,10 +157,9 @@ def load_checkpoint(path: PathLike, kind: Optional[str] = None,
         found = _committed_sidecar(path, data)
         recorded = None if found is None else found.get("sha256")
         if recorded and recorded != hashlib.sha256(data).hexdigest():
-            size = "is empty (0 bytes)" if not data else f"({len(data)} bytes)"
-            raise CheckpointError(path, f"content {size} does not match the SHA-256 recorded in "
-                                        f"{sidecar.name}: the file was modified or truncated "
-                                        "after it was written")
+            what = "is empty (0 bytes) and does not" if not data else "content does not"
+            raise CheckpointError(path, f"{what} match the SHA-256 recorded in {sidecar.name}: the file "
+                                        "was modified or truncated after it was written")
     if not data:
         raise CheckpointError(path, "is empty (0 bytes): not a checkpoint (an interrupted copy?)")
     try:
