@@ -174,3 +174,190 @@ def test_threads_with_different_per_call_options_get_the_serial_results(rng, bac
     for t in threads:
         t.join()
     assert not errors and not failures, (errors[:3], failures[:5])
+
+
+# ------------------------------------------------------------------------------- datasets: helpers
+
+def _png(path: Path, size=(8, 6), value=0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), value, np.uint8)).save(path)
+    return path
+
+
+def _write(path: Path, text, binary=False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.write_bytes if binary else path.write_text)(text)
+    return path
+
+
+def _bomb_png(path: Path, w=30000, h=30000) -> Path:
+    """A 200-byte PNG whose header claims w x h pixels (the 30000 x 30000 bomb of issue 13: Pillow
+    refuses it at open, before a byte of it is decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = zlib.compress(b"\x00" * (w + 1) * 4, 9)
+    return _write(path, b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+                  + chunk(b"IDAT", rows) + chunk(b"IEND", b""), binary=True)
+
+
+def _oxford(root: Path, query_line="oxc1_a_000001 1 1 5 5", bomb=False) -> Path:
+    for i, stem in enumerate(["a_000001", "a_000002", "b_000003"]):
+        _png(root / "images" / f"{stem}.png", size=(8, 6), value=40 * i)
+    if bomb:
+        (root / "images" / "a_000001.png").unlink()
+        _bomb_png(root / "images" / "a_000001.png")
+    _write(root / "gt/a_1_query.txt", query_line + "\n")
+    _write(root / "gt/a_1_good.txt", "a_000001\na_000002\n")
+    _write(root / "gt/a_1_ok.txt", "")
+    _write(root / "gt/a_1_junk.txt", "")
+    return root
+
+
+def _gldv2(root: Path, solution="id,images,Usage\nfff100,aaa001 abc002,Public\nfee101,None,Ignored\n",
+           index_ids=("aaa001", "abc002", "bcd003")) -> Path:
+    from retrieval.datasets import gldv2_image_path
+    for split, names in (("index", index_ids), ("test", ("fff100", "fee101"))):
+        for name in names:
+            if ".." not in name and "/" not in name:
+                _png(gldv2_image_path(root / split, name))
+    _write(root / "index.csv", "id\n" + "\n".join(index_ids) + "\n")
+    _write(root / "test.csv", "id\nfff100\nfee101\n")
+    _write(root / "retrieval_solution_v2.1.csv", solution)
+    return root
+
+
+# ------------------------------------------------------------------------- decompression bombs
+
+def test_decompression_bomb_is_an_image_load_error_naming_the_file(tmp_path):
+    from retrieval.imageio import ImageLoadError, image_size, load_image
+    bomb = _bomb_png(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 1000
+    for read in (load_image, image_size):
+        with pytest.raises(ImageLoadError, match=r"bomb\.png: image too large to decode"):
+            read(bomb)
+    # the cap is configurable, and checked from the header before decoding
+    small = _png(tmp_path / "small.png", size=(10, 10))
+    with pytest.raises(ImageLoadError, match=r"small\.png: image of 10 x 10 = 100 pixels is larger than the "
+                                             r"pixel cap of 50"):
+        load_image(small, max_pixels=50)
+    assert load_image(small).shape == (10, 10, 3)
+
+
+def test_cli_dataset_check_and_oxford_info_cope_with_a_bomb(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    _png(folder / "fine.png")
+    _bomb_png(folder / "bomb.png")
+    code, out, err = _cli(capsys, "--quiet", "dataset", "check", folder)
+    assert code == 1, err
+    report = json.loads(out)
+    assert report["unreadable"] == 1 and report["bad_files"][0]["path"].endswith("bomb.png")
+    _oxford(tmp_path / "ox", bomb=True)
+    code, out, err = _cli(capsys, "dataset", "info", "--dataset", "oxford", "--data", tmp_path / "ox")
+    assert code == 2 and "a_000001.png" in err and "too large" in err and "Traceback" not in err
+    code, out, err = _cli(capsys, "dataset", "info", "--dataset", "oxford", "--data", tmp_path / "ox",
+                          "--on-error", "collect")
+    assert code == 2 and "no usable queries" in err
+
+
+# ------------------------------------------------------------------------------ Oxford boxes
+
+def test_oxford_box_outside_the_image_is_refused_and_overlapping_box_clipped(tmp_path):
+    from retrieval.datasets import DatasetError, crop_query, read_oxford
+    _oxford(tmp_path / "out", query_line="oxc1_a_000001 20 20 30 30")
+    with pytest.raises(DatasetError, match=r"a_1_query\.txt: query box .* lies outside the image .*a_000001\.png"):
+        read_oxford(tmp_path / "out", scale=1.0)
+    _oxford(tmp_path / "clip", query_line="oxc1_a_000001 4 3 30 30")
+    ds = read_oxford(tmp_path / "clip", scale=1.0)
+    assert ds.query_boxes == [(4.0, 3.0, 8.0, 6.0)]
+    image = np.zeros((6, 8, 3), np.uint8)
+    assert crop_query(image, ds.query_boxes[0]).shape == (3, 4, 3)
+    with pytest.raises(ValueError, match="outside the image"):
+        crop_query(image, (20, 20, 30, 30))
+
+
+# ------------------------------------------------------------------------------ path traversal
+
+def test_path_traversal_in_gldv2_ids_is_refused(tmp_path):
+    from retrieval.datasets import DatasetError, gldv2_image_path, read_gldv2
+    secret = _png(tmp_path / "secret" / "x.jpg")  # noqa: F841 - outside the dataset folder
+    root = _gldv2(tmp_path / "g", index_ids=("aaa001", "abc002", "../../../../secret/x"))
+    with pytest.raises(DatasetError, match=r"index\.csv: row 3: id '\.\./\.\./\.\./\.\./secret/x' is not a plain name"):
+        read_gldv2(root)
+    for bad in ("../abc", "ab/c", "/etc/passwd", "..", ".hidden", "a\x00b"):
+        with pytest.raises(DatasetError, match="not a plain name"):
+            gldv2_image_path(root / "index", bad)
+    assert gldv2_image_path(root / "index", "0123abcdef").name == "0123abcdef.jpg"
+
+
+def test_path_traversal_in_folder_and_view_catalog_file_names_is_refused(tmp_path):
+    from retrieval.datasets import DatasetError, read_labelled_folder
+    from retrieval.datasets.viewsets import read_view_catalog
+    _png(tmp_path / "outside.png")
+    root = tmp_path / "coil"
+    _png(root / "images" / "obj1__0.png")
+    _png(root / "images" / "sub" / "obj1__5.png")
+    _write(root / "labels.csv", "filename,object_id,azimuth_deg\nobj1__0.png,1,0\nsub/obj1__5.png,1,5\n")
+    assert read_labelled_folder(root).db_ids == ["obj1__0", "sub/obj1__5"]  # sub-folders stay fine
+    assert len(read_view_catalog(root)) == 2
+    for name in ("../../outside.png", "/etc/passwd", "sub/../../../outside.png"):
+        _write(root / "labels.csv", f"filename,object_id,azimuth_deg\nobj1__0.png,1,0\n{name},1,5\n")
+        with pytest.raises(DatasetError, match=r"labels\.csv:3: .* points outside"):
+            read_labelled_folder(root)
+        with pytest.raises(DatasetError, match=r"labels\.csv:3: .* points outside"):
+            read_view_catalog(root)
+
+
+def test_path_traversal_in_oxford_and_multiview_ids_never_leaves_the_folder(tmp_path):
+    """Oxford and the multi-view tree take ids from the files found under images/ (never from text
+    that becomes a path): a query naming '../x' is an unknown image, named with its file."""
+    from retrieval.datasets import DatasetError, read_multiview_tree, read_oxford
+    _png(tmp_path / "x.png")
+    _oxford(tmp_path / "ox", query_line="oxc1_../../x 1 1 5 5")
+    with pytest.raises(DatasetError, match=r"a_1_query\.txt: query image '\.\./\.\./x' not in"):
+        read_oxford(tmp_path / "ox")
+    root = tmp_path / "mv"
+    _png(root / "DS/retrieval/chair/chair_1/chair_1.0.png")
+    _png(root / "DS/retrieval/chair/chair_1/chair_1.1.png")
+    ds = read_multiview_tree(root)
+    folder = (root / "DS/retrieval").resolve()
+    assert all(folder in Path(p).resolve().parents for p in ds.db_paths)
+
+
+# ------------------------------------------------------------------------- GLDv2 solution rows
+
+@pytest.mark.parametrize("row", ["fff100,None,Public", "fff100,,Private", "fff100, ,Public"])
+def test_scored_solution_row_without_images_is_refused(tmp_path, row):
+    """Kaggle / DELF score a Public or Private query with no relevant image 0; leaving it out of the
+    mean (the old behaviour) turned a mAP of 0.5 into 0.75. Only Ignored rows may be empty."""
+    from retrieval.datasets import DatasetError, read_gldv2
+    root = _gldv2(tmp_path, solution=f"id,images,Usage\n{row}\nfee101,aaa001,Public\n")
+    with pytest.raises(DatasetError, match=r"retrieval_solution_v2\.1\.csv:2: .* query 'fff100' has no "
+                                           r"relevant images"):
+        read_gldv2(root)
+    root = _gldv2(tmp_path / "ok", solution="id,images,Usage\nfff100,None,Ignored\nfee101,aaa001,Public\n")
+    assert read_gldv2(root).solution() == {"fee101": {"aaa001"}}
+
+
+# -------------------------------------------------------------------------------- text encodings
+
+def test_non_utf8_csv_and_ground_truth_files_are_named(tmp_path):
+    from retrieval.datasets import DatasetError, read_gldv2, read_labelled_folder, read_oxford
+    root = _gldv2(tmp_path / "g")
+    _write(root / "test.csv", b"id\nfff100\nfee101\n\xff\xfe\n", binary=True)
+    with pytest.raises(DatasetError, match=r"test\.csv:4: CSV file is not UTF-8 text \(byte 0xff"):
+        read_gldv2(root)
+    coil = tmp_path / "c"
+    _png(coil / "images" / "a.png")
+    _write(coil / "labels.csv", "filename,object_id\na.png,caf\xe9\n".encode("latin-1"), binary=True)
+    with pytest.raises(DatasetError, match=r"labels\.csv:2: labels file is not UTF-8"):
+        read_labelled_folder(coil)
+    ox = _oxford(tmp_path / "o")
+    _write(ox / "gt/a_1_good.txt", b"a_000001\n\xe9t\xe9\n", binary=True)
+    with pytest.raises(DatasetError, match=r"a_1_good\.txt:2: ground-truth list is not UTF-8"):
+        read_oxford(ox)
+    # a UTF-8 byte-order mark (Excel) is fine
+    _write(coil / "labels.csv", "\ufefffilename,object_id\na.png,1\n".encode("utf-8"), binary=True)
+    assert read_labelled_folder(coil).db_labels == ["1"]
