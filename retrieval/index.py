@@ -222,13 +222,21 @@ class Ranking:
         """Read a ranking written by :meth:`save`; refuses other formats and versions."""
         payload = read_json(path, "ranking", error=IndexFileError)
         check_header(path, payload, RANKING_FORMAT, FORMAT_VERSION, error=IndexFileError)
-        q, k = payload["num_queries"], payload["k"]
-        dtype = np.int64 if payload.get("id_type") == "int" else str
-        ids = np.asarray(payload["ids"], dtype=dtype).reshape(q, k)
-        scores = np.asarray([[-np.inf if s is None else s for s in row] for row in payload["scores"]],
-                            dtype=np.float32).reshape(q, k)
-        indices = np.asarray(payload["indices"], dtype=np.int64).reshape(q, k)
-        return cls(ids=ids, scores=scores, indices=indices, query_ids=payload.get("query_ids"))
+        missing = [key for key in ("num_queries", "k", "ids", "scores", "indices") if key not in payload]
+        if missing:
+            raise IndexFileError(path, f"ranking file lacks the key(s) {missing}; write it with "
+                                       "'retrieval index search' (Ranking.save)")
+        try:
+            q, k = int(payload["num_queries"]), int(payload["k"])
+            dtype = np.int64 if payload.get("id_type") == "int" else str
+            ids = np.asarray(payload["ids"], dtype=dtype).reshape(q, k)
+            scores = np.asarray([[-np.inf if s is None else s for s in row] for row in payload["scores"]],
+                                dtype=np.float32).reshape(q, k)
+            indices = np.asarray(payload["indices"], dtype=np.int64).reshape(q, k)
+            return cls(ids=ids, scores=scores, indices=indices, query_ids=payload.get("query_ids"))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise IndexFileError(path, f"ranking arrays do not match num_queries={payload['num_queries']!r}, "
+                                       f"k={payload['k']!r} or are not numbers ({exc})") from None
 
 
 # ---------------------------------------------------------------------------------------------
