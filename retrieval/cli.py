@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 __all__ = ["main", "build_parser", "CLIError", "COMMAND_GROUPS", "add_dataset_arguments", "load_dataset",
-           "emit_json", "parse_options", "DATASET_TYPES"]
+           "emit_json", "parse_options", "DATASET_TYPES", "require_output",
+           "os_error_message"]
 
 # "module:function" of every command group, in --help order. Other groups (extract, bench) add a
 # line here; each function receives the sub-parsers object.
@@ -107,11 +108,74 @@ def parse_options(pairs: Optional[Sequence[str]]) -> Dict[str, Any]:
     return out
 
 
-def _require_file(path: str, what: str) -> Path:
+# the first bytes of the file kinds the commands take, to say "this is an index, not a feature file"
+# instead of the reader's low-level complaint
+_SIGNATURES = (("hdf5", b"\x89HDF\r\n\x1a\n", "an HDF5 file (a feature file?)"),
+               ("npz", b"PK\x03\x04", "an .npz archive (an index or model file?)"),
+               ("json", b"{", "a JSON file (a ranking?)"))
+
+
+def _a(what: str) -> str:
+    return f"{'an' if what[:1] in 'aeiou' else 'a'} {what}"
+
+
+def _file_kind(path: Path) -> Optional[str]:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16).lstrip()
+    except OSError:
+        return None
+    return next((kind for kind, magic, _ in _SIGNATURES if head.startswith(magic)), None)
+
+
+def _require_file(path: str, what: str, kind: Optional[str] = None) -> Path:
+    """``path`` when it is a non-empty file (of ``kind``: hdf5, npz or json, when given); else a
+    :class:`CLIError` naming it and saying what it is instead."""
     p = Path(path)
+    if p.is_dir():
+        raise CLIError(f"{p}: is a folder, expected {_a(what)}")
     if not p.is_file():
         raise CLIError(f"{p}: no such {what}")
+    if p.stat().st_size == 0:
+        raise CLIError(f"{p}: {what} is empty (0 bytes)")
+    found = _file_kind(p)
+    if kind is not None and found is not None and found != kind:
+        described = next(text for k, _, text in _SIGNATURES if k == found)
+        raise CLIError(f"{p}: is {described}, not {_a(what)}")
     return p
+
+
+def require_output(path: Optional[str], what: str, folder: bool = False) -> Optional[Path]:
+    """Check, before any work, that ``path`` can be written as a ``what`` (a file, or a folder with
+    ``folder=True``): not an existing folder (file) and not under a regular file. Returns the path."""
+    if path is None:
+        return None
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise CLIError(f"{p}: is a file, expected an output folder for the {what}")
+    if not folder and p.is_dir():
+        raise CLIError(f"{p}: is a folder, expected a file name for the {what}")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"{p}: cannot write the {what} there: {parent} is a file, not a folder")
+            break
+    return p
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an operating-system error: the file, what failed, and what the disk-full /
+    file-size-limit cases mean for the files already there."""
+    import errno
+
+    if exc.strerror is None:  # raised with a message of ours, which names the file already
+        return str(exc)
+    text = exc.strerror
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        text += " (disk full or file size limit); nothing was replaced: an earlier file there is unchanged"
+    # os.replace(tmp, final): the final name is the one the user knows
+    where = exc.filename2 or exc.filename
+    return f"{where}: {text}" if where else text
 
 
 def _int_ranges(spec: str) -> List[int]:
@@ -161,6 +225,8 @@ def load_dataset(args: argparse.Namespace):
     if not root.is_dir():
         raise CLIError(f"{root}: no such dataset folder")
     kind = args.dataset
+    if kind in ("folder", "multiview") and args.every < 1:
+        raise CLIError(f"--every must be at least 1, got {args.every}")
     if kind in ("oxford", "revisited"):
         scale = args.scale
         if scale != "auto":
@@ -168,6 +234,8 @@ def load_dataset(args: argparse.Namespace):
                 scale = float(scale)
             except ValueError:
                 raise CLIError(f"--scale must be 'auto' or a number, not {args.scale!r}") from None
+            if not (math.isfinite(scale) and scale > 0):
+                raise CLIError(f"--scale must be a positive number, not {args.scale!r}")
         reader = read_oxford if kind == "oxford" else read_revisited
         return reader(root, scale=scale, on_error=args.on_error)
     if kind == "gldv2":
@@ -220,7 +288,8 @@ def _index_build(args) -> int:
 
     if args.backend not in BACKENDS:
         raise CLIError(f"unknown backend {args.backend!r}; choose from {', '.join(BACKENDS)}")
-    features = _require_file(args.features, "feature file")
+    features = _require_file(args.features, "feature file", "hdf5")
+    require_output(args.out, "index")
     start = time.perf_counter()
     ids, vectors, config = load_global(features)
     if len(ids) == 0:
@@ -248,8 +317,9 @@ def _index_search(args) -> int:
         raise CLIError(f"--k must be positive, got {args.k}")
     if args.batch < 1:
         raise CLIError(f"--batch must be positive, got {args.batch}")
-    index_path = _require_file(args.index, "index file")
-    queries_path = _require_file(args.queries, "query feature file")
+    index_path = _require_file(args.index, "index file", "npz")
+    queries_path = _require_file(args.queries, "query feature file", "hdf5")
+    require_output(args.out, "ranking")
     index = Index.load(index_path)
     query_ids, queries, _ = load_global(queries_path)
     if len(query_ids) == 0:
@@ -257,7 +327,11 @@ def _index_search(args) -> int:
     if queries.shape[1] != index.dim:
         raise CLIError(f"{queries_path}: query vectors have dimension {queries.shape[1]}, the index "
                        f"{index_path} has dimension {index.dim}")
-    options = parse_options(args.option)
+    try:
+        options = parse_options(args.option)
+        index.search(queries[:1], k=1, **options)  # options checked before the long run
+    except ValueError as exc:
+        raise CLIError(f"{index_path}: {exc}") from None
     start = time.perf_counter()
     parts = []
     steps = range(0, len(query_ids), args.batch)
@@ -296,7 +370,10 @@ def _evaluate(args) -> int:
     protocol = args.protocol or DEFAULT_PROTOCOL[args.dataset]
     if protocol not in PROTOCOLS:
         raise CLIError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
-    ranking_path = _require_file(args.ranking, "ranking file")
+    if args.k < 1:
+        raise CLIError(f"--k must be positive, got {args.k}")
+    ranking_path = _require_file(args.ranking, "ranking file", "json")
+    require_output(args.out, "metrics")
     ranking = Ranking.load(ranking_path)
     if ranking.query_ids is None:
         raise CLIError(f"{ranking_path}: the ranking does not name its queries (no query_ids); search "
@@ -373,6 +450,7 @@ def _dataset_summary(ds) -> Dict[str, Any]:
 
 
 def _dataset_info(args) -> int:
+    require_output(args.out, "dataset summary")
     emit_json(_dataset_summary(load_dataset(args)), args.out)
     return 0
 
@@ -380,6 +458,9 @@ def _dataset_info(args) -> int:
 def _dataset_check(args) -> int:
     from .datasets import check_images, list_images
 
+    if args.n_jobs == 0 or args.n_jobs < -1:
+        raise CLIError(f"--n-jobs must be a positive number or -1 (all cores), got {args.n_jobs}")
+    require_output(args.out, "check report")
     path = Path(args.path)
     if path.is_file():
         paths = [path]
@@ -396,6 +477,11 @@ def _dataset_check(args) -> int:
 def _dataset_export(args) -> int:
     from .datasets import coil100_gldv2_split, export_gldv2
 
+    if args.query_step < 2:
+        raise CLIError(f"--query-step must be at least 2 (some views must stay in the index), got {args.query_step}")
+    if not 0.0 <= args.ignored_fraction < 1.0:
+        raise CLIError(f"--ignored-fraction must be in [0, 1), got {args.ignored_fraction}")
+    require_output(args.out, "GLDv2 export", folder=True)
     start = time.perf_counter()
     split = coil100_gldv2_split(args.data, train_objects=_int_ranges(args.train_objects),
                                 test_objects=_int_ranges(args.test_objects), query_step=args.query_step,
@@ -428,7 +514,7 @@ def _user_error_types():
     """Exceptions that mean bad input rather than a bug: shown as one line, exit code 2."""
     # ValueError covers DatasetError, ImageLoadError, FeatureFileError, IndexFileError and Index's
     # dimension / option checks
-    return (CLIError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError)
+    return (CLIError, ValueError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -458,6 +544,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except OSError as exc:
+        # disk full, file size limit, a file that cannot be written: one line naming the file
+        if debug:
+            raise
+        print(f"retrieval: error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("retrieval: interrupted", file=sys.stderr)
         return 130

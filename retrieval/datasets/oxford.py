@@ -102,6 +102,8 @@ def _scale_for(path: Path, scale: Union[str, float], original_longest: int) -> f
             raise ValueError(f"scale must be 'auto' or a number, not {scale!r}")
         h, w = image_size(path)
         return max(h, w) / float(original_longest)
+    if not (math.isfinite(float(scale)) and float(scale) > 0):
+        raise ValueError(f"scale must be 'auto' or a positive number, not {scale!r}")
     return float(scale)
 
 
