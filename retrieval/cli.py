@@ -21,6 +21,7 @@ raises :class:`CLIError` (or ValueError / OSError subclasses) for user errors. T
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -32,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 __all__ = ["main", "build_parser", "CLIError", "COMMAND_GROUPS", "add_dataset_arguments", "load_dataset",
            "emit_json", "parse_options", "DATASET_TYPES", "require_output",
-           "os_error_message"]
+           "os_error_message", "writing"]
 
 # "module:function" of every command group, in --help order. Other groups (extract, bench) add a
 # line here; each function receives the sub-parsers object.
@@ -63,7 +64,8 @@ def emit_json(payload: Any, out: Optional[str] = None) -> None:
     if out:
         from .fileio import atomic_write_text  # here: the command line starts without numpy
 
-        atomic_write_text(out, text + "\n")
+        with writing(out, "output"):
+            atomic_write_text(out, text + "\n")
     print(text)
 
 
@@ -161,6 +163,18 @@ def require_output(path: Optional[str], what: str, folder: bool = False) -> Opti
                 raise CLIError(f"{p}: cannot write the {what} there: {parent} is a file, not a folder")
             break
     return p
+
+
+@contextlib.contextmanager
+def writing(path, what: str):
+    """Around the write of an output file: an OS error (disk full, file size limit, permissions) is
+    a :class:`CLIError` naming ``path``, the file the user asked for (the write goes to a temporary
+    file first, so an earlier file at ``path`` is unchanged)."""
+    try:
+        yield
+    except OSError as exc:
+        exc.filename, exc.filename2 = str(path), None
+        raise CLIError(f"cannot write the {what}: {os_error_message(exc)}") from None
 
 
 def os_error_message(exc: OSError) -> str:
@@ -298,7 +312,8 @@ def _index_build(args) -> int:
         index = Index(vectors, ids=ids, backend=args.backend, config=config, **parse_options(args.option))
     except ValueError as exc:
         raise CLIError(f"{features}: {exc}") from None
-    index.save(args.out)
+    with writing(args.out, "index"):
+        index.save(args.out)
     emit_json({"index": str(args.out), "features": str(features), "backend": args.backend,
                "count": len(index), "dim": index.dim, "options": index.options,
                "seconds": round(time.perf_counter() - start, 3)})
@@ -342,7 +357,8 @@ def _index_search(args) -> int:
     ranking = parts[0] if len(parts) == 1 else Ranking(
         ids=np.concatenate([p.ids for p in parts]), scores=np.concatenate([p.scores for p in parts]),
         indices=np.concatenate([p.indices for p in parts]), query_ids=list(query_ids))
-    ranking.save(args.out)
+    with writing(args.out, "ranking"):
+        ranking.save(args.out)
     emit_json({"ranking": str(args.out), "index": str(index_path), "queries": len(query_ids),
                "k": ranking.k, "seconds": round(time.perf_counter() - start, 3)})
     return 0

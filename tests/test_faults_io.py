@@ -361,3 +361,103 @@ def test_non_utf8_csv_and_ground_truth_files_are_named(tmp_path):
     # a UTF-8 byte-order mark (Excel) is fine
     _write(coil / "labels.csv", "\ufefffilename,object_id\na.png,1\n".encode("utf-8"), binary=True)
     assert read_labelled_folder(coil).db_labels == ["1"]
+
+
+# --------------------------------------------------------------- disk full, SIGKILL, SIGINT (CLI)
+
+_CLI_CHILD = """
+import os, resource, signal, sys, time
+import numpy as np
+from retrieval.cli import main
+fault, argv = sys.argv[1], sys.argv[2:]
+if fault.startswith("fsize="):
+    # disk full as RLIMIT_FSIZE: a write beyond the limit fails with EFBIG (errno 27)
+    limit = int(fault.split("=")[1])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+elif fault in ("SIGINT", "SIGKILL"):
+    # the signal arrives at a set point: half-way through writing the output file
+    real_savez = np.savez
+    def savez(fh, **arrays):
+        fh.write(b"half a file" * 1000)
+        fh.flush()
+        os.kill(os.getpid(), getattr(signal, fault))
+        time.sleep(5)
+        real_savez(fh, **arrays)
+    np.savez = savez
+    import retrieval.fileio as fileio
+    real_text = fileio.atomic_write_text
+    def atomic_write_text(path, text, encoding="utf-8"):
+        def write(fh):
+            fh.write(text[: len(text) // 2].encode())
+            fh.flush()
+            os.kill(os.getpid(), getattr(signal, fault))
+            time.sleep(5)
+            fh.write(text[len(text) // 2:].encode())
+        return fileio.atomic_write(path, write)
+    import retrieval.index
+    retrieval.index.atomic_write_text = atomic_write_text
+sys.exit(main(["--quiet"] + argv))
+"""
+
+
+def _cli_child(fault, *argv, timeout=120):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", _CLI_CHILD, fault, *map(str, argv)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def built(tmp_path, rng):
+    """db.h5 / q.h5 feature files, an index built from them and a ranking: the 'finished work' a
+    failing later run must not damage."""
+    ids = [f"d{i}" for i in range(3000)]
+    save_global(tmp_path / "db.h5", ids, unit(rng, 3000, 32), config={"name": "toy"})
+    save_global(tmp_path / "q.h5", [f"q{i}" for i in range(200)], unit(rng, 200, 32), config={"name": "toy"})
+    assert main(["--quiet", "index", "build", str(tmp_path / "db.h5"), "--out", str(tmp_path / "i.npz")]) == 0
+    assert main(["--quiet", "index", "search", str(tmp_path / "i.npz"), str(tmp_path / "q.h5"), "--k", "50",
+                 "--out", str(tmp_path / "r.json")]) == 0
+    return tmp_path, (tmp_path / "i.npz").read_bytes(), (tmp_path / "r.json").read_bytes()
+
+
+def _no_temporaries(folder: Path):
+    return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("command", ["build", "search"])
+def test_disk_full_during_index_build_or_search_is_one_line_and_keeps_the_old_file(built, command):
+    tmp, index_bytes, ranking_bytes = built
+    if command == "build":
+        argv = ["index", "build", tmp / "db.h5", "--out", tmp / "i.npz", "--backend", "exact"]
+        out, old = tmp / "i.npz", index_bytes
+    else:
+        argv = ["index", "search", tmp / "i.npz", tmp / "q.h5", "--k", "50", "--out", tmp / "r.json"]
+        out, old = tmp / "r.json", ranking_bytes
+    proc = _cli_child(f"fsize={len(old) // 3}", *argv)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("retrieval: error: cannot write the"), proc.stderr
+    assert str(out) in lines[0] and "disk full or file size limit" in lines[0]
+    assert out.read_bytes() == old and not _no_temporaries(tmp)
+
+
+@pytest.mark.parametrize("command", ["build", "search"])
+def test_sigint_during_index_build_or_search_exits_130_and_keeps_the_old_file(built, command):
+    tmp, index_bytes, ranking_bytes = built
+    if command == "build":
+        argv = ["index", "build", tmp / "db.h5", "--out", tmp / "i.npz"]
+        out, old = tmp / "i.npz", index_bytes
+    else:
+        argv = ["index", "search", tmp / "i.npz", tmp / "q.h5", "--k", "50", "--out", tmp / "r.json"]
+        out, old = tmp / "r.json", ranking_bytes
+    proc = _cli_child("SIGINT", *argv)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "retrieval: interrupted" in proc.stderr and "Traceback" not in proc.stderr
+    assert out.read_bytes() == old and not _no_temporaries(tmp)
+
+
+def test_sigkill_during_index_build_keeps_the_old_index(built):
+    tmp, index_bytes, _ = built
+    proc = _cli_child("SIGKILL", "index", "build", tmp / "db.h5", "--out", tmp / "i.npz")
+    assert proc.returncode == -signal.SIGKILL
+    assert (tmp / "i.npz").read_bytes() == index_bytes
+    assert len(Index.load(tmp / "i.npz")) == 3000
