@@ -151,6 +151,18 @@ def _id_array(ids: Sequence[Hashable], what: str = "ids") -> np.ndarray:
 # Ranking
 # ---------------------------------------------------------------------------------------------
 
+_RANKING_KEYS = frozenset({"format", "version", "num_queries", "k", "id_type", "query_ids", "ids", "scores",
+                           "indices", "sha256"})
+
+
+def _ranking_digest(payload: dict) -> str:
+    """SHA-256 of a ranking file's content (every key but ``sha256``, as sorted-keys JSON)."""
+    import hashlib
+
+    body = {key: value for key, value in payload.items() if key != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 @dataclass
 class Ranking:
     """Search results for ``Q`` queries, best first.
@@ -203,7 +215,8 @@ class Ranking:
 
     def save(self, path: PathLike) -> Path:
         """Write the ranking as JSON (atomically): format, version, query ids, and per query the
-        database ids, scores and row positions."""
+        database ids, scores and row positions, with a SHA-256 of it all (``sha256``) that
+        :meth:`load` checks."""
         path = Path(path)
         payload = {
             "format": RANKING_FORMAT, "version": FORMAT_VERSION,
@@ -214,6 +227,7 @@ class Ranking:
             "scores": [[float(s) if math.isfinite(s) else None for s in row] for row in self.scores.tolist()],
             "indices": self.indices.tolist(),
         }
+        payload["sha256"] = _ranking_digest(payload)
         atomic_write_text(path, json.dumps(payload))
         return path
 
@@ -226,6 +240,13 @@ class Ranking:
         if missing:
             raise IndexFileError(path, f"ranking file lacks the key(s) {missing}; write it with "
                                        "'retrieval index search' (Ranking.save)")
+        unknown = sorted(set(payload) - _RANKING_KEYS)
+        if unknown:
+            raise IndexFileError(path, f"ranking file has unknown key(s) {unknown}: altered or damaged")
+        # files written before the checksum have none; any file that has one must match it
+        if "sha256" in payload and payload.pop("sha256") != _ranking_digest(payload):
+            raise IndexFileError(path, "checksum mismatch: the ranking file was altered or damaged; "
+                                       "search again to rewrite it")
         try:
             q, k = int(payload["num_queries"]), int(payload["k"])
             dtype = np.int64 if payload.get("id_type") == "int" else str

@@ -461,3 +461,198 @@ def test_sigkill_during_index_build_keeps_the_old_index(built):
     assert proc.returncode == -signal.SIGKILL
     assert (tmp / "i.npz").read_bytes() == index_bytes
     assert len(Index.load(tmp / "i.npz")) == 3000
+
+
+# ------------------------------------------------- damaged files and pickle payloads, every file kind
+
+def _kinds(tmp: Path, rng):
+    """name -> (path written, load(path), fingerprint(loaded object)) for every file kind of the
+    ranking side: index (exact and faiss), codebook, encoder, whitening, ranking, shortlist."""
+    from retrieval.features.codebook import Codebook
+    from retrieval.features.encoders import VladEncoder, load_encoder
+    from retrieval.features.whitening import PCAWhitening
+    from retrieval.rerank.shortlist import Shortlist
+
+    db = unit(rng, 300, 8)
+    ranking = Index(db, ids=[f"d{i}" for i in range(300)]).search(db[:6], k=10, query_ids=[f"q{i}" for i in range(6)])
+    codebook = Codebook(rng.standard_normal((16, 8)).astype(np.float32), {"trained_on": "toy"})
+    kinds = {
+        "index": (Index(db).save(tmp / "exact.npz"), Index.load,
+                  lambda x: (x.ids, x.vectors, x.options)),
+        "faiss-index": (Index(db, backend="faiss-hnsw", hnsw_m=8).save(tmp / "hnsw.npz"), Index.load,
+                        lambda x: (x.ids, x.vectors, x.options)),
+        "codebook": (codebook.save(tmp / "codebook.npz"), Codebook.load, lambda x: (x.centroids, x.config)),
+        "encoder": (VladEncoder(codebook=codebook).save(tmp / "vlad.npz"), load_encoder,
+                    lambda x: (x.codebook.centroids, x.config)),
+        "whitening": (PCAWhitening(dim=4).fit(rng.standard_normal((100, 8))).save(tmp / "white.npz"),
+                      PCAWhitening.load, lambda x: (*x.arrays().values(), x.config)),
+        "ranking": (ranking.save(tmp / "ranking.json"), Ranking.load,
+                    lambda x: (x.ids, x.scores, x.indices, x.query_ids)),
+        "shortlist": (Shortlist.from_ranking(ranking, k=5).save(tmp / "short"), Shortlist.load,
+                      lambda x: (x.query_ids, x.db_ids, x.global_scores, x.tail_ids, x.config)),
+    }
+    return kinds
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(np.asarray(a), np.asarray(b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _load_path(name: str, path: Path) -> Path:
+    return path.with_suffix("") if name == "shortlist" else path  # Shortlist.load takes the stem
+
+
+def _damaged_copies(path: Path, tmp: Path, rng):
+    """(label, bytes): truncations and single bit flips (seeded positions over the whole file)."""
+    raw = path.read_bytes()
+    for cut in (0, 1, len(raw) // 3, len(raw) // 2, len(raw) - 1):
+        yield f"truncated to {cut} bytes", raw[:cut]
+    for pos in rng.choice(len(raw) * 8, size=min(48, len(raw) * 8), replace=False):
+        flipped = bytearray(raw)
+        flipped[pos // 8] ^= 1 << (pos % 8)
+        yield f"bit {pos} flipped", bytes(flipped)
+
+
+@pytest.mark.parametrize("kind", ["index", "faiss-index", "codebook", "encoder", "whitening", "ranking",
+                                  "shortlist"])
+def test_truncated_or_bit_flipped_files_are_refused_or_read_identically(tmp_path, rng, kind):
+    """The promise: a damaged file is a FileFormatError naming it, or (a flip in bytes nothing reads,
+    such as a zip timestamp) loads exactly the original. Never another exception, never other data."""
+    from retrieval.fileio import FileFormatError
+    path, load, fingerprint = _kinds(tmp_path, rng)[kind]
+    files = [path] + ([path.with_suffix(".json")] if kind == "shortlist" else [])
+    original = fingerprint(load(_load_path(kind, path)))
+    refused = 0
+    for target in files:
+        good = target.read_bytes()
+        for label, data in _damaged_copies(target, tmp_path, rng):
+            target.write_bytes(data)
+            try:
+                loaded = fingerprint(load(_load_path(kind, path)))
+            except FileFormatError as exc:
+                assert target.name in str(exc) or path.stem in str(exc), (label, str(exc))
+                refused += 1
+                continue
+            except Exception as exc:  # noqa: BLE001 - the promise is a FileFormatError, nothing else
+                pytest.fail(f"{kind} {target.name} {label}: {type(exc).__name__}: {exc}")
+            finally:
+                target.write_bytes(good)
+            assert _same(loaded, original), f"{kind} {target.name} {label}: loaded different data"
+    assert refused >= 5
+
+
+class _Payload:
+    """Unpickling this creates the marker file: proof that a pickle ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("kind", ["index", "faiss-index", "codebook", "encoder", "whitening", "ranking",
+                                  "shortlist"])
+def test_pickle_payloads_are_refused_never_executed(tmp_path, rng, kind):
+    import pickle
+
+    from retrieval.fileio import FileFormatError
+    path, load, _ = _kinds(tmp_path, rng)[kind]
+    marker = tmp_path / "PWNED"
+    payload = np.empty(1, dtype=object)
+    payload[0] = _Payload(marker)
+    variants = {"pickle file under the name": pickle.dumps(_Payload(marker))}
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        for name in arrays:  # each array in turn replaced by an object array holding the payload
+            np.savez(tmp_path / "evil.npz", **dict(arrays, **{name: payload}))
+            variants[f"object array as {name!r}"] = (tmp_path / "evil.npz").read_bytes()
+        np.save(tmp_path / "evil.npy", payload, allow_pickle=True)
+        variants["an .npy holding a pickle"] = (tmp_path / "evil.npy").read_bytes()
+    good = path.read_bytes()
+    for label, data in variants.items():
+        path.write_bytes(data)
+        with pytest.raises(FileFormatError):
+            load(_load_path(kind, path))
+        assert not marker.exists(), f"{kind}: {label} ran its pickle"
+    path.write_bytes(good)
+    if kind == "shortlist":  # the JSON half cannot hold a pickle; the npz half was tested above
+        assert Shortlist_load_ok(path)
+
+
+def Shortlist_load_ok(path):
+    from retrieval.rerank.shortlist import Shortlist
+    return Shortlist.load(path.with_suffix("")).num_queries == 6
+
+
+# ---------------------------------------------------------------- bad command lines: one clear line
+
+@pytest.fixture
+def bad_inputs(tmp_path, rng):
+    save_global(tmp_path / "db.h5", [f"d{i}" for i in range(40)], unit(rng, 40, 8), config={"name": "toy"})
+    Index(unit(rng, 40, 8)).save(tmp_path / "idx.npz")
+    Index(unit(rng, 40, 8)).search(unit(rng, 2, 8), k=3, query_ids=["a", "b"]).save(tmp_path / "r.json")
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("hello")
+    (tmp_path / "partial.json").write_text('{"format": "hybrid-retrieval/ranking", "version": 1}')
+    coil = tmp_path / "coil"
+    for i in range(4):
+        _png(coil / "images" / f"obj1__{i}.png")
+    _write(coil / "labels.csv", "filename,object_id\n" + "".join(f"obj1__{i}.png,1\n" for i in range(4)))
+    _oxford(tmp_path / "ox")
+    return tmp_path
+
+
+# (command line, what the one error line must say); {t} is the fixture folder. Each of these
+# printed a traceback, refused without naming the file, or gave the wrong reason before.
+VAGUE_ERRORS = [
+    ("index build {t}/idx.npz --out {t}/o.npz", "idx.npz: is an .npz archive (an index or model file?), not a feature file"),
+    ("index build {t}/empty --out {t}/o.npz", "empty: feature file is empty (0 bytes)"),
+    ("index build {t}/adir --out {t}/o.npz", "adir: is a folder, expected a feature file"),
+    ("index build {t}/db.h5 --out {t}/afile/o.npz", "afile/o.npz: cannot write the index there: "),
+    ("index build {t}/db.h5 --out {t}/adir", "adir: is a folder, expected a file name for the index"),
+    ("index search {t}/db.h5 {t}/db.h5 --out {t}/s.json", "db.h5: is an HDF5 file (a feature file?), not an index file"),
+    ("index search {t}/idx.npz {t}/idx.npz --out {t}/s.json", "idx.npz: is an .npz archive (an index or model file?), not a query feature file"),
+    ("index search {t}/idx.npz {t}/db.h5 --out {t}/s.json --option memory_mb=-1", "idx.npz: backend 'exact' options"),
+    ("index search {t}/idx.npz {t}/db.h5 --out {t}/afile/s.json", "cannot write the ranking there"),
+    ("evaluate {t}/idx.npz --dataset folder --data {t}/coil", "idx.npz: is an .npz archive (an index or model file?), not a ranking file"),
+    ("evaluate {t}/empty --dataset folder --data {t}/coil", "empty: ranking file is empty (0 bytes)"),
+    ("evaluate {t}/partial.json --dataset folder --data {t}/coil", "partial.json: ranking file lacks the key(s)"),
+    ("evaluate {t}/r.json --dataset folder --data {t}/coil --k 0", "--k must be positive, got 0"),
+    ("evaluate {t}/r.json --dataset oxford --data {t}/ox --scale -1", "--scale must be a positive number"),
+    ("dataset info --dataset folder --data {t}/coil --every 0", "--every must be at least 1, got 0"),
+    ("dataset info --dataset folder --data {t}/coil --out {t}/afile/x.json", "cannot write the dataset summary there"),
+    ("dataset check {t}/coil --n-jobs 0", "--n-jobs must be a positive number or -1"),
+    ("dataset export-gldv2 --data {t}/coil --out {t}/afile", "afile: is a file, expected an output folder"),
+    ("dataset export-gldv2 --data {t}/coil --out {t}/exp --query-step 0", "--query-step must be at least 2"),
+]
+
+
+@pytest.mark.parametrize("line, expected", VAGUE_ERRORS, ids=[f"case{i}" for i in range(len(VAGUE_ERRORS))])
+def test_bad_command_lines_give_one_line_naming_the_file(bad_inputs, capsys, line, expected):
+    code, _, err = _cli(capsys, "--quiet", *line.format(t=bad_inputs).split())
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("retrieval: error: "), err
+    assert expected in lines[0], lines[0]
+
+
+def test_training_cli_refuses_unknown_device_and_bad_out_before_any_work(bad_inputs, capsys):
+    from retrieval.training.cli import main as train_main
+    base = ["--quiet", "classifier", "--config", "coil-e2", "--data", str(bad_inputs / "coil")]
+    for extra, expected in (
+            (["--out", str(bad_inputs / "run"), "--set", "loop.device=gpu"],
+             "device 'gpu' is not a torch device; use auto, cpu, cuda or cuda:N"),
+            (["--out", str(bad_inputs / "afile")], "afile: is a file, expected an output folder"),
+            (["--out", str(bad_inputs / "afile" / "run")], "cannot write the training run there")):
+        code = train_main(base + extra)
+        err = capsys.readouterr().err
+        assert code == 2 and err.strip().splitlines() == [f"retrieval.training: error: {err.split('error: ', 1)[1].strip()}"]
+        assert expected in err, err
+    assert not (bad_inputs / "run").exists()
