@@ -52,8 +52,9 @@ DEFAULT_PROTOCOL = {"oxford": "oxford", "revisited": "revisited", "gldv2": "gldv
 GLOBAL_FLAGS = ("--debug", "--quiet")
 
 
-class CLIError(Exception):
-    """A user error: reported as one line, exit code 2."""
+class CLIError(ValueError):
+    """A user error: reported as one line, exit code 2 (a ValueError, so callers that catch bad
+    input catch it too)."""
 
 
 # ------------------------------------------------------------------------------------ helpers

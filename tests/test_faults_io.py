@@ -631,6 +631,8 @@ VAGUE_ERRORS = [
     ("dataset check {t}/coil --n-jobs 0", "--n-jobs must be a positive number or -1"),
     ("dataset export-gldv2 --data {t}/coil --out {t}/afile", "afile: is a file, expected an output folder"),
     ("dataset export-gldv2 --data {t}/coil --out {t}/exp --query-step 0", "--query-step must be at least 2"),
+    # used to train for hours, then fail writing the results
+    ("bench e1-e7 --data {t} --out {t}/afile --skip-oxford", "afile: is a file, expected an output folder for the results"),
 ]
 
 
