@@ -28,6 +28,11 @@ Backends
     ``ef_construction`` (default 80), ``ef_search`` (default 128). ``efConstruction`` /
     ``efSearch`` are accepted as aliases.
 
+Every option is checked (:mod:`retrieval.index_options`, one :class:`retrieval.config.Config` per
+backend) before faiss sees it: a bad value is a ValueError naming it, never a faiss abort or hang.
+Per-call search options go to faiss as SearchParameters, never onto the shared index, so threads
+may search one index with different options at once.
+
 The faiss backends need the optional extra: ``pip install hybrid-retrieval[faiss]``; faiss is
 imported only when one of them is used.
 

@@ -1079,7 +1079,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
 
 def check_paths(opts: Options) -> None:
     """User errors found before any work: missing folders, output folders that cannot be made."""
-    from retrieval.cli import require_output
+    from retrieval.cli_checks import require_output
     from retrieval.datasets import DatasetError
 
     require_output(str(opts.out), "results", folder=True)

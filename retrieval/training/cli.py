@@ -82,7 +82,7 @@ def _run(args) -> int:
         key, value = pair.split("=", 1)
         overrides[key.strip()] = value
     cfg = get_config(args.config, **overrides)
-    from retrieval.cli import require_output
+    from retrieval.cli_checks import require_output
     from .loop import resolve_device
 
     resolve_device(cfg.loop.device)  # an unknown device is refused before the data is read
@@ -132,7 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     _add_commands(parser)
     args = parser.parse_args(argv)
-    from retrieval.cli import CLIError, os_error_message
+    from retrieval.cli_checks import CLIError, os_error_message
 
     try:
         return _run(args)
