@@ -69,10 +69,15 @@ class ShardedRun:
         return self.bytes / self.images if self.images else float("nan")
 
     def as_dict(self) -> dict:
+        """JSON-able figures (None where nothing was computed)."""
+        def num(x):
+            return None if x != x else x
+
         return {"root": str(self.root), "shards_computed": self.computed, "shards_skipped": self.skipped,
                 "images": self.images, "failed": len(self.failed), "seconds": round(self.seconds, 3),
-                "seconds_per_image": self.seconds_per_image, "worker_seconds": round(self.worker_seconds, 3),
-                "bytes": self.bytes, "bytes_per_image": self.bytes_per_image}
+                "seconds_per_image": num(self.seconds_per_image), "worker_seconds": round(self.worker_seconds, 3),
+                "bytes": self.bytes, "bytes_per_image": num(self.bytes_per_image),
+                "worker_seconds_per_image": num(self.worker_seconds / self.images if self.images else float("nan"))}
 
 
 def _maybe_die(marker: Optional[str]) -> None:
