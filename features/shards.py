@@ -291,7 +291,7 @@ class ShardedStore:
                                 for image_id in entry["ids"]:
                                     if image_id in part:
                                         merged.put(image_id, part.get(image_id, dtype=None))
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             if is_disk_full(exc):
                 raise ShardWriteError(out, "disk full while merging the shards; every shard is kept in "
                                       f"{self.root}: free space and rerun to merge") from None
@@ -316,7 +316,7 @@ def write_shard(root: PathLike, unit: dict, compute: Callable[[Path], dict]) -> 
                  "sha256": file_sha256(final), "seconds": round(time.perf_counter() - start, 4),
                  "pid": os.getpid(), **facts}
         atomic_write_text(root / f"shard-{shard:06d}.json", json.dumps(entry))
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # h5py reports a failed write on close as a RuntimeError
         if is_disk_full(exc):
             raise ShardWriteError(final, f"disk full (or file size limit reached) while writing shard {shard}; "
                                   "the finished shards are kept: free space and rerun to resume") from None
