@@ -240,6 +240,9 @@ class ShardedStore:
             self._open[shard] = LocalFeatureStore(self.verify(shard), mode="r")
         return self._open[shard].get(str(image_id), dtype=dtype)
 
+    def __getitem__(self, image_id: str):
+        return self.get(image_id)
+
     def __contains__(self, image_id: str) -> bool:
         try:
             self.get(image_id)

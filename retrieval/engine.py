@@ -98,9 +98,13 @@ def resolve_address(ray_address: Optional[str] = None) -> Optional[str]:
 
 
 def _quiet_ray_data() -> None:
+    import warnings
+
     import ray.data
 
-    ctx = ray.data.DataContext.get_current()
+    with warnings.catch_warnings():  # Ray Data's notices about its own deprecated settings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.execution_options.verbose_progress = False

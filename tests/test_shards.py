@@ -200,11 +200,14 @@ def test_cli_extract_global_feeds_index_build(coil20_dir, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     index = tmp_path / "g.npz"
     run = _cli("index", "build", out, "--out", index)
-    assert run.returncode == 0, run.stderr and json.loads(run.stdout)["count"] == 6
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["count"] == 6
     # a different configuration into the same output is refused with one line
-    run = _cli("extract", "global", "--dataset", "folder", "--data", data, "--config", "lite0-avg-224",
-               "--out", out, "--shard-size", "4")
-    assert run.returncode == 2 and "another configuration" in run.stderr and len(run.stderr.splitlines()) == 1
+    sift = tmp_path / "sift.h5"
+    for name, code in (("rootsift-small", 0), ("rootsift-1k", 2)):
+        run = _cli("extract", "local", "--dataset", "folder", "--data", data, "--config", name, "--out", sift)
+        assert run.returncode == code, run.stderr
+    assert "another configuration" in run.stderr and len(run.stderr.splitlines()) == 1
     run = _cli("extract", "global", "--dataset", "folder", "--data", data, "--config", "lite0-gem-224",
                "--out", tmp_path / "x.h5", "--set", "no_such_key=1")
     assert run.returncode == 2 and "no_such_key" in run.stderr
