@@ -48,7 +48,8 @@ DEFAULT_SHARD_SIZE = 256
 class ShardedRun:
     """What one run did: shards ``computed`` now and ``skipped`` (already complete), images computed,
     ``failed`` images ``(id, path, reason)`` (``on_error="skip"``), wall ``seconds``, the summed
-    ``worker_seconds`` and ``bytes`` of the shards computed now."""
+    ``worker_seconds`` (wall, per shard), ``cpu_seconds`` (CPU time of the worker process: what an
+    image costs whatever the machine's load) and ``bytes`` of the shards computed now."""
 
     root: Path
     computed: int = 0
@@ -57,6 +58,7 @@ class ShardedRun:
     failed: List[Tuple[str, str, str]] = field(default_factory=list)
     seconds: float = 0.0
     worker_seconds: float = 0.0
+    cpu_seconds: float = 0.0
     bytes: int = 0
 
     @property
@@ -77,7 +79,8 @@ class ShardedRun:
                 "images": self.images, "failed": len(self.failed), "seconds": round(self.seconds, 3),
                 "seconds_per_image": num(self.seconds_per_image), "worker_seconds": round(self.worker_seconds, 3),
                 "bytes": self.bytes, "bytes_per_image": num(self.bytes_per_image),
-                "worker_seconds_per_image": num(self.worker_seconds / self.images if self.images else float("nan"))}
+                "worker_seconds_per_image": num(self.worker_seconds / self.images if self.images else float("nan")),
+                "cpu_seconds_per_image": num(self.cpu_seconds / self.images if self.images else float("nan"))}
 
 
 def _maybe_die(marker: Optional[str]) -> None:
@@ -130,6 +133,7 @@ class _Runner:
         self.run.computed += 1
         self.run.images += int(entry["count"])
         self.run.worker_seconds += float(entry["seconds"])
+        self.run.cpu_seconds += float(entry.get("cpu_seconds", 0.0))
         self.run.bytes += int(entry["bytes"])
         self.run.failed.extend(tuple(f) for f in entry.get("failed", []))
         self.bar.update(int(entry["count"]))

@@ -310,13 +310,14 @@ def write_shard(root: PathLike, unit: dict, compute: Callable[[Path], dict]) -> 
     root = Path(root)
     shard = int(unit["shard"])
     final = root / f"shard-{shard:06d}.h5"
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         with atomic_path(final) as tmp:
             facts = compute(tmp) or {}
         entry = {"shard": shard, "file": final.name, "ids": list(unit["ids"]), "count": len(unit["ids"]),
                  "ids_sha256": ids_digest(unit["ids"]), "bytes": final.stat().st_size,
                  "sha256": file_sha256(final), "seconds": round(time.perf_counter() - start, 4),
+                 "cpu_seconds": round(time.process_time() - cpu, 4),
                  "pid": os.getpid(), **facts}
         atomic_write_text(root / f"shard-{shard:06d}.json", json.dumps(entry))
     except (OSError, RuntimeError) as exc:  # h5py reports a failed write on close as a RuntimeError
