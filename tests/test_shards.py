@@ -211,3 +211,24 @@ def test_cli_extract_global_feeds_index_build(coil20_dir, tmp_path):
     run = _cli("extract", "global", "--dataset", "folder", "--data", data, "--config", "lite0-gem-224",
                "--out", tmp_path / "x.h5", "--set", "no_such_key=1")
     assert run.returncode == 2 and "no_such_key" in run.stderr
+
+
+def test_patch_tokens_in_shards_equal_the_single_file_store(coil20_dir, tmp_path):
+    from retrieval.features.deep_extract import extract_patches
+    from retrieval.features.efficientnet import EfficientNetExtractor
+    from retrieval.features.sharded_extract import extract_patches_sharded
+
+    paths = [str(coil20_dir / "images" / f"obj{o}__0.png") for o in (4, 9, 12)]
+    ids = ["a", "b", "c"]
+    extractor = EfficientNetExtractor("lite0-patch-224", threads=1)
+    run = extract_patches_sharded(lambda: extractor, ids, paths, tmp_path / "p.shards", shard_size=2,
+                                  progress=False)
+    assert (run.computed, run.images) == (2, 3)
+    extract_patches(extractor, ids, paths, tmp_path / "single.h5", n_jobs=1, progress=False)
+    store = ShardedStore(tmp_path / "p.shards")
+    store.merge(tmp_path / "merged.h5", ids)
+    with LocalFeatureStore(tmp_path / "single.h5") as single, LocalFeatureStore(tmp_path / "merged.h5") as merged:
+        assert merged.config == single.config
+        _same_local(store, single, ids)
+        _same_local(merged, single, ids)
+        assert single.get("a").descriptors.shape == (49, 1280)
