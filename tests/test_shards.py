@@ -232,3 +232,27 @@ def test_patch_tokens_in_shards_equal_the_single_file_store(coil20_dir, tmp_path
         _same_local(store, single, ids)
         _same_local(merged, single, ids)
         assert single.get("a").descriptors.shape == (49, 1280)
+
+
+def test_cropped_queries_through_the_extract_step(oxford_dir, tmp_path):
+    from dataclasses import replace
+
+    from retrieval.datasets import read_oxford
+    from retrieval.features.extract import extract_local_features
+    from retrieval.steps.extract import ExtractConfig, dataset_images, main
+
+    ds = read_oxford(oxford_dir)
+    ds = replace(ds, query_ids=ds.query_ids[:3], query_paths=ds.query_paths[:3], query_boxes=ds.query_boxes[:3],
+                 query_labels=None, query_metadata={})
+    ids, paths, boxes = dataset_images(ds, "queries")
+    assert ids == ds.query_ids and boxes == list(ds.query_boxes)
+    conf = ExtractConfig(features="local", extractor="rootsift-1k", images="queries", shard_size=2, n_jobs=1)
+    summary = {}
+    out = main(conf, ds, tmp_path / "q.h5", progress=False, summary=summary)
+    assert out == tmp_path / "q.h5" and summary["images"] == 3
+    extract_local_features(ids, paths, SiftExtractor("rootsift-1k"), tmp_path / "single.h5", n_jobs=1, boxes=boxes,
+                           progress=False)
+    with LocalFeatureStore(out) as merged, LocalFeatureStore(tmp_path / "single.h5") as single:
+        _same_local(merged, single, ids)
+        whole = SiftExtractor("rootsift-1k").extract_path(paths[0])
+        assert merged.get(ids[0]).image_size != whole.image_size  # the box was applied

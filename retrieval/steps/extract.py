@@ -79,8 +79,9 @@ def extractor_for(conf: ExtractConfig):
     unknown = sorted(set(conf.options) - set(_CONFIG_DEFAULTS))
     if unknown:
         raise ConfigError(f"unknown EfficientNet configuration keys {unknown}; known: {sorted(_CONFIG_DEFAULTS)}")
-    return partial(EfficientNetExtractor, conf.extractor, threads=conf.threads, device=conf.device,
-                   **conf.options)
+    # a worker given a GPU runs the network there (torch, channels-last) unless told otherwise
+    device = "cuda" if conf.num_gpus and conf.device == "cpu" else conf.device
+    return partial(EfficientNetExtractor, conf.extractor, threads=conf.threads, device=device, **conf.options)
 
 
 def dataset_images(dataset, which: str) -> Tuple[List[str], List[str], Optional[list]]:
