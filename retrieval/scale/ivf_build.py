@@ -210,7 +210,12 @@ def rerank_exact(source, queries, candidates: np.ndarray, k: int, normalize: boo
     """Re-score each query's candidate rows (``(Q, K)`` global rows, -1 = none) with the exact
     vectors of ``source`` (one pass) and keep the top ``k``: (scores, rows)."""
     q = _unit(queries, normalize)
-    candidates = np.asarray(candidates, dtype=np.int64)
+    candidates = np.array(candidates, dtype=np.int64)
+    order = np.argsort(candidates, axis=1, kind="stable")
+    ranked = np.take_along_axis(candidates, order, 1)
+    repeat = np.zeros(candidates.shape, dtype=bool)
+    repeat[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
+    np.put_along_axis(candidates, order, np.where(repeat, -1, ranked), 1)  # a row listed twice counts once
     exact = np.full(candidates.shape, -np.inf, dtype=np.float32)
     lo = 0
     for _, vectors in source.iter_chunks():
