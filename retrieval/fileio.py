@@ -41,7 +41,8 @@ __all__ = ["FileFormatError", "atomic_path", "atomic_write", "atomic_write_bytes
            "DiskFullError", "reserve_space", "is_lock_conflict", "describe_file"]
 
 # what np.load / zipfile raise on a damaged, truncated or foreign file
-_READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, KeyError)
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, KeyError,
+                NotImplementedError)  # a flipped bit in a zip entry's compression method
 
 
 class FileFormatError(ValueError):
