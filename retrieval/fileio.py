@@ -55,6 +55,9 @@ class FileFormatError(ValueError):
         self.reason = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # picklable, so worker processes (loky, Ray) can hand it back
+        return type(self), (self.path, self.problem)
+
 
 def _with_hint(problem: str, hint: str) -> str:
     return f"{problem}; {hint}" if hint else problem
@@ -247,6 +250,9 @@ class DiskFullError(FileFormatError, OSError):
 
     def __str__(self) -> str:  # OSError's would be "[Errno N] ...", without the file
         return f"{self.path}: {self.problem}"
+
+    def __reduce__(self):
+        return type(self), (self.path, self.problem, self.errno)
 
 
 def reserve_space(fd: int, size: int, path: PathLike, ahead: int = 0,
