@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.features.extract import ExtractionError, extract_local_features
-from retrieval.features.local import LocalFeatures
+from retrieval.features.extract import extract_local_features
 from retrieval.features.sift import SiftExtractor
 from retrieval.features.store import (FeatureFileError, GlobalFeatureWriter, LocalFeatureStore, load_global,
                                       save_global)
