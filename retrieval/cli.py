@@ -40,6 +40,7 @@ COMMAND_GROUPS: List[str] = [
     "retrieval.cli:register_evaluate",
     "retrieval.cli:register_dataset",
     "retrieval.bench.cli:register",
+    "retrieval.serve.cli:register",
 ]
 
 DATASET_TYPES = ("oxford", "revisited", "gldv2", "folder", "multiview", "os-core")
