@@ -7,8 +7,6 @@ import io
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,6 @@ pytest.importorskip("httpx", reason="TestClient needs httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 OBJECTS = (1, 2, 3, 4)
 VIEWS = tuple(range(0, 72, 6))  # 12 views of each object: 48 images
 
@@ -308,25 +305,28 @@ def test_served_aps_rank_failures_without_per_query_results(catalog, tmp_path):
 
 # --------------------------------------------------------------------------------------------- CLI
 
-def _cli(*args, cwd=ROOT):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "retrieval.cli", "serve", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=120)
+def _cli(capsys, *args):
+    from retrieval.cli import main
+
+    capsys.readouterr()
+    code = main(["serve", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_cli_check_and_errors(small, tmp_path):
-    done = _cli("--index", str(small["index"]), "--features", str(small["features"]), "--images",
+def test_cli_check_and_errors(small, tmp_path, capsys):
+    code, out, err = _cli(capsys, "--index", str(small["index"]), "--features", str(small["features"]), "--images",
                 str(small["images"]), "--local", str(small["local"]), "--check")
-    assert done.returncode == 0, done.stderr
-    info = json.loads(done.stdout)
+    assert code == 0, err
+    info = json.loads(out)
     assert info["count"] == 48 and info["host"] == "127.0.0.1" and info["local"]["name"] == "rootsift-small"
-    bad = _cli("--images", str(small["images"]))
-    assert bad.returncode == 2 and bad.stderr.startswith("retrieval: error: serve needs")
+    code, out, err = _cli(capsys, "--images", str(small["images"]))
+    assert code == 2 and err.startswith("retrieval: error: serve needs")
     # an experiment folder naming its sources in serve.json
     (tmp_path / "serve.json").write_text(json.dumps({"features": str(small["features"]), "images": str(small["images"]),
                                                      "dataset": {"kind": "folder", "data": str(small["images"].parent)}}))
     (tmp_path / "results.md").write_text("| a |\n|---|\n| 1 |\n")
-    done = _cli("--experiment", str(tmp_path), "--check")
-    assert done.returncode == 0, done.stderr
-    info = json.loads(done.stdout)
+    code, out, err = _cli(capsys, "--experiment", str(tmp_path), "--check")
+    assert code == 0, err
+    info = json.loads(out)
     assert info["ground_truth"] and info["count"] == 48 and info["results"] == str(tmp_path)
