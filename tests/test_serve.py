@@ -330,3 +330,47 @@ def test_cli_check_and_errors(small, tmp_path, capsys):
     assert code == 0, err
     info = json.loads(out)
     assert info["ground_truth"] and info["count"] == 48 and info["results"] == str(tmp_path)
+
+
+# ------------------------------------------------------------------------------- without the data
+
+def test_concurrent_searches_are_batched_and_equal_single_searches():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from retrieval.serve.load import synthetic_catalog
+
+    catalog = synthetic_catalog(5000, 32, seed=3)
+    ids = catalog.db_ids[:64]
+    with ThreadPoolExecutor(8) as pool:
+        rankings = list(pool.map(lambda i: catalog.batcher.search(catalog.vector(i), 5 + len(i) % 7, i), ids))
+    for image_id, ranking in zip(ids, rankings):
+        alone = catalog.index.search(catalog.vector(image_id)[None], k=ranking.k)
+        assert ranking.query_ids == [image_id] and ranking.ids.tolist() == alone.ids.tolist()
+        np.testing.assert_allclose(ranking.scores, alone.scores, rtol=0, atol=1e-5)  # GEMM vs GEMV rounding
+    assert catalog.batcher.searched == 64 and catalog.batcher.batches < 64
+
+
+def test_decode_upload_refusals():
+    from retrieval.serve import UploadError, UploadLimits, decode_upload
+
+    limits = UploadLimits(max_bytes=100_000, max_pixels=250_000)
+    buf = io.BytesIO()
+    Image.new("RGBA", (300, 200), (10, 20, 30, 255)).save(buf, "PNG")
+    rgb = decode_upload(buf.getvalue(), limits)
+    assert rgb.shape == (200, 300, 3) and rgb.dtype == np.uint8 and tuple(rgb[0, 0]) == (10, 20, 30)
+    jpeg = io.BytesIO()
+    Image.new("RGB", (300, 200), (200, 100, 0)).save(jpeg, "JPEG")
+    for data, status in ((jpeg.getvalue()[: len(jpeg.getvalue()) // 2], 422), (b"%PDF-1.4", 415),
+                         (_bomb_png(600, 600), 413), (b"\x00" * 100_001, 413), (b"", 422)):
+        with pytest.raises(UploadError) as info:
+            decode_upload(data, limits, name="q.png")
+        assert info.value.status == status and info.value.message.startswith("q.png: ")
+
+
+def test_load_test_is_bounded():
+    from retrieval.serve.load import main
+
+    for args in (["--requests", "501"], ["--concurrency", "9"], ["--requests", "0"]):
+        with pytest.raises(SystemExit) as info:
+            main(args)
+        assert info.value.code == 2

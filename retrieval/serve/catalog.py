@@ -138,6 +138,9 @@ class Catalog:
         self._lock = threading.Lock()  # h5py and the extractors are used by one thread at a time
         self._local_cache: "OrderedDict[str, LocalFeatures]" = OrderedDict()
         self._uploads: "OrderedDict[str, Query]" = OrderedDict()
+        from .batching import SearchBatcher
+
+        self.batcher = SearchBatcher(index)  # concurrent searches share one pass over the vectors
         self._extractor = None
         self._given_extractor = extractor  # checked against the recorded configuration on first use
         self._local_extractor = None

@@ -1,8 +1,9 @@
 """One search as the page and the JSON API show it: the index's :class:`~retrieval.index.Ranking`, local
 evidence on the shortlist, the fused order at a weight v, right / wrong / junk and the query's AP.
 
-* Global: ``Catalog.index.search(vector, k)``; the JSON lists exactly that Ranking's ids, scores and rows
-  (``results`` in global order).
+* Global: ``Catalog.index.search(vector, k)`` (concurrent requests batched into one call,
+  :mod:`.batching`); the JSON lists exactly that Ranking's ids, scores and rows (``results`` in global
+  order).
 * Local evidence (when a local-feature store is served and the query has local features): spatial
   verification inliers (:class:`retrieval.rerank.SpatialVerifier`, its default configuration) for SIFT
   stores, else the ratio-test score (:class:`retrieval.rerank.RatioTestScorer`). An image without
@@ -115,7 +116,7 @@ def search(catalog: Catalog, query: Query, k: int = 20, v: float = 0.5) -> Searc
         raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
     if not 0.0 <= v <= 1.0:
         raise ValueError(f"v must be between 0 and 1, got {v}")
-    ranking = catalog.index.search(query.vector[None, :], k=k, query_ids=[query.id])
+    ranking = catalog.batcher.search(query.vector, k=k, query_id=query.id)
     result = SearchResult(query, ranking, float(v))
     if catalog.has_local and query.local is not None:
         ids = result.ids
