@@ -115,7 +115,10 @@ def test_search_by_id_is_the_python_ranking(client, small):
     for r in out["results"][1:]:
         assert r["label"] == ("positive" if r["id"].startswith("obj2__") else "negative")
     assert out["truth"] == {"positives": 11, "junk": 1}
-    assert 0.0 < out["ap"]["global"] <= 1.0
+    # AP@k as GLDv2 scores it: junk removed, precision at each hit, divided by min(positives, k)
+    clean = [r for r in out["results"] if r["label"] != "junk"]
+    hits = [n for n, r in enumerate(clean, 1) if r["label"] == "positive"]
+    assert hits and out["ap"]["global"] == pytest.approx(sum((h + 1) / n for h, n in enumerate(hits)) / 10, abs=1e-6)
 
 
 def test_upload_is_described_with_the_index_extractor(client, small):

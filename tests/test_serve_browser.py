@@ -133,8 +133,9 @@ def test_search_page_in_a_browser(browser, server, tmp_path):
     for key, v in ((Keys.END, 1.0), (Keys.HOME, 0.0)):
         slider.send_keys(key)
         _wait(browser, lambda d: d.find_element(By.ID, "v-value").text == f"{v:.2f}")
-        expected = httpx.get(f"{base}/api/search", params={"id": "obj1__18", "k": 20, "v": v}).json()["fused_order"]
-        assert _order(browser) == expected, v
+        expected = httpx.get(f"{base}/api/search", params={"id": "obj1__18", "k": 20, "v": v}).json()
+        assert _order(browser) == expected["fused_order"], v
+        assert browser.find_element(By.ID, "ap-fused").text == f"{expected['ap']['fused']:.4f}"
     shot("2-slider-v0")
 
     # matches drawn on request

@@ -274,15 +274,7 @@ class Catalog:
             if token in self._uploads:
                 self._uploads.move_to_end(token)
                 return self._uploads[token]
-            if self._extractor is None:
-                if not self.config:
-                    raise UnsupportedUpload("the index records no extractor configuration, so an uploaded "
-                                            "image cannot be described as the database was; search by id")
-                given = self._given_extractor
-                if given is not None and config_json(given.config) != config_json(self.config):
-                    raise UnsupportedUpload(f"the extractor given has configuration {config_json(given.config)}, "
-                                            f"the index records {config_json(self.config)}")
-                self._extractor = given if given is not None else build_extractor(self.config)
+            self._ensure_extractor()
             vector = self._extractor.extract(image)
             local = None
             if self.local_config is not None and self.local_config.get("type") == "sift":
@@ -296,6 +288,29 @@ class Catalog:
             while len(self._uploads) > 32:
                 self._uploads.popitem(last=False)
         return query
+
+    def _ensure_extractor(self) -> None:
+        """Build (once) the global extractor for uploads; the caller holds the lock."""
+        if self._extractor is not None:
+            return
+        if not self.config:
+            raise UnsupportedUpload("the index records no extractor configuration, so an uploaded image "
+                                    "cannot be described as the database was; search by id")
+        given = self._given_extractor
+        if given is not None and config_json(given.config) != config_json(self.config):
+            raise UnsupportedUpload(f"the extractor given has configuration {config_json(given.config)}, "
+                                    f"the index records {config_json(self.config)}")
+        self._extractor = given if given is not None else build_extractor(self.config)
+
+    def warm_up(self) -> Optional[str]:
+        """Build the upload extractor now (a server calls this in the background at start, so the first
+        upload does not wait for it). Returns why uploads are unsupported, or None."""
+        try:
+            with self._lock:
+                self._ensure_extractor()
+        except UnsupportedUpload as exc:
+            return str(exc)
+        return None
 
     def describe(self) -> dict:
         """What is served, for the page and /api/info."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import sys
+import threading
 from pathlib import Path
 
 __all__ = ["register", "open_from_args", "LOOPBACK"]
@@ -109,6 +110,13 @@ def _serve(args) -> int:
               "authentication", file=sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(catalog, results, limits, default_k=args.k, default_v=args.v)
+
+    def warm_up():
+        why = catalog.warm_up()
+        if why:
+            logging.getLogger("retrieval.serve").warning("upload search unavailable: %s", why)
+
+    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
     print(f"serving {len(catalog.index):,} images on http://{args.host}:{args.port}/ (Ctrl-C stops)",
           file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -11,8 +11,8 @@ evidence on the shortlist, the fused order at a weight v, right / wrong / junk a
 * Fusion: :func:`retrieval.rerank.fuse` with the local score min-max normalised over the shortlist
   (``score = v * global + (1 - v) * local_norm``); ``local_norm`` is in the JSON so the page re-sorts
   for any v without asking again (ties keep the global order, as :func:`~retrieval.rerank.fusion_order`).
-* AP: Oxford's rule (:func:`retrieval.metrics.oxford_ap`: junk removed, trapezoid) over the k results,
-  for the global and the fused order.
+* AP: AP@k as GLDv2 / Kaggle score it (:func:`retrieval.metrics.average_precision_at_k`: divided by
+  min(positives, k)) over the k results with junk removed, for the global and the fused order.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import List, Optional
 import numpy as np
 
 from retrieval.index import Ranking
-from retrieval.metrics import oxford_ap
+from retrieval.metrics import average_precision_at_k
 from retrieval.rerank.fusion import fuse, fusion_order, normalise_scores
 
 from .catalog import Catalog, Query
@@ -65,10 +65,11 @@ class SearchResult:
         return "positive" if image_id in t.positives else "negative"
 
     def ap(self, ids: List[str]) -> Optional[float]:
+        """AP@k of ``ids`` (GLDv2 / Kaggle: divided by min(positives, k)) with junk removed first."""
         t = self.query.truth
         if t is None or not t.positives:
             return None
-        value = oxford_ap(ids, t.positives, t.junk)
+        value = average_precision_at_k([i for i in ids if i not in t.junk], t.positives, k=max(1, len(self.ids)))
         return None if math.isnan(value) else round(float(value), 6)
 
     def to_json(self, image_url) -> dict:
@@ -96,7 +97,7 @@ class SearchResult:
             "truth": None if truth is None else {"positives": len(truth.positives), "junk": len(truth.junk)},
             "ap": None if truth is None else {"global": self.ap(ids),
                                               "fused": self.ap(self.fused_ids()) if self.local is not None else None,
-                                              "rule": "Oxford AP over the k results, junk ignored"},
+                                              "rule": "AP@k: junk removed, divided by min(positives, k)"},
         }
 
 

@@ -52,19 +52,16 @@ async function searchUpload(file) {
   } catch (e) { status(e.message, true); }
 }
 
-// Oxford AP (junk removed, trapezoid), as retrieval.metrics.oxford_ap, over the shown order
-function oxfordAP(items, positives) {
-  let hits = 0, rank = 0, ap = 0;
+// AP@k over the shown order with junk removed, divided by min(positives, k), as the server's
+// retrieval.metrics.average_precision_at_k (GLDv2 / Kaggle)
+function apAtK(items, positives, k) {
+  let hits = 0, rank = 0, sum = 0;
   for (const it of items) {
     if (it.label === "junk") continue;
     rank += 1;
-    if (it.label === "positive") {
-      hits += 1;
-      const previous = rank > 1 ? (hits - 1) / (rank - 1) : 1;
-      ap += (previous + hits / rank) / 2;
-    }
+    if (it.label === "positive") { hits += 1; sum += hits / rank; }
   }
-  return positives ? ap / positives : null;
+  return positives ? sum / Math.min(positives, k) : null;
 }
 
 function ordered(result) {
@@ -126,10 +123,10 @@ function render() {
   const ap = $("ap");
   if (result.truth) {
     const positives = result.truth.positives;
-    const global = oxfordAP(result.results, positives);
+    const global = apAtK(result.results, positives, result.k);
     let text = `AP (global) ${fmtAP(global)}`;
-    if (result.local) text += ` &middot; AP (fused, v = ${v().toFixed(2)}) <b id="ap-fused">${fmtAP(oxfordAP(items, positives))}</b>`;
-    ap.innerHTML = text + ` <span class="muted">over the ${result.k} results; ${positives} positives, junk ignored</span>`;
+    if (result.local) text += ` &middot; AP (fused, v = ${v().toFixed(2)}) <b id="ap-fused">${fmtAP(apAtK(items, positives, result.k))}</b>`;
+    ap.innerHTML = text + ` <span class="muted">AP@${result.k}: ${positives} positives, junk removed, divided by min(positives, k)</span>`;
   } else {
     ap.innerHTML = '<span class="muted">no ground truth for this query</span>';
   }
