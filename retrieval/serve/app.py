@@ -88,6 +88,7 @@ def create_app(catalog: Catalog, results: Optional[ResultsFolder] = None,
                               "ground truth.", version="1")
     app.state.catalog, app.state.results, app.state.limits = catalog, results, limits
     thumbs = ImageCache(catalog)
+    rendered: dict = {}
 
     # -- errors: always JSON, never a traceback ---------------------------------------------------
     @app.exception_handler(StarletteHTTPException)
@@ -131,7 +132,9 @@ def create_app(catalog: Catalog, results: Optional[ResultsFolder] = None,
     def results_page():
         if results is None:
             raise HTTPException(404, "no results folder is served (start with --experiment DIR)")
-        return render_results(results, catalog)
+        if "results" not in rendered:  # the folder and the index do not change while served
+            rendered["results"] = render_results(results, catalog)
+        return rendered["results"]
 
     @app.get("/results/figures/{name}", include_in_schema=False)
     def figure(name: str):
