@@ -377,3 +377,25 @@ def test_load_test_is_bounded():
         with pytest.raises(SystemExit) as info:
             main(args)
         assert info.value.code == 2
+
+
+def test_experiment_sources_of_an_e1_e7_results_folder(tmp_path):
+    from retrieval.features.store import save_global
+    from retrieval.serve.results import ResultsFolder, experiment_sources
+
+    run_cache = tmp_path / "cache" / "quick"
+    save_global(run_cache / "global" / "e4_index.h5", ["a", "b"], np.eye(2, dtype=np.float32), {"extractor": "x"})
+    save_global(run_cache / "global" / "e4_queries.h5", ["q"], np.ones((1, 2), np.float32), {"extractor": "x"})
+    (run_cache / "coil100-gldv2").mkdir()
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"rows": [{"experiment": "E1"}],
+                                                  "options": {"cache": str(tmp_path / "cache"), "quick": True}}))
+    found = experiment_sources(out)
+    assert found["features"] == run_cache / "global" / "e4_index.h5"
+    assert found["queries"] == run_cache / "global" / "e4_queries.h5" and found["local"] is None
+    assert found["dataset"] == ("gldv2", run_cache / "coil100-gldv2")
+    assert ResultsFolder(out).table()[1] == [["E1"]]
+    (out / "results.json").write_text(json.dumps({"rows": [], "options": {"cache": str(tmp_path / "gone")}}))
+    with pytest.raises(ValueError, match="cache .* is gone"):
+        experiment_sources(out)
