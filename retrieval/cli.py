@@ -42,6 +42,7 @@ COMMAND_GROUPS: List[str] = [
     "retrieval.cli:register_evaluate",
     "retrieval.cli:register_dataset",
     "retrieval.bench.cli:register",
+    "retrieval.steps.extract:register",
 ]
 
 DATASET_TYPES = ("oxford", "revisited", "gldv2", "folder", "multiview", "os-core")

@@ -472,6 +472,20 @@ class Index:
         self._quantizer = quantizer
         return index
 
+    @classmethod
+    def trained(cls, sample, backend: str, normalize: bool = True, config: Optional[dict] = None,
+                **options) -> "Index":
+        """An IVF index (``faiss-ivf`` / ``faiss-ivfpq``) trained on ``sample`` exactly as
+        ``Index(sample, backend=...)`` trains, but holding no vectors: :meth:`add` then fills it
+        chunk by chunk (:mod:`retrieval.scale` builds indexes larger than memory this way)."""
+        if backend not in ("faiss-ivf", "faiss-ivfpq"):
+            raise ValueError(f"only the IVF backends are trained apart from their vectors, not {backend!r}")
+        index = cls(sample, backend=backend, normalize=normalize, config=config, **options)
+        index._faiss.reset()  # keeps the trained quantiser (and PQ codebooks), drops the sample
+        index._ids = np.zeros(0, dtype=np.int64)
+        index._id_set = set()
+        return index
+
     def _append(self, vectors: np.ndarray, ids: Optional[Sequence[Hashable]]) -> None:
         n_old, n_new = len(self._ids), vectors.shape[0]
         if ids is None:

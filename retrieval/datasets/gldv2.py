@@ -106,15 +106,21 @@ def _labels_extra(path: Path, ids: List[str]) -> Optional[List[str]]:
 def read_gldv2(root: PathLike, train_dir: Optional[PathLike] = None, index_dir: Optional[PathLike] = None,
                test_dir: Optional[PathLike] = None, solution_csv: str = SOLUTION_CSV,
                with_train: bool = True, ext: str = ".jpg", check_files: bool = True, check: bool = False,
-               on_error: str = "raise", n_jobs: int = 1, name: Optional[str] = None) -> RetrievalDataset:
+               on_error: str = "raise", n_jobs: int = 1, name: Optional[str] = None,
+               train_file: str = "train.csv") -> RetrievalDataset:
     """Read a GLDv2-format folder (layout in the module docstring). Image roots default to
     ``root/train``, ``root/index``, ``root/test`` and may be given separately.
 
     ``check_files`` stats every image (cheap) and ``check`` decodes every index/test image; missing or
     unreadable files raise :class:`DatasetError` naming them (``on_error='raise'``) or are dropped and
     listed in ``bad_files`` (``'collect'``; a dropped index image stays in the solutions, i.e. counts as
-    missed). Without ``train.csv`` (or with ``with_train=False``) the train fields are None."""
+    missed). Without ``train.csv`` (or with ``with_train=False``) the train fields are None.
+    ``train_file="train_clean.csv"`` takes the train split from the clean subset instead
+    (``landmark_id,images`` rows; :mod:`retrieval.datasets.gldv2_tables` reads both files at full
+    size, and the thesis protocol)."""
     root = require_dir(root, "GLDv2 folder")
+    if train_file not in ("train.csv", "train_clean.csv"):
+        raise ValueError(f"train_file must be 'train.csv' or 'train_clean.csv', not {train_file!r}")
     dirs = {"train": Path(train_dir) if train_dir else root / "train",
             "index": Path(index_dir) if index_dir else root / "index",
             "test": Path(test_dir) if test_dir else root / "test"}
@@ -156,7 +162,12 @@ def read_gldv2(root: PathLike, train_dir: Optional[PathLike] = None, index_dir: 
     index_paths = [gldv2_image_path(dirs["index"], i, ext) for i in index_ids]
     test_paths = [gldv2_image_path(dirs["test"], i, ext) for i in test_ids]
     train_ids = train_paths = train_labels = None
-    if with_train and (root / "train.csv").is_file():
+    if with_train and train_file == "train_clean.csv" and (root / train_file).is_file():
+        from .gldv2_tables import read_clean_train  # landmark_id,images rows: one per landmark
+        clean_ids, clean_labels = read_clean_train(root / train_file)
+        train_ids, train_labels = clean_ids.tolist(), clean_labels.astype(str).tolist()
+        train_paths = [gldv2_image_path(dirs["train"], i, ext) for i in train_ids]
+    elif with_train and (root / "train.csv").is_file():
         rows = _read_csv(root / "train.csv", ("id", "landmark_id"))
         train_ids = _ids(rows, root / "train.csv")
         train_labels = [r["landmark_id"] for r in rows]
