@@ -337,6 +337,11 @@ def test_scored_solution_row_without_images_is_refused(tmp_path, row):
     with pytest.raises(DatasetError, match=r"retrieval_solution_v2\.1\.csv:2: .* query 'fff100' has no "
                                            r"relevant images"):
         read_gldv2(root)
+    pytest.importorskip("pyarrow")
+    from retrieval.datasets.gldv2_tables import read_gldv2_tables
+    with pytest.raises(DatasetError, match=r"retrieval_solution_v2\.1\.csv:2: .* query 'fff100' has no "
+                                           r"relevant images"):
+        read_gldv2_tables(root)
     root = _gldv2(tmp_path / "ok", solution="id,images,Usage\nfff100,None,Ignored\nfee101,aaa001,Public\n")
     assert read_gldv2(root).solution() == {"fee101": {"aaa001"}}
 
