@@ -85,6 +85,17 @@ def _has_usage(dataset: RetrievalDataset) -> bool:
     return any(t.usage in USAGE_SPLITS for t in dataset.ground_truth.values())
 
 
+def _check_scored_truth(dataset: RetrievalDataset) -> None:
+    """Kaggle / DELF score a Public or Private query without relevant images 0; the metrics leave
+    queries without relevant images out of the mean (which would raise the score), so such a query
+    is refused: it must be marked Ignored."""
+    empty = [q for q, t in _query_truths(dataset) if t.usage in USAGE_SPLITS and not t.positives]
+    if empty:
+        raise ValueError(f"dataset {dataset.name!r}: {len(empty)} {dataset.ground_truth[empty[0]].usage} "
+                         f"quer{'y has' if len(empty) == 1 else 'ies have'} no relevant images (e.g. "
+                         f"{empty[0]!r}); Kaggle scores such a query 0: give its images or mark it Ignored")
+
+
 def _query_truths(dataset: RetrievalDataset):
     """(qid, truth) for the dataset's queries that have ground truth and are not Ignored."""
     for qid in dataset.query_ids:
@@ -117,6 +128,7 @@ def evaluate_per_query(dataset: RetrievalDataset, predictions, protocol: str = "
         out["precision@10"] = metrics.per_query_scores("precision@k", clean, solution, 10)
         out[f"recall@{k}"] = metrics.per_query_scores("recall@k", clean, solution, k)
     if protocol == "gldv2" or (protocol == "all" and _has_usage(dataset)):
+        _check_scored_truth(dataset)
         out[f"map@{k}"] = metrics.per_query_scores("ap@k", clean, dataset.solution(), k)
         for split in USAGE_SPLITS:
             solution = dataset.solution([split])

@@ -145,6 +145,11 @@ def read_gldv2_tables(root: PathLike, train_files=TRAIN_FILES, solution_csv: str
         raise DatasetError(f"{root / solution_csv}:{bad[0] + 2}: Usage {usage[bad[0]]!r} is not one of {USAGES}")
     images = ["" if u == "Ignored" or i == "None" else i for i, u in zip(_strings(sol, "images").tolist(), usage.tolist())]
     positives, counts = _split_lists(images, root / solution_csv)
+    empty = np.flatnonzero((usage != "Ignored") & (counts == 0))
+    if empty.size:  # Kaggle scores such a query 0; the metrics would leave it out (see read_gldv2)
+        raise DatasetError(f"{root / solution_csv}:{empty[0] + 2}: {usage[empty[0]]} query "
+                           f"{_strings(sol, 'id')[empty[0]]!r} has no relevant images; only Ignored rows may "
+                           "have none")
     unknown_pos = ~_isin(positives, index_ids)
     if unknown_pos.any():
         raise DatasetError(f"{root / solution_csv}: {int(unknown_pos.sum())} image(s) not in index.csv, "
