@@ -68,6 +68,7 @@ def test_sift_identical_on_ray_and_a_killed_worker_is_retried(ray_cluster, oxfor
     _same_local(ShardedStore(tmp_path / "killed_run"), ShardedStore(tmp_path / "local"), ids)
 
 
+@pytest.mark.slow  # three EfficientNet builds (local probe, actor, restarted actor)
 def test_onnx_global_identical_on_ray_actors_even_with_an_actor_killed(ray_cluster, coil20_dir, tmp_path):
     from functools import partial
 
