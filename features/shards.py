@@ -38,6 +38,12 @@ from retrieval.fileio import atomic_path, atomic_write_text, check_header, read_
 
 from .store import (FeatureFileError, GlobalFeatureWriter, LocalFeatureStore, config_json, load_global)
 
+try:  # the writers' own full-disk error (features.store checks for room before it writes)
+    from retrieval.fileio import DiskFullError
+except ImportError:  # a retrieval.fileio without it: the errno checks below recognise a full disk
+    class DiskFullError(Exception):  # type: ignore[no-redef]
+        pass
+
 PathLike = Union[str, os.PathLike]
 SHARDED_FORMAT = "hybrid-retrieval/sharded-features"
 FORMAT_VERSION = 1
@@ -108,7 +114,7 @@ def is_disk_full(exc: BaseException) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        if isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno in DISK_FULL):
             return True
         text = str(exc)
         if any(os.strerror(code) in text for code in DISK_FULL) or "errno = 27" in text or "errno = 28" in text:
@@ -294,7 +300,7 @@ class ShardedStore:
                                 for image_id in entry["ids"]:
                                     if image_id in part:
                                         merged.put(image_id, part.get(image_id, dtype=None))
-        except (OSError, RuntimeError) as exc:
+        except Exception as exc:
             if is_disk_full(exc):
                 raise ShardWriteError(out, "disk full while merging the shards; every shard is kept in "
                                       f"{self.root}: free space and rerun to merge") from None
@@ -320,7 +326,7 @@ def write_shard(root: PathLike, unit: dict, compute: Callable[[Path], dict]) -> 
                  "cpu_seconds": round(time.process_time() - cpu, 4),
                  "pid": os.getpid(), **facts}
         atomic_write_text(root / f"shard-{shard:06d}.json", json.dumps(entry))
-    except (OSError, RuntimeError) as exc:  # h5py reports a failed write on close as a RuntimeError
+    except Exception as exc:  # h5py reports a failed write on close as a RuntimeError
         if is_disk_full(exc):
             raise ShardWriteError(final, f"disk full (or file size limit reached) while writing shard {shard}; "
                                   "the finished shards are kept: free space and rerun to resume") from None
