@@ -207,6 +207,11 @@ class ShardedStore:
             tmp.unlink(missing_ok=True)
 
     # -- reading -----------------------------------------------------------------------------------
+    def shard_files(self, verify: bool = True) -> List[Path]:
+        """The complete shards' files in shard order (checksummed), e.g. for
+        ``retrieval.scale.sources.h5_shards`` to build an index shard by shard."""
+        return [self.verify(k, e) if verify else self.shard_path(k) for k, e in sorted(self.entries().items())]
+
     def ids(self) -> List[str]:
         out: List[str] = []
         for _, entry in sorted(self.entries().items()):

@@ -197,6 +197,11 @@ def test_cli_extract_global_feeds_index_build(coil20_dir, tmp_path):
     assert summary["seconds_per_image"] > 0 and summary["bytes_per_image"] > 0
     ids, vectors, config = load_global(out)
     assert len(ids) == 6 and vectors.shape == (6, 1280) and config["name"] == "lite0-gem-224"
+    from retrieval.scale.sources import h5_shards  # the large-scale index builder reads the shards
+
+    chunks = list(h5_shards(ShardedStore(f"{out}.shards").shard_files()).iter_chunks())
+    assert [str(i) for c in chunks for i in c[0]] == ids
+    assert np.array_equal(np.concatenate([c[1] for c in chunks]), vectors)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     index = tmp_path / "g.npz"
     run = _cli("index", "build", out, "--out", index)
