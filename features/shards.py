@@ -213,9 +213,10 @@ class ShardedStore:
         return [self.verify(k, e) if verify else self.shard_path(k) for k, e in sorted(self.entries().items())]
 
     def ids(self) -> List[str]:
+        """Ids of the images the complete shards hold, in shard order (not those that failed)."""
         out: List[str] = []
         for _, entry in sorted(self.entries().items()):
-            out.extend(entry["ids"])
+            out.extend(_held(entry))
         return out
 
     def iter_global(self, verify: bool = True) -> Iterator[Tuple[List[str], np.ndarray]]:
@@ -242,7 +243,7 @@ class ShardedStore:
         if self._local_index is None:
             self._local_index = {}
             for shard, entry in self.entries().items():
-                for i in entry["ids"]:
+                for i in _held(entry):
                     self._local_index[i] = shard
         shard = self._local_index.get(str(image_id))
         if shard is None:
@@ -302,15 +303,19 @@ class ShardedStore:
                     with LocalFeatureStore(tmp, mode="a", config=self.config, dtype=self.store_dtype) as merged:
                         for shard, entry in sorted(self.entries().items()):
                             with LocalFeatureStore(self.verify(shard, entry), mode="r") as part:
-                                for image_id in entry["ids"]:
-                                    if image_id in part:
-                                        merged.put(image_id, part.get(image_id, dtype=None))
+                                for image_id in _held(entry):
+                                    merged.put(image_id, part.get(image_id, dtype=None))
         except Exception as exc:
             if is_disk_full(exc):
                 raise ShardWriteError(out, "disk full while merging the shards; every shard is kept in "
                                       f"{self.root}: free space and rerun to merge") from None
             raise
         return out
+
+
+def _held(entry: dict) -> List[str]:
+    failed = {f[0] for f in entry.get("failed", [])}
+    return [i for i in entry["ids"] if i not in failed]
 
 
 def write_shard(root: PathLike, unit: dict, compute: Callable[[Path], dict]) -> dict:
