@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     parser.add_argument("--gpus", type=int, default=4, help="GPUs G of the projection")
     parser.add_argument("--gpu-img-per-s", type=float, default=400.0,
                         help="assumed network throughput of one GPU (images/s; not measured here)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["index", "gldv2", "cost"], help="parts to skip")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["index", "gldv2", "engine", "cost"], help="parts to skip")
     args = parser.parse_args(argv)
     results = run(Path(args.out), Path(args.work), data_root(args.data), quick=args.quick, workers=args.workers,
                   gpus=args.gpus, gpu_img_per_s=args.gpu_img_per_s, skip=args.skip)

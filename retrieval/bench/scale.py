@@ -8,7 +8,7 @@ figures, and a cost model of E1-E7 on full GLDv2.
 2. GLDv2 CSVs at full size (:func:`retrieval.datasets.gldv2_synth.generate_gldv2`, written once into
    the work folder), read by :func:`retrieval.datasets.gldv2_tables.read_gldv2_tables` in a child
    process: seconds and peak memory.
-3. The Ray figures come from engineer ``engine``'s ``measure_engine`` (:func:`engine_figures`).
+3. The Ray figures from engineer ``engine``'s ``measure_engine`` (:func:`engine_figures`).
 4. The cost model (:mod:`retrieval.bench.scale_cost`).
 """
 from __future__ import annotations
@@ -108,16 +108,18 @@ def gldv2_csvs(work: Path, data_root: Path, scale: float) -> dict:
 ENGINE_KEYS = ("sift_scaling_2_vs_1", "ray_vs_local", "killed_worker_identical")
 
 
-def engine_figures(data_root: Path, quick: bool) -> Dict[str, object]:
-    """LEAD: WIRE AT MERGE. The Ray figures come from engineer ``engine``'s ``measure_engine(...)``
-    (retrieval/engine.py), not in this branch: replace the body with that call, returning the three
-    :data:`ENGINE_KEYS`. Until then they are recorded as absent (never invented)."""
+def engine_figures(data_root: Path, quick: bool, work_dir: Optional[Path] = None) -> Dict[str, object]:
+    """The Ray figures, from engineer ``engine``'s :func:`retrieval.engine_bench.measure_engine` on
+    Oxford images (``quick``: its 16-image mode). Recorded as absent with the reason when Ray is not
+    installed or the measurement fails (never invented)."""
     try:
-        from retrieval.engine import measure_engine  # type: ignore[attr-defined]
-    except ImportError:
-        return {key: None for key in ENGINE_KEYS} | {
-            "engine_note": "absent: retrieval.engine.measure_engine is not in this branch (engineer engine's work)"}
-    return dict(measure_engine(data_root=data_root, quick=quick))
+        from retrieval.engine_bench import measure_engine
+        files = sorted((data_root / "oxford5k_subset" / "images").glob("*.jpg"))[: 16 if quick else 64]
+        figures = measure_engine(files, quick=quick, work_dir=None if work_dir is None else work_dir / "engine")
+    except Exception as exc:  # ImportError (no ray), or a failed run: say so in the results
+        return {key: None for key in ENGINE_KEYS} | {"engine_note": f"absent: measure_engine failed "
+                                                                    f"({type(exc).__name__}: {exc})"}
+    return {f"engine_{k}" if k not in ENGINE_KEYS else k: v for k, v in figures.items()}
 
 
 def run(out_dir: Path, work_dir: Path, data_root: Path, quick: bool = False, workers: int = 32, gpus: int = 4,
@@ -132,7 +134,8 @@ def run(out_dir: Path, work_dir: Path, data_root: Path, quick: bool = False, wor
         results.update(index_at_scale(work_dir, p["n"], p["dim"], p["shards"], p["queries"], p["nlist"], p["m"]))
     if "gldv2" not in skip:
         results.update(gldv2_csvs(work_dir, data_root, p["gldv2_scale"]))
-    results.update(engine_figures(data_root, quick))
+    if "engine" not in skip:
+        results.update(engine_figures(data_root, quick, work_dir))
     if "cost" not in skip:
         stages = scale_cost.measure_stages(data_root, n_images=p["cost_images"])
         if "index_build_s" in results:
