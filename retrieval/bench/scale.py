@@ -152,8 +152,8 @@ def run(out_dir: Path, work_dir: Path, data_root: Path, quick: bool = False, wor
                                        "epochs": 1, "train_factor": 3.0, "cpu_efficiency": 0.9}
         results["e1_e7_projection"] = scale_cost.project(stages, cpu_workers=workers, gpus=gpus,
                                                          gpu_img_per_s=gpu_img_per_s)
-    results["e1_thesis_protocol"] = ("not measured: E1 end to end with --engine ray on the thesis protocol needs "
-                                     "engineer engine's retrieval extract --engine ray (merge first)")
+    results["e1_thesis_protocol"] = ("not measured: benchmarks/e1_e7.py --gldv2 DIR --gldv2-protocol thesis extracts "
+                                     "101,000 images (hours on 2 cores; see the projection)")
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2, default=str))
     atomic_write_text(out_dir / "results.md", results_markdown(results))
     return results
