@@ -5,6 +5,8 @@ import json
 import pytest
 
 pytest.importorskip("faiss")
+pytest.importorskip("pandas")
+pytest.importorskip("pyarrow")
 
 from retrieval.bench import scale, scale_cost  # noqa: E402
 

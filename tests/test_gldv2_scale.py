@@ -3,12 +3,14 @@ train_clean option and the thesis protocol's sampling."""
 import csv
 import os
 
-import numpy as np
 import pytest
 
-from retrieval.datasets import DatasetError, read_gldv2
-from retrieval.datasets.gldv2_synth import generate_gldv2, link_images, scaled_counts
-from retrieval.datasets.gldv2_tables import read_gldv2_tables, thesis_protocol
+pytest.importorskip("pandas")
+pytest.importorskip("pyarrow")
+
+from retrieval.datasets import DatasetError, read_gldv2  # noqa: E402
+from retrieval.datasets.gldv2_synth import generate_gldv2, link_images, scaled_counts  # noqa: E402
+from retrieval.datasets.gldv2_tables import read_gldv2_tables, thesis_protocol  # noqa: E402
 
 
 @pytest.fixture(scope="module")
