@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-
 from ..fileio import atomic_write_text
 from ..report import markdown_table
 from . import scale_cost
