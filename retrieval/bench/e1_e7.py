@@ -252,6 +252,7 @@ class Options:
     out: Path
     cache: Path
     gldv2: Optional[Path] = None
+    gldv2_protocol: str = "kaggle"
     oxford: Optional[Path] = None
     quick: bool = False
     device: str = "auto"
@@ -388,11 +389,12 @@ def prepare_data(opts: Options, timings: Timings):
     from retrieval.datasets import read_gldv2
     from retrieval.datasets import export_gldv2
     from retrieval.datasets.gldv2 import MANIFEST
+    from retrieval.datasets.gldv2_tables import read_gldv2_protocol
 
     if opts.gldv2 is not None:
         with _stage(timings, "data") as st:
             st.computed = False
-            ds = read_gldv2(opts.gldv2)
+            ds = read_gldv2_protocol(opts.gldv2, opts.gldv2_protocol)
         if not ds.train_ids:
             from retrieval.datasets import DatasetError
 
@@ -1031,6 +1033,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--gldv2", default=None, metavar="PATH",
                     help="a GLDv2-format folder (train.csv, index.csv, test.csv, retrieval_solution_v2.1.csv, "
                          "train/ index/ test/) instead of COIL-100")
+    ap.add_argument("--gldv2-protocol", choices=("kaggle", "thesis"), default="kaggle",
+                    help="with --gldv2: Kaggle's index/test split (default), or the thesis' 1,000 queries against "
+                         "100,000 held-out train images (retrieval.datasets.gldv2_tables.thesis_protocol)")
     ap.add_argument("--oxford", default=None, metavar="PATH", help="Oxford folder (default DATA/oxford5k_subset)")
     ap.add_argument("--skip-oxford", action="store_true", help="run the ladder only")
     ap.add_argument("--out", default=None, help="results folder (default results/e1_e7, quick: results/e1_e7_quick)")
@@ -1060,7 +1065,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def options_from_args(args) -> Options:
     out = args.out or ("results/e1_e7_quick" if args.quick else "results/e1_e7")
     return Options(data=Path(args.data), out=Path(out), cache=Path(args.cache),
-                   gldv2=Path(args.gldv2) if args.gldv2 else None, oxford=Path(args.oxford) if args.oxford else None,
+                   gldv2=Path(args.gldv2) if args.gldv2 else None, gldv2_protocol=args.gldv2_protocol, oxford=Path(args.oxford) if args.oxford else None,
                    quick=args.quick, device=args.device, train_config=args.train_config,
                    train_overrides=_parse_sets(args.set), global_config=args.global_config,
                    oxford_config=args.oxford_config,
