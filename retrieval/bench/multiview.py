@@ -251,19 +251,20 @@ def main(conf: MultiViewConfig, out_dir: Path, cache_dir: Optional[Path] = None)
     # -- evaluation (DS / DU / VAL on the main set, every cross set)
     db_views = [None] + [m for m in conf.db_views]
     rows: List[dict] = []
+    curves: Dict[str, dict] = {}
     with timer("evaluate"):
         rows += mv_eval.evaluate_sets("teacher", lambda v: pool_view_embeddings(teacher_emb, v, "mean"),
-                                      sets_by_split, conf.test_views, conf.seed, db_views)
+                                      sets_by_split, conf.test_views, conf.seed, db_views, curves)
         for c, (_, _, csets) in cross.items():
             rows += mv_eval.evaluate_sets("teacher", lambda v, e=cross_emb[c]: pool_view_embeddings(e, v, "mean"),
-                                          {c: csets}, conf.test_views, conf.seed, db_views)
+                                          {c: csets}, conf.test_views, conf.seed, db_views, curves)
         for name, path in students.items():
             model = load_mv_alexnet(path)[0]
             rows += mv_eval.evaluate_sets(name, mm.set_descriptors(model, images, conf.image_size),
-                                          sets_by_split, conf.test_views, conf.seed, db_views)
+                                          sets_by_split, conf.test_views, conf.seed, db_views, curves)
             for c, (_, cimg, csets) in cross.items():
                 rows += mv_eval.evaluate_sets(name, mm.set_descriptors(model, cimg, conf.image_size),
-                                              {c: csets}, conf.test_views, conf.seed, db_views)
+                                              {c: csets}, conf.test_views, conf.seed, db_views, curves)
     if kept:  # the delivered student is the chosen distilled one: its rows under its own name too
         rows += [dict(r, model="mv-alexnet-distilled") for r in rows if r["model"] == f"distilled ({chosen})"]
 
@@ -307,6 +308,12 @@ def main(conf: MultiViewConfig, out_dir: Path, cache_dir: Optional[Path] = None)
                                             for r in rows if r["model"] == m and r["split"] == sp}}
              for m in dict.fromkeys(r["model"] for r in rows) for sp in splits]
     plot = mv_eval.plot_sweep(rows, out_dir / "map_vs_views.png", title)
+    from retrieval.bench.pr_plot import plot_pr_curves
+
+    k0 = min(conf.test_views)
+    plot_pr_curves({key: c for key, c in curves.items() if key.endswith(f"k={k0}") and ", DU," in key or
+                    key.endswith(f"k={k0}") and "(unseen)" in key},
+                   out_dir / "pr_curve.png", f"{title}: unseen splits, k={k0}")
     target_rows = [{"split": k, **v} for k, v in target.items()]
     text = [f"# {title} multi-view retrieval", "", f"Metric convention: {mv_eval.CONVENTION}.", "",
             f"**{decision}.** Validation mAP@100 on {len(val)} held-out seen objects (k = "

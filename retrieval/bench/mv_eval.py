@@ -24,8 +24,10 @@ CONVENTION = ("standard (retrieval.metrics): GLDv2 Kaggle mAP@100, nDCG@100 over
 
 def evaluate_sets(name: str, describe: Callable[[List[np.ndarray]], np.ndarray],
                   sets_by_split: Dict[str, Sequence[ViewSet]], test_views: Sequence[int], seed: int,
-                  db_views: Sequence[Optional[int]] = (None,)) -> List[dict]:
-    """Rows of scores of one model: every split x database views per set (None: all) x test_views."""
+                  db_views: Sequence[Optional[int]] = (None,), curves: Optional[Dict[str, dict]] = None
+                  ) -> List[dict]:
+    """Rows of scores of one model: every split x database views per set (None: all) x test_views.
+    ``curves`` (optional) collects ``"model, split, k=K"`` -> precision-recall curve (all database views)."""
     rows = []
     for split, sets in sets_by_split.items():
         for m in db_views:
@@ -36,6 +38,8 @@ def evaluate_sets(name: str, describe: Callable[[List[np.ndarray]], np.ndarray],
                     db_desc = describe(bench.db_views)  # the database does not depend on k
                 predictions = bench.rank(describe(bench.query_views), db_desc, k=100)
                 sol = bench.solution
+                if curves is not None and m is None:
+                    curves[f"{name}, {split}, k={k}"] = metrics.precision_recall_curve(predictions, sol)
                 rows.append({"model": name, "split": split, "test_views": k,
                              "db_views": "all" if m is None else m, "queries": len(sol),
                              "db_sets": len(bench.db_ids),
