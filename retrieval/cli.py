@@ -6,6 +6,7 @@
     retrieval dataset info --dataset TYPE --data PATH
     retrieval dataset check PATH [--n-jobs N]
     retrieval dataset export-gldv2 --data COIL_DIR --out DIR [--link symlink|hardlink|copy]
+    retrieval dataset profile --dataset TYPE --data PATH --out DIR [--set KEY=VALUE]
 
 Results are JSON on stdout (or in ``--out`` for ``evaluate`` / ``dataset`` commands that take it).
 A user error (missing or malformed file, wrong dimension, bad option) prints one line
