@@ -38,7 +38,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
-from .files import natural_key
+from .files import check_inside, natural_key
 from .folders import read_labels_csv
 
 PathLike = Union[str, os.PathLike]
@@ -150,9 +150,9 @@ def read_view_catalog(root: PathLike, labels_file: str = "labels.csv", image_dir
             place.append((_number(row, "view_index", where), np.nan))
         else:
             place.append((np.nan, np.nan))
-        path = root / image_dir / name
+        path = check_inside(name, root / image_dir, where)
         if not path.is_file() and (root / name).is_file():
-            path = root / name
+            path = check_inside(name, root, where)
         paths.append(path)
         objects.append(obj)
     object_ids = np.asarray(objects, dtype=np.int64)
