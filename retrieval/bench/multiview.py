@@ -307,13 +307,14 @@ def main(conf: MultiViewConfig, out_dir: Path, cache_dir: Optional[Path] = None)
     sweep = [{"model": m, "split": sp, **{f"k={r['test_views']}, db={r['db_views']}": r["mAP@100"]
                                             for r in rows if r["model"] == m and r["split"] == sp}}
              for m in dict.fromkeys(r["model"] for r in rows) for sp in splits]
-    plot = mv_eval.plot_sweep(rows, out_dir / "map_vs_views.png", title)
+    plot = mv_eval.plot_sweep(rows, out_dir / "map_vs_views.png", title,
+                              skip=[f"distilled ({chosen})"] if kept else [])
     from retrieval.bench.pr_plot import plot_pr_curves
 
     k0 = min(conf.test_views)
-    plot_pr_curves({key: c for key, c in curves.items() if key.endswith(f"k={k0}") and ", DU," in key or
-                    key.endswith(f"k={k0}") and "(unseen)" in key},
-                   out_dir / "pr_curve.png", f"{title}: unseen splits, k={k0}")
+    shown = {key: c for key, c in curves.items() if key.endswith(f", k={k0}")
+             and (", DU," in key or "(unseen)" in key) and not (kept and key.startswith(f"distilled ({chosen})"))}
+    plot_pr_curves(shown, out_dir / "pr_curve.png", f"{title}: unseen splits, k={k0}")
     target_rows = [{"split": k, **v} for k, v in target.items()]
     text = [f"# {title} multi-view retrieval", "", f"Metric convention: {mv_eval.CONVENTION}.", "",
             f"**{decision}.** Validation mAP@100 on {len(val)} held-out seen objects (k = "
