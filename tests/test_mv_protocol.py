@@ -130,7 +130,7 @@ def test_protocol_end_to_end_on_an_elevation_set(tmp_path):
     save_global(tmp_path / "teacher.h5", names, emb, {"name": "random teacher"})
     conf = CONFIG(data=str(tmp_path / "main"), cross_data=(str(tmp_path / "other"),), validation_every=4,
                   n_sets=4, test_views=(1, 3), validation_views=(1, 3), db_views=(2,), image_size=40,
-                  student_epochs=1, distill_epochs=(1,), max_steps_per_epoch=1, batch_p=2,
+                  student_epochs=1, distill_epochs=(1, 2), max_steps_per_epoch=1, batch_p=2,
                   teacher_embeddings=str(tmp_path / "teacher.h5"), speed_images=8, student_width="alexnet-half")
     out = main(conf, tmp_path / "out", tmp_path / "cache")
     res = json.loads((out / "results.json").read_text())
@@ -140,7 +140,8 @@ def test_protocol_end_to_end_on_an_elevation_set(tmp_path):
     assert summary["validation_objects"] == [4]  # every 4th of the seen objects 1-4
     assert summary["delivered"] in ("mv-alexnet", "mv-alexnet-distilled")
     assert ("kept" in summary["decision"]) == (summary["delivered"] == "mv-alexnet-distilled")
-    assert set(summary["validation"]["means"]) == {"none", "kl x1, 1 ep"}
+    # one distillation run, kept after 1 and 2 epochs: two candidates besides no distillation
+    assert set(summary["validation"]["means"]) == {"none", "kl x1, 1 ep", "kl x1, 2 ep"}
     assert {r["db_views"] for r in res["rows"]} == {"all", 2}
     # sets hold both elevations: 8 azimuths x 2 elevations / 4 sets = 4 views
     assert res["protocol"]["geometry"] == "azimuth"
@@ -149,3 +150,22 @@ def test_protocol_end_to_end_on_an_elevation_set(tmp_path):
     # a rerun resumes from the cache: same results
     again = json.loads((main(conf, tmp_path / "out2", tmp_path / "cache") / "results.json").read_text())
     assert again["summary"]["validation"] == summary["validation"]
+
+
+def test_ties_on_validation_keep_the_undistilled_student(tmp_path):
+    """A distilled candidate no better than the undistilled student on VAL is refused."""
+    import torch
+
+    from retrieval.bench.mv_models import NO_DISTILLATION, choose_student
+    from retrieval.datasets.viewsets import ViewSet
+    from retrieval.features.alexnet import AlexNetConfig, MVAlexNet
+    from retrieval.training.multiview import save_mv_alexnet
+
+    torch.manual_seed(0)
+    path = save_mv_alexnet(tmp_path / "m.pt", MVAlexNet(AlexNetConfig.named("alexnet-half")).eval(), 40)
+    images = np.random.default_rng(0).integers(0, 255, (24, 40, 40, 3), dtype=np.uint8)
+    sets = [ViewSet(f"o{o}_s{s}", o, s, np.arange(o * 8 + s * 4, o * 8 + s * 4 + 4)) for o in range(3) for s in range(2)]
+    chosen, info = choose_student({"same weights": path}, path, images, 40, sets, (1, 3), seed=0)
+    assert chosen == NO_DISTILLATION
+    assert info["means"]["same weights"] == pytest.approx(info["means"][NO_DISTILLATION])
+    assert info["queries"] == 12  # 6 sets x 2 test_views
