@@ -312,8 +312,8 @@ def main(conf: MultiViewConfig, out_dir: Path, cache_dir: Optional[Path] = None)
     from retrieval.bench.pr_plot import plot_pr_curves
 
     k0 = min(conf.test_views)
-    shown = {key: c for key, c in curves.items() if key.endswith(f", k={k0}")
-             and (", DU," in key or "(unseen)" in key) and not (kept and key.startswith(f"distilled ({chosen})"))}
+    shown = {(key.replace(f"distilled ({chosen})", "mv-alexnet-distilled") if kept else key): c
+             for key, c in curves.items() if key.endswith(f", k={k0}") and (", DU," in key or "(unseen)" in key)}
     plot_pr_curves(shown, out_dir / "pr_curve.png", f"{title}: unseen splits, k={k0}")
     target_rows = [{"split": k, **v} for k, v in target.items()]
     text = [f"# {title} multi-view retrieval", "", f"Metric convention: {mv_eval.CONVENTION}.", "",
