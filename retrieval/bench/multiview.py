@@ -340,11 +340,16 @@ QUICK = {"max_objects": 10, "max_steps_per_epoch": 3, "batch_p": 4, "distill_epo
 
 def load_experiment(path: Path) -> MultiViewConfig:
     """A ``kind = "multiview"`` TOML experiment file's settings (strict: an unknown key is an error)."""
-    import tomllib
-
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ConfigError(f"{path}: reading TOML needs Python >= 3.11 or the tomli package") from None
     try:
         data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # TOMLDecodeError is a ValueError
         raise ConfigError(f"{path}: {exc}") from None
     kind = data.pop("kind", None)
     if kind != "multiview":
@@ -372,5 +377,8 @@ def cli_main(argv=None, prog: str = "multiview") -> int:
     except ConfigError as exc:
         p.exit(2, f"{prog}: error: {exc}\n")
     sub = "quick" if args.quick else "full"
-    main(conf, Path(args.out) / ("quick" if args.quick else ""), Path(args.cache) / sub)
+    try:
+        main(conf, Path(args.out) / ("quick" if args.quick else ""), Path(args.cache) / sub)
+    except (OSError, ValueError) as exc:  # a missing or malformed dataset file (its name is in the message)
+        p.exit(2, f"{prog}: error: {exc}\n")
     return 0

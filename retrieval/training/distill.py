@@ -110,7 +110,7 @@ def center_embeddings(embeddings: np.ndarray) -> np.ndarray:
     component: the fine-tuned Lite0 teacher's COIL-100 embeddings have a mean of norm 0.92 and a
     mean pairwise cosine of 0.84 (0.00 after centring). Raw, every similarity row the relation
     loss matches is nearly flat and a cosine to the teacher is mostly explained by the mean, so
-    distilling them degrades the student (``benchmarks/multiview.py --no-center-teacher``: DU
+    distilling them degrades the student (``benchmarks/multiview.py --set center_teacher=false``: DU
     mAP@100 at one view fell from 87.3 before distillation to 83.8; with ``--feature-weight 0
     --metric-weight 0`` as well, to 75.1); centred, the rows carry the teacher's ranking."""
     e = np.asarray(embeddings, dtype=np.float32)
