@@ -25,9 +25,11 @@ distance ``1 - q.t / (|q| |t|)`` over the WHOLE target set:
   ANMRR = mean NMRR (lower is better). The MPEG-7 standard (:func:`retrieval.metrics.nmrr`) looks at
   the first K ranks (a hit at ``NG < r <= K`` costs r).
 
-Revisited Oxford / Paris (Radenovic et al. 2018), :func:`mean_precision_at_k`: mP@k = mean over
-queries of ``(1/k) sum_{i<=k} rel(i)`` where junk items are removed from the ranking first and
-queries without relevant items are left out.
+Revisited Oxford / Paris (Radenovic et al. 2018; revisitop's ``compute_map``), :func:`mean_precision_at_k`:
+junk items are removed from the ranking first; with ``r_last`` the rank of the query's last retrieved
+positive, ``k' = min(r_last, k)`` and ``P@k = (1/k') sum_{i<=k'} rel(i)`` (so a query whose positives are
+all in its first 2 ranks scores 1 at k = 10, where the plain precision at 10 is 0.2); a query with no
+positive retrieved scores 0, one without positives is left out; mP@k is the mean.
 
 GLDv2 recognition (Kaggle), :func:`gap`: each query has one predicted label with a confidence;
 sort the N predictions by confidence (descending), ``GAP = (1/M) sum_{i<=N} P(i) rel(i)`` with
@@ -111,14 +113,18 @@ def mean_precision_at_k(predictions: Mapping[Hashable, Sequence[Hashable]],
                         positives: Mapping[Hashable, Iterable[Hashable]],
                         junk: Optional[Mapping[Hashable, Iterable[Hashable]]] = None,
                         k: int = 10) -> float:
-    """revisitop's mP@k (module docstring): junk removed, a missing rank counts as a miss."""
+    """revisitop's mP@k (module docstring): junk removed, the cut at the last positive's rank."""
     scores = []
     for qid, pos in positives.items():
         pos = set(pos)
         if not pos:
             continue
-        hits = _hits(predictions.get(qid, []), pos, (junk or {}).get(qid, ()))[:k]
-        scores.append(hits.sum() / k)
+        ranks = np.flatnonzero(_hits(predictions.get(qid, []), pos, (junk or {}).get(qid, ()))) + 1
+        if len(ranks) == 0:
+            scores.append(0.0)
+            continue
+        cut = min(int(ranks.max()), k)
+        scores.append(float((ranks <= cut).sum() / cut))
     return float(np.mean(scores)) if scores else float("nan")
 
 

@@ -51,8 +51,11 @@ def test_mean_precision_at_k_drops_junk():
     preds = {"q": ["a", "j", "b", "c"], "r": ["x"]}
     assert metrics.mean_precision_at_k(preds, {"q": ["a", "c"], "r": ["y"]}, {"q": ["j"]}, k=2) == pytest.approx(
         (0.5 + 0.0) / 2)
-    # without the junk list j is a miss at rank 2 and c still outside the top 2
+    # without the junk list j is a miss at rank 2; a and c at ranks 1 and 4
     assert metrics.mean_precision_at_k(preds, {"q": ["a", "c"]}, k=4) == pytest.approx(0.5)
+    # revisitop cuts at the last positive: both positives in the first 2 ranks score 1 at k = 10
+    assert metrics.mean_precision_at_k({"q": ["a", "b", "x", "y"]}, {"q": ["a", "b"]}, k=10) == pytest.approx(1.0)
+    assert metrics.precision_at_k({"q": ["a", "b", "x", "y"]}, {"q": {"a", "b"}}, 10) == pytest.approx(0.2)
 
 
 def test_gap_by_hand():
