@@ -6,6 +6,7 @@
     retrieval dataset info --dataset TYPE --data PATH
     retrieval dataset check PATH [--n-jobs N]
     retrieval dataset export-gldv2 --data COIL_DIR --out DIR [--link symlink|hardlink|copy]
+    retrieval dataset profile --dataset TYPE --data PATH --out DIR [--set KEY=VALUE]
 
 Results are JSON on stdout (or in ``--out`` for ``evaluate`` / ``dataset`` commands that take it).
 A user error (missing or malformed file, wrong dimension, bad option) prints one line
@@ -329,7 +330,7 @@ def _evaluate(args) -> int:
 
 def register_dataset(subparsers) -> None:
     parser = subparsers.add_parser("dataset", help="dataset tools: info, check, export-gldv2")
-    sub = parser.add_subparsers(dest="dataset_command", metavar="{info,check,export-gldv2}", required=True)
+    sub = parser.add_subparsers(dest="dataset_command", metavar="{info,check,export-gldv2,profile}", required=True)
 
     info = sub.add_parser("info", help="summary of a dataset as a reader sees it")
     add_dataset_arguments(info)
@@ -356,6 +357,14 @@ def register_dataset(subparsers) -> None:
                         help="fraction of queries marked Usage=Ignored (default 0)")
     export.add_argument("--link", choices=("symlink", "hardlink", "copy"), default="symlink")
     export.set_defaults(func=_dataset_export)
+
+    profile = sub.add_parser("profile", help="what is in a dataset: classes and long tail, grayscale, sizes, "
+                                             "EXIF, unreadable files, duplicates (retrieval.datasets.profile)")
+    add_dataset_arguments(profile)
+    profile.add_argument("--out", required=True, help="folder for profile.json and profile.png")
+    profile.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="profile setting, e.g. near_features=FILE, near_threshold=0.9, check_pixels=false")
+    profile.set_defaults(func=_dataset_profile)
 
 
 def _dataset_summary(ds) -> Dict[str, Any]:
@@ -404,6 +413,23 @@ def _dataset_check(args) -> int:
     emit_json({"path": str(path), "checked": len(paths), "unreadable": len(bad),
                "bad_files": [{"path": p, "reason": r} for p, r in bad]}, args.out)
     return 1 if bad else 0
+
+
+def _dataset_profile(args) -> int:
+    from .config import ConfigError
+    from .datasets.profile import ProfileConfig, gldv2_records, main as profile_main
+
+    try:
+        conf = ProfileConfig().override(args.overrides)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    if not Path(args.data).is_dir():
+        raise CLIError(f"{args.data}: no such dataset folder")
+    # GLDv2 is streamed from its CSVs (bounded memory); other kinds go through their reader
+    source = gldv2_records(args.data) if args.dataset == "gldv2" else load_dataset(args)
+    path = profile_main(conf, source, args.out, progress=_progress_enabled(args))
+    emit_json({"profile": str(path), "plot": str(Path(args.out) / "profile.png")})
+    return 0
 
 
 def _dataset_export(args) -> int:
