@@ -122,21 +122,19 @@ def require_file(path: str, what: str) -> Path:
     return p
 
 
-def _int_ranges(spec: str) -> List[int]:
-    """``"1-50"`` / ``"1,3,5-7"`` -> list of ints."""
-    out: List[int] = []
-    try:
-        for part in spec.split(","):
-            part = part.strip()
-            if "-" in part:
-                lo, hi = part.split("-", 1)
-                out.extend(range(int(lo), int(hi) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise CLIError(f"{spec!r} is not a list of numbers and ranges such as 1-50 or 1,3,5-7") from None
+def _label_list(spec: str) -> List[str]:
+    """``"1-50"`` / ``"1,3,5-7"`` / ``"cat,dog"`` -> labels as text (number ranges expanded)."""
+    import re
+
+    out: List[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        match = re.fullmatch(r"(\d+)-(\d+)", part)
+        if match:
+            out.extend(str(i) for i in range(int(match.group(1)), int(match.group(2)) + 1))
+        elif part:
+            out.append(part)
     if not out:
-        raise CLIError(f"{spec!r} names no objects")
+        raise CLIError(f"{spec!r} names no labels")
     return out
 
 
@@ -215,12 +213,16 @@ def register_dataset(subparsers) -> None:
     check.add_argument("--out", default=None, help="also write the JSON report here")
     check.set_defaults(func=_dataset_check)
 
-    export = sub.add_parser("export-gldv2", help="write the COIL GLDv2-format split (train objects, "
-                                                 "index + queries of the test objects)")
-    export.add_argument("--data", required=True, help="labelled folder (images/ + labels.csv), e.g. coil100")
+    export = sub.add_parser("export-gldv2", help="write a labelled folder as a GLDv2-format split (train "
+                                                 "labels, index + queries of the test labels)")
+    export.add_argument("--data", required=True, help="folder dataset: images/ + labels.csv (e.g. coil100) or a "
+                                                      "class-per-folder tree")
     export.add_argument("--out", required=True, help="output folder (re-running into it resumes)")
-    export.add_argument("--train-objects", default="1-50", help="labels for training (default 1-50)")
-    export.add_argument("--test-objects", default="51-100", help="labels for index/queries (default 51-100)")
+    export.add_argument("--train-labels", "--train-objects", dest="train_labels", default=None,
+                        help="labels for training: names and number ranges, e.g. 1-50 or cat,dog (default: "
+                             "the first half of the labels in natural order; COIL-100: 1-50)")
+    export.add_argument("--test-labels", "--test-objects", dest="test_labels", default=None,
+                        help="labels for index/queries (default: the other half; COIL-100: 51-100)")
     export.add_argument("--query-step", type=int, default=8,
                         help="every N-th view of a test object is a query (default 8: 9 of 72)")
     export.add_argument("--seed", type=int, default=0, help="seed of the query phase and Public/Private halves")
@@ -275,12 +277,16 @@ def _dataset_check(args) -> int:
 
 
 def _dataset_export(args) -> int:
-    from .datasets import coil100_gldv2_split, export_gldv2
+    from .datasets import export_gldv2, labelled_gldv2_split, natural_key
+    from .datasets.folders import read_folder
 
     start = time.perf_counter()
-    split = coil100_gldv2_split(args.data, train_objects=_int_ranges(args.train_objects),
-                                test_objects=_int_ranges(args.test_objects), query_step=args.query_step,
-                                seed=args.seed, ignored_fraction=args.ignored_fraction)
+    full = read_folder(args.data)
+    labels = sorted(set(full.db_labels), key=natural_key)
+    train = _label_list(args.train_labels) if args.train_labels else labels[:len(labels) // 2]
+    test = _label_list(args.test_labels) if args.test_labels else [x for x in labels if x not in set(train)]
+    split = labelled_gldv2_split(full, train, test, query_step=args.query_step, seed=args.seed,
+                                 ignored_fraction=args.ignored_fraction)
     counts = export_gldv2(split, args.out, link=args.link, progress=progress_enabled(args))
     emit_json({"out": str(args.out), **counts, "usage": _dataset_summary(split).get("usage", {}),
                "seconds": round(time.perf_counter() - start, 3)})

@@ -274,7 +274,9 @@ def test_run_experiment_file(tmp_path, capsys):
     summary = json.loads(out)["summary"]
     assert summary["main_metric"] == "mean_ap" and summary["queries"] == 6
     results = json.loads((tmp_path / "res" / "results.json").read_text())
-    assert [row["method"] for row in results["rows"]] == ["rootsift-1k+bow16", "rootsift-1k+bow16 + ratio (v=0.5)"]
+    methods = [row["method"] for row in results["rows"]]
+    assert methods == ["rootsift-1k+max_keypoints=300+max_side=192+upscale=True+bow16",
+                       "rootsift-1k+max_keypoints=300+max_side=192+upscale=True+bow16 + ratio (v=0.5)"]
     assert results["rows"][0]["mean_ap"] > 0.8
     assert (tmp_path / "res" / "results.md").is_file() and (tmp_path / "res" / "main_metric.png").is_file()
     # the same file on other data (a class-per-folder tree) via --dataset/--data; a rerun resumes from the cache

@@ -117,7 +117,7 @@ def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = N
     feature_dir = cache / f"{ds.name}-{data_key}" / f"{ext.kind}-{ext.config}-{_key(ext.to_dict())}"
     feature_dir.mkdir(parents=True, exist_ok=True)
     db_file, q_file = _both(ext.kind, ext.config, ext.overrides, ds, feature_dir, ext.n_jobs, progress)
-    method = ext.config
+    method = ext.config + "".join(f"+{k}={v}" for k, v in sorted(ext.overrides.items()))
     if ext.kind == "local":
         enc_dir = feature_dir / f"{conf.encode.encoder.kind}-{_key(conf.encode.to_dict())}"
         enc_dir.mkdir(exist_ok=True)
@@ -125,7 +125,7 @@ def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = N
         db_file = encode.main(conf.encode, db_file, enc_dir / "db.h5", model=model, progress=progress)
         q_file = encode.main(conf.encode, q_file, enc_dir / "queries.h5", model=model, progress=progress)
         feature_dir = enc_dir
-        method = f"{ext.config}+{conf.encode.encoder.kind}{conf.encode.encoder.k}"
+        method = f"{method}+{conf.encode.encoder.kind}{conf.encode.encoder.k}"
     run_dir = feature_dir / f"run-{_key(conf.index.to_dict(), conf.search.to_dict())}"
     run_dir.mkdir(exist_ok=True)
     index_file = index.main(conf.index, db_file, run_dir / "index.npz")
@@ -183,7 +183,7 @@ def _figure(rows, metric: str, path: Path, title: str) -> None:
     values = [row.get(metric) or 0.0 for row in rows]
     bars = ax.bar(range(len(rows)), values, color="#4c72b0")
     ax.set_xticks(range(len(rows)), [row["method"] for row in rows], rotation=15, ha="right", fontsize=8)
-    ax.set_ylim(0.0, 1.0)  # from zero: a small gap must look small
+    ax.set_ylim(0.0, 1.08)  # from zero: a small gap must look small
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=9)
     for bar, value in zip(bars, values):
