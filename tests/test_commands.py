@@ -322,3 +322,13 @@ def test_class_tree_reads_as_folder_and_queries_txt_chooses_queries(tmp_path):
     (data / "queries.txt").write_text("cat/nope\n")
     with pytest.raises(ValueError, match="queries.txt.*'cat/nope'"):
         open_dataset(DatasetConfig(kind="folder", path=str(data)))
+
+
+def test_yaml_experiment_reads_like_toml(tmp_path):
+    from retrieval.steps.experiment import load_experiment
+
+    (tmp_path / "e.yaml").write_text("kind: retrieval\ndataset:\n  kind: paris\n  path: /x\nsearch:\n  k: 7\n")
+    exp = load_experiment(tmp_path / "e.yaml")
+    assert exp.conf.dataset.kind == "paris" and exp.conf.search.k == 7
+    with pytest.raises(ValueError, match=r"e\.yaml.*unknown key 'kk'"):
+        load_experiment(tmp_path / "e.yaml", ["search.kk=3"])
