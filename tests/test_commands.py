@@ -319,6 +319,10 @@ def test_class_tree_reads_as_folder_and_queries_txt_chooses_queries(tmp_path):
     ds = open_dataset(DatasetConfig(kind="folder", path=str(data)))
     assert ds.query_ids == ["cat/cat_002", "dog/dog_004"]
     assert ds.ground_truth["cat/cat_002"].positives == {f"cat/cat_{v:03d}" for v in range(VIEWS) if v != 2}
+    flat = tmp_path / "flat"
+    _write(flat / "a.png", _texture(1))
+    with pytest.raises(ValueError, match=r"a\.png: an image directly under"):
+        open_dataset(DatasetConfig(kind="folder", path=str(flat)))
     (data / "queries.txt").write_text("cat/nope\n")
     with pytest.raises(ValueError, match="queries.txt.*'cat/nope'"):
         open_dataset(DatasetConfig(kind="folder", path=str(data)))

@@ -60,6 +60,11 @@ class DatasetConfig(Config):
 
     def check(self) -> None:
         if isinstance(self.scale, str) and self.scale != "auto":
+            try:  # "0.5" from a --set override
+                object.__setattr__(self, "scale", float(self.scale))
+            except ValueError:
+                pass
+        if isinstance(self.scale, str) and self.scale != "auto":
             raise ConfigError(f"scale must be 'auto' or a number, not {self.scale!r}")
         if self.every < 1:
             raise ConfigError(f"every must be >= 1, got {self.every}")
