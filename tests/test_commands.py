@@ -336,3 +336,14 @@ def test_yaml_experiment_reads_like_toml(tmp_path):
     assert exp.conf.dataset.kind == "paris" and exp.conf.search.k == 7
     with pytest.raises(ValueError, match=r"e\.yaml.*unknown key 'kk'"):
         load_experiment(tmp_path / "e.yaml", ["search.kk=3"])
+
+
+def test_readme_experiment_file_is_valid(tmp_path):
+    from retrieval.steps.experiment import load_experiment
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Your own data"):]
+    block = section[section.index("```toml") + len("```toml"):]
+    (tmp_path / "mine.toml").write_text(block[:block.index("```")])
+    exp = load_experiment(tmp_path / "mine.toml")
+    assert exp.kind == "retrieval" and exp.conf.dataset.kind == "folder" and exp.conf.rerank.scorer == "spatial"
