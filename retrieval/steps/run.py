@@ -18,8 +18,12 @@ from .experiment import Experiment, load_experiment, shipped_experiments
 __all__ = ["main", "register"]
 
 
-def main(experiment: Experiment, out_dir: Optional[Path] = None, cache_dir: Optional[Path] = None) -> Path:
-    """Run a loaded :class:`Experiment`; returns the results folder (holding ``results.json``)."""
+def main(experiment: Experiment, out_dir: Optional[Path] = None, cache_dir: Optional[Path] = None,
+         progress: bool = True) -> Path:
+    """Run a loaded :class:`Experiment`; returns the results folder (holding ``results.json``).
+    ``progress`` reaches protocols whose ``main`` takes it."""
+    import inspect
+
     from ..fileio import atomic_write_text
 
     out_dir = Path(out_dir) if out_dir is not None else Path("results") / experiment.name
@@ -29,7 +33,8 @@ def main(experiment: Experiment, out_dir: Optional[Path] = None, cache_dir: Opti
     atomic_write_text(out_dir / "experiment.json", json.dumps(
         {"experiment": str(experiment.path), "kind": experiment.kind, "description": experiment.description,
          "settings": experiment.conf.to_dict()}, indent=2) + "\n")
-    return Path(experiment.module.main(experiment.conf, out_dir, cache_dir))
+    extra = {"progress": progress} if "progress" in inspect.signature(experiment.module.main).parameters else {}
+    return Path(experiment.module.main(experiment.conf, out_dir, cache_dir, **extra))
 
 
 def register(subparsers) -> None:
@@ -49,7 +54,7 @@ def register(subparsers) -> None:
 
 
 def _handle(args) -> int:
-    from ..cli import CLIError, emit_json
+    from ..cli import CLIError, emit_json, progress_enabled
 
     if args.list:
         emit_json({"experiments": shipped_experiments()})
@@ -58,7 +63,8 @@ def _handle(args) -> int:
         raise CLIError("name an experiment file (or a shipped experiment: "
                        f"{', '.join(shipped_experiments()) or 'none'})")
     experiment = load_experiment(args.experiment, args.overrides, dataset=args.dataset, data=args.data)
-    out = main(experiment, Path(args.out) if args.out else None, Path(args.cache) if args.cache else None)
+    out = main(experiment, Path(args.out) if args.out else None, Path(args.cache) if args.cache else None,
+               progress=progress_enabled(args))
     results = out / "results.json"
     emit_json({"experiment": str(experiment.path), "kind": experiment.kind, "results": str(out),
                **({"summary": json.loads(results.read_text()).get("summary")} if results.is_file() else {})})
