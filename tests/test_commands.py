@@ -175,6 +175,18 @@ def test_class_tree_every_command(tmp_path, capsys):
     data = make_tree(tmp_path / "tree")
     plain, reranked = chain(capsys, tmp_path, "folder", data)
     assert plain["num_queries"] == CLASSES * VIEWS // 4 and plain["mean_ap"] > 0.8
+    # VLAD similarity as the local evidence (the encoder file of 'retrieval encode'); v=0: local order alone
+    code, out, err = _run(capsys, "rerank", tmp_path / "ranking.json", "--query-local", tmp_path / "q-local.h5",
+                          "--db-local", tmp_path / "db-local.h5", "--scorer", "vlad", "--model", tmp_path / "vlad.npz",
+                          "--v", "0", "--shortlist", "6", "--out", tmp_path / "vlad.json")
+    assert code == 0, err
+    code, out, err = _run(capsys, "evaluate", tmp_path / "vlad.json", "--dataset", "folder", "--data", data)
+    assert code == 0, err
+    # the index holds the same VLAD vectors, so re-sorting the top 6 by them changes no figure
+    assert json.loads(out)["mean_ap"] == pytest.approx(plain["mean_ap"])
+    code, _, err = _run(capsys, "rerank", tmp_path / "ranking.json", "--query-local", tmp_path / "q-local.h5",
+                        "--db-local", tmp_path / "db-local.h5", "--scorer", "vlad", "--out", tmp_path / "x.json")
+    assert code == 2 and "encoder file" in err
 
 
 def test_oxford_slice_every_command(oxford_dir, tmp_path, capsys):
@@ -284,6 +296,18 @@ def test_run_experiment_file(tmp_path, capsys):
                           "--out", tmp_path / "res-tree", "--cache", tmp_path / "cache")
     assert code == 0, err
     assert json.loads(out)["summary"]["dataset"].startswith("tree")
+
+
+def test_run_global_descriptor_experiment(tmp_path, capsys):
+    """The shipped experiment, EfficientNet global descriptors (random weights at 64 px: no download)."""
+    tree = make_tree(tmp_path / "tree")
+    code, out, err = _run(capsys, "run", "global-descriptor", "--data", tree, "--out", tmp_path / "res",
+                          "--cache", tmp_path / "cache", "--set", 'extract.overrides={"size": 64, "weights": "random"}',
+                          "--set", "extract.n_jobs=1")
+    assert code == 0, err
+    summary = json.loads(out)["summary"]
+    assert summary["queries"] == 6 and summary["database"] == 24
+    assert 0.0 < summary["lite0-gem-512+size=64+weights=random"] <= 1.0
 
 
 def test_experiment_file_unknown_key_names_key_and_file(tmp_path, capsys):

@@ -68,36 +68,47 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def _extract(kind: str, config: str, overrides: Dict[str, Any], ids, paths, boxes, out: Path, n_jobs: int,
-             progress: bool, desc: str) -> Path:
-    """Extract ``ids`` / ``paths`` into ``out`` (resumable) with the Python extraction API."""
-    if kind == "global" or kind == "patch":
-        from ..features.deep_extract import extract_global, extract_patches
-        from ..features.efficientnet import EfficientNetExtractor
+def _extractor(kind: str, config: str, overrides: Dict[str, Any]):
+    """The extractor of the Python extraction API for ``kind`` (global / patch: EfficientNet, local: SIFT)."""
+    try:
+        if kind in ("global", "patch"):
+            from ..features.efficientnet import EfficientNetExtractor
 
-        extractor = EfficientNetExtractor(config, **overrides)
-        run = extract_global if kind == "global" else extract_patches
-        run(extractor, ids, paths, out, boxes=boxes, n_jobs=n_jobs, progress=progress, desc=desc)
-    else:
-        from ..features.extract import extract_local_features
+            return EfficientNetExtractor(config, **overrides)
         from ..features.sift import SiftExtractor
 
-        try:
-            extractor = SiftExtractor(config, **overrides)
-        except ValueError as exc:
-            raise ConfigError(f"extract: {exc}") from None
-        extract_local_features(ids, paths, extractor, out, n_jobs=n_jobs, boxes=boxes, progress=progress, desc=desc)
-    return out
+        return SiftExtractor(config, **overrides)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"extract: {exc}") from None
 
 
 def _both(kind, config, overrides, ds, folder: Path, n_jobs: int, progress: bool):
-    """(database file, query file) of one extractor, extracted into ``folder``."""
-    suffix = ".h5"
-    db = _extract(kind, config, overrides, ds.db_ids, ds.db_paths, None, folder / f"db{suffix}", n_jobs,
-                  progress, f"{kind} database")
-    q = _extract(kind, config, overrides, ds.query_ids, ds.query_paths, ds.query_boxes, folder / f"queries{suffix}",
-                 n_jobs, progress, f"{kind} queries")
-    return db, q
+    """(database file, query file) of one extractor, extracted into ``folder`` (resumable; the
+    extractor is built once, only when something is missing)."""
+    from ..features.deep_extract import extract_global, extract_patches
+    from ..features.extract import extract_local_features
+
+    extractor = None
+    outputs = []
+    for part, ids, paths, boxes in (("db", ds.db_ids, ds.db_paths, None),
+                                    ("queries", ds.query_ids, ds.query_paths, ds.query_boxes)):
+        out = folder / f"{part}.h5"
+        outputs.append(out)
+        # extraction resumes by itself; the marker (a digest of the ids) only spares building the
+        # extractor when nothing is missing, and a folder that gained images is extracted again
+        done, digest = folder / f"{part}.done", _key(list(ids))
+        if out.is_file() and done.is_file() and done.read_text() == digest:
+            continue
+        extractor = extractor or _extractor(kind, config, overrides)
+        desc = f"{kind} {part}"
+        if kind == "local":
+            extract_local_features(ids, paths, extractor, out, n_jobs=n_jobs, boxes=boxes, progress=progress,
+                                   desc=desc)
+        else:
+            run = extract_global if kind == "global" else extract_patches
+            run(extractor, ids, paths, out, boxes=boxes, n_jobs=n_jobs, progress=progress, desc=desc)
+        done.write_text(digest)
+    return outputs[0], outputs[1]
 
 
 def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = None, progress: bool = True) -> Path:
