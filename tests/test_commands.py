@@ -144,6 +144,13 @@ def chain(capsys, tmp: Path, kind: str, data: Path, extra=()):
     code, out, err = _run(capsys, "index", "build", tmp / "db.h5", "--out", tmp / "index.npz")
     assert code == 0, err
     assert json.loads(out)["count"] == len(ds.db_ids)
+    # the index records how its vectors were made (encoder + local features), for serve to re-extract queries
+    from retrieval.features.store import load_global
+    from retrieval.index import Index
+
+    recorded = Index.load(tmp / "index.npz").config
+    assert recorded == load_global(tmp / "db.h5")[2]
+    assert recorded["encoder"]["k"] == 8 and recorded["local"]["max_keypoints"] == 300
     code, out, err = _run(capsys, "search", tmp / "index.npz", tmp / "q.h5", "--out", tmp / "ranking.json")
     assert code == 0, err
     assert json.loads(out)["k"] == len(ds.db_ids)  # the default ranks the whole (small) database
@@ -371,3 +378,27 @@ def test_readme_experiment_file_is_valid(tmp_path):
     (tmp_path / "mine.toml").write_text(block[:block.index("```")])
     exp = load_experiment(tmp_path / "mine.toml")
     assert exp.kind == "retrieval" and exp.conf.dataset.kind == "folder" and exp.conf.rerank.scorer == "spatial"
+
+
+def test_landmark_protocol_counts_every_image_of_the_landmark():
+    from retrieval.datasets.base import QueryTruth, RetrievalDataset
+    from retrieval.evaluate import evaluate, landmark_solution
+
+    db = ["a1", "a2", "a3", "a4", "b1", "b2"]
+    ds = RetrievalDataset(
+        name="toy", root=Path("."), db_ids=db, db_paths=[Path(f"{i}.jpg") for i in db],
+        query_ids=["a_q1", "a_q2"], query_paths=[Path("a1.jpg"), Path("a2.jpg")],
+        query_labels=["a", "a"],
+        ground_truth={"a_q1": QueryTruth(positives={"a1", "a2"}, junk={"a3"}),
+                      "a_q2": QueryTruth(positives={"a2"}, junk={"a4"})})
+    # every image of landmark a: the good/ok and junk of both of its queries
+    assert landmark_solution(ds) == {"a_q1": {"a1", "a2", "a3", "a4"}, "a_q2": {"a1", "a2", "a3", "a4"}}
+    ranking = {"a_q1": ["a1", "b1", "a3", "a2", "a4", "b2"], "a_q2": ["a2", "a4", "a1", "a3", "b1", "b2"]}
+    official = evaluate(ds, ranking, protocol="oxford")["oxford_map"]
+    landmark = evaluate(ds, ranking, protocol="landmark")["landmark_map"]
+    # q1: the official AP drops a3 (junk): a1@1, a2@3 of {a1, a2}, Oxford's trapezoidal AP;
+    # the landmark AP (plain AP, junk relevant): a1@1, a3@3, a2@4, a4@5 of {a1, a2, a3, a4}
+    ap_q1_official = 0.5 * (1 + 1) / 2 + 0.5 * (1 / 2 + 2 / 3) / 2
+    ap_q1_landmark = (1 / 1 + 2 / 3 + 3 / 4 + 4 / 5) / 4
+    assert official == pytest.approx((ap_q1_official + 1.0) / 2)
+    assert landmark == pytest.approx((ap_q1_landmark + 1.0) / 2)
