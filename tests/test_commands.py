@@ -402,3 +402,15 @@ def test_landmark_protocol_counts_every_image_of_the_landmark():
     ap_q1_landmark = (1 / 1 + 2 / 3 + 3 / 4 + 4 / 5) / 4
     assert official == pytest.approx((ap_q1_official + 1.0) / 2)
     assert landmark == pytest.approx((ap_q1_landmark + 1.0) / 2)
+
+
+def test_export_gldv2_of_a_class_tree_splits_its_labels_in_halves(tmp_path, capsys):
+    from retrieval.datasets import read_gldv2
+
+    tree = make_tree(tmp_path / "tree")
+    code, out, err = _run(capsys, "dataset", "export-gldv2", "--data", tree, "--out", tmp_path / "gld",
+                          "--query-step", "3", "--link", "copy")
+    assert code == 0, err
+    ds = read_gldv2(tmp_path / "gld")
+    assert set(ds.train_labels) == {"cat", "dog"}  # the first half of the labels trains
+    assert len(ds.query_ids) == 2 * VIEWS // 3 and len(ds.db_ids) == 2 * VIEWS - len(ds.query_ids)
