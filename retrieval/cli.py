@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from .cli_checks import CLIError, os_error_message, require_file, require_output, writing
+
 __all__ = ["main", "build_parser", "CLIError", "COMMAND_GROUPS", "add_dataset_arguments", "load_dataset",
            "dataset_config", "emit_json", "parse_options", "require_file", "finite", "progress_enabled",
            "DATASET_TYPES"]
@@ -49,6 +51,7 @@ COMMAND_GROUPS: List[str] = [
     "retrieval.steps.run:register",
     "retrieval.cli:register_dataset",
     "retrieval.bench.cli:register",
+    "retrieval.steps.extract:register",
 ]
 
 # the readers' kinds (retrieval.datasets.open.DATASET_KINDS, repeated here so that --help needs no numpy)
@@ -56,10 +59,6 @@ DATASET_TYPES = ("folder", "gldv2", "oxford", "paris", "revisited", "multiview",
 
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
-
-
-class CLIError(Exception):
-    """A user error: reported as one line, exit code 2."""
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -70,7 +69,8 @@ def emit_json(payload: Any, out: Optional[str] = None) -> None:
     if out:
         from .fileio import atomic_write_text  # here: the command line starts without numpy
 
-        atomic_write_text(out, text + "\n")
+        with writing(out, "output"):
+            atomic_write_text(out, text + "\n")
     print(text)
 
 
@@ -113,13 +113,6 @@ def parse_options(pairs: Optional[Sequence[str]]) -> Dict[str, Any]:
                 except ValueError:
                     out[key.strip()] = value
     return out
-
-
-def require_file(path: str, what: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"{p}: no such {what}")
-    return p
 
 
 def _label_list(spec: str) -> List[str]:
@@ -256,6 +249,7 @@ def _dataset_summary(ds) -> Dict[str, Any]:
 
 
 def _dataset_info(args) -> int:
+    require_output(args.out, "dataset summary")
     emit_json(_dataset_summary(load_dataset(args)), args.out)
     return 0
 
@@ -263,6 +257,9 @@ def _dataset_info(args) -> int:
 def _dataset_check(args) -> int:
     from .datasets import check_images, list_images
 
+    if args.n_jobs == 0 or args.n_jobs < -1:
+        raise CLIError(f"--n-jobs must be a positive number or -1 (all cores), got {args.n_jobs}")
+    require_output(args.out, "check report")
     path = Path(args.path)
     if path.is_file():
         paths = [path]
@@ -280,6 +277,11 @@ def _dataset_export(args) -> int:
     from .datasets import export_gldv2, labelled_gldv2_split, natural_key
     from .datasets.folders import read_folder
 
+    if args.query_step < 2:
+        raise CLIError(f"--query-step must be at least 2 (some views must stay in the index), got {args.query_step}")
+    if not 0.0 <= args.ignored_fraction < 1.0:
+        raise CLIError(f"--ignored-fraction must be in [0, 1), got {args.ignored_fraction}")
+    require_output(args.out, "GLDv2 export", folder=True)
     start = time.perf_counter()
     full = read_folder(args.data)
     labels = sorted(set(full.db_labels), key=natural_key)
@@ -315,7 +317,7 @@ def _user_error_types():
     """Exceptions that mean bad input rather than a bug: shown as one line, exit code 2."""
     # ValueError covers DatasetError, ImageLoadError, FeatureFileError, IndexFileError and Index's
     # dimension / option checks
-    return (CLIError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError)
+    return (CLIError, ValueError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -345,6 +347,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except OSError as exc:
+        # disk full, file size limit, a file that cannot be written: one line naming the file
+        if debug:
+            raise
+        print(f"retrieval: error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("retrieval: interrupted", file=sys.stderr)
         return 130

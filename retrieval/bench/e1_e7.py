@@ -1078,8 +1078,12 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def check_paths(opts: Options) -> None:
-    """User errors found before any work: missing folders."""
+    """User errors found before any work: missing folders, output folders that cannot be made."""
+    from retrieval.cli_checks import require_output
     from retrieval.datasets import DatasetError
+
+    require_output(str(opts.out), "results", folder=True)
+    require_output(str(opts.cache), "cache", folder=True)
 
     if opts.gldv2 is not None and not Path(opts.gldv2).is_dir():
         raise DatasetError(f"{opts.gldv2}: no such GLDv2 folder")

@@ -18,6 +18,7 @@ each class by default); ``"every"`` forces that; any other value is the path of 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union
@@ -66,6 +67,8 @@ class DatasetConfig(Config):
                 pass
         if isinstance(self.scale, str) and self.scale != "auto":
             raise ConfigError(f"scale must be 'auto' or a number, not {self.scale!r}")
+        if not isinstance(self.scale, str) and not (math.isfinite(self.scale) and self.scale > 0):
+            raise ConfigError(f"scale must be a positive number, not {self.scale!r}")
         if self.every < 1:
             raise ConfigError(f"every must be >= 1, got {self.every}")
 

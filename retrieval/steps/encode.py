@@ -122,13 +122,16 @@ def register(subparsers) -> None:
 
 
 def _handle(args) -> int:
-    from ..cli import emit_json, progress_enabled, require_file
+    from ..cli import emit_json, progress_enabled, require_file, require_output, writing
 
-    features = require_file(args.features, "local feature store")
-    train = require_file(args.train, "training store") if args.train else None
+    features = require_file(args.features, "local feature store", "hdf5")
+    train = require_file(args.train, "training store", "hdf5") if args.train else None
+    require_output(args.out, "global feature file")
+    require_output(args.model, "encoder file")
     conf = EncodeConfig(encoder=ENCODER_CONFIGS.get(args.encoder, args.overrides), train_images=args.train_images)
     info: dict = {}
-    out = main(conf, features, Path(args.out), model=Path(args.model) if args.model else None, train=train,
-               progress=progress_enabled(args), info=info)
+    with writing(args.out, "global feature file"):
+        out = main(conf, features, Path(args.out), model=Path(args.model) if args.model else None, train=train,
+                   progress=progress_enabled(args), info=info)
     emit_json({"features": str(out), "model": args.model, **info})
     return 0

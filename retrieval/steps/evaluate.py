@@ -138,13 +138,15 @@ def register(subparsers) -> None:
 def _handle(args) -> int:
     import tempfile
 
-    from ..cli import dataset_config, emit_json, require_file
+    from ..cli import dataset_config, emit_json, require_file, require_output, writing
 
-    ranking = require_file(args.ranking, "ranking file")
+    ranking = require_file(args.ranking, "ranking file", "json")
+    require_output(args.out, "metrics")
     conf = EvaluateConfig(protocol=args.protocol or "", k=args.k, allow_short=args.allow_short)
     info: dict = {}
     if args.out:
-        main(conf, ranking, dataset_config(args), Path(args.out), info=info)
+        with writing(args.out, "metrics"):
+            main(conf, ranking, dataset_config(args), Path(args.out), info=info)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             main(conf, ranking, dataset_config(args), Path(tmp) / "metrics.json", info=info)

@@ -71,14 +71,16 @@ def register(subparsers) -> None:
 
 
 def _build(args) -> int:
-    from ..cli import CLIError, emit_json, parse_options, require_file
+    from ..cli import CLIError, emit_json, parse_options, require_file, require_output, writing
     from ..index import BACKENDS
 
     if args.backend not in BACKENDS:
         raise CLIError(f"unknown backend {args.backend!r}; choose from {', '.join(BACKENDS)}")
-    features = require_file(args.features, "feature file")
+    features = require_file(args.features, "feature file", "hdf5")
+    out = require_output(args.out, "index")
     conf = IndexConfig(backend=args.backend, options=parse_options(args.option))
     info: dict = {}
-    out = main(conf, features, Path(args.out), info=info)
+    with writing(out, "index"):
+        out = main(conf, features, out, info=info)
     emit_json({"index": str(out), "features": str(features), "backend": conf.backend, **info})
     return 0

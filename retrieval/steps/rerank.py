@@ -159,15 +159,18 @@ def register(subparsers) -> None:
 
 
 def _handle(args) -> int:
-    from ..cli import emit_json, parse_options, progress_enabled, require_file
+    from ..cli import emit_json, parse_options, progress_enabled, require_file, require_output, writing
 
-    ranking = require_file(args.ranking, "ranking file")
-    q_local = require_file(args.query_local, "query local feature store")
-    db_local = require_file(args.db_local, "database local feature store")
+    ranking = require_file(args.ranking, "ranking file", "json")
+    q_local = require_file(args.query_local, "query local feature store", "hdf5")
+    db_local = require_file(args.db_local, "database local feature store", "hdf5")
+    model = require_file(args.model, "encoder file", "npz") if args.model else None
+    require_output(args.out, "ranking")
     conf = RerankConfig(scorer=args.scorer, config=args.config, options=parse_options(args.option),
                         shortlist=args.shortlist, v=args.v, norm=args.norm, T=args.T)
     info: dict = {}
-    out = main(conf, ranking, q_local, db_local, Path(args.out), model=Path(args.model) if args.model else None,
-               progress=progress_enabled(args), info=info)
+    with writing(args.out, "ranking"):
+        out = main(conf, ranking, q_local, db_local, Path(args.out), model=model, progress=progress_enabled(args),
+                   info=info)
     emit_json({"ranking": str(out), **info})
     return 0

@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 
 
 def _handle(args) -> int:
-    from ..cli import CLIError, emit_json, progress_enabled
+    from ..cli import CLIError, emit_json, progress_enabled, require_output
 
     if args.list:
         emit_json({"experiments": shipped_experiments()})
@@ -62,6 +62,8 @@ def _handle(args) -> int:
     if not args.experiment:
         raise CLIError("name an experiment file (or a shipped experiment: "
                        f"{', '.join(shipped_experiments()) or 'none'})")
+    require_output(args.out, "results", folder=True)
+    require_output(args.cache, "cache", folder=True)
     experiment = load_experiment(args.experiment, args.overrides, dataset=args.dataset, data=args.data)
     out = main(experiment, Path(args.out) if args.out else None, Path(args.cache) if args.cache else None,
                progress=progress_enabled(args))

@@ -69,6 +69,10 @@ def main(conf: SearchConfig, index: Path, queries: Path, out: Path, progress: bo
     if idx.config and query_config and config_json(idx.config) != config_json(query_config):
         print(f"retrieval: warning: {queries} was made with another configuration than the index {index} "
               f"({config_json(query_config)} vs {config_json(idx.config)})", file=sys.stderr)
+    try:
+        idx.search(vectors[:1], k=1, **conf.options)  # options checked before the long run
+    except ValueError as exc:
+        raise ConfigError(f"{index}: {exc}") from None
     k = conf.k if conf.k is not None else default_k(len(query_ids), len(idx))
     if conf.k is None and k < len(idx):
         print(f"retrieval: note: ranking the top {k} of {len(idx)} database images per query (a full "
@@ -109,11 +113,12 @@ def register(subparsers) -> None:
 
 
 def handle(args) -> int:
-    from ..cli import CLIError, emit_json, parse_options, progress_enabled, require_file
+    from ..cli import CLIError, emit_json, parse_options, progress_enabled, require_file, require_output, writing
     from ..index import Index
 
-    index = require_file(args.index, "index file")
-    queries = require_file(args.queries, "query feature file")
+    index = require_file(args.index, "index file", "npz")
+    queries = require_file(args.queries, "query feature file", "hdf5")
+    require_output(args.out, "ranking")
     k: Optional[int] = None
     if args.k is not None and args.k != "full":
         try:
@@ -124,6 +129,7 @@ def handle(args) -> int:
         k = len(Index.load(index))
     conf = SearchConfig(k=k, batch=args.batch, options=parse_options(args.option))
     info: dict = {}
-    out = main(conf, index, queries, Path(args.out), progress=progress_enabled(args), info=info)
+    with writing(args.out, "ranking"):
+        out = main(conf, index, queries, Path(args.out), progress=progress_enabled(args), info=info)
     emit_json({"ranking": str(out), "index": str(index), **info})
     return 0
