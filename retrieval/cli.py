@@ -169,6 +169,10 @@ def dataset_config(args: argparse.Namespace):
             scale = float(scale)
         except ValueError:
             raise CLIError(f"--scale must be 'auto' or a number, not {args.scale!r}") from None
+        if not (math.isfinite(scale) and scale > 0):
+            raise CLIError(f"--scale must be a positive number, not {args.scale!r}")
+    if args.every < 1:
+        raise CLIError(f"--every must be at least 1, got {args.every}")
     try:
         return DatasetConfig(kind=args.dataset, path=str(args.data), scale=scale, queries=args.queries,
                              every=args.every, db=args.db, split=args.split, part=args.part,

@@ -138,8 +138,10 @@ def register(subparsers) -> None:
 def _handle(args) -> int:
     import tempfile
 
-    from ..cli import dataset_config, emit_json, require_file, require_output, writing
+    from ..cli import CLIError, dataset_config, emit_json, require_file, require_output, writing
 
+    if args.k < 1:
+        raise CLIError(f"--k must be positive, got {args.k}")
     ranking = require_file(args.ranking, "ranking file", "json")
     require_output(args.out, "metrics")
     conf = EvaluateConfig(protocol=args.protocol or "", k=args.k, allow_short=args.allow_short)

@@ -127,6 +127,10 @@ def handle(args) -> int:
             raise CLIError(f"--k must be a number or 'full', not {args.k!r}") from None
     if args.k == "full":
         k = len(Index.load(index))
+    if k is not None and k < 1:
+        raise CLIError(f"--k must be positive (or 'full'), got {k}")
+    if args.batch < 1:
+        raise CLIError(f"--batch must be positive, got {args.batch}")
     conf = SearchConfig(k=k, batch=args.batch, options=parse_options(args.option))
     info: dict = {}
     with writing(args.out, "ranking"):
