@@ -1,8 +1,9 @@
 """Every step command (encode, index build, search, rerank, evaluate, run) on a small dataset in each
 layout the readers take: images/ + labels.csv, a class-per-folder tree, Oxford (a slice of the real
 subset), GLDv2 (written by the GLDv2 writer) and a multi-view DS/DU tree whose views vary in elevation
-and azimuth. Local features come from the Python extraction API (SIFT); everything after that goes
-through the command line."""
+and azimuth. The chain is the command line from images to a scored ranking (``retrieval extract`` of the
+database and of the queries, then every step); one test makes its local features with the Python
+extraction API instead."""
 from __future__ import annotations
 
 import csv
@@ -132,10 +133,15 @@ def extract_local(ds, folder: Path):
 
 
 def chain(capsys, tmp: Path, kind: str, data: Path, extra=()):
-    """encode -> index build -> search -> rerank -> evaluate through the CLI; returns the metrics of
-    the global ranking and of the re-ranked one."""
+    """extract -> encode -> index build -> search -> rerank -> evaluate through the CLI; returns the
+    metrics of the global ranking and of the re-ranked one."""
     ds = open_dataset(DatasetConfig(kind=kind, path=str(data)))
-    db_local, q_local = extract_local(ds, tmp)
+    db_local, q_local = tmp / "db-local.h5", tmp / "q-local.h5"
+    sift = [f"--set={key}={str(value).lower()}" for key, value in SIFT.items()]
+    for images, out in (("db", db_local), ("queries", q_local)):
+        code, _, err = _run(capsys, "extract", "local", "--dataset", kind, "--data", data, "--config", "rootsift-1k",
+                            *sift, f"--set=images={images}", "--out", out)
+        assert code == 0, err
     for src, dst in ((db_local, "db.h5"), (q_local, "q.h5")):
         code, out, err = _run(capsys, "encode", src, "--out", tmp / dst, "--encoder", "vlad-64", "--set", "k=8",
                               "--model", tmp / "vlad.npz", "--train", db_local)
