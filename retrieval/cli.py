@@ -52,6 +52,7 @@ COMMAND_GROUPS: List[str] = [
     "retrieval.cli:register_dataset",
     "retrieval.bench.cli:register",
     "retrieval.steps.extract:register",
+    "retrieval.serve.cli:register",
 ]
 
 # the readers' kinds (retrieval.datasets.open.DATASET_KINDS, repeated here so that --help needs no numpy)
