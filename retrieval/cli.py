@@ -144,7 +144,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True
     parser.add_argument("--scale", default="auto",
                         help="oxford/paris/revisited: box scale, 'auto' (stored longest side / 1024) or a "
                              "number such as 0.5")
-    parser.add_argument("--queries", default="auto",
+    parser.add_argument("--query-list", default="auto",
                         help="folder/multiview: which images are queries: 'auto' (queries.txt in the "
                              "dataset folder when present, else every N-th image of each class), "
                              "'every', or the path of a list of image ids (default auto)")
@@ -175,7 +175,7 @@ def dataset_config(args: argparse.Namespace):
     if args.every < 1:
         raise CLIError(f"--every must be at least 1, got {args.every}")
     try:
-        return DatasetConfig(kind=args.dataset, path=str(args.data), scale=scale, queries=args.queries,
+        return DatasetConfig(kind=args.dataset, path=str(args.data), scale=scale, queries=args.query_list,
                              every=args.every, db=args.db, split=args.split, part=args.part,
                              on_error=args.on_error)
     except ConfigError as exc:
