@@ -16,7 +16,16 @@ Protocols
                 the ``easy`` / ``hard`` lists in the ground truth).
 ``"general"``   multi-view / labelled-folder datasets (COIL): ``map@k``, ``mean_ap``,
                 ``ndcg@k``, ``anmrr``, ``top1``, ``top10``, ``precision@10``, ``recall@k``.
+``"landmark"``  the landmark-level relevance GLDv2 uses: every image of the query's landmark is
+                relevant, nothing is ignored. ``landmark_map`` = mean AP over the full ranking with
+                positives = positives and junk of every query that shares the query's label (on
+                Oxford / Paris: good, ok AND junk of the query's landmark; on GLDv2 and labelled
+                folders: the label's images). Only the query's own image (when it is also a database
+                entry) is left out. Give the FULL ranking.
 ``"all"``       ``general`` plus every other protocol the ground truth supports.
+
+:func:`required_depth` says how long each query's ranking must be for a protocol's figures to be
+exact (``retrieval evaluate`` refuses shorter rankings).
 
 Junk. Each query's ``QueryTruth.junk`` (Oxford junk; the query's own image under
 :func:`retrieval.datasets.every_nth_query`) is removed from its ranking before the ``general`` and
@@ -32,9 +41,10 @@ from . import metrics
 from .datasets.base import RetrievalDataset
 from .datasets.splits import drop_junk
 
-__all__ = ["evaluate", "evaluate_per_query", "ranking_to_predictions", "PROTOCOLS"]
+__all__ = ["evaluate", "evaluate_per_query", "ranking_to_predictions", "required_depth", "landmark_solution",
+           "PROTOCOLS"]
 
-PROTOCOLS = ("gldv2", "oxford", "revisited", "general", "all")
+PROTOCOLS = ("gldv2", "oxford", "revisited", "landmark", "general", "all")
 USAGE_SPLITS = ("Public", "Private")
 
 Predictions = Mapping[Hashable, Sequence[Hashable]]
@@ -104,6 +114,39 @@ def _query_truths(dataset: RetrievalDataset):
             yield qid, truth
 
 
+def required_depth(dataset: RetrievalDataset, protocol: str, k: int = 100) -> int:
+    """Results per query a ranking needs for ``protocol``'s figures to be exact: ``k`` for the
+    cut-off metrics of ``gldv2`` (map@k), the whole database for the others (their AP counts a
+    positive that is not ranked as missed, so a short ranking scores lower than the descriptor is)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    n = len(dataset.db_ids)
+    return min(int(k), n) if protocol == "gldv2" else n
+
+
+def landmark_solution(dataset: RetrievalDataset) -> Dict[Hashable, set]:
+    """``{query id: relevant db ids}`` of the landmark-level protocol (module docstring)."""
+    truths = dict(_query_truths(dataset))
+    labels = dataset.query_labels
+    if labels is None:
+        groups = {q: [q] for q in truths}
+    else:
+        by_label: Dict[str, List] = {}
+        label_of = dict(zip(dataset.query_ids, labels))
+        for q in truths:
+            by_label.setdefault(label_of[q], []).append(q)
+        groups = {q: by_label[label_of[q]] for q in truths}
+    db = set(dataset.db_ids)
+    out = {}
+    for q in truths:
+        relevant = set()
+        for other in groups[q]:
+            relevant |= truths[other].positives | truths[other].junk
+        # the query's own image (a database entry under every_nth_query) is neither relevant nor ranked
+        out[q] = (relevant & db) - {q}
+    return out
+
+
 def evaluate_per_query(dataset: RetrievalDataset, predictions, protocol: str = "all",
                        k: int = 100, check_ids: bool = True) -> Dict[str, Dict[Hashable, float]]:
     """``{metric name: {query id: score}}`` for the metrics of ``protocol`` (see module doc).
@@ -134,6 +177,10 @@ def evaluate_per_query(dataset: RetrievalDataset, predictions, protocol: str = "
             solution = dataset.solution([split])
             if solution:
                 out[f"map@{k}_{split.lower()}"] = metrics.per_query_scores("ap@k", clean, solution, k)
+    if protocol == "landmark":
+        solution = landmark_solution(dataset)
+        own = {q: [d for d in preds.get(q, []) if d != q] for q in solution}
+        out["landmark_map"] = metrics.per_query_scores("ap", own, solution)
     if protocol in ("oxford", "all"):
         truths = list(_query_truths(dataset))
         out["oxford_map"] = metrics.oxford_map(preds, {q: t.positives for q, t in truths},
