@@ -352,6 +352,7 @@ def load_experiment(path: Path) -> MultiViewConfig:
     except (OSError, ValueError) as exc:  # TOMLDecodeError is a ValueError
         raise ConfigError(f"{path}: {exc}") from None
     kind = data.pop("kind", None)
+    data.pop("description", None)
     if kind != "multiview":
         raise ConfigError(f"{path}: kind must be 'multiview', got {kind!r}")
     return CONFIG.from_dict(data, where=str(path))
