@@ -299,7 +299,7 @@ def _dataset_profile(args) -> int:
         raise CLIError(f"{args.data}: no such dataset folder")
     # GLDv2 is streamed from its CSVs (bounded memory); other kinds go through their reader
     source = gldv2_records(args.data) if args.dataset == "gldv2" else load_dataset(args)
-    path = profile_main(conf, source, args.out, progress=_progress_enabled(args))
+    path = profile_main(conf, source, args.out, progress=progress_enabled(args))
     emit_json({"profile": str(path), "plot": str(Path(args.out) / "profile.png")})
     return 0
 
