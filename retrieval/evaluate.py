@@ -32,12 +32,43 @@ from . import metrics
 from .datasets.base import RetrievalDataset
 from .datasets.splits import drop_junk
 
-__all__ = ["evaluate", "evaluate_per_query", "ranking_to_predictions", "PROTOCOLS"]
+__all__ = ["evaluate", "evaluate_per_query", "ranking_to_predictions", "landmark_level", "PROTOCOLS"]
 
 PROTOCOLS = ("gldv2", "oxford", "revisited", "general", "all")
 USAGE_SPLITS = ("Public", "Private")
 
 Predictions = Mapping[Hashable, Sequence[Hashable]]
+
+
+def landmark_level(dataset: RetrievalDataset) -> RetrievalDataset:
+    """The dataset under landmark-level relevance (GLDv2's definition): every database image of the
+    query's landmark is relevant and nothing is junk. The landmark's images are the database images
+    with the query's label when the dataset has database labels; otherwise (Oxford / Paris ground-truth
+    lists) the union of the positives and junk of every query of that landmark (good, ok and junk).
+    Score it with ``protocol="oxford"`` (AP over the full ranking) or ``"gldv2"``."""
+    from dataclasses import replace
+
+    from .datasets.base import QueryTruth
+
+    if dataset.query_labels is None:
+        raise ValueError(f"dataset {dataset.name!r} has no query labels (landmarks): landmark-level "
+                         "relevance needs them")
+    members: Dict[Hashable, set] = {}
+    if dataset.db_labels is not None:
+        for image, label in zip(dataset.db_ids, dataset.db_labels):
+            members.setdefault(label, set()).add(image)
+    else:
+        for qid, label in zip(dataset.query_ids, dataset.query_labels):
+            truth = dataset.ground_truth.get(qid)
+            if truth is not None:
+                members.setdefault(label, set()).update(truth.positives | truth.junk)
+    truth = {}
+    for qid, label in zip(dataset.query_ids, dataset.query_labels):
+        old = dataset.ground_truth.get(qid)
+        if old is not None:
+            truth[qid] = QueryTruth(positives=set(members.get(label, set())), usage=old.usage)
+    return replace(dataset, ground_truth=truth, name=f"{dataset.name} (landmark-level)",
+                   metadata={**dataset.metadata, "relevance": "landmark-level"})
 
 
 def ranking_to_predictions(ranking, query_ids: Optional[Sequence[Hashable]] = None) -> Dict[Hashable, List]:

@@ -20,7 +20,9 @@ from .config import ConfigError
 
 __all__ = ["PROTOCOLS", "load_protocol"]
 
-PROTOCOLS: Dict[str, str] = {}
+PROTOCOLS: Dict[str, str] = {
+    "ladder": "retrieval.ladder.run",
+}
 
 
 def load_protocol(kind: str) -> ModuleType:
