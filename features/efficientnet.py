@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from retrieval.imageio import load_image, resize_longest_side
+from retrieval.vectors import l2_normalize_rows
 
 from .base import GlobalExtractor
 from .efficientnet_configs import EXTRACTOR_CONFIGS, INPUT_MODES, file_digest as _file_digest, resolve_config
@@ -265,10 +266,10 @@ class EfficientNetExtractor(GlobalExtractor):
                 total = d if total is None else total + d
         desc = np.asarray(total, dtype=np.float32)
         if len(self._config["scales"]) > 1:
-            desc = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
+            desc = l2_normalize_rows(desc, copy=True)
         if self.whitening is not None:
             desc = self.whitening.transform(desc)
-            desc /= np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
+            desc = l2_normalize_rows(desc)
         return desc
 
     def describe_prepared(self, batch: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ __all__ = ["PROTOCOLS", "load_protocol"]
 
 PROTOCOLS: Dict[str, str] = {
     "ladder": "retrieval.ladder.run",
+    "oxford-descriptors": "retrieval.bench.descriptors",
 }
 
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import LANDMARK_KINDS, OBJECT_KINDS, LadderConfig
+from .config import LANDMARK_KINDS, OBJECT_KINDS, LadderConfig, with_dataset
 
 __all__ = ["DEFAULT_EXPERIMENT", "read_experiment", "add_arguments", "config_from_args", "run_args", "main"]
 
@@ -29,23 +29,11 @@ STAGES = ("data", "train", "global", "sift", "vlad", "patch", "shortlist", "land
 
 
 def read_experiment(path) -> LadderConfig:
-    """The :class:`LadderConfig` of an experiment file (TOML: ``kind = "ladder"`` and the settings;
-    an unknown key is an error naming it)."""
-    import tomllib
+    """The :class:`LadderConfig` of an experiment file (``kind = "ladder"``; an unknown key is an
+    error naming it): :func:`retrieval.bench.entry.read_experiment`."""
+    from retrieval.bench.entry import read_experiment as read
 
-    from retrieval.config import ConfigError
-
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    kind = data.pop("kind", None)
-    if kind != "ladder":
-        raise ConfigError(f"{path}: kind must be 'ladder', got {kind!r}")
-    data.pop("name", None)
-    data.pop("description", None)
-    return LadderConfig.from_dict(data, where=str(path))
+    return read(path, kind="ladder")[1]
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -77,19 +65,12 @@ def config_from_args(args) -> LadderConfig:
             plain[key] = getattr(args, key)
     if args.recompute or args.recompute_stage:
         plain["recompute"] = STAGES if args.recompute else tuple(args.recompute_stage)
-    dotted = {}
     if args.dataset is None:
         if args.data is not None:
             plain["data"] = args.data
     else:
-        if args.data is None:
-            from retrieval.config import ConfigError
-
-            raise ConfigError(f"--dataset {args.dataset} needs --data PATH (the dataset's folder)")
-        half, other = ("object", "landmark") if args.dataset in OBJECT_KINDS else ("landmark", "object")
-        dotted.update({f"{half}.dataset": args.dataset, f"{half}.data": args.data, f"{half}.enabled": True,
-                       f"{other}.enabled": False})
-    conf = conf.override(dotted).override(plain) if dotted else conf.override(plain)
+        conf = with_dataset(conf, args.dataset, args.data)
+    conf = conf.override(plain)
     return conf.override(args.set)
 
 

@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 
 from retrieval.config import Config, ConfigError
 
-__all__ = ["ObjectConfig", "LandmarkConfig", "FusionGrid", "ExpansionGrid", "LadderConfig", "RERANKERS",
+__all__ = ["with_dataset", "ObjectConfig", "LandmarkConfig", "FusionGrid", "ExpansionGrid", "LadderConfig", "RERANKERS",
            "OBJECT_KINDS", "LANDMARK_KINDS", "RELEVANCE"]
 
 #: re-ranking rungs: E5 ratio test, E6 VLAD, E7 patch tokens, SV spatial verification, E8 alpha-QE + DBA
@@ -128,3 +128,19 @@ class LadderConfig(Config):
             raise ConfigError(f"shortlist must be >= 1, got {self.shortlist}")
         if not (self.object.enabled or self.landmark.enabled):
             raise ConfigError("both halves are disabled: enable object or landmark")
+
+
+def with_dataset(conf: LadderConfig, kind: str, path: str) -> LadderConfig:
+    """``conf`` run on dataset ``kind`` at ``path`` (``--dataset KIND --data PATH``): ``folder`` /
+    ``gldv2`` -> the object half alone (trained), ``oxford`` / ``paris`` / ``revisited`` -> the
+    landmark half alone (no training)."""
+    if kind in OBJECT_KINDS:
+        half, other = "object", "landmark"
+    elif kind in LANDMARK_KINDS:
+        half, other = "landmark", "object"
+    else:
+        raise ConfigError(f"unknown dataset kind {kind!r}; the ladder takes {sorted(set(OBJECT_KINDS + LANDMARK_KINDS))}")
+    if not path:
+        raise ConfigError(f"dataset {kind} needs its folder (--data PATH)")
+    return conf.override({f"{half}.dataset": kind, f"{half}.data": str(path), f"{half}.enabled": True,
+                          f"{other}.enabled": False})

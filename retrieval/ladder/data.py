@@ -15,7 +15,7 @@ from retrieval.datasets import DatasetError, RetrievalDataset
 from .config import LadderConfig
 from .stages import RunCache, remove, say
 
-__all__ = ["data_root", "object_dataset", "landmark_dataset", "quick_subset", "usage_groups", "landmark_groups",
+__all__ = ["data_root", "object_dataset", "landmark_dataset", "read_landmarks", "quick_subset", "usage_groups", "landmark_groups",
            "QUICK_COIL", "FULL_COIL"]
 
 QUICK_COIL = dict(train_objects=range(1, 9), test_objects=range(51, 59))
@@ -137,23 +137,33 @@ def object_dataset(conf: LadderConfig, cache: RunCache) -> Tuple[RetrievalDatase
 def landmark_dataset(conf: LadderConfig) -> Tuple[RetrievalDataset, str]:
     """The landmark half's dataset (``oxford`` / ``paris``: standard lists, ``revisited``: Medium,
     ``gldv2``: its solution file) and its display name; quick: :func:`quick_subset`."""
-    from retrieval.datasets import read_gldv2, read_oxford, read_revisited
-
     lm = conf.landmark
     root = Path(lm.data) if lm.data else data_root(conf) / "oxford5k_subset"
-    if not root.is_dir():
-        raise DatasetError(f"{root}: no {lm.dataset} folder (set landmark.data, or landmark.enabled = false)")
-    reader = {"oxford": read_oxford, "paris": read_oxford, "revisited": read_revisited, "gldv2": read_gldv2}
-    ds = reader[lm.dataset](root)
-    if not ds.query_ids:
-        raise DatasetError(f"{root}: no queries")
-    if ds.query_labels is None:
-        ds = replace(ds, query_labels=[str(q) for q in ds.query_ids])
+    ds = read_landmarks(lm.dataset, root)
     name = root.resolve().name
     if conf.quick:
         ds = quick_subset(ds)
         name += "-quick"
     return ds, name
+
+
+def read_landmarks(kind: str, root) -> RetrievalDataset:
+    """A landmark dataset with ground truth: ``oxford`` / ``paris`` (standard lists), ``revisited``
+    (Medium), ``gldv2`` (its solution file); query labels default to the query ids."""
+    from retrieval.datasets import read_gldv2, read_oxford, read_revisited
+
+    readers = {"oxford": read_oxford, "paris": read_oxford, "revisited": read_revisited, "gldv2": read_gldv2}
+    if kind not in readers:
+        raise DatasetError(f"unknown landmark dataset kind {kind!r}; known: {sorted(readers)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such {kind} folder")
+    ds = readers[kind](root)
+    if not ds.query_ids:
+        raise DatasetError(f"{root}: no queries")
+    if ds.query_labels is None:
+        ds = replace(ds, query_labels=[str(q) for q in ds.query_ids])
+    return ds
 
 
 def quick_subset(dataset: RetrievalDataset, n_labels: int = 2, per_label: int = 2, n_others: int = 20,

@@ -7,10 +7,13 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
-from .config import LadderConfig
+from .config import LadderConfig, with_dataset
 from .stages import RunCache
 
-__all__ = ["CONFIG", "main", "DEFAULT_CACHE"]
+__all__ = ["CONFIG", "main", "DEFAULT_CACHE", "apply_dataset"]
+
+#: ``--dataset KIND --data PATH`` for the generic entry points (retrieval.bench.entry)
+apply_dataset = with_dataset
 
 CONFIG = LadderConfig
 DEFAULT_CACHE = Path("cache/e1_e7")

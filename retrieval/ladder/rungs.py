@@ -174,13 +174,12 @@ def rung_e7(half: Half, conf: LadderConfig, cache: RunCache):
 def rung_sv(half: Half, conf: LadderConfig, cache: RunCache):
     from retrieval.rerank.spatial import SPATIAL_CONFIGS, SpatialVerifier
 
-    if half.spatial not in SPATIAL_CONFIGS:
-        raise ValueError(f"unknown spatial configuration {half.spatial!r}; known: {sorted(SPATIAL_CONFIGS)}")
+    verifier = SpatialVerifier(SPATIAL_CONFIGS.get(half.spatial))
     file = "sift.h5" if half.spatial_sift == half.sift else f"sift_{half.spatial_sift}.h5"
     _, path = _sift_store(half, conf, cache, half.spatial_sift, file)
     name = f"inliers:{half.spatial}"
     store = _features(half, cache, path, f"read sift {half.spatial_sift}", bool(half.shortlist.pending(name)))
-    score_local(half.shortlist, half.shortlist_path, SpatialVerifier(SPATIAL_CONFIGS[half.spatial]), name, store,
+    score_local(half.shortlist, half.shortlist_path, verifier, name, store,
                 cache, half.prefix + "score SV")
     seconds = half.seconds(cache, f"sift {half.spatial_sift}", f"read sift {half.spatial_sift}", "score SV")
     return _candidates(conf, "count"), fusion_rankings(half.shortlist, name), seconds
