@@ -24,14 +24,15 @@ import os
 import time
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import warnings
+
 import numpy as np
 import torch
-from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from retrieval.imageio import ImageLoadError, load_image
 
-from .extract import ExtractionError, ExtractionResult, _opencv_threads
+from .extract import ExtractionError, ExtractionResult, _opencv_threads, ordered_results
 from .store import GlobalFeatureWriter, LocalFeatureStore
 
 PathLike = Union[str, os.PathLike]
@@ -88,14 +89,14 @@ def _run(extractor, ids: List[str], paths: List[str], todo: List[int], boxes, ba
 
     # a task = a few consecutive images: per-task dispatch costs about as much as decoding a small image
     chunks = [todo[s:s + chunk] for s in range(0, len(todo), chunk)]
-    tasks = (delayed(_prepare_many)(extractor, [(ids[i], paths[i], None if boxes is None else boxes[i])
-                                                for i in part]) for part in chunks)
+    tasks = ((extractor, [(ids[i], paths[i], None if boxes is None else boxes[i]) for i in part])
+             for part in chunks)
     path_of = {ids[i]: paths[i] for i in todo}
     try:
         # one OpenCV thread per worker: the workers are the parallelism (features.extract does the same)
-        with _opencv_threads(1), Parallel(n_jobs=n_jobs, backend="threading", return_as="generator",
-                                          pre_dispatch=f"{max(2, 2 * n_jobs)}") as parallel:
-            for image_id, prepared, in_size, error in (item for part in parallel(tasks) for item in part):
+        # (and the workers have stopped, by ordered_results, before its thread count is restored)
+        with _opencv_threads(1), ordered_results(_prepare_many, tasks, n_jobs, ahead=max(2, 2 * n_jobs)) as parts:
+            for image_id, prepared, in_size, error in (item for part in parts for item in part):
                 if error is not None:
                     if on_error == "raise":
                         for shape in list(groups):
@@ -138,27 +139,35 @@ def extract_global(extractor, ids: Sequence, paths: Sequence[PathLike], out_path
         done = set(writer.done_ids)
         todo = [i for i, image_id in enumerate(ids) if image_id not in done]
         result.skipped = len(ids) - len(todo)
-        pending_ids: List[str] = []
-        pending_vecs: List[np.ndarray] = []
+        pending: List[Tuple[List[str], np.ndarray]] = []  # (ids, rows) of computed batches
 
         def write():
-            if pending_ids:
-                writer.append(list(pending_ids), np.concatenate(pending_vecs))
-                pending_ids.clear()
-                pending_vecs.clear()
+            if pending:
+                writer.append([i for batch_ids, _ in pending for i in batch_ids],
+                              np.concatenate([rows for _, rows in pending]))
+                pending.clear()
 
         def consume(batch_ids, inputs, _sizes):
-            pending_ids.extend(batch_ids)
-            pending_vecs.append(extractor.describe_inputs(inputs))
-            if len(pending_ids) >= write_every:
+            # a batch's ids and rows are recorded together (one append) once it is computed: an
+            # interruption inside the forward pass leaves nothing half-recorded for the final write
+            pending.append((list(batch_ids), extractor.describe_inputs(inputs)))
+            if sum(len(b) for b, _ in pending) >= write_every:
                 write()
 
         try:
             if todo:
                 _run(extractor, ids, paths, todo, boxes, batch_size, n_jobs, on_error, consume, result, desc,
                      progress)
-        finally:
-            write()  # whatever was computed is kept, even on an error or an interruption
+        except BaseException:
+            # whatever was computed is kept, even on an error or an interruption; a failing write
+            # (e.g. the disk is full) must not hide the error or the Ctrl-C that ended the run
+            try:
+                write()
+            except Exception as write_exc:
+                warnings.warn(f"{out_path}: {sum(len(b) for b, _ in pending)} computed rows could not be written "
+                              f"({write_exc})", RuntimeWarning, stacklevel=2)
+            raise
+        write()
     result.seconds = time.perf_counter() - start
     return result
 

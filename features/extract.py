@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from tqdm.auto import tqdm
 
 from retrieval.imageio import ImageLoadError
@@ -79,6 +81,50 @@ def _opencv_threads(n: Optional[int]):
         cv2.setNumThreads(old)
 
 
+@contextmanager
+def ordered_results(work: Callable, tasks: Iterable[tuple], n_jobs: int, ahead: int,
+                    backend: str = "threading") -> Iterator[Iterator]:
+    """``work(*task)`` for every task, in task order, computed by ``n_jobs`` workers with at most
+    ``ahead`` tasks submitted beyond the one being consumed; use as ``with ordered_results(...) as
+    results: for r in results: ...``.
+
+    Leaving the block early (an error, a caught exception, Ctrl-C) cancels the queued tasks and
+    waits for the running ones before the block ends. A worker thread still inside OpenCV when the
+    interpreter exits is killed by a forced unwind that OpenCV's C++ catches and swallows, and the
+    process aborts ("FATAL: exception not rethrown", exit 134) even after the caller handled the
+    error: joblib's threading backend, used before, left such threads running. ``backend="loky"``
+    (separate processes, which have no such problem) still goes through joblib. ``n_jobs=1``
+    computes in the calling thread."""
+    n_jobs = max(1, effective_n_jobs(n_jobs))
+    if backend not in ("threading", "loky"):
+        raise ValueError(f"backend must be 'threading' or 'loky', not {backend!r}")
+    if backend == "loky":
+        with Parallel(n_jobs=n_jobs, backend="loky", return_as="generator",
+                      batch_size=max(1, ahead // (2 * n_jobs))) as parallel:
+            yield parallel(delayed(work)(*task) for task in tasks)
+        return
+    if n_jobs == 1:
+        yield (work(*task) for task in tasks)
+        return
+    pool = ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="extract")
+    pending: deque = deque()
+
+    def generate():
+        queue = iter(tasks)
+        pending.extend(pool.submit(work, *task) for task in islice(queue, max(1, ahead)))
+        while pending:
+            result = pending.popleft().result()
+            pending.extend(pool.submit(work, *task) for task in islice(queue, 1))
+            yield result
+
+    try:
+        yield generate()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _extract_one(extractor: Any, image_id: str, path: str, box: Optional[Box]):
     """Worker: never raises, so one bad image cannot take the pool (and finished work) down with it."""
     try:
@@ -123,14 +169,15 @@ def extract_local_features(image_ids: Sequence[str], image_paths: Sequence[PathL
         if not todo:
             result.seconds = time.perf_counter() - start
             return result
-        tasks = (delayed(_extract_one)(extractor, image_ids[i], image_paths[i],
-                                       None if boxes is None else boxes[i]) for i in todo)
+        tasks = ((extractor, image_ids[i], image_paths[i], None if boxes is None else boxes[i]) for i in todo)
         path_of = {image_ids[i]: image_paths[i] for i in todo}
         bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False)
         pending = 0
-        with _opencv_threads(1 if n_jobs != 1 else None), Parallel(n_jobs=n_jobs, backend=backend, return_as="generator",
-                      batch_size=max(1, min(16, batch_size // max(1, n_jobs)))) as parallel:
-            for image_id, feats, error in parallel(tasks):
+        # the workers finish (ordered_results) before OpenCV's thread count is restored
+        with _opencv_threads(1 if n_jobs != 1 else None), \
+                ordered_results(_extract_one, tasks, n_jobs, ahead=max(2 * n_jobs, min(32, batch_size)),
+                                backend=backend) as results:
+            for image_id, feats, error in results:
                 bar.update(1)
                 if error is not None:
                     if on_error == "raise":

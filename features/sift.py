@@ -2,9 +2,11 @@
 
 Extraction steps for one image:
 
-1. read it as 8-bit RGB (:func:`retrieval.imageio.load_image`), resize so that its longest side is
-   ``max_side`` (``upscale`` also enlarges smaller images), crop the optional box (given in pixels of the
-   stored file, scaled by the same factor), convert to gray;
+1. read it as 8-bit RGB (:func:`retrieval.imageio.load_image`), resize so that its longest side is at
+   most ``max_side`` (``upscale`` also enlarges smaller images to it), crop the optional box (given in
+   pixels of the stored file, scaled by the same factor), convert to gray. Every configuration has a
+   ``max_side`` (1600 unless set): SIFT's peak memory is about 240 bytes per pixel, so an uncapped
+   9000 x 9000 image would need about 18 GiB per worker thread; at 1600 it is about 0.6 GiB;
 2. detect difference-of-Gaussian keypoints (``cv2.SIFT_create``), keep the ``max_keypoints`` strongest by
    detector response; ``upright`` sets every orientation to 0 (and drops the duplicate keypoints OpenCV
    makes for secondary orientations), which suits photos taken upright (landmarks, turntables);
@@ -18,17 +20,21 @@ degrees) in the pixel frame of the image the features were computed on (resized,
 ``image_size`` records that frame's (height, width). An image with no keypoint gives a valid empty
 :class:`~features.local.LocalFeatures`.
 
-A configuration dict (see :data:`SIFT_CONFIGS`) fully describes extraction; it is what feature stores
-record, so a store made with other settings is refused rather than mixed in.
+A :class:`SiftConfig` (:mod:`retrieval.config`; named ones in the registry :data:`SIFT_CONFIGS`,
+dotted overrides such as ``max_side=1024``) fully describes extraction; its dict (plus the name) is
+what feature stores record, so a store made with other settings, another ``max_side`` included, is
+refused rather than mixed in.
 """
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
+from retrieval.config import Config, ConfigError, Registry, parse_overrides
 from retrieval.imageio import _to_uint8, load_image, resize_longest_side
 
 from .local import LocalFeatures
@@ -36,80 +42,84 @@ from .local import LocalFeatures
 PathLike = Union[str, os.PathLike]
 Box = Tuple[float, float, float, float]
 
-__all__ = ["SIFT_CONFIGS", "DEFAULT_SIFT", "SiftExtractor", "root_sift", "sift_config", "to_gray"]
+__all__ = ["SiftConfig", "SIFT_CONFIGS", "DEFAULT_SIFT", "SiftExtractor", "root_sift", "sift_config", "to_gray"]
 
-#: Every key an extraction configuration has, with its default.
-DEFAULT_SIFT: Dict[str, object] = {
-    "type": "sift",
-    "root": True,               # RootSIFT (Hellinger) instead of plain SIFT
-    "max_keypoints": 2000,      # keep the strongest by detector response; None = all
-    "max_side": None,           # resize so that the longest side is this many pixels; None = as stored
-    "upscale": False,           # with max_side: also enlarge smaller images
-    "contrast_threshold": 0.04,  # OpenCV default; lower finds more (weaker) keypoints
-    "edge_threshold": 10.0,
-    "n_octave_layers": 3,
-    "sigma": 1.6,
-    "upright": False,           # orientation fixed to 0 (one descriptor per location)
-}
+#: The longest side SIFT works on unless a configuration says otherwise (the usual 1600 of SfM
+#: pipelines; Oxford and GLDv2 photos are smaller and are not resized by it).
+DEFAULT_MAX_SIDE = 1600
+
+
+@dataclass(frozen=True)
+class SiftConfig(Config):
+    """Everything that determines SIFT / RootSIFT extraction."""
+
+    type: Literal["sift"] = "sift"
+    root: bool = True                  # RootSIFT (Hellinger) instead of plain SIFT
+    max_keypoints: Optional[int] = 2000  # keep the strongest by detector response; None = all
+    max_side: int = DEFAULT_MAX_SIDE   # longest side at most this (memory cap); with upscale: exactly this
+    upscale: bool = False              # also enlarge smaller images to max_side
+    contrast_threshold: float = 0.04   # OpenCV default; lower finds more (weaker) keypoints
+    edge_threshold: float = 10.0
+    n_octave_layers: int = 3
+    sigma: float = 1.6
+    upright: bool = False              # orientation fixed to 0 (one descriptor per location)
+
+    def check(self) -> None:
+        if self.max_keypoints is not None and self.max_keypoints < 1:
+            raise ConfigError("max_keypoints must be >= 1 or None")
+        if self.max_side < 16:
+            raise ConfigError(f"max_side must be >= 16 pixels, got {self.max_side}")
+        if self.n_octave_layers < 1 or self.sigma <= 0 or self.contrast_threshold < 0 or self.edge_threshold <= 0:
+            raise ConfigError("n_octave_layers >= 1, sigma > 0, contrast_threshold >= 0 and edge_threshold > 0")
+
 
 #: Named configurations (like hloc's ``confs``): a name selects a complete, recorded configuration.
-SIFT_CONFIGS: Dict[str, Dict[str, object]] = {
-    "sift-1k": {"root": False, "max_keypoints": 1000},
-    "sift-2k": {"root": False, "max_keypoints": 2000},
-    "rootsift-1k": {"root": True, "max_keypoints": 1000},
-    "rootsift-2k": {"root": True, "max_keypoints": 2000},
-    "rootsift-4k": {"root": True, "max_keypoints": 4000},
+SIFT_CONFIGS: Registry[SiftConfig] = Registry("SIFT configuration", SiftConfig)
+for _name, _conf in {
+    "sift-1k": SiftConfig(root=False, max_keypoints=1000),
+    "sift-2k": SiftConfig(root=False, max_keypoints=2000),
+    "rootsift-1k": SiftConfig(max_keypoints=1000),
+    "rootsift-2k": SiftConfig(max_keypoints=2000),
+    "rootsift-4k": SiftConfig(max_keypoints=4000),
     # more, weaker keypoints: BoW and VLAD gain from more evidence per image
-    "rootsift-c02-4k": {"root": True, "max_keypoints": 4000, "contrast_threshold": 0.02},
-    "rootsift-upright-c02-4k": {"root": True, "max_keypoints": 4000, "contrast_threshold": 0.02,
-                                "upright": True},
+    "rootsift-c02-4k": SiftConfig(max_keypoints=4000, contrast_threshold=0.02),
+    "rootsift-upright-c02-4k": SiftConfig(max_keypoints=4000, contrast_threshold=0.02, upright=True),
     # landmark photos are taken upright: rotation invariance only costs distinctiveness there
-    "rootsift-upright-4k": {"root": True, "max_keypoints": 4000, "upright": True},
+    "rootsift-upright-4k": SiftConfig(max_keypoints=4000, upright=True),
     # small object images (COIL-100 is 128 x 128): enlarge and lower the contrast threshold so that an
     # image yields a few hundred keypoints instead of a few dozen
-    "rootsift-small": {"root": True, "max_keypoints": 1000, "max_side": 256, "upscale": True,
-                       "contrast_threshold": 0.01},
-    "rootsift-small-upright": {"root": True, "max_keypoints": 1000, "max_side": 256, "upscale": True,
-                               "contrast_threshold": 0.01, "upright": True},
-}
+    "rootsift-small": SiftConfig(max_keypoints=1000, max_side=256, upscale=True, contrast_threshold=0.01),
+    "rootsift-small-upright": SiftConfig(max_keypoints=1000, max_side=256, upscale=True,
+                                         contrast_threshold=0.01, upright=True),
+}.items():
+    SIFT_CONFIGS.register(_name, _conf)
+
+#: Every key a recorded extraction configuration has (besides ``name``), with its default.
+DEFAULT_SIFT: Dict[str, object] = SiftConfig().to_dict()
 
 
-def sift_config(config: Union[str, dict, None] = None, **overrides) -> Dict[str, object]:
-    """The complete configuration for a name from :data:`SIFT_CONFIGS` or a (partial) dict, with
-    ``overrides`` applied; unknown keys are refused so a typo never silently means a default."""
-    if config is None:
-        base: dict = {}
-        name = "custom"
+def sift_config(config: Union[str, Mapping[str, Any], SiftConfig, None] = None,
+                overrides: Union[None, Mapping[str, Any], Sequence[str]] = None, **kwargs) -> Dict[str, object]:
+    """The complete configuration, as recorded in feature stores (a dict with its ``name``), for a
+    name from :data:`SIFT_CONFIGS`, a (partial) dict or a :class:`SiftConfig`, with ``overrides``
+    (dotted ``KEY=VALUE`` strings or a mapping) and keyword overrides applied. Unknown keys and
+    invalid values are :class:`~retrieval.config.ConfigError` (a ``ValueError``), so a typo never
+    silently means a default."""
+    if config is None or isinstance(config, SiftConfig):
+        name, conf = "custom", config or SiftConfig()
     elif isinstance(config, str):
-        if config not in SIFT_CONFIGS:
-            raise ValueError(f"unknown SIFT configuration {config!r}; known: {sorted(SIFT_CONFIGS)}")
-        base = dict(SIFT_CONFIGS[config])
-        name = config
+        name, conf = config, SIFT_CONFIGS.get(config)
     else:
-        base = dict(config)
-        name = str(base.pop("name", "custom"))
-    base.update(overrides)
-    if overrides and isinstance(config, str):
-        name = config + "+" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
-    unknown = set(base) - set(DEFAULT_SIFT)
-    if unknown:
-        raise ValueError(f"unknown SIFT configuration keys {sorted(unknown)}; known: {sorted(DEFAULT_SIFT)}")
-    full = dict(DEFAULT_SIFT)
-    full.update(base)
-    if full["type"] != "sift":
-        raise ValueError(f"not a SIFT configuration (type={full['type']!r})")
-    if full["max_keypoints"] is not None:
-        full["max_keypoints"] = int(full["max_keypoints"])
-        if full["max_keypoints"] < 1:
-            raise ValueError("max_keypoints must be >= 1 or None")
-    if full["max_side"] is not None:
-        full["max_side"] = int(full["max_side"])
-    for key in ("contrast_threshold", "edge_threshold", "sigma"):
-        full[key] = float(full[key])
-    full["n_octave_layers"] = int(full["n_octave_layers"])
-    full["root"] = bool(full["root"])
-    full["upright"] = bool(full["upright"])
-    full["upscale"] = bool(full["upscale"])
+        data = dict(config)
+        name = str(data.pop("name", "custom"))
+        conf = SiftConfig.from_dict(data, where="SIFT configuration")
+    changes = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    changes.update(kwargs)
+    if changes:
+        conf = conf.override(changes)
+        if isinstance(config, str):
+            name = config + "+" + ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
+    full = conf.to_dict()
     full["name"] = name
     return full
 
@@ -154,8 +164,9 @@ class SiftExtractor:
 
     name = "sift"
 
-    def __init__(self, config: Union[str, dict, None] = "rootsift-2k", **overrides):
-        self._config = sift_config(config, **overrides)
+    def __init__(self, config: Union[str, Mapping[str, Any], SiftConfig, None] = "rootsift-2k",
+                 overrides: Union[None, Mapping[str, Any], Sequence[str]] = None, **kwargs):
+        self._config = sift_config(config, overrides, **kwargs)
         self.name = str(self._config["name"])
 
     @property
@@ -187,8 +198,7 @@ class SiftExtractor:
         ``box`` (x1, y1, x2, y2 in pixels of ``image`` as given, scaled by the resize factor)."""
         gray = to_gray(image)
         h0, w0 = gray.shape
-        if self._config["max_side"] is not None:
-            gray = resize_longest_side(gray, int(self._config["max_side"]), upscale=bool(self._config["upscale"]))
+        gray = resize_longest_side(gray, int(self._config["max_side"]), upscale=bool(self._config["upscale"]))
         if box is not None:
             sy, sx = gray.shape[0] / h0, gray.shape[1] / w0
             x1, y1, x2, y2 = (float(v) for v in box)

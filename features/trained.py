@@ -26,7 +26,10 @@ def resolve_device(name: str) -> torch.device:
     """``'auto'`` -> a GPU when torch sees one, else the CPU; a named CUDA device without CUDA is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for but CUDA is not available in this torch build")
     return device

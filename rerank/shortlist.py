@@ -142,17 +142,23 @@ class Shortlist:
         return self.local[name]
 
     def score_with(self, scorer, query_features, db_features, name: Optional[str] = None,
-                   path: Optional[PathLike] = None, save_every: int = 10, progress: bool = True) -> np.ndarray:
+                   path: Optional[PathLike] = None, save_every: int = 10, progress: bool = True,
+                   engine: str = "local", n_jobs: int = 2, ray_address: Optional[str] = None) -> np.ndarray:
         """Fill the local score ``name`` (default ``scorer.name``) with any
         :class:`~rerank.base.LocalScorer`, query by query, skipping rows already computed (resume).
 
         ``query_features`` / ``db_features``: mappings from id to :class:`~features.local.LocalFeatures`
         (a dict, or a :class:`~features.store.LocalFeatureStore`: anything with ``[id]`` or ``.get(id)``).
         With ``path`` the cache is saved every ``save_every`` queries and at the end. Returns the
-        complete (Q, k) scores."""
+        complete (Q, k) scores. ``engine="ray"`` scores the pending queries as Ray tasks (``n_jobs``
+        at a time, see :mod:`retrieval.engine`); feature stores are opened by the workers from their
+        files, dicts are sent along. The scores do not depend on the engine."""
         from tqdm.auto import tqdm
 
         name = name or getattr(scorer, "name", "local")
+        if engine != "local":
+            return self._score_on(engine, scorer, query_features, db_features, name, path, save_every,
+                                  progress, n_jobs, ray_address)
 
         def lookup(features, image_id):
             return features.get(image_id) if hasattr(features, "put") else features[image_id]
@@ -165,6 +171,30 @@ class Shortlist:
             self.set_local(name, row, scorer.score(query, shortlist))
             if path is not None and count % save_every == 0:
                 self.save(path)
+        if path is not None and rows:
+            self.save(path)
+        return self.local_scores(name)
+
+    def _score_on(self, engine, scorer, query_features, db_features, name, path, save_every, progress,
+                  n_jobs, ray_address) -> np.ndarray:
+        from retrieval.engine import map_units
+
+        rows = self.pending(name)
+        self.add_local(name)
+        units = [{"row": row, "query": self.query_ids[row], "db": [str(i) for i in self.db_ids[row]]}
+                 for row in rows]
+        shared = {"scorer": scorer, "query": _features_source(query_features, {u["query"] for u in units}),
+                  "db": _features_source(db_features, {i for u in units for i in u["db"]})}
+        finished = [0]
+
+        def keep(i, scores):
+            self.set_local(name, units[i]["row"], scores)
+            finished[0] += 1
+            if path is not None and finished[0] % save_every == 0:
+                self.save(path)
+
+        map_units(_score_row, units, engine=engine, n_jobs=n_jobs, shared=shared, ray_address=ray_address,
+                  progress=progress, desc=f"local score {name}", on_result=keep)
         if path is not None and rows:
             self.save(path)
         return self.local_scores(name)
@@ -237,3 +267,44 @@ class Shortlist:
     def __repr__(self) -> str:
         return (f"Shortlist({self.num_queries} queries, k={self.k}, tail={self.tail_ids.shape[1]}, "
                 f"local={sorted(self.local)})")
+
+
+def _features_source(features, needed):
+    """What a worker needs to look features up: the file of a store (opened there), else the needed
+    entries themselves."""
+    root = getattr(features, "root", None)
+    if root is not None and hasattr(features, "entries"):  # a features.shards.ShardedStore
+        return ("sharded", str(root))
+    if hasattr(features, "put") and hasattr(features, "path"):  # a features.store.LocalFeatureStore
+        return ("store", str(features.path))
+    return ("dict", {i: (features.get(i) if hasattr(features, "put") else features[i]) for i in needed})
+
+
+_OPENED: Dict[tuple, object] = {}  # per worker process: stores stay open across the queries it scores
+
+
+def _open_source(source):
+    kind, value = source
+    if kind == "dict":
+        return value
+    if source not in _OPENED:
+        if kind == "sharded":
+            from retrieval.features.shards import ShardedStore
+
+            _OPENED[source] = ShardedStore(value)
+        else:
+            from retrieval.features.store import LocalFeatureStore
+
+            _OPENED[source] = LocalFeatureStore(value, mode="r")
+    return _OPENED[source]
+
+
+def _lookup(features, image_id: str):
+    return features[image_id] if isinstance(features, dict) else features.get(image_id)
+
+
+def _score_row(unit: dict, shared: dict) -> np.ndarray:
+    """One query of :meth:`Shortlist.score_with` on another engine (a worker process)."""
+    query_features, db_features = _open_source(shared["query"]), _open_source(shared["db"])
+    shortlist = [_lookup(db_features, i) for i in unit["db"]]
+    return np.asarray(shared["scorer"].score(_lookup(query_features, unit["query"]), shortlist), dtype=np.float64)

@@ -10,6 +10,11 @@ and ``name.json`` holds ``{"kind", "config", "sha256", "bytes", "meta"}``, where
 digest of ``name.pt``'s bytes: a file altered after it was written (truncated, edited, swapped) is
 reported instead of silently loaded. Both files are written to a temporary name and renamed, so a
 run killed mid-write leaves the previous checkpoint intact.
+
+The two files commit as one: the new sidecar is first written next to them as ``name.json.pending``,
+then ``name.pt`` is replaced, then the pending sidecar is renamed over ``name.json``. A run killed
+between the two renames leaves a ``.pt`` whose digest is the pending sidecar's: reading it completes
+the commit (rolls the sidecar forward) instead of refusing a good checkpoint for ever.
 """
 from __future__ import annotations
 
@@ -42,6 +47,44 @@ def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
+def _pending(path: Path) -> Path:
+    sidecar = _sidecar(path)
+    return sidecar.with_name(sidecar.name + ".pending")
+
+
+def _read_sidecar(sidecar: Path) -> Dict[str, Any]:
+    try:
+        value = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(sidecar, f"unreadable checkpoint sidecar ({exc})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(sidecar, "unreadable checkpoint sidecar (not a JSON object)")
+    return value
+
+
+def _committed_sidecar(path: Path, data: bytes) -> Optional[Dict[str, Any]]:
+    """The sidecar that describes ``data`` (the bytes of ``path``): ``name.json``, or a pending
+    sidecar whose digest matches (a save killed between its two renames), which is then renamed over
+    ``name.json`` to complete that save. None when there is no sidecar at all."""
+    sidecar, pending = _sidecar(path), _pending(path)
+    current = _read_sidecar(sidecar) if sidecar.is_file() else None
+    actual = hashlib.sha256(data).hexdigest()
+    if current is not None and current.get("sha256") in (None, actual):
+        return current
+    if pending.is_file():
+        try:
+            candidate = _read_sidecar(pending)
+        except CheckpointError:
+            candidate = None
+        if candidate is not None and candidate.get("sha256") == actual:
+            try:
+                os.replace(pending, sidecar)
+            except OSError:
+                pass  # a read-only folder: the checkpoint is still good
+            return candidate
+    return current
+
+
 def _canonical(config: Dict[str, Any]) -> Dict[str, Any]:
     """The configuration as JSON gives it back (tuples become lists), so comparisons are exact."""
     return json.loads(json.dumps(config, sort_keys=True, default=str))
@@ -71,10 +114,12 @@ def save_checkpoint(path: PathLike, state: Dict[str, Any], config: Dict[str, Any
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
-    atomic_write_bytes(path, data)
     sidecar = {"format": FORMAT, "version": VERSION, "kind": str(kind), "config": config,
                "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "meta": meta or {}}
-    atomic_write_text(_sidecar(path), json.dumps(sidecar, indent=2, sort_keys=True, default=str))
+    # commit order (see the module notes): pending sidecar, checkpoint, sidecar
+    atomic_write_text(_pending(path), json.dumps(sidecar, indent=2, sort_keys=True, default=str))
+    atomic_write_bytes(path, data)
+    os.replace(_pending(path), _sidecar(path))
     return path
 
 
@@ -82,12 +127,15 @@ def read_checkpoint_config(path: PathLike) -> Dict[str, Any]:
     """The ``config`` stored in ``path``'s JSON sidecar (no tensors are read)."""
     path = Path(path)
     sidecar = _sidecar(path)
-    if not sidecar.is_file():
+    if path.is_file():
+        found = _committed_sidecar(path, path.read_bytes())
+    else:
+        found = _read_sidecar(sidecar) if sidecar.is_file() else None
+    if found is None:
         raise CheckpointError(path, f"no sidecar {sidecar.name} next to the checkpoint")
-    try:
-        return json.loads(sidecar.read_text())["config"]
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(sidecar, f"unreadable checkpoint sidecar ({exc})") from None
+    if "config" not in found:
+        raise CheckpointError(sidecar, "unreadable checkpoint sidecar (no 'config')")
+    return found["config"]
 
 
 def load_checkpoint(path: PathLike, kind: Optional[str] = None,
@@ -105,20 +153,21 @@ def load_checkpoint(path: PathLike, kind: Optional[str] = None,
         raise CheckpointError(path, "no such checkpoint file")
     data = path.read_bytes()
     sidecar = _sidecar(path)
-    if verify_hash and sidecar.is_file():
-        try:
-            recorded = json.loads(sidecar.read_text()).get("sha256")
-        except ValueError as exc:
-            raise CheckpointError(sidecar, f"unreadable checkpoint sidecar ({exc})") from None
+    if verify_hash:
+        found = _committed_sidecar(path, data)
+        recorded = None if found is None else found.get("sha256")
         if recorded and recorded != hashlib.sha256(data).hexdigest():
-            raise CheckpointError(path, "content does not match the SHA-256 recorded in "
-                                        f"{sidecar.name}: the file was modified or truncated "
-                                        "after it was written")
+            what = "is empty (0 bytes) and does not" if not data else "content does not"
+            raise CheckpointError(path, f"{what} match the SHA-256 recorded in {sidecar.name}: the file "
+                                        "was modified or truncated after it was written")
+    if not data:
+        raise CheckpointError(path, "is empty (0 bytes): not a checkpoint (an interrupted copy?)")
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt / non-weights files
+        first_line = (str(exc).strip().splitlines() or ["no details"])[0][:200]
         raise CheckpointError(path, f"cannot be read as a weights-only torch checkpoint "
-                                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+                                    f"({type(exc).__name__}: {first_line})") from None
     check_header(path, payload, FORMAT, VERSION, error=CheckpointError, older_ok=True)
     if kind is not None and payload.get("kind") != kind:
         raise CheckpointError(path, f"is a {payload.get('kind')!r} checkpoint, expected {kind!r}")

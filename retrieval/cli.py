@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from .cli_checks import CLIError, os_error_message, require_file as _require_file, require_output, writing
+
 __all__ = ["main", "build_parser", "CLIError", "COMMAND_GROUPS", "add_dataset_arguments", "load_dataset",
            "emit_json", "parse_options", "DATASET_TYPES"]
 
@@ -40,6 +42,7 @@ COMMAND_GROUPS: List[str] = [
     "retrieval.cli:register_evaluate",
     "retrieval.cli:register_dataset",
     "retrieval.bench.cli:register",
+    "retrieval.steps.extract:register",
 ]
 
 DATASET_TYPES = ("oxford", "revisited", "gldv2", "folder", "multiview", "os-core")
@@ -50,10 +53,6 @@ DEFAULT_PROTOCOL = {"oxford": "oxford", "revisited": "revisited", "gldv2": "gldv
 GLOBAL_FLAGS = ("--debug", "--quiet")
 
 
-class CLIError(Exception):
-    """A user error: reported as one line, exit code 2."""
-
-
 # ------------------------------------------------------------------------------------ helpers
 
 def emit_json(payload: Any, out: Optional[str] = None) -> None:
@@ -62,7 +61,8 @@ def emit_json(payload: Any, out: Optional[str] = None) -> None:
     if out:
         from .fileio import atomic_write_text  # here: the command line starts without numpy
 
-        atomic_write_text(out, text + "\n")
+        with writing(out, "output"):
+            atomic_write_text(out, text + "\n")
     print(text)
 
 
@@ -105,13 +105,6 @@ def parse_options(pairs: Optional[Sequence[str]]) -> Dict[str, Any]:
                 except ValueError:
                     out[key.strip()] = value
     return out
-
-
-def _require_file(path: str, what: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"{p}: no such {what}")
-    return p
 
 
 def _int_ranges(spec: str) -> List[int]:
@@ -161,6 +154,8 @@ def load_dataset(args: argparse.Namespace):
     if not root.is_dir():
         raise CLIError(f"{root}: no such dataset folder")
     kind = args.dataset
+    if kind in ("folder", "multiview") and args.every < 1:
+        raise CLIError(f"--every must be at least 1, got {args.every}")
     if kind in ("oxford", "revisited"):
         scale = args.scale
         if scale != "auto":
@@ -168,6 +163,8 @@ def load_dataset(args: argparse.Namespace):
                 scale = float(scale)
             except ValueError:
                 raise CLIError(f"--scale must be 'auto' or a number, not {args.scale!r}") from None
+            if not (math.isfinite(scale) and scale > 0):
+                raise CLIError(f"--scale must be a positive number, not {args.scale!r}")
         reader = read_oxford if kind == "oxford" else read_revisited
         return reader(root, scale=scale, on_error=args.on_error)
     if kind == "gldv2":
@@ -220,7 +217,8 @@ def _index_build(args) -> int:
 
     if args.backend not in BACKENDS:
         raise CLIError(f"unknown backend {args.backend!r}; choose from {', '.join(BACKENDS)}")
-    features = _require_file(args.features, "feature file")
+    features = _require_file(args.features, "feature file", "hdf5")
+    require_output(args.out, "index")
     start = time.perf_counter()
     ids, vectors, config = load_global(features)
     if len(ids) == 0:
@@ -229,7 +227,8 @@ def _index_build(args) -> int:
         index = Index(vectors, ids=ids, backend=args.backend, config=config, **parse_options(args.option))
     except ValueError as exc:
         raise CLIError(f"{features}: {exc}") from None
-    index.save(args.out)
+    with writing(args.out, "index"):
+        index.save(args.out)
     emit_json({"index": str(args.out), "features": str(features), "backend": args.backend,
                "count": len(index), "dim": index.dim, "options": index.options,
                "seconds": round(time.perf_counter() - start, 3)})
@@ -248,8 +247,9 @@ def _index_search(args) -> int:
         raise CLIError(f"--k must be positive, got {args.k}")
     if args.batch < 1:
         raise CLIError(f"--batch must be positive, got {args.batch}")
-    index_path = _require_file(args.index, "index file")
-    queries_path = _require_file(args.queries, "query feature file")
+    index_path = _require_file(args.index, "index file", "npz")
+    queries_path = _require_file(args.queries, "query feature file", "hdf5")
+    require_output(args.out, "ranking")
     index = Index.load(index_path)
     query_ids, queries, _ = load_global(queries_path)
     if len(query_ids) == 0:
@@ -257,7 +257,11 @@ def _index_search(args) -> int:
     if queries.shape[1] != index.dim:
         raise CLIError(f"{queries_path}: query vectors have dimension {queries.shape[1]}, the index "
                        f"{index_path} has dimension {index.dim}")
-    options = parse_options(args.option)
+    try:
+        options = parse_options(args.option)
+        index.search(queries[:1], k=1, **options)  # options checked before the long run
+    except ValueError as exc:
+        raise CLIError(f"{index_path}: {exc}") from None
     start = time.perf_counter()
     parts = []
     steps = range(0, len(query_ids), args.batch)
@@ -268,7 +272,8 @@ def _index_search(args) -> int:
     ranking = parts[0] if len(parts) == 1 else Ranking(
         ids=np.concatenate([p.ids for p in parts]), scores=np.concatenate([p.scores for p in parts]),
         indices=np.concatenate([p.indices for p in parts]), query_ids=list(query_ids))
-    ranking.save(args.out)
+    with writing(args.out, "ranking"):
+        ranking.save(args.out)
     emit_json({"ranking": str(args.out), "index": str(index_path), "queries": len(query_ids),
                "k": ranking.k, "seconds": round(time.perf_counter() - start, 3)})
     return 0
@@ -296,7 +301,10 @@ def _evaluate(args) -> int:
     protocol = args.protocol or DEFAULT_PROTOCOL[args.dataset]
     if protocol not in PROTOCOLS:
         raise CLIError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
-    ranking_path = _require_file(args.ranking, "ranking file")
+    if args.k < 1:
+        raise CLIError(f"--k must be positive, got {args.k}")
+    ranking_path = _require_file(args.ranking, "ranking file", "json")
+    require_output(args.out, "metrics")
     ranking = Ranking.load(ranking_path)
     if ranking.query_ids is None:
         raise CLIError(f"{ranking_path}: the ranking does not name its queries (no query_ids); search "
@@ -373,6 +381,7 @@ def _dataset_summary(ds) -> Dict[str, Any]:
 
 
 def _dataset_info(args) -> int:
+    require_output(args.out, "dataset summary")
     emit_json(_dataset_summary(load_dataset(args)), args.out)
     return 0
 
@@ -380,6 +389,9 @@ def _dataset_info(args) -> int:
 def _dataset_check(args) -> int:
     from .datasets import check_images, list_images
 
+    if args.n_jobs == 0 or args.n_jobs < -1:
+        raise CLIError(f"--n-jobs must be a positive number or -1 (all cores), got {args.n_jobs}")
+    require_output(args.out, "check report")
     path = Path(args.path)
     if path.is_file():
         paths = [path]
@@ -396,6 +408,11 @@ def _dataset_check(args) -> int:
 def _dataset_export(args) -> int:
     from .datasets import coil100_gldv2_split, export_gldv2
 
+    if args.query_step < 2:
+        raise CLIError(f"--query-step must be at least 2 (some views must stay in the index), got {args.query_step}")
+    if not 0.0 <= args.ignored_fraction < 1.0:
+        raise CLIError(f"--ignored-fraction must be in [0, 1), got {args.ignored_fraction}")
+    require_output(args.out, "GLDv2 export", folder=True)
     start = time.perf_counter()
     split = coil100_gldv2_split(args.data, train_objects=_int_ranges(args.train_objects),
                                 test_objects=_int_ranges(args.test_objects), query_step=args.query_step,
@@ -428,7 +445,7 @@ def _user_error_types():
     """Exceptions that mean bad input rather than a bug: shown as one line, exit code 2."""
     # ValueError covers DatasetError, ImageLoadError, FeatureFileError, IndexFileError and Index's
     # dimension / option checks
-    return (CLIError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError)
+    return (CLIError, ValueError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -458,6 +475,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except OSError as exc:
+        # disk full, file size limit, a file that cannot be written: one line naming the file
+        if debug:
+            raise
+        print(f"retrieval: error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("retrieval: interrupted", file=sys.stderr)
         return 130

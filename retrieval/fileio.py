@@ -15,10 +15,15 @@ can all use it without import cycles (``import retrieval.fileio`` pulls in neith
   name the file; :func:`check_header`: refuse another format / kind or another (newer) version.
 * :func:`digest`: SHA-256 over a header dict (sorted-keys JSON) and each array's name, dtype, shape
   and bytes.
+* Faults: :func:`reserve_space` makes sure the disk has room for what is about to be written (else
+  :class:`DiskFullError`, before anything is written); :func:`is_lock_conflict` tells an open refused
+  because another process holds the file's lock; :func:`describe_file` says what a file that is not
+  the expected kind looks like (so messages name an index passed for a feature file as such).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -32,10 +37,12 @@ import numpy as np
 PathLike = Union[str, os.PathLike]
 
 __all__ = ["FileFormatError", "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text",
-           "save_npz", "read_npz", "parse_header", "pop_header", "read_json", "check_header", "digest"]
+           "save_npz", "read_npz", "parse_header", "pop_header", "read_json", "check_header", "digest",
+           "DiskFullError", "reserve_space", "is_lock_conflict", "describe_file"]
 
 # what np.load / zipfile raise on a damaged, truncated or foreign file
-_READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, KeyError)
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, KeyError,
+                NotImplementedError)  # a flipped bit in a zip entry's compression method
 
 
 class FileFormatError(ValueError):
@@ -217,3 +224,105 @@ def digest(arrays: Mapping[str, Any], header: Optional[dict] = None, separator: 
         if arr.size:
             h.update(arr.reshape(-1).view(np.uint8))
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# faults: full disks, locked files, files of another kind
+# ---------------------------------------------------------------------------------------------
+
+#: errno values meaning "no room to write": no space left, the process's file-size limit
+#: (RLIMIT_FSIZE, errno 27), a disk quota
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+class DiskFullError(FileFormatError):
+    """``path`` could not grow by what was about to be written (no space left on the device, a
+    disk quota or the process's file-size limit); raised before anything was written."""
+
+
+def reserve_space(fd: int, size: int, path: PathLike, ahead: int = 0,
+                  error: Type[FileFormatError] = DiskFullError) -> int:
+    """Make sure the first ``size`` bytes of the open file ``fd`` are allocated on disk (growing it
+    with ``posix_fallocate``; ``ahead`` more bytes when they fit, so that small writes do not ask
+    every time). Writes inside the allocated range then cannot fail for lack of space, which is
+    what keeps a file whose format updates itself in place (HDF5) valid on a full disk.
+
+    Raises ``error`` (a :class:`DiskFullError` by default) naming ``path`` when the space is not
+    there; returns the allocated size. Filesystems without fallocate get no guarantee (no error)."""
+    allocated = os.fstat(fd).st_size
+    if size <= allocated:
+        return allocated
+    targets = [size + ahead, size] if ahead > 0 else [size]
+    while True:
+        target = targets.pop(0)
+        try:
+            os.posix_fallocate(fd, 0, target)
+            return target
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                return allocated  # fallocate unsupported here: best effort
+            if not targets:
+                failure = exc.errno
+                break
+    reason = {errno.EFBIG: "the process's file-size limit (ulimit -f) is reached",
+              errno.EDQUOT: "the disk quota is exceeded"}.get(failure, "no space left on the device")
+    raise error(path, f"cannot write {size - allocated} more bytes: {reason}. Everything written before "
+                      "is intact; free some space and rerun to resume")
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """True when ``exc`` (from opening a file) means another process holds the file's lock (HDF5's
+    file locking reports it as errno 11 / EAGAIN, "unable to lock file")."""
+    return isinstance(exc, OSError) and (
+        exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock file" in str(exc))
+
+
+_MAGIC = ((b"\x89HDF\r\n\x1a\n", "an HDF5 file"), (b"PK\x03\x04", "a zip archive"),
+          (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x93NUMPY", "a .npy array"),
+          (b"\x80", "a Python pickle"), (b"GIF8", "a GIF image"))
+
+
+def describe_file(path: PathLike) -> str:
+    """What the file ``path`` looks like from its first bytes, for error messages: "an empty file",
+    "an HDF5 file", "a hybrid-retrieval/index .npz archive", "a torch checkpoint", "JSON text", ...
+    Never raises (an unreadable file is "an unreadable file (...)")."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError as exc:
+        return f"an unreadable file ({exc.strerror or exc})"
+    if not head:
+        return "an empty file (0 bytes)"
+    kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    if kind == "a zip archive":
+        return _describe_zip(path)
+    if kind is not None:
+        return kind
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "JSON text"
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return f"a file of unknown kind (starts with {head[:8]!r})"
+
+
+def _describe_zip(path: Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if any(n.endswith("data.pkl") for n in names):
+                return "a torch checkpoint"
+            for name in names:
+                if name.endswith(".npy") and name[:-4] in ("header", "config", "meta"):
+                    with archive.open(name) as member:
+                        header = json.loads(str(np.lib.format.read_array(member, allow_pickle=False)))
+                    kind = (header.get("format") or header.get("kind")) if isinstance(header, dict) else None
+                    if kind:
+                        return f"a {kind} .npz archive"
+            if all(n.endswith(".npy") for n in names):
+                return "a .npz archive"
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError):
+        return "a damaged zip archive"
+    return "a zip archive"

@@ -3,6 +3,13 @@
 Whatever the file holds (grayscale, RGBA, palette, CMYK, 16-bit, EXIF-rotated JPEG), the result is an
 8-bit RGB array, so extractors never see a format they did not plan for. Failures raise
 :class:`ImageLoadError`, which names the file and the problem.
+
+Pixel cap. A small file can claim a huge image (a 107 kB PNG of 30000 x 30000 pixels needs 2.7 GB
+decoded). :func:`load_image` and :func:`image_size` read the size from the header first and refuse
+an image of more than ``max_pixels`` pixels (default :data:`MAX_PIXELS`, 100 million, which the
+environment variable ``RETRIEVAL_MAX_PIXELS`` or assigning ``retrieval.imageio.MAX_PIXELS`` changes)
+before decoding anything. Pillow's own decompression-bomb check (``PIL.Image.MAX_IMAGE_PIXELS``)
+still applies on top: to decode images beyond about 179 million pixels raise that too.
 """
 from __future__ import annotations
 
@@ -18,7 +25,24 @@ from .fileio import FileFormatError
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["ImageLoadError", "load_image", "resize_longest_side", "image_size"]
+__all__ = ["ImageLoadError", "load_image", "resize_longest_side", "image_size", "MAX_PIXELS"]
+
+
+def _env_pixels(default: int) -> int:
+    text = os.environ.get("RETRIEVAL_MAX_PIXELS", "").strip()
+    if not text:
+        return default
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise ValueError(f"RETRIEVAL_MAX_PIXELS={text!r} is not a number of pixels") from None
+    if value < 1:
+        raise ValueError(f"RETRIEVAL_MAX_PIXELS={text!r} must be positive")
+    return value
+
+
+#: the largest image (width x height) :func:`load_image` decodes unless told otherwise
+MAX_PIXELS = _env_pixels(100_000_000)
 
 
 class ImageLoadError(FileFormatError):
@@ -82,7 +106,28 @@ def resize_longest_side(image: np.ndarray, max_side: int, upscale: bool = False)
     return cv2.resize(image, size, interpolation=interp)
 
 
-def load_image(path: PathLike, max_side: Optional[int] = None, upscale: bool = False) -> np.ndarray:
+def _pixel_cap(max_pixels: Optional[int]) -> int:
+    cap = MAX_PIXELS if max_pixels is None else max_pixels
+    if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1:
+        raise ValueError(f"max_pixels must be a positive whole number, got {cap!r}")
+    return int(cap)
+
+
+def _check_pixels(path: Path, size: Tuple[int, int], cap: int) -> None:
+    w, h = size
+    if w * h > cap:
+        raise ImageLoadError(path, f"image of {w} x {h} = {w * h} pixels is larger than the pixel cap of "
+                                   f"{cap} (a decompression bomb?); raise max_pixels / RETRIEVAL_MAX_PIXELS "
+                                   "to decode it")
+
+
+def _bomb(path: Path, exc: Exception) -> ImageLoadError:
+    return ImageLoadError(path, f"image too large to decode, a decompression bomb? (Pillow: {exc}); "
+                                "raise PIL.Image.MAX_IMAGE_PIXELS and max_pixels to decode it")
+
+
+def load_image(path: PathLike, max_side: Optional[int] = None, upscale: bool = False,
+               max_pixels: Optional[int] = None) -> np.ndarray:
     """Read an image file as an ``(H, W, 3)`` uint8 RGB array.
 
     EXIF orientation is applied; grayscale, RGBA (composited on black), palette, CMYK and 16-bit
@@ -90,23 +135,31 @@ def load_image(path: PathLike, max_side: Optional[int] = None, upscale: bool = F
     pixels (``upscale=True`` also enlarges smaller images).
 
     Raises :class:`ImageLoadError` naming the file for a missing, empty, truncated, corrupt or
-    non-image file.
+    non-image file, and for an image of more than ``max_pixels`` pixels (default
+    :data:`MAX_PIXELS`; checked from the header, before decoding).
     """
     path = Path(path)
+    cap = _pixel_cap(max_pixels)
     if not path.is_file():
         raise ImageLoadError(path, "no such file")
     if path.stat().st_size == 0:
         raise ImageLoadError(path, "file is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # the pixel cap below replaces Pillow's warning level; its hard limit still applies
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                _check_pixels(path, img.size, cap)
                 img.load()  # forces a full decode: truncated files fail here
                 img = ImageOps.exif_transpose(img)
                 rgb = _pil_to_rgb(img)
     except UnidentifiedImageError:
         raise ImageLoadError(path, "not an image file Pillow can identify") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _bomb(path, exc) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(path, f"corrupt or truncated image ({exc})") from None
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageLoadError(path, f"decoded to an unusable array of shape {rgb.shape}")
@@ -115,13 +168,23 @@ def load_image(path: PathLike, max_side: Optional[int] = None, upscale: bool = F
     return np.ascontiguousarray(rgb)
 
 
-def image_size(path: PathLike) -> Tuple[int, int]:
-    """(height, width) after EXIF orientation, read from the header without decoding pixels."""
+def image_size(path: PathLike, max_pixels: Optional[int] = None) -> Tuple[int, int]:
+    """(height, width) after EXIF orientation, read from the header without decoding pixels. An
+    image :func:`load_image` would refuse for its size (more than ``max_pixels``) is refused here too."""
+    path = Path(path)
+    cap = _pixel_cap(max_pixels)
     try:
-        with Image.open(path) as img:
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
-    except (OSError, UnidentifiedImageError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                _check_pixels(path, (w, h), cap)
+                orientation = img.getexif().get(0x0112, 1)
+    except Image.DecompressionBombError as exc:
+        raise _bomb(path, exc) from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, ImageLoadError):
+            raise
         raise ImageLoadError(path, f"cannot read image header ({exc})") from None
     if orientation in (5, 6, 7, 8):
         w, h = h, w

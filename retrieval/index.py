@@ -28,6 +28,11 @@ Backends
     ``ef_construction`` (default 80), ``ef_search`` (default 128). ``efConstruction`` /
     ``efSearch`` are accepted as aliases.
 
+Every option is checked (:mod:`retrieval.index_options`, one :class:`retrieval.config.Config` per
+backend) before faiss sees it: a bad value is a ValueError naming it, never a faiss abort or hang.
+Per-call search options go to faiss as SearchParameters, never onto the shared index, so threads
+may search one index with different options at once.
+
 The faiss backends need the optional extra: ``pip install hybrid-retrieval[faiss]``; faiss is
 imported only when one of them is used.
 
@@ -52,14 +57,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .config import ConfigError
 from .fileio import (FileFormatError, atomic_write_text, check_header, digest, pop_header, read_json,
                      read_npz, save_npz)
+from .index_options import DEFAULT_MEMORY_MB, resolve_options, search_options as _search_options
 
 __all__ = ["Index", "Ranking", "IndexFileError", "BACKENDS", "normalize_rows"]
 
@@ -70,19 +78,6 @@ FORMAT_VERSION = 1
 METRIC = "inner_product"
 BACKENDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
 UNIT_NORM_TOLERANCE = 1e-3
-DEFAULT_MEMORY_MB = 256.0
-
-# options each backend accepts (with defaults; None = chosen from the data)
-_BACKEND_OPTIONS: Dict[str, Dict[str, Any]] = {
-    "exact": {"memory_mb": DEFAULT_MEMORY_MB},
-    "faiss-flat": {},
-    "faiss-ivf": {"nlist": None, "nprobe": 16, "seed": 0},
-    "faiss-ivfpq": {"nlist": None, "m": None, "nbits": 8, "nprobe": 16, "seed": 0},
-    "faiss-hnsw": {"hnsw_m": 32, "ef_construction": 80, "ef_search": 128},
-}
-_ALIASES = {"efSearch": "ef_search", "efConstruction": "ef_construction", "M": "hnsw_m"}
-# options that only affect search, so they may be changed per call / after loading
-_SEARCH_OPTIONS = {"memory_mb", "nprobe", "ef_search"}
 
 
 class IndexFileError(FileFormatError):
@@ -158,6 +153,18 @@ def _id_array(ids: Sequence[Hashable], what: str = "ids") -> np.ndarray:
 # Ranking
 # ---------------------------------------------------------------------------------------------
 
+_RANKING_KEYS = frozenset({"format", "version", "num_queries", "k", "id_type", "query_ids", "ids", "scores",
+                           "indices", "sha256"})
+
+
+def _ranking_digest(payload: dict) -> str:
+    """SHA-256 of a ranking file's content (every key but ``sha256``, as sorted-keys JSON)."""
+    import hashlib
+
+    body = {key: value for key, value in payload.items() if key != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 @dataclass
 class Ranking:
     """Search results for ``Q`` queries, best first.
@@ -210,7 +217,8 @@ class Ranking:
 
     def save(self, path: PathLike) -> Path:
         """Write the ranking as JSON (atomically): format, version, query ids, and per query the
-        database ids, scores and row positions."""
+        database ids, scores and row positions, with a SHA-256 of it all (``sha256``) that
+        :meth:`load` checks."""
         path = Path(path)
         payload = {
             "format": RANKING_FORMAT, "version": FORMAT_VERSION,
@@ -221,6 +229,7 @@ class Ranking:
             "scores": [[float(s) if math.isfinite(s) else None for s in row] for row in self.scores.tolist()],
             "indices": self.indices.tolist(),
         }
+        payload["sha256"] = _ranking_digest(payload)
         atomic_write_text(path, json.dumps(payload))
         return path
 
@@ -229,13 +238,28 @@ class Ranking:
         """Read a ranking written by :meth:`save`; refuses other formats and versions."""
         payload = read_json(path, "ranking", error=IndexFileError)
         check_header(path, payload, RANKING_FORMAT, FORMAT_VERSION, error=IndexFileError)
-        q, k = payload["num_queries"], payload["k"]
-        dtype = np.int64 if payload.get("id_type") == "int" else str
-        ids = np.asarray(payload["ids"], dtype=dtype).reshape(q, k)
-        scores = np.asarray([[-np.inf if s is None else s for s in row] for row in payload["scores"]],
-                            dtype=np.float32).reshape(q, k)
-        indices = np.asarray(payload["indices"], dtype=np.int64).reshape(q, k)
-        return cls(ids=ids, scores=scores, indices=indices, query_ids=payload.get("query_ids"))
+        missing = [key for key in ("num_queries", "k", "ids", "scores", "indices") if key not in payload]
+        if missing:
+            raise IndexFileError(path, f"ranking file lacks the key(s) {missing}; write it with "
+                                       "'retrieval index search' (Ranking.save)")
+        unknown = sorted(set(payload) - _RANKING_KEYS)
+        if unknown:
+            raise IndexFileError(path, f"ranking file has unknown key(s) {unknown}: altered or damaged")
+        # files written before the checksum have none; any file that has one must match it
+        if "sha256" in payload and payload.pop("sha256") != _ranking_digest(payload):
+            raise IndexFileError(path, "checksum mismatch: the ranking file was altered or damaged; "
+                                       "search again to rewrite it")
+        try:
+            q, k = int(payload["num_queries"]), int(payload["k"])
+            dtype = np.int64 if payload.get("id_type") == "int" else str
+            ids = np.asarray(payload["ids"], dtype=dtype).reshape(q, k)
+            scores = np.asarray([[-np.inf if s is None else s for s in row] for row in payload["scores"]],
+                                dtype=np.float32).reshape(q, k)
+            indices = np.asarray(payload["indices"], dtype=np.int64).reshape(q, k)
+            return cls(ids=ids, scores=scores, indices=indices, query_ids=payload.get("query_ids"))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise IndexFileError(path, f"ranking arrays do not match num_queries={payload['num_queries']!r}, "
+                                       f"k={payload['k']!r} or are not numbers ({exc})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +398,9 @@ class Index:
         self.backend = backend
         self.normalize = bool(normalize)
         self.config = dict(config or {})
-        self.options = self._resolve_options(backend, options)
+        # every option is checked here, before faiss sees it (faiss crashes on some bad values)
+        self.option_config = resolve_options(backend, options)
+        self._lock = threading.Lock()  # guards the exact backend's consolidation of added vectors
         self.source: Optional[str] = None  # file this index was loaded from (for error messages)
         self.last_block_shape: Optional[Tuple[int, int]] = None
         vectors = self._prepare(vectors, "database vectors")
@@ -392,17 +418,10 @@ class Index:
 
     # -- construction ------------------------------------------------------------------------
 
-    @staticmethod
-    def _resolve_options(backend: str, options: dict) -> dict:
-        allowed = _BACKEND_OPTIONS[backend]
-        resolved = dict(allowed)
-        for key, value in options.items():
-            key = _ALIASES.get(key, key)
-            if key not in allowed:
-                raise ValueError(f"backend {backend!r} has no option {key!r}; its options are "
-                                 f"{sorted(allowed) or 'none'}")
-            resolved[key] = value
-        return resolved
+    @property
+    def options(self) -> Dict[str, Any]:
+        """The backend options as a dict (with the values chosen from the data filled in)."""
+        return self.option_config.to_dict()
 
     def _prepare(self, vectors, what: str) -> np.ndarray:
         arr = _as_matrix(vectors, what)
@@ -413,40 +432,55 @@ class Index:
 
     def _build_faiss(self, vectors: np.ndarray):
         faiss = _import_faiss()
-        d, n, opt = self.dim, vectors.shape[0], self.options
+        d, n, opt = self.dim, vectors.shape[0], self.option_config
         if self.backend == "faiss-flat":
             return faiss.IndexFlatIP(d)
         if self.backend == "faiss-hnsw":
-            index = faiss.IndexHNSWFlat(d, int(opt["hnsw_m"]), faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = int(opt["ef_construction"])
+            index = faiss.IndexHNSWFlat(d, opt.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = opt.ef_construction
             return index
         # IVF backends train on the first vectors given
         if n == 0:
             raise ValueError(f"backend {self.backend!r} trains on the database vectors; an empty index "
                              "cannot be built (use 'exact' or 'faiss-flat', or build with vectors)")
-        if opt["nlist"] is None:
-            opt["nlist"] = _default_nlist(n)
-        nlist = int(opt["nlist"])
+        if opt.nlist is None:
+            opt = opt.override(nlist=_default_nlist(n))
+        nlist = opt.nlist
         if not 1 <= nlist <= n:
             raise ValueError(f"nlist={nlist} must be between 1 and the number of vectors ({n})")
         quantizer = faiss.IndexFlatIP(d)
         if self.backend == "faiss-ivf":
             index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         else:
-            if opt["m"] is None:
-                opt["m"] = _default_pq_m(d)
-            m, nbits = int(opt["m"]), int(opt["nbits"])
+            if opt.m is None:
+                opt = opt.override(m=_default_pq_m(d))
+            m, nbits = opt.m, opt.nbits
             if d % m:
                 raise ValueError(f"faiss-ivfpq: m={m} sub-quantisers must divide the dimension {d}")
             if n < 2 ** nbits:
                 raise ValueError(f"faiss-ivfpq: nbits={nbits} needs at least {2 ** nbits} training vectors, "
                                  f"got {n}; pass a smaller nbits")
             index = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
-            index.pq.cp.seed = int(opt["seed"])
-        index.cp.seed = int(opt["seed"])
+            index.pq.cp.seed = opt.seed
+        index.cp.seed = opt.seed
+        self.option_config = opt
         index.train(vectors)
         # faiss keeps a raw pointer to the quantiser: keep the Python object alive with the index
         self._quantizer = quantizer
+        return index
+
+    @classmethod
+    def trained(cls, sample, backend: str, normalize: bool = True, config: Optional[dict] = None,
+                **options) -> "Index":
+        """An IVF index (``faiss-ivf`` / ``faiss-ivfpq``) trained on ``sample`` exactly as
+        ``Index(sample, backend=...)`` trains, but holding no vectors: :meth:`add` then fills it
+        chunk by chunk (:mod:`retrieval.scale` builds indexes larger than memory this way)."""
+        if backend not in ("faiss-ivf", "faiss-ivfpq"):
+            raise ValueError(f"only the IVF backends are trained apart from their vectors, not {backend!r}")
+        index = cls(sample, backend=backend, normalize=normalize, config=config, **options)
+        index._faiss.reset()  # keeps the trained quantiser (and PQ codebooks), drops the sample
+        index._ids = np.zeros(0, dtype=np.int64)
+        index._id_set = set()
         return index
 
     def _append(self, vectors: np.ndarray, ids: Optional[Sequence[Hashable]]) -> None:
@@ -493,12 +527,14 @@ class Index:
         self._append(arr, ids)
 
     def _matrix(self) -> np.ndarray:
-        """The exact backend's (N, D) matrix, with pending additions concatenated in."""
-        if self._pending:
-            parts = ([self._vectors] if len(self._vectors) else []) + self._pending
-            self._vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            self._pending = []
-        return self._vectors
+        """The exact backend's (N, D) matrix, with pending additions concatenated in (under a lock:
+        threads searching one index must not concatenate the same additions twice)."""
+        with self._lock:
+            if self._pending:
+                parts = ([self._vectors] if len(self._vectors) else []) + self._pending
+                self._vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                self._pending = []
+            return self._vectors
 
     # -- properties ----------------------------------------------------------------------------
 
@@ -529,7 +565,9 @@ class Index:
                **search_options) -> Ranking:
         """Top-``k`` database items for each query, best first. ``k`` larger than the database is
         clamped to its size. ``search_options`` override ``memory_mb`` (exact), ``nprobe`` (IVF) or
-        ``ef_search`` (HNSW) for this call."""
+        ``ef_search`` (HNSW) for this call only: they are passed to faiss per call (its
+        SearchParameters), never set on the shared index, so threads may search one index with
+        different options at once and each gets exactly its serial result."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         where = f" loaded from {self.source}" if self.source else ""
@@ -538,31 +576,28 @@ class Index:
             raise ValueError(f"query vectors have dimension {arr.shape[1]} but the index{where} has "
                              f"dimension {self.dim}")
         arr = self._prepare(arr, "query vectors")
-        options = dict(self.options)
-        for key, value in search_options.items():
-            key = _ALIASES.get(key, key)
-            if key not in _SEARCH_OPTIONS or key not in options:
-                raise ValueError(f"{key!r} is not a search option of backend {self.backend!r}; search "
-                                 f"options: {sorted(_SEARCH_OPTIONS & options.keys()) or 'none'}")
-            options[key] = value
+        options = _search_options(self.backend, self.option_config, search_options)
         k = int(min(k, len(self)))
         nq = arr.shape[0]
         if k == 0 or nq == 0:
             scores = np.zeros((nq, k), np.float32)
             rows = np.zeros((nq, k), np.int64)
         elif self._faiss is None:
-            scores, rows, self.last_block_shape = exact_search(self._matrix(), arr, k, float(options["memory_mb"]))
+            scores, rows, self.last_block_shape = exact_search(self._matrix(), arr, k, options.memory_mb)
         else:
             scores, rows = self._faiss_search(arr, k, options)
         return self._ranking(scores, rows, query_ids)
 
-    def _faiss_search(self, queries: np.ndarray, k: int, options: dict) -> Tuple[np.ndarray, np.ndarray]:
-        index = self._faiss
+    def _faiss_search(self, queries: np.ndarray, k: int, options) -> Tuple[np.ndarray, np.ndarray]:
+        faiss = _import_faiss()
+        index, params = self._faiss, None
         if self.backend in ("faiss-ivf", "faiss-ivfpq"):
-            index.nprobe = int(min(max(1, options["nprobe"]), index.nlist))
+            params = faiss.SearchParametersIVF()
+            params.nprobe = int(min(options.nprobe, index.nlist))
         elif self.backend == "faiss-hnsw":
-            index.hnsw.efSearch = int(max(options["ef_search"], k))
-        scores, rows = index.search(queries, k)
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = int(max(options.ef_search, k))
+        scores, rows = index.search(queries, k, params=params)
         rows = rows.astype(np.int64, copy=False)
         scores = np.where(rows < 0, -np.inf, scores).astype(np.float32)
         return scores, rows
@@ -626,7 +661,13 @@ class Index:
         index.backend = header["backend"]
         index.normalize = header["normalize"]
         index.config = header["config"]
-        index.options = header["backend_options"]
+        try:
+            if index.backend not in BACKENDS:
+                raise ConfigError(f"unknown backend {index.backend!r}")
+            index.option_config = resolve_options(index.backend, header["backend_options"])
+        except (ConfigError, TypeError, AttributeError) as exc:
+            raise IndexFileError(path, f"invalid backend options ({exc}); rebuild the index") from None
+        index._lock = threading.Lock()
         index.dim = int(header["dim"])
         index.source = str(path)
         index.last_block_shape = None

@@ -146,7 +146,8 @@ def test_crop_query():
     assert crop_query(img, (2.5, 1.2, 7.1, 4)).shape == (3, 6)  # floor start, ceil end
     np.testing.assert_array_equal(crop_query(img, (2, 1, 5, 3)), img[1:3, 2:5])
     assert crop_query(img, (-5, -5, 100, 100)).shape == (10, 20)
-    assert crop_query(img, (30, 30, 40, 40)).shape == (1, 1)   # outside: clipped, never empty
+    with pytest.raises(ValueError, match="outside the image"):   # no overlap: refused, not 1x1
+        crop_query(img, (30, 30, 40, 40))
     assert crop_query(img, (4, 4, 4, 4)).shape == (1, 1)
     assert crop_query(img, (8, 5, 3, 2)).shape == (3, 5)       # swapped corners
 

@@ -24,11 +24,35 @@ def test_named_configs_are_complete_and_typos_refused():
     for name in SIFT_CONFIGS:
         cfg = sift_config(name)
         assert cfg["name"] == name and cfg["type"] == "sift"
-    with pytest.raises(ValueError, match="unknown SIFT configuration keys"):
+        assert isinstance(cfg["max_side"], int)  # every configuration caps the image size
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['max_keypionts'\]"):
         sift_config({"max_keypionts": 10})
     with pytest.raises(ValueError, match="unknown SIFT configuration"):
         SiftExtractor("rootsift-99k")
     assert SiftExtractor("rootsift-1k", max_keypoints=10).config["max_keypoints"] == 10
+    # the one configuration idiom: dotted KEY=VALUE strings (as --set gives them) and dicts
+    assert SiftExtractor("rootsift-1k", ["max_side=1024", "upright=true"]).config["max_side"] == 1024
+    assert sift_config(SIFT_CONFIGS.get("rootsift-1k", {"max_side": 800}))["max_side"] == 800
+    # a stored configuration (with its name) rebuilds the same extractor
+    stored = SiftExtractor("rootsift-small").config
+    assert SiftExtractor(stored).config == stored
+    for bad in ({"max_side": None}, {"max_side": 4}, {"max_keypoints": 0}, {"root": "yes"}):
+        with pytest.raises(ValueError):
+            sift_config("rootsift-1k", bad)
+
+
+def test_default_cap_bounds_the_longest_side():
+    """A 4000 x 3000 image is worked on at 1600 x 1200 by default (SIFT memory ~240 bytes per
+    pixel), at the configured cap otherwise; the cap is recorded, so stores made with another one are
+    refused; smaller images are untouched."""
+    rng = np.random.default_rng(0)
+    big = cv2.resize(rng.integers(0, 256, (300, 400), dtype=np.uint8), (4000, 3000), interpolation=cv2.INTER_NEAREST)
+    ex = SiftExtractor("rootsift-1k")
+    assert ex.config["max_side"] == 1600 and ex.prepare(big).shape == (1200, 1600)
+    assert SiftExtractor("rootsift-1k", max_side=1000).prepare(big).shape == (750, 1000)
+    small = big[:500, :700]
+    assert ex.prepare(small).shape == (500, 700)
+    assert SiftExtractor("rootsift-1k", max_side=1000).config != ex.config
 
 
 def test_rootsift_properties_and_relation_to_sift(oxford_image):

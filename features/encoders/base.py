@@ -155,13 +155,23 @@ class LocalEncoder(ABC):
         return self.encode_many([features])[0]
 
     def encode_many(self, features: Sequence[FeatureInput], n_jobs: int = 1,
-                    progress: bool = False) -> np.ndarray:
+                    progress: bool = False, engine: str = "local", ray_address: Optional[str] = None) -> np.ndarray:
         """(N, dim) float32 encodings of many images, in batches of about :attr:`batch_descriptors`
-        descriptors (``n_jobs`` batches at a time in threads)."""
+        descriptors (``n_jobs`` batches at a time in threads; ``engine="ray"``: as Ray tasks, see
+        :mod:`retrieval.engine`, with the same batches, so the same encodings up to float order)."""
         self._check_fitted()
         arrays = self._arrays_of(features)
         out = np.zeros((len(arrays), self.dim), dtype=np.float32)
         ranges = batches_by_descriptors(arrays, self.batch_descriptors)
+        if engine != "local":
+            from retrieval.engine import map_units
+
+            units = [arrays[lo:hi] for lo, hi in ranges]
+            parts = map_units(_encode_arrays, units, engine=engine, n_jobs=max(1, n_jobs), shared=self,
+                              ray_address=ray_address, progress=progress, desc=f"encode {self.kind}")
+            for (lo, hi), part in zip(ranges, parts):
+                out[lo:hi] = part
+            return out
 
         def run(lo_hi):
             lo, hi = lo_hi
@@ -194,3 +204,8 @@ class LocalEncoder(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self.dim if self.is_fitted else '?'})"
+
+
+def _encode_arrays(arrays: List[np.ndarray], encoder: "LocalEncoder") -> np.ndarray:
+    """One work unit of :meth:`LocalEncoder.encode_many` on another engine: a batch of images."""
+    return encoder._encode_batch(Batch(arrays, encoder.input_dim))

@@ -20,7 +20,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", "
 ON_ERROR_CHOICES = ("raise", "collect")
 
 __all__ = ["IMAGE_EXTENSIONS", "DatasetError", "natural_key", "list_images", "check_images",
-           "apply_on_error", "require_dir"]
+           "apply_on_error", "require_dir", "read_text", "check_safe_id", "check_inside"]
 
 
 class DatasetError(ValueError):
@@ -40,6 +40,54 @@ def require_dir(path: PathLike, what: str = "folder") -> Path:
     if not path.is_dir():
         raise DatasetError(f"{path}: no such {what}")
     return path
+
+
+def read_text(path: PathLike, what: str = "file") -> str:
+    """The UTF-8 text of a dataset file (CSV, ground-truth list, label file; a byte-order mark is
+    dropped). A missing, unreadable or non-UTF-8 file is a :class:`DatasetError` naming it (and the
+    line of the first undecodable byte)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a folder, expected a {what}")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such {what}") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DatasetError(f"{path}:{line}: {what} is not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+                           f"offset {exc.start}); save it as UTF-8") from None
+
+
+# an id that becomes part of a file path: letters, digits, '_', '-', '.', no leading dot, no
+# separators, so "../x" or "/etc/x" can never reach outside the dataset folder
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
+
+
+def check_safe_id(image_id: str, where: str) -> str:
+    """``image_id`` when it is a plain name that is safe to put in a path; :class:`DatasetError`
+    naming ``where`` (file and line) otherwise (path separators, ``..``, empty, control characters)."""
+    if not _SAFE_ID.match(image_id) or ".." in image_id:
+        raise DatasetError(f"{where}: id {image_id!r} is not a plain name (letters, digits, '_', '-', "
+                           "'.'); ids with path separators or '..' could read files outside the dataset")
+    return image_id
+
+
+def check_inside(path: PathLike, folder: PathLike, where: str) -> Path:
+    """``path`` when it names a file inside ``folder`` (``..`` and absolute paths resolved lexically,
+    not through symbolic links, which datasets use on purpose); :class:`DatasetError` naming ``where``
+    otherwise."""
+    path, folder = Path(path), Path(folder)
+    normal = Path(os.path.normpath(folder / path))
+    base = Path(os.path.normpath(folder))
+    if normal != base and base not in normal.parents:
+        raise DatasetError(f"{where}: {str(path)!r} points outside {folder}; file names must stay inside "
+                           "the dataset folder")
+    return normal
 
 
 def list_images(folder: PathLike, recursive: bool = True) -> List[Path]:

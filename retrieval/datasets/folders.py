@@ -18,6 +18,7 @@ Image ids are the path relative to the images folder without its extension (``ob
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from collections import OrderedDict
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 from .base import QueryTruth, RetrievalDataset
-from .files import (IMAGE_EXTENSIONS, DatasetError, apply_on_error, check_images, list_images,
-                    missing_files, natural_key, require_dir)
+from .files import (IMAGE_EXTENSIONS, DatasetError, apply_on_error, check_images, check_inside, list_images,
+                    missing_files, natural_key, read_text, require_dir)
 
 PathLike = Union[str, os.PathLike]
 
@@ -91,9 +92,8 @@ def read_labels_csv(csv_path: PathLike,
     than two columns, lacks a ``required`` column, or has a row whose number of fields differs from
     the header's."""
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DatasetError(f"{csv_path}: no such labels file")
-    with open(csv_path, newline="") as f:
+    text = read_text(csv_path, "labels file")
+    with io.StringIO(text, newline="") as f:
         rows = list(csv.reader(f))
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if len(rows) < 2:
@@ -136,6 +136,7 @@ def read_labelled_folder(root: PathLike, images_dir: str = "images", labels_csv:
     records = []
     for line, row in rows:
         filename = row[file_col].strip()
+        check_inside(filename, folder, f"{csv_path}:{line}")
         records.append((row[label_col].strip(), [parse_number(row[i]) for i in other], filename))
     records.sort(key=lambda r: (natural_key(r[0]), [sortable(v) for v in r[1]], natural_key(r[2])))
     paths = [folder / r[2] for r in records]
@@ -188,10 +189,8 @@ def read_multiview_tree(root: PathLike, split: str = "DS", part: str = "retrieva
 def _read_label_file(path: Path) -> "OrderedDict[str, str]":
     """``name label`` per line (whitespace or comma separated; a header line whose second field is
     'label' is skipped); name may carry an extension."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such label file")
     out: "OrderedDict[str, str]" = OrderedDict()
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path, "label file").splitlines(), start=1):
         fields = [f for f in re.split(r"[,\s]+", line.strip()) if f]
         if not fields:
             continue

@@ -33,7 +33,8 @@ import numpy as np
 
 from ..fileio import atomic_write_text
 from .base import QueryTruth, RetrievalDataset
-from .files import DatasetError, apply_on_error, check_images, missing_files, natural_key, require_dir
+from .files import (DatasetError, apply_on_error, check_images, check_safe_id, missing_files, natural_key,
+                    read_text, require_dir)
 from .folders import read_labelled_folder
 from .splits import canonical_order
 
@@ -50,7 +51,7 @@ MANIFEST = "export_manifest.json"
 
 def gldv2_image_path(split_dir: PathLike, image_id: str, ext: str = ".jpg") -> Path:
     """``split_dir/a/b/c/abc....jpg`` for id ``abc...``."""
-    image_id = str(image_id)
+    image_id = check_safe_id(str(image_id), f"GLDv2 image folder {split_dir}")
     if len(image_id) < 3:
         raise DatasetError(f"GLDv2 id {image_id!r} is shorter than 3 characters")
     return Path(split_dir) / image_id[0] / image_id[1] / image_id[2] / f"{image_id}{ext}"
@@ -72,9 +73,8 @@ def gldv2_id(source: PathLike, root: Optional[PathLike] = None) -> str:
 # --------------------------------------------------------------------------------------- reading
 
 def _read_csv(path: Path, required: Sequence[str]) -> List[Dict[str, str]]:
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    with open(path, newline="") as f:
+    text = read_text(path, "CSV file")
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in required if c not in header]
@@ -90,6 +90,9 @@ def _ids(rows: List[Dict[str, str]], path: Path) -> List[str]:
         raise DatasetError(f"{path}: duplicate ids")
     if any(not i for i in ids):
         raise DatasetError(f"{path}: empty id")
+    for row, image_id in enumerate(ids, start=1):
+        # ids become file paths (a/b/c/<id>.jpg): "../" in one would read outside the dataset
+        check_safe_id(image_id, f"{path}: row {row}")
     return ids
 
 
@@ -103,15 +106,21 @@ def _labels_extra(path: Path, ids: List[str]) -> Optional[List[str]]:
 def read_gldv2(root: PathLike, train_dir: Optional[PathLike] = None, index_dir: Optional[PathLike] = None,
                test_dir: Optional[PathLike] = None, solution_csv: str = SOLUTION_CSV,
                with_train: bool = True, ext: str = ".jpg", check_files: bool = True, check: bool = False,
-               on_error: str = "raise", n_jobs: int = 1, name: Optional[str] = None) -> RetrievalDataset:
+               on_error: str = "raise", n_jobs: int = 1, name: Optional[str] = None,
+               train_file: str = "train.csv") -> RetrievalDataset:
     """Read a GLDv2-format folder (layout in the module docstring). Image roots default to
     ``root/train``, ``root/index``, ``root/test`` and may be given separately.
 
     ``check_files`` stats every image (cheap) and ``check`` decodes every index/test image; missing or
     unreadable files raise :class:`DatasetError` naming them (``on_error='raise'``) or are dropped and
     listed in ``bad_files`` (``'collect'``; a dropped index image stays in the solutions, i.e. counts as
-    missed). Without ``train.csv`` (or with ``with_train=False``) the train fields are None."""
+    missed). Without ``train.csv`` (or with ``with_train=False``) the train fields are None.
+    ``train_file="train_clean.csv"`` takes the train split from the clean subset instead
+    (``landmark_id,images`` rows; :mod:`retrieval.datasets.gldv2_tables` reads both files at full
+    size, and the thesis protocol)."""
     root = require_dir(root, "GLDv2 folder")
+    if train_file not in ("train.csv", "train_clean.csv"):
+        raise ValueError(f"train_file must be 'train.csv' or 'train_clean.csv', not {train_file!r}")
     dirs = {"train": Path(train_dir) if train_dir else root / "train",
             "index": Path(index_dir) if index_dir else root / "index",
             "test": Path(test_dir) if test_dir else root / "test"}
@@ -131,6 +140,11 @@ def read_gldv2(root: PathLike, train_dir: Optional[PathLike] = None, index_dir: 
             raise DatasetError(f"{sol_path}:{line}: query {qid!r} is not in test.csv")
         if usage not in USAGES:
             raise DatasetError(f"{sol_path}:{line}: Usage {usage!r} is not one of {USAGES}")
+        if usage != "Ignored" and row["images"] in ("", "None"):
+            # Kaggle / DELF score such a query 0 (no relevant image can be found); leaving it out of
+            # the mean would raise the score, so the row is refused rather than guessed at
+            raise DatasetError(f"{sol_path}:{line}: {usage} query {qid!r} has no relevant images "
+                               f"(images {row['images']!r}); only Ignored rows may have none")
         images = set() if row["images"] in ("", "None") else set(row["images"].split())
         unknown = images - index_set
         if unknown:
@@ -148,7 +162,12 @@ def read_gldv2(root: PathLike, train_dir: Optional[PathLike] = None, index_dir: 
     index_paths = [gldv2_image_path(dirs["index"], i, ext) for i in index_ids]
     test_paths = [gldv2_image_path(dirs["test"], i, ext) for i in test_ids]
     train_ids = train_paths = train_labels = None
-    if with_train and (root / "train.csv").is_file():
+    if with_train and train_file == "train_clean.csv" and (root / train_file).is_file():
+        from .gldv2_tables import read_clean_train  # landmark_id,images rows: one per landmark
+        clean_ids, clean_labels = read_clean_train(root / train_file)
+        train_ids, train_labels = clean_ids.tolist(), clean_labels.astype(str).tolist()
+        train_paths = [gldv2_image_path(dirs["train"], i, ext) for i in train_ids]
+    elif with_train and (root / "train.csv").is_file():
         rows = _read_csv(root / "train.csv", ("id", "landmark_id"))
         train_ids = _ids(rows, root / "train.csv")
         train_labels = [r["landmark_id"] for r in rows]

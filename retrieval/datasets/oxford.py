@@ -42,7 +42,8 @@ import numpy as np
 
 from ..imageio import ImageLoadError, image_size
 from .base import QueryTruth, RetrievalDataset
-from .files import IMAGE_EXTENSIONS, DatasetError, apply_on_error, check_images, list_images, require_dir
+from .files import (IMAGE_EXTENSIONS, DatasetError, apply_on_error, check_images, list_images, read_text,
+                    require_dir)
 
 PathLike = Union[str, os.PathLike]
 Box = Tuple[float, float, float, float]
@@ -58,16 +59,13 @@ _QUERY_NUMBER = re.compile(r"_\d+$")
 def _read_list(path: Path) -> Set[str]:
     """Image stems listed one a line (blank lines skipped; duplicates, which the official files
     contain, collapse)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read ground-truth list ({exc})") from None
+    text = read_text(path, "ground-truth list")
     names = (line.strip() for line in text.splitlines())
     return {Path(n).stem if Path(n).suffix.lower() in IMAGE_EXTENSIONS else n for n in names if n}
 
 
 def _parse_query_file(path: Path) -> Tuple[str, Box]:
-    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    lines = [line.split() for line in read_text(path, "query file").splitlines() if line.strip()]
     if len(lines) != 1 or len(lines[0]) != 5:
         raise DatasetError(f"{path}: expected one line '<image> x1 y1 x2 y2', got {len(lines)} line(s)")
     name, *coords = lines[0]
@@ -104,19 +102,27 @@ def _scale_for(path: Path, scale: Union[str, float], original_longest: int) -> f
             raise ValueError(f"scale must be 'auto' or a number, not {scale!r}")
         h, w = image_size(path)
         return max(h, w) / float(original_longest)
+    if not (math.isfinite(float(scale)) and float(scale) > 0):
+        raise ValueError(f"scale must be 'auto' or a positive number, not {scale!r}")
     return float(scale)
 
 
-def _scaled_box(box: Box, factor: float, hw: Tuple[int, int]) -> Box:
+def _scaled_box(box: Box, factor: float, hw: Tuple[int, int]) -> Optional[Box]:
+    """``box`` scaled by ``factor`` and clipped to the image; None when it does not overlap the image
+    at all (clipping would leave an empty box, which a crop used to turn into one pixel)."""
     h, w = hw
     x1, y1, x2, y2 = (c * factor for c in box)
+    if x1 >= w or y1 >= h or x2 <= 0 or y2 <= 0:
+        return None
     return (min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h))
 
 
 def crop_query(image: np.ndarray, box: Optional[Sequence[float]]) -> np.ndarray:
     """Crop ``image`` (H, W, ...) to ``box`` = (x1, y1, x2, y2) in its pixels: the box is widened to
     whole pixels (floor of the start, ceil of the end), clipped to the image, and kept at least one
-    pixel wide and tall, so the crop is never empty. ``box=None`` returns the whole image."""
+    pixel wide and tall, so the crop is never empty. A box that does not overlap the image at all is
+    refused (ValueError) rather than cropped to a pixel of the border. ``box=None`` returns the whole
+    image."""
     if box is None:
         return image
     h, w = image.shape[:2]
@@ -125,6 +131,8 @@ def crop_query(image: np.ndarray, box: Optional[Sequence[float]]) -> np.ndarray:
     x1, y1, x2, y2 = (float(c) for c in box)
     if not all(math.isfinite(c) for c in (x1, y1, x2, y2)):
         raise ValueError(f"box {box} has non-finite coordinates")
+    if min(x1, x2) >= w or min(y1, y2) >= h or max(x1, x2) <= 0 or max(y1, y2) <= 0:
+        raise ValueError(f"box {tuple(box)} lies outside the image ({w} x {h} pixels)")
     c0 = int(min(max(math.floor(min(x1, x2)), 0), w - 1))
     r0 = int(min(max(math.floor(min(y1, y2)), 0), h - 1))
     c1 = int(min(max(math.ceil(max(x1, x2)), c0 + 1), w))
@@ -178,10 +186,19 @@ def _build(root: PathLike, scale, images_dir: str, gt_dir: str, name: Optional[s
             apply_on_error([(exc.path, exc.reason)], on_error, root)
             bad.append((exc.path, exc.reason))
             continue
+        scaled = _scaled_box(box, factor, hw)
+        if scaled is None:
+            problem = (str(gt_path / f"{qname}_query.txt"),
+                       f"query box {box} (x{factor:.3g} = {tuple(round(c * factor, 1) for c in box)}) lies "
+                       f"outside the image {path} ({hw[1]} x {hw[0]} pixels)")
+            if on_error == "raise":
+                raise DatasetError(f"{problem[0]}: {problem[1]}")
+            bad.append(problem)
+            continue
         query_ids.append(qname)
         query_paths.append(path)
         query_labels.append(_QUERY_NUMBER.sub("", qname))
-        boxes.append(_scaled_box(box, factor, hw))
+        boxes.append(scaled)
         scales.append(factor)
         truth[qname] = truth_for(gt_path, qname)
         t = truth[qname]

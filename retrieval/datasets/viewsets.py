@@ -31,6 +31,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Union
 
 import numpy as np
 
+from .files import check_inside
 from .folders import read_labels_csv
 
 PathLike = Union[str, os.PathLike]
@@ -95,9 +96,9 @@ def read_view_catalog(root: PathLike, labels_file: str = "labels.csv", image_dir
         name = row["filename"].strip()
         if not name:
             raise ValueError(f"{labels_path}:{line_no}: empty filename")
-        path = root / image_dir / name
+        path = check_inside(name, root / image_dir, f"{labels_path}:{line_no}")
         if not path.is_file() and (root / name).is_file():
-            path = root / name
+            path = check_inside(name, root, f"{labels_path}:{line_no}")
         paths.append(path)
         objects.append(obj)
         azimuths.append(az % 360.0)

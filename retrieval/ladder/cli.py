@@ -77,8 +77,13 @@ def config_from_args(args) -> LadderConfig:
 def run_args(args) -> Path:
     from .run import main as run_main
 
+    from retrieval.cli_checks import require_output
+
     conf = config_from_args(args)
     out = args.out or ("results/e1_e7_quick" if conf.quick else "results/e1_e7")
+    # output folders that cannot be made are refused before any work (not after training)
+    require_output(str(out), "results", folder=True)
+    require_output(str(args.cache), "cache", folder=True)
     return run_main(conf, out, args.cache)
 
 

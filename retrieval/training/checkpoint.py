@@ -1,4 +1,8 @@
 """Checkpoints live in :mod:`retrieval.checkpoint` (a low module: feature extractors read trained
-models without importing training); this name stays for existing imports."""
-from ..checkpoint import *  # noqa: F401,F403
-from ..checkpoint import __all__, FORMAT, VERSION  # noqa: F401
+models without importing training). This name is the same module object, so existing imports and
+patches of ``retrieval.training.checkpoint`` keep working."""
+import sys
+
+from .. import checkpoint as _checkpoint
+
+sys.modules[__name__] = _checkpoint

@@ -82,6 +82,11 @@ def _run(args) -> int:
         key, value = pair.split("=", 1)
         overrides[key.strip()] = value
     cfg = get_config(args.config, **overrides)
+    from retrieval.cli_checks import require_output
+    from .loop import resolve_device
+
+    resolve_device(cfg.loop.device)  # an unknown device is refused before the data is read
+    require_output(args.out, "training run", folder=True)
     paths, labels = load_training_set(args.data, args.format, args.labels)
     progress = not getattr(args, "quiet", False)
     if args.train_command == "classifier":
@@ -127,10 +132,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     _add_commands(parser)
     args = parser.parse_args(argv)
+    from retrieval.cli_checks import CLIError, os_error_message
+
     try:
         return _run(args)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, CLIError) as exc:
         if args.debug:
             raise
-        print(f"retrieval.training: error: {exc}", file=sys.stderr)
+        message = os_error_message(exc) if isinstance(exc, OSError) else str(exc)
+        print(f"retrieval.training: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # the last checkpoint stays: running the same command again resumes from it
+        print("retrieval.training: interrupted", file=sys.stderr)
+        return 130

@@ -40,9 +40,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_state_dict_checked, save_checkpoint
 from retrieval.features.trained import resolve_device
 
+from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_state_dict_checked, save_checkpoint
 from .data import BatchPrefetcher
 
 PathLike = Union[str, os.PathLike]

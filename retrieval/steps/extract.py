@@ -1,0 +1,197 @@
+"""``retrieval extract {local,global,patches}``: features of a whole dataset, on this machine or on Ray.
+
+    retrieval extract global --dataset folder --data ../shared/data/coil20 --config lite0-gem-224 --out g.h5
+    retrieval extract local --dataset oxford --data OXFORD --config rootsift-2k --out sift.h5 --engine ray
+    retrieval extract global ... --images queries --out q.h5        # the (cropped) queries
+
+The images are computed in shards (``--shard-size``) into ``OUT.shards/`` (see
+:mod:`retrieval.features.shards`): each worker writes whole shard files, a rerun computes only the
+missing shards, a store made with another configuration is refused. At the end the shards are merged
+into ``OUT``, the single feature file ``retrieval index build`` (global) and the re-rankers (local,
+patches) read; ``--no-merge`` keeps only the shards. The summary (JSON on stdout) gives wall seconds,
+seconds and bytes per image.
+
+Python: ``main(conf, dataset, out, engine=..., ray_address=...) -> Path`` with ``conf`` an
+:class:`ExtractConfig` (or the name of an extractor configuration) and ``dataset`` a
+:class:`retrieval.datasets.RetrievalDataset`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from functools import partial
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+
+from retrieval.config import Config, ConfigError
+from retrieval.features.sharded_extract import (DEFAULT_SHARD_SIZE, extract_global_sharded,
+                                                extract_local_sharded, extract_patches_sharded)
+from retrieval.features.shards import ShardedStore, ShardWriteError, shard_root
+
+__all__ = ["ExtractConfig", "main", "register", "extractor_for", "dataset_images"]
+
+FEATURES = ("local", "global", "patches")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractConfig(Config):
+    """How to extract: ``features`` (local = SIFT family, global / patches = EfficientNet), the named
+    extractor configuration ``extractor`` (:data:`features.sift.SIFT_CONFIGS` or
+    :data:`features.efficientnet.EXTRACTOR_CONFIGS`) with ``options`` overriding its keys, which
+    ``images`` (db, queries with their boxes, or all), the engine and its workers."""
+
+    features: Literal["local", "global", "patches"] = "global"
+    extractor: str = "lite0-gem-224"
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    images: Literal["db", "queries", "all"] = "db"
+    engine: Literal["local", "ray"] = "local"
+    ray_address: Optional[str] = None
+    n_jobs: int = 2
+    num_gpus: float = 0.0
+    device: str = "cpu"
+    threads: int = 1
+    decode_threads: int = 1
+    shard_size: int = DEFAULT_SHARD_SIZE
+    on_error: Literal["raise", "skip"] = "raise"
+    merge: bool = True
+
+    def check(self) -> None:
+        if self.n_jobs < 1 or self.shard_size < 1 or self.threads < 1 or self.decode_threads < 1:
+            raise ConfigError("n_jobs, shard_size, threads and decode_threads must be >= 1")
+
+
+def extractor_for(conf: ExtractConfig):
+    """A picklable factory of the extractor ``conf`` names. Unknown option keys are refused."""
+    if conf.features == "local":
+        from retrieval.features.sift import SiftExtractor
+
+        try:
+            SiftExtractor(conf.extractor, **conf.options)
+        except ValueError as exc:
+            raise ConfigError(f"local features: {exc}") from None
+        return partial(SiftExtractor, conf.extractor, **conf.options)
+    from retrieval.features.efficientnet import _CONFIG_DEFAULTS, EXTRACTOR_CONFIGS, EfficientNetExtractor
+
+    if conf.extractor not in EXTRACTOR_CONFIGS:
+        raise ConfigError(f"unknown EfficientNet configuration {conf.extractor!r}; named ones: "
+                          f"{', '.join(EXTRACTOR_CONFIGS)}")
+    unknown = sorted(set(conf.options) - set(_CONFIG_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown EfficientNet configuration keys {unknown}; known: {sorted(_CONFIG_DEFAULTS)}")
+    # a worker given a GPU runs the network there (torch, channels-last) unless told otherwise
+    device = "cuda" if conf.num_gpus and conf.device == "cpu" else conf.device
+    return partial(EfficientNetExtractor, conf.extractor, threads=conf.threads, device=device, **conf.options)
+
+
+def dataset_images(dataset, which: str) -> Tuple[List[str], List[str], Optional[list]]:
+    """(ids, paths, boxes or None) of the database, the queries (with their crop boxes) or both."""
+    db = ([str(i) for i in dataset.db_ids], [str(p) for p in dataset.db_paths], [None] * len(dataset.db_ids))
+    boxes = dataset.query_boxes or [None] * len(dataset.query_ids)
+    queries = ([str(i) for i in dataset.query_ids], [str(p) for p in dataset.query_paths], list(boxes))
+    if which == "db":
+        parts = [db]
+    elif which == "queries":
+        parts = [queries]
+    else:
+        parts = [db, queries]
+    ids: List[str] = []
+    paths: List[str] = []
+    out_boxes: list = []
+    seen: Dict[str, Tuple[str, Any]] = {}
+    for part_ids, part_paths, part_boxes in parts:
+        for i, p, b in zip(part_ids, part_paths, part_boxes):
+            if i in seen:
+                if seen[i] != (p, b):
+                    raise ConfigError(f"image id {i!r} is both a database image and a cropped query; "
+                                      "extract --images db and --images queries into separate files")
+                continue
+            seen[i] = (p, b)
+            ids.append(i)
+            paths.append(p)
+            out_boxes.append(b)
+    return ids, paths, (out_boxes if any(b is not None for b in out_boxes) else None)
+
+
+def main(conf: Union[ExtractConfig, str], dataset, out: Union[str, os.PathLike], engine: Optional[str] = None,
+         ray_address: Optional[str] = None, progress: bool = True, summary: Optional[dict] = None) -> Path:
+    """Extract ``conf.features`` of ``dataset``'s images into ``out`` (shards in ``out.shards/``,
+    merged into ``out`` unless ``conf.merge`` is off; then the shard folder is returned). ``engine``
+    and ``ray_address`` override ``conf``'s. ``summary`` (a dict) receives the run's figures."""
+    if isinstance(conf, str):
+        conf = ExtractConfig(extractor=conf)
+    conf = conf.override({k: v for k, v in (("engine", engine), ("ray_address", ray_address)) if v is not None})
+    out = Path(out)
+    root = shard_root(out)
+    ids, paths, boxes = dataset_images(dataset, conf.images)
+    if not ids:
+        raise ConfigError(f"{dataset.name}: no {conf.images} images to extract")
+    common = dict(engine=conf.engine, n_jobs=conf.n_jobs, shard_size=conf.shard_size, boxes=boxes,
+                  on_error=conf.on_error, ray_address=conf.ray_address, progress=progress)
+    make_extractor = extractor_for(conf)
+    if conf.features == "local":
+        run = extract_local_sharded(make_extractor(), ids, paths, root, **common)
+    else:
+        extract = extract_global_sharded if conf.features == "global" else extract_patches_sharded
+        run = extract(make_extractor, ids, paths, root, num_gpus=conf.num_gpus,
+                      decode_threads=conf.decode_threads, **common)
+    target = root
+    if conf.merge:
+        failed = {f[0] for f in run.failed}
+        # a rerun that computed nothing keeps its up-to-date merged file
+        if run.computed or not out.is_file():
+            ShardedStore(root).merge(out, [i for i in ids if i not in failed])
+        target = out
+    if summary is not None:
+        summary.update(run.as_dict(), out=str(target), images_planned=len(ids), features=conf.features,
+                       extractor=conf.extractor, engine=conf.engine,
+                       bytes_out=target.stat().st_size if target.is_file() else None)
+    return target
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def register(subparsers) -> None:
+    from retrieval.cli import add_dataset_arguments
+
+    parser = subparsers.add_parser("extract", help="features of a whole dataset (sharded, resumable; local or Ray)")
+    parser.add_argument("features", choices=FEATURES, help="local (SIFT family), global or patches (EfficientNet)")
+    add_dataset_arguments(parser)
+    parser.add_argument("--config", required=True,
+                        help="named extractor configuration (SIFT: rootsift-2k, ...; EfficientNet: lite0-gem-224, ...)")
+    parser.add_argument("--out", required=True, help="feature file to write (HDF5); shards go to OUT.shards/")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                        help="override a setting, repeatable: extract settings (n_jobs, shard_size, images, "
+                             "device, threads, decode_threads, num_gpus, on_error, merge) or any key of the "
+                             "extractor configuration (max_keypoints=1000, size=320 ...)")
+    parser.add_argument("--engine", choices=("local", "ray"), default=None, help="where to run (default local)")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster (default: a running `ray start` cluster, then $RAY_ADDRESS, "
+                             "then a local Ray instance for this run)")
+    parser.add_argument("--shard-size", type=int, default=None, help=f"images per shard (default {DEFAULT_SHARD_SIZE})")
+    parser.add_argument("--n-jobs", type=int, default=None, help="workers (default 2)")
+    parser.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    from retrieval.cli import CLIError, emit_json, load_dataset, parse_options
+
+    from ..config import parse_overrides
+
+    own = {f.name for f in dataclasses.fields(ExtractConfig)} - {"options", "features", "extractor"}
+    overrides = parse_overrides(args.set)
+    settings = {k: v for k, v in overrides.items() if k in own}
+    options = parse_options([f"{k}={v}" for k, v in overrides.items() if k not in own])
+    for key, value in (("shard_size", args.shard_size), ("n_jobs", args.n_jobs)):
+        if value is not None:
+            settings[key] = value
+    conf = ExtractConfig(features=args.features, extractor=args.config, options=options).override(settings)
+    dataset = load_dataset(args)
+    summary: dict = {}
+    try:
+        main(conf, dataset, args.out, engine=args.engine, ray_address=args.ray_address,
+             progress=not args.quiet, summary=summary)
+    except ShardWriteError as exc:
+        raise CLIError(str(exc)) from None
+    emit_json(json.loads(json.dumps(summary, default=str)))
+    return 0

@@ -1,0 +1,125 @@
+"""retrieval.engine on a local Ray instance (one per test session, 2 CPUs, quiet): the same results
+as the local engine for SIFT (bit-identical), ONNX global descriptors (bit-identical), encoding and
+shortlist re-ranking on real images; a worker SIGKILLed mid-task is retried; address resolution."""
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'hybrid-retrieval[ray]')")
+
+from retrieval import engine as eng  # noqa: E402
+from retrieval.features.sharded_extract import extract_global_sharded, extract_local_sharded  # noqa: E402
+from retrieval.features.shards import ShardedStore  # noqa: E402
+from retrieval.features.sift import SiftExtractor  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    started = not ray.is_initialized()
+    if started:
+        import logging
+        import os
+
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def oxford_images(oxford_dir):
+    paths = sorted((oxford_dir / "images").glob("*.jpg"))[6:12]
+    return [p.stem for p in paths], [str(p) for p in paths]
+
+
+def test_map_units_same_order_and_errors_on_both_engines(ray_cluster):
+    import operator  # importable in the workers (this test module is not)
+
+    units = list(range(7))
+    for engine in ("local", "ray"):
+        assert eng.map_units(operator.mul, units, engine=engine, shared=3, progress=False) == [3 * u for u in units]
+        with pytest.raises(ZeroDivisionError, match="division by zero"):  # the task's own error
+            eng.map_units(operator.truediv, [1, 2], engine=engine, shared=0, progress=False)
+    with pytest.raises(eng.EngineError, match="unknown engine"):
+        eng.map_units(operator.mul, units, engine="spark")
+
+
+def _same_local(a, b, ids):
+    for i in ids:
+        fa, fb = a.get(i, dtype=None), b.get(i, dtype=None)
+        assert np.array_equal(fa.keypoints, fb.keypoints) and np.array_equal(fa.descriptors, fb.descriptors)
+
+
+def test_sift_identical_on_ray_and_a_killed_worker_is_retried(ray_cluster, oxford_images, tmp_path):
+    ids, paths = oxford_images
+    ex = SiftExtractor("rootsift-1k")
+    local = extract_local_sharded(ex, ids, paths, tmp_path / "local", engine="local", n_jobs=2, shard_size=2,
+                                  progress=False)
+    on_ray = extract_local_sharded(ex, ids, paths, tmp_path / "ray", engine="ray", n_jobs=2, shard_size=2,
+                                   progress=False)
+    assert local.images == on_ray.images == 6
+    _same_local(ShardedStore(tmp_path / "local"), ShardedStore(tmp_path / "ray"), ids)
+    marker = tmp_path / "killed"
+    killed = extract_local_sharded(ex, ids, paths, tmp_path / "killed_run", engine="ray", n_jobs=2, shard_size=2,
+                                   progress=False, kill_once=marker)
+    assert marker.exists()  # a worker did SIGKILL itself mid-task
+    assert killed.computed == 3 and not list((tmp_path / "killed_run").glob(".shard-*.tmp"))
+    _same_local(ShardedStore(tmp_path / "killed_run"), ShardedStore(tmp_path / "local"), ids)
+
+
+def test_onnx_global_identical_on_ray_actors(ray_cluster, coil20_dir, tmp_path):
+    from functools import partial
+
+    from retrieval.features.efficientnet import EfficientNetExtractor
+
+    paths = [str(coil20_dir / "images" / f"obj{o}__{v}.png") for o in (3, 7) for v in (0, 30)]
+    ids = [p.rsplit("/", 1)[1] for p in paths]
+    make = partial(EfficientNetExtractor, "lite0-gem-224", threads=1, backend="onnxruntime")
+    out = {}
+    for engine in ("local", "ray"):
+        extract_global_sharded(make, ids, paths, tmp_path / engine, engine=engine, n_jobs=1, shard_size=2,
+                               progress=False)
+        out[engine] = ShardedStore(tmp_path / engine).load_global()
+    assert out["local"][0] == out["ray"][0] == ids
+    assert np.array_equal(out["local"][1], out["ray"][1])
+
+
+def test_encoding_and_reranking_do_not_depend_on_the_engine(ray_cluster, oxford_images, tmp_path):
+    from retrieval.features.codebook import learn_codebook
+    from retrieval.features.encoders import VladEncoder
+    from retrieval.rerank import Shortlist, SpatialVerifier
+
+    ids, paths = oxford_images
+    extract_local_sharded(SiftExtractor("rootsift-1k"), ids, paths, tmp_path / "s", shard_size=3, n_jobs=1,
+                          progress=False)
+    store = ShardedStore(tmp_path / "s")
+    feats = [store.get(i) for i in ids]
+    enc = VladEncoder(learn_codebook(feats, 8, n_sample=3000, seed=0, niter=5))
+    enc.batch_descriptors = 2500  # several batches, so the Ray path has several units
+    local = enc.encode_many(feats)
+    on_ray = enc.encode_many(feats, engine="ray", n_jobs=2)
+    cos = np.sum(local * on_ray, axis=1) / np.maximum(np.linalg.norm(local, axis=1) * np.linalg.norm(on_ray, axis=1),
+                                                      1e-12)
+    assert np.all(cos > 1 - 1e-6)
+    shortlist_ids = [[j for j in ids if j != q][:3] for q in ids[:3]]
+
+    def fresh():
+        return Shortlist(ids[:3], shortlist_ids, np.ones((3, 3)), config={"t": 1})
+
+    expected = fresh().score_with(SpatialVerifier(), store, store, progress=False)
+    dict_feats = dict(zip(ids, feats))
+    for source in (store, dict_feats):
+        scores = fresh().score_with(SpatialVerifier(), source, source, progress=False, engine="ray", n_jobs=2)
+        np.testing.assert_array_equal(scores, expected)
+
+
+def test_address_resolution(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(eng, "_running_cluster", lambda: None)
+    assert eng.resolve_address(None) is None  # a local instance for the run
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert eng.resolve_address(None) == "10.0.0.1:6379"
+    assert eng.resolve_address("ray://head:10001") == "ray://head:10001"
+    monkeypatch.setattr(eng, "_running_cluster", lambda: "127.0.0.1:6379")
+    assert eng.resolve_address(None) == "auto"  # a `ray start` cluster comes before $RAY_ADDRESS
