@@ -81,6 +81,7 @@ def _rerank(result: HalfResult, half: Half, conf: LadderConfig, cache: RunCache,
     for exp, run in todo:
         say(f"{half.name}: {exp} on {half.base}")
         candidates, rankings, seconds = run()
+        half.stores.clear()   # one rung's local features in memory at a time (4k keypoints: GBs)
         start = time.perf_counter()
         choices = choose(exp, candidates, rankings, result.relevances, groups)
         cache.timer.add(f"{half.prefix}choose {exp}", time.perf_counter() - start)

@@ -95,8 +95,7 @@ def _features(half: Half, cache: RunCache, path: Path, stage: str, pending: bool
     key = str(path)
     if key not in half.stores and pending:
         with cache.stage(half.prefix + stage):
-            extra = [str(i) for i in half.dataset.db_ids] if half.kind == "landmark" and dtype == np.float32 else ()
-            half.stores[key] = preload(path, half.shortlist, dtype, extra_ids=extra, progress=cache.progress)
+            half.stores[key] = preload(path, half.shortlist, dtype, progress=cache.progress)
     return half.stores.get(key, {})
 
 
