@@ -197,3 +197,29 @@ def test_tiny_landmark_half_needs_no_training(oxford_dir, tmp_path):
     assert not (tmp_path / "cache" / "quick" / "train").exists()
     text = (out / "results.md").read_text()
     assert "| SV |" in text and "oxford mAP" in text
+
+
+def test_tiny_object_half_on_a_labelled_folder(coil100_dir, tmp_path):
+    """``--dataset folder``: any labelled folder (here 4 COIL objects copied, 8 views each) is split by
+    label (2 training, 2 test labels: one Public, one Private), exported as GLDv2 and laddered; the
+    titles name that folder, not COIL-100."""
+    import shutil
+
+    from retrieval.ladder.config import with_dataset
+    from retrieval.ladder.run import main
+
+    folder = tmp_path / "my_objects"
+    (folder / "images").mkdir(parents=True)
+    lines = ["filename,label"]
+    for obj in (1, 2, 51, 52):
+        for az in range(0, 360, 45):
+            name = f"obj{obj}__{az}.png"
+            shutil.copy(coil100_dir / "images" / name, folder / "images" / name)
+            lines.append(f"{name},toy{obj}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    conf = with_dataset(_tiny(tmp_path, rerankers=["E5"]), "folder", str(folder))
+    out = main(conf, tmp_path / "out", tmp_path / "cache")
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["dataset"] for r in rows} == {"my_objects-gldv2-quick"}
+    assert [r["experiment"] for r in rows if r["split"] == "all"] == ["E1", "E2", "E3", "E4", "E5"]
+    assert {r["split"] for r in rows} == {"Public", "Private", "all"}

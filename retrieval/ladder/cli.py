@@ -51,6 +51,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n-jobs", type=int, default=None, help="decoding / extraction threads")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a field of the experiment (dotted, repeatable)")
+    ap.add_argument("--skip-oxford", action="store_true",
+                    help="the object half only (same as --set landmark.enabled=false)")
     ap.add_argument("--recompute", action="store_true", help="ignore every cached result")
     ap.add_argument("--recompute-stage", action="append", choices=STAGES, default=[],
                     help="recompute one stage (repeatable)")
@@ -70,6 +72,8 @@ def config_from_args(args) -> LadderConfig:
             plain["data"] = args.data
     else:
         conf = with_dataset(conf, args.dataset, args.data)
+    if args.skip_oxford:
+        plain["landmark"] = dict(conf.landmark.to_dict(), enabled=False)
     conf = conf.override(plain)
     return conf.override(args.set)
 
