@@ -223,3 +223,15 @@ def test_tiny_object_half_on_a_labelled_folder(coil100_dir, tmp_path):
     assert {r["dataset"] for r in rows} == {"my_objects-gldv2-quick"}
     assert [r["experiment"] for r in rows if r["split"] == "all"] == ["E1", "E2", "E3", "E4", "E5"]
     assert {r["split"] for r in rows} == {"Public", "Private", "all"}
+
+
+def test_a_reranker_must_win_by_the_margin():
+    """With min_gain, a candidate 0.3 points better on the choosing queries does not replace the base
+    ranking; one 2 points better does, and the reported scores are the true (uncharged) ones."""
+    groups = {"a1": "A", "b1": "B"}
+    small = {"base": {"a1": 0.50, "b1": 0.50}, "small": {"a1": 0.503, "b1": 0.503}}
+    fit = choose("E5", small, lambda c: c, [_relevance(None)], groups, min_gain=0.005)["toy"].fit
+    assert fit["chosen"] == {"A": "base", "B": "base"}
+    big = {"base": {"a1": 0.50, "b1": 0.50}, "big": {"a1": 0.52, "b1": 0.52}}
+    fit = choose("E5", big, lambda c: c, [_relevance(None)], groups, min_gain=0.005)["toy"].fit
+    assert fit["chosen"] == {"A": "big", "B": "big"} and fit["score"]["all"] == pytest.approx(0.52)

@@ -52,10 +52,12 @@ class Choice:
 
 
 def choose(experiment: str, candidates: Mapping[str, object], rankings: Callable[[object], Predictions],
-           relevances: Sequence[Relevance], groups: Mapping[Hashable, str]) -> Dict[str, Choice]:
+           relevances: Sequence[Relevance], groups: Mapping[Hashable, str], min_gain: float = 0.0
+           ) -> Dict[str, Choice]:
     """Cross-fit ``candidates`` (label -> candidate, the base ranking first) under every relevance
-    protocol. ``rankings(candidate)`` returns the predictions of a candidate. Returns
-    ``{relevance name: Choice}``."""
+    protocol. ``rankings(candidate)`` returns the predictions of a candidate; a candidate must beat
+    the base ranking by more than ``min_gain`` (mean AP) on the choosing queries to replace it.
+    Returns ``{relevance name: Choice}``."""
     labels = list(candidates)
     per_query = {r.name: {} for r in relevances}
     for label in labels:
@@ -64,7 +66,7 @@ def choose(experiment: str, candidates: Mapping[str, object], rankings: Callable
             per_query[r.name][label] = r.per_query(preds)
     out = {}
     for r in relevances:
-        fit = cross_fit(per_query[r.name], groups, prefer=labels)
+        fit = _cross_fit_with_margin(per_query[r.name], groups, labels, min_gain)
         chosen_preds: Predictions = {}
         cache: Dict[str, Predictions] = {}
         for q, g in groups.items():
@@ -75,6 +77,21 @@ def choose(experiment: str, candidates: Mapping[str, object], rankings: Callable
                 chosen_preds[q] = cache[label][q]
         out[r.name] = Choice(experiment, r.name, fit, dict(candidates), chosen_preds, fit["per_query"])
     return out
+
+
+def _cross_fit_with_margin(per_query, groups, labels, min_gain: float) -> dict:
+    """:func:`retrieval.crossfit.cross_fit` where every candidate but the base (``labels[0]``) is
+    charged ``min_gain`` per query while choosing, so the base is kept unless a candidate beats it
+    by more than that on the choosing queries; the scores and curves reported are the true ones."""
+    base = labels[0]
+    charged = {c: (scores if c == base else {q: v - min_gain for q, v in scores.items()})
+               for c, scores in per_query.items()}
+    fit = cross_fit(charged, groups, prefer=labels)
+    true = cross_fit({c: per_query[c] for c in labels}, groups, prefer=labels)
+    fitted = {q: float(per_query[fit["chosen"][g]][q]) for q, g in groups.items() if q in fit["per_query"]}
+    score = {g: mean_of(v for q, v in fitted.items() if groups[q] == g) for g in fit["chosen"]}
+    score["all"] = mean_of(fitted.values())
+    return {"chosen": fit["chosen"], "per_query": fitted, "score": score, "curves": true["curves"]}
 
 
 def fusion_rankings(shortlist, local_name: str) -> Callable[[object], Predictions]:

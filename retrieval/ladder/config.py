@@ -111,6 +111,9 @@ class LadderConfig(Config):
     backend: str = "auto"
     n_jobs: int = 2
     shortlist: int = 100
+    # a re-ranking candidate must beat the base ranking by more than this (mean AP, 0.005 = 0.5 points)
+    # on the choosing queries to be used (.choice): smaller gains are noise that may not hold elsewhere
+    min_gain: float = 0.005
     rerankers: Tuple[str, ...] = RERANKERS
     object: ObjectConfig = field(default_factory=ObjectConfig)
     landmark: LandmarkConfig = field(default_factory=LandmarkConfig)
@@ -124,6 +127,8 @@ class LadderConfig(Config):
         bad = [r for r in self.rerankers if r not in RERANKERS]
         if bad:
             raise ConfigError(f"unknown re-ranker(s) {bad}; known: {RERANKERS}")
+        if not 0.0 <= self.min_gain < 1.0:
+            raise ConfigError(f"min_gain must be in [0, 1), got {self.min_gain}")
         if self.shortlist < 1:
             raise ConfigError(f"shortlist must be >= 1, got {self.shortlist}")
         if not (self.object.enabled or self.landmark.enabled):

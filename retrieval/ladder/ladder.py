@@ -83,7 +83,7 @@ def _rerank(result: HalfResult, half: Half, conf: LadderConfig, cache: RunCache,
         candidates, rankings, seconds = run()
         half.stores.clear()   # one rung's local features in memory at a time (4k keypoints: GBs)
         start = time.perf_counter()
-        choices = choose(exp, candidates, rankings, result.relevances, groups)
+        choices = choose(exp, candidates, rankings, result.relevances, groups, conf.min_gain)
         cache.timer.add(f"{half.prefix}choose {exp}", time.perf_counter() - start)
         seconds += cache.timer[f"{half.prefix}choose {exp}"]
         for r in result.relevances:
