@@ -96,7 +96,7 @@ class SpatialConfig(Config):
 
 #: named configurations, compared on Oxford5k by benchmarks/spatial_rerank.py (thresholds in pixels of
 #: 512 px images); "affine-ransac-mutual" is the default SpatialConfig()
-SPATIAL_CONFIGS: Registry[SpatialConfig] = Registry("spatial-verification configuration", SpatialConfig)
+SPATIAL_CONFIGS: Registry[SpatialConfig] = Registry("spatial configuration", SpatialConfig)
 # the straightforward version: Lowe's ratio 0.8, affine RANSAC, 8 px
 SPATIAL_CONFIGS.register("affine-ransac-r0.8", SpatialConfig(ratio=0.8, mutual=False, model="affine",
                                                              method="ransac", threshold=8.0))
