@@ -235,3 +235,13 @@ def test_a_reranker_must_win_by_the_margin():
     big = {"base": {"a1": 0.50, "b1": 0.50}, "big": {"a1": 0.52, "b1": 0.52}}
     fit = choose("E5", big, lambda c: c, [_relevance(None)], groups, min_gain=0.005)["toy"].fit
     assert fit["chosen"] == {"A": "big", "B": "big"} and fit["score"]["all"] == pytest.approx(0.52)
+
+
+def test_every_shipped_experiment_loads_with_its_protocol():
+    from retrieval.bench.entry import EXPERIMENTS, read_experiment
+
+    files = sorted(EXPERIMENTS.glob("*.toml"))
+    assert {f.stem for f in files} >= {"e1-e7", "spatial", "train-split", "oxford-descriptors"}
+    for f in files:
+        module, conf = read_experiment(f)
+        assert isinstance(conf, module.CONFIG) and callable(module.main)
