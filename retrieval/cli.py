@@ -43,6 +43,7 @@ COMMAND_GROUPS: List[str] = [
     "retrieval.cli:register_dataset",
     "retrieval.bench.cli:register",
     "retrieval.steps.extract:register",
+    "retrieval.serve.cli:register",
 ]
 
 DATASET_TYPES = ("oxford", "revisited", "gldv2", "folder", "multiview", "os-core")

@@ -55,8 +55,11 @@ def main(conf: LadderConfig, out_dir, cache_dir=None) -> Path:
     figures = [plots.bar_chart(rows, out / "map_bars.png"), plots.v_sweep_plot(sweeps, out / "v_sweep.png")] + figures
     summary = summary_table(rows, bases)
     sweep_md = sweep_table(sweeps)
+    object_root = next((str(h.dataset.root) for h, base in halves if base == "E4"), None)
     extra = {
         "config": conf.to_dict(), "chosen": chosen,
+        # where the run's cache and GLDv2-format data are (retrieval serve opens E4's features from them)
+        "options": {"cache": str(cache_root), "quick": conf.quick, "gldv2": object_root},
         "v_sweeps": {d: {e: {s: {str(v): c[v] for v in c} for s, c in by_s.items()} for e, by_s in by_e.items()}
                      for d, by_e in sweeps.items()},
         "stage_seconds": cache.timer.seconds, "stage_seconds_this_run": cache.timer.this_run,

@@ -1,0 +1,324 @@
+"""What the server serves: a saved index, the images it was built from, and what else is known about them.
+
+A :class:`Catalog` holds
+
+* the :class:`retrieval.Index` (loaded from its file, which is only read), or one built in memory from a
+  global feature file;
+* the extractor configuration recorded with the vectors (the index header, else the feature file's), from
+  which an uploaded query is described exactly as the database was (:func:`build_extractor`);
+* ``id -> image file`` for every image it may show, fixed when it opens: database images and the dataset's
+  queries. A request names an id; an id not in that table is a 404. No text of a request ever becomes a
+  path;
+* optionally the query vectors of a feature file (queries that are not in the index, e.g. Oxford's
+  cropped queries), a local-feature store (spatial verification or the ratio test on the shortlist) and a
+  dataset (ground truth: positives and junk per query; a labelled database also gives every database
+  image its same-label images as positives).
+
+Searching is in :mod:`retrieval.serve.search`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Set, Tuple, Union
+
+import numpy as np
+
+from retrieval.features.local import LocalFeatures
+from retrieval.features.store import LocalFeatureStore, config_json, load_global
+from retrieval.index import Index
+
+__all__ = ["Catalog", "Query", "Truth", "build_extractor", "UnsupportedUpload", "UPLOAD_PREFIX"]
+
+log = logging.getLogger("retrieval.serve")
+PathLike = Union[str, os.PathLike]
+UPLOAD_PREFIX = "upload:"
+
+
+class UnsupportedUpload(ValueError):
+    """Upload search cannot describe a new image with this index's extractor."""
+
+
+@dataclass
+class Truth:
+    """Ground truth of one query: ``positives`` count as right, ``junk`` is neither right nor wrong."""
+
+    positives: Set[str]
+    junk: Set[str]
+
+
+@dataclass
+class Query:
+    """One query: ``id`` (a catalog id, or ``upload:<digest>``), its global ``vector``, its local
+    features when a local store is served, its ground truth when known."""
+
+    id: str
+    kind: str  # "database", "query" or "upload"
+    vector: np.ndarray
+    local: Optional[LocalFeatures] = None
+    truth: Optional[Truth] = None
+
+
+def build_extractor(config: dict):
+    """The global extractor that made vectors with ``config`` (as recorded in the index or feature file),
+    rebuilt and checked: its configuration must equal the recorded one."""
+    kind = config.get("extractor")
+    if kind != "efficientnet":
+        raise UnsupportedUpload(f"upload search needs the extractor that made the index; its configuration "
+                                f"names extractor {kind!r}, which cannot be rebuilt from the configuration "
+                                "alone (EfficientNet indexes can); search by id instead")
+    from retrieval.features.efficientnet import EfficientNetExtractor
+
+    extractor = EfficientNetExtractor({k: v for k, v in config.items() if k != "extractor"})
+    if config_json(extractor.config) != config_json(config):
+        raise UnsupportedUpload(f"the extractor rebuilt from the recorded configuration differs from it "
+                                f"({config_json(extractor.config)} vs {config_json(config)}); were its "
+                                "weights changed since the index was built?")
+    return extractor
+
+
+def _scan_images(root: Path) -> Dict[str, Path]:
+    """``id -> file`` for the images under ``root``: an id may be the path relative to ``root`` (with or
+    without its suffix) or the file's stem; a stem shared by several files is left out."""
+    from retrieval.datasets import list_images
+
+    out: Dict[str, Path] = {}
+    stems: Dict[str, List[Path]] = {}
+    for path in list_images(root):
+        rel = path.relative_to(root)
+        out[rel.as_posix()] = path
+        out[rel.with_suffix("").as_posix()] = path
+        stems.setdefault(path.stem, []).append(path)
+    for stem, paths in stems.items():
+        if len(paths) == 1:
+            out.setdefault(stem, paths[0])
+    return out
+
+
+class Catalog:
+    """See the module docstring; build one with :meth:`open`."""
+
+    def __init__(self, index: Index, paths: Dict[str, Path], config: dict,
+                 query_vectors: Optional[Dict[str, np.ndarray]] = None, local_store: Optional[PathLike] = None,
+                 dataset=None, source: Optional[dict] = None, extractor=None):
+        self.index = index
+        self.config = dict(config or {})
+        self.source = dict(source or {})
+        self.dataset = dataset
+        ids = [str(i) for i in index.ids.tolist()]
+        self.db_ids: List[str] = ids
+        self._row = {i: r for r, i in enumerate(ids)}
+        self.query_vectors = {str(k): np.asarray(v, np.float32) for k, v in (query_vectors or {}).items()}
+        self.query_ids = [q for q in (dataset.query_ids if dataset is not None else self.query_vectors)
+                          if str(q) in self.query_vectors or str(q) in self._row]
+        self.query_ids = [str(q) for q in self.query_ids]
+        # only ids the catalog knows may be served: indexed images and the dataset's queries
+        known = set(ids) | set(self.query_ids)
+        self._paths = {i: Path(p) for i, p in paths.items() if i in known}
+        missing = sum(1 for i in ids if i not in self._paths)
+        if missing:
+            log.warning("%d of %d indexed images have no image file (shown without a picture)", missing, len(ids))
+        self._labels: Dict[str, str] = {}
+        if dataset is not None and dataset.db_labels is not None:
+            self._labels = {str(i): str(lab) for i, lab in zip(dataset.db_ids, dataset.db_labels)}
+        self._by_label: Dict[str, Set[str]] = {}
+        for i, lab in self._labels.items():
+            if i in self._row:
+                self._by_label.setdefault(lab, set()).add(i)
+        self._store: Optional[LocalFeatureStore] = None
+        self.local_config: Optional[dict] = None
+        if local_store is not None:
+            self._store = LocalFeatureStore(local_store, mode="r")
+            self.local_config = self._store.config
+        self._lock = threading.Lock()  # h5py and the extractors are used by one thread at a time
+        self._local_cache: "OrderedDict[str, LocalFeatures]" = OrderedDict()
+        self._uploads: "OrderedDict[str, Query]" = OrderedDict()
+        from .batching import SearchBatcher
+
+        self.batcher = SearchBatcher(index)  # concurrent searches share one pass over the vectors
+        self._extractor = None
+        self._given_extractor = extractor  # checked against the recorded configuration on first use
+        self._local_extractor = None
+
+    # -- opening ----------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, index: Optional[PathLike] = None, features: Optional[PathLike] = None,
+             images: Optional[PathLike] = None, queries: Optional[PathLike] = None,
+             local: Optional[PathLike] = None, dataset=None, extractor=None) -> "Catalog":
+        """From an index file and/or a global feature file (at least one), an image folder and/or a
+        dataset, optional query features and a local-feature store. The index file is only read.
+        ``extractor``: an already built global extractor for uploads (its configuration must be the
+        recorded one); by default it is rebuilt from the configuration on the first upload."""
+        if index is None and features is None:
+            raise ValueError("give an index file, a global feature file, or both")
+        feature_config = None
+        if index is not None:
+            idx = Index.load(index)
+            if features is not None:
+                _, _, feature_config = load_global(features)
+        else:
+            ids, vectors, feature_config = load_global(features)
+            if not ids:
+                raise ValueError(f"{features}: the feature file holds no vectors")
+            idx = Index(vectors, ids=ids, config=feature_config)
+        config = idx.config or feature_config or {}
+        if idx.config and feature_config and config_json(idx.config) != config_json(feature_config):
+            raise ValueError(f"{index} was built with extractor configuration {config_json(idx.config)} but "
+                             f"{features} holds {config_json(feature_config)}: not the same vectors")
+        paths: Dict[str, Path] = {}
+        if images is not None:
+            root = Path(images)
+            if not root.is_dir():
+                raise ValueError(f"{root}: no such image folder")
+            paths.update(_scan_images(root))
+        if dataset is not None:
+            paths.update({str(i): Path(p) for i, p in zip(dataset.db_ids, dataset.db_paths)})
+            paths.update({str(i): Path(p) for i, p in zip(dataset.query_ids, dataset.query_paths)})
+        query_vectors = None
+        if queries is not None:
+            q_ids, q_vectors, q_config = load_global(queries)
+            if config and config_json(q_config) != config_json(config):
+                raise ValueError(f"{queries}: query features made with {config_json(q_config)}, the index "
+                                 f"with {config_json(config)}")
+            if q_vectors.shape[1:] != (idx.dim,):
+                raise ValueError(f"{queries}: {q_vectors.shape[1]}-d query vectors for a {idx.dim}-d index")
+            query_vectors = dict(zip(q_ids, q_vectors))
+        source = {"index": str(index) if index else None, "features": str(features) if features else None,
+                  "queries": str(queries) if queries else None, "local": str(local) if local else None,
+                  "images": str(images) if images else None,
+                  "dataset": getattr(dataset, "name", None)}
+        return cls(idx, paths, config, query_vectors=query_vectors, local_store=local, dataset=dataset,
+                   source=source, extractor=extractor)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    # -- ids, vectors, images -----------------------------------------------------------------------
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._row or image_id in self.query_vectors
+
+    def image_path(self, image_id: str) -> Optional[Path]:
+        """The file of a known id (None when the id is unknown or has no file)."""
+        return self._paths.get(image_id)
+
+    def has_image(self, image_id: str) -> bool:
+        return image_id in self._paths
+
+    def vector(self, image_id: str) -> np.ndarray:
+        """The stored global vector of a query or database id (KeyError when unknown)."""
+        if image_id in self.query_vectors:
+            return self.query_vectors[image_id]
+        row = self._row[image_id]
+        return self.index.vectors[row]
+
+    def kind(self, image_id: str) -> str:
+        return "query" if image_id in self.query_vectors else "database"
+
+    # -- ground truth -----------------------------------------------------------------------------
+    def truth(self, query_id: str) -> Optional[Truth]:
+        """The dataset's ground truth of a query; for a database image of a labelled dataset, the other
+        images with its label (itself junk). None when unknown."""
+        ds = self.dataset
+        if ds is None:
+            return None
+        t = ds.ground_truth.get(query_id)
+        if t is not None and t.usage != "Ignored":
+            return Truth({str(x) for x in t.positives}, {str(x) for x in t.junk})
+        label = self._labels.get(query_id)
+        if label is not None and query_id in self._row:
+            return Truth(self._by_label[label] - {query_id}, {query_id})
+        return None
+
+    # -- local features ----------------------------------------------------------------------------
+    @property
+    def has_local(self) -> bool:
+        return self._store is not None
+
+    def local_features(self, image_id: str) -> Optional[LocalFeatures]:
+        """Stored local features of an id (None when the store has none for it)."""
+        if self._store is None:
+            return None
+        with self._lock:
+            if image_id in self._local_cache:
+                self._local_cache.move_to_end(image_id)
+                return self._local_cache[image_id]
+            feats = self._store.get(image_id) if image_id in self._store else None
+            self._local_cache[image_id] = feats
+            while len(self._local_cache) > 4096:
+                self._local_cache.popitem(last=False)
+            return feats
+
+    # -- queries ------------------------------------------------------------------------------------
+    def query(self, image_id: str) -> Query:
+        """A stored id as a query (KeyError when unknown)."""
+        if image_id.startswith(UPLOAD_PREFIX):
+            with self._lock:
+                if image_id not in self._uploads:
+                    raise KeyError(image_id)
+                return self._uploads[image_id]
+        return Query(image_id, self.kind(image_id), self.vector(image_id), self.local_features(image_id),
+                     self.truth(image_id))
+
+    def upload_query(self, data: bytes, image: np.ndarray) -> Query:
+        """An uploaded image (``data`` its file bytes, ``image`` decoded RGB) described with the index's
+        own extractor (and the local store's, when that is SIFT); kept for later /api/matches calls
+        (the 32 most recent)."""
+        token = UPLOAD_PREFIX + hashlib.sha256(data).hexdigest()[:20]
+        with self._lock:
+            if token in self._uploads:
+                self._uploads.move_to_end(token)
+                return self._uploads[token]
+            self._ensure_extractor()
+            vector = self._extractor.extract(image)
+            local = None
+            if self.local_config is not None and self.local_config.get("type") == "sift":
+                if self._local_extractor is None:
+                    from retrieval.features.sift import SiftExtractor
+
+                    self._local_extractor = SiftExtractor(dict(self.local_config))
+                local = self._local_extractor.extract(image)
+            query = Query(token, "upload", np.asarray(vector, np.float32), local, None)
+            self._uploads[token] = query
+            while len(self._uploads) > 32:
+                self._uploads.popitem(last=False)
+        return query
+
+    def _ensure_extractor(self) -> None:
+        """Build (once) the global extractor for uploads; the caller holds the lock."""
+        if self._extractor is not None:
+            return
+        if not self.config:
+            raise UnsupportedUpload("the index records no extractor configuration, so an uploaded image "
+                                    "cannot be described as the database was; search by id")
+        given = self._given_extractor
+        if given is not None and config_json(given.config) != config_json(self.config):
+            raise UnsupportedUpload(f"the extractor given has configuration {config_json(given.config)}, "
+                                    f"the index records {config_json(self.config)}")
+        self._extractor = given if given is not None else build_extractor(self.config)
+
+    def warm_up(self) -> Optional[str]:
+        """Build the upload extractor now (a server calls this in the background at start, so the first
+        upload does not wait for it). Returns why uploads are unsupported, or None."""
+        try:
+            with self._lock:
+                self._ensure_extractor()
+        except UnsupportedUpload as exc:
+            return str(exc)
+        return None
+
+    def describe(self) -> dict:
+        """What is served, for the page and /api/info."""
+        return {"count": len(self.index), "dim": self.index.dim, "backend": self.index.backend,
+                "extractor": self.config, "queries": len(self.query_ids),
+                "local": self.local_config, "ground_truth": self.dataset is not None,
+                "images": len(self._paths), "source": self.source}
+
+    def page_of_ids(self, which: str, offset: int, limit: int) -> Tuple[List[str], int]:
+        ids = self.query_ids if which == "queries" else self.db_ids
+        return ids[offset:offset + limit], len(ids)

@@ -1,0 +1,123 @@
+"""``retrieval serve``: the search page and JSON API over a saved index (or an experiment's results).
+
+    retrieval serve --experiment RESULTS_DIR
+    retrieval serve --index INDEX.npz --features FEATURES.h5 --images ROOT [--local SIFT.h5]
+                    [--queries QUERIES.h5] [--dataset KIND --data PATH] [--host 127.0.0.1] [--port 8000]
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sys
+import threading
+from pathlib import Path
+
+__all__ = ["register", "open_from_args", "LOOPBACK"]
+
+LOOPBACK = "127.0.0.1"
+
+
+def register(subparsers) -> None:
+    from retrieval.cli import add_dataset_arguments
+
+    parser = subparsers.add_parser(
+        "serve", help="web page and JSON API over a saved index (search by id or upload, local evidence, "
+                      "fusion, ground truth, a results folder)")
+    parser.add_argument("--experiment", metavar="RESULTS_DIR",
+                        help="a results folder: its serve.json (or the E1-E7 run's options) names the index, "
+                             "features and data; the page also shows its table, figures and failures")
+    parser.add_argument("--index", help="index file (retrieval index build); opened read-only")
+    parser.add_argument("--features", help="global feature file of the database (its configuration describes "
+                                           "uploads; without --index an exact index is built from it in memory)")
+    parser.add_argument("--images", help="folder of the indexed images (ids: relative path or file stem)")
+    parser.add_argument("--queries", help="global feature file of queries that are not in the index")
+    parser.add_argument("--local", help="local-feature store (RootSIFT: spatial verification inliers; other "
+                                        "local features: ratio-test score)")
+    add_dataset_arguments(parser, required=False)
+    parser.add_argument("--host", default=LOOPBACK, help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--k", type=int, default=20, help="results per search on the page (default 20)")
+    parser.add_argument("--v", type=float, default=0.5, help="initial fusion weight v (default 0.5)")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MiB (default 10)")
+    parser.add_argument("--max-pixels", type=int, default=40_000_000,
+                        help="largest uploaded image in pixels, width x height (default 40,000,000)")
+    parser.add_argument("--check", action="store_true",
+                        help="open everything, print what would be served as JSON, and exit")
+    parser.set_defaults(func=_serve)
+
+
+def open_from_args(args):
+    """(catalog, results folder or None) from the parsed options."""
+    from retrieval.cli import CLIError, load_dataset
+
+    from .catalog import Catalog
+    from .results import ResultsFolder, experiment_sources
+
+    sources = {"index": args.index, "features": args.features, "images": args.images, "queries": args.queries,
+               "local": args.local}
+    results = None
+    if args.experiment:
+        results = ResultsFolder(args.experiment)
+        found = experiment_sources(args.experiment)
+        for key in sources:  # options given on the command line win over the folder's
+            sources[key] = sources[key] or found[key]
+        if args.dataset is None and found["dataset"] is not None:
+            args.dataset, args.data = found["dataset"][0], str(found["dataset"][1])
+    if not sources["index"] and not sources["features"]:
+        raise CLIError("serve needs --experiment RESULTS_DIR, or --index and/or --features")
+    if (args.dataset is None) != (args.data is None):
+        raise CLIError("--dataset and --data go together")
+    dataset = load_dataset(args) if args.dataset else None
+    if not sources["images"] and dataset is None:
+        raise CLIError("serve needs --images ROOT or --dataset KIND --data PATH to show images")
+    for key, value in sources.items():
+        if value is not None and not Path(value).exists():
+            raise CLIError(f"{value}: no such {key} {'folder' if key == 'images' else 'file'}")
+    catalog = Catalog.open(dataset=dataset, **sources)
+    return catalog, results
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve(args) -> int:
+    from retrieval.cli import CLIError, emit_json
+
+    from .uploads import UploadLimits
+
+    if not 0 < args.port < 65536:
+        raise CLIError(f"--port must be 1-65535, got {args.port}")
+    if not 0.0 <= args.v <= 1.0:
+        raise CLIError(f"--v must be in [0, 1], got {args.v}")
+    limits = UploadLimits(int(args.max_upload_mb * 2 ** 20), args.max_pixels)
+    catalog, results = open_from_args(args)
+    if args.check:
+        emit_json({**catalog.describe(), "results": str(results.path) if results else None,
+                   "host": args.host, "port": args.port, "limits": limits.to_dict()})
+        return 0
+    import uvicorn
+
+    from .app import create_app
+
+    if not _is_loopback(args.host):
+        print(f"retrieval: warning: serving on {args.host}, reachable from other machines; the API has no "
+              "authentication", file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = create_app(catalog, results, limits, default_k=args.k, default_v=args.v)
+
+    def warm_up():
+        why = catalog.warm_up()
+        if why:
+            logging.getLogger("retrieval.serve").warning("upload search unavailable: %s", why)
+
+    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
+    print(f"serving {len(catalog.index):,} images on http://{args.host}:{args.port}/ (Ctrl-C stops)",
+          file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

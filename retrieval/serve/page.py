@@ -1,0 +1,137 @@
+"""The two server-rendered pages: the search page (its behaviour is ``static/app.js``) and the results
+folder (E1-E7 table, figures, the queries with the lowest AP). Every value from a file is escaped."""
+from __future__ import annotations
+
+import json
+import math
+from html import escape
+from typing import Dict, List, Optional, Tuple
+from urllib.parse import quote
+
+from .catalog import Catalog
+from .results import ResultsFolder
+from .uploads import UploadLimits
+
+__all__ = ["render_page", "render_results", "worst_queries"]
+
+_HEAD = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>
+<link rel="stylesheet" href="/static/style.css"></head><body>
+<header><h1><a href="/">hybrid-retrieval</a></h1><nav>{nav}</nav></header>"""
+
+
+def _nav(has_results: bool) -> str:
+    links = ['<a href="/">search</a>', '<a href="/docs">API docs</a>']
+    if has_results:
+        links.insert(1, '<a href="/results">results</a>')
+    return " ".join(links)
+
+
+def render_page(catalog: Catalog, has_results: bool, default_k: int, default_v: float,
+                limits: UploadLimits) -> str:
+    info = catalog.describe()
+    cfg = info["extractor"] or {}
+    summary = (f"{info['count']:,} images, {info['dim']}-d, {escape(str(info['backend']))}; extractor "
+               f"{escape(str(cfg.get('name') or cfg.get('extractor') or 'not recorded'))}")
+    if info["local"]:
+        summary += f"; local features {escape(str(info['local'].get('name') or info['local'].get('type')))}"
+    if info["ground_truth"]:
+        summary += "; ground truth"
+    settings = {"k": default_k, "v": default_v, "maxBytes": limits.max_bytes, "local": catalog.has_local,
+                "queries": len(catalog.query_ids)}
+    return _HEAD.format(title="hybrid-retrieval", nav=_nav(has_results)) + f"""
+<main>
+<section id="about" class="muted">{summary}</section>
+<section id="controls">
+  <form id="upload-form"><label>Search with an image <input type="file" id="upload" name="file"
+    accept="image/*"></label></form>
+  <label>k <input type="number" id="k" min="1" max="200" value="{default_k}"></label>
+  <label id="v-box" {'hidden' if not catalog.has_local else ''}>v <input type="range" id="v-slider" min="0"
+    max="1" step="0.05" value="{default_v}"> <output id="v-value">{default_v}</output>
+    <span class="muted">fused = v &middot; global + (1 &minus; v) &middot; local (min-max)</span></label>
+</section>
+<p id="status" role="status"></p>
+<section id="query-panel" hidden>
+  <figure id="query-figure"><img id="query-image" alt="query"><figcaption id="query-caption"></figcaption></figure>
+  <div id="ap"></div>
+</section>
+<section id="matches-panel" hidden><h2 id="matches-title"></h2><canvas id="matches-canvas"></canvas>
+  <p class="muted">green: inliers of the spatial model (or ratio-test matches); red: other tentative matches</p>
+</section>
+<section id="results"></section>
+<section id="browse"><h2>Database <span class="muted">(click an image to search with it)</span></h2>
+  <div class="pager"><select id="which"><option value="database">database</option>
+  {'<option value="queries">queries</option>' if catalog.query_ids else ''}</select>
+  <button id="prev">&larr;</button> <span id="page-info"></span> <button id="next">&rarr;</button></div>
+  <div id="browse-grid" class="grid"></div></section>
+</main>
+<script id="settings" type="application/json">{escape(json.dumps(settings), quote=False)}</script>
+<script src="/static/app.js"></script></body></html>"""
+
+
+def worst_queries(results: ResultsFolder, catalog: Catalog, n: int = 24) -> Tuple[str, List[Tuple[str, float]]]:
+    """(where the APs come from, the ``n`` queries with the lowest AP, lowest first): the results'
+    own per-query APs (the last experiment listed), else the served index's global ranking of the
+    dataset's queries (Oxford AP over the top 1000, junk ignored)."""
+    per_query = results.per_query()
+    if per_query:
+        name = list(per_query)[-1]
+        scores = per_query[name]
+        source = f"per-query AP of {name} in results.json"
+    else:
+        scores = _served_aps(catalog)
+        source = "AP of the served index's global ranking (Oxford rule over the top 1000, junk ignored)"
+    ranked = sorted(((q, a) for q, a in scores.items() if not math.isnan(a)), key=lambda qa: (qa[1], qa[0]))
+    return source, ranked[:n]
+
+
+def _served_aps(catalog: Catalog) -> Dict[str, float]:
+    from retrieval.metrics import oxford_ap
+
+    import numpy as np
+
+    out: Dict[str, float] = {}
+    queries = [q for q in catalog.query_ids if catalog.truth(q) is not None]
+    if not queries:
+        return out
+    k = min(1000, len(catalog.index))
+    for lo in range(0, len(queries), 256):
+        part = queries[lo:lo + 256]
+        ranking = catalog.index.search(np.stack([catalog.vector(q) for q in part]), k=k, query_ids=part)
+        for q, ranked in ranking.to_predictions().items():
+            t = catalog.truth(q)
+            if t.positives:
+                out[q] = oxford_ap([str(i) for i in ranked], t.positives, t.junk)
+    return out
+
+
+def render_results(results: ResultsFolder, catalog: Catalog) -> str:
+    columns, cells = results.table()
+    parts = [_HEAD.format(title="results", nav=_nav(True)), "<main>",
+             f"<h2>Results <span class='muted'>{escape(str(results.path))}</span></h2>"]
+    if columns:
+        head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+        body = "".join("<tr>" + "".join(f"<td>{escape(v)}</td>" for v in row) + "</tr>" for row in cells)
+        parts.append(f"<div class='scroll'><table id='results-table'><thead><tr>{head}</tr></thead>"
+                     f"<tbody>{body}</tbody></table></div>")
+    elif results.markdown:
+        parts.append(f"<pre id='results-md'>{escape(results.markdown)}</pre>")
+    if results.figures:
+        parts.append("<h2>Figures</h2><div class='figures'>")
+        parts += [f"<figure><a href='/results/figures/{quote(n)}'><img src='/results/figures/{quote(n)}' "
+                  f"alt='{escape(n)}'></a><figcaption>{escape(n)}</figcaption></figure>" for n in results.figures]
+        parts.append("</div>")
+    source, worst = worst_queries(results, catalog)
+    parts.append(f"<h2>Failures <span class='muted'>lowest AP first; {escape(source)}</span></h2>")
+    if worst:
+        rows = "".join(
+            f"<tr><td>{i + 1}</td><td><a href='/?id={quote(q, safe='')}'>"
+            + (f"<img class='thumb' src='/api/image/{quote(q, safe='')}?size=96' alt=''>" if catalog.has_image(q) else "")
+            + f"{escape(q)}</a></td><td>{a:.3f}</td></tr>" for i, (q, a) in enumerate(worst))
+        parts.append(f"<table id='failures'><thead><tr><th>#</th><th>query</th><th>AP</th></tr></thead>"
+                     f"<tbody>{rows}</tbody></table>")
+    else:
+        parts.append("<p class='muted'>No per-query APs: the results hold none and the served data has no "
+                     "queries with ground truth.</p>")
+    parts.append("</main></body></html>")
+    return "".join(parts)
