@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) -e '.[dev,faiss,onnx,ray,serve]'
+	$(PIP_INSTALL) -e '.[dev,faiss,onnx,ray,serve,gldv2]'
 	touch $@
 
 test: install

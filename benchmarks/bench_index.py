@@ -33,22 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from retrieval.index import DEFAULT_MEMORY_MB, Index, Ranking  # noqa: E402
 from retrieval.report import peak_rss_mb, write_results  # noqa: E402
-
-
-def unit_vectors(rng: np.random.Generator, n: int, dim: int, centres: Optional[np.ndarray] = None,
-                 spread: float = 0.5, chunk: int = 20_000) -> np.ndarray:
-    """(n, dim) float32 Gaussian vectors scaled to unit length, generated in chunks (no float64
-    copy). With ``centres`` each vector is a random centre plus noise of norm about ``spread``
-    (clustered, as real descriptors are; isotropic data is the worst case for approximate search)."""
-    out = np.empty((n, dim), dtype=np.float32)
-    for lo in range(0, n, chunk):
-        block = rng.standard_normal((min(chunk, n - lo), dim), dtype=np.float32)
-        if centres is not None:
-            block *= spread / np.sqrt(dim)
-            block += centres[rng.integers(0, len(centres), len(block))]
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        out[lo:lo + len(block)] = block
-    return out
+from retrieval.scale.sources import unit_vectors  # noqa: E402
 
 
 def time_search(search: Callable[[], Ranking], repeats: int) -> Tuple[Ranking, List[float]]:

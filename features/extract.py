@@ -45,6 +45,9 @@ class ExtractionError(RuntimeError):
         super().__init__(f"{self.path}: {reason} (image id {self.image_id!r}); the features computed "
                          "so far are kept in the store and a rerun resumes from them")
 
+    def __reduce__(self):  # picklable, so worker processes (loky, Ray) can hand it back
+        return type(self), (self.image_id, self.path, self.reason)
+
 
 @dataclass
 class ExtractionResult:

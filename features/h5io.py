@@ -12,9 +12,11 @@ from typing import Optional, Sequence
 import h5py
 import numpy as np
 
-from retrieval.fileio import DiskFullError, FileFormatError, check_header, describe_file, is_lock_conflict, reserve_space
+from retrieval.fileio import (DiskFullError, FileFormatError, check_header, describe_file, is_lock_conflict,
+                              reserve_space)
 
 FORMAT_VERSION = 1
+
 
 class FeatureFileError(FileFormatError):
     """A feature file is missing, corrupt, of another format/version, or was made with another
@@ -116,8 +118,6 @@ def reserve(f: h5py.File, path: Path, nbytes: int) -> None:
     of allocated space), so the writes that follow cannot fail half-way for lack of space."""
     reserve_space(f.id.get_vfd_handle(), int(f.id.get_filesize()) + int(nbytes) + _OVERHEAD, path,
                   ahead=_AHEAD, error=FeatureDiskFullError)
-
-
 
 
 def close_trimmed(f: h5py.File, path: Path) -> None:

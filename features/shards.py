@@ -38,6 +38,12 @@ from retrieval.fileio import atomic_path, atomic_write_text, check_header, read_
 
 from .store import (FeatureFileError, GlobalFeatureWriter, LocalFeatureStore, config_json, load_global)
 
+try:  # the writers' own full-disk error (features.store checks for room before it writes)
+    from retrieval.fileio import DiskFullError
+except ImportError:  # a retrieval.fileio without it: the errno checks below recognise a full disk
+    class DiskFullError(Exception):  # type: ignore[no-redef]
+        pass
+
 PathLike = Union[str, os.PathLike]
 SHARDED_FORMAT = "hybrid-retrieval/sharded-features"
 FORMAT_VERSION = 1
@@ -108,7 +114,7 @@ def is_disk_full(exc: BaseException) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        if isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno in DISK_FULL):
             return True
         text = str(exc)
         if any(os.strerror(code) in text for code in DISK_FULL) or "errno = 27" in text or "errno = 28" in text:
@@ -201,10 +207,16 @@ class ShardedStore:
             tmp.unlink(missing_ok=True)
 
     # -- reading -----------------------------------------------------------------------------------
+    def shard_files(self, verify: bool = True) -> List[Path]:
+        """The complete shards' files in shard order (checksummed), e.g. for
+        ``retrieval.scale.sources.h5_shards`` to build an index shard by shard."""
+        return [self.verify(k, e) if verify else self.shard_path(k) for k, e in sorted(self.entries().items())]
+
     def ids(self) -> List[str]:
+        """Ids of the images the complete shards hold, in shard order (not those that failed)."""
         out: List[str] = []
         for _, entry in sorted(self.entries().items()):
-            out.extend(entry["ids"])
+            out.extend(_held(entry))
         return out
 
     def iter_global(self, verify: bool = True) -> Iterator[Tuple[List[str], np.ndarray]]:
@@ -231,7 +243,7 @@ class ShardedStore:
         if self._local_index is None:
             self._local_index = {}
             for shard, entry in self.entries().items():
-                for i in entry["ids"]:
+                for i in _held(entry):
                     self._local_index[i] = shard
         shard = self._local_index.get(str(image_id))
         if shard is None:
@@ -291,15 +303,19 @@ class ShardedStore:
                     with LocalFeatureStore(tmp, mode="a", config=self.config, dtype=self.store_dtype) as merged:
                         for shard, entry in sorted(self.entries().items()):
                             with LocalFeatureStore(self.verify(shard, entry), mode="r") as part:
-                                for image_id in entry["ids"]:
-                                    if image_id in part:
-                                        merged.put(image_id, part.get(image_id, dtype=None))
-        except (OSError, RuntimeError) as exc:
+                                for image_id in _held(entry):
+                                    merged.put(image_id, part.get(image_id, dtype=None))
+        except Exception as exc:
             if is_disk_full(exc):
                 raise ShardWriteError(out, "disk full while merging the shards; every shard is kept in "
                                       f"{self.root}: free space and rerun to merge") from None
             raise
         return out
+
+
+def _held(entry: dict) -> List[str]:
+    failed = {f[0] for f in entry.get("failed", [])}
+    return [i for i in entry["ids"] if i not in failed]
 
 
 def write_shard(root: PathLike, unit: dict, compute: Callable[[Path], dict]) -> dict:
@@ -320,7 +336,7 @@ def write_shard(root: PathLike, unit: dict, compute: Callable[[Path], dict]) -> 
                  "cpu_seconds": round(time.process_time() - cpu, 4),
                  "pid": os.getpid(), **facts}
         atomic_write_text(root / f"shard-{shard:06d}.json", json.dumps(entry))
-    except (OSError, RuntimeError) as exc:  # h5py reports a failed write on close as a RuntimeError
+    except Exception as exc:  # h5py reports a failed write on close as a RuntimeError
         if is_disk_full(exc):
             raise ShardWriteError(final, f"disk full (or file size limit reached) while writing shard {shard}; "
                                   "the finished shards are kept: free space and rerun to resume") from None

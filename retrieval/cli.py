@@ -1,11 +1,16 @@
-"""The ``retrieval`` command line.
+"""The ``retrieval`` command line: every pipeline step is a command (and a Python function, see
+:mod:`retrieval.steps`).
 
+    retrieval encode LOCAL.h5 --out GLOBAL.h5 --encoder vlad-64 --model VLAD.npz
     retrieval index build FEATURES.h5 --out INDEX.npz --backend exact|faiss-flat|faiss-ivf|...
-    retrieval index search INDEX.npz QUERIES.h5 --k 100 --out RANKING.json
-    retrieval evaluate RANKING.json --dataset oxford|revisited|gldv2|folder|multiview|os-core --data PATH
+    retrieval search INDEX.npz QUERIES.h5 --out RANKING.json        (alias: retrieval index search)
+    retrieval rerank RANKING.json --query-local Q.h5 --db-local DB.h5 --scorer spatial --v 0.5 --out R2.json
+    retrieval evaluate RANKING.json --dataset KIND --data PATH [--protocol oxford,landmark]
+    retrieval run EXPERIMENT [--dataset KIND --data PATH] [--set KEY=VALUE] [--out DIR]
     retrieval dataset info --dataset TYPE --data PATH
     retrieval dataset check PATH [--n-jobs N]
     retrieval dataset export-gldv2 --data COIL_DIR --out DIR [--link symlink|hardlink|copy]
+    retrieval dataset profile --dataset TYPE --data PATH --out DIR [--set KEY=VALUE]
 
 Results are JSON on stdout (or in ``--out`` for ``evaluate`` / ``dataset`` commands that take it).
 A user error (missing or malformed file, wrong dimension, bad option) prints one line
@@ -30,25 +35,29 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .cli_checks import CLIError, os_error_message, require_file as _require_file, require_output, writing
+from .cli_checks import CLIError, os_error_message, require_file, require_output, writing
 
 __all__ = ["main", "build_parser", "CLIError", "COMMAND_GROUPS", "add_dataset_arguments", "load_dataset",
-           "emit_json", "parse_options", "DATASET_TYPES"]
+           "dataset_config", "emit_json", "parse_options", "require_file", "finite", "progress_enabled",
+           "DATASET_TYPES"]
 
 # "module:function" of every command group, in --help order. Other groups (extract, bench) add a
 # line here; each function receives the sub-parsers object.
 COMMAND_GROUPS: List[str] = [
-    "retrieval.cli:register_index",
-    "retrieval.cli:register_evaluate",
+    "retrieval.steps.encode:register",
+    "retrieval.steps.index:register",
+    "retrieval.steps.search:register",
+    "retrieval.steps.rerank:register",
+    "retrieval.steps.evaluate:register",
+    "retrieval.steps.run:register",
     "retrieval.cli:register_dataset",
     "retrieval.bench.cli:register",
     "retrieval.steps.extract:register",
     "retrieval.serve.cli:register",
 ]
 
-DATASET_TYPES = ("oxford", "revisited", "gldv2", "folder", "multiview", "os-core")
-DEFAULT_PROTOCOL = {"oxford": "oxford", "revisited": "revisited", "gldv2": "gldv2", "folder": "general",
-                    "multiview": "general", "os-core": "general"}
+# the readers' kinds (retrieval.datasets.open.DATASET_KINDS, repeated here so that --help needs no numpy)
+DATASET_TYPES = ("folder", "gldv2", "oxford", "paris", "revisited", "multiview", "os-core")
 
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
@@ -79,7 +88,7 @@ def _json_default(value):
     return str(value)
 
 
-def _finite(metrics: Dict[str, Any]) -> Dict[str, Any]:
+def finite(metrics: Dict[str, Any]) -> Dict[str, Any]:
     # JSON has no NaN: report an undefined metric as null
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
@@ -108,228 +117,88 @@ def parse_options(pairs: Optional[Sequence[str]]) -> Dict[str, Any]:
     return out
 
 
-def _int_ranges(spec: str) -> List[int]:
-    """``"1-50"`` / ``"1,3,5-7"`` -> list of ints."""
-    out: List[int] = []
-    try:
-        for part in spec.split(","):
-            part = part.strip()
-            if "-" in part:
-                lo, hi = part.split("-", 1)
-                out.extend(range(int(lo), int(hi) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise CLIError(f"{spec!r} is not a list of numbers and ranges such as 1-50 or 1,3,5-7") from None
+def _label_list(spec: str) -> List[str]:
+    """``"1-50"`` / ``"1,3,5-7"`` / ``"cat,dog"`` -> labels as text (number ranges expanded)."""
+    import re
+
+    out: List[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        match = re.fullmatch(r"(\d+)-(\d+)", part)
+        if match:
+            out.extend(str(i) for i in range(int(match.group(1)), int(match.group(2)) + 1))
+        elif part:
+            out.append(part)
     if not out:
-        raise CLIError(f"{spec!r} names no objects")
+        raise CLIError(f"{spec!r} names no labels")
     return out
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--dataset TYPE --data PATH`` plus the reader options that commands share."""
+    """``--dataset KIND --data PATH`` plus the reader options that commands share (the fields of
+    :class:`retrieval.datasets.open.DatasetConfig`)."""
     parser.add_argument("--dataset", choices=DATASET_TYPES, required=required,
-                        help="dataset reader: oxford/revisited (images/ + gt/), gldv2 (Kaggle CSV "
-                             "layout), folder (images/ + labels.csv, e.g. COIL), multiview "
+                        help="dataset reader: folder (images/ + labels.csv, or a class-per-folder tree "
+                             "root/CLASS/*.jpg), gldv2 (Kaggle CSV layout), oxford/paris (images/ + gt/ "
+                             "good/ok/junk lists), revisited (gt/ easy/hard/junk), multiview "
                              "(DS|DU/train|retrieval tree), os-core (query/target + label files)")
     parser.add_argument("--data", required=required, help="the dataset folder")
     parser.add_argument("--scale", default="auto",
-                        help="oxford/revisited: box scale, 'auto' (stored longest side / 1024) or a "
+                        help="oxford/paris/revisited: box scale, 'auto' (stored longest side / 1024) or a "
                              "number such as 0.5")
+    parser.add_argument("--query-list", default="auto",
+                        help="folder/multiview: which images are queries: 'auto' (queries.txt in the "
+                             "dataset folder when present, else every N-th image of each class), "
+                             "'every', or the path of a list of image ids (default auto)")
     parser.add_argument("--every", type=int, default=4,
-                        help="folder/multiview: every N-th image is a query against all others "
-                             "(default 4)")
+                        help="folder/multiview: every N-th image of each class is a query (default 4)")
+    parser.add_argument("--db", choices=("all", "rest"), default="all",
+                        help="folder/multiview: keep the queries in the database (all, default; a "
+                             "query's own image is then ignored) or take them out (rest)")
     parser.add_argument("--split", default="DS", help="multiview: DS or DU (default DS)")
     parser.add_argument("--part", default="retrieval", help="multiview: train or retrieval")
     parser.add_argument("--on-error", choices=("raise", "collect"), default="raise",
                         help="missing/unreadable images: stop (raise) or skip and report (collect)")
 
 
-def load_dataset(args: argparse.Namespace):
-    """The :class:`RetrievalDataset` named by ``--dataset/--data`` (folder and multiview get their
-    queries from :func:`every_nth_query` with ``--every``)."""
-    from .datasets import (every_nth_query, read_gldv2, read_labelled_folder, read_multiview_tree,
-                           read_os_core, read_oxford, read_revisited)
+def dataset_config(args: argparse.Namespace):
+    """The :class:`retrieval.datasets.open.DatasetConfig` of ``--dataset/--data`` and the reader options."""
+    from .config import ConfigError
+    from .datasets.open import DatasetConfig
 
-    root = Path(args.data)
-    if not root.is_dir():
-        raise CLIError(f"{root}: no such dataset folder")
-    kind = args.dataset
-    if kind in ("folder", "multiview") and args.every < 1:
+    scale: Any = args.scale
+    if scale != "auto":
+        try:
+            scale = float(scale)
+        except ValueError:
+            raise CLIError(f"--scale must be 'auto' or a number, not {args.scale!r}") from None
+        if not (math.isfinite(scale) and scale > 0):
+            raise CLIError(f"--scale must be a positive number, not {args.scale!r}")
+    if args.every < 1:
         raise CLIError(f"--every must be at least 1, got {args.every}")
-    if kind in ("oxford", "revisited"):
-        scale = args.scale
-        if scale != "auto":
-            try:
-                scale = float(scale)
-            except ValueError:
-                raise CLIError(f"--scale must be 'auto' or a number, not {args.scale!r}") from None
-            if not (math.isfinite(scale) and scale > 0):
-                raise CLIError(f"--scale must be a positive number, not {args.scale!r}")
-        reader = read_oxford if kind == "oxford" else read_revisited
-        return reader(root, scale=scale, on_error=args.on_error)
-    if kind == "gldv2":
-        return read_gldv2(root, on_error=args.on_error)
-    if kind == "folder":
-        return every_nth_query(read_labelled_folder(root, on_error=args.on_error), n=args.every)
-    if kind == "multiview":
-        base = read_multiview_tree(root, split=args.split, part=args.part, on_error=args.on_error)
-        return every_nth_query(base, n=args.every)
-    if kind == "os-core":
-        return read_os_core(root, on_error=args.on_error)
-    raise CLIError(f"unknown dataset type {kind!r}")
+    try:
+        return DatasetConfig(kind=args.dataset, path=str(args.data), scale=scale, queries=args.query_list,
+                             every=args.every, db=args.db, split=args.split, part=args.part,
+                             on_error=args.on_error)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
 
 
-def _progress_enabled(args) -> bool:
+def load_dataset(args: argparse.Namespace):
+    """The :class:`RetrievalDataset` named by ``--dataset/--data`` (see :func:`dataset_config`)."""
+    from .datasets.open import open_dataset
+
+    return open_dataset(dataset_config(args))
+
+
+def progress_enabled(args) -> bool:
     return not getattr(args, "quiet", False)
-
-
-# ------------------------------------------------------------------------------------ index
-
-def register_index(subparsers) -> None:
-    parser = subparsers.add_parser("index", help="build an index from a feature file, search it")
-    sub = parser.add_subparsers(dest="index_command", metavar="{build,search}", required=True)
-
-    build = sub.add_parser("build", help="build an index from a global feature file (HDF5)")
-    build.add_argument("features", help="global feature file (features.store.save_global format)")
-    build.add_argument("--out", required=True, help="index file to write (.npz)")
-    build.add_argument("--backend", default="exact",
-                       help="exact, faiss-flat, faiss-ivf, faiss-ivfpq or faiss-hnsw (default exact)")
-    build.add_argument("--option", action="append", metavar="KEY=VALUE",
-                       help="backend option, repeatable (nlist=, nprobe=, m=, nbits=, hnsw_m=, "
-                            "ef_search=, memory_mb= ...)")
-    build.set_defaults(func=_index_build)
-
-    search = sub.add_parser("search", help="search an index with a query feature file")
-    search.add_argument("index", help="index file written by 'retrieval index build'")
-    search.add_argument("queries", help="global feature file of the queries")
-    search.add_argument("--k", type=int, default=100, help="results per query (default 100)")
-    search.add_argument("--out", required=True, help="ranking file to write (JSON)")
-    search.add_argument("--batch", type=int, default=4096, help="queries per search call (progress step)")
-    search.add_argument("--option", action="append", metavar="KEY=VALUE",
-                        help="search option: memory_mb (exact), nprobe (IVF), ef_search (HNSW)")
-    search.set_defaults(func=_index_search)
-
-
-def _index_build(args) -> int:
-    from retrieval.features.store import load_global
-
-    from .index import BACKENDS, Index
-
-    if args.backend not in BACKENDS:
-        raise CLIError(f"unknown backend {args.backend!r}; choose from {', '.join(BACKENDS)}")
-    features = _require_file(args.features, "feature file", "hdf5")
-    require_output(args.out, "index")
-    start = time.perf_counter()
-    ids, vectors, config = load_global(features)
-    if len(ids) == 0:
-        raise CLIError(f"{features}: feature file holds no vectors")
-    try:
-        index = Index(vectors, ids=ids, backend=args.backend, config=config, **parse_options(args.option))
-    except ValueError as exc:
-        raise CLIError(f"{features}: {exc}") from None
-    with writing(args.out, "index"):
-        index.save(args.out)
-    emit_json({"index": str(args.out), "features": str(features), "backend": args.backend,
-               "count": len(index), "dim": index.dim, "options": index.options,
-               "seconds": round(time.perf_counter() - start, 3)})
-    return 0
-
-
-def _index_search(args) -> int:
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from retrieval.features.store import load_global
-
-    from .index import Index, Ranking
-
-    if args.k < 1:
-        raise CLIError(f"--k must be positive, got {args.k}")
-    if args.batch < 1:
-        raise CLIError(f"--batch must be positive, got {args.batch}")
-    index_path = _require_file(args.index, "index file", "npz")
-    queries_path = _require_file(args.queries, "query feature file", "hdf5")
-    require_output(args.out, "ranking")
-    index = Index.load(index_path)
-    query_ids, queries, _ = load_global(queries_path)
-    if len(query_ids) == 0:
-        raise CLIError(f"{queries_path}: feature file holds no query vectors")
-    if queries.shape[1] != index.dim:
-        raise CLIError(f"{queries_path}: query vectors have dimension {queries.shape[1]}, the index "
-                       f"{index_path} has dimension {index.dim}")
-    try:
-        options = parse_options(args.option)
-        index.search(queries[:1], k=1, **options)  # options checked before the long run
-    except ValueError as exc:
-        raise CLIError(f"{index_path}: {exc}") from None
-    start = time.perf_counter()
-    parts = []
-    steps = range(0, len(query_ids), args.batch)
-    for lo in tqdm(steps, desc="search", unit="batch", disable=not _progress_enabled(args) or len(steps) < 2,
-                   leave=False):
-        hi = min(lo + args.batch, len(query_ids))
-        parts.append(index.search(queries[lo:hi], k=args.k, query_ids=query_ids[lo:hi], **options))
-    ranking = parts[0] if len(parts) == 1 else Ranking(
-        ids=np.concatenate([p.ids for p in parts]), scores=np.concatenate([p.scores for p in parts]),
-        indices=np.concatenate([p.indices for p in parts]), query_ids=list(query_ids))
-    with writing(args.out, "ranking"):
-        ranking.save(args.out)
-    emit_json({"ranking": str(args.out), "index": str(index_path), "queries": len(query_ids),
-               "k": ranking.k, "seconds": round(time.perf_counter() - start, 3)})
-    return 0
-
-
-# ---------------------------------------------------------------------------------- evaluate
-
-def register_evaluate(subparsers) -> None:
-    parser = subparsers.add_parser("evaluate", help="score a ranking file against a dataset's ground truth")
-    parser.add_argument("ranking", help="ranking file written by 'retrieval index search'")
-    add_dataset_arguments(parser)
-    parser.add_argument("--protocol", default=None,
-                        help="gldv2, oxford, revisited, general or all (default: the dataset's own: "
-                             "oxford->oxford, gldv2->gldv2, folder/multiview/os-core->general)")
-    parser.add_argument("--k", type=int, default=100, help="cut-off for map@k, ndcg@k, recall@k")
-    parser.add_argument("--out", default=None, help="also write the metrics JSON here")
-    parser.set_defaults(func=_evaluate)
-
-
-def _evaluate(args) -> int:
-    from .datasets.splits import drop_junk
-    from .evaluate import PROTOCOLS, evaluate
-    from .index import Ranking
-
-    protocol = args.protocol or DEFAULT_PROTOCOL[args.dataset]
-    if protocol not in PROTOCOLS:
-        raise CLIError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
-    if args.k < 1:
-        raise CLIError(f"--k must be positive, got {args.k}")
-    ranking_path = _require_file(args.ranking, "ranking file", "json")
-    require_output(args.out, "metrics")
-    ranking = Ranking.load(ranking_path)
-    if ranking.query_ids is None:
-        raise CLIError(f"{ranking_path}: the ranking does not name its queries (no query_ids); search "
-                       f"with a feature file, whose ids name them")
-    dataset = load_dataset(args)
-    predictions = ranking.to_predictions()
-    missing = [q for q in dataset.solution() if q not in predictions]
-    try:
-        # junk (the query's own image, Oxford junk) leaves the ranking before any metric sees it
-        metrics = evaluate(dataset, drop_junk(dataset, predictions), protocol=protocol, k=args.k)
-    except ValueError as exc:
-        raise CLIError(f"{ranking_path}: {exc}") from None
-    result = {"ranking": str(ranking_path), "dataset": dataset.name, "data": str(args.data),
-              "protocol": protocol, **_finite(metrics),
-              "queries_without_prediction": len(missing), "bad_files": len(dataset.bad_files)}
-    emit_json(result, args.out)
-    return 0
 
 
 # ----------------------------------------------------------------------------------- dataset
 
 def register_dataset(subparsers) -> None:
     parser = subparsers.add_parser("dataset", help="dataset tools: info, check, export-gldv2")
-    sub = parser.add_subparsers(dest="dataset_command", metavar="{info,check,export-gldv2}", required=True)
+    sub = parser.add_subparsers(dest="dataset_command", metavar="{info,check,export-gldv2,profile}", required=True)
 
     info = sub.add_parser("info", help="summary of a dataset as a reader sees it")
     add_dataset_arguments(info)
@@ -343,12 +212,16 @@ def register_dataset(subparsers) -> None:
     check.add_argument("--out", default=None, help="also write the JSON report here")
     check.set_defaults(func=_dataset_check)
 
-    export = sub.add_parser("export-gldv2", help="write the COIL GLDv2-format split (train objects, "
-                                                 "index + queries of the test objects)")
-    export.add_argument("--data", required=True, help="labelled folder (images/ + labels.csv), e.g. coil100")
+    export = sub.add_parser("export-gldv2", help="write a labelled folder as a GLDv2-format split (train "
+                                                 "labels, index + queries of the test labels)")
+    export.add_argument("--data", required=True, help="folder dataset: images/ + labels.csv (e.g. coil100) or a "
+                                                      "class-per-folder tree")
     export.add_argument("--out", required=True, help="output folder (re-running into it resumes)")
-    export.add_argument("--train-objects", default="1-50", help="labels for training (default 1-50)")
-    export.add_argument("--test-objects", default="51-100", help="labels for index/queries (default 51-100)")
+    export.add_argument("--train-labels", "--train-objects", dest="train_labels", default=None,
+                        help="labels for training: names and number ranges, e.g. 1-50 or cat,dog (default: "
+                             "the first half of the labels in natural order; COIL-100: 1-50)")
+    export.add_argument("--test-labels", "--test-objects", dest="test_labels", default=None,
+                        help="labels for index/queries (default: the other half; COIL-100: 51-100)")
     export.add_argument("--query-step", type=int, default=8,
                         help="every N-th view of a test object is a query (default 8: 9 of 72)")
     export.add_argument("--seed", type=int, default=0, help="seed of the query phase and Public/Private halves")
@@ -356,6 +229,14 @@ def register_dataset(subparsers) -> None:
                         help="fraction of queries marked Usage=Ignored (default 0)")
     export.add_argument("--link", choices=("symlink", "hardlink", "copy"), default="symlink")
     export.set_defaults(func=_dataset_export)
+
+    profile = sub.add_parser("profile", help="what is in a dataset: classes and long tail, grayscale, sizes, "
+                                             "EXIF, unreadable files, duplicates (retrieval.datasets.profile)")
+    add_dataset_arguments(profile)
+    profile.add_argument("--out", required=True, help="folder for profile.json and profile.png")
+    profile.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="profile setting, e.g. near_features=FILE, near_threshold=0.9, check_pixels=false")
+    profile.set_defaults(func=_dataset_profile)
 
 
 def _dataset_summary(ds) -> Dict[str, Any]:
@@ -400,14 +281,32 @@ def _dataset_check(args) -> int:
         paths = list_images(path)
     else:
         raise CLIError(f"{path}: no such file or folder")
-    bad = check_images(paths, n_jobs=args.n_jobs, progress=_progress_enabled(args))
+    bad = check_images(paths, n_jobs=args.n_jobs, progress=progress_enabled(args))
     emit_json({"path": str(path), "checked": len(paths), "unreadable": len(bad),
                "bad_files": [{"path": p, "reason": r} for p, r in bad]}, args.out)
     return 1 if bad else 0
 
 
+def _dataset_profile(args) -> int:
+    from .config import ConfigError
+    from .datasets.profile import ProfileConfig, gldv2_records, main as profile_main
+
+    try:
+        conf = ProfileConfig().override(args.overrides)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    if not Path(args.data).is_dir():
+        raise CLIError(f"{args.data}: no such dataset folder")
+    # GLDv2 is streamed from its CSVs (bounded memory); other kinds go through their reader
+    source = gldv2_records(args.data) if args.dataset == "gldv2" else load_dataset(args)
+    path = profile_main(conf, source, args.out, progress=_progress_enabled(args))
+    emit_json({"profile": str(path), "plot": str(Path(args.out) / "profile.png")})
+    return 0
+
+
 def _dataset_export(args) -> int:
-    from .datasets import coil100_gldv2_split, export_gldv2
+    from .datasets import export_gldv2, labelled_gldv2_split, natural_key
+    from .datasets.folders import read_folder
 
     if args.query_step < 2:
         raise CLIError(f"--query-step must be at least 2 (some views must stay in the index), got {args.query_step}")
@@ -415,10 +314,13 @@ def _dataset_export(args) -> int:
         raise CLIError(f"--ignored-fraction must be in [0, 1), got {args.ignored_fraction}")
     require_output(args.out, "GLDv2 export", folder=True)
     start = time.perf_counter()
-    split = coil100_gldv2_split(args.data, train_objects=_int_ranges(args.train_objects),
-                                test_objects=_int_ranges(args.test_objects), query_step=args.query_step,
-                                seed=args.seed, ignored_fraction=args.ignored_fraction)
-    counts = export_gldv2(split, args.out, link=args.link, progress=_progress_enabled(args))
+    full = read_folder(args.data)
+    labels = sorted(set(full.db_labels), key=natural_key)
+    train = _label_list(args.train_labels) if args.train_labels else labels[:len(labels) // 2]
+    test = _label_list(args.test_labels) if args.test_labels else [x for x in labels if x not in set(train)]
+    split = labelled_gldv2_split(full, train, test, query_step=args.query_step, seed=args.seed,
+                                 ignored_fraction=args.ignored_fraction)
+    counts = export_gldv2(split, args.out, link=args.link, progress=progress_enabled(args))
     emit_json({"out": str(args.out), **counts, "usage": _dataset_summary(split).get("usage", {}),
                "seconds": round(time.perf_counter() - start, 3)})
     return 0

@@ -111,6 +111,25 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
+def _events_to_stderr() -> None:
+    """Ray prints its events (a worker died, its task will be retried) on stdout, where they would mix
+    with a command's JSON output: send them to stderr. (Ray has no setting for this; its printing
+    function is wrapped once, and left as it is if Ray's layout changes.)"""
+    try:
+        from ray._private import worker
+    except ImportError:  # pragma: no cover
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "to_stderr", False):
+        return
+
+    def to_stderr(data, *args, **kwargs):
+        return original(dict(data, is_err=True), *args, **kwargs)
+
+    to_stderr.to_stderr = True
+    worker.print_to_stdstream = to_stderr
+
+
 @contextmanager
 def ray_session(ray_address: Optional[str] = None, num_cpus: Optional[int] = None,
                 num_gpus: Optional[int] = None) -> Iterator[Any]:
@@ -119,6 +138,7 @@ def ray_session(ray_address: Optional[str] = None, num_cpus: Optional[int] = Non
     check_engine("ray")
     import ray
 
+    _events_to_stderr()
     if ray.is_initialized():
         _quiet_ray_data()
         yield ray

@@ -16,7 +16,16 @@ Protocols
                 the ``easy`` / ``hard`` lists in the ground truth).
 ``"general"``   multi-view / labelled-folder datasets (COIL): ``map@k``, ``mean_ap``,
                 ``ndcg@k``, ``anmrr``, ``top1``, ``top10``, ``precision@10``, ``recall@k``.
+``"landmark"``  the landmark-level relevance GLDv2 uses: every image of the query's landmark is
+                relevant, nothing is ignored. ``landmark_map`` = mean AP over the full ranking with
+                positives = positives and junk of every query that shares the query's label (on
+                Oxford / Paris: good, ok AND junk of the query's landmark; on GLDv2 and labelled
+                folders: the label's images). Only the query's own image (when it is also a database
+                entry) is left out. Give the FULL ranking.
 ``"all"``       ``general`` plus every other protocol the ground truth supports.
+
+:func:`required_depth` says how long each query's ranking must be for a protocol's figures to be
+exact (``retrieval evaluate`` refuses shorter rankings).
 
 Junk. Each query's ``QueryTruth.junk`` (Oxford junk; the query's own image under
 :func:`retrieval.datasets.every_nth_query`) is removed from its ranking before the ``general`` and
@@ -32,43 +41,13 @@ from . import metrics
 from .datasets.base import RetrievalDataset
 from .datasets.splits import drop_junk
 
-__all__ = ["evaluate", "evaluate_per_query", "ranking_to_predictions", "landmark_level", "PROTOCOLS"]
+__all__ = ["evaluate", "evaluate_per_query", "ranking_to_predictions", "required_depth", "landmark_solution",
+           "PROTOCOLS"]
 
-PROTOCOLS = ("gldv2", "oxford", "revisited", "general", "all")
+PROTOCOLS = ("gldv2", "oxford", "revisited", "landmark", "general", "all")
 USAGE_SPLITS = ("Public", "Private")
 
 Predictions = Mapping[Hashable, Sequence[Hashable]]
-
-
-def landmark_level(dataset: RetrievalDataset) -> RetrievalDataset:
-    """The dataset under landmark-level relevance (GLDv2's definition): every database image of the
-    query's landmark is relevant and nothing is junk. The landmark's images are the database images
-    with the query's label when the dataset has database labels; otherwise (Oxford / Paris ground-truth
-    lists) the union of the positives and junk of every query of that landmark (good, ok and junk).
-    Score it with ``protocol="oxford"`` (AP over the full ranking) or ``"gldv2"``."""
-    from dataclasses import replace
-
-    from .datasets.base import QueryTruth
-
-    if dataset.query_labels is None:
-        raise ValueError(f"dataset {dataset.name!r} has no query labels (landmarks): landmark-level "
-                         "relevance needs them")
-    members: Dict[Hashable, set] = {}
-    if dataset.db_labels is not None:
-        for image, label in zip(dataset.db_ids, dataset.db_labels):
-            members.setdefault(label, set()).add(image)
-    else:
-        for qid, label in zip(dataset.query_ids, dataset.query_labels):
-            truth = dataset.ground_truth.get(qid)
-            if truth is not None:
-                members.setdefault(label, set()).update(truth.positives | truth.junk)
-    truth = {}
-    for qid, label in zip(dataset.query_ids, dataset.query_labels):
-        old = dataset.ground_truth.get(qid)
-        if old is not None:
-            truth[qid] = QueryTruth(positives=set(members.get(label, set())), usage=old.usage)
-    return replace(dataset, ground_truth=truth, name=f"{dataset.name} (landmark-level)",
-                   metadata={**dataset.metadata, "relevance": "landmark-level"})
 
 
 def ranking_to_predictions(ranking, query_ids: Optional[Sequence[Hashable]] = None) -> Dict[Hashable, List]:
@@ -116,12 +95,56 @@ def _has_usage(dataset: RetrievalDataset) -> bool:
     return any(t.usage in USAGE_SPLITS for t in dataset.ground_truth.values())
 
 
+def _check_scored_truth(dataset: RetrievalDataset) -> None:
+    """Kaggle / DELF score a Public or Private query without relevant images 0; the metrics leave
+    queries without relevant images out of the mean (which would raise the score), so such a query
+    is refused: it must be marked Ignored."""
+    empty = [q for q, t in _query_truths(dataset) if t.usage in USAGE_SPLITS and not t.positives]
+    if empty:
+        raise ValueError(f"dataset {dataset.name!r}: {len(empty)} {dataset.ground_truth[empty[0]].usage} "
+                         f"quer{'y has' if len(empty) == 1 else 'ies have'} no relevant images (e.g. "
+                         f"{empty[0]!r}); Kaggle scores such a query 0: give its images or mark it Ignored")
+
+
 def _query_truths(dataset: RetrievalDataset):
     """(qid, truth) for the dataset's queries that have ground truth and are not Ignored."""
     for qid in dataset.query_ids:
         truth = dataset.ground_truth.get(qid)
         if truth is not None and truth.usage != "Ignored":
             yield qid, truth
+
+
+def required_depth(dataset: RetrievalDataset, protocol: str, k: int = 100) -> int:
+    """Results per query a ranking needs for ``protocol``'s figures to be exact: ``k`` for the
+    cut-off metrics of ``gldv2`` (map@k), the whole database for the others (their AP counts a
+    positive that is not ranked as missed, so a short ranking scores lower than the descriptor is)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    n = len(dataset.db_ids)
+    return min(int(k), n) if protocol == "gldv2" else n
+
+
+def landmark_solution(dataset: RetrievalDataset) -> Dict[Hashable, set]:
+    """``{query id: relevant db ids}`` of the landmark-level protocol (module docstring)."""
+    truths = dict(_query_truths(dataset))
+    labels = dataset.query_labels
+    if labels is None:
+        groups = {q: [q] for q in truths}
+    else:
+        by_label: Dict[str, List] = {}
+        label_of = dict(zip(dataset.query_ids, labels))
+        for q in truths:
+            by_label.setdefault(label_of[q], []).append(q)
+        groups = {q: by_label[label_of[q]] for q in truths}
+    db = set(dataset.db_ids)
+    out = {}
+    for q in truths:
+        relevant = set()
+        for other in groups[q]:
+            relevant |= truths[other].positives | truths[other].junk
+        # the query's own image (a database entry under every_nth_query) is neither relevant nor ranked
+        out[q] = (relevant & db) - {q}
+    return out
 
 
 def evaluate_per_query(dataset: RetrievalDataset, predictions, protocol: str = "all",
@@ -148,11 +171,16 @@ def evaluate_per_query(dataset: RetrievalDataset, predictions, protocol: str = "
         out["precision@10"] = metrics.per_query_scores("precision@k", clean, solution, 10)
         out[f"recall@{k}"] = metrics.per_query_scores("recall@k", clean, solution, k)
     if protocol == "gldv2" or (protocol == "all" and _has_usage(dataset)):
+        _check_scored_truth(dataset)
         out[f"map@{k}"] = metrics.per_query_scores("ap@k", clean, dataset.solution(), k)
         for split in USAGE_SPLITS:
             solution = dataset.solution([split])
             if solution:
                 out[f"map@{k}_{split.lower()}"] = metrics.per_query_scores("ap@k", clean, solution, k)
+    if protocol == "landmark":
+        solution = landmark_solution(dataset)
+        own = {q: [d for d in preds.get(q, []) if d != q] for q in solution}
+        out["landmark_map"] = metrics.per_query_scores("ap", own, solution)
     if protocol in ("oxford", "all"):
         truths = list(_query_truths(dataset))
         out["oxford_map"] = metrics.oxford_map(preds, {q: t.positives for q, t in truths},

@@ -55,6 +55,9 @@ class FileFormatError(ValueError):
         self.reason = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # picklable, so worker processes (loky, Ray) can hand it back
+        return type(self), (self.path, self.problem)
+
 
 def _with_hint(problem: str, hint: str) -> str:
     return f"{problem}; {hint}" if hint else problem
@@ -235,9 +238,21 @@ def digest(arrays: Mapping[str, Any], header: Optional[dict] = None, separator: 
 _FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
-class DiskFullError(FileFormatError):
+class DiskFullError(FileFormatError, OSError):
     """``path`` could not grow by what was about to be written (no space left on the device, a
-    disk quota or the process's file-size limit); raised before anything was written."""
+    disk quota or the process's file-size limit); raised before anything was written. Both a
+    :class:`FileFormatError` (a ``ValueError``: one line in the CLI) and an ``OSError`` whose
+    ``errno`` is the system's (ENOSPC, EFBIG or EDQUOT), as any other failed write would be."""
+
+    def __init__(self, path: PathLike, problem: str, code: int = errno.ENOSPC):
+        super().__init__(path, problem)
+        self.errno = code
+
+    def __str__(self) -> str:  # OSError's would be "[Errno N] ...", without the file
+        return f"{self.path}: {self.problem}"
+
+    def __reduce__(self):
+        return type(self), (self.path, self.problem, self.errno)
 
 
 def reserve_space(fd: int, size: int, path: PathLike, ahead: int = 0,
@@ -266,8 +281,11 @@ def reserve_space(fd: int, size: int, path: PathLike, ahead: int = 0,
                 break
     reason = {errno.EFBIG: "the process's file-size limit (ulimit -f) is reached",
               errno.EDQUOT: "the disk quota is exceeded"}.get(failure, "no space left on the device")
-    raise error(path, f"cannot write {size - allocated} more bytes: {reason}. Everything written before "
-                      "is intact; free some space and rerun to resume")
+    exc = error(path, f"disk full: cannot write {size - allocated} more bytes ({reason}, "
+                      f"{os.strerror(failure)}). Everything written before is intact; free some space and "
+                      "rerun to resume")
+    exc.errno = failure
+    raise exc
 
 
 def is_lock_conflict(exc: BaseException) -> bool:

@@ -355,3 +355,11 @@ def revisited_map(predictions: Predictions, easy: Mapping[Hashable, Iterable[Has
         if not math.isnan(ap):
             scores[qid] = ap
     return scores if per_query else _mean(scores)
+
+
+# metrics other benchmarks of the field define (formulas and conventions there)
+from .fieldmetrics import (cosine_ranking, gap, map_at_r, mean_precision_at_k, os3dor_scores,  # noqa: E402
+                           precision_recall_curve, shape_tiers)
+
+__all__ += ["os3dor_scores", "cosine_ranking", "mean_precision_at_k", "gap", "map_at_r", "shape_tiers",
+            "precision_recall_curve"]

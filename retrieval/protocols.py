@@ -7,6 +7,10 @@ An experiment file names its ``kind``; the kind's module provides
 * ``main(conf, out_dir: Path, cache_dir: Path | None = None) -> Path``: runs the experiment (resumable,
   with progress) and returns the results folder holding ``results.json``, ``results.md`` and figures.
 
+A protocol that runs on a dataset gives its ``CONFIG`` a ``dataset`` section (preferably
+:class:`retrieval.datasets.open.DatasetConfig`, opened with :func:`~retrieval.datasets.open.open_dataset`):
+``retrieval run --dataset KIND --data PATH`` then sets its ``kind`` and ``path``.
+
 Adding a protocol is one line here, ``"kind": "package.module"``; the module is imported only when
 its kind is run, so the command line stays light.
 """
@@ -23,6 +27,8 @@ __all__ = ["PROTOCOLS", "load_protocol"]
 PROTOCOLS: Dict[str, str] = {
     "ladder": "retrieval.ladder.run",
     "oxford-descriptors": "retrieval.bench.descriptors",
+    "multiview": "retrieval.bench.multiview",
+    "retrieval": "retrieval.steps.chain",
 }
 
 

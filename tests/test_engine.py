@@ -68,7 +68,8 @@ def test_sift_identical_on_ray_and_a_killed_worker_is_retried(ray_cluster, oxfor
     _same_local(ShardedStore(tmp_path / "killed_run"), ShardedStore(tmp_path / "local"), ids)
 
 
-def test_onnx_global_identical_on_ray_actors(ray_cluster, coil20_dir, tmp_path):
+@pytest.mark.slow  # three EfficientNet builds (local probe, actor, restarted actor)
+def test_onnx_global_identical_on_ray_actors_even_with_an_actor_killed(ray_cluster, coil20_dir, tmp_path):
     from functools import partial
 
     from retrieval.features.efficientnet import EfficientNetExtractor
@@ -77,10 +78,13 @@ def test_onnx_global_identical_on_ray_actors(ray_cluster, coil20_dir, tmp_path):
     ids = [p.rsplit("/", 1)[1] for p in paths]
     make = partial(EfficientNetExtractor, "lite0-gem-224", threads=1, backend="onnxruntime")
     out = {}
+    marker = tmp_path / "killed"
     for engine in ("local", "ray"):
+        # on Ray, the actor SIGKILLs itself mid-shard once: Ray Data restarts it and retries the shard
         extract_global_sharded(make, ids, paths, tmp_path / engine, engine=engine, n_jobs=1, shard_size=2,
-                               progress=False)
+                               progress=False, kill_once=marker if engine == "ray" else None)
         out[engine] = ShardedStore(tmp_path / engine).load_global()
+    assert marker.exists()
     assert out["local"][0] == out["ray"][0] == ids
     assert np.array_equal(out["local"][1], out["ray"][1])
 

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.features.extract import ExtractionError, extract_local_features
-from retrieval.features.local import LocalFeatures
+from retrieval.features.extract import extract_local_features
 from retrieval.features.sift import SiftExtractor
 from retrieval.features.store import (FeatureFileError, GlobalFeatureWriter, LocalFeatureStore, load_global,
                                       save_global)
@@ -76,6 +75,7 @@ def finished_entries(path):
 
 EXTRACT_CHILD = """
 import os, resource, signal
+import numpy as np
 from retrieval.features.extract import extract_local_features
 from retrieval.features.sift import SiftExtractor
 from retrieval.features.store import FeatureFileError
@@ -87,6 +87,8 @@ class Faulty(SiftExtractor):
         Faulty.calls += 1
         if Faulty.calls == fault_at:
             os.kill(os.getpid(), getattr(signal, fault))
+            # keep this worker inside OpenCV while the main thread handles the signal
+            SiftExtractor("rootsift-1k").extract(np.random.default_rng(0).integers(0, 256, (1200, 1200), np.uint8))
         return super().extract_path(path, box=box)
 
 if limit:
@@ -384,65 +386,80 @@ def test_disk_full_during_deep_extraction_keeps_written_rows(coil, tmp_path):
 # training checkpoints
 # ---------------------------------------------------------------------------------------------
 
-TRAIN_CHILD = """
-import os, signal, torch
+TOY_TRAINING = """
+def train_toy(out_dir, step_hook=None):
+    import torch
+    from retrieval.training.loop import LoopConfig, run_training
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 2)
+    X, Y = torch.randn(32, 6), torch.randn(32, 2)
+
+    class Sampler:
+        def batches(self, epoch):
+            g = torch.Generator().manual_seed(epoch)
+            return [b.numpy() for b in torch.randperm(32, generator=g).split(8)]
+
+    def step(batch, ctx):
+        if step_hook is not None:
+            step_hook()
+        x, y = batch
+        return ((model(x) - y) ** 2).mean()
+
+    cfg = LoopConfig(epochs=3, lr=0.05, optimizer="sgd", device="cpu", checkpoint_every=1, prefetch=0)
+    run_training({"model": model}, [{"params": list(model.parameters())}], Sampler(),
+                 lambda b: (X[b], Y[b]), step, cfg, out_dir, run_config={"toy": 1}, progress=False)
+    return model
+"""
+exec(TOY_TRAINING)  # defines train_toy here; children run the same text
+
+TRAIN_CHILD = TOY_TRAINING + """
+import os, signal
 import retrieval.training.checkpoint as checkpoint
-from retrieval.training.loop import LoopConfig, run_training
 out_dir, fault, fault_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
-torch.manual_seed(0)
-model = torch.nn.Linear(6, 2)
-X, Y = torch.randn(32, 6), torch.randn(32, 2)
-
-class Sampler:
-    def batches(self, epoch):
-        g = torch.Generator().manual_seed(epoch)
-        return [b.numpy() for b in torch.randperm(32, generator=g).split(8)]
-
-saves = {"n": 0}
+saves, steps = {"n": 0}, {"n": 0}
 write = checkpoint.atomic_write_bytes
 
-def write_then_die(path, data):  # a kill right after last.pt, before its sidecar
+def write_then_die(path, data):  # a kill right after last.pt is replaced, before its sidecar
     write(path, data)
     saves["n"] += 1
     if fault == "between" and saves["n"] == fault_at:
         os.kill(os.getpid(), signal.SIGKILL)
 
-checkpoint.atomic_write_bytes = write_then_die
-steps = {"n": 0}
-
-def step(batch, ctx):
+def step_hook():
     steps["n"] += 1
-    if fault in ("SIGINT", "SIGKILL") and steps["n"] == fault_at:
-        os.kill(os.getpid(), getattr(signal, fault))
-    x, y = batch
-    return ((model(x) - y) ** 2).mean()
+    if fault == "SIGKILL" and steps["n"] == fault_at:
+        os.kill(os.getpid(), signal.SIGKILL)
 
-cfg = LoopConfig(epochs=3, lr=0.05, optimizer="sgd", device="cpu", checkpoint_every=1, prefetch=0)
-run_training({"model": model}, [{"params": list(model.parameters())}], Sampler(),
-             lambda b: (X[b], Y[b]), step, cfg, out_dir, run_config={"toy": 1}, progress=False)
-print("finished")
+checkpoint.atomic_write_bytes = write_then_die
+train_toy(out_dir, step_hook)
 """
 
 
 @pytest.fixture(scope="module")
 def clean_training(tmp_path_factory):
     out = tmp_path_factory.mktemp("clean-train")
-    child = run_child(TRAIN_CHILD, out, "none", 0)
-    assert child.returncode == 0, child.stderr
-    return load_checkpoint(out / "last.pt")["state"]["modules"]["model"]
+    return train_toy(out).state_dict()  # noqa: F821 (defined by exec above)
 
 
-@pytest.mark.parametrize("fault, at, code", [("between", 5, -signal.SIGKILL), ("SIGINT", 6, 130),
-                                             ("SIGKILL", 9, -signal.SIGKILL)])
-def test_killed_training_resumes_to_the_clean_result(clean_training, tmp_path, fault, at, code):
+@pytest.mark.parametrize("fault, at", [("between", 5), ("SIGKILL", 9), ("Ctrl-C", 6)])
+def test_killed_training_resumes_to_the_clean_result(clean_training, tmp_path, fault, at):
     """Serious #5 ("between": SIGKILL after last.pt is replaced, before its sidecar; resume used to be
-    refused for ever), and SIGINT (exit 130) / SIGKILL mid-step: the rerun resumes and ends with
-    exactly the weights of an uninterrupted run."""
-    child = run_child(TRAIN_CHILD, tmp_path, fault, at)
-    assert child.returncode == code, child.stderr
-    resumed = run_child(TRAIN_CHILD, tmp_path, "none", 0)
-    assert resumed.returncode == 0, resumed.stderr
-    weights = load_checkpoint(tmp_path / "last.pt")["state"]["modules"]["model"]
+    refused for ever), SIGKILL mid-step (child processes) and Ctrl-C mid-step: the rerun resumes and
+    ends with exactly the weights of an uninterrupted run."""
+    if fault == "Ctrl-C":
+        steps = iter(range(1, 100))
+
+        def interrupt():
+            if next(steps) == at:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            train_toy(tmp_path, interrupt)  # noqa: F821
+    else:
+        child = run_child(TRAIN_CHILD, tmp_path, fault, at)
+        assert child.returncode == -signal.SIGKILL, child.stderr
+    assert load_checkpoint(tmp_path / "last.pt")["state"]["global_step"] < 12  # the run was cut short
+    weights = train_toy(tmp_path).state_dict()  # noqa: F821 (resumes)
     for name, value in clean_training.items():
         assert torch.equal(weights[name], value), name
     assert not (tmp_path / "last.json.pending").exists()

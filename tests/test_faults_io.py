@@ -337,6 +337,11 @@ def test_scored_solution_row_without_images_is_refused(tmp_path, row):
     with pytest.raises(DatasetError, match=r"retrieval_solution_v2\.1\.csv:2: .* query 'fff100' has no "
                                            r"relevant images"):
         read_gldv2(root)
+    pytest.importorskip("pyarrow")
+    from retrieval.datasets.gldv2_tables import read_gldv2_tables
+    with pytest.raises(DatasetError, match=r"retrieval_solution_v2\.1\.csv:2: .* query 'fff100' has no "
+                                           r"relevant images"):
+        read_gldv2_tables(root)
     root = _gldv2(tmp_path / "ok", solution="id,images,Usage\nfff100,None,Ignored\nfee101,aaa001,Public\n")
     assert read_gldv2(root).solution() == {"fee101": {"aaa001"}}
 
@@ -658,3 +663,16 @@ def test_training_cli_refuses_unknown_device_and_bad_out_before_any_work(bad_inp
         assert code == 2 and err.strip().splitlines() == [f"retrieval.training: error: {err.split('error: ', 1)[1].strip()}"]
         assert expected in err, err
     assert not (bad_inputs / "run").exists()
+
+
+def test_gldv2_protocol_refuses_a_scored_query_without_relevant_images():
+    """The same rule for datasets built in Python: the metrics would leave the query out of the mean."""
+    from retrieval.datasets.base import QueryTruth, RetrievalDataset
+    from retrieval.evaluate import evaluate
+    ds = RetrievalDataset(name="toy", root=Path("."), db_ids=["a", "b"], db_paths=[Path("a"), Path("b")],
+                          query_ids=["q1", "q2"], query_paths=[Path("q1"), Path("q2")],
+                          ground_truth={"q1": QueryTruth({"a"}, usage="Public"), "q2": QueryTruth(set(), usage="Public")})
+    with pytest.raises(ValueError, match="1 Public query has no relevant images .*'q2'"):
+        evaluate(ds, {"q1": ["a", "b"], "q2": ["b", "a"]}, protocol="gldv2")
+    ds.ground_truth["q2"].usage = "Ignored"
+    assert evaluate(ds, {"q1": ["a", "b"], "q2": ["b", "a"]}, protocol="gldv2")["map@100"] == 1.0

@@ -115,3 +115,36 @@ def test_digest_changes_with_one_byte_and_keeps_each_definition():
         a = arrays[name]
         h.update(name.encode() + a.dtype.str.encode() + str(a.shape).encode() + a.tobytes())
     assert digest(arrays, separator="") == h.hexdigest()
+
+
+def test_file_errors_survive_pickling_for_worker_processes():
+    """loky / Ray workers hand exceptions back pickled: every file error must round-trip (the
+    two-argument constructor made them unpicklable)."""
+    import pickle
+
+    from retrieval.features.extract import ExtractionError
+    from retrieval.features.store import FeatureDiskFullError
+    from retrieval.fileio import DiskFullError
+
+    for err in (FileFormatError("f.bin", "broken"), FeatureFileError("f.h5", "damaged"),
+                CheckpointError("last.pt", "empty"), ImageLoadError("a.png", "truncated"),
+                FeatureDiskFullError("f.h5", "disk full", 27), ExtractionError("id", "a.png", "truncated")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+    full = pickle.loads(pickle.dumps(DiskFullError("f.h5", "disk full", 28)))
+    assert isinstance(full, OSError) and isinstance(full, ValueError) and full.errno == 28
+    assert str(full) == "f.h5: disk full"
+
+
+def test_describe_file_names_what_a_file_is(tmp_path):
+    from retrieval.fileio import describe_file
+
+    cases = {"empty": (b"", "an empty file (0 bytes)"), "t.txt": (b"hello", "a text file"),
+             "j.json": (b'{"a": 1}', "JSON text"), "p.png": (b"\x89PNG\r\n\x1a\n....", "a PNG image"),
+             "b.bin": (bytes(range(200, 256)), "a file of unknown kind")}
+    for name, (data, want) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert describe_file(tmp_path / name).startswith(want)
+    save_npz(tmp_path / "m.npz", {"x": np.zeros(2)}, header={"format": "hybrid-retrieval/index"})
+    assert describe_file(tmp_path / "m.npz") == "a hybrid-retrieval/index .npz archive"
+    assert describe_file(tmp_path / "missing").startswith("an unreadable file")

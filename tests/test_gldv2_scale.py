@@ -3,12 +3,14 @@ train_clean option and the thesis protocol's sampling."""
 import csv
 import os
 
-import numpy as np
 import pytest
 
-from retrieval.datasets import DatasetError, read_gldv2
-from retrieval.datasets.gldv2_synth import generate_gldv2, link_images, scaled_counts
-from retrieval.datasets.gldv2_tables import read_gldv2_tables, thesis_protocol
+pytest.importorskip("pandas")
+pytest.importorskip("pyarrow")
+
+from retrieval.datasets import DatasetError, read_gldv2  # noqa: E402
+from retrieval.datasets.gldv2_synth import generate_gldv2, link_images, scaled_counts  # noqa: E402
+from retrieval.datasets.gldv2_tables import read_gldv2_tables, thesis_protocol  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +112,15 @@ def test_link_images_materialises_only_what_is_asked(tmp_path, coil20_dir):
     assert link_images(root, "index", ids, progress=False) == 7
     assert link_images(root, "index", ids, progress=False) == 0  # resumed: already there
     assert len(list((root / "index").rglob("*.jpg"))) == 7
+
+
+def test_read_gldv2_protocol_links_the_thesis_images(tmp_path, coil20_dir):
+    from retrieval.datasets.gldv2_tables import read_gldv2_protocol
+
+    root = tmp_path / "lazy"
+    generate_gldv2(root, [coil20_dir], scale=0.001, images="lazy", progress=False)
+    ds = read_gldv2_protocol(root, "thesis", n_queries=10, n_index=200, seed=0)
+    assert all(p.is_file() for p in ds.query_paths + ds.db_paths)
+    assert len(list((root / "train").rglob("*.jpg"))) == 210
+    with pytest.raises(ValueError, match="protocol"):
+        read_gldv2_protocol(root, "paris")

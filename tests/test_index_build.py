@@ -127,3 +127,22 @@ def test_run_measured_reports_the_child_peak():
     result, stats = run_measured("retrieval.scale.measure:_allocate_for_test", megabytes=200)
     assert result == 200
     assert stats["peak_rss_mb"] - stats["baseline_rss_mb"] > 150
+
+
+def test_sharded_feature_store_is_a_source(tmp_path, data):
+    from retrieval.features.shards import ShardedStore, plan_shards, write_shard
+    from retrieval.scale.sources import ShardedStoreSource
+
+    vectors, queries = data
+    ids = [f"im{i:05d}" for i in range(1000)]
+    root = tmp_path / "store"
+    store = ShardedStore(root, kind="global", config={"net": "x"}, shard_size=300, create=True)
+    for unit in plan_shards(ids, ids, 300):
+        rows = [ids.index(i) for i in unit["ids"]]
+        write_shard(root, unit, lambda tmp, rows=rows, unit=unit: save_global(tmp, unit["ids"], vectors[rows],
+                                                                              config={"net": "x"}) and {})
+    source = ShardedStoreSource(ShardedStore(root))
+    assert (source.n, source.dim, source.config) == (1000, 32, {"net": "x"})
+    built = build_index(source, backend="faiss-ivf", nlist=8, progress=False)
+    reference = build_index(ArraySource(vectors[:1000], ids=ids), backend="faiss-ivf", nlist=8, progress=False)
+    np.testing.assert_array_equal(built.search(queries, 10).ids, reference.search(queries, 10).ids)

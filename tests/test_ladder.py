@@ -98,25 +98,22 @@ def test_train_config_family_resolution():
 
 def test_landmark_level_relevance_and_quick_subset(oxford_dir):
     from retrieval.datasets import read_oxford
-    from retrieval.evaluate import landmark_level
+    from retrieval.evaluate import evaluate_per_query, landmark_solution
 
     ds = read_oxford(oxford_dir)
-    lm = landmark_level(ds)
     q = ds.query_ids[0]
     same = [x for x, lab in zip(ds.query_ids, ds.query_labels) if lab == ds.query_labels[0]]
     expected = set().union(*(ds.ground_truth[x].positives | ds.ground_truth[x].junk for x in same))
-    assert lm.ground_truth[q].positives == expected and not lm.ground_truth[q].junk
+    assert landmark_solution(ds)[q] == expected
     # positives, an image of another landmark, then the junk: perfect officially (junk ignored), not
     # landmark-level (junk is relevant there); the landmark's images first: perfect landmark-level
-    from retrieval.evaluate import evaluate_per_query
-
     other = next(d for d in ds.db_ids if d not in expected)
     own = {x: sorted(ds.ground_truth[x].positives) + [other] + sorted(ds.ground_truth[x].junk) for x in same}
     whole = {x: sorted(expected) for x in same}
     official = evaluate_per_query(ds, own, "oxford")["oxford_map"]
     assert all(official[x] == pytest.approx(1.0) for x in same)
-    assert min(evaluate_per_query(lm, own, "oxford")["oxford_map"][x] for x in same) < 1.0
-    assert all(evaluate_per_query(lm, whole, "oxford")["oxford_map"][x] == pytest.approx(1.0) for x in same)
+    assert min(evaluate_per_query(ds, own, "landmark")["landmark_map"][x] for x in same) < 1.0
+    assert all(evaluate_per_query(ds, whole, "landmark")["landmark_map"][x] == pytest.approx(1.0) for x in same)
     small = data.quick_subset(ds)
     assert len(small.query_ids) == 4 and len(small.db_ids) < len(ds.db_ids)
     assert all(small.ground_truth[x].positives <= set(small.db_ids) for x in small.query_ids)

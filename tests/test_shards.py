@@ -197,6 +197,11 @@ def test_cli_extract_global_feeds_index_build(coil20_dir, tmp_path):
     assert summary["seconds_per_image"] > 0 and summary["bytes_per_image"] > 0
     ids, vectors, config = load_global(out)
     assert len(ids) == 6 and vectors.shape == (6, 1280) and config["name"] == "lite0-gem-224"
+    from retrieval.scale.sources import h5_shards  # the large-scale index builder reads the shards
+
+    chunks = list(h5_shards(ShardedStore(f"{out}.shards").shard_files()).iter_chunks())
+    assert [str(i) for c in chunks for i in c[0]] == ids
+    assert np.array_equal(np.concatenate([c[1] for c in chunks]), vectors)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     index = tmp_path / "g.npz"
     run = _cli("index", "build", out, "--out", index)
@@ -256,3 +261,38 @@ def test_cropped_queries_through_the_extract_step(oxford_dir, tmp_path):
         _same_local(merged, single, ids)
         whole = SiftExtractor("rootsift-1k").extract_path(paths[0])
         assert merged.get(ids[0]).image_size != whole.image_size  # the box was applied
+
+
+def test_unreadable_image_raise_or_skip(oxford_images, tmp_path):
+    from retrieval.features.extract import ExtractionError
+
+    ids, paths = oxford_images
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    ids, paths = ids[:2] + ["broken"], paths[:2] + [str(bad)]
+    ex = SiftExtractor("rootsift-1k")
+    with pytest.raises(ExtractionError, match="broken.jpg"):
+        extract_local_sharded(ex, ids, paths, tmp_path / "raise", n_jobs=1, shard_size=2, progress=False)
+    assert sorted(ShardedStore(tmp_path / "raise").entries()) == [0]  # the finished shard is kept
+    run = extract_local_sharded(ex, ids, paths, tmp_path / "skip", n_jobs=1, shard_size=2, on_error="skip",
+                                progress=False)
+    assert [f[0] for f in run.failed] == ["broken"] and "broken.jpg" in run.failed[0][1]
+    store = ShardedStore(tmp_path / "skip")
+    assert store.ids() == ids[:2] and "broken" not in store
+    with LocalFeatureStore(store.merge(tmp_path / "m.h5", ids[:2])) as merged:
+        assert sorted(merged.ids()) == sorted(ids[:2])
+    again = extract_local_sharded(ex, ids, paths, tmp_path / "skip", n_jobs=1, shard_size=2, on_error="skip",
+                                  progress=False)
+    assert again.computed == 0
+
+
+def test_cli_unreadable_image_is_one_line(oxford_images, tmp_path):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "broken.jpg").write_bytes(b"not a jpeg")
+    os.symlink(oxford_images[1][0], root / "images" / "good.jpg")
+    (root / "labels.csv").write_text("filename,object_id\nbroken.jpg,1\ngood.jpg,1\n")
+    run = _cli("extract", "local", "--dataset", "folder", "--data", root, "--config", "rootsift-1k",
+               "--out", tmp_path / "s.h5", "--shard-size", "1", "--n-jobs", "1")
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert run.stderr.startswith("retrieval: error:") and "broken.jpg" in run.stderr

@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
-from retrieval.datasets.viewsets import (COIL100_SEEN, COIL100_UNSEEN, ViewSet, make_benchmark,
-                                         read_view_catalog, sample_views, split_view_sets)
+from retrieval.datasets.viewsets import (ViewSet, make_benchmark, read_view_catalog, sample_views,
+                                         split_objects, split_view_sets)
+
+COIL100_SEEN, COIL100_UNSEEN = split_objects(range(1, 101))
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +98,7 @@ def test_protocol_errors(tmp_path, catalog):
     with pytest.raises(ValueError, match="labels.csv:2"):
         read_view_catalog(tmp_path, check_files=False)
     (tmp_path / "labels.csv").write_text("filename,object_id,azimuth_deg\na.png,1,0\nb.png,1,0\n")
-    with pytest.raises(ValueError, match="two images at azimuth"):
+    with pytest.raises(ValueError, match="two images at azimuth 0.0 and elevation 0.0"):
         read_view_catalog(tmp_path, check_files=False)
     (tmp_path / "labels.csv").write_text("filename,object_id,azimuth_deg\na.png,1,0\n")
     with pytest.raises(FileNotFoundError, match="missing"):
@@ -110,3 +112,57 @@ def test_protocol_errors(tmp_path, catalog):
         make_benchmark(lonely, 1)
     with pytest.raises(ValueError, match="no view sets"):
         make_benchmark([], 1)
+
+
+def _write_set(tmp_path, header, rows):
+    (tmp_path / "images").mkdir(exist_ok=True)
+    for r in rows:
+        (tmp_path / "images" / r[0]).write_bytes(b"x")
+    (tmp_path / "labels.csv").write_text(header + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+
+
+def test_elevation_rings_make_sets_across_elevations(tmp_path):
+    # 2 objects x 2 elevations x 12 azimuths (30 degree steps): the old catalogue refused this set
+    rows = [(f"o{o}_e{e}_a{a}.png", o, a, e) for o in (1, 2) for e in (0, 30) for a in range(0, 360, 30)]
+    _write_set(tmp_path, "filename,object_id,azimuth_deg,elevation_deg", rows)
+    cat = read_view_catalog(tmp_path)
+    assert cat.geometry == "azimuth" and len(cat) == 48
+    assert set(cat.elevations.tolist()) == {0.0, 30.0}
+    sets = split_view_sets(cat, n_sets=4)
+    assert len(sets) == 8
+    for s in sets:  # 3 azimuths x 2 elevations per 90-degree arc
+        assert len(s) == 6 and set(cat.elevations[s.views].tolist()) == {0.0, 30.0}
+        assert np.all(cat.azimuths[s.views] // 90 == s.index)
+    bench = make_benchmark(sets, 2, seed=0)
+    assert all(len(v) == 3 for v in bench.solution.values())
+    _write_set(tmp_path, "filename,object_id,azimuth_deg,elevation_deg", rows + [("dup.png", 1, 0, 30)])
+    with pytest.raises(ValueError, match="object 1 has two images at azimuth 0.0 and elevation 30.0"):
+        read_view_catalog(tmp_path)
+
+
+def test_ordered_index_and_file_order_geometry(tmp_path):
+    rows = [(f"obj{o}_{i}.png", o, i) for o in (3, 4) for i in range(10)]
+    _write_set(tmp_path, "filename,object_id,view_index", rows[::-1])
+    cat = read_view_catalog(tmp_path)
+    assert cat.geometry == "index" and np.isnan(cat.azimuths).all()
+    assert [p.name for p in cat.paths[:3]] == ["obj3_0.png", "obj3_1.png", "obj3_2.png"]
+    sets = split_view_sets(cat, n_sets=3)
+    assert [len(s) for s in sets] == [4, 3, 3] * 2  # runs of the order: 0-3, 4-6, 7-9
+    assert [p.name for p in (cat.paths[i] for i in sets[1].views)] == ["obj3_4.png", "obj3_5.png", "obj3_6.png"]
+    _write_set(tmp_path, "filename,object_id", [(f"obj{o}_{i}.png", o) for o in (3,) for i in (10, 2, 1)])
+    cat = read_view_catalog(tmp_path)  # no geometry column: natural file-name order
+    assert [p.name for p in cat.paths] == ["obj3_1.png", "obj3_2.png", "obj3_10.png"]
+    _write_set(tmp_path, "filename,object_id,view_index", [("a.png", 1, 0), ("b.png", 1, 0)])
+    with pytest.raises(ValueError, match="two images at view_index 0"):
+        read_view_catalog(tmp_path)
+
+
+def test_split_objects_defaults_and_options():
+    assert split_objects(range(1, 101)) == (tuple(range(1, 51)), tuple(range(51, 101)))
+    assert split_objects([5, 1, 9, 7], seen_fraction=0.25) == ((1,), (5, 7, 9))
+    assert split_objects([1, 2, 3, 4], seen=[2, 4]) == ((2, 4), (1, 3))
+    assert split_objects([1, 2, 3, 4], unseen=[1]) == ((2, 3, 4), (1,))
+    with pytest.raises(ValueError, match="not in the dataset"):
+        split_objects([1, 2], seen=[3])
+    with pytest.raises(ValueError, match="both seen and unseen"):
+        split_objects([1, 2, 3], seen=[1, 2], unseen=[2])

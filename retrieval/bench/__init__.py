@@ -1,2 +1,12 @@
-"""The ``retrieval bench`` command group. The benchmarks themselves are protocols (experiment kinds
-in :mod:`retrieval.protocols`): the E1-E8 ladder is :mod:`retrieval.ladder`."""
+"""End-to-end benchmarks as protocols (experiment kinds in :mod:`retrieval.protocols`; the scripts under
+``benchmarks/`` are thin entry points, :mod:`retrieval.bench.entry`) and the ``retrieval bench``
+command group.
+
+* The E1-E8 ladder is :mod:`retrieval.ladder` (kind ``ladder``).
+* :mod:`retrieval.bench.descriptors`: the landmark descriptor study (kind ``oxford-descriptors``).
+* :mod:`retrieval.bench.multiview`: the multi-view protocol (experiment kind ``multiview``), with
+  :mod:`~retrieval.bench.mv_models` (teacher, students, the distillation chosen on held-out seen
+  objects), :mod:`~retrieval.bench.mv_eval` (view-set scores, summary, figures) and
+  :mod:`~retrieval.bench.mv_features` (pre-extracted feature files, both metric conventions).
+* :mod:`retrieval.bench.pr_plot`: the precision-recall figure any protocol can draw.
+"""

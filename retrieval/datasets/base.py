@@ -27,6 +27,38 @@ class QueryTruth:
 
 @dataclass
 class RetrievalDataset:
+    """A database, its queries and their ground truth, as every reader returns them.
+
+    Database (what is searched; lists aligned by position):
+
+    * ``db_ids``: unique image ids (text), e.g. ``obj1__0`` (labelled folder: path under ``images/``
+      without extension), ``cat/001`` (class tree), ``all_souls_000013`` (Oxford: file stem), the
+      GLDv2 hex id. Rankings and feature files name images by these ids.
+    * ``db_paths``: the image files.
+    * ``db_labels``: the class / object / landmark of each image, or None when the dataset has none
+      (Oxford has ground-truth lists instead).
+    * ``db_metadata``: extra per-image columns, ``{column: [value per database image]}`` (COIL's
+      ``azimuth_deg``, a multi-view tree's ``class`` / ``instance`` / ``view``).
+
+    Queries (aligned by position):
+
+    * ``query_ids``: unique ids; a query may also be a database image (then it is its own junk, see
+      :func:`retrieval.datasets.every_nth_query`). ``query_paths``: their files.
+    * ``query_labels``: like ``db_labels`` (Oxford: the landmark, e.g. ``all_souls``), or None.
+    * ``query_boxes``: per query ``(x1, y1, x2, y2)`` in pixels of the stored image file, the region
+      to crop before describing it (Oxford's query boxes), or None for the whole image; the list itself
+      is None when no query has a box.
+    * ``query_metadata``: like ``db_metadata``.
+    * ``ground_truth``: ``{query id: QueryTruth}``: relevant database ids (``positives``), ids to
+      ignore (``junk``), GLDv2 ``usage``, revisited ``easy`` / ``hard`` lists. :meth:`solution` gives
+      the ``{query id: relevant ids}`` the metrics take.
+
+    Other fields: ``name`` (for tables and messages), ``root`` (the dataset folder), ``train_ids`` /
+    ``train_paths`` / ``train_labels`` (training images when the dataset has a training part, else
+    None), ``bad_files`` (``(path, reason)`` of images skipped by a reader run with
+    ``on_error="collect"``) and ``metadata`` (dataset-level facts: box scale, query protocol, split).
+    """
+
     name: str
     root: Path
     db_ids: List[str]

@@ -5,6 +5,9 @@
   with :func:`retrieval.datasets.splits.every_nth_query`); labels = the label column as text; the other
   columns (COIL's ``azimuth_deg``) become ``db_metadata`` columns (numbers parsed).
   :func:`read_labels_csv` is its CSV reader (also used by :mod:`retrieval.datasets.viewsets`).
+* :func:`read_class_tree`: a class-per-folder tree ``root/<class>/*.jpg`` (any depth below the class
+  folder); labels = the class folder's name. :func:`read_folder` reads either layout (``labels.csv``
+  present: the labelled folder, else the class tree).
 * :func:`read_multiview_tree`: ``ROOT/{DS,DU}/{train,retrieval}/<class>/<instance>/<instance>.<k>.png``
   (k = view number). Every image goes into the database, labelled by instance
   (``<class>/<instance>``), with ``db_metadata`` columns ``class``, ``instance``, ``view``.
@@ -31,7 +34,7 @@ from .files import (IMAGE_EXTENSIONS, DatasetError, apply_on_error, check_images
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["read_labelled_folder", "read_labels_csv", "read_multiview_tree", "read_os_core", "group_views",
+__all__ = ["read_labelled_folder", "read_class_tree", "read_folder", "read_labels_csv", "read_multiview_tree", "read_os_core", "group_views",
            "parse_number", "sortable"]
 
 _LABEL_COLUMNS = ("label", "object_id", "class", "landmark_id", "instance")
@@ -150,6 +153,44 @@ def read_labelled_folder(root: PathLike, images_dir: str = "images", labels_csv:
     labels = [r[0] for r in records]
     metadata = {header[c]: [r[1][j] for r in records] for j, c in enumerate(other)}
     return _finish_db(name or root.name, root, folder, ids, paths, labels, metadata, check, on_error, n_jobs)
+
+
+def read_class_tree(root: PathLike, name: Optional[str] = None, check: bool = False, on_error: str = "raise",
+                    n_jobs: int = 1) -> RetrievalDataset:
+    """Read a class-per-folder tree ``root/<class>/**/<image>`` (the torchvision ``ImageFolder``
+    layout). Every image goes into the database labelled by its top folder, sorted by (class, path)
+    naturally; ids are the path relative to ``root`` without extension (``cat/001``). Image files
+    directly under ``root`` have no class and are a layout error naming the first one."""
+    root = require_dir(root, "dataset folder")
+    paths = list_images(root)
+    loose = [p for p in paths if len(p.relative_to(root).parts) < 2]
+    if loose:
+        raise DatasetError(f"{loose[0]}: an image directly under {root}; a class-per-folder tree keeps "
+                           f"each image in a folder named by its class (root/<class>/<image>), a labelled "
+                           f"folder has images/ and labels.csv")
+    labels = [p.relative_to(root).parts[0] for p in paths]
+    order = sorted(range(len(paths)), key=lambda i: (natural_key(labels[i]),
+                                                     natural_key(paths[i].relative_to(root).as_posix())))
+    paths = [paths[i] for i in order]
+    labels = [labels[i] for i in order]
+    ids = [_image_id(p, root) for p in paths]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DatasetError(f"{root}: two images share the id {dup!r} (same name, different extension)")
+    ds = _finish_db(name or root.name, root, root, ids, paths, labels, {}, check, on_error, n_jobs)
+    ds.metadata["layout"] = "class-tree"
+    return ds
+
+
+def read_folder(root: PathLike, name: Optional[str] = None, check: bool = False, on_error: str = "raise",
+                n_jobs: int = 1) -> RetrievalDataset:
+    """The ``folder`` dataset kind: ``root/images`` + ``root/labels.csv`` when ``labels.csv`` exists
+    (:func:`read_labelled_folder`), else a class-per-folder tree (:func:`read_class_tree`). Every
+    image is in the database and there are no queries yet (see :mod:`retrieval.datasets.splits`)."""
+    root = require_dir(root, "dataset folder")
+    if (root / "labels.csv").is_file():
+        return read_labelled_folder(root, name=name, check=check, on_error=on_error, n_jobs=n_jobs)
+    return read_class_tree(root, name=name, check=check, on_error=on_error, n_jobs=n_jobs)
 
 
 _VIEW_SUFFIX = re.compile(r"^(?P<instance>.+)\.(?P<view>\d+)$")

@@ -28,7 +28,7 @@ from .gldv2 import SOLUTION_CSV, USAGES, gldv2_image_path
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["GLDv2Tables", "GLDv2Paths", "read_gldv2_tables", "read_clean_train", "thesis_protocol", "TRAIN_FILES"]
+__all__ = ["GLDv2Tables", "GLDv2Paths", "read_gldv2_protocol", "read_gldv2_tables", "read_clean_train", "thesis_protocol", "TRAIN_FILES"]
 
 TRAIN_FILES = ("train.csv", "train_clean.csv")
 
@@ -145,6 +145,11 @@ def read_gldv2_tables(root: PathLike, train_files=TRAIN_FILES, solution_csv: str
         raise DatasetError(f"{root / solution_csv}:{bad[0] + 2}: Usage {usage[bad[0]]!r} is not one of {USAGES}")
     images = ["" if u == "Ignored" or i == "None" else i for i, u in zip(_strings(sol, "images").tolist(), usage.tolist())]
     positives, counts = _split_lists(images, root / solution_csv)
+    empty = np.flatnonzero((usage != "Ignored") & (counts == 0))
+    if empty.size:  # Kaggle scores such a query 0; the metrics would leave it out (see read_gldv2)
+        raise DatasetError(f"{root / solution_csv}:{empty[0] + 2}: {usage[empty[0]]} query "
+                           f"{_strings(sol, 'id')[empty[0]]!r} has no relevant images; only Ignored rows may "
+                           "have none")
     unknown_pos = ~_isin(positives, index_ids)
     if unknown_pos.any():
         raise DatasetError(f"{root / solution_csv}: {int(unknown_pos.sum())} image(s) not in index.csv, "
@@ -221,3 +226,21 @@ def thesis_protocol(root: PathLike, n_queries: int = 1000, n_index: int = 100_00
         train_labels=tables.clean_labels.astype(str).tolist(),
         metadata={"format": "gldv2", "protocol": "thesis", "n_queries": n_queries, "n_index": len(index_rows),
                   "seed": seed, "exclude": exclude})
+
+
+def read_gldv2_protocol(root: PathLike, protocol: str = "kaggle", **thesis_options) -> RetrievalDataset:
+    """The dataset an experiment runs on: ``"kaggle"`` = :func:`retrieval.datasets.read_gldv2` (index /
+    test split), ``"thesis"`` = :func:`thesis_protocol`. In a folder written by
+    :func:`retrieval.datasets.gldv2_synth.generate_gldv2` the protocol's images are linked first (only
+    those: the full folder has 5 million ids)."""
+    from .gldv2 import read_gldv2
+    from .gldv2_synth import POOL_FILE, link_images
+
+    if protocol == "kaggle":
+        return read_gldv2(root)
+    if protocol != "thesis":
+        raise ValueError(f"protocol must be 'kaggle' or 'thesis', not {protocol!r}")
+    dataset = thesis_protocol(root, **thesis_options)
+    if (Path(root) / POOL_FILE).is_file():
+        link_images(root, "train", list(dataset.query_ids) + list(dataset.db_ids))
+    return dataset

@@ -19,7 +19,8 @@ from .base import QueryTruth, RetrievalDataset
 from .files import DatasetError, natural_key
 from .folders import sortable
 
-__all__ = ["every_nth_query", "canonical_order", "exclude_self", "drop_junk"]
+__all__ = ["every_nth_query", "listed_queries", "read_query_list", "split_queries", "canonical_order",
+           "exclude_self", "drop_junk"]
 
 _ORDER_COLUMNS = ("azimuth_deg", "view", "azimuth")
 
@@ -60,8 +61,58 @@ def every_nth_query(dataset: RetrievalDataset, n: int = 4, offset: int = 0, db: 
     if not q_pos:
         raise DatasetError(f"dataset {dataset.name!r}: {len(order)} images give no query for n={n}, "
                            f"offset={offset}")
+    return split_queries(dataset, q_pos, db=db, name=f"{dataset.name}-every{n}" + (f"+{offset}" if offset else ""),
+                         protocol=f"every_nth_query(n={n}, offset={offset}, db={db!r})", order=order)
+
+
+def listed_queries(dataset: RetrievalDataset, query_ids: Sequence[str], db: str = "all",
+                   source: str = "query list") -> RetrievalDataset:
+    """The images named in ``query_ids`` (database ids, e.g. read from a ``queries.txt``) become the
+    queries; positives = the other images with the same label; ``db`` as in :func:`every_nth_query`.
+    An id that is not an image of the dataset is a :class:`DatasetError` naming ``source``."""
+    if db not in ("all", "rest"):
+        raise ValueError(f"listed_queries: db must be 'all' or 'rest', not {db!r}")
+    position = {image_id: i for i, image_id in enumerate(dataset.db_ids)}
+    unknown = [q for q in query_ids if q not in position]
+    if unknown:
+        raise DatasetError(f"{source}: {len(unknown)} listed queries are not images of {dataset.root}, "
+                           f"e.g. {unknown[0]!r} (ids look like {dataset.db_ids[0]!r})")
+    if not query_ids:
+        raise DatasetError(f"{source}: lists no query")
+    q_pos = list(dict.fromkeys(position[q] for q in query_ids))
+    return split_queries(dataset, q_pos, db=db, name=f"{dataset.name}-listed", protocol=f"queries from {source}")
+
+
+def read_query_list(path) -> List[str]:
+    """Image ids one a line (``#`` comments and blank lines skipped; an image extension is dropped,
+    so ``cat/001.jpg`` and ``cat/001`` name the same image)."""
+    from pathlib import Path
+
+    from .files import IMAGE_EXTENSIONS
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such query list")
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        p = Path(line)
+        out.append(p.with_suffix("").as_posix() if p.suffix.lower() in IMAGE_EXTENSIONS else p.as_posix())
+    return out
+
+
+def split_queries(dataset: RetrievalDataset, q_pos: Sequence[int], db: str = "all", name: Optional[str] = None,
+                  protocol: str = "", order: Optional[Sequence[int]] = None) -> RetrievalDataset:
+    """Database positions ``q_pos`` become queries (positives: same label, not itself); ``db='all'``
+    keeps every image in the database (the query's own image as its junk), ``'rest'`` removes the
+    queries from it. ``order``: database order (default :func:`canonical_order`)."""
+    if dataset.db_labels is None:
+        raise DatasetError(f"dataset {dataset.name!r} ({dataset.root}) has no database labels")
+    order = canonical_order(dataset, "auto") if order is None else list(order)
     q_set = set(q_pos)
-    d_pos = order if db == "all" else [i for i in order if i not in q_set]
+    d_pos = list(order) if db == "all" else [i for i in order if i not in q_set]
     labels = dataset.db_labels
     members: Dict[str, set] = {}
     for i in d_pos:
@@ -72,11 +123,11 @@ def every_nth_query(dataset: RetrievalDataset, n: int = 4, offset: int = 0, db: 
         positives = members.get(labels[i], set()) - {qid}
         truth[qid] = QueryTruth(positives=positives, junk={qid} if db == "all" else set())
 
-    def take(values: Optional[Sequence], pos: List[int]):
+    def take(values: Optional[Sequence], pos: Sequence[int]):
         return None if values is None else [values[i] for i in pos]
 
     return RetrievalDataset(
-        name=f"{dataset.name}-every{n}" + (f"+{offset}" if offset else ""), root=dataset.root,
+        name=name or dataset.name, root=dataset.root,
         db_ids=take(dataset.db_ids, d_pos), db_paths=take(dataset.db_paths, d_pos),
         query_ids=take(dataset.db_ids, q_pos), query_paths=take(dataset.db_paths, q_pos),
         ground_truth=truth, db_labels=take(labels, d_pos), query_labels=take(labels, q_pos),
@@ -84,7 +135,7 @@ def every_nth_query(dataset: RetrievalDataset, n: int = 4, offset: int = 0, db: 
         bad_files=list(dataset.bad_files),
         db_metadata={k: take(v, d_pos) for k, v in dataset.db_metadata.items()},
         query_metadata={k: take(v, q_pos) for k, v in dataset.db_metadata.items()},
-        metadata={**dataset.metadata, "protocol": f"every_nth_query(n={n}, offset={offset}, db={db!r})"})
+        metadata={**dataset.metadata, "protocol": protocol})
 
 
 def exclude_self(predictions: Dict[str, Sequence[str]]) -> Dict[str, List[str]]:

@@ -35,7 +35,7 @@ class Relevance:
         from retrieval.evaluate import evaluate_per_query
 
         scores = evaluate_per_query(self.dataset, predictions, protocol=self.protocol, k=100, check_ids=False)
-        return scores["map@100"] if self.protocol == "gldv2" else scores["oxford_map"]
+        return scores[{"gldv2": "map@100", "landmark": "landmark_map"}.get(self.protocol, "oxford_map")]
 
 
 @dataclass

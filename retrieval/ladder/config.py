@@ -12,7 +12,7 @@ Two halves, each optional:
 * ``landmark``: no training. Any ``oxford`` / ``paris`` / ``revisited`` / ``gldv2`` dataset: E1 and
   the re-rankers on E1's shortlist, under each relevance protocol of ``protocols`` (``official``:
   the dataset's own ground truth, e.g. Oxford's good + ok with junk ignored; ``landmark``: every image
-  of the query's landmark relevant, :func:`retrieval.evaluate.landmark_level`). Cross-fitting groups:
+  of the query's landmark relevant, ``protocol="landmark"`` of :func:`retrieval.evaluate.evaluate_per_query`). Cross-fitting groups:
   two folds of landmarks (:func:`retrieval.crossfit.fold_groups`).
 """
 from __future__ import annotations
@@ -55,6 +55,7 @@ class ObjectConfig(Config):
     enabled: bool = True
     dataset: str = "coil100"
     data: str = ""                          # "" = <data>/coil100 (coil100), else the dataset folder
+    gldv2_protocol: str = "kaggle"          # gldv2: Kaggle's index/test split, or "thesis" (gldv2_tables)
     train_fraction: float = 0.5             # folder: first half of the labels (natural order) train
     query_step: int = 8                     # folder / coil100: every query_step-th test image a query
     train_config: str = "coil"              # family: coil -> coil-e2 / coil-e3 / coil-e4

@@ -91,9 +91,11 @@ def object_dataset(conf: LadderConfig, cache: RunCache) -> Tuple[RetrievalDatase
     if o.dataset == "gldv2":
         if not o.data or not Path(o.data).is_dir():
             raise DatasetError(f"{o.data or '(object.data unset)'}: no such GLDv2 folder")
+        from retrieval.datasets.gldv2_tables import read_gldv2_protocol
+
         with cache.stage("data") as st:
             st.computed = False
-            ds = read_gldv2(o.data)
+            ds = read_gldv2_protocol(o.data, o.gldv2_protocol)
         if not ds.train_ids:
             raise DatasetError(f"{o.data}: no train.csv (or no training images): E2-E4 need training data")
         return ds, Path(o.data).resolve().name or "gldv2"

@@ -144,8 +144,6 @@ def run_object(conf: LadderConfig, cache: RunCache) -> HalfResult:
 
 def run_landmark(conf: LadderConfig, cache: RunCache) -> HalfResult:
     """E1 (ImageNet, no training) and the re-rankers on E1's shortlist, under each relevance protocol."""
-    from retrieval.evaluate import landmark_level
-
     lm = conf.landmark
     dataset, name = landmark_dataset(conf)
     say(dataset.summary())
@@ -155,8 +153,9 @@ def run_landmark(conf: LadderConfig, cache: RunCache) -> HalfResult:
     titles = {"official": f"{name} (official: good + ok, junk ignored)" if protocol == "oxford"
               else f"{name} (official)",
               "landmark": f"{name} (landmark-level: every image of the landmark)"}
-    relevances = [Relevance(titles[p], dataset if p == "official" else landmark_level(dataset), protocol, metric)
-                  for p in lm.protocols]
+    # landmark-level: retrieval.evaluate's "landmark" protocol (AP over the full ranking)
+    relevances = [Relevance(titles[p], dataset, protocol if p == "official" else "landmark",
+                            metric if p == "official" else "landmark mAP") for p in lm.protocols]
     result = HalfResult(dataset=dataset, name=name, relevances=relevances)
     folder = cache.root / "landmark" / name
     cache.fresh("landmark", folder)

@@ -9,9 +9,9 @@ A source is any object with
 
 Adapters here: :class:`ArraySource` (an in-memory matrix, for tests and small data),
 :class:`H5GlobalSource` (one HDF5 global feature file as :mod:`retrieval.features.store` writes it,
-read by h5py slicing) and :class:`ConcatSource` (several sources - shards - read as one, in order).
-A sharded store plugs in by being a source itself or by handing its shard files to
-:func:`h5_shards`.
+read by h5py slicing), :class:`ConcatSource` (several sources - shards - read as one, in order;
+:func:`h5_shards` for a list of files) and :class:`ShardedStoreSource` (the sharded store that
+``retrieval extract ... --engine ray`` writes, one checksummed shard at a time).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from ..fileio import check_header
 PathLike = Union[str, os.PathLike]
 Chunk = Tuple[np.ndarray, np.ndarray]
 
-__all__ = ["ArraySource", "H5GlobalSource", "ConcatSource", "h5_shards", "unit_vectors",
+__all__ = ["ArraySource", "H5GlobalSource", "ConcatSource", "ShardedStoreSource", "h5_shards", "unit_vectors",
            "write_synthetic_shards", "DEFAULT_CHUNK_ROWS"]
 
 DEFAULT_CHUNK_ROWS = 50_000
@@ -113,6 +113,25 @@ class ConcatSource:
     def iter_chunks(self) -> Iterator[Chunk]:
         for s in self.sources:
             yield from s.iter_chunks()
+
+
+class ShardedStoreSource:
+    """A global :class:`retrieval.features.shards.ShardedStore` (``retrieval extract global
+    --engine ray`` output) as a source: one chunk per shard, each checksummed against the manifest."""
+
+    def __init__(self, store):
+        self.store = store
+        entries = store.entries()
+        if not entries:
+            raise FeatureFileError(store.root, "the sharded store has no complete shards")
+        self.n = sum(len(e["ids"]) for e in entries.values())
+        with h5py.File(store.shard_path(min(entries)), "r") as f:
+            self.dim = int(f["vectors"].shape[1])
+        self.config = dict(store.config)
+
+    def iter_chunks(self) -> Iterator[Chunk]:
+        for ids, vectors in self.store.iter_global():
+            yield np.asarray(ids, dtype=str), vectors
 
 
 def h5_shards(paths: Sequence[PathLike], chunk_rows: int = DEFAULT_CHUNK_ROWS,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from retrieval.config import Config, ConfigError
+from retrieval.features.extract import ExtractionError
 from retrieval.features.sharded_extract import (DEFAULT_SHARD_SIZE, extract_global_sharded,
                                                 extract_local_sharded, extract_patches_sharded)
 from retrieval.features.shards import ShardedStore, ShardWriteError, shard_root
@@ -191,7 +192,7 @@ def _cli(args) -> int:
     try:
         main(conf, dataset, args.out, engine=args.engine, ray_address=args.ray_address,
              progress=not args.quiet, summary=summary)
-    except ShardWriteError as exc:
+    except (ShardWriteError, ExtractionError) as exc:  # a full disk, an unreadable image: one line
         raise CLIError(str(exc)) from None
     emit_json(json.loads(json.dumps(summary, default=str)))
     return 0

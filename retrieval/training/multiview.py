@@ -40,7 +40,7 @@ from .samplers import PKSampler
 PathLike = Union[str, os.PathLike]
 
 __all__ = ["ViewSetSampler", "MultiViewTrainConfig", "describe_training_data", "embed_view_batch",
-           "run_multiview_training", "train_mv_alexnet", "save_mv_alexnet", "load_mv_alexnet", "MV_ALEXNET_KIND", "MODEL_FILE"]
+           "run_multiview_training", "snapshot_path", "train_mv_alexnet", "save_mv_alexnet", "load_mv_alexnet", "MV_ALEXNET_KIND", "MODEL_FILE"]
 
 MV_ALEXNET_KIND = "mv-alexnet"
 MODEL_FILE = "model.pt"
@@ -224,13 +224,16 @@ def run_multiview_training(model: MVAlexNet, cfg: MultiViewTrainConfig, images, 
                            resume: bool = True, progress: bool = True,
                            stop_after_steps: Optional[int] = None, title: str = "loss",
                            model_extra: Optional[dict] = None, pass_views: bool = False,
-                           mix: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None
+                           mix: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None,
+                           snapshot_epochs: Sequence[int] = ()
                            ) -> Tuple[Optional[Path], TrainResult]:
     """Shared body of MV-AlexNet training and distillation: P x K view-set batches through
     ``model``; ``batch_loss(descriptors (B, D), index batch (B, V), labels (B,), ctx) -> loss``
     (``pass_views=True``: ``batch_loss(..., ctx, views)`` with the augmented views in [0, 1]);
     ``mix``: a batch-level transform of the augmented views (:func:`embed_view_batch`).
-    Writes ``out_dir/model.pt`` when the last epoch is done; returns (its path or None, result)."""
+    Writes ``out_dir/model.pt`` when the last epoch is done, and ``out_dir/epoch-E.pt``
+    (:func:`snapshot_path`) at the end of every epoch E in ``snapshot_epochs`` (the model after E
+    epochs of this schedule: early stopping as a candidate setting); returns (its path or None, result)."""
     _check_training_inputs(images, labels, set_codes)
     images_t = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
     label_codes = np.unique(np.asarray(labels), return_inverse=True)[1].astype(np.int64)
@@ -261,9 +264,20 @@ def run_multiview_training(model: MVAlexNet, cfg: MultiViewTrainConfig, images, 
 
     data = describe_training_data(images_t, label_codes, set_codes)
     run_config = {"train": cfg.to_dict(), "data": data, **(run_extra or {})}
+    bad = [e for e in snapshot_epochs if not 1 <= int(e) <= cfg.loop.epochs]
+    if bad:
+        raise ValueError(f"snapshot epochs {bad} are outside 1..{cfg.loop.epochs}")
+
+    def on_epoch_end(epoch: int) -> None:
+        if epoch in set(int(e) for e in snapshot_epochs):
+            save_mv_alexnet(snapshot_path(out_dir, epoch), model, cfg.image_size,
+                            extra={"train": cfg.to_dict(), "data": data, "epochs_done": epoch,
+                                   **(model_extra or {})})
+            model_mode()  # saving does not change the mode, but keep the training mode explicit
+
     result = run_training(modules, groups, sampler, fetch, step_loss, cfg.loop, out_dir, run_config,
                           set_train_mode=set_mode, resume=resume, progress=progress,
-                          stop_after_steps=stop_after_steps, title=title)
+                          stop_after_steps=stop_after_steps, title=title, on_epoch_end=on_epoch_end)
     if result.epochs < cfg.loop.epochs:
         return None, result
     model_path = out_dir / MODEL_FILE
@@ -274,6 +288,11 @@ def run_multiview_training(model: MVAlexNet, cfg: MultiViewTrainConfig, images, 
                         extra={"train": cfg.to_dict(), "data": data, **(model_extra or {})},
                         meta={"train_seconds": result.seconds, "steps": result.steps})
     return model_path, result
+
+
+def snapshot_path(out_dir: PathLike, epoch: int) -> Path:
+    """Where :func:`run_multiview_training` keeps the model after ``epoch`` epochs."""
+    return Path(out_dir) / f"epoch-{int(epoch)}.pt"
 
 
 def train_mv_alexnet(images, labels: Sequence, set_codes: Sequence[int], out_dir: PathLike,

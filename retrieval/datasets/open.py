@@ -1,0 +1,121 @@
+"""One way to name a dataset, from the command line (``--dataset KIND --data PATH``), from Python and
+from an experiment file (a ``[dataset]`` table): :class:`DatasetConfig`, opened by :func:`open_dataset`.
+
+Kinds (:data:`DATASET_KINDS`):
+
+* ``folder``: ``images/`` + ``labels.csv`` (COIL), or a class-per-folder tree ``root/<class>/<image>``;
+* ``gldv2``: the Kaggle CSV layout;
+* ``oxford`` / ``paris``: ``images/`` + ``gt/`` with the standard good / ok / junk lists;
+  ``revisited``: the easy / hard / junk lists;
+* ``multiview``: the ``DS|DU/train|retrieval/<class>/<instance>/<instance>.<k>`` tree;
+* ``os-core``: query / target folders with label files.
+
+Labelled sets without their own queries (``folder``, ``multiview``) get them from ``queries``:
+``"auto"`` (default) reads ``queries.txt`` in the dataset folder when there is one (image ids or paths
+relative to the image folder, one a line) and otherwise makes every ``every``-th image of each
+label's run a query (:func:`~retrieval.datasets.splits.every_nth_query`: a deterministic quarter of
+each class by default); ``"every"`` forces that; any other value is the path of a query list.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Union
+
+from ..config import Config, ConfigError
+from .base import RetrievalDataset
+from .files import DatasetError
+
+__all__ = ["DATASET_KINDS", "DEFAULT_PROTOCOL", "DatasetConfig", "open_dataset"]
+
+DATASET_KINDS = ("folder", "gldv2", "oxford", "paris", "revisited", "multiview", "os-core")
+
+#: the evaluation protocol(s) a kind comes with (comma-separated: reported side by side)
+DEFAULT_PROTOCOL = {"oxford": "oxford,landmark", "paris": "oxford,landmark", "revisited": "revisited,landmark",
+                    "gldv2": "gldv2", "folder": "general", "multiview": "general", "os-core": "general"}
+
+Kind = Literal["folder", "gldv2", "oxford", "paris", "revisited", "multiview", "os-core"]
+
+
+@dataclass(frozen=True)
+class DatasetConfig(Config):
+    """Which dataset, where, and the reader options that decide its queries.
+
+    ``kind`` / ``path``: the reader and the dataset folder (``~`` expanded). ``scale``:
+    oxford/paris/revisited query-box scale, ``"auto"`` or a number. ``queries`` / ``every`` / ``db``:
+    how labelled sets without queries get them (module docstring; ``db="all"`` keeps each query's own
+    image in the database as its junk, ``"rest"`` takes the queries out). ``split`` / ``part``:
+    multiview DS|DU and train|retrieval. ``on_error``: ``"raise"`` on a missing or unreadable
+    image, ``"collect"`` to skip it and list it in ``bad_files``."""
+
+    kind: Kind = "folder"
+    path: str = ""
+    scale: Union[float, str] = "auto"
+    queries: str = "auto"
+    every: int = 4
+    db: Literal["all", "rest"] = "all"
+    split: str = "DS"
+    part: str = "retrieval"
+    on_error: Literal["raise", "collect"] = "raise"
+
+    def check(self) -> None:
+        if isinstance(self.scale, str) and self.scale != "auto":
+            try:  # "0.5" from a --set override
+                object.__setattr__(self, "scale", float(self.scale))
+            except ValueError:
+                pass
+        if isinstance(self.scale, str) and self.scale != "auto":
+            raise ConfigError(f"scale must be 'auto' or a number, not {self.scale!r}")
+        if not isinstance(self.scale, str) and not (math.isfinite(self.scale) and self.scale > 0):
+            raise ConfigError(f"scale must be a positive number, not {self.scale!r}")
+        if self.every < 1:
+            raise ConfigError(f"every must be >= 1, got {self.every}")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.path).expanduser()
+
+
+def _with_queries(conf: DatasetConfig, base: RetrievalDataset, root: Path) -> RetrievalDataset:
+    from .splits import every_nth_query, listed_queries, read_query_list
+
+    if conf.queries == "every":
+        return every_nth_query(base, n=conf.every, db=conf.db)
+    if conf.queries == "auto":
+        listed = root / "queries.txt"
+        if not listed.is_file():
+            return every_nth_query(base, n=conf.every, db=conf.db)
+    else:
+        listed = Path(conf.queries).expanduser()
+        if not listed.is_file() and (root / conf.queries).is_file():
+            listed = root / conf.queries
+    return listed_queries(base, read_query_list(listed), db=conf.db, source=str(listed))
+
+
+def open_dataset(conf: DatasetConfig) -> RetrievalDataset:
+    """The :class:`RetrievalDataset` that ``conf`` names (queries made as the module docstring says)."""
+    from .folders import read_folder, read_multiview_tree, read_os_core
+    from .gldv2 import read_gldv2
+    from .oxford import read_oxford, read_revisited
+
+    if not conf.path:
+        raise DatasetError(f"no dataset folder given for the {conf.kind!r} dataset (--data PATH, or "
+                           f"path = ... in the experiment file's [dataset] table)")
+    root = conf.root
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset folder")
+    kind = conf.kind
+    if kind in ("oxford", "paris", "revisited"):
+        reader = read_revisited if kind == "revisited" else read_oxford
+        return reader(root, scale=conf.scale, on_error=conf.on_error)
+    if kind == "gldv2":
+        return read_gldv2(root, on_error=conf.on_error)
+    if kind == "folder":
+        return _with_queries(conf, read_folder(root, on_error=conf.on_error), root)
+    if kind == "multiview":
+        base = read_multiview_tree(root, split=conf.split, part=conf.part, on_error=conf.on_error)
+        return _with_queries(conf, base, root)
+    if kind == "os-core":
+        return read_os_core(root, on_error=conf.on_error)
+    raise DatasetError(f"unknown dataset kind {kind!r}; known: {', '.join(DATASET_KINDS)}")

@@ -1,0 +1,156 @@
+"""``retrieval evaluate``: a ranking x a dataset's ground truth -> metrics (JSON).
+
+``protocol`` is one protocol of :mod:`retrieval.evaluate` or several, comma-separated, reported side by
+side (default: the dataset kind's own, :data:`retrieval.datasets.open.DEFAULT_PROTOCOL`; Oxford and
+Paris get the official ``oxford`` protocol and the GLDv2-style ``landmark`` one).
+
+A ranking too short for its protocol is refused: a protocol that scores the full ranking counts
+every positive that is not ranked as missed, so a ranking cut at 100 reports a lower figure than the
+descriptor earns (measured on Oxford: 0.609 at k=100 for a descriptor whose full-ranking mAP is 0.687).
+``allow_short=True`` (``--allow-short``) scores it anyway, with a warning on stderr and the depth in
+the result (``short_ranking``), as a lower bound.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+from ..config import Config, ConfigError
+from ..datasets.base import RetrievalDataset
+from ..datasets.open import DEFAULT_PROTOCOL, DatasetConfig, open_dataset
+
+__all__ = ["EvaluateConfig", "ShortRankingError", "main", "score", "register"]
+
+
+class ShortRankingError(ValueError):
+    """A ranking holds fewer results per query than its protocol needs."""
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(Config):
+    """``protocol``: comma-separated protocols ("" = the dataset kind's default); ``k``: cut-off of
+    map@k / ndcg@k / recall@k; ``allow_short``: score a too-short ranking (as a lower bound)."""
+
+    protocol: str = ""
+    k: int = 100
+    allow_short: bool = False
+
+    def check(self) -> None:
+        from ..evaluate import PROTOCOLS
+
+        for name in self.protocols():
+            if name not in PROTOCOLS:
+                raise ConfigError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
+        if self.k < 1:
+            raise ConfigError(f"k must be positive, got {self.k}")
+
+    def protocols(self, dataset_kind: Optional[str] = None):
+        text = self.protocol or (DEFAULT_PROTOCOL.get(dataset_kind, "general") if dataset_kind else "")
+        return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def score(conf: EvaluateConfig, predictions: Dict[Any, list], dataset: RetrievalDataset,
+          dataset_kind: Optional[str] = None, source: str = "ranking") -> Dict[str, Any]:
+    """Metrics of ``predictions`` (``{query id: [db ids best first]}``) under every protocol of
+    ``conf``, after the depth check (module docstring)."""
+    from ..datasets.splits import drop_junk
+    from ..evaluate import evaluate, required_depth
+
+    protocols = conf.protocols(dataset_kind)
+    scored = dataset.solution()
+    ranked = [len(predictions[q]) for q in scored if q in predictions]
+    depth = min(ranked) if ranked else 0
+    result: Dict[str, Any] = {"protocol": ",".join(protocols)}
+    need = max(required_depth(dataset, p, conf.k) for p in protocols)
+    if ranked and depth < need:
+        message = (f"{source}: ranks {depth} of {len(dataset.db_ids)} database images for some query; "
+                   f"protocol {result['protocol']!r} needs {need} (a positive that is not ranked counts as "
+                   f"missed, so the figures would be too low)")
+        if not conf.allow_short:
+            raise ShortRankingError(f"{message}; search again with the default k (the whole database) or "
+                                    f"--k {need}, or pass --allow-short to score it as a lower bound")
+        print(f"retrieval: WARNING: {message}; scoring it anyway as a lower bound", file=sys.stderr)
+        result["short_ranking"] = {"depth": depth, "needed": need}
+    for protocol in protocols:
+        try:
+            # junk (the query's own image, Oxford junk) leaves the ranking before any metric sees it;
+            # the landmark protocol counts junk as relevant, so it gets the ranking as is
+            preds = predictions if protocol == "landmark" else drop_junk(dataset, predictions)
+            metrics = evaluate(dataset, preds, protocol=protocol, k=conf.k)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+        result.update(metrics)
+    result["queries_without_prediction"] = sum(1 for q in scored if q not in predictions)
+    result["bad_files"] = len(dataset.bad_files)
+    return result
+
+
+def main(conf: EvaluateConfig, ranking: Path, dataset: Union[DatasetConfig, RetrievalDataset],
+         out: Optional[Path] = None, info: Optional[dict] = None) -> Path:
+    """Score the ranking file ``ranking`` on ``dataset``; writes the metrics JSON to ``out`` (default
+    ``<ranking>.metrics.json``) and returns its path; ``info`` receives the metrics."""
+    import json
+
+    from ..fileio import atomic_write_text
+    from ..index import Ranking
+
+    ranking = Path(ranking)
+    loaded = Ranking.load(ranking)
+    if loaded.query_ids is None:
+        raise ConfigError(f"{ranking}: the ranking does not name its queries (no query_ids); search with a "
+                          f"feature file, whose ids name them")
+    kind = dataset.kind if isinstance(dataset, DatasetConfig) else None
+    ds = open_dataset(dataset) if isinstance(dataset, DatasetConfig) else dataset
+    metrics = score(conf, loaded.to_predictions(), ds, kind, source=str(ranking))
+    result = {"ranking": str(ranking), "dataset": ds.name, "data": str(ds.root), **_finite(metrics)}
+    out = Path(out) if out is not None else ranking.with_suffix(".metrics.json")
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    if info is not None:
+        info.update(result)
+    return out
+
+
+def _finite(metrics: Dict[str, Any]) -> Dict[str, Any]:
+    from ..cli import finite
+
+    return finite(metrics)
+
+
+def register(subparsers) -> None:
+    from ..cli import add_dataset_arguments
+
+    parser = subparsers.add_parser("evaluate", help="score a ranking file against a dataset's ground truth")
+    parser.add_argument("ranking", help="ranking file written by 'retrieval search' or 'retrieval rerank'")
+    add_dataset_arguments(parser)
+    parser.add_argument("--protocol", default=None,
+                        help="gldv2, oxford, revisited, landmark, general or all; several comma-separated "
+                             "are reported side by side (default: the dataset's own: oxford/paris -> "
+                             "oxford,landmark; gldv2 -> gldv2; folder/multiview/os-core -> general)")
+    parser.add_argument("--k", type=int, default=100, help="cut-off for map@k, ndcg@k, recall@k")
+    parser.add_argument("--allow-short", action="store_true",
+                        help="score a ranking shorter than the protocol needs (a lower bound), with a warning")
+    parser.add_argument("--out", default=None, help="also write the metrics JSON here")
+    parser.set_defaults(func=_handle)
+
+
+def _handle(args) -> int:
+    import tempfile
+
+    from ..cli import CLIError, dataset_config, emit_json, require_file, require_output, writing
+
+    if args.k < 1:
+        raise CLIError(f"--k must be positive, got {args.k}")
+    ranking = require_file(args.ranking, "ranking file", "json")
+    require_output(args.out, "metrics")
+    conf = EvaluateConfig(protocol=args.protocol or "", k=args.k, allow_short=args.allow_short)
+    info: dict = {}
+    if args.out:
+        with writing(args.out, "metrics"):
+            main(conf, ranking, dataset_config(args), Path(args.out), info=info)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            main(conf, ranking, dataset_config(args), Path(tmp) / "metrics.json", info=info)
+    emit_json(info)
+    return 0

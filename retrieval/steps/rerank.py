@@ -1,0 +1,176 @@
+"""``retrieval rerank``: re-rank the top of a ranking with local evidence and fuse the two scores.
+
+For each query the first ``shortlist`` results of the ranking are scored with local features
+(``scorer``: ``spatial`` = inliers of spatial verification, ``ratio`` = Lowe's ratio-test score,
+``vlad`` = VLAD similarity with an encoder file, ``patch`` = EfficientNet patch-token similarity) and
+re-sorted by ``v * global + (1 - v) * N(local)`` (:mod:`retrieval.rerank.fusion`; ``N`` = ``norm``);
+the rest of the ranking follows unchanged, so the output ranks as many images as the input. ``v = 1``
+keeps the global order, ``v = 0`` sorts by local evidence alone.
+
+Local scores are cached next to the output (``<out>.shortlist.npz/.json``) and an interrupted run
+resumes; changing only ``v`` or ``norm`` re-sorts the cached scores without matching again. Scores
+beyond the shortlist are written as ``null`` (their order is the global one).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Literal, Optional
+
+from ..config import Config, ConfigError
+
+__all__ = ["RerankConfig", "main", "register", "make_scorer"]
+
+Scorer = Literal["spatial", "ratio", "vlad", "patch"]
+Norm = Literal["none", "minmax", "saturate", "exp", "zscore"]
+
+
+@dataclass(frozen=True)
+class RerankConfig(Config):
+    """``scorer`` and its named ``config`` (spatial: a name of ``SPATIAL_CONFIGS``) plus ``options``
+    (scorer keyword arguments: ratio=, mutual=, threshold=, method= ...); ``shortlist``: results
+    re-ranked per query; ``v``: weight of the global score; ``norm`` / ``T``: normalisation of the
+    local score."""
+
+    scorer: Scorer = "spatial"
+    config: str = ""
+    options: Dict[str, Any] = field(default_factory=dict)
+    shortlist: int = 100
+    v: float = 0.5
+    norm: Norm = "minmax"
+    T: Optional[float] = None
+
+    def check(self) -> None:
+        if not 0.0 <= self.v <= 1.0:
+            raise ConfigError(f"v must be in [0, 1], got {self.v}")
+        if self.shortlist < 1:
+            raise ConfigError(f"shortlist must be >= 1, got {self.shortlist}")
+        if self.norm in ("saturate", "exp") and not (self.T and self.T > 0):
+            raise ConfigError(f"norm {self.norm!r} needs a scale T > 0")
+        if self.config and self.scorer != "spatial":
+            raise ConfigError(f"only the spatial scorer has named configurations, not {self.scorer!r}")
+
+
+def make_scorer(conf: RerankConfig, model: Optional[Path] = None):
+    """The :class:`retrieval.rerank.base.LocalScorer` of ``conf`` (``model``: the encoder file that
+    the ``vlad`` scorer needs)."""
+    from .. import rerank
+
+    try:
+        if conf.scorer == "spatial":
+            return rerank.SpatialVerifier(conf.config or None, **conf.options)
+        if conf.scorer == "ratio":
+            return rerank.RatioTestScorer(**conf.options)
+        if conf.scorer == "patch":
+            return rerank.PatchScorer(**conf.options)
+        if model is None:
+            raise ConfigError("the vlad scorer needs an encoder file (--model, e.g. from 'retrieval encode')")
+        from ..features.encoders import load_encoder
+
+        return rerank.VladSimilarityScorer(load_encoder(model), **conf.options)
+    except TypeError as exc:
+        raise ConfigError(f"{conf.scorer} scorer: {exc}") from None
+
+
+def _scorer_config(scorer) -> Any:
+    config = getattr(scorer, "config", None)
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    return config
+
+
+def main(conf: RerankConfig, ranking: Path, query_local: Path, db_local: Path, out: Path,
+         model: Optional[Path] = None, progress: bool = True, info: Optional[dict] = None) -> Path:
+    """Re-rank ``ranking`` (JSON) with the local stores of the queries and the database; writes the
+    new ranking to ``out`` and returns it."""
+    import numpy as np
+
+    from ..features.store import LocalFeatureStore
+    from ..index import Ranking
+    from ..rerank import Shortlist, fuse, fusion_order
+
+    start = time.perf_counter()
+    base = Ranking.load(ranking)
+    if base.query_ids is None:
+        raise ConfigError(f"{ranking}: the ranking does not name its queries (no query_ids)")
+    if (base.indices < 0).any():
+        raise ConfigError(f"{ranking}: some queries have fewer results than others (approximate search); "
+                          f"re-rank an exact ranking")
+    scorer = make_scorer(conf, model)
+    with LocalFeatureStore(query_local, "r") as q_store, LocalFeatureStore(db_local, "r") as db_store:
+        missing = [q for q in base.query_ids if str(q) not in q_store][:3]
+        if missing:
+            raise ConfigError(f"{query_local}: no local features for queries {missing}")
+        cache_config = {"ranking": Path(ranking).name, "k": min(conf.shortlist, base.k),
+                        "scorer": _scorer_config(scorer), "model": None if model is None else str(model),
+                        "query_local": q_store.config, "db_local": db_store.config}
+        cache = Path(str(out) + ".shortlist")
+        shortlist = None
+        if Shortlist.exists(cache):
+            try:
+                shortlist = Shortlist.load(cache, expect_config=cache_config)
+                if shortlist.query_ids != [str(q) for q in base.query_ids] or \
+                        not np.array_equal(shortlist.db_ids, base.ids[:, :shortlist.k].astype(str)):
+                    shortlist = None  # another ranking under the same name: start afresh
+            except ValueError:
+                shortlist = None  # another configuration: start afresh
+        if shortlist is None:
+            shortlist = Shortlist.from_ranking(base, k=conf.shortlist, config=cache_config, keep_tail=False)
+        absent = sorted({i for row in shortlist.db_ids.tolist() for i in row if i not in db_store})[:3]
+        if absent:
+            raise ConfigError(f"{db_local}: no local features for shortlisted images {absent}")
+        local = shortlist.score_with(scorer, q_store, db_store, name="local", path=cache, progress=progress)
+    fused = fuse(shortlist.global_scores, local, conf.v, conf.norm, conf.T)
+    order = fusion_order(fused)
+    k = shortlist.k
+    ids = base.ids.copy()
+    indices = base.indices.copy()
+    scores = np.full(base.scores.shape, -np.inf, dtype=np.float32)
+    ids[:, :k] = np.take_along_axis(base.ids[:, :k], order, axis=1)
+    indices[:, :k] = np.take_along_axis(base.indices[:, :k], order, axis=1)
+    scores[:, :k] = np.take_along_axis(fused, order, axis=1)
+    Ranking(ids=ids, scores=scores, indices=indices, query_ids=base.query_ids).save(out)
+    if info is not None:
+        info.update(queries=len(base), shortlist=k, ranked=base.k, scorer=conf.scorer, v=conf.v,
+                    seconds=round(time.perf_counter() - start, 3))
+    return Path(out)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("rerank", help="re-rank a ranking's shortlist with local evidence "
+                                                  "(v*global + (1-v)*local)")
+    parser.add_argument("ranking", help="ranking file (retrieval search)")
+    parser.add_argument("--query-local", required=True, help="local feature store of the queries")
+    parser.add_argument("--db-local", required=True, help="local feature store of the database images")
+    parser.add_argument("--scorer", default="spatial", choices=("spatial", "ratio", "vlad", "patch"),
+                        help="local evidence (default spatial: inliers of spatial verification)")
+    parser.add_argument("--config", default="", help="spatial: named configuration (e.g. affine-ransac-mutual)")
+    parser.add_argument("--option", action="append", metavar="KEY=VALUE",
+                        help="scorer option, repeatable (ratio=0.8, mutual=true, threshold=8, method=magsac ...)")
+    parser.add_argument("--model", default=None, help="vlad: encoder file (retrieval encode --model)")
+    parser.add_argument("--shortlist", type=int, default=100, help="results re-ranked per query (default 100)")
+    parser.add_argument("--v", type=float, default=0.5, help="weight of the global score in [0, 1] (default 0.5)")
+    parser.add_argument("--norm", default="minmax", choices=("none", "minmax", "saturate", "exp", "zscore"),
+                        help="normalisation of the local score over a shortlist (default minmax)")
+    parser.add_argument("--T", type=float, default=None, help="scale of the saturate / exp normalisations")
+    parser.add_argument("--out", required=True, help="ranking file to write (JSON)")
+    parser.set_defaults(func=_handle)
+
+
+def _handle(args) -> int:
+    from ..cli import emit_json, parse_options, progress_enabled, require_file, require_output, writing
+
+    ranking = require_file(args.ranking, "ranking file", "json")
+    q_local = require_file(args.query_local, "query local feature store", "hdf5")
+    db_local = require_file(args.db_local, "database local feature store", "hdf5")
+    model = require_file(args.model, "encoder file", "npz") if args.model else None
+    require_output(args.out, "ranking")
+    conf = RerankConfig(scorer=args.scorer, config=args.config, options=parse_options(args.option),
+                        shortlist=args.shortlist, v=args.v, norm=args.norm, T=args.T)
+    info: dict = {}
+    with writing(args.out, "ranking"):
+        out = main(conf, ranking, q_local, db_local, Path(args.out), model=model, progress=progress_enabled(args),
+                   info=info)
+    emit_json({"ranking": str(out), **info})
+    return 0

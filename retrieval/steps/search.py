@@ -1,0 +1,139 @@
+"""``retrieval search``: an index x a query feature file -> a ranking (JSON), best first.
+
+How many results per query. A protocol that scores the full ranking (Oxford / Paris mAP, the
+landmark-level mAP, mean AP and NMRR on labelled folders) counts a positive that is not ranked as
+missed, so a ranking cut at 100 scores lower than the descriptor is. The default ``k`` (None) is
+therefore the whole database whenever the ranking stays small (at most :data:`FULL_RANKING_ENTRIES`
+query x database entries), else :data:`LARGE_DEFAULT_K` results (what GLDv2's map@100 needs), with a
+note on stderr; ``retrieval evaluate`` refuses a ranking too short for its protocol.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from ..config import Config, ConfigError
+
+__all__ = ["SearchConfig", "main", "register", "add_arguments", "handle", "default_k"]
+
+#: the default k ranks the whole database while queries x database stays below this
+FULL_RANKING_ENTRIES = 20_000_000
+#: the default k beyond that size (at least what map@100 needs)
+LARGE_DEFAULT_K = 1000
+
+
+@dataclass(frozen=True)
+class SearchConfig(Config):
+    """``k``: results per query (None: the whole database for small sets, see the module docstring);
+    ``batch``: queries per search call; ``options``: memory_mb (exact), nprobe (IVF), ef_search (HNSW)."""
+
+    k: Optional[int] = None
+    batch: int = 4096
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.k is not None and self.k < 1:
+            raise ConfigError(f"k must be positive (or omitted for the full ranking), got {self.k}")
+        if self.batch < 1:
+            raise ConfigError(f"batch must be positive, got {self.batch}")
+
+
+def default_k(num_queries: int, num_db: int) -> int:
+    """The k of ``SearchConfig(k=None)`` (module docstring)."""
+    if num_queries * num_db <= FULL_RANKING_ENTRIES:
+        return num_db
+    return min(num_db, LARGE_DEFAULT_K)
+
+
+def main(conf: SearchConfig, index: Path, queries: Path, out: Path, progress: bool = True,
+         info: Optional[dict] = None) -> Path:
+    """Rank the index ``index`` for every query of the feature file ``queries``; writes the ranking to
+    ``out`` (:class:`retrieval.index.Ranking` JSON) and returns ``out``."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from retrieval.features.store import config_json, load_global
+
+    from ..index import Index, Ranking
+
+    idx = Index.load(index)
+    query_ids, vectors, query_config = load_global(queries)
+    if len(query_ids) == 0:
+        raise ConfigError(f"{queries}: feature file holds no query vectors")
+    if vectors.shape[1] != idx.dim:
+        raise ConfigError(f"{queries}: query vectors have dimension {vectors.shape[1]}, the index {index} "
+                          f"has dimension {idx.dim}")
+    if idx.config and query_config and config_json(idx.config) != config_json(query_config):
+        print(f"retrieval: warning: {queries} was made with another configuration than the index {index} "
+              f"({config_json(query_config)} vs {config_json(idx.config)})", file=sys.stderr)
+    try:
+        idx.search(vectors[:1], k=1, **conf.options)  # options checked before the long run
+    except ValueError as exc:
+        raise ConfigError(f"{index}: {exc}") from None
+    k = conf.k if conf.k is not None else default_k(len(query_ids), len(idx))
+    if conf.k is None and k < len(idx):
+        print(f"retrieval: note: ranking the top {k} of {len(idx)} database images per query (a full "
+              f"ranking of {len(query_ids)} queries would be too large); protocols that score the full "
+              f"ranking need --k {len(idx)}", file=sys.stderr)
+    start = time.perf_counter()
+    parts = []
+    steps = range(0, len(query_ids), conf.batch)
+    for lo in tqdm(steps, desc="search", unit="batch", disable=not progress or len(steps) < 2, leave=False):
+        hi = min(lo + conf.batch, len(query_ids))
+        parts.append(idx.search(vectors[lo:hi], k=k, query_ids=query_ids[lo:hi], **conf.options))
+    ranking = parts[0] if len(parts) == 1 else Ranking(
+        ids=np.concatenate([p.ids for p in parts]), scores=np.concatenate([p.scores for p in parts]),
+        indices=np.concatenate([p.indices for p in parts]), query_ids=list(query_ids))
+    ranking.save(out)
+    if info is not None:
+        info.update(queries=len(query_ids), k=ranking.k, database=len(idx),
+                    seconds=round(time.perf_counter() - start, 3))
+    return Path(out)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("index", help="index file written by 'retrieval index build'")
+    parser.add_argument("queries", help="global feature file of the queries")
+    parser.add_argument("--k", default=None,
+                        help="results per query, or 'full' (default: the whole database when the ranking "
+                             f"stays under {FULL_RANKING_ENTRIES:,} entries, else {LARGE_DEFAULT_K})")
+    parser.add_argument("--out", required=True, help="ranking file to write (JSON)")
+    parser.add_argument("--batch", type=int, default=4096, help="queries per search call (progress step)")
+    parser.add_argument("--option", action="append", metavar="KEY=VALUE",
+                        help="search option: memory_mb (exact), nprobe (IVF), ef_search (HNSW)")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("search", help="rank an index for every query of a feature file")
+    add_arguments(parser)
+    parser.set_defaults(func=handle)
+
+
+def handle(args) -> int:
+    from ..cli import CLIError, emit_json, parse_options, progress_enabled, require_file, require_output, writing
+    from ..index import Index
+
+    index = require_file(args.index, "index file", "npz")
+    queries = require_file(args.queries, "query feature file", "hdf5")
+    require_output(args.out, "ranking")
+    k: Optional[int] = None
+    if args.k is not None and args.k != "full":
+        try:
+            k = int(args.k)
+        except ValueError:
+            raise CLIError(f"--k must be a number or 'full', not {args.k!r}") from None
+    if args.k == "full":
+        k = len(Index.load(index))
+    if k is not None and k < 1:
+        raise CLIError(f"--k must be positive (or 'full'), got {k}")
+    if args.batch < 1:
+        raise CLIError(f"--batch must be positive, got {args.batch}")
+    conf = SearchConfig(k=k, batch=args.batch, options=parse_options(args.option))
+    info: dict = {}
+    with writing(args.out, "ranking"):
+        out = main(conf, index, queries, Path(args.out), progress=progress_enabled(args), info=info)
+    emit_json({"ranking": str(out), "index": str(index), **info})
+    return 0
