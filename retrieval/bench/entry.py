@@ -2,8 +2,8 @@
 protocol of :mod:`retrieval.protocols`), apply ``--dataset KIND --data PATH``, ``--quick`` and
 ``--set KEY=VALUE`` overrides, run the protocol's ``main(conf, out_dir, cache_dir)``.
 
-An experiment file holds ``kind`` (and optionally ``name`` / ``description``) plus the protocol's
-settings; an unknown key is an error that names it."""
+An experiment file holds ``kind`` (and optionally ``description``) plus the protocol's settings; an
+unknown key is an error that names it (:mod:`retrieval.steps.experiment`)."""
 from __future__ import annotations
 
 import argparse
@@ -17,24 +17,15 @@ EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
 def read_experiment(path, kind: Optional[str] = None):
-    """``(module, conf)``: the protocol module of the file's kind and its settings read strictly."""
-    import tomllib
-
+    """``(module, conf)``: the protocol module of the file's kind and its settings read strictly
+    (:func:`retrieval.steps.experiment.load_experiment`, the one experiment-file reader)."""
     from retrieval.config import ConfigError
-    from retrieval.protocols import load_protocol
+    from retrieval.steps.experiment import load_experiment
 
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    got = data.pop("kind", None)
-    if kind is not None and got != kind:
-        raise ConfigError(f"{path}: kind must be {kind!r}, got {got!r}")
-    data.pop("name", None)
-    data.pop("description", None)
-    module = load_protocol(got)
-    return module, module.CONFIG.from_dict(data, where=str(path))
+    experiment = load_experiment(path)
+    if kind is not None and experiment.kind != kind:
+        raise ConfigError(f"{path}: kind must be {kind!r}, got {experiment.kind!r}")
+    return experiment.module, experiment.conf
 
 
 def run_experiment(experiment: str, argv: Optional[Sequence[str]] = None, prog: Optional[str] = None,
