@@ -22,8 +22,7 @@ Also measured: SIFT extraction images/s with 1 and 2 workers (threads and loky p
 Fisher encoding descriptors/s against the bare matrix products of the same sizes (the bound), and with
 ``--kmeans-timing`` the 20k-word codebook on 1M descriptors.
 
-``--with-rerank`` hands the best Oxford method's global vectors to ``benchmarks/spatial_rerank.py``
-(:func:`benchmarks.spatial_rerank.run`), when that module exists, for the spatial-verification rows.
+Spatial verification of a landmark shortlist: ``benchmarks/spatial_rerank.py`` (the ladder's SV rung).
 
     .venv/bin/python benchmarks/classical.py --quick          # small subsets, well under two minutes
     .venv/bin/python benchmarks/classical.py                  # full run
@@ -31,7 +30,6 @@ Fisher encoding descriptors/s against the bare matrix products of the same sizes
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -49,7 +47,7 @@ from retrieval.features.encoders import BowEncoder, BowInvertedIndex, FisherEnco
 from retrieval.features.extract import extract_local_features  # noqa: E402
 from retrieval.features.local import LocalFeatures  # noqa: E402
 from retrieval.features.sift import SiftExtractor  # noqa: E402
-from retrieval.features.store import LocalFeatureStore, save_global  # noqa: E402
+from retrieval.features.store import LocalFeatureStore  # noqa: E402
 from retrieval.features.whitening import PCAWhitening  # noqa: E402
 from retrieval.datasets import every_nth_query, read_labelled_folder, read_oxford  # noqa: E402
 from retrieval.datasets.base import RetrievalDataset  # noqa: E402
@@ -439,32 +437,6 @@ def kmeans_timing(db: Sequence[LocalFeatures], k: int, n: int, niter: int, seed:
 
 
 # ------------------------------------------------------------------------------------------------
-# spatial re-ranking hook
-# ------------------------------------------------------------------------------------------------
-
-def rerank_hook(args, cache: Path, best_label: str, feats, data: Path) -> Optional[dict]:
-    """Spatial-verification rows: write the global vectors of ``best_label`` (an Oxford method) for the
-    images ``benchmarks/spatial_rerank.py`` uses, then call its ``run``. Skipped (with a message) when
-    that module is not there."""
-    module_path = Path(__file__).resolve().parent / "spatial_rerank.py"
-    if not module_path.is_file():
-        print("  --with-rerank: benchmarks/spatial_rerank.py not found; skipped", flush=True)
-        return None
-    spec = importlib.util.spec_from_file_location("benchmarks_spatial_rerank", module_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    ds = module.load_dataset(data, args.quick) if hasattr(module, "load_dataset") else read_oxford(data / "oxford5k_subset")
-    db, queries, _ = local_features("oxford", ds, cache, args.jobs, not args.no_progress)
-    encoder = args._encoders[best_label]
-    out = cache / "rerank_global"
-    db_file = save_global(out / "db.h5", ds.db_ids, encoder.encode_many(db), {"method": best_label})
-    q_file = save_global(out / "queries.h5", ds.query_ids, encoder.encode_many(queries), {"method": best_label})
-    return module.run(data=str(data), out=str(Path(args.out) / "spatial_rerank"), cache=str(Path(args.cache)),
-                      quick=args.quick, global_db=str(db_file), global_queries=str(q_file),
-                      db_local=SIFT_FOR["oxford"])
-
-
-# ------------------------------------------------------------------------------------------------
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -489,8 +461,6 @@ def main(argv=None) -> dict:
     p.add_argument("--no-speed", action="store_true", help="skip the extraction/encoding speed measurements")
     p.add_argument("--kmeans-timing", action="store_true",
                    help="also time a 20k-word codebook on 1M descriptors (minutes)")
-    p.add_argument("--with-rerank", action="store_true",
-                   help="spatial-verification rows via benchmarks/spatial_rerank.py (if present)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -549,32 +519,6 @@ def main(argv=None) -> dict:
         speed += kmeans_timing(feats["oxford"][0], k, 100_000 if args.quick else 1_000_000, 10,
                                args.seed, args.faiss_threads)
 
-    rerank = None
-    if args.with_rerank and "oxford" in names:
-        oxford_rows = [r for r in rows if r["dataset"] == "oxford" and "PCAw" not in r["method"]]
-        best = max(oxford_rows, key=lambda r: r["mAP"])["method"]
-        args._encoders = {}
-        cb_rows = {r["method"]: r for r in oxford_rows}
-        # rebuild the chosen encoder from the cache (codebooks / GMMs are cached)
-        tag = f"oxford{'-quick' if args.quick else ''}-{SIFT_FOR['oxford']}"
-        odb = feats["oxford"][0]
-        k = int(best.split("k=")[1].split()[0])
-        if "Fisher" in best:
-            enc = cached_fisher(cache, tag, odb, k, "oxford database images", args.quick, args.seed)
-        else:
-            cb = cached_codebook(cache, tag, odb, k, "oxford database images", args.quick, args.seed,
-                                 args.faiss_threads)
-            if "VLAD" in best:
-                enc = VladEncoder(cb)
-            else:
-                opts = {"tf_power": 0.5} if "sqrt-tf" in best else {}
-                if "soft3" in best:
-                    opts.update({"n_nearest": 3, "sigma": 0.2})
-                enc = BowEncoder(cb, **opts).fit_idf(odb)
-        args._encoders[best] = enc
-        print(f"spatial re-ranking of {best} (mAP {cb_rows[best]['mAP']}):", flush=True)
-        rerank = rerank_hook(args, cache, best, feats, data)
-
     columns = ["method", "dataset", "mAP", "dim", "extract_s_per_image", "encode_db_s", "query_s",
                "codebook_trained_on"]
     extra = {"speed": speed, "stage_seconds": stage, "total_seconds": round(time.perf_counter() - t_start, 1),
@@ -582,8 +526,6 @@ def main(argv=None) -> dict:
              "sift": {n: feats[n][2]["sift"] for n in feats},
              "protocol": {"oxford": "oxford_map (good+ok, junk ignored, cropped queries)",
                           "coil100": "map@100 (GLDv2), every 4th image a query against all others"}}
-    if rerank is not None:
-        extra["spatial_rerank"] = {k: v for k, v in rerank.items() if k in ("rows", "summary")} if isinstance(rerank, dict) else str(rerank)
     table = write_results(rows, args.out, columns,
                           title="Classical retrieval: RootSIFT + BoW / VLAD / Fisher (mAP in %)", extra=extra)
     speed_md = ""

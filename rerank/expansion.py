@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from retrieval.vectors import l2_normalize_rows
+
 __all__ = ["average_query_expansion", "alpha_query_expansion", "database_side_augmentation",
            "weighted_neighbour_sum"]
 
@@ -30,8 +32,7 @@ def _unit_rows(x, what: str) -> np.ndarray:
         raise ValueError(f"{what} must be 2-D (N, D), got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{what} contain NaN or infinite values")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return l2_normalize_rows(x, eps=0.0, what=what, copy=True)
 
 
 def _search(database: np.ndarray, queries: np.ndarray, n: int, index=None, backend: str = "exact"):
@@ -60,8 +61,7 @@ def weighted_neighbour_sum(base: Optional[np.ndarray], database: np.ndarray, ind
         if base is not None:
             block += base[lo:hi]
         out[lo:hi] = block
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+    return l2_normalize_rows(out, eps=0.0)
 
 
 def alpha_query_expansion(queries, database, n: int = 10, alpha: float = 3.0, index=None,

@@ -21,19 +21,81 @@ inlier count (ties: global order), the others follow in global order.
 
 Either way the database images beyond the shortlist keep their global order after it. Nothing here
 extracts or matches: a sweep over v only re-sorts the cached scores.
+
+One fusion API: a :class:`FusionConfig` names the method (``none``: the global ranking; ``linear``:
+the fusion above; ``delg``: the DELG rule) and its parameters, :func:`fused_order` applies it, and
+:func:`fusion_candidates` lists the candidates a benchmark cross-fits (:mod:`retrieval.crossfit`)
+with ``none`` first, so that on a tie the global ranking wins and a re-ranker has to be better on
+held-out queries to be used at all.
+
+Absolute scales. Min-max over a shortlist stretches weak evidence (a shortlist whose best match has
+12 inliers) to full weight, and a query whose shortlist shares no local features with it gets its
+strong global matches overturned by noise. Counts (inliers, ratio-test matches) are therefore fused
+saturating at a count ``T`` (``N(l) = min(l, T) / T``): 12 inliers weigh 12 / T whatever the rest of
+the shortlist holds, and beyond T a match is a match. The optional ``gate`` keeps a query's global
+order unless its best local score reaches it (re-rank only on real evidence, the DELG idea applied
+per query). Similarities on the same scale as the global score (VLAD, patch tokens) are fused as they
+are (``norm="none"``).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from retrieval.config import Config, ConfigError
+
 from .shortlist import Shortlist
 
-__all__ = ["NORMALISATIONS", "normalise_scores", "fuse", "fusion_order", "delg_order", "rerank",
-           "delg_rerank", "sweep"]
+__all__ = ["NORMALISATIONS", "FUSION_METHODS", "FusionConfig", "NO_RERANKING", "normalise_scores", "fuse",
+           "fusion_order", "delg_order", "fused_order", "fusion_candidates", "rerank", "delg_rerank", "sweep"]
 
 NORMALISATIONS = ("none", "minmax", "saturate", "exp", "zscore")
+FUSION_METHODS = ("none", "linear", "delg")
+
+
+@dataclass(frozen=True)
+class FusionConfig(Config):
+    """How a shortlist's global and local scores are combined (module docstring).
+
+    ``method``: ``none`` (global order), ``linear`` (``v * g + (1 - v) * N(l)``, N = ``norm`` with scale
+    ``T``) or ``delg`` (images with ``local >= threshold`` first); ``gate``: linear fusion only for
+    queries whose best local score is at least ``gate`` (None: every query)."""
+
+    method: str = "none"
+    v: float = 1.0
+    norm: str = "none"
+    T: Optional[float] = None
+    threshold: Optional[float] = None
+    gate: Optional[float] = None
+
+    def check(self) -> None:
+        if self.method not in FUSION_METHODS:
+            raise ConfigError(f"unknown fusion method {self.method!r}; known: {FUSION_METHODS}")
+        if self.norm not in NORMALISATIONS:
+            raise ConfigError(f"unknown normalisation {self.norm!r}; known: {NORMALISATIONS}")
+        if not 0.0 <= self.v <= 1.0:
+            raise ConfigError(f"fusion weight v must be in [0, 1], got {self.v}")
+        if self.method == "linear" and self.norm in ("saturate", "exp") and not (self.T or 0) > 0:
+            raise ConfigError(f"normalisation {self.norm!r} needs a scale T > 0")
+        if self.method == "delg" and self.threshold is None:
+            raise ConfigError("the DELG rule needs a threshold")
+
+    @property
+    def label(self) -> str:
+        """A short readable name, e.g. ``linear saturate T=20 v=0.6``."""
+        if self.method == "none":
+            return "none (global order)"
+        if self.method == "delg":
+            return f"delg >= {self.threshold:g}"
+        norm = self.norm + (f" T={self.T:g}" if self.T else "")
+        gate = f" gate {self.gate:g}" if self.gate is not None else ""
+        return f"linear {norm} v={self.v:g}{gate}"
+
+
+#: the global ranking: the first candidate of every choice, so ties keep it
+NO_RERANKING = FusionConfig()
 
 
 def normalise_scores(scores, method: str = "minmax", T: Optional[float] = None) -> np.ndarray:
@@ -91,6 +153,41 @@ def delg_order(local_scores, threshold: float) -> np.ndarray:
     l = np.atleast_2d(np.asarray(local_scores, dtype=np.float64))
     key = np.where(l >= threshold, l, -np.inf)
     return np.argsort(-key, axis=1, kind="stable")
+
+
+def fused_order(global_scores, local_scores, conf: FusionConfig) -> np.ndarray:
+    """(Q, k) column order of each query's shortlist under ``conf`` (the one entry point)."""
+    g = np.atleast_2d(np.asarray(global_scores, dtype=np.float64))
+    if conf.method == "none":
+        return np.tile(np.arange(g.shape[1]), (g.shape[0], 1))
+    l = np.atleast_2d(np.asarray(local_scores, dtype=np.float64))
+    if conf.method == "delg":
+        return delg_order(l, float(conf.threshold))
+    order = fusion_order(fuse(g, l, conf.v, conf.norm, conf.T))
+    if conf.gate is not None:
+        weak = l.max(axis=1, initial=-np.inf) < conf.gate
+        order[weak] = np.arange(g.shape[1])
+    return order
+
+
+def fusion_candidates(kind: str = "count", vs: Sequence[float] = tuple(round(0.1 * i, 1) for i in range(10)),
+                      saturations: Sequence[float] = (5, 10, 20, 40),
+                      delg_thresholds: Sequence[float] = (5, 8, 12, 20, 30),
+                      gates: Sequence[Optional[float]] = (None,)) -> List[FusionConfig]:
+    """The candidates cross-fitted for a local score of ``kind``: ``"count"`` (inliers, matches:
+    linear fusion saturating at each T, and the DELG rule at each threshold) or ``"similarity"`` (a
+    cosine on the global score's scale: linear fusion as is). :data:`NO_RERANKING` comes first."""
+    if kind not in ("count", "similarity"):
+        raise ValueError(f"unknown local score kind {kind!r}; expected 'count' or 'similarity'")
+    out = [NO_RERANKING]
+    vs = [float(v) for v in vs if float(v) < 1.0]
+    if kind == "similarity":
+        out += [FusionConfig("linear", v=v, norm="none", gate=g) for g in gates for v in vs]
+        return out
+    out += [FusionConfig("linear", v=v, norm="saturate", T=float(T), gate=g)
+            for T in saturations for g in gates for v in vs]
+    out += [FusionConfig("delg", threshold=float(th)) for th in delg_thresholds]
+    return out
 
 
 def rerank(shortlist: Shortlist, v: float, local: str = "inliers", norm: str = "minmax",

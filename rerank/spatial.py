@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
 
+from retrieval.config import Config, ConfigError, Registry
 from retrieval.features.local import LocalFeatures
 
 from .base import LocalScorer
@@ -54,7 +55,7 @@ _SIMILARITY_METHODS = ("ransac", "lmeds")
 
 
 @dataclass(frozen=True)
-class SpatialConfig:
+class SpatialConfig(Config):
     """Everything that decides a spatial-verification score. The defaults are the configuration chosen
     on Oxford5k at 512 px (``benchmarks/spatial_rerank.py``): ratio 0.9 + mutual nearest neighbours,
     affine RANSAC, 16 px.
@@ -75,39 +76,36 @@ class SpatialConfig:
     refine_iters: int = 10
     n_workers: Optional[int] = None
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; known: {sorted(MODELS)}")
+            raise ConfigError(f"unknown model {self.model!r}; known: {sorted(MODELS)}")
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; known: {sorted(METHODS)}")
+            raise ConfigError(f"unknown method {self.method!r}; known: {sorted(METHODS)}")
         if self.model == "similarity" and self.method not in _SIMILARITY_METHODS:
-            raise ValueError(f"the similarity model (cv2.estimateAffinePartial2D) supports only "
+            raise ConfigError(f"the similarity model (cv2.estimateAffinePartial2D) supports only "
                              f"{_SIMILARITY_METHODS}, not {self.method!r}")
         if not self.threshold > 0:
-            raise ValueError(f"threshold must be > 0 pixels, got {self.threshold}")
+            raise ConfigError(f"threshold must be > 0 pixels, got {self.threshold}")
         if self.ratio is not None and not 0 < self.ratio <= 1:
-            raise ValueError(f"ratio must be in (0, 1] or None, got {self.ratio}")
+            raise ConfigError(f"ratio must be in (0, 1] or None, got {self.ratio}")
         if not 0 < self.confidence < 1:
-            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+            raise ConfigError(f"confidence must be in (0, 1), got {self.confidence}")
         if self.max_iters < 1:
-            raise ValueError("max_iters must be >= 1")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+            raise ConfigError("max_iters must be >= 1")
 
 
 #: named configurations, compared on Oxford5k by benchmarks/spatial_rerank.py (thresholds in pixels of
 #: 512 px images); "affine-ransac-mutual" is the default SpatialConfig()
-SPATIAL_CONFIGS: Dict[str, SpatialConfig] = {
-    # the straightforward version: Lowe's ratio 0.8, affine RANSAC, 8 px
-    "affine-ransac-r0.8": SpatialConfig(ratio=0.8, mutual=False, model="affine", method="ransac", threshold=8.0),
-    # mutual nearest neighbours let a looser ratio through without one-to-many matches, and a wider
-    # inlier threshold tolerates the non-planar facades that an affine model only approximates
-    "affine-ransac-mutual": SpatialConfig(),
-    "affine-magsac-mutual": SpatialConfig(method="magsac"),
-    "similarity-ransac-mutual": SpatialConfig(model="similarity"),
-    "homography-magsac-mutual": SpatialConfig(model="homography", method="magsac"),
-}
+SPATIAL_CONFIGS: Registry[SpatialConfig] = Registry("spatial configuration", SpatialConfig)
+# the straightforward version: Lowe's ratio 0.8, affine RANSAC, 8 px
+SPATIAL_CONFIGS.register("affine-ransac-r0.8", SpatialConfig(ratio=0.8, mutual=False, model="affine",
+                                                             method="ransac", threshold=8.0))
+# mutual nearest neighbours let a looser ratio through without one-to-many matches, and a wider
+# inlier threshold tolerates the non-planar facades that an affine model only approximates
+SPATIAL_CONFIGS.register("affine-ransac-mutual", SpatialConfig())
+SPATIAL_CONFIGS.register("affine-magsac-mutual", SpatialConfig(method="magsac"))
+SPATIAL_CONFIGS.register("similarity-ransac-mutual", SpatialConfig(model="similarity"))
+SPATIAL_CONFIGS.register("homography-magsac-mutual", SpatialConfig(model="homography", method="magsac"))
 
 
 @dataclass
@@ -199,11 +197,9 @@ class SpatialVerifier(LocalScorer):
 
     def __init__(self, config: Optional[SpatialConfig] = None, **overrides):
         if isinstance(config, str):
-            if config not in SPATIAL_CONFIGS:
-                raise ValueError(f"unknown spatial configuration {config!r}; known: {sorted(SPATIAL_CONFIGS)}")
-            config = SPATIAL_CONFIGS[config]
+            config = SPATIAL_CONFIGS.get(config)
         config = config or SpatialConfig()
-        self.config = replace(config, **overrides) if overrides else config
+        self.config = config.override(overrides) if overrides else config
         self.last_timings: Dict[str, float] = {}
 
     def match(self, query: LocalFeatures, shortlist: Sequence[LocalFeatures]) -> ShortlistMatches:

@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from retrieval.vectors import l2_normalize_rows
+
 from retrieval.features.local import LocalFeatures
 
 from .base import LocalScorer
@@ -59,8 +61,7 @@ class VladSimilarityScorer(LocalScorer):
         if nonempty:
             out[nonempty] = enc
         if self.normalize:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            np.divide(out, norms, out=out, where=norms > 0)
+            out = l2_normalize_rows(out, eps=0.0)
         return out
 
     def score(self, query: LocalFeatures, shortlist: Sequence[LocalFeatures]) -> np.ndarray:

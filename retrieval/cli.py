@@ -44,6 +44,7 @@ __all__ = ["main", "build_parser", "CLIError", "COMMAND_GROUPS", "add_dataset_ar
 # "module:function" of every command group, in --help order. Other groups (extract, bench) add a
 # line here; each function receives the sub-parsers object.
 COMMAND_GROUPS: List[str] = [
+    "retrieval.steps.extract:register",
     "retrieval.steps.encode:register",
     "retrieval.steps.index:register",
     "retrieval.steps.search:register",
@@ -52,7 +53,6 @@ COMMAND_GROUPS: List[str] = [
     "retrieval.steps.run:register",
     "retrieval.cli:register_dataset",
     "retrieval.bench.cli:register",
-    "retrieval.steps.extract:register",
     "retrieval.serve.cli:register",
 ]
 
@@ -197,7 +197,7 @@ def progress_enabled(args) -> bool:
 # ----------------------------------------------------------------------------------- dataset
 
 def register_dataset(subparsers) -> None:
-    parser = subparsers.add_parser("dataset", help="dataset tools: info, check, export-gldv2")
+    parser = subparsers.add_parser("dataset", help="dataset tools: info, check, export-gldv2, profile")
     sub = parser.add_subparsers(dest="dataset_command", metavar="{info,check,export-gldv2,profile}", required=True)
 
     info = sub.add_parser("info", help="summary of a dataset as a reader sees it")

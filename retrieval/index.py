@@ -108,13 +108,10 @@ def _as_matrix(vectors, what: str) -> np.ndarray:
 
 def normalize_rows(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
     """Rows divided by their L2 norm (float32, a new array); a zero row cannot be normalised and is
-    refused."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    zero = np.flatnonzero(norms[:, 0] == 0)
-    if zero.size:
-        raise ValueError(f"{what} rows {zero[:10].tolist()}{' ...' if zero.size > 10 else ''} are all "
-                         "zero and cannot be L2-normalised")
-    return (vectors / norms).astype(np.float32, copy=False)
+    refused (:func:`retrieval.vectors.l2_normalize_rows`)."""
+    from .vectors import l2_normalize_rows
+
+    return l2_normalize_rows(vectors, eps=0.0, zero_rows="error", what=what, copy=True)
 
 
 def _check_unit_norm(vectors: np.ndarray, what: str) -> None:

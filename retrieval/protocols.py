@@ -25,6 +25,8 @@ from .config import ConfigError
 __all__ = ["PROTOCOLS", "load_protocol"]
 
 PROTOCOLS: Dict[str, str] = {
+    "ladder": "retrieval.ladder.run",
+    "oxford-descriptors": "retrieval.bench.descriptors",
     "multiview": "retrieval.bench.multiview",
     "retrieval": "retrieval.steps.chain",
 }

@@ -1,5 +1,7 @@
-"""Results as the benchmarks write them: JSON rows plus a readable markdown table, and the small
-measuring helpers (wall time per stage, peak memory) every benchmark reports."""
+"""Results as the benchmarks write them: JSON rows plus a readable markdown table, figures, and the
+small measuring helpers (wall time per stage, peak memory) every benchmark reports.
+
+The one matplotlib set-up: :func:`subplots` (Agg backend) and :func:`save_figure` (atomic)."""
 from __future__ import annotations
 
 import json
@@ -16,25 +18,107 @@ from .fileio import atomic_write_text
 PathLike = Union[str, os.PathLike]
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def subplots(*args, **kwargs):
+    """``plt.subplots(*args, **kwargs)`` on the Agg backend: ``(fig, axes)``; finish with
+    :func:`save_figure`."""
+    return _pyplot().subplots(*args, **kwargs)
+
+
+def save_figure(fig, path: PathLike, dpi: int = 120, fmt: Optional[str] = None) -> Path:
+    """Lay ``fig`` out (``tight_layout``), save it to ``path`` at ``dpi`` atomically (a temporary file
+    renamed over ``path``, its folder created) and close it; returns ``Path(path)``. The format is
+    ``fmt``, else the suffix of ``path``, else matplotlib's default with its suffix appended to the
+    name (as ``savefig`` does)."""
+    from .fileio import atomic_path
+
+    plt = _pyplot()
+    fig.tight_layout()
+    target = Path(path)
+    if fmt is None:
+        fmt = target.suffix[1:] or plt.rcParams["savefig.format"]
+        if not target.suffix:
+            target = target.with_name(f"{target.name.rstrip('.')}.{fmt}")
+    try:
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=fmt, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-class StageTimer:
-    """Accumulates wall-clock seconds per named stage: ``with timer("extract"): ...``."""
+class _Stage:
+    """What ``with timer(stage) as st`` yields: set ``st.computed = False`` when the stage found its
+    result in a cache (its stored seconds then stay those of the run that computed it)."""
 
-    def __init__(self) -> None:
-        self.seconds: Dict[str, float] = {}
+    computed = True
+
+
+class StageTimer:
+    """The one stage timer: wall-clock seconds per named stage, ``with timer("extract"): ...``.
+
+    With a ``path`` (a JSON file) the seconds of computed stages persist there, so a resumed run still
+    reports what a stage cost when it ran (a stage found complete in the cache adds nothing to its
+    stored seconds; ``this_run`` holds what this run spent). Each write re-reads the file and replaces
+    only this run's stages, so two runs sharing a cache keep each other's entries."""
+
+    def __init__(self, path: Optional[PathLike] = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.seconds: Dict[str, float] = self._read()
+        self.this_run: Dict[str, float] = {}
+        self._fresh: set = set()
+
+    def _read(self) -> Dict[str, float]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            return {k: float(v) for k, v in json.loads(self.path.read_text()).items()}
+        except (ValueError, AttributeError):
+            return {}
 
     @contextmanager
     def __call__(self, stage: str):
+        handle = _Stage()
         start = time.perf_counter()
         try:
-            yield
-        finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            yield handle
+        except BaseException:
+            raise
+        else:
+            self.add(stage, time.perf_counter() - start, handle.computed)
+
+    def add(self, stage: str, seconds: float, computed: bool = True) -> None:
+        self.this_run[stage] = self.this_run.get(stage, 0.0) + seconds
+        if not computed:
+            return
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds if stage in self._fresh else seconds
+        self._fresh.add(stage)
+        if self.path is None:
+            return
+        on_disk = self._read()
+        on_disk.update({k: self.seconds[k] for k in self._fresh})
+        self.seconds = {**on_disk, **self.seconds}
+        atomic_write_text(self.path, json.dumps(on_disk, indent=1, sort_keys=True))
+
+    def __getitem__(self, stage: str) -> float:
+        return self.seconds.get(stage, 0.0)
+
+    def total(self, *stages: str) -> float:
+        return float(sum(self.seconds.get(s, 0.0) for s in stages))
 
 
 def _fmt(value) -> str:

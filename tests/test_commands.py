@@ -339,8 +339,9 @@ def test_shipped_experiments_load_by_name():
     from retrieval.steps.experiment import load_experiment, shipped_experiments
 
     assert "global-descriptor" in shipped_experiments()
-    # the retrieval-chain experiments (the multi-view protocol has no [dataset] or search section)
-    for name in [n for n in shipped_experiments() if load_experiment(n).kind == "retrieval"]:
+    for name in shipped_experiments():
+        if load_experiment(name).kind != "retrieval":   # other protocols (the ladder ...) have their own sections
+            continue
         exp = load_experiment(name, ["search.k=10"], dataset="oxford", data="/data/ox")
         assert exp.conf.dataset.kind == "oxford" and exp.conf.dataset.path == "/data/ox"
         assert exp.conf.search.k == 10

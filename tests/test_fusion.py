@@ -140,3 +140,40 @@ def test_from_ranking():
     assert sl.predictions() == {k: [str(x) for x in v] for k, v in ranking.to_predictions().items()}
     sl.set_local_scores("zero", np.zeros((3, 10)))
     assert rerank(sl, 0.0, "zero") == sl.predictions()  # all-equal local scores: global order
+
+
+# ---- the one fusion API: absolute scales, the gate, the base ranking first ---------------------------
+
+def test_weak_evidence_is_not_stretched_to_full_weight():
+    """A strong global match sharing no local feature with the query, behind it images with 2-3
+    inliers (noise): min-max stretches 3 inliers to full weight and overturns the global order,
+    saturating at T = 20 gives them 3/20 and keeps it."""
+    from retrieval.rerank.fusion import FusionConfig, fused_order
+
+    g = np.array([[0.95, 0.60, 0.58, 0.55]])
+    inliers = np.array([[0.0, 3.0, 2.0, 0.0]])
+    stretched = fused_order(g, inliers, FusionConfig("linear", v=0.5, norm="minmax"))
+    absolute = fused_order(g, inliers, FusionConfig("linear", v=0.5, norm="saturate", T=20.0))
+    assert stretched[0, 0] == 1 and absolute[0, 0] == 0
+    # real evidence (60 inliers) still wins under saturation
+    strong = fused_order(g, np.array([[0.0, 60.0, 2.0, 0.0]]), FusionConfig("linear", v=0.5, norm="saturate", T=20.0))
+    assert strong[0, 0] == 1
+
+
+def test_gate_none_and_delg_orders():
+    from retrieval.config import ConfigError
+    from retrieval.rerank.fusion import NO_RERANKING, FusionConfig, fusion_candidates, fused_order
+
+    g = np.array([[0.9, 0.8, 0.7], [0.9, 0.8, 0.7]])
+    local = np.array([[0.0, 1.0, 4.0], [0.0, 30.0, 40.0]])
+    assert fused_order(g, local, NO_RERANKING).tolist() == [[0, 1, 2], [0, 1, 2]]
+    gated = fused_order(g, local, FusionConfig("linear", v=0.0, norm="saturate", T=10.0, gate=10.0))
+    assert gated.tolist() == [[0, 1, 2], [1, 2, 0]]      # only the query with real evidence is re-ranked
+    assert fused_order(g, local, FusionConfig("delg", threshold=5.0)).tolist() == [[0, 1, 2], [2, 1, 0]]
+    cands = fusion_candidates("count", vs=(0.0, 0.5), saturations=(10,), delg_thresholds=(8,))
+    assert cands[0] == NO_RERANKING and [c.label for c in cands[1:]] == [
+        "linear saturate T=10 v=0", "linear saturate T=10 v=0.5", "delg >= 8"]
+    with pytest.raises(ConfigError):
+        FusionConfig("linear", norm="saturate")           # no T
+    with pytest.raises(ConfigError):
+        FusionConfig("delg")                              # no threshold

@@ -27,22 +27,14 @@ import scipy.sparse as sp
 
 from ..codebook import descriptor_arrays
 from ..local import LocalFeatures
+from retrieval.vectors import l2_normalize_rows
+
 from ..npzio import load_model, save_model
 
 PathLike = Union[str, os.PathLike]
 FeatureInput = Union[LocalFeatures, np.ndarray]
 
 __all__ = ["LocalEncoder", "l2_normalize_rows", "signed_power", "Batch", "batches_by_descriptors"]
-
-
-def l2_normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows divided by their L2 norm, in place when ``x`` is float32; all-zero rows stay zero."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    nz = norms > eps
-    x[nz] /= norms[nz, None]
-    x[~nz] = 0.0
-    return x
 
 
 def signed_power(x: np.ndarray, alpha: float) -> np.ndarray:

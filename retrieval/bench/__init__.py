@@ -1,10 +1,9 @@
-"""End-to-end benchmarks as reusable functions (the scripts under ``benchmarks/`` and the
-``retrieval bench`` command call them).
+"""End-to-end benchmarks as protocols (experiment kinds in :mod:`retrieval.protocols`; the scripts under
+``benchmarks/`` are thin entry points, :mod:`retrieval.bench.entry`) and the ``retrieval bench``
+command group.
 
-* :mod:`retrieval.bench.e1_e7`: the experiment ladder E1-E7 (global EfficientNet descriptors, fine-tuned
-  and Siamese-trained, then SIFT / VLAD / patch re-ranking fused with weight v) on GLDv2-format data,
-  plus the Oxford subset.
-* :mod:`retrieval.bench.plots`: its figures.
+* The E1-E8 ladder is :mod:`retrieval.ladder` (kind ``ladder``).
+* :mod:`retrieval.bench.descriptors`: the landmark descriptor study (kind ``oxford-descriptors``).
 * :mod:`retrieval.bench.multiview`: the multi-view protocol (experiment kind ``multiview``), with
   :mod:`~retrieval.bench.mv_models` (teacher, students, the distillation chosen on held-out seen
   objects), :mod:`~retrieval.bench.mv_eval` (view-set scores, summary, figures) and

@@ -88,7 +88,7 @@ def distillation_summary(rows: List[dict], splits: Sequence[str], test_views: Se
 def plot_sweep(rows: List[dict], path: Path, title: str, skip: Sequence[str] = ()) -> Path:
     """mAP@100 against test_views, one panel per split, one line per model (all database views);
     ``skip``: models left out (e.g. a candidate whose rows the delivered student repeats)."""
-    from retrieval.bench.plots import save_figure, subplots
+    from retrieval.report import save_figure, subplots
 
     rows = [r for r in rows if r["db_views"] == "all" and r["model"] not in set(skip)]
     splits = list(dict.fromkeys(r["split"] for r in rows))

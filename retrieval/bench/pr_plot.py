@@ -12,7 +12,7 @@ __all__ = ["plot_pr_curves"]
 def plot_pr_curves(curves: Mapping[str, Mapping[str, list]], path: Union[str, os.PathLike],
                    title: str = "precision-recall") -> Path:
     """``curves[label] = {"recall": [...], "precision": [...]}`` -> one PNG (Agg, atomic)."""
-    from retrieval.bench.plots import save_figure, subplots
+    from retrieval.report import save_figure, subplots
 
     if not curves:
         raise ValueError("no precision-recall curves to plot")

@@ -286,7 +286,7 @@ def near_duplicates(feature_file: PathLike, threshold: float, examples: int) -> 
 
 
 def plot_profile(profile: dict, counts: np.ndarray, sizes: np.ndarray, path: Path) -> Path:
-    from retrieval.bench.plots import save_figure, subplots
+    from retrieval.report import save_figure, subplots
 
     fig, axes = subplots(1, 4, figsize=(20, 4))
     ax = axes[0]

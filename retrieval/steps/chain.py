@@ -188,7 +188,7 @@ def _main_metric(row: Dict[str, Any], protocol: str) -> str:
 
 
 def _figure(rows, metric: str, path: Path, title: str) -> None:
-    from ..bench.plots import save_figure, subplots
+    from ..report import save_figure, subplots
 
     fig, ax = subplots(figsize=(max(4.0, 1.6 * len(rows)), 3.2))
     values = [row.get(metric) or 0.0 for row in rows]

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 
 from retrieval.features.efficientnet import EfficientNetGlobal, normalisation
+# the trained-model format is read at the features level, so extractors need not import training
+from retrieval.features.trained import MODEL_FILE, MODEL_KIND, load_trained_efficientnet, read_trained_config
 
 from .augment import AugmentConfig, augment_batch, uint8_to_float
 from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint
@@ -27,8 +29,6 @@ __all__ = ["PixelNormalize", "build_embedding_model", "prepare_embedding_model",
            "embed_augmented", "save_trained_model", "load_trained_efficientnet", "read_trained_config",
            "embed_uint8", "MODEL_KIND", "MODEL_FILE"]
 
-MODEL_KIND = "embedding-model"
-MODEL_FILE = "model.pt"
 
 
 class PixelNormalize(nn.Module):
@@ -233,30 +233,3 @@ def embed_uint8(model: nn.Module, images: Union[torch.Tensor, Sequence], image_s
             x = eval_transform(x, image_size, mode)
         out.append(model(normalize(x)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, getattr(model, "out_dim", 0)), np.float32)
-
-
-def read_trained_config(path: PathLike) -> dict:
-    """The configuration stored with a trained model (reads the JSON sidecar only)."""
-    from .checkpoint import read_checkpoint_config
-
-    return read_checkpoint_config(path)
-
-
-def load_trained_efficientnet(path: PathLike, device: Union[str, torch.device] = "cpu") -> EfficientNetGlobal:
-    """The trained EfficientNetGlobal in ``path`` (a ``model.pt`` written by training, or the training
-    folder holding one), in eval mode on ``device``. Its input size is
-    ``read_trained_config(path)["image_size"]``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    ckpt = load_checkpoint(path, kind=MODEL_KIND)
-    cfg = ckpt["config"]
-    if cfg.get("architecture") != "EfficientNetGlobal":
-        raise CheckpointError(path, f"holds a {cfg.get('architecture')!r}, not an EfficientNetGlobal")
-    try:
-        model = EfficientNetGlobal(cfg["backbone"], weights="random", pooling=cfg["pooling"],
-                                   gem_p=float(cfg["gem_p"]), learn_p=bool(cfg["learn_p"]))
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(path, f"model configuration unusable ({exc})") from None
-    load_state_dict_checked(model, ckpt["state"]["model"], path, what="embedding model")
-    return model.to(device).eval()

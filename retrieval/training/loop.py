@@ -40,6 +40,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from retrieval.features.trained import resolve_device
+
 from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_state_dict_checked, save_checkpoint
 from .data import BatchPrefetcher
 
@@ -125,18 +127,6 @@ class TrainResult:
     loss_curve: Optional[Path] = None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for but CUDA is not available in this torch build")
-    return device
-
-
 @contextlib.contextmanager
 def seeded_init(seed: int):
     """Random initialisation that belongs to a run: torch's CPU generator seeded with ``seed`` inside
@@ -188,7 +178,7 @@ def _make_optimizer(cfg: LoopConfig, param_groups: Sequence[dict]) -> torch.opti
 def plot_losses(losses: Sequence[float], steps_per_epoch: Sequence[int], path: PathLike,
                 title: str = "training loss") -> Path:
     """Per-step loss (light), its moving average (dark) and epoch boundaries, as a PNG (Agg)."""
-    from ..bench.plots import save_figure, subplots
+    from ..report import save_figure, subplots
 
     y = np.asarray(losses, dtype=np.float64)
     fig, ax = subplots(figsize=(7, 4))
