@@ -75,6 +75,10 @@ def resolve_config(config: Union[str, dict, None] = "lite0-gem-512", **overrides
     else:
         cfg = dict(_CONFIG_DEFAULTS, **config)
         cfg.setdefault("name", "custom")
+    known = set(_CONFIG_DEFAULTS) | {"name"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown EfficientNet configuration keys {unknown}; known: {sorted(known)}")
     for key, value in overrides.items():
         if value is not None:
             cfg[key] = value

@@ -72,14 +72,12 @@ def extractor_for(conf: ExtractConfig):
         except ValueError as exc:
             raise ConfigError(f"local features: {exc}") from None
         return partial(SiftExtractor, conf.extractor, **conf.options)
-    from retrieval.features.efficientnet import _CONFIG_DEFAULTS, EXTRACTOR_CONFIGS, EfficientNetExtractor
+    from retrieval.features.efficientnet import EfficientNetExtractor, resolve_config
 
-    if conf.extractor not in EXTRACTOR_CONFIGS:
-        raise ConfigError(f"unknown EfficientNet configuration {conf.extractor!r}; named ones: "
-                          f"{', '.join(EXTRACTOR_CONFIGS)}")
-    unknown = sorted(set(conf.options) - set(_CONFIG_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown EfficientNet configuration keys {unknown}; known: {sorted(_CONFIG_DEFAULTS)}")
+    try:
+        resolve_config(conf.extractor, **conf.options)
+    except ValueError as exc:
+        raise ConfigError(f"global features: {exc}") from None
     # a worker given a GPU runs the network there (torch, channels-last) unless told otherwise
     device = "cuda" if conf.num_gpus and conf.device == "cpu" else conf.device
     return partial(EfficientNetExtractor, conf.extractor, threads=conf.threads, device=device, **conf.options)
