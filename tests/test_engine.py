@@ -127,3 +127,41 @@ def test_address_resolution(monkeypatch):
     assert eng.resolve_address("ray://head:10001") == "ray://head:10001"
     monkeypatch.setattr(eng, "_running_cluster", lambda: "127.0.0.1:6379")
     assert eng.resolve_address(None) == "auto"  # a `ray start` cluster comes before $RAY_ADDRESS
+
+
+def test_ladder_engine_ray_gives_the_local_features_and_scores(ray_cluster, oxford_images, tmp_path):
+    """The E1-E8 ladder's --engine ray: sharded SIFT on Ray merged into the file the local path writes,
+    and local scoring as Ray tasks, give the local path's entries and scores."""
+    from retrieval.features.store import LocalFeatureStore
+    from retrieval.ladder.cli import add_arguments, config_from_args
+    from retrieval.ladder.stages import RunCache, extract_local
+    from retrieval.rerank.ratio import RatioTestScorer
+    from retrieval.rerank.shortlist import Shortlist
+    from retrieval.index import Ranking
+
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    conf = config_from_args(ap.parse_args(["--engine", "ray", "--ray-address", "local", "--quick"]))
+    assert (conf.engine, conf.ray_address) == ("ray", "local")
+
+    ids, paths = oxford_images
+    sift = SiftExtractor("rootsift-1k")
+    stores, scores = {}, {}
+    for engine in ("local", "ray"):
+        cache = RunCache(tmp_path / engine, n_jobs=2, progress=False, engine=engine)
+        path = extract_local(sift, (ids, paths, None), tmp_path / engine / "sift.h5", cache, "sift", "sift")
+        with LocalFeatureStore(path, mode="r") as store:
+            stores[engine] = {i: store.get(i) for i in ids}
+        ranking = Ranking(ids=np.array([ids[1:4], ids[2:5]]), scores=np.array([[0.9, 0.8, 0.7]] * 2, np.float32),
+                          indices=np.array([[1, 2, 3], [2, 3, 4]]), query_ids=list(ids[:2]))
+        shortlist = Shortlist.from_ranking(ranking, k=3)
+        from retrieval.ladder.stages import score_local
+
+        score_local(shortlist, tmp_path / engine / "sl", RatioTestScorer(), "ratio", stores[engine], cache, "score")
+        scores[engine] = shortlist.local_scores("ratio")
+    for i in ids:
+        assert np.array_equal(stores["local"][i].descriptors, stores["ray"][i].descriptors)
+        assert np.array_equal(stores["local"][i].keypoints, stores["ray"][i].keypoints)
+    assert np.array_equal(scores["local"], scores["ray"])

@@ -48,7 +48,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--quick", action="store_true", help="small subset, a few training steps (CI)")
     ap.add_argument("--device", default=None, help="training / EfficientNet device: auto, cpu, cuda, cuda:1 ...")
     ap.add_argument("--backend", default=None, help="EfficientNet inference path (auto = onnxruntime on a CPU)")
-    ap.add_argument("--n-jobs", type=int, default=None, help="decoding / extraction threads")
+    ap.add_argument("--n-jobs", type=int, default=None, help="decoding / extraction threads (Ray: workers)")
+    ap.add_argument("--engine", choices=("local", "ray"), default=None,
+                    help="local (default) or ray: sharded extraction and local scoring on Ray")
+    ap.add_argument("--ray-address", default=None,
+                    help="Ray cluster address (default: auto when a cluster runs, then RAY_ADDRESS, then a "
+                         "local instance)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a field of the experiment (dotted, repeatable)")
     ap.add_argument("--skip-oxford", action="store_true",
@@ -62,7 +67,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def config_from_args(args) -> LadderConfig:
     conf = read_experiment(args.experiment)
     plain = {"quick": args.quick, "progress": not args.no_progress}
-    for key in ("device", "backend", "n_jobs"):
+    for key in ("device", "backend", "n_jobs", "engine", "ray_address"):
         if getattr(args, key) is not None:
             plain[key] = getattr(args, key)
     if args.recompute or args.recompute_stage:

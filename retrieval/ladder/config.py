@@ -111,6 +111,10 @@ class LadderConfig(Config):
     device: str = "auto"
     backend: str = "auto"
     n_jobs: int = 2
+    # "ray": extraction (global, patches, SIFT) runs as sharded Ray work and local scoring as Ray tasks
+    # (retrieval.engine); "local" is the in-process path. The features and scores do not depend on it.
+    engine: str = "local"
+    ray_address: Optional[str] = None
     shortlist: int = 100
     # a re-ranking candidate must beat the base ranking by more than this (mean AP, 0.005 = 0.5 points)
     # on the choosing queries to be used (.choice): smaller gains are noise that may not hold elsewhere
@@ -125,6 +129,8 @@ class LadderConfig(Config):
     recompute: Tuple[str, ...] = ()
 
     def check(self) -> None:
+        if self.engine not in ("local", "ray"):
+            raise ConfigError(f"engine must be 'local' or 'ray', got {self.engine!r}")
         bad = [r for r in self.rerankers if r not in RERANKERS]
         if bad:
             raise ConfigError(f"unknown re-ranker(s) {bad}; known: {RERANKERS}")

@@ -33,7 +33,8 @@ def main(conf: LadderConfig, out_dir, cache_dir=None) -> Path:
     conf = LadderConfig.from_dict(conf) if isinstance(conf, dict) else conf
     cache_root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
     cache = RunCache(cache_root / ("quick" if conf.quick else "full"), recompute=conf.recompute, n_jobs=conf.n_jobs,
-                     progress=conf.progress, device=conf.device, backend=conf.backend)
+                     progress=conf.progress, device=conf.device, backend=conf.backend,
+                     engine=conf.engine, ray_address=conf.ray_address)
     start = time.perf_counter()
     halves = []
     if conf.object.enabled:

@@ -22,7 +22,7 @@ import numpy as np
 
 from .choice import fusion_rankings
 from .config import LadderConfig
-from .stages import RunCache, extract_local, preload, remove, score_local, shortlisted_images
+from .stages import RunCache, extract_local, preload, remove, score_local, sharded_into, shortlisted_images
 
 __all__ = ["Half", "RERANK_NOTES", "rung_e5", "rung_e6", "rung_e7", "rung_sv", "rung_e8"]
 
@@ -129,8 +129,11 @@ def _vlad_encoder(half: Half, conf: LadderConfig, cache: RunCache, sift):
             store_path = half.sift_path
         else:
             store_path = vlad_dir / "sift_train.h5"
-            extract_local_features(ids, paths, sift, store_path, n_jobs=cache.n_jobs, progress=cache.progress,
-                                   desc="RootSIFT (codebook images)")
+            if cache.engine == "ray":
+                sharded_into("local", sift, ids, paths, None, store_path, cache, "RootSIFT (codebook images)")
+            else:
+                extract_local_features(ids, paths, sift, store_path, n_jobs=cache.n_jobs, progress=cache.progress,
+                                       desc="RootSIFT (codebook images)")
         with LocalFeatureStore(store_path, mode="r") as store:
             feats = [store.get(i) for i in ids]
         encoder = VladEncoder(k=half.vlad_words, trained_on=what).fit(feats)

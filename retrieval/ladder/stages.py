@@ -33,11 +33,13 @@ class RunCache:
     (``timings.json``), the stages to recompute, and the run-wide extraction options."""
 
     def __init__(self, root: Path, recompute: Sequence[str] = (), n_jobs: int = 2, progress: bool = True,
-                 device: str = "auto", backend: str = "auto"):
+                 device: str = "auto", backend: str = "auto", engine: str = "local",
+                 ray_address: Optional[str] = None):
         self.root = Path(root)
         self.timer = StageTimer(self.root / "timings.json")
         self.recompute = tuple(recompute)
         self.n_jobs, self.progress, self.device, self.backend = n_jobs, progress, device, backend
+        self.engine, self.ray_address = engine, ray_address
 
     def stage(self, name: str):
         return self.timer(name)
@@ -63,6 +65,37 @@ def fresh_file(compute, path: Path):
         return compute()
 
 
+def sharded_into(kind: str, extractor, ids, paths, boxes, path: Path, cache: RunCache, desc: str):
+    """Extract ``kind`` ("global", "patches" or "local") of the images into the single file ``path``
+    through the sharded store ``path.shards`` on ``cache.engine`` (Ray tasks / actors): a rerun computes
+    only missing shards, and the merged file is the one the local path writes (same format, same values).
+    Returns a result with ``computed`` (images extracted now)."""
+    from functools import partial
+    from types import SimpleNamespace
+
+    from retrieval.features.shards import ShardedStore
+    from retrieval.features.sharded_extract import (extract_global_sharded, extract_local_sharded,
+                                                    extract_patches_sharded)
+
+    root = path.with_name(path.name + ".shards")
+    common = dict(engine=cache.engine, n_jobs=cache.n_jobs, boxes=boxes, ray_address=cache.ray_address,
+                  progress=cache.progress, desc=desc)
+    if kind == "local":
+        run = extract_local_sharded(extractor, ids, paths, root, **common)
+    else:
+        from retrieval.features.efficientnet import EfficientNetExtractor
+
+        # a picklable factory: each Ray worker builds the network once from the same configuration
+        make = partial(EfficientNetExtractor, extractor.config, backend=cache.backend, device=cache.device)
+        run = (extract_global_sharded if kind == "global" else extract_patches_sharded)(make, ids, paths, root,
+                                                                                        **common)
+    computed = int(getattr(run, "computed", 0) or 0)
+    if computed or not path.is_file():
+        remove(path)
+        ShardedStore(root).merge(path, [str(i) for i in ids])
+    return SimpleNamespace(computed=computed)
+
+
 def _ordered(ids: List[str], vectors: np.ndarray, wanted: Sequence[str], path: Path) -> np.ndarray:
     pos = {i: n for n, i in enumerate(ids)}
     missing = [w for w in wanted if w not in pos]
@@ -85,8 +118,11 @@ def global_features(extractor, dataset, folder: Path, name: str, cache: RunCache
                                      ("queries", dataset.query_ids, dataset.query_paths, dataset.query_boxes)):
         path = folder / f"{name}_{split}.h5"
         with cache.stage(stage) as st:
-            res = fresh_file(lambda: extract_global(extractor, ids, paths, path, n_jobs=cache.n_jobs, boxes=boxes,
-                                                    progress=cache.progress, desc=f"{name} {split}"), path)
+            if cache.engine == "ray":
+                res = sharded_into("global", extractor, ids, paths, boxes, path, cache, f"{name} {split}")
+            else:
+                res = fresh_file(lambda: extract_global(extractor, ids, paths, path, n_jobs=cache.n_jobs, boxes=boxes,
+                                                        progress=cache.progress, desc=f"{name} {split}"), path)
             st.computed = res.computed > 0
         got_ids, vectors, _ = load_global(path, expect_config=extractor.config)
         out.append(_ordered(got_ids, vectors, [str(i) for i in ids], path))
@@ -141,7 +177,9 @@ def extract_local(extractor, images: Tuple[List[str], List, Optional[List]], pat
     ids, paths, boxes = images
     fn = extract_patches if patches else extract_local_features
     with cache.stage(stage) as st:
-        if patches:
+        if cache.engine == "ray":
+            res = sharded_into("patches" if patches else "local", extractor, ids, paths, boxes, path, cache, desc)
+        elif patches:
             res = fresh_file(lambda: fn(extractor, ids, paths, path, n_jobs=cache.n_jobs, boxes=boxes,
                                         progress=cache.progress, desc=desc), path)
         else:
@@ -168,4 +206,5 @@ def score_local(shortlist, path: Path, scorer, name: str, features, cache: RunCa
     saved into the shortlist cache as they come (resumable)."""
     with cache.stage(stage) as st:
         st.computed = bool(shortlist.pending(name))
-        shortlist.score_with(scorer, features, features, name=name, path=path, progress=cache.progress)
+        shortlist.score_with(scorer, features, features, name=name, path=path, progress=cache.progress,
+                             engine=cache.engine, n_jobs=cache.n_jobs, ray_address=cache.ray_address)
