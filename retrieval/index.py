@@ -58,30 +58,27 @@ import json
 import math
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .config import ConfigError
-from .fileio import (FileFormatError, atomic_write_text, check_header, digest, pop_header, read_json,
-                     read_npz, save_npz)
+from .exact_search import exact_block_shape, exact_search
+from .fileio import check_header, digest, pop_header, read_npz, save_npz
 from .index_options import DEFAULT_MEMORY_MB, resolve_options, search_options as _search_options
+from .ranking import FORMAT_VERSION, IndexFileError, Ranking
 
-__all__ = ["Index", "Ranking", "IndexFileError", "BACKENDS", "normalize_rows"]
+# Ranking, IndexFileError, exact_search, exact_block_shape and DEFAULT_MEMORY_MB live in their own
+# modules (retrieval.ranking, retrieval.exact_search, retrieval.index_options) and are importable here
+__all__ = ["Index", "Ranking", "IndexFileError", "BACKENDS", "normalize_rows", "exact_search", "exact_block_shape",
+           "DEFAULT_MEMORY_MB"]
 
 PathLike = Union[str, os.PathLike]
 INDEX_FORMAT = "hybrid-retrieval/index"
-RANKING_FORMAT = "hybrid-retrieval/ranking"
-FORMAT_VERSION = 1
 METRIC = "inner_product"
 BACKENDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
 UNIT_NORM_TOLERANCE = 1e-3
-
-
-class IndexFileError(FileFormatError):
-    """An index or ranking file is missing, truncated, altered, or of another format/version."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,208 +144,6 @@ def _id_array(ids: Sequence[Hashable], what: str = "ids") -> np.ndarray:
         return arr.astype(str)
     raise ValueError(f"{what} must be all strings or all integers, got dtype {arr.dtype} "
                      f"(first id {arr.flat[0]!r})")
-
-
-# ---------------------------------------------------------------------------------------------
-# Ranking
-# ---------------------------------------------------------------------------------------------
-
-_RANKING_KEYS = frozenset({"format", "version", "num_queries", "k", "id_type", "query_ids", "ids", "scores",
-                           "indices", "sha256"})
-
-
-def _ranking_digest(payload: dict) -> str:
-    """SHA-256 of a ranking file's content (every key but ``sha256``, as sorted-keys JSON)."""
-    import hashlib
-
-    body = {key: value for key, value in payload.items() if key != "sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-@dataclass
-class Ranking:
-    """Search results for ``Q`` queries, best first.
-
-    ``ids``: (Q, k) database ids; ``scores``: (Q, k) float32 inner products (cosine similarity);
-    ``indices``: (Q, k) int64 database row positions. Approximate faiss backends may find fewer
-    than ``k`` results for a query: the missing entries have ``indices == -1``, ``scores == -inf``
-    and an empty id (``""`` or ``-1``); :meth:`to_predictions` drops them. ``query_ids`` is
-    optional and names the rows."""
-
-    ids: np.ndarray
-    scores: np.ndarray
-    indices: np.ndarray
-    query_ids: Optional[List[Hashable]] = None
-
-    def __post_init__(self) -> None:
-        self.ids = np.asarray(self.ids)
-        self.scores = np.asarray(self.scores, dtype=np.float32)
-        self.indices = np.asarray(self.indices, dtype=np.int64)
-        if not (self.ids.shape == self.scores.shape == self.indices.shape) or self.ids.ndim != 2:
-            raise ValueError(f"Ranking arrays must all be (Q, k); got ids {self.ids.shape}, scores "
-                             f"{self.scores.shape}, indices {self.indices.shape}")
-        if self.query_ids is not None:
-            self.query_ids = list(self.query_ids)
-            if len(self.query_ids) != self.ids.shape[0]:
-                raise ValueError(f"{len(self.query_ids)} query ids for {self.ids.shape[0]} ranked queries")
-
-    def __len__(self) -> int:
-        return self.ids.shape[0]
-
-    @property
-    def k(self) -> int:
-        return self.ids.shape[1]
-
-    def to_predictions(self, query_ids: Optional[Sequence[Hashable]] = None) -> Dict[Hashable, List[Hashable]]:
-        """``{query_id: [db ids best first]}`` as :mod:`retrieval.metrics` takes it. ``query_ids``
-        names the rows (defaults to the ranking's own ``query_ids``, else 0..Q-1)."""
-        if query_ids is None:
-            query_ids = self.query_ids if self.query_ids is not None else list(range(len(self)))
-        query_ids = list(query_ids)
-        if len(query_ids) != len(self):
-            raise ValueError(f"{len(query_ids)} query ids given for a ranking of {len(self)} queries")
-        if len(set(query_ids)) != len(query_ids):
-            raise ValueError("query ids must be unique")
-        ids = self.ids.tolist()
-        if (self.indices < 0).any():
-            valid = (self.indices >= 0).tolist()
-            return {q: [i for i, ok in zip(row, mask) if ok] for q, row, mask in zip(query_ids, ids, valid)}
-        return dict(zip(query_ids, ids))
-
-    def save(self, path: PathLike) -> Path:
-        """Write the ranking as JSON (atomically): format, version, query ids, and per query the
-        database ids, scores and row positions, with a SHA-256 of it all (``sha256``) that
-        :meth:`load` checks."""
-        path = Path(path)
-        payload = {
-            "format": RANKING_FORMAT, "version": FORMAT_VERSION,
-            "num_queries": len(self), "k": self.k,
-            "id_type": "int" if np.issubdtype(self.ids.dtype, np.integer) else "str",
-            "query_ids": self.query_ids,
-            "ids": self.ids.tolist(),
-            "scores": [[float(s) if math.isfinite(s) else None for s in row] for row in self.scores.tolist()],
-            "indices": self.indices.tolist(),
-        }
-        payload["sha256"] = _ranking_digest(payload)
-        atomic_write_text(path, json.dumps(payload))
-        return path
-
-    @classmethod
-    def load(cls, path: PathLike) -> "Ranking":
-        """Read a ranking written by :meth:`save`; refuses other formats and versions."""
-        payload = read_json(path, "ranking", error=IndexFileError)
-        check_header(path, payload, RANKING_FORMAT, FORMAT_VERSION, error=IndexFileError)
-        missing = [key for key in ("num_queries", "k", "ids", "scores", "indices") if key not in payload]
-        if missing:
-            raise IndexFileError(path, f"ranking file lacks the key(s) {missing}; write it with "
-                                       "'retrieval index search' (Ranking.save)")
-        unknown = sorted(set(payload) - _RANKING_KEYS)
-        if unknown:
-            raise IndexFileError(path, f"ranking file has unknown key(s) {unknown}: altered or damaged")
-        # files written before the checksum have none; any file that has one must match it
-        if "sha256" in payload and payload.pop("sha256") != _ranking_digest(payload):
-            raise IndexFileError(path, "checksum mismatch: the ranking file was altered or damaged; "
-                                       "search again to rewrite it")
-        try:
-            q, k = int(payload["num_queries"]), int(payload["k"])
-            dtype = np.int64 if payload.get("id_type") == "int" else str
-            ids = np.asarray(payload["ids"], dtype=dtype).reshape(q, k)
-            scores = np.asarray([[-np.inf if s is None else s for s in row] for row in payload["scores"]],
-                                dtype=np.float32).reshape(q, k)
-            indices = np.asarray(payload["indices"], dtype=np.int64).reshape(q, k)
-            return cls(ids=ids, scores=scores, indices=indices, query_ids=payload.get("query_ids"))
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise IndexFileError(path, f"ranking arrays do not match num_queries={payload['num_queries']!r}, "
-                                       f"k={payload['k']!r} or are not numbers ({exc})") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# exact search
-# ---------------------------------------------------------------------------------------------
-
-def exact_block_shape(num_queries: int, num_db: int, k: int, memory_mb: float) -> Tuple[int, int]:
-    """(query block, database block) so that one float32 score block ``qb x db`` fits in
-    ``memory_mb``. Whole database rows are preferred (one top-k per query); the database is cut
-    only when fewer than 64 query rows of it would fit, so the GEMM keeps a useful shape."""
-    if not memory_mb > 0:
-        raise ValueError(f"memory_mb must be positive, got {memory_mb!r}")
-    budget = memory_mb * 2 ** 20 / 4  # float32 entries
-    num_queries, num_db = max(num_queries, 1), max(num_db, 1)
-    rows = int(budget // num_db)
-    if rows >= min(64, num_queries):
-        return min(num_queries, max(rows, 1)), num_db
-    qb = min(64, num_queries)
-    return qb, min(num_db, max(int(budget // qb), k, 1))
-
-
-def _order_ties(vals, idx):
-    """Among equal scores put the lower database row first (rows already sorted by score)."""
-    import torch
-    if vals.shape[1] < 2 or not bool((vals[:, 1:] == vals[:, :-1]).any()):
-        return vals, idx
-    idx, perm = torch.sort(idx, dim=1)
-    vals = vals.gather(1, perm)
-    vals, perm = torch.sort(vals, dim=1, descending=True, stable=True)
-    return vals, idx.gather(1, perm)
-
-
-def _block_topk(scores, k: int):
-    """Exact top-``k`` of each row of ``scores`` (a (b, n) tensor), best first, ties by lower
-    column. ``torch.topk`` does not say which of several equal values it keeps at the k-th place,
-    so it is asked for one more: when the (k+1)-th value equals the k-th, that row is redone with
-    a stable full sort (rare: needs an exact tie at the cut)."""
-    import torch
-    n = scores.shape[1]
-    kk = min(k + 1, n)
-    vals, idx = torch.topk(scores, kk, dim=1, largest=True, sorted=True)
-    if kk > k:
-        tied = torch.nonzero(vals[:, k] == vals[:, k - 1]).flatten().tolist()
-        vals, idx = vals[:, :k].clone(), idx[:, :k].clone()
-        for r in tied:
-            v, i = torch.sort(scores[r], descending=True, stable=True)
-            vals[r], idx[r] = v[:k], i[:k]
-    return _order_ties(vals, idx)
-
-
-def exact_search(database: np.ndarray, queries: np.ndarray, k: int,
-                 memory_mb: float = DEFAULT_MEMORY_MB) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int]]:
-    """Top-``k`` rows of ``database`` by inner product for each query: ``(scores (Q,k) float32,
-    rows (Q,k) int64, (query block, database block))``. Blocked so that no score block exceeds
-    ``memory_mb``; per block ``torch.mm`` then ``torch.topk``; database blocks are merged with a
-    stable sort, which keeps equal scores in row order."""
-    import torch
-    nq, n = queries.shape[0], database.shape[0]
-    k = min(k, n)
-    qb, dbb = exact_block_shape(nq, n, k, memory_mb)
-    out_scores = np.empty((nq, k), dtype=np.float32)
-    out_rows = np.empty((nq, k), dtype=np.int64)
-    if nq == 0 or k == 0:
-        return out_scores, out_rows, (qb, dbb)
-    db_t = torch.from_numpy(database)
-    q_t = torch.from_numpy(queries)
-    # one flat buffer reused for every score block (no 100s of MB allocated and faulted per block);
-    # each block is a contiguous view of its front, so torch.mm writes into it directly
-    buffer = torch.empty(qb * dbb, dtype=torch.float32)
-    with torch.inference_mode():
-        for q0 in range(0, nq, qb):
-            q = q_t[q0:q0 + qb]
-            best_vals = best_idx = None
-            for d0 in range(0, n, dbb):
-                block = db_t[d0:d0 + dbb]
-                scores = torch.mm(q, block.T, out=buffer[:q.shape[0] * block.shape[0]].view(q.shape[0], -1))
-                vals, idx = _block_topk(scores, k)
-                idx += d0
-                if best_vals is None:
-                    best_vals, best_idx = vals, idx
-                else:
-                    # earlier blocks hold lower rows, so a stable sort keeps ties in row order
-                    vals = torch.cat([best_vals, vals], dim=1)
-                    idx = torch.cat([best_idx, idx], dim=1)
-                    vals, perm = torch.sort(vals, dim=1, descending=True, stable=True)
-                    best_vals, best_idx = vals[:, :k], idx.gather(1, perm[:, :k])
-            out_scores[q0:q0 + qb] = best_vals.numpy()
-            out_rows[q0:q0 + qb] = best_idx.numpy()
-    return out_scores, out_rows, (qb, dbb)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -399,8 +399,8 @@ elif fault in ("SIGINT", "SIGKILL"):
             time.sleep(5)
             fh.write(text[len(text) // 2:].encode())
         return fileio.atomic_write(path, write)
-    import retrieval.index
-    retrieval.index.atomic_write_text = atomic_write_text
+    import retrieval.ranking
+    retrieval.ranking.atomic_write_text = atomic_write_text
 sys.exit(main(["--quiet"] + argv))
 """
 
