@@ -53,13 +53,9 @@ INPUT_MODES = ("longest", "square")
 
 
 def file_digest(path: PathLike) -> str:
-    import hashlib
+    from retrieval.fileio import file_hash
 
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return file_hash(path).hexdigest()[:16]
 
 
 def resolve_config(config: Union[str, dict, None] = "lite0-gem-512", **overrides) -> dict:

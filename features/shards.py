@@ -34,7 +34,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-from retrieval.fileio import atomic_path, atomic_write_text, check_header, read_json
+from retrieval.fileio import atomic_path, atomic_write_text, check_header, file_hash, read_json
 
 from .store import (FeatureFileError, GlobalFeatureWriter, LocalFeatureStore, config_json, load_global)
 
@@ -81,11 +81,7 @@ def ids_digest(ids: Sequence[str]) -> str:
 
 
 def file_sha256(path: PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_hash(path).hexdigest()
 
 
 def plan_shards(ids: Sequence, paths: Sequence, shard_size: int,

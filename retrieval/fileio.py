@@ -214,6 +214,15 @@ def check_header(path: PathLike, header: Any, kind: str, version: int, kind_key:
 # digests
 # ---------------------------------------------------------------------------------------------
 
+def file_hash(path: PathLike, algorithm: str = "sha256"):
+    """``hashlib`` object of a file's bytes, read in 1 MiB chunks (``.hexdigest()`` / ``.digest()``)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h
+
+
 def digest(arrays: Mapping[str, Any], header: Optional[dict] = None, separator: str = "|") -> str:
     """SHA-256 hex digest of ``header`` (sorted-keys JSON, ``default=str``; nothing when ``None``)
     followed by, for each array in name order, ``name, dtype.str, shape`` (each followed by

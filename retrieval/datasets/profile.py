@@ -20,7 +20,6 @@ as a seeded reservoir sample of ``sample_size`` for the plots.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 from collections import Counter
@@ -31,6 +30,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from retrieval.config import Config, ConfigError
+from retrieval.fileio import file_hash
 
 PathLike = Union[str, os.PathLike]
 #: one image: (split, image id, path, class label or None)
@@ -100,11 +100,7 @@ def dataset_records(dataset) -> Callable[[], Iterator[Record]]:
 
 
 def _file_digest(path: Path) -> bytes:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.digest()
+    return file_hash(path, "sha1").digest()
 
 
 def _looks_gray(im) -> bool:
