@@ -14,6 +14,7 @@ figures, and a cost model of E1-E7 on full GLDv2.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -127,7 +128,9 @@ def run(out_dir: Path, work_dir: Path, data_root: Path, quick: bool = False, wor
     p = QUICK if quick else FULL
     out_dir.mkdir(parents=True, exist_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
-    results: Dict[str, object] = {"quick": quick, "machine_note": "shared 2-core machine, loaded by other jobs"}
+    # the machine's state is measured, not assumed: figures taken under load have not reproduced
+    load = [round(x, 2) for x in os.getloadavg()]
+    results: Dict[str, object] = {"quick": quick, "machine_note": f"{os.cpu_count()} CPUs, load average at start {load}"}
     if "index" not in skip:
         results.update(index_at_scale(work_dir, p["n"], p["dim"], p["shards"], p["queries"], p["nlist"], p["m"]))
     if "gldv2" not in skip:
