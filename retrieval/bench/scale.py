@@ -8,7 +8,7 @@ figures, and a cost model of E1-E7 on full GLDv2.
 2. GLDv2 CSVs at full size (:func:`retrieval.datasets.gldv2_synth.generate_gldv2`, written once into
    the work folder), read by :func:`retrieval.datasets.gldv2_tables.read_gldv2_tables` in a child
    process: seconds and peak memory.
-3. The Ray figures from engineer ``engine``'s ``measure_engine`` (:func:`engine_figures`).
+3. The Ray figures from ``retrieval.engine_bench.measure_engine`` (:func:`engine_figures`).
 4. The cost model (:mod:`retrieval.bench.scale_cost`).
 """
 from __future__ import annotations
@@ -108,7 +108,7 @@ ENGINE_KEYS = ("sift_scaling_2_vs_1", "ray_vs_local", "killed_worker_identical")
 
 
 def engine_figures(data_root: Path, quick: bool, work_dir: Optional[Path] = None) -> Dict[str, object]:
-    """The Ray figures, from engineer ``engine``'s :func:`retrieval.engine_bench.measure_engine` on
+    """The Ray figures, from :func:`retrieval.engine_bench.measure_engine` on
     Oxford images (``quick``: its 16-image mode). Recorded as absent with the reason when Ray is not
     installed or the measurement fails (never invented)."""
     try:
