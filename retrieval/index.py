@@ -55,7 +55,6 @@ other-version files with :class:`IndexFileError`.
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 from pathlib import Path
@@ -65,6 +64,7 @@ import numpy as np
 
 from .config import ConfigError
 from .exact_search import exact_block_shape, exact_search
+from .faiss_backend import build_faiss, faiss_search, import_faiss
 from .fileio import check_header, digest, pop_header, read_npz, save_npz
 from .index_options import DEFAULT_MEMORY_MB, resolve_options, search_options as _search_options
 from .ranking import FORMAT_VERSION, IndexFileError, Ranking
@@ -147,31 +147,6 @@ def _id_array(ids: Sequence[Hashable], what: str = "ids") -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# faiss
-# ---------------------------------------------------------------------------------------------
-
-def _import_faiss():
-    try:
-        import faiss  # noqa: F401
-    except ImportError as exc:
-        raise ImportError("the faiss backends need faiss: pip install hybrid-retrieval[faiss] "
-                          f"(or pip install faiss-cpu); import failed with: {exc}") from None
-    return faiss
-
-
-def _default_nlist(n: int) -> int:
-    # faiss wants >= 39 training points per centroid; 4 sqrt(N) lists is the usual starting point
-    return max(1, min(int(round(4 * math.sqrt(n))), n // 39))
-
-
-def _default_pq_m(dim: int) -> int:
-    # at least 16 dimensions per sub-quantiser: faiss trains tiny sub-spaces slowly (m=64 on 256-D
-    # takes ~20x longer than m=16) for little recall; at most 64 bytes per code
-    divisors = [m for m in range(1, min(dim, 64) + 1) if dim % m == 0 and dim // m >= 16]
-    return max(divisors) if divisors else 1
-
-
-# ---------------------------------------------------------------------------------------------
 # Index
 # ---------------------------------------------------------------------------------------------
 
@@ -226,42 +201,7 @@ class Index:
         return arr
 
     def _build_faiss(self, vectors: np.ndarray):
-        faiss = _import_faiss()
-        d, n, opt = self.dim, vectors.shape[0], self.option_config
-        if self.backend == "faiss-flat":
-            return faiss.IndexFlatIP(d)
-        if self.backend == "faiss-hnsw":
-            index = faiss.IndexHNSWFlat(d, opt.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = opt.ef_construction
-            return index
-        # IVF backends train on the first vectors given
-        if n == 0:
-            raise ValueError(f"backend {self.backend!r} trains on the database vectors; an empty index "
-                             "cannot be built (use 'exact' or 'faiss-flat', or build with vectors)")
-        if opt.nlist is None:
-            opt = opt.override(nlist=_default_nlist(n))
-        nlist = opt.nlist
-        if not 1 <= nlist <= n:
-            raise ValueError(f"nlist={nlist} must be between 1 and the number of vectors ({n})")
-        quantizer = faiss.IndexFlatIP(d)
-        if self.backend == "faiss-ivf":
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        else:
-            if opt.m is None:
-                opt = opt.override(m=_default_pq_m(d))
-            m, nbits = opt.m, opt.nbits
-            if d % m:
-                raise ValueError(f"faiss-ivfpq: m={m} sub-quantisers must divide the dimension {d}")
-            if n < 2 ** nbits:
-                raise ValueError(f"faiss-ivfpq: nbits={nbits} needs at least {2 ** nbits} training vectors, "
-                                 f"got {n}; pass a smaller nbits")
-            index = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
-            index.pq.cp.seed = opt.seed
-        index.cp.seed = opt.seed
-        self.option_config = opt
-        index.train(vectors)
-        # faiss keeps a raw pointer to the quantiser: keep the Python object alive with the index
-        self._quantizer = quantizer
+        index, self._quantizer, self.option_config = build_faiss(self.backend, self.dim, vectors, self.option_config)
         return index
 
     @classmethod
@@ -384,18 +324,7 @@ class Index:
         return self._ranking(scores, rows, query_ids)
 
     def _faiss_search(self, queries: np.ndarray, k: int, options) -> Tuple[np.ndarray, np.ndarray]:
-        faiss = _import_faiss()
-        index, params = self._faiss, None
-        if self.backend in ("faiss-ivf", "faiss-ivfpq"):
-            params = faiss.SearchParametersIVF()
-            params.nprobe = int(min(options.nprobe, index.nlist))
-        elif self.backend == "faiss-hnsw":
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = int(max(options.ef_search, k))
-        scores, rows = index.search(queries, k, params=params)
-        rows = rows.astype(np.int64, copy=False)
-        scores = np.where(rows < 0, -np.inf, scores).astype(np.float32)
-        return scores, rows
+        return faiss_search(self._faiss, self.backend, queries, k, options)
 
     def _ranking(self, scores: np.ndarray, rows: np.ndarray, query_ids) -> Ranking:
         if self._ids.size:
@@ -415,7 +344,7 @@ class Index:
         if self._faiss is None:
             arrays["vectors"] = self._matrix()
         else:
-            faiss = _import_faiss()
+            faiss = import_faiss()
             arrays["faiss_index"] = faiss.serialize_index(self._faiss)
         return arrays
 
@@ -477,7 +406,7 @@ class Index:
             index._vectors = np.ascontiguousarray(contents["vectors"], dtype=np.float32)
             count = index._vectors.shape[0]
         else:
-            faiss = _import_faiss()
+            faiss = import_faiss()
             index._faiss = faiss.deserialize_index(contents["faiss_index"])
             count = index._faiss.ntotal
         if count != header["count"] or len(index._ids) != count:

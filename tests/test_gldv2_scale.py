@@ -115,7 +115,7 @@ def test_link_images_materialises_only_what_is_asked(tmp_path, coil20_dir):
 
 
 def test_read_gldv2_protocol_links_the_thesis_images(tmp_path, coil20_dir):
-    from retrieval.datasets.gldv2_tables import read_gldv2_protocol
+    from retrieval.datasets.gldv2_protocol import read_gldv2_protocol
 
     root = tmp_path / "lazy"
     generate_gldv2(root, [coil20_dir], scale=0.001, images="lazy", progress=False)

@@ -36,6 +36,7 @@ from .base import QueryTruth, RetrievalDataset
 from .files import (DatasetError, apply_on_error, check_images, check_safe_id, missing_files, natural_key,
                     read_text, require_dir)
 from .folders import read_labelled_folder
+from .gldv2_layout import SOLUTION_CSV, USAGES, gldv2_image_path
 from .splits import canonical_order
 
 PathLike = Union[str, os.PathLike]
@@ -43,18 +44,8 @@ PathLike = Union[str, os.PathLike]
 __all__ = ["read_gldv2", "export_gldv2", "gldv2_image_path", "gldv2_id", "labelled_gldv2_split",
            "coil100_gldv2_split", "SOLUTION_CSV", "USAGES"]
 
-SOLUTION_CSV = "retrieval_solution_v2.1.csv"
-USAGES = ("Public", "Private", "Ignored")
 LINK_MODES = ("symlink", "hardlink", "copy")
 MANIFEST = "export_manifest.json"
-
-
-def gldv2_image_path(split_dir: PathLike, image_id: str, ext: str = ".jpg") -> Path:
-    """``split_dir/a/b/c/abc....jpg`` for id ``abc...``."""
-    image_id = check_safe_id(str(image_id), f"GLDv2 image folder {split_dir}")
-    if len(image_id) < 3:
-        raise DatasetError(f"GLDv2 id {image_id!r} is shorter than 3 characters")
-    return Path(split_dir) / image_id[0] / image_id[1] / image_id[2] / f"{image_id}{ext}"
 
 
 def gldv2_id(source: PathLike, root: Optional[PathLike] = None) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..fileio import atomic_path, atomic_write_text
 from .files import DatasetError, list_images
-from .gldv2 import SOLUTION_CSV, gldv2_image_path
+from .gldv2_layout import SOLUTION_CSV, gldv2_image_path
 
 PathLike = Union[str, os.PathLike]
 

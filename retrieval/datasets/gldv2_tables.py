@@ -24,11 +24,11 @@ import numpy as np
 
 from .base import QueryTruth, RetrievalDataset
 from .files import DatasetError, require_dir
-from .gldv2 import SOLUTION_CSV, USAGES, gldv2_image_path
+from .gldv2_layout import SOLUTION_CSV, USAGES, gldv2_image_path
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["GLDv2Tables", "GLDv2Paths", "read_gldv2_protocol", "read_gldv2_tables", "read_clean_train", "thesis_protocol", "TRAIN_FILES"]
+__all__ = ["GLDv2Tables", "GLDv2Paths", "read_gldv2_tables", "read_clean_train", "thesis_protocol", "TRAIN_FILES"]
 
 TRAIN_FILES = ("train.csv", "train_clean.csv")
 
@@ -226,21 +226,3 @@ def thesis_protocol(root: PathLike, n_queries: int = 1000, n_index: int = 100_00
         train_labels=tables.clean_labels.astype(str).tolist(),
         metadata={"format": "gldv2", "protocol": "thesis", "n_queries": n_queries, "n_index": len(index_rows),
                   "seed": seed, "exclude": exclude})
-
-
-def read_gldv2_protocol(root: PathLike, protocol: str = "kaggle", **thesis_options) -> RetrievalDataset:
-    """The dataset an experiment runs on: ``"kaggle"`` = :func:`retrieval.datasets.read_gldv2` (index /
-    test split), ``"thesis"`` = :func:`thesis_protocol`. In a folder written by
-    :func:`retrieval.datasets.gldv2_synth.generate_gldv2` the protocol's images are linked first (only
-    those: the full folder has 5 million ids)."""
-    from .gldv2 import read_gldv2
-    from .gldv2_synth import POOL_FILE, link_images
-
-    if protocol == "kaggle":
-        return read_gldv2(root)
-    if protocol != "thesis":
-        raise ValueError(f"protocol must be 'kaggle' or 'thesis', not {protocol!r}")
-    dataset = thesis_protocol(root, **thesis_options)
-    if (Path(root) / POOL_FILE).is_file():
-        link_images(root, "train", list(dataset.query_ids) + list(dataset.db_ids))
-    return dataset

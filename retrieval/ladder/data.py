@@ -91,7 +91,7 @@ def object_dataset(conf: LadderConfig, cache: RunCache) -> Tuple[RetrievalDatase
     if o.dataset == "gldv2":
         if not o.data or not Path(o.data).is_dir():
             raise DatasetError(f"{o.data or '(object.data unset)'}: no such GLDv2 folder")
-        from retrieval.datasets.gldv2_tables import read_gldv2_protocol
+        from retrieval.datasets.gldv2_protocol import read_gldv2_protocol
 
         with cache.stage("data") as st:
             st.computed = False

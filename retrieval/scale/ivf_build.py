@@ -27,7 +27,8 @@ from typing import Hashable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..fileio import atomic_write_text, read_json
-from ..index import Index, IndexFileError, Ranking, _default_nlist, exact_search, normalize_rows
+from ..faiss_backend import default_nlist
+from ..index import Index, IndexFileError, Ranking, exact_search, normalize_rows
 
 PathLike = Union[str, os.PathLike]
 SHARDED_FORMAT = "hybrid-retrieval/sharded-index"
@@ -68,7 +69,7 @@ def _build_options(source, backend: str, train_size: Optional[int], seed: int, o
         raise ValueError("the source holds no vectors")
     options = dict(options)
     if options.get("nlist") is None:
-        options["nlist"] = _default_nlist(source.n)  # from the full size, not the sample's
+        options["nlist"] = default_nlist(source.n)  # from the full size, not the sample's
     options.setdefault("seed", seed)
     if train_size is None:
         nbits = int(options.get("nbits") or 8)
