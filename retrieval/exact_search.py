@@ -1,5 +1,5 @@
 """Exact top-k inner-product search in blocks: ``scores = Q_block @ D_block^T`` (multi-threaded BLAS
-sgemm) then a partial top-k, the score matrix held at once bounded by ``memory_mb``; ties ordered
+sgemm through numpy) then a partial top-k (``torch.topk``), the score matrix held at once bounded by ``memory_mb``; ties ordered
 deterministically (equal scores: lower database row first). The ``"exact"`` backend of
 :class:`retrieval.index.Index`."""
 from __future__ import annotations
@@ -61,8 +61,12 @@ def exact_search(database: np.ndarray, queries: np.ndarray, k: int,
                  memory_mb: float = DEFAULT_MEMORY_MB) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int]]:
     """Top-``k`` rows of ``database`` by inner product for each query: ``(scores (Q,k) float32,
     rows (Q,k) int64, (query block, database block))``. Blocked so that no score block exceeds
-    ``memory_mb``; per block ``torch.mm`` then ``torch.topk``; database blocks are merged with a
-    stable sort, which keeps equal scores in row order."""
+    ``memory_mb``; per block a numpy ``matmul`` then ``torch.topk``; database blocks are merged with
+    a stable sort, which keeps equal scores in row order.
+
+    The product goes through numpy's BLAS (OpenBLAS in the numpy wheels, as in faiss-cpu's) rather
+    than ``torch.mm``: torch's CPU wheel calls MKL, whose sgemm on AMD EPYC took 1.54 s against
+    OpenBLAS' 1.02 s for the same 671 x 1280 by 1280 x 100,000 product (same run, 2 cores)."""
     import torch
     nq, n = queries.shape[0], database.shape[0]
     k = min(k, n)
@@ -71,19 +75,21 @@ def exact_search(database: np.ndarray, queries: np.ndarray, k: int,
     out_rows = np.empty((nq, k), dtype=np.int64)
     if nq == 0 or k == 0:
         return out_scores, out_rows, (qb, dbb)
-    db_t = torch.from_numpy(database)
-    q_t = torch.from_numpy(queries)
+    database = np.ascontiguousarray(database, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
     # one flat buffer reused for every score block (no 100s of MB allocated and faulted per block);
-    # each block is a contiguous view of its front, so torch.mm writes into it directly
-    buffer = torch.empty(qb * dbb, dtype=torch.float32)
+    # each block is a contiguous view of its front, so matmul writes into it directly and torch
+    # reads it without a copy
+    buffer = np.empty(qb * dbb, dtype=np.float32)
     with torch.inference_mode():
         for q0 in range(0, nq, qb):
-            q = q_t[q0:q0 + qb]
+            q = queries[q0:q0 + qb]
             best_vals = best_idx = None
             for d0 in range(0, n, dbb):
-                block = db_t[d0:d0 + dbb]
-                scores = torch.mm(q, block.T, out=buffer[:q.shape[0] * block.shape[0]].view(q.shape[0], -1))
-                vals, idx = _block_topk(scores, k)
+                block = database[d0:d0 + dbb]
+                scores = buffer[:q.shape[0] * block.shape[0]].reshape(q.shape[0], block.shape[0])
+                np.matmul(q, block.T, out=scores)
+                vals, idx = _block_topk(torch.from_numpy(scores), k)
                 idx += d0
                 if best_vals is None:
                     best_vals, best_idx = vals, idx

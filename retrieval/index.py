@@ -8,7 +8,7 @@ Every global method (BoW, VLAD, Fisher, EfficientNet, multi-view) ends here: bui
 Backends
 --------
 ``"exact"``
-    Brute force in torch: ``scores = Q_block @ D_block^T`` (multi-threaded BLAS sgemm) followed by a
+    Brute force: ``scores = Q_block @ D_block^T`` (numpy's multi-threaded BLAS sgemm) followed by a
     partial top-k (``torch.topk``), never a full sort. Queries and database are cut into blocks
     sized from ``memory_mb`` so the score matrix held at once never exceeds that budget; block
     results are merged exactly. Ties are ordered deterministically: equal scores, lower database
@@ -68,9 +68,11 @@ from .faiss_backend import build_faiss, faiss_search, import_faiss
 from .fileio import check_header, digest, pop_header, read_npz, save_npz
 from .index_options import DEFAULT_MEMORY_MB, resolve_options, search_options as _search_options
 from .ranking import FORMAT_VERSION, IndexFileError, Ranking
+from .vectors import as_matrix as _as_matrix, check_unit_norm as _check_unit_norm, id_array as _id_array
+from .vectors import normalize_rows
 
-# Ranking, IndexFileError, exact_search, exact_block_shape and DEFAULT_MEMORY_MB live in their own
-# modules (retrieval.ranking, retrieval.exact_search, retrieval.index_options) and are importable here
+# Ranking, IndexFileError, exact_search, exact_block_shape, DEFAULT_MEMORY_MB and normalize_rows live in
+# their own modules (retrieval.ranking, .exact_search, .index_options, .vectors) and are importable here
 __all__ = ["Index", "Ranking", "IndexFileError", "BACKENDS", "normalize_rows", "exact_search", "exact_block_shape",
            "DEFAULT_MEMORY_MB"]
 
@@ -78,72 +80,6 @@ PathLike = Union[str, os.PathLike]
 INDEX_FORMAT = "hybrid-retrieval/index"
 METRIC = "inner_product"
 BACKENDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
-UNIT_NORM_TOLERANCE = 1e-3
-
-
-# ---------------------------------------------------------------------------------------------
-# input checks
-# ---------------------------------------------------------------------------------------------
-
-def _as_matrix(vectors, what: str) -> np.ndarray:
-    """``vectors`` as a C-contiguous float32 (n, d) array, or a ValueError saying what is wrong."""
-    if hasattr(vectors, "detach") and hasattr(vectors, "cpu"):  # a torch tensor
-        vectors = vectors.detach().cpu().numpy()
-    arr = np.asarray(vectors)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"{what} must be a real floating-point array, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise ValueError(f"{what} must be 2-D (n, dim), got shape {arr.shape}"
-                         + ("; for a single vector use v[None, :]" if arr.ndim == 1 else ""))
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if arr.size and not np.isfinite(arr).all():
-        bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
-        raise ValueError(f"{what} contain NaN or infinite values (rows {bad[:10].tolist()}"
-                         f"{' ...' if bad.size > 10 else ''})")
-    return arr
-
-
-def normalize_rows(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
-    """Rows divided by their L2 norm (float32, a new array); a zero row cannot be normalised and is
-    refused (:func:`retrieval.vectors.l2_normalize_rows`)."""
-    from .vectors import l2_normalize_rows
-
-    return l2_normalize_rows(vectors, eps=0.0, zero_rows="error", what=what, copy=True)
-
-
-def _check_unit_norm(vectors: np.ndarray, what: str) -> None:
-    if not vectors.size:
-        return
-    norms = np.linalg.norm(vectors, axis=1)
-    bad = np.flatnonzero(np.abs(norms - 1.0) > UNIT_NORM_TOLERANCE)
-    if bad.size:
-        raise ValueError(f"{what} are not L2-normalised (row {int(bad[0])} has norm {norms[bad[0]]:.4g}; "
-                         f"{bad.size} rows off by more than {UNIT_NORM_TOLERANCE}); normalise them or "
-                         "build the index with normalize=True")
-
-
-def _id_array(ids: Sequence[Hashable], what: str = "ids") -> np.ndarray:
-    """Ids as a 1-D numpy array: int64 when all are integers, unicode when all are strings."""
-    if not isinstance(ids, np.ndarray):
-        ids = list(ids)
-        kinds = {str if isinstance(x, str) else int if isinstance(x, (int, np.integer))
-                 and not isinstance(x, bool) else type(x) for x in ids}
-        if kinds - {str, int} or len(kinds) > 1:
-            raise ValueError(f"{what} must be all strings or all integers, got types "
-                             f"{sorted(t.__name__ for t in kinds)}")
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise ValueError(f"{what} must be a flat sequence, got shape {arr.shape}")
-    if arr.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if np.issubdtype(arr.dtype, np.integer):
-        return arr.astype(np.int64)
-    if arr.dtype.kind == "U":
-        return arr
-    if arr.dtype.kind == "S":
-        return arr.astype(str)
-    raise ValueError(f"{what} must be all strings or all integers, got dtype {arr.dtype} "
-                     f"(first id {arr.flat[0]!r})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,36 +317,49 @@ class Index:
                 json.dumps(header["config"], sort_keys=True, default=str):
             raise IndexFileError(path, f"built with extractor configuration {header['config']}, expected "
                                        f"{expect_config}")
+        if header["backend"] == "exact":
+            parts = {"vectors": contents["vectors"]}
+        else:
+            parts = {"faiss_index": import_faiss().deserialize_index(contents["faiss_index"])}
+        index = cls.from_parts(header["backend"], header["backend_options"], contents["ids"], int(header["dim"]),
+                               normalize=header["normalize"], config=header["config"], source=path,
+                               int_ids=header["id_type"] == "int", **parts)
+        if len(index) != header["count"]:
+            raise IndexFileError(path, f"header says {header['count']} vectors, file holds {len(index)}")
+        return index
+
+    @classmethod
+    def from_parts(cls, backend: str, options: dict, ids: np.ndarray, dim: int, normalize: bool = True,
+                   config: Optional[dict] = None, source: Optional[PathLike] = None, int_ids: bool = True,
+                   vectors: Optional[np.ndarray] = None, faiss_index: Any = None) -> "Index":
+        """An index around stored parts: ``vectors`` (exact backend) or a ready ``faiss_index``
+        (e.g. one whose inverted lists stay on disk, :mod:`retrieval.scale.ondisk`), its ``ids``
+        (row order) and backend ``options``. Inconsistent parts are an :class:`IndexFileError`
+        naming ``source``."""
+        where = Path(source) if source is not None else Path("<index>")
         index = cls.__new__(cls)
-        index.backend = header["backend"]
-        index.normalize = header["normalize"]
-        index.config = header["config"]
+        index.backend, index.normalize, index.config = backend, bool(normalize), dict(config or {})
         try:
-            if index.backend not in BACKENDS:
-                raise ConfigError(f"unknown backend {index.backend!r}")
-            index.option_config = resolve_options(index.backend, header["backend_options"])
+            if backend not in BACKENDS:
+                raise ConfigError(f"unknown backend {backend!r}")
+            index.option_config = resolve_options(backend, options)
         except (ConfigError, TypeError, AttributeError) as exc:
-            raise IndexFileError(path, f"invalid backend options ({exc}); rebuild the index") from None
+            raise IndexFileError(where, f"invalid backend options ({exc}); rebuild the index") from None
         index._lock = threading.Lock()
-        index.dim = int(header["dim"])
-        index.source = str(path)
+        index.dim = int(dim)
+        index.source = None if source is None else str(source)
         index.last_block_shape = None
-        index._ids = contents["ids"]
-        if header["id_type"] == "int":
-            index._ids = index._ids.astype(np.int64)
+        index._ids = ids.astype(np.int64) if int_ids else ids
         index._id_set = set(index._ids.tolist())
-        index._vectors = np.zeros((0, index.dim), dtype=np.float32)
         index._pending = []
-        index._faiss = None
-        if index.backend == "exact":
-            index._vectors = np.ascontiguousarray(contents["vectors"], dtype=np.float32)
+        index._vectors = np.zeros((0, index.dim), dtype=np.float32)
+        index._faiss = faiss_index
+        if backend == "exact":
+            index._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
             count = index._vectors.shape[0]
         else:
-            faiss = import_faiss()
-            index._faiss = faiss.deserialize_index(contents["faiss_index"])
-            count = index._faiss.ntotal
-        if count != header["count"] or len(index._ids) != count:
-            raise IndexFileError(path, f"header says {header['count']} vectors, file holds {count} "
-                                       f"vectors and {len(index._ids)} ids")
+            count = int(faiss_index.ntotal)
+        if len(index._ids) != count:
+            raise IndexFileError(where, f"holds {count} vectors and {len(index._ids)} ids")
         return index
 

@@ -30,6 +30,7 @@ def test_scale_run_writes_the_keys(tmp_path, data_root, monkeypatch):
     assert results["vectors_mb"] == pytest.approx(6000 * 16 * 4 / 2 ** 20)
     assert 0.9 <= results["ivfpq_recall_at_100"] <= 1.0
     assert results["ivfpq_recall_at_100"] >= results["ivfpq_recall_at_100_raw"]
+    assert results["on_disk_identical_to_in_memory"] is True and results["on_disk_build_peak_rss_mb"] > 0
     assert results["gldv2_rows"]["train"] == round(4_132_914 * 0.0005)
     assert "ivfpq_recall_at_100" in (tmp_path / "out" / "results.md").read_text()
 

@@ -4,7 +4,9 @@ figures, and a cost model of E1-E7 on full GLDv2.
 1. IVF-PQ from shards: ``n`` seeded clustered vectors written as HDF5 shards, the index built from them
    in a child process (:func:`retrieval.scale.ivf_build.build_index`; its peak resident memory
    against the ``n x d x 4`` bytes of the vectors), then recall@100 of 1,000 queries against streamed
-   exact search: raw PQ and PQ shortlist re-ranked with the exact vectors.
+   exact search: raw PQ and PQ shortlist re-ranked with the exact vectors. The same index is built
+   again as per-shard indexes merged into on-disk inverted lists (:mod:`retrieval.scale.ondisk`, in
+   a child process: peak memory, file sizes) and must return the same rows.
 2. GLDv2 CSVs at full size (:func:`retrieval.datasets.gldv2_synth.generate_gldv2`, written once into
    the work folder), read by :func:`retrieval.datasets.gldv2_tables.read_gldv2_tables` in a child
    process: seconds and peak memory.
@@ -15,9 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
+
+import numpy as np
 
 from ..fileio import atomic_write_text
 from ..report import markdown_table
@@ -40,6 +45,18 @@ def build_from_shards(shard_dir: str, out_path: str, nlist: int, m: int, nbits: 
     return {"n": source.n, "dim": source.dim, "options": index.options}
 
 
+def build_on_disk_from_shards(shard_dir: str, out_dir: str, nlist: int, m: int, nbits: int = 8, seed: int = 0) -> dict:
+    """The child process' job: per-shard IVF-PQ indexes under ``out_dir`` merged into one index with
+    on-disk inverted lists (:mod:`retrieval.scale.ondisk`)."""
+    from retrieval.scale.ivf_build import build_sharded_index
+    from retrieval.scale.sources import h5_shards
+
+    source = h5_shards(sorted(Path(shard_dir).glob("shard-*.h5")))
+    build_sharded_index(source, out_dir, backend="faiss-ivfpq", nlist=nlist, m=m, nbits=nbits, seed=seed,
+                        progress=False, on_disk=True)
+    return {"n": source.n}
+
+
 def read_tables_job(root: str) -> dict:
     from retrieval.datasets.gldv2_tables import read_gldv2_tables
     t = read_gldv2_tables(root)
@@ -52,6 +69,7 @@ def index_at_scale(work: Path, n: int, dim: int, shards: int, queries: int, nlis
     """Part 1 of the module docstring; returns its figures."""
     from retrieval.index import Index
     from retrieval.scale.ivf_build import exact_topk, recall_at_k, rerank_exact
+    from retrieval.scale.ondisk import load_on_disk
     from retrieval.scale.measure import run_measured
     from retrieval.scale.sources import h5_shards, write_synthetic_shards
 
@@ -72,6 +90,19 @@ def index_at_scale(work: Path, n: int, dim: int, shards: int, queries: int, nlis
     t0 = time.perf_counter()
     raw = index.search(query_vectors, k=k, nprobe=nprobe)
     pq_s = time.perf_counter() - t0
+    # the same index with its lists on disk, built shard by shard in a child process
+    on_disk_dir = work / f"ivfpq-{n}x{dim}-on-disk"
+    shutil.rmtree(on_disk_dir, ignore_errors=True)
+    _, disk_stats = run_measured("retrieval.bench.scale:build_on_disk_from_shards", shard_dir=str(shard_dir),
+                                 out_dir=str(on_disk_dir), nlist=nlist, m=m, seed=seed)
+    on_disk = load_on_disk(on_disk_dir)
+    t0 = time.perf_counter()
+    disk_raw = on_disk.search(query_vectors, k=k, nprobe=nprobe)
+    disk_s = time.perf_counter() - t0
+    disk_mb = sum(f.stat().st_size for f in on_disk_dir.iterdir() if f.name.startswith("on-disk")) / 2 ** 20
+    print(f"[index] on-disk IVF-PQ from shards in {disk_stats['seconds']:.0f} s, peak RSS "
+          f"{disk_stats['peak_rss_mb']:.0f} MB", flush=True)
+    del on_disk
     t0 = time.perf_counter()
     short = index.search(query_vectors, k=shortlist, nprobe=nprobe)
     _, reranked = rerank_exact(source, query_vectors, short.indices, k)
@@ -84,7 +115,10 @@ def index_at_scale(work: Path, n: int, dim: int, shards: int, queries: int, nlis
             "ivfpq_recall_at_100_raw": recall_at_k(raw.indices, truth),
             "ivfpq_recall_at_100": recall_at_k(reranked, truth),
             "exact_streamed_s_per_query": exact_s / queries, "ivfpq_s_per_query": pq_s / queries,
-            "ivfpq_rerank_s_per_query": rerank_s / queries}
+            "ivfpq_rerank_s_per_query": rerank_s / queries,
+            "on_disk_build_s": disk_stats["seconds"], "on_disk_build_peak_rss_mb": disk_stats["peak_rss_mb"],
+            "on_disk_files_mb": disk_mb, "on_disk_s_per_query": disk_s / queries,
+            "on_disk_identical_to_in_memory": bool(np.array_equal(disk_raw.indices, raw.indices))}
 
 
 def gldv2_csvs(work: Path, data_root: Path, scale: float) -> dict:
@@ -162,7 +196,8 @@ def run(out_dir: Path, work_dir: Path, data_root: Path, quick: bool = False, wor
 
 def results_markdown(r: dict) -> str:
     keys = ["index_build_peak_rss_mb", "vectors_mb", "index_file_mb", "index_build_s", "ivfpq_recall_at_100",
-            "ivfpq_recall_at_100_raw", "gldv2_csv_read_s", "gldv2_csv_peak_rss_mb", *ENGINE_KEYS]
+            "ivfpq_recall_at_100_raw", "on_disk_build_peak_rss_mb", "on_disk_files_mb", "on_disk_identical_to_in_memory",
+            "gldv2_csv_read_s", "gldv2_csv_peak_rss_mb", *ENGINE_KEYS]
     lines = [f"## Scale ({'quick' if r.get('quick') else 'full'}; {r['machine_note']})", "",
              markdown_table([{"figure": k, "value": r.get(k, "absent")} for k in keys if k in r or k in ENGINE_KEYS])]
     if "n" in r:

@@ -10,7 +10,9 @@ Per-shard indexes (:func:`build_sharded_index` / :class:`ShardedIndex`): the tra
 saved once and copied per shard; each shard's vectors go into their own index file (today's
 :class:`Index` file: checksum, version, dimension). A search asks every shard for its top-k with the
 same coarse quantiser and probes, so the merged top-k is what one index over all shards returns.
-With ``resident=False`` shards are loaded one at a time per search (IVF-Flat larger than memory).
+With ``resident=False`` shards are loaded one at a time per search (IVF-Flat larger than memory);
+``on_disk=True`` merges the shards into one index whose inverted lists stay in a file on disk
+(:mod:`retrieval.scale.ondisk`).
 
 Exact search over a source (:func:`exact_topk`) and exact re-ranking of an approximate shortlist
 (:func:`rerank_exact`) stream the source once; they give the ground truth for recall and lift
@@ -100,11 +102,14 @@ def _shards_of(source) -> list:
 
 
 def build_sharded_index(source, out_dir: PathLike, backend: str = "faiss-ivfpq", train_size: Optional[int] = None,
-                        seed: int = 0, normalize: bool = True, progress: bool = True, **options) -> Path:
+                        seed: int = 0, normalize: bool = True, progress: bool = True, on_disk: bool = False,
+                        **options) -> Path:
     """One index file per shard of ``source`` (a :class:`~retrieval.scale.sources.ConcatSource`'s
     shards, else the whole source as one shard), all sharing one trained quantiser, plus
     ``manifest.json``. Shard files already written by an earlier run with the same trained index
-    are kept (resume). Returns ``out_dir``."""
+    are kept (resume). ``on_disk``: also merge them into one index whose inverted lists stay on
+    disk (:func:`retrieval.scale.ondisk.merge_on_disk`; open it with ``load_on_disk``). Returns
+    ``out_dir``."""
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
@@ -132,7 +137,15 @@ def build_sharded_index(source, out_dir: PathLike, backend: str = "faiss-ivfpq",
         entries.append({"file": path.name, "count": int(shard.n)})
     manifest = {"format": SHARDED_FORMAT, "version": SHARDED_VERSION, "backend": backend, "dim": int(source.dim),
                 "count": int(source.n), "trained": trained_path.name, "shards": entries}
+    previous = read_json(out / MANIFEST, "sharded index manifest", error=IndexFileError) \
+        if (out / MANIFEST).is_file() else {}
+    if "on_disk" in previous:  # kept: merge_on_disk decides whether it is still current
+        manifest["on_disk"] = previous["on_disk"]
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    if on_disk:
+        from .ondisk import merge_on_disk
+
+        merge_on_disk(out, progress=progress)
     return out
 
 
