@@ -8,8 +8,8 @@ process alone writes, in chunks, so an interrupted run keeps every finished chun
 computes only what is missing. A store made with another configuration is refused.
 
 Threads are the default: OpenCV and Pillow release the GIL while they work, so threads run SIFT in
-parallel without copying images or features between processes (``benchmarks/classical.py`` measures
-threads against loky processes).
+parallel without copying images or features between processes (the classical protocol's speed table,
+``retrieval.bench.classical_speed``, measures threads against loky processes).
 """
 from __future__ import annotations
 

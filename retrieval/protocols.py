@@ -25,6 +25,7 @@ from .config import ConfigError
 __all__ = ["PROTOCOLS", "load_protocol"]
 
 PROTOCOLS: Dict[str, str] = {
+    "classical": "retrieval.bench.classical",
     "ladder": "retrieval.ladder.run",
     "oxford-descriptors": "retrieval.bench.descriptors",
     "multiview": "retrieval.bench.multiview",
