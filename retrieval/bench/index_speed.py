@@ -1,0 +1,192 @@
+"""The ranking stage: the exact backend (numpy BLAS GEMM + torch top-k) against faiss' IndexFlatIP
+(and, with --approx, the approximate faiss backends).
+
+Seeded random unit vectors (default 100,000 x 1,280 database, 1,000 queries, top-100). For each
+backend: build time, search time (warm-up first, then the median of --repeats full searches),
+queries per second, the throughput ratio against faiss Flat measured in this same run, agreement
+with the exact ranking (scores within --tol, and the same ids wherever the scores are not tied
+within --tol), recall@k against the exact ranking (approximate backends), peak memory and the
+block shape the exact backend used.
+
+    python benchmarks/bench_index.py                 # full size
+    python benchmarks/bench_index.py --quick         # 20,000 x 1,280, 200 queries
+    python benchmarks/bench_index.py --approx        # also IVF-Flat, IVF-PQ, HNSW
+    python benchmarks/bench_index.py --quick --approx --clusters 1000   # clustered data
+
+Isotropic random vectors have no structure for the approximate backends to exploit (their recall
+there is a lower bound); ``--clusters`` draws vectors around random centres instead.
+
+Writes results.json + results.md to --out (default results/bench_index/) and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from retrieval.index import DEFAULT_MEMORY_MB, Index, Ranking
+from retrieval.report import peak_rss_mb, write_results
+from retrieval.scale.sources import unit_vectors
+
+
+def time_search(search: Callable[[], Ranking], repeats: int) -> Tuple[Ranking, List[float]]:
+    search()  # warm-up: thread pools, page faults of the score buffers
+    times, ranking = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ranking = search()
+        times.append(time.perf_counter() - start)
+    return ranking, times
+
+
+def agreement(ranking: Ranking, reference: Ranking, tol: float) -> Dict[str, float]:
+    """Score lists equal within ``tol``; ids equal wherever the reference score at that rank is
+    separated from its neighbours by more than ``tol`` (tied items may come in either order)."""
+    score_diff = float(np.abs(ranking.scores - reference.scores).max()) if ranking.scores.size else 0.0
+    ref = reference.scores.astype(np.float64)
+    gap = np.full(ref.shape, np.inf)
+    if ref.shape[1] > 1:
+        step = np.abs(np.diff(ref, axis=1))
+        gap[:, 1:] = np.minimum(gap[:, 1:], step)
+        gap[:, :-1] = np.minimum(gap[:, :-1], step)
+    # the last place can also tie with the first item left out: scores within tol of the cut
+    gap[:, -1] = np.minimum(gap[:, -1], tol / 2)
+    separated = gap > tol
+    id_mismatch = int(((ranking.indices != reference.indices) & separated).sum())
+    return {"max_score_diff": score_diff, "id_mismatches": id_mismatch,
+            "identical_rows": float((ranking.indices == reference.indices).all(axis=1).mean()),
+            "agree": bool(score_diff <= tol and id_mismatch == 0)}
+
+
+def recall_at_k(ranking: Ranking, reference: Ranking) -> float:
+    k = reference.indices.shape[1]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ranking.indices.tolist(),
+                                                                   reference.indices.tolist())]))
+
+
+def threads() -> str:
+    """The thread pools that do the work: numpy's BLAS (the exact backend's GEMM), torch (its
+    top-k) and faiss' OpenMP."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    blas = [f"{pool['internal_api']} {pool['num_threads']}" for pool in threadpool_info()
+            if pool["user_api"] == "blas" and "numpy" in pool["filepath"].replace("_", "")]
+    text = f"numpy BLAS {', '.join(blas) or 'unknown'}; torch {torch.get_num_threads()}"
+    try:
+        import faiss
+        text += f"; faiss {faiss.omp_get_max_threads()}"
+    except ImportError:
+        pass
+    return text
+
+
+def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
+    """The command line (module docstring)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000, help="database vectors (default 100000)")
+    parser.add_argument("--dim", type=int, default=1280, help="dimension (default 1280)")
+    parser.add_argument("--queries", type=int, default=1000, help="query vectors (default 1000)")
+    parser.add_argument("--k", type=int, default=100, help="results per query (default 100)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed searches per backend (median)")
+    parser.add_argument("--memory-mb", type=float, default=DEFAULT_MEMORY_MB,
+                        help=f"score-block budget of the exact backend (default {DEFAULT_MEMORY_MB:g})")
+    parser.add_argument("--tol", type=float, default=1e-5, help="score tolerance for agreement")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clusters", type=int, default=0,
+                        help="draw vectors around this many random centres (default 0: isotropic)")
+    parser.add_argument("--spread", type=float, default=0.5, help="noise norm around a centre (--clusters)")
+    parser.add_argument("--approx", action="store_true", help="also time faiss IVF-Flat, IVF-PQ and HNSW")
+    parser.add_argument("--quick", action="store_true", help="20000 x dim database, 200 queries, 2 repeats")
+    parser.add_argument("--out", default="results/bench_index", help="output folder")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.queries, args.repeats = min(args.n, 20_000), min(args.queries, 200), min(args.repeats, 2)
+
+    rng = np.random.default_rng(args.seed)
+    t0 = time.perf_counter()
+    centres = unit_vectors(rng, args.clusters, args.dim) if args.clusters > 0 else None
+    database = unit_vectors(rng, args.n, args.dim, centres, args.spread)
+    queries = unit_vectors(rng, args.queries, args.dim, centres, args.spread)
+    kind = f"{args.clusters} clusters, spread {args.spread}" if centres is not None else "isotropic"
+    print(f"data ({kind}): {args.n} x {args.dim} database, {args.queries} queries, top-{args.k} "
+          f"({time.perf_counter() - t0:.1f} s to generate); threads: {threads()}", flush=True)
+
+    rows: List[dict] = []
+    search_options = {"exact": {"memory_mb": args.memory_mb}}
+
+    def build(name: str, make: Callable[[], Index]) -> Index:
+        start = time.perf_counter()
+        index = make()
+        rows.append({"backend": name, "build_s": time.perf_counter() - start})
+        return index
+
+    def record(name: str, times: List[float]) -> None:
+        row = next(r for r in rows if r["backend"] == name)
+        median = statistics.median(times)
+        row.update({"search_s": median, "search_s_all": ", ".join(f"{t:.2f}" for t in times),
+                    "qps": args.queries / median, "peak_rss_mb": peak_rss_mb()})
+        print(f"{name}: build {row['build_s']:.2f} s, search {median:.3f} s (median of "
+              f"{row['search_s_all']}) -> {args.queries / median:.0f} queries/s", flush=True)
+
+    # exact and faiss Flat are timed in alternation (warm-up of each first), so a load change on
+    # a shared machine hits both alike; the ratio is also taken pair by pair
+    indexes = {"exact": build("exact", lambda: Index(database, normalize=False))}
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        print("faiss is not installed (pip install hybrid-retrieval[faiss]): exact backend only")
+    else:
+        indexes["faiss-flat"] = build("faiss-flat", lambda: Index(database, backend="faiss-flat",
+                                                                  normalize=False))
+    rankings: Dict[str, Ranking] = {}
+    times: Dict[str, List[float]] = {name: [] for name in indexes}
+    for name, index in indexes.items():
+        index.search(queries[: max(1, args.queries // 10)], k=args.k, **search_options.get(name, {}))
+    for _ in range(args.repeats):
+        for name, index in indexes.items():
+            start = time.perf_counter()
+            rankings[name] = index.search(queries, k=args.k, **search_options.get(name, {}))
+            times[name].append(time.perf_counter() - start)
+    for name in indexes:
+        record(name, times[name])
+    rows[0]["block"] = "x".join(map(str, indexes["exact"].last_block_shape))
+    exact = rankings["exact"]
+    ratio = None
+    if "faiss-flat" in indexes:
+        flat_row = rows[1]
+        flat_row.update(agreement(rankings["faiss-flat"], exact, args.tol))
+        flat_row["recall@k"] = recall_at_k(rankings["faiss-flat"], exact)
+        ratio = statistics.median(f / e for f, e in zip(times["faiss-flat"], times["exact"]))
+        rows[0]["qps_vs_faiss_flat"] = ratio
+        flat_row["qps_vs_faiss_flat"] = 1.0
+    del indexes
+    if args.approx and ratio is not None:
+        flat_s = rows[1]["search_s"]
+        # (backend, build options, search options); defaults otherwise (see retrieval.index)
+        approx = [("faiss-ivf", {"seed": args.seed}, {"nprobe": 16}),
+                  ("faiss-ivfpq", {"seed": args.seed}, {"nprobe": 16}),
+                  ("faiss-hnsw", {}, {"ef_search": 128})]
+        for backend, build_options, options in approx:
+            index = build(backend, lambda b=backend, o=build_options: Index(database, backend=b,
+                                                                            normalize=False, **o))
+            ranking, approx_times = time_search(lambda: index.search(queries, k=args.k, **options), args.repeats)
+            record(backend, approx_times)
+            rows[-1]["recall@k"] = recall_at_k(ranking, exact)
+            rows[-1]["qps_vs_faiss_flat"] = flat_s / rows[-1]["search_s"]   # not interleaved
+            rows[-1]["options"] = ", ".join(f"{key}={value}" for key, value in index.options.items())
+            del index
+    columns = ["backend", "build_s", "search_s", "qps", "qps_vs_faiss_flat", "recall@k", "agree",
+               "max_score_diff", "id_mismatches", "block", "peak_rss_mb", "search_s_all", "options"]
+    table = write_results(rows, args.out, columns=columns,
+                          title=f"Index search: {args.n} x {args.dim} database ({kind}), {args.queries} "
+                                f"queries, top-{args.k}",
+                          extra={"args": vars(args), "threads": threads()})
+    print(table)
+    if ratio is not None:
+        print(f"\nexact / faiss-flat throughput ratio (median of {args.repeats} interleaved pairs): {ratio:.2f}")
+    return 0
