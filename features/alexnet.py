@@ -20,12 +20,14 @@ Input normalisation: ``(pixel / 255 - mean) / std`` with the ImageNet mean / std
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from retrieval.config import Config, ConfigError, Registry
 
 from .multiview import MultiViewNet
 from .pooling import l2n, make_pooling
@@ -33,11 +35,8 @@ from .pooling import l2n, make_pooling
 __all__ = ["ALEXNET_CONFIGS", "AlexNetConfig", "AlexNetTrunk", "AlexNetGlobal", "MVAlexNet",
            "preprocess", "count_parameters"]
 
-#: channel widths of conv1..conv5 per named configuration
-ALEXNET_CONFIGS = {
-    "alexnet": (64, 192, 384, 256, 256),      # torchvision-style single tower
-    "alexnet-half": (32, 96, 192, 128, 128),  # half width: ~4x fewer multiply-adds
-}
+#: channel widths of conv1..conv5 of the torchvision-style single tower
+ALEXNET_WIDTHS = (64, 192, 384, 256, 256)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,11 +66,11 @@ def count_parameters(module: nn.Module) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
-@dataclass
-class AlexNetConfig:
+@dataclass(frozen=True)
+class AlexNetConfig(Config):
     """Everything that fixes the architecture (stored as a checkpoint's JSON configuration)."""
 
-    widths: Tuple[int, int, int, int, int] = ALEXNET_CONFIGS["alexnet"]
+    widths: Tuple[int, int, int, int, int] = ALEXNET_WIDTHS
     batch_norm: bool = True
     out_dim: int = 256
     spatial_pooling: str = "gem"
@@ -79,34 +78,24 @@ class AlexNetConfig:
     view_pooling: str = "max"
     pooling_level: str = "feature_map"
 
-    def __post_init__(self) -> None:
-        self.widths = tuple(int(w) for w in self.widths)
+    def check(self) -> None:
         if len(self.widths) != 5 or min(self.widths) < 1:
-            raise ValueError(f"widths must be 5 positive channel counts, got {self.widths}")
+            raise ConfigError(f"widths must be 5 positive channel counts, got {self.widths}")
         if self.out_dim < 1:
-            raise ValueError(f"out_dim must be >= 1, got {self.out_dim}")
+            raise ConfigError(f"out_dim must be >= 1, got {self.out_dim}")
 
-    @classmethod
-    def named(cls, name: str = "alexnet", **overrides) -> "AlexNetConfig":
-        if name not in ALEXNET_CONFIGS:
-            raise ValueError(f"unknown AlexNet configuration {name!r}; choose one of {list(ALEXNET_CONFIGS)}")
-        return cls(widths=ALEXNET_CONFIGS[name], **overrides)
 
-    @classmethod
-    def from_dict(cls, config: dict) -> "AlexNetConfig":
-        known = {k: v for k, v in config.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["widths"] = list(self.widths)
-        return d
+#: Named architectures: ``ALEXNET_CONFIGS.get("alexnet-half", {"out_dim": 32})``.
+ALEXNET_CONFIGS: Registry[AlexNetConfig] = Registry("AlexNet configuration", AlexNetConfig)
+ALEXNET_CONFIGS.register("alexnet", AlexNetConfig())
+# half width: ~4x fewer multiply-adds
+ALEXNET_CONFIGS.register("alexnet-half", AlexNetConfig(widths=(32, 96, 192, 128, 128)))
 
 
 class AlexNetTrunk(nn.Module):
     """conv1..conv5 (module docstring): (N, 3, H, W) -> (N, widths[4], h, w), non-negative (ReLU)."""
 
-    def __init__(self, widths: Sequence[int] = ALEXNET_CONFIGS["alexnet"], batch_norm: bool = True):
+    def __init__(self, widths: Sequence[int] = ALEXNET_WIDTHS, batch_norm: bool = True):
         super().__init__()
         c1, c2, c3, c4, c5 = (int(w) for w in widths)
 

@@ -1,8 +1,8 @@
 """The EfficientNet global extractor (:class:`EfficientNetExtractor`): the
-:class:`features.base.GlobalExtractor` with named configurations (:data:`EXTRACTOR_CONFIGS`, in
-:mod:`features.efficientnet_configs`), a fast inference backend (:mod:`features.fast_inference`),
-optional multi-scale and PCA-whitening, and patch tokens (E7). Dataset-scale, resumable extraction:
-:mod:`features.deep_extract`.
+:class:`features.base.GlobalExtractor` with named configurations (:data:`EXTRACTOR_CONFIGS` of
+:class:`EfficientNetConfig`, in :mod:`features.efficientnet_configs`), a fast inference backend
+(:mod:`features.fast_inference`), optional multi-scale and PCA-whitening, and patch tokens (E7).
+Dataset-scale, resumable extraction: :mod:`features.deep_extract`.
 
 The network (backbones, weights, :class:`EfficientNetGlobal`) is :mod:`features.efficientnet_net`,
 trained checkpoints are read by :mod:`features.trained`; their public names are importable from here
@@ -22,7 +22,8 @@ from retrieval.imageio import load_image, resize_longest_side
 from retrieval.vectors import l2_normalize_rows
 
 from .base import GlobalExtractor
-from .efficientnet_configs import EXTRACTOR_CONFIGS, INPUT_MODES, file_digest as _file_digest, resolve_config
+from .efficientnet_configs import (EXTRACTOR_CONFIGS, INPUT_MODES, EfficientNetConfig, file_digest as _file_digest,
+                                   resolve_config)
 from .efficientnet_net import (IMAGENET_MEAN, IMAGENET_STD, MODEL_NAMES, EfficientNetGlobal, WeightsNotFoundError,
                                build_efficientnet, canonical_name, is_lite, lite_weights_path, load_efficientnet,
                                normalisation, preprocess, read_state_dict)
@@ -31,8 +32,8 @@ from .pooling import l2n, resize_tensor
 
 __all__ = ["MODEL_NAMES", "canonical_name", "is_lite", "build_efficientnet", "load_efficientnet",
            "lite_weights_path", "read_state_dict", "preprocess", "normalisation", "EfficientNetGlobal",
-           "WeightsNotFoundError", "EXTRACTOR_CONFIGS", "INPUT_MODES", "resolve_config", "EfficientNetExtractor",
-           "DEFAULT_BACKEND", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "WeightsNotFoundError", "EXTRACTOR_CONFIGS", "EfficientNetConfig", "INPUT_MODES", "resolve_config",
+           "EfficientNetExtractor", "DEFAULT_BACKEND", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -81,8 +82,9 @@ def _whitening_summary(whitening) -> dict:
 class EfficientNetExtractor(GlobalExtractor):
     """EfficientNet global descriptors (and patch tokens) for uint8 RGB images.
 
-    ``EfficientNetExtractor("lite0-gem-512")`` or a dict (keys of :data:`EXTRACTOR_CONFIGS` entries:
-    model, weights, pooling, gem_p, input, size, scales, whitening) plus keyword overrides.
+    ``EfficientNetExtractor("lite0-gem-512")`` (a name of :data:`EXTRACTOR_CONFIGS`), an
+    :class:`EfficientNetConfig` or a dict of its fields (a recorded :attr:`config` too), plus keyword
+    overrides of those fields (:func:`~features.efficientnet_configs.resolve_config`).
 
     Steps per image: crop (optional box) -> resize (longest side or square) -> normalise -> for each
     scale: resize, backbone feature map, pooling, L2 -> sum over scales, L2 -> optional PCA-whitening
@@ -104,7 +106,7 @@ class EfficientNetExtractor(GlobalExtractor):
     name = "efficientnet"
     store_dtype = "float16"
 
-    def __init__(self, config: Union[str, dict, None] = "lite0-gem-512", backend: str = "auto",
+    def __init__(self, config: Union[str, EfficientNetConfig, dict, None] = "lite0-gem-512", backend: str = "auto",
                  model: Optional[EfficientNetGlobal] = None, whitening=None, batch_size: Optional[int] = None,
                  threads: Optional[int] = None, device: str = "cpu", **overrides):
         cfg = resolve_config(config, **overrides)

@@ -1,6 +1,7 @@
 """Augmentation: shapes, value range, determinism with a seed, flip and identity warps exact,
 colour jitter behaviour, evaluation transform."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -64,7 +65,7 @@ def test_identity_and_flip_warps_are_exact(coil_batch):
                           brightness=0, contrast=0, saturation=0, hue=0)
     same = augment_batch(coil_batch, plain, _gen())
     assert torch.allclose(same, coil_batch, atol=1e-5)
-    flipped_cfg = AugmentConfig(**{**plain.to_dict(), "hflip_prob": 1.0})
+    flipped_cfg = replace(plain, hflip_prob=1.0)
     flipped = augment_batch(coil_batch, flipped_cfg, _gen())
     assert torch.allclose(flipped, coil_batch.flip(-1), atol=1e-5)
     assert torch.allclose(hflip(coil_batch, torch.tensor([True, False, True, False]))[1], coil_batch[1])

@@ -1,4 +1,6 @@
 """Relation distillation losses, the teacher-embedding cache and the distillation training run."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -225,8 +227,7 @@ def test_train_then_distill_tiny(tmp_path):
         assert not torch.allclose(distilled(x), init(x))  # it trained, starting from the init
     assert dcfg["distill"]["init"]["path"].endswith("model.pt")
     with pytest.raises(ValueError, match="architecture"):
-        other = _tiny_cfg("d2")
-        other.model = AlexNetConfig(widths=(8, 16, 16, 16, 8), out_dim=16)
+        other = replace(_tiny_cfg("d2"), model=AlexNetConfig(widths=(8, 16, 16, 16, 8), out_dim=16))
         distill_mv_alexnet(student_path, images, labels, sets, teacher, tmp_path / "d2", other, dist,
                            progress=False)
     with pytest.raises(ValueError, match="L2-normalised"):
@@ -277,9 +278,9 @@ def test_mixup_distillation_teacher_sees_the_mixed_views(tmp_path):
     images, labels, sets, student_path, cached = _trained_toy_student(tmp_path)
     teacher, seen = _recording_teacher()
 
-    cfg = _tiny_cfg("m")
-    cfg.augment = AugmentConfig(out_size=40, scale=(1, 1), ratio=(1, 1), hflip_prob=0, rotation_deg=0,
-                                brightness=0, contrast=0, saturation=0, hue=0)  # identity
+    cfg = replace(_tiny_cfg("m"), augment=AugmentConfig(out_size=40, scale=(1, 1), ratio=(1, 1), hflip_prob=0,
+                                                        rotation_deg=0, brightness=0, contrast=0, saturation=0,
+                                                        hue=0))  # identity
     path, _ = distill_mv_alexnet(student_path, images, labels, sets, cached, tmp_path / "m", cfg,
                                  DistillConfig(mixup_alpha=1.0), progress=False, teacher_model=teacher)
     assert path.is_file() and seen

@@ -665,6 +665,21 @@ def test_training_cli_refuses_unknown_device_and_bad_out_before_any_work(bad_inp
     assert not (bad_inputs / "run").exists()
 
 
+def test_training_cli_bad_set_is_one_line_and_exit_code_2(capsys, tmp_path):
+    from retrieval.training.cli import main as train_main
+
+    base = ["--quiet", "siamese", "--config", "coil-e3", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    for bad, expected in ((["--set", "loop.epochs=x"], "override loop.epochs='x': not a valid value for int"),
+                          (["--set", "loop.epoch=2"], "unknown key 'epoch' of LoopConfig"),
+                          (["--set", "P"], "override 'P': expected KEY=VALUE"),
+                          (["--set", "loop.epochs=0"], "epochs must be >= 1")):
+        assert train_main(base + bad) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("retrieval.training: error: "), lines
+        assert expected in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_gldv2_protocol_refuses_a_scored_query_without_relevant_images():
     """The same rule for datasets built in Python: the metrics would leave the query out of the mean."""
     from retrieval.datasets.base import QueryTruth, RetrievalDataset

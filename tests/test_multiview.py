@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.features.alexnet import AlexNetConfig, AlexNetGlobal, MVAlexNet, count_parameters, preprocess
+from retrieval.features.alexnet import ALEXNET_CONFIGS, AlexNetConfig, AlexNetGlobal, MVAlexNet, count_parameters, preprocess
 from retrieval.features.base import GlobalExtractor
 from retrieval.features.multiview import (MultiViewExtractor, MultiViewNet, as_embedding_fn, pool_view_embeddings,
                                 pool_views)
@@ -12,7 +12,7 @@ from retrieval.features.multiview import (MultiViewExtractor, MultiViewNet, as_e
 @pytest.fixture(scope="module")
 def small_mv():
     torch.manual_seed(0)
-    return MVAlexNet(AlexNetConfig.named("alexnet-half", out_dim=32)).eval()
+    return MVAlexNet(ALEXNET_CONFIGS.get("alexnet-half", {"out_dim": 32})).eval()
 
 
 def _views(b=2, v=4, size=64, seed=0):
@@ -32,7 +32,7 @@ def test_pool_views_max_mean():
 @pytest.mark.parametrize("level", ["feature_map", "embedding"])
 def test_order_invariance_and_single_view_identity(pooling, level):
     torch.manual_seed(1)
-    base = AlexNetGlobal(AlexNetConfig.named("alexnet-half", out_dim=16)).eval()
+    base = AlexNetGlobal(ALEXNET_CONFIGS.get("alexnet-half", {"out_dim": 16})).eval()
     net = MultiViewNet(base, view_pooling=pooling, level=level).eval()
     x = _views(b=3, v=5)
     with torch.no_grad():

@@ -158,11 +158,11 @@ def test_ties_on_validation_keep_the_undistilled_student(tmp_path):
 
     from retrieval.bench.mv_models import NO_DISTILLATION, choose_student
     from retrieval.datasets.viewsets import ViewSet
-    from retrieval.features.alexnet import AlexNetConfig, MVAlexNet
+    from retrieval.features.alexnet import ALEXNET_CONFIGS, MVAlexNet
     from retrieval.training.multiview import save_mv_alexnet
 
     torch.manual_seed(0)
-    path = save_mv_alexnet(tmp_path / "m.pt", MVAlexNet(AlexNetConfig.named("alexnet-half")).eval(), 40)
+    path = save_mv_alexnet(tmp_path / "m.pt", MVAlexNet(ALEXNET_CONFIGS.get("alexnet-half")).eval(), 40)
     images = np.random.default_rng(0).integers(0, 255, (24, 40, 40, 3), dtype=np.uint8)
     sets = [ViewSet(f"o{o}_s{s}", o, s, np.arange(o * 8 + s * 4, o * 8 + s * 4 + 4)) for o in range(3) for s in range(2)]
     chosen, info = choose_student({"same weights": path}, path, images, 40, sets, (1, 3), seed=0)

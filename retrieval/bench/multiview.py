@@ -115,7 +115,7 @@ def main(conf: MultiViewConfig, out_dir: Path, cache_dir: Optional[Path] = None)
     from retrieval.fileio import atomic_write_text
     from retrieval.features.multiview import pool_view_embeddings
     from retrieval.report import StageTimer, markdown_table, peak_rss_mb, write_results
-    from retrieval.training.config import get_config
+    from retrieval.training.config import TRAIN_CONFIGS
     from retrieval.training.distill import DistillConfig, TransferSet, compute_teacher_embeddings, distill_mv_alexnet
     from retrieval.training.embedding import load_trained_efficientnet, read_trained_config
     from retrieval.training.multiview import load_mv_alexnet, train_mv_alexnet
@@ -185,12 +185,11 @@ def main(conf: MultiViewConfig, out_dir: Path, cache_dir: Optional[Path] = None)
                                                        [p.name for p in ccat.paths])[0]
                      for c, (ccat, _, _) in cross.items()}
     else:
-        over = {"loop.epochs": conf.teacher_epochs, "image_size": conf.image_size, "loop.seed": conf.seed,
-                "loop.device": "cpu"}
+        over = {"name": "mv-teacher", "loop.epochs": conf.teacher_epochs, "image_size": conf.image_size,
+                "loop.seed": conf.seed, "loop.device": "cpu"}
         if conf.max_steps_per_epoch:
             over.update({"P": 4, "K": 4, "loop.max_steps_per_epoch": conf.max_steps_per_epoch})
-        tcfg = get_config("coil-e3", **over)
-        tcfg.name = "mv-teacher"
+        tcfg = TRAIN_CONFIGS.get("coil-e3", over)
         with timer("train teacher"):
             teacher_path = train_siamese(tcfg, [catalog.paths[i] for i in train_rows],
                                          [str(o) for o in train_labels], cache / "teacher")

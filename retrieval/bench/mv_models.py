@@ -24,7 +24,7 @@ import torch
 from retrieval import metrics
 from retrieval.crossfit import choose
 from retrieval.datasets.viewsets import ViewSet, make_benchmark
-from retrieval.features.alexnet import AlexNetConfig, normalise
+from retrieval.features.alexnet import ALEXNET_CONFIGS, normalise
 from retrieval.features.efficientnet import EfficientNetGlobal, preprocess as lite_preprocess
 from retrieval.fileio import atomic_write, atomic_write_text
 from retrieval.training.augment import square_resize, uint8_to_float
@@ -141,7 +141,7 @@ def student_config(conf, name: str, epochs: int, lr: float, views: Sequence[int]
                       warmup_steps=0 if conf.max_steps_per_epoch else 20, seed=conf.seed, device="cpu",
                       checkpoint_every=50, max_steps_per_epoch=conf.max_steps_per_epoch)
     return MultiViewTrainConfig(
-        name=name, model=AlexNetConfig.named(conf.student_width), image_size=conf.image_size,
+        name=name, model=ALEXNET_CONFIGS.get(conf.student_width), image_size=conf.image_size,
         P=conf.batch_p, K=4, views=tuple(views), loss="triplet", margin=0.2, mining="batch_hard",
         bn="train", loop=loop)
 

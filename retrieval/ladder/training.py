@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Dict, Mapping
 
+from retrieval.config import parse_overrides
+
 from .config import LadderConfig
 from .stages import RunCache, remove, say
 
@@ -22,10 +24,9 @@ def quick_train_overrides() -> Dict[str, object]:
 def rung_overrides(train_set) -> Dict[str, Dict[str, str]]:
     """``("e3.loop.epochs=2", ...)`` -> ``{"e3": {"loop.epochs": "2"}}``."""
     out: Dict[str, Dict[str, str]] = {}
-    for item in train_set:
-        head, _, assignment = item.partition(".")
-        key, _, value = assignment.partition("=")
-        out.setdefault(head.lower(), {})[key] = value
+    for key, value in parse_overrides(train_set).items():
+        rung, _, field = key.partition(".")
+        out.setdefault(rung.lower(), {})[field] = value
     return out
 
 
@@ -33,7 +34,7 @@ def resolve_train_config(family: str, rung: str, device: str, overrides: Mapping
     """The TrainConfig of ``rung`` ('e2' | 'e3' | 'e4') in ``family``: ``<family>-<rung>`` (e.g.
     ``coil-e2``) or ``<first>-<rung>-<rest>`` (``gldv2-gpu`` -> ``gldv2-e2-gpu``), with ``loop.device``,
     the quick overrides and the user's overrides applied."""
-    from retrieval.training import TRAIN_CONFIGS, get_config
+    from retrieval.training import TRAIN_CONFIGS
 
     head, _, tail = family.partition("-")
     candidates = [f"{family}-{rung}", f"{head}-{rung}-{tail}" if tail else None, family]
@@ -42,12 +43,10 @@ def resolve_train_config(family: str, rung: str, device: str, overrides: Mapping
     if name is None:
         raise ValueError(f"no training configuration for {rung.upper()} in family {family!r} (tried "
                          f"{[c for c in candidates[:2] if c]}); known: {sorted(TRAIN_CONFIGS)}")
-    cfg = get_config(name, **{"loop.device": device})
+    cfg = TRAIN_CONFIGS.get(name, {"loop.device": device})
     if quick:
-        cfg = cfg.with_overrides(**quick_train_overrides())
-    if overrides:
-        cfg = cfg.with_overrides(**dict(overrides))
-    return cfg
+        cfg = cfg.override(quick_train_overrides())
+    return cfg.override(dict(overrides))
 
 
 def train_models(dataset, conf: LadderConfig, cache: RunCache) -> Dict[str, Path]:

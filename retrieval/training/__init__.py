@@ -11,7 +11,7 @@ Named configurations: :data:`TRAIN_CONFIGS`.
 """
 from .augment import AugmentConfig, augment_batch, eval_transform
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import TRAIN_CONFIGS, TrainConfig, get_config
+from .config import TRAIN_CONFIGS, TrainConfig
 from .data import TrainImages
 from .embedding import load_trained_efficientnet, read_trained_config
 from .finetune import train_classifier
@@ -22,7 +22,7 @@ from .samplers import PKSampler, RandomBatchSampler
 from .siamese import train_siamese
 
 __all__ = ["AugmentConfig", "augment_batch", "eval_transform", "CheckpointError", "load_checkpoint",
-           "save_checkpoint", "TRAIN_CONFIGS", "TrainConfig", "get_config", "TrainImages",
+           "save_checkpoint", "TRAIN_CONFIGS", "TrainConfig", "TrainImages",
            "load_trained_efficientnet", "read_trained_config", "train_classifier", "ArcFaceHead",
            "LinearHead", "make_head", "LoopConfig", "run_training", "contrastive_loss", "triplet_loss",
            "PKSampler", "RandomBatchSampler", "train_siamese"]

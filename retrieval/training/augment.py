@@ -26,12 +26,14 @@ of YIQ) by ``2 pi h``, ``h ~ U(-hue, hue)``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Literal, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from retrieval.config import Config, ConfigError
 
 __all__ = ["AugmentConfig", "uint8_to_float", "sample_crop_params", "affine_warp", "hflip",
            "color_jitter", "augment_batch", "mixup", "eval_transform", "square_resize"]
@@ -41,8 +43,8 @@ _LUMA = (0.299, 0.587, 0.114)
 _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.595716, -0.274453, -0.321263), (0.211456, -0.522591, 0.311135))
 
 
-@dataclass
-class AugmentConfig:
+@dataclass(frozen=True)
+class AugmentConfig(Config):
     """What :func:`augment_batch` does. ``out_size``: side of the square output. ``scale`` / ``ratio``:
     random-resized-crop area fraction and aspect ranges (``scale=(1, 1)`` and ``ratio=(1, 1)``
     keep the whole image). ``rotation_deg``: maximum absolute rotation. Colour strengths 0 disable
@@ -57,29 +59,24 @@ class AugmentConfig:
     contrast: float = 0.25
     saturation: float = 0.25
     hue: float = 0.03
-    padding_mode: str = "zeros"
+    padding_mode: Literal["zeros", "border", "reflection"] = "zeros"
 
-    def __post_init__(self) -> None:
-        self.scale = tuple(float(v) for v in self.scale)
-        self.ratio = tuple(float(v) for v in self.ratio)
+    def check(self) -> None:
         if self.out_size < 1:
-            raise ValueError(f"out_size must be >= 1, got {self.out_size}")
-        if not (0 < self.scale[0] <= self.scale[1] <= 1):
-            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
-        if not (0 < self.ratio[0] <= self.ratio[1]):
-            raise ValueError(f"ratio must satisfy 0 < min <= max, got {self.ratio}")
+            raise ConfigError(f"out_size must be >= 1, got {self.out_size}")
+        if len(self.scale) != 2 or not (0 < self.scale[0] <= self.scale[1] <= 1):
+            raise ConfigError(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
+        if len(self.ratio) != 2 or not (0 < self.ratio[0] <= self.ratio[1]):
+            raise ConfigError(f"ratio must satisfy 0 < min <= max, got {self.ratio}")
         if not 0 <= self.hflip_prob <= 1:
-            raise ValueError(f"hflip_prob must be in [0, 1], got {self.hflip_prob}")
+            raise ConfigError(f"hflip_prob must be in [0, 1], got {self.hflip_prob}")
         for name in ("brightness", "contrast", "saturation"):
             if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+            raise ConfigError(f"hue must be in [0, 0.5], got {self.hue}")
         if self.padding_mode not in ("zeros", "border", "reflection"):
-            raise ValueError(f"padding_mode must be zeros, border or reflection, got {self.padding_mode!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+            raise ConfigError(f"padding_mode must be zeros, border or reflection, got {self.padding_mode!r}")
 
 
 def uint8_to_float(images: torch.Tensor, device: Optional[torch.device] = None) -> torch.Tensor:

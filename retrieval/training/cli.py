@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from retrieval.config import parse_overrides
+
 __all__ = ["register", "main", "parse_label_ranges", "load_training_set"]
 
 
@@ -66,7 +68,7 @@ def load_training_set(data: str, fmt: str = "folder", labels: Optional[str] = No
 
 
 def _run(args) -> int:
-    from .config import TRAIN_CONFIGS, get_config
+    from .config import TRAIN_CONFIGS
     from .finetune import train_classifier
     from .siamese import train_siamese
 
@@ -75,13 +77,7 @@ def _run(args) -> int:
             print(f"{name}: method={cfg.method} image_size={cfg.image_size} epochs={cfg.loop.epochs} "
                   f"device={cfg.loop.device}")
         return 0
-    overrides = {}
-    for pair in args.set or []:
-        if "=" not in pair:
-            raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        overrides[key.strip()] = value
-    cfg = get_config(args.config, **overrides)
+    cfg = TRAIN_CONFIGS.get(args.config, parse_overrides(args.set))
     from retrieval.cli_checks import require_output
     from .loop import resolve_device
 

@@ -56,12 +56,14 @@ not the patch tokens) in such a callable; nothing here needs CLIP.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from retrieval.config import Config, ConfigError
 
 from .losses import make_metric_loss, pairwise_distances
 
@@ -170,8 +172,8 @@ class FeatureProjector(nn.Module):
         return self.linear(x)
 
 
-@dataclass
-class DistillConfig:
+@dataclass(frozen=True)
+class DistillConfig(Config):
     """Weights and options of :class:`DistillationLoss` (module docstring for the formulas)."""
 
     relation: str = "kl"
@@ -190,21 +192,18 @@ class DistillConfig:
     # before the student and the teacher see it; needs the teacher run on the views
     mixup_alpha: float = 0.0
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.relation not in RELATIONS:
-            raise ValueError(f"unknown relation {self.relation!r}; choose one of {RELATIONS}")
+            raise ConfigError(f"unknown relation {self.relation!r}; choose one of {RELATIONS}")
         if self.feature_kind not in FEATURE_KINDS:
-            raise ValueError(f"unknown feature matching {self.feature_kind!r}; choose one of {FEATURE_KINDS}")
+            raise ConfigError(f"unknown feature matching {self.feature_kind!r}; choose one of {FEATURE_KINDS}")
         for name in ("relation_weight", "rkd_distance_weight", "rkd_angle_weight", "feature_weight",
                      "metric_weight", "mixup_alpha"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.mixup_alpha > 0 and self.metric_weight > 0:
-            raise ValueError("mixup blends instances, so the labelled metric loss has no labels to use: "
-                             "set metric_weight = 0 with mixup_alpha > 0")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+            raise ConfigError("mixup blends instances, so the labelled metric loss has no labels to use: "
+                              "set metric_weight = 0 with mixup_alpha > 0")
 
 
 class DistillationLoss(nn.Module):

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 
 import torch.nn as nn
 
-from .config import TrainConfig, get_config
+from .config import TRAIN_CONFIGS, TrainConfig
 from .data import TrainImages
 from .embedding import prepare_embedding_model, run_embedding_training
 from .heads import make_head
@@ -55,7 +55,7 @@ def train_classifier(config: Union[str, TrainConfig], train_paths: Sequence[Path
     ``TRAIN_CONFIGS``. Progress, ``last.pt`` (resumable state), ``losses.json`` and
     ``losses.png`` go to ``out_dir``; calling again with the same arguments resumes (or returns at
     once when finished). ``images``: an already decoded :class:`TrainImages` of the same paths."""
-    cfg = get_config(config) if isinstance(config, str) else config
+    cfg = TRAIN_CONFIGS.get(config)
     if cfg.method != "classifier":
         raise ValueError(f"configuration {cfg.name!r} is for method {cfg.method!r}, not 'classifier'")
     images = images or images_for(cfg, train_paths, train_labels, progress)

@@ -31,7 +31,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from retrieval.config import Config, ConfigError
 from retrieval.features.trained import resolve_device
 
 from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_state_dict_checked, save_checkpoint
@@ -57,8 +58,8 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant", "step")
 
 
-@dataclass
-class LoopConfig:
+@dataclass(frozen=True)
+class LoopConfig(Config):
     """Optimisation settings. ``device``: 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'...
     ``amp``: mixed precision on CUDA (ignored on CPU), ``amp_dtype`` 'float16' (with loss scaling)
     or 'bfloat16'. ``checkpoint_every``: also checkpoint every that many steps (0: at epoch ends only).
@@ -83,20 +84,17 @@ class LoopConfig:
     max_steps_per_epoch: int = 0
     prefetch: int = 2
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
         if self.amp_dtype not in ("float16", "bfloat16"):
-            raise ValueError(f"amp_dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+            raise ConfigError(f"amp_dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
 
     def resume_key(self) -> dict:
         """The settings a resumed run must share with the run that wrote the checkpoint (all but

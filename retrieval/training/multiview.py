@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from retrieval.config import Config, ConfigError
 from retrieval.features.alexnet import AlexNetConfig, MVAlexNet, normalise
 
 from .augment import AugmentConfig, augment_batch, uint8_to_float
@@ -86,8 +87,8 @@ class ViewSetSampler:
         return len(self.pk)
 
 
-@dataclass
-class MultiViewTrainConfig:
+@dataclass(frozen=True)
+class MultiViewTrainConfig(Config):
     """A multi-view training run (MV-AlexNet metric learning, or the distillation that follows).
     ``views``: the set sizes V batches are drawn with. ``image_size``: the network input side
     (the augmentation's output). ``bn``: 'train' updates BatchNorm statistics, 'frozen' keeps
@@ -111,24 +112,16 @@ class MultiViewTrainConfig:
         seed=0, device="auto", checkpoint_every=50))
 
     def __post_init__(self) -> None:
-        if isinstance(self.model, dict):
-            self.model = AlexNetConfig.from_dict(self.model)
-        if isinstance(self.augment, dict):
-            self.augment = AugmentConfig(**self.augment)
-        if isinstance(self.loop, dict):
-            self.loop = LoopConfig(**self.loop)
-        self.views = tuple(int(v) for v in self.views)
-        if self.bn not in ("train", "frozen"):
-            raise ValueError(f"bn must be 'train' or 'frozen', got {self.bn!r}")
-        if self.image_size < 35:
-            raise ValueError(f"image_size must be >= 35 for the AlexNet trunk, got {self.image_size}")
-        self.augment.out_size = int(self.image_size)
+        super().__post_init__()
+        # the augmentation's output is the network input (as in TrainConfig)
+        if self.augment.out_size != self.image_size:
+            object.__setattr__(self, "augment", replace(self.augment, out_size=self.image_size))
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["model"] = self.model.to_dict()
-        d["views"] = list(self.views)
-        return d
+    def check(self) -> None:
+        if self.bn not in ("train", "frozen"):
+            raise ConfigError(f"bn must be 'train' or 'frozen', got {self.bn!r}")
+        if self.image_size < 35:
+            raise ConfigError(f"image_size must be >= 35 for the AlexNet trunk, got {self.image_size}")
 
 
 def describe_training_data(images, labels: Sequence, set_codes: Sequence[int]) -> dict:

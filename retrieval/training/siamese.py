@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .config import TrainConfig, get_config
+from .config import TRAIN_CONFIGS, TrainConfig
 from .data import TrainImages
 from .embedding import prepare_embedding_model, run_embedding_training
 from .finetune import images_for
@@ -43,7 +43,7 @@ def train_siamese(config: Union[str, TrainConfig], train_paths: Sequence[PathLik
     ``model.pt`` or its folder) and return ``out_dir/model.pt`` (None when ``stop_after_steps``
     interrupted the run). Same outputs and resuming as
     :func:`~retrieval.training.finetune.train_classifier`."""
-    cfg = get_config(config) if isinstance(config, str) else config
+    cfg = TRAIN_CONFIGS.get(config)
     if cfg.method != "siamese":
         raise ValueError(f"configuration {cfg.name!r} is for method {cfg.method!r}, not 'siamese'")
     loss = build_metric_loss(cfg)
