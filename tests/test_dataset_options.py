@@ -80,5 +80,6 @@ def test_the_rule_on_each_shape_of_settings():
         apply_dataset_options(plain, Nothing(), "folder", "/x", experiment="toy")
     assert apply_dataset_options(plain, Folder(), None, "/x").data == "/x"
     assert apply_dataset_options(plain, Nothing(), None, None) == Nothing()
-    hooked = type("Protocol", (), {"apply_dataset": staticmethod(lambda conf, kind, path: Folder(data=f"{kind}:{path}"))})()
+    hook = staticmethod(lambda conf, kind, path: Folder(data=f"{kind}:{path}"))
+    hooked = type("Protocol", (), {"apply_dataset": hook})()
     assert apply_dataset_options(hooked, Nothing(), "oxford", "/x").data == "oxford:/x"

@@ -210,9 +210,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Pa
                                     **parse_options(args.set))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"extractor: {exc}") from None
+    timed, every = spread(files, args.bare_images), (spread(files, args.limit) if args.full else [])
     with tempfile.TemporaryDirectory() as tmp:
-        rows = time_dataset(ds.root.resolve().name, ext, spread(files, args.bare_images), spread(files, args.limit) if args.full
-                            else [], args, Path(tmp))
+        rows = time_dataset(ds.root.resolve().name, ext, timed, every, args, Path(tmp))
     extra = {"torch_threads": torch.get_num_threads(), "n_jobs": args.n_jobs, "quick": args.quick,
              "torch": torch.__version__}
     out = Path(args.out)
