@@ -58,11 +58,20 @@ def test_ladder_takes_dataset_and_data_the_same_way(monkeypatch, tmp_path, capsy
 
 
 def test_a_protocol_without_a_dataset_kind_refuses_one_in_one_line(monkeypatch, tmp_path, capsys):
-    _received(monkeypatch, "retrieval.bench.multiview")
+    from retrieval.bench.multiview import cli_main as multiview_main
+
+    seen = _received(monkeypatch, "retrieval.bench.multiview")
     code = cli_main(["--quiet", "run", "multiview", "--dataset", "folder", "--data", "/x", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "experiment multiview" in err and "no dataset kind (--dataset)" in err
+    with pytest.raises(SystemExit) as exit_:        # benchmarks/multiview.py: the same rule, the same line
+        multiview_main(["--dataset", "folder", "--data", "/x", "--out", str(tmp_path)], prog="multiview.py")
+    assert exit_.value.code == 2 and capsys.readouterr().err.strip().endswith(err.strip().split("error: ", 1)[1])
+    # its data folder it does take, both ways
+    assert cli_main(["--quiet", "run", "multiview", "--data", "/x", "--out", str(tmp_path / "a")]) == 0
+    assert multiview_main(["--data", "/x", "--out", str(tmp_path / "b"), "--cache", str(tmp_path / "c")]) == 0
+    assert len(seen) == 2 and seen[0] == seen[1] and seen[0].data == "/x"
 
 
 def test_the_rule_on_each_shape_of_settings():
