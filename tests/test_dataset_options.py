@@ -47,6 +47,14 @@ def test_descriptors_take_dataset_and_data_the_same_way(monkeypatch, tmp_path, c
     assert (conf.dataset, conf.data) == ("oxford", "/data/ox")
 
 
+def test_a_dataset_section_takes_dataset_and_data_the_same_way(monkeypatch, tmp_path, capsys):
+    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.bench.classical", "classical",
+                           "--dataset", "folder", "--data", "/data/tree")
+    assert (conf.dataset.kind, conf.dataset.path) == ("folder", "/data/tree")
+    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.bench.classical", "classical", "--data", "/ox")
+    assert (conf.dataset.kind, conf.dataset.path) == ("oxford", "/ox")
+
+
 def test_ladder_takes_dataset_and_data_the_same_way(monkeypatch, tmp_path, capsys):
     conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.ladder.run", "e1-e7",
                            "--dataset", "paris", "--data", "/data/paris6k")
