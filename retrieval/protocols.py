@@ -9,7 +9,10 @@ An experiment file names its ``kind``; the kind's module provides
 
 A protocol that runs on a dataset gives its ``CONFIG`` a ``dataset`` section (preferably
 :class:`retrieval.datasets.open.DatasetConfig`, opened with :func:`~retrieval.datasets.open.open_dataset`):
-``retrieval run --dataset KIND --data PATH`` then sets its ``kind`` and ``path``.
+``--dataset KIND --data PATH`` then set its ``kind`` and ``path``. Older shapes are still read (text
+fields ``dataset`` / ``data``, or an ``apply_dataset(conf, kind, path)`` hook in the module):
+:func:`retrieval.steps.experiment.apply_dataset_options` is the one rule, for ``retrieval run`` and
+the benchmark scripts alike.
 
 Adding a protocol is one line here, ``"kind": "package.module"``; the module is imported only when
 its kind is run, so the command line stays light.

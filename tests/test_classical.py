@@ -84,17 +84,20 @@ def test_whitening_is_never_learned_on_the_searched_set(trees, tmp_path):
 
 
 def test_config_defaults_and_strictness(tmp_path):
-    from retrieval.bench.classical import ClassicalConfig, apply_dataset
+    from retrieval.bench.classical import ClassicalConfig
     from retrieval.bench.entry import read_experiment
     from retrieval.protocols import load_protocol
+    from retrieval.steps.experiment import apply_dataset_options
 
     assert load_protocol("classical").CONFIG is ClassicalConfig
     _, conf = read_experiment(ROOT / "retrieval" / "experiments" / "classical.toml", kind="classical")
     assert conf.dataset.kind == "oxford" and conf.whitening_data.path == "coil100" and conf.bow_k is None
     _, coil = read_experiment(ROOT / "retrieval" / "experiments" / "classical-coil100.toml", kind="classical")
     assert coil.dataset.path == "coil100" and coil.whitening_data.kind == "oxford"
-    moved = apply_dataset(conf, "folder", "/data/tree")
+    # --dataset KIND --data PATH: the [dataset] section's kind and path, as for every protocol with one
+    moved = apply_dataset_options(load_protocol("classical"), conf, "folder", "/data/tree")
     assert (moved.dataset.kind, moved.dataset.path) == ("folder", "/data/tree")
+    assert apply_dataset_options(load_protocol("classical"), conf, None, "/data/ox").dataset.path == "/data/ox"
     typo = tmp_path / "typo.toml"
     typo.write_text('kind = "classical"\nvlad_kk = [64]\n')
     with pytest.raises(ConfigError, match="vlad_kk") as err:

@@ -9,4 +9,7 @@ command group.
   objects), :mod:`~retrieval.bench.mv_eval` (view-set scores, summary, figures) and
   :mod:`~retrieval.bench.mv_features` (pre-extracted feature files, both metric conventions).
 * :mod:`retrieval.bench.pr_plot`: the precision-recall figure any protocol can draw.
+* :mod:`retrieval.bench.deep_speed` (EfficientNet inference paths and end-to-end extraction speed on any
+  dataset) and :mod:`retrieval.bench.store_integrity` (what the feature stores' checksums and space
+  reservation cost): benchmarks with a command line of their own, ``main(argv, prog) -> Path``.
 """

@@ -65,7 +65,7 @@ from typing import List, Mapping, Optional, Tuple
 from retrieval.config import Config, ConfigError
 from retrieval.datasets.open import DatasetConfig
 
-__all__ = ["CONFIG", "ClassicalConfig", "DEFAULT_CACHE", "apply_dataset", "sift_for", "main"]
+__all__ = ["CONFIG", "ClassicalConfig", "DEFAULT_CACHE", "sift_for", "main"]
 
 DEFAULT_CACHE = Path("cache/classical")
 
@@ -137,12 +137,6 @@ class ClassicalConfig(Config):
 
 
 CONFIG = ClassicalConfig
-
-
-def apply_dataset(conf: ClassicalConfig, kind: str, path: Optional[str]) -> ClassicalConfig:
-    """``--dataset KIND --data PATH`` of the benchmark entry points (:mod:`retrieval.bench.entry`): the
-    ``[dataset]`` section's ``kind`` and ``path``."""
-    return conf.override({"dataset.kind": kind, **({"dataset.path": str(path)} if path is not None else {})})
 
 
 def _digest(*parts) -> str:

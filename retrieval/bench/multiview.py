@@ -338,31 +338,26 @@ QUICK = {"max_objects": 10, "max_steps_per_epoch": 3, "batch_p": 4, "distill_epo
 
 
 def load_experiment(path: Path) -> MultiViewConfig:
-    """A ``kind = "multiview"`` TOML experiment file's settings (strict: an unknown key is an error)."""
-    try:
-        import tomllib
-    except ImportError:  # Python < 3.11
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise ConfigError(f"{path}: reading TOML needs Python >= 3.11 or the tomli package") from None
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:  # TOMLDecodeError is a ValueError
-        raise ConfigError(f"{path}: {exc}") from None
-    kind = data.pop("kind", None)
-    data.pop("description", None)
-    if kind != "multiview":
-        raise ConfigError(f"{path}: kind must be 'multiview', got {kind!r}")
-    return CONFIG.from_dict(data, where=str(path))
+    """A ``kind = "multiview"`` experiment file's settings, read by the one experiment-file reader
+    (strict: an unknown key is an error naming it)."""
+    from retrieval.bench.entry import read_experiment
+
+    return read_experiment(path, kind="multiview")[1]
 
 
 def cli_main(argv=None, prog: str = "multiview") -> int:
-    """``[--experiment FILE] [--out DIR] [--cache DIR] [--quick] [--set KEY=VALUE]...``"""
+    """``[--experiment FILE] [--data PATH] [--out DIR] [--cache DIR] [--quick] [--set KEY=VALUE]...``"""
     import argparse
+    import sys
+
+    from retrieval.datasets.open import DATASET_KINDS
+    from retrieval.steps.experiment import apply_dataset_options
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", default=str(DEFAULT_EXPERIMENT), help="TOML experiment file (kind multiview)")
+    p.add_argument("--dataset", choices=DATASET_KINDS, default=None,
+                   help="none taken: any multi-view set is read from its labels.csv (give --data only)")
+    p.add_argument("--data", default=None, help="the multi-view set's folder (sets 'data')")
     p.add_argument("--out", default="results/multiview", help="results folder")
     p.add_argument("--cache", default="cache/multiview", help="cache folder (images, models, embeddings)")
     p.add_argument("--quick", action="store_true", help="same path on a few objects and steps")
@@ -371,6 +366,8 @@ def cli_main(argv=None, prog: str = "multiview") -> int:
     args = p.parse_args(argv)
     try:
         conf = load_experiment(Path(args.experiment))
+        conf = apply_dataset_options(sys.modules[__name__], conf, args.dataset, args.data,
+                                     experiment=Path(args.experiment).stem)
         if args.quick:
             conf = conf.override(QUICK)
         conf = conf.override(args.overrides)

@@ -72,11 +72,7 @@ def config_from_args(args) -> LadderConfig:
             plain[key] = getattr(args, key)
     if args.recompute or args.recompute_stage:
         plain["recompute"] = STAGES if args.recompute else tuple(args.recompute_stage)
-    if args.dataset is None:
-        if args.data is not None:
-            plain["data"] = args.data
-    else:
-        conf = with_dataset(conf, args.dataset, args.data)
+    conf = with_dataset(conf, args.dataset, args.data)
     if args.skip_oxford:
         plain["landmark"] = dict(conf.landmark.to_dict(), enabled=False)
     conf = conf.override(plain)

@@ -142,10 +142,13 @@ class LadderConfig(Config):
             raise ConfigError("both halves are disabled: enable object or landmark")
 
 
-def with_dataset(conf: LadderConfig, kind: str, path: str) -> LadderConfig:
+def with_dataset(conf: LadderConfig, kind: Optional[str], path: Optional[str]) -> LadderConfig:
     """``conf`` run on dataset ``kind`` at ``path`` (``--dataset KIND --data PATH``): ``folder`` /
     ``gldv2`` -> the object half alone (trained), ``oxford`` / ``paris`` / ``revisited`` -> the
-    landmark half alone (no training)."""
+    landmark half alone (no training). Without a kind, ``path`` is the folder holding ``coil100/``
+    and ``oxford5k_subset/`` (``data``) and both halves run as configured."""
+    if kind is None:
+        return conf.override({"data": str(path)}) if path else conf
     if kind in OBJECT_KINDS:
         half, other = "object", "landmark"
     elif kind in LANDMARK_KINDS:

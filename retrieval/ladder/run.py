@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Dict, Optional
 
 from .config import LadderConfig, with_dataset
 from .stages import RunCache
 
 __all__ = ["CONFIG", "main", "DEFAULT_CACHE", "apply_dataset"]
 
-#: ``--dataset KIND --data PATH`` for the generic entry points (retrieval.bench.entry)
+#: how ``--dataset KIND --data PATH`` apply to the ladder (retrieval.steps.experiment.apply_dataset_options)
 apply_dataset = with_dataset
 
 CONFIG = LadderConfig

@@ -11,8 +11,16 @@ other data or settings never mix in). A minimal experiment file::
     kind = "folder"
     path = "~/photos"          # a class-per-folder tree, or images/ + labels.csv
 
+Re-ranking (``[rerank]``, :class:`ChainRerank`) fuses ``v * global + (1 - v) * N(local)``. ``v`` is a
+fixed number, or ``"cross-fit"`` (the default): the one held-out chooser (:mod:`retrieval.crossfit`)
+picks it for each fold of queries (whole query labels, :func:`~retrieval.crossfit.fold_groups`) among
+v = 1 and the grid ``vs``, on the OTHER folds' per-query main metric, and each query is ranked at its
+fold's choice. The local scores are computed once and re-fused for every candidate.
+
 Results: one row per method (the global ranking, and the re-ranked one when ``[rerank]`` is given)
-in ``results.json`` / ``results.md``, and ``main_metric.png``.
+in ``results.json`` / ``results.md``, and ``main_metric.png``; with a cross-fitted v, results.json's
+``v_cross_fit`` holds the chosen v per fold (``chosen``), the held-out metric per fold and over all
+queries (``held_out``), and each candidate's mean (``curves``).
 """
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, Literal, Optional, Tuple, Union
 
 from ..config import Config, ConfigError
 from ..datasets.open import DatasetConfig
@@ -30,7 +38,9 @@ from .index import IndexConfig
 from .rerank import RerankConfig
 from .search import SearchConfig
 
-__all__ = ["CONFIG", "ExtractSpec", "RetrievalExperiment", "main"]
+__all__ = ["CONFIG", "CROSS_FIT", "ChainRerank", "ExtractSpec", "RetrievalExperiment", "main"]
+
+CROSS_FIT = "cross-fit"
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,32 @@ class ExtractSpec(Config):
 
 
 @dataclass(frozen=True)
+class ChainRerank(RerankConfig):
+    """The chain's ``[rerank]`` section: :class:`~retrieval.steps.rerank.RerankConfig` whose fusion
+    weight ``v`` is a number in [0, 1] or ``"cross-fit"`` (default): chosen for each of ``folds`` folds
+    of queries on the other folds among v = 1 (the global order, kept on a tie) and the grid ``vs``,
+    so the figure reported was not chosen on the queries it is reported on."""
+
+    v: Union[float, str] = CROSS_FIT
+    vs: Tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(10))
+    folds: int = 2
+
+    def check_v(self) -> None:
+        if isinstance(self.v, str) and self.v != CROSS_FIT:
+            try:  # "0.3" from a --set override
+                object.__setattr__(self, "v", float(self.v))
+            except ValueError:
+                raise ConfigError(f"v must be a number in [0, 1] or {CROSS_FIT!r}, got {self.v!r}") from None
+        if self.v != CROSS_FIT:
+            super().check_v()
+            return
+        if not self.vs or not all(0.0 <= v <= 1.0 for v in self.vs):
+            raise ConfigError(f"vs must be fusion weights in [0, 1], got {self.vs}")
+        if self.folds < 2:
+            raise ConfigError(f"folds must be >= 2, got {self.folds}")
+
+
+@dataclass(frozen=True)
 class RetrievalExperiment(Config):
     """Settings of the ``retrieval`` protocol (module docstring). ``rerank_features``: the SIFT
     configuration of the local features the spatial / ratio / vlad re-rankers use (patch re-ranking
@@ -56,7 +92,7 @@ class RetrievalExperiment(Config):
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
-    rerank: Optional[RerankConfig] = None
+    rerank: Optional[ChainRerank] = None
     rerank_features: str = "rootsift-1k"
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
@@ -114,9 +150,8 @@ def _both(kind, config, overrides, ds, folder: Path, n_jobs: int, progress: bool
 def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = None, progress: bool = True) -> Path:
     """Run the chain (module docstring); returns ``out_dir`` holding results.json, results.md and a figure."""
     from ..datasets.open import open_dataset
-    from ..index import Ranking
     from ..report import write_results
-    from . import encode, evaluate, index, rerank, search
+    from . import encode, index, search
 
     out_dir = Path(out_dir)
     cache = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
@@ -141,41 +176,109 @@ def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = N
     run_dir.mkdir(exist_ok=True)
     index_file = index.main(conf.index, db_file, run_dir / "index.npz")
     ranking = search.main(conf.search, index_file, q_file, run_dir / "ranking.json", progress=progress)
-    rankings = {method: ranking}
-    if conf.rerank is not None:
-        r = conf.rerank
-        local_kind = "patch" if r.scorer == "patch" else "local"
-        local_config = "lite0-patch-224" if r.scorer == "patch" else conf.rerank_features
-        if ext.kind == "local" and local_kind == "local" and local_config == ext.config and not ext.overrides:
-            local_dir = cache / f"{ds.name}-{data_key}" / f"{ext.kind}-{ext.config}-{_key(ext.to_dict())}"
-        else:
-            local_dir = cache / f"{ds.name}-{data_key}" / f"{local_kind}-{local_config}"
-        local_dir.mkdir(parents=True, exist_ok=True)
-        db_local, q_local = _both(local_kind, local_config, {}, ds, local_dir, ext.n_jobs, progress)
-        model = None
-        if r.scorer == "vlad":
-            model = local_dir / "vlad-64.npz"
-            from ..features.encoders.config import ENCODER_CONFIGS
-
-            # learn (or reuse) the VLAD codebook on the database's local features
-            encode.main(EncodeConfig(encoder=ENCODER_CONFIGS.get("vlad-64")), db_local, local_dir / "db-vlad.h5",
-                        model=model, progress=progress)
-        reranked = rerank.main(r, ranking, q_local, db_local, run_dir / f"rerank-{_key(r.to_dict())}.json",
-                               model=model, progress=progress)
-        rankings[f"{method} + {r.scorer} (v={r.v:g})"] = reranked
-    rows = []
-    for name, path in rankings.items():
-        metrics = evaluate.score(conf.evaluate, Ranking.load(path).to_predictions(), ds, conf.dataset.kind,
-                                 source=str(path))
-        rows.append({"method": name, **{k: v for k, v in metrics.items() if k != "bad_files"}})
     protocols = conf.evaluate.protocols(conf.dataset.kind)
+    rows = [_row(conf, method, ranking, ds)]
     main_metric = _main_metric(rows[0], protocols[0])
+    extra: Dict[str, Any] = {}
+    if conf.rerank is not None:
+        name, reranked, fit = _rerank(conf, ds, cache / f"{ds.name}-{data_key}", ranking, run_dir, progress,
+                                      protocols[0], main_metric)
+        rows.append(_row(conf, f"{method} + {name}", reranked, ds))
+        if fit is not None:
+            extra["v_cross_fit"] = fit
     summary = {"dataset": ds.name, "queries": len(ds.query_ids), "database": len(ds.db_ids),
                "main_metric": main_metric, **{row["method"]: row.get(main_metric) for row in rows}}
+    if "v_cross_fit" in extra:
+        summary["v_chosen"] = extra["v_cross_fit"]["chosen"]
     write_results(rows, out_dir, title=f"{ds.name}: {len(ds.query_ids)} queries, {len(ds.db_ids)} database images",
-                  extra={"summary": summary, "settings": conf.to_dict()})
+                  extra={"summary": summary, **extra, "settings": conf.to_dict()})
     _figure(rows, main_metric, out_dir / "main_metric.png", ds.name)
     return out_dir
+
+
+def _row(conf: RetrievalExperiment, method: str, ranking: Path, ds) -> Dict[str, Any]:
+    from ..index import Ranking
+    from . import evaluate
+
+    metrics = evaluate.score(conf.evaluate, Ranking.load(ranking).to_predictions(), ds, conf.dataset.kind,
+                             source=str(ranking))
+    return {"method": method, **{k: v for k, v in metrics.items() if k != "bad_files"}}
+
+
+def _rerank(conf: RetrievalExperiment, ds, data_dir: Path, ranking: Path, run_dir: Path, progress: bool,
+            protocol: str, metric: str):
+    """``(name, ranking file, cross-fit report or None)`` of the ``[rerank]`` step: local features of
+    the scorer (extracted into ``data_dir``, shared by every run on the same data), their scores on the
+    shortlist (cached once for any ``v``), fused at the fixed ``v`` or at the cross-fitted one."""
+    from . import encode, rerank
+
+    r, ext = conf.rerank, conf.extract
+    local_kind = "patch" if r.scorer == "patch" else "local"
+    local_config = "lite0-patch-224" if r.scorer == "patch" else conf.rerank_features
+    if ext.kind == "local" and local_kind == "local" and local_config == ext.config and not ext.overrides:
+        local_dir = data_dir / f"{ext.kind}-{ext.config}-{_key(ext.to_dict())}"   # the features searched
+    else:
+        local_dir = data_dir / f"{local_kind}-{local_config}"
+    local_dir.mkdir(parents=True, exist_ok=True)
+    db_local, q_local = _both(local_kind, local_config, {}, ds, local_dir, ext.n_jobs, progress)
+    model = None
+    if r.scorer == "vlad":
+        model = local_dir / "vlad-64.npz"
+        from ..features.encoders.config import ENCODER_CONFIGS
+
+        # learn (or reuse) the VLAD codebook on the database's local features
+        encode.main(EncodeConfig(encoder=ENCODER_CONFIGS.get("vlad-64")), db_local, local_dir / "db-vlad.h5",
+                    model=model, progress=progress)
+    scoring = {k: v for k, v in r.to_dict().items() if k not in ("v", "vs", "folds", "norm", "T")}
+    base, shortlist, local = rerank.shortlist_scores(r, ranking, q_local, db_local,
+                                                     run_dir / f"shortlist-{_key(scoring)}", model, progress)
+    out = run_dir / f"rerank-{_key(r.to_dict())}.json"
+    if r.v != CROSS_FIT:
+        rerank.fused_ranking(base, shortlist, local, r.v, r.norm, r.T).save(out)
+        return f"{r.scorer} (v={r.v:g})", out, None
+    fused = lambda v: rerank.fused_ranking(base, shortlist, local, v, r.norm, r.T)  # noqa: E731
+    fit, groups = _cross_fit_v(conf, ds, fused, protocol, metric)
+    _per_query_rows(fused, fit["chosen"], groups, base.query_ids).save(out)
+    return f"{r.scorer} (v cross-fit)", out, fit
+
+
+def _cross_fit_v(conf: RetrievalExperiment, ds, fused, protocol: str, metric: str):
+    """Choose v for each fold of queries on the other folds (:func:`retrieval.crossfit.cross_fit`):
+    the candidates are v = 1 (the global order, which wins ties) and the grid ``vs``, each scored per
+    query with ``metric`` under ``protocol``. Folds are whole query labels when the queries have
+    enough of them (:func:`retrieval.crossfit.fold_groups`: all views of an object or landmark in one
+    fold, so no fold chooses on near-copies of its own queries), else queries dealt in order.
+    Returns the report (results.json ``v_cross_fit``) and ``{query id: fold}``."""
+    from ..crossfit import cross_fit, fold_groups
+    from . import evaluate
+
+    r = conf.rerank
+    candidates = list(dict.fromkeys([1.0, *r.vs]))
+    per_query = {v: evaluate.score_per_query(conf.evaluate, fused(v).to_predictions(), ds, protocol, metric)
+                 for v in candidates}
+    query_ids = [str(q) for q in ds.query_ids]
+    labels = ds.query_labels if ds.query_labels and len(set(ds.query_labels)) >= r.folds else None
+    groups = fold_groups(query_ids, None if labels is None else [str(x) for x in labels], r.folds)
+    try:
+        fit = cross_fit(per_query, groups, prefer=candidates)
+    except ValueError as exc:
+        raise ConfigError(f"rerank.v = {CROSS_FIT!r}: {exc}; give a fixed v instead") from None
+    label = lambda v: f"{v:g}"  # noqa: E731
+    return {"metric": metric, "protocol": protocol, "folds_by": "query labels" if labels else "query order",
+            "candidates": candidates, "chosen": dict(fit["chosen"]), "held_out": dict(fit["score"]),
+            "curves": {g: {label(v): m for v, m in c.items()} for g, c in fit["curves"].items()}}, groups
+
+
+def _per_query_rows(fused, chosen: Dict[str, float], groups: Dict[str, str], query_ids):
+    """One ranking whose row of each query is the fused ranking at its fold's chosen v."""
+    import numpy as np
+
+    from ..index import Ranking
+
+    by_v = {v: fused(v) for v in set(chosen.values())}
+    rows = [by_v[chosen[groups[str(q)]]] for q in query_ids]
+    take = lambda field: np.stack([getattr(ranking, field)[i] for i, ranking in enumerate(rows)])  # noqa: E731
+    return Ranking(ids=take("ids"), scores=take("scores"), indices=take("indices"), query_ids=query_ids)
 
 
 def _main_metric(row: Dict[str, Any], protocol: str) -> str:

@@ -21,7 +21,7 @@ from ..config import Config, ConfigError
 from ..datasets.base import RetrievalDataset
 from ..datasets.open import DEFAULT_PROTOCOL, DatasetConfig, open_dataset
 
-__all__ = ["EvaluateConfig", "ShortRankingError", "main", "score", "register"]
+__all__ = ["EvaluateConfig", "ShortRankingError", "main", "score", "score_per_query", "register"]
 
 
 class ShortRankingError(ValueError):
@@ -55,7 +55,6 @@ def score(conf: EvaluateConfig, predictions: Dict[Any, list], dataset: Retrieval
           dataset_kind: Optional[str] = None, source: str = "ranking") -> Dict[str, Any]:
     """Metrics of ``predictions`` (``{query id: [db ids best first]}``) under every protocol of
     ``conf``, after the depth check (module docstring)."""
-    from ..datasets.splits import drop_junk
     from ..evaluate import evaluate, required_depth
 
     protocols = conf.protocols(dataset_kind)
@@ -75,16 +74,35 @@ def score(conf: EvaluateConfig, predictions: Dict[Any, list], dataset: Retrieval
         result["short_ranking"] = {"depth": depth, "needed": need}
     for protocol in protocols:
         try:
-            # junk (the query's own image, Oxford junk) leaves the ranking before any metric sees it;
-            # the landmark protocol counts junk as relevant, so it gets the ranking as is
-            preds = predictions if protocol == "landmark" else drop_junk(dataset, predictions)
-            metrics = evaluate(dataset, preds, protocol=protocol, k=conf.k)
+            metrics = evaluate(dataset, _without_junk(dataset, predictions, protocol), protocol=protocol, k=conf.k)
         except ValueError as exc:
             raise ValueError(f"{source}: {exc}") from None
         result.update(metrics)
     result["queries_without_prediction"] = sum(1 for q in scored if q not in predictions)
     result["bad_files"] = len(dataset.bad_files)
     return result
+
+
+def score_per_query(conf: EvaluateConfig, predictions: Dict[Any, list], dataset: RetrievalDataset, protocol: str,
+                    metric: str) -> Dict[str, float]:
+    """``{query id: value}`` of ``metric`` under ``protocol``, the rankings prepared as :func:`score`
+    prepares them, so the mean over the queries is the figure :func:`score` reports (no depth check:
+    score the same rankings with :func:`score` first)."""
+    from ..evaluate import evaluate_per_query
+
+    per_query = evaluate_per_query(dataset, _without_junk(dataset, predictions, protocol), protocol=protocol,
+                                   k=conf.k)
+    if metric not in per_query:
+        raise ConfigError(f"protocol {protocol!r} has no per-query {metric!r}; it has {sorted(per_query)}")
+    return {str(q): float(v) for q, v in per_query[metric].items()}
+
+
+def _without_junk(dataset: RetrievalDataset, predictions: Dict[Any, list], protocol: str) -> Dict[Any, list]:
+    """Junk (the query's own image, Oxford junk) leaves the ranking before any metric sees it; the
+    landmark protocol counts junk as relevant, so it gets the ranking as is."""
+    from ..datasets.splits import drop_junk
+
+    return predictions if protocol == "landmark" else drop_junk(dataset, predictions)
 
 
 def main(conf: EvaluateConfig, ranking: Path, dataset: Union[DatasetConfig, RetrievalDataset],

@@ -14,10 +14,9 @@
 
 Every key but ``kind`` and ``description`` is read into the protocol module's ``CONFIG`` with
 :meth:`retrieval.config.Config.from_dict`, strictly: an unknown key anywhere is an error naming the
-key and the file. A protocol whose ``CONFIG`` has a ``dataset`` section (a
-:class:`~retrieval.datasets.open.DatasetConfig` or any Config with ``kind`` and ``path``) can be
-pointed at other data with ``--dataset KIND --data PATH``; ``--set key.sub=value`` overrides any
-setting (dotted keys, values read as JSON unless the field is text).
+key and the file. Every protocol that runs on data can be pointed at other data with ``--dataset
+KIND --data PATH`` (:func:`apply_dataset_options` says where they go); ``--set key.sub=value``
+overrides any setting (dotted keys, values read as JSON unless the field is text).
 
 Experiment files shipped with the package (``retrieval/experiments/*.toml``) are named without a
 path or extension: ``retrieval run e1-e7`` (:func:`shipped_experiments` lists them).
@@ -31,10 +30,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from ..config import Config, ConfigError, parse_overrides
+from ..config import Config, ConfigError, config_fields, parse_overrides
 
-__all__ = ["Experiment", "load_experiment", "read_experiment_file", "find_experiment", "shipped_experiments",
-           "EXPERIMENT_DIR", "RESERVED_KEYS"]
+__all__ = ["Experiment", "load_experiment", "apply_dataset_options", "read_experiment_file", "find_experiment",
+           "shipped_experiments", "EXPERIMENT_DIR", "RESERVED_KEYS"]
 
 EXPERIMENT_DIR = Path(__file__).resolve().parent.parent / "experiments"
 RESERVED_KEYS = ("kind", "description")
@@ -102,27 +101,49 @@ def read_experiment_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     return dict(data)
 
 
-def _dataset_overrides(conf_cls, dataset: Optional[str], data: Optional[str], path: Path) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    if dataset is None and data is None:
-        return out
-    from ..config import config_fields
+#: what each option names, for the error when a protocol has no field for it
+_OPTION_FIELDS = {"dataset": "dataset kind (--dataset)", "data": "dataset folder (--data)"}
 
-    if "dataset" not in config_fields(conf_cls):
-        raise ConfigError(f"{path}: this experiment's protocol takes no [dataset] section, so --dataset/--data "
-                          f"cannot apply to it")
-    if dataset is not None:
-        out["dataset.kind"] = dataset
-    if data is not None:
-        out["dataset.path"] = str(data)
-    return out
+
+def apply_dataset_options(module: ModuleType, conf: Config, dataset: Optional[str] = None,
+                          data: Optional[Union[str, os.PathLike]] = None, experiment: str = "experiment") -> Config:
+    """``conf`` with ``--dataset KIND --data PATH`` applied: the one rule for every entry point
+    (``retrieval run``, the ``benchmarks/*.py`` scripts), so the same options mean the same thing:
+
+    1. the protocol module's own ``apply_dataset(conf, kind, path)`` hook when it has one (the ladder:
+       the kind picks the half that runs);
+    2. else a ``dataset`` section with ``kind`` and ``path`` (a
+       :class:`~retrieval.datasets.open.DatasetConfig`): ``dataset.kind`` / ``dataset.path``;
+    3. else the text fields ``dataset`` (the kind) and ``data`` (the folder).
+
+    An option the protocol has no place for is an error naming ``experiment``."""
+    if dataset is None and data is None:
+        return conf
+    given = {"dataset": dataset, "data": None if data is None else str(data)}
+    try:
+        hook = getattr(module, "apply_dataset", None)
+        if hook is not None:
+            return hook(conf, given["dataset"], given["data"])
+        fields = config_fields(type(conf))
+        section = fields.get("dataset")
+        if isinstance(section, type) and issubclass(section, Config) and \
+                {"kind", "path"} <= set(config_fields(section)):
+            pairs = {"dataset.kind": given["dataset"], "dataset.path": given["data"]}
+        else:
+            refused = [key for key, value in given.items() if value is not None and fields.get(key) is not str]
+            if refused:
+                raise ConfigError(f"its protocol takes no {' and no '.join(_OPTION_FIELDS[k] for k in refused)}")
+            pairs = dict(given)
+        return conf.override({k: v for k, v in pairs.items() if v is not None})
+    except ConfigError as exc:
+        raise ConfigError(f"experiment {experiment}: {exc}") from None
 
 
 def load_experiment(name: Union[str, os.PathLike], overrides: Union[None, Sequence[str], Mapping[str, Any]] = None,
                     dataset: Optional[str] = None, data: Optional[Union[str, os.PathLike]] = None) -> Experiment:
     """Read, validate and override an experiment (module docstring): ``name`` is a path or a shipped
-    experiment's name; ``overrides`` dotted ``KEY=VALUE`` strings or a mapping; ``dataset`` / ``data``
-    replace the ``[dataset]`` section's ``kind`` / ``path``."""
+    experiment's name; ``overrides`` dotted ``KEY=VALUE`` strings or a mapping, applied after ``dataset``
+    / ``data`` (:func:`apply_dataset_options`)."""
     from ..protocols import load_protocol
 
     path = find_experiment(name)
@@ -139,7 +160,8 @@ def load_experiment(name: Union[str, os.PathLike], overrides: Union[None, Sequen
         raise ConfigError(f"{path}: {exc}") from None
     settings = {k: v for k, v in table.items() if k not in RESERVED_KEYS}
     conf = module.CONFIG.from_dict(settings, where=str(path))
-    pairs: Dict[str, Any] = _dataset_overrides(module.CONFIG, dataset, None if data is None else str(data), path)
+    conf = apply_dataset_options(module, conf, dataset, data, experiment=str(name))
+    pairs: Dict[str, Any] = {}
     if overrides:
         pairs.update(parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else dict(overrides))
     if pairs:

@@ -20,7 +20,7 @@ from typing import Any, Dict, Literal, Optional
 
 from ..config import Config, ConfigError
 
-__all__ = ["RerankConfig", "main", "register", "make_scorer"]
+__all__ = ["RerankConfig", "main", "register", "make_scorer", "shortlist_scores", "fused_ranking"]
 
 Scorer = Literal["spatial", "ratio", "vlad", "patch"]
 Norm = Literal["none", "minmax", "saturate", "exp", "zscore"]
@@ -42,14 +42,18 @@ class RerankConfig(Config):
     T: Optional[float] = None
 
     def check(self) -> None:
-        if not 0.0 <= self.v <= 1.0:
-            raise ConfigError(f"v must be in [0, 1], got {self.v}")
+        self.check_v()
         if self.shortlist < 1:
             raise ConfigError(f"shortlist must be >= 1, got {self.shortlist}")
         if self.norm in ("saturate", "exp") and not (self.T and self.T > 0):
             raise ConfigError(f"norm {self.norm!r} needs a scale T > 0")
         if self.config and self.scorer != "spatial":
             raise ConfigError(f"only the spatial scorer has named configurations, not {self.scorer!r}")
+
+    def check_v(self) -> None:
+        """The fusion weight is a number in [0, 1] (the experiment chain also takes a rule choosing it)."""
+        if not 0.0 <= self.v <= 1.0:
+            raise ConfigError(f"v must be in [0, 1], got {self.v}")
 
 
 def make_scorer(conf: RerankConfig, model: Optional[Path] = None):
@@ -80,17 +84,17 @@ def _scorer_config(scorer) -> Any:
     return config
 
 
-def main(conf: RerankConfig, ranking: Path, query_local: Path, db_local: Path, out: Path,
-         model: Optional[Path] = None, progress: bool = True, info: Optional[dict] = None) -> Path:
-    """Re-rank ``ranking`` (JSON) with the local stores of the queries and the database; writes the
-    new ranking to ``out`` and returns it."""
+def shortlist_scores(conf: RerankConfig, ranking: Path, query_local: Path, db_local: Path, cache: Path,
+                     model: Optional[Path] = None, progress: bool = True):
+    """``(base ranking, shortlist, local scores)``: the local evidence of ``conf.scorer`` for the top
+    ``conf.shortlist`` of ``ranking``, cached in ``cache`` (``.npz/.json``; resumed, and reused for any
+    ``v`` / ``norm``: a cache made another way starts afresh)."""
     import numpy as np
 
     from ..features.store import LocalFeatureStore
     from ..index import Ranking
-    from ..rerank import Shortlist, fuse, fusion_order
+    from ..rerank import Shortlist
 
-    start = time.perf_counter()
     base = Ranking.load(ranking)
     if base.query_ids is None:
         raise ConfigError(f"{ranking}: the ranking does not name its queries (no query_ids)")
@@ -105,7 +109,6 @@ def main(conf: RerankConfig, ranking: Path, query_local: Path, db_local: Path, o
         cache_config = {"ranking": Path(ranking).name, "k": min(conf.shortlist, base.k),
                         "scorer": _scorer_config(scorer), "model": None if model is None else str(model),
                         "query_local": q_store.config, "db_local": db_store.config}
-        cache = Path(str(out) + ".shortlist")
         shortlist = None
         if Shortlist.exists(cache):
             try:
@@ -121,7 +124,18 @@ def main(conf: RerankConfig, ranking: Path, query_local: Path, db_local: Path, o
         if absent:
             raise ConfigError(f"{db_local}: no local features for shortlisted images {absent}")
         local = shortlist.score_with(scorer, q_store, db_store, name="local", path=cache, progress=progress)
-    fused = fuse(shortlist.global_scores, local, conf.v, conf.norm, conf.T)
+    return base, shortlist, local
+
+
+def fused_ranking(base, shortlist, local, v: float, norm: str = "minmax", T: Optional[float] = None):
+    """The :class:`~retrieval.index.Ranking` of ``base`` with its shortlist re-sorted by
+    ``v * global + (1 - v) * N(local)``; the rest follows in the global order."""
+    import numpy as np
+
+    from ..index import Ranking
+    from ..rerank import fuse, fusion_order
+
+    fused = fuse(shortlist.global_scores, local, v, norm, T)
     order = fusion_order(fused)
     k = shortlist.k
     ids = base.ids.copy()
@@ -130,9 +144,19 @@ def main(conf: RerankConfig, ranking: Path, query_local: Path, db_local: Path, o
     ids[:, :k] = np.take_along_axis(base.ids[:, :k], order, axis=1)
     indices[:, :k] = np.take_along_axis(base.indices[:, :k], order, axis=1)
     scores[:, :k] = np.take_along_axis(fused, order, axis=1)
-    Ranking(ids=ids, scores=scores, indices=indices, query_ids=base.query_ids).save(out)
+    return Ranking(ids=ids, scores=scores, indices=indices, query_ids=base.query_ids)
+
+
+def main(conf: RerankConfig, ranking: Path, query_local: Path, db_local: Path, out: Path,
+         model: Optional[Path] = None, progress: bool = True, info: Optional[dict] = None) -> Path:
+    """Re-rank ``ranking`` (JSON) with the local stores of the queries and the database; writes the
+    new ranking to ``out`` and returns it."""
+    start = time.perf_counter()
+    base, shortlist, local = shortlist_scores(conf, ranking, query_local, db_local, Path(str(out) + ".shortlist"),
+                                              model, progress)
+    fused_ranking(base, shortlist, local, conf.v, conf.norm, conf.T).save(out)
     if info is not None:
-        info.update(queries=len(base), shortlist=k, ranked=base.k, scorer=conf.scorer, v=conf.v,
+        info.update(queries=len(base), shortlist=shortlist.k, ranked=base.k, scorer=conf.scorer, v=conf.v,
                     seconds=round(time.perf_counter() - start, 3))
     return Path(out)
 

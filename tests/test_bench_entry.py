@@ -1,0 +1,67 @@
+"""The thin benchmark entry points run as scripts, on a few images: benchmarks/deep_speed.py on any
+dataset (``--dataset KIND --data PATH``) and benchmarks/store_integrity.py, each writing its
+results.json; a user error is one line and exit status 2."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script(name: str, *argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *[str(a) for a in argv]],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def _coil_folder(coil100_dir: Path, root: Path) -> Path:
+    """Two COIL-100 objects, two views each, as images/ + labels.csv."""
+    (root / "images").mkdir(parents=True)
+    lines = ["filename,object_id,azimuth_deg"]
+    for obj in (1, 2):
+        for azimuth in (0, 5):
+            name = f"obj{obj}__{azimuth}.png"
+            (root / "images" / name).symlink_to(coil100_dir / "images" / name)
+            lines.append(f"{name},{obj},{azimuth}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_deep_speed_on_a_few_images(coil100_dir, tmp_path):
+    data = _coil_folder(coil100_dir, tmp_path / "coil")
+    # random weights at 64 px: nothing to download, a second of work
+    done = _script("deep_speed.py", "--dataset", "folder", "--data", data, "--config", "lite0-gem-224",
+                   "--set", "weights=random", "--set", "size=64", "--backend", "eager", "--backends", "eager",
+                   "--bare-images", 2, "--rounds", 1, "--compare-batch", 1, "--n-jobs", 1, "--full",
+                   "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {"rows", "torch_threads", "n_jobs", "quick", "torch"} <= set(results)
+    for row in results["rows"]:
+        assert set(row) == {"dataset", "variant", "batch", "img_per_s", "vs_eager", "e2e_vs_bare", "default"}
+        assert row["dataset"] == "coil" and row["img_per_s"] > 0
+    variants = [row["variant"] for row in results["rows"]]
+    assert "bare forward: eager" in variants and "end to end: eager" in variants
+    assert variants[-1] == "end to end, all 4 images: eager"
+    assert (tmp_path / "out" / "results.md").is_file()
+
+
+def test_deep_speed_needs_the_folder_of_another_dataset(tmp_path):
+    done = _script("deep_speed.py", "--dataset", "paris", "--out", tmp_path / "out")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "deep_speed.py: error: --dataset paris needs its folder (--data PATH)"
+
+
+def test_store_integrity_writes_its_report(tmp_path):
+    done = _script("store_integrity.py", "--entries", 2, "--rows", 300, "--rounds", 1, "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results == json.loads(done.stdout)
+    assert set(results) == {"entries", "rows", "rounds", "median_seconds", "put_full_vs_bare",
+                            "put_reserve_vs_no_reserve", "get_verify_vs_no_verify", "append_reserve_vs_no_reserve",
+                            "load_verify_vs_no_verify"}
+    assert set(results["median_seconds"]) == {"put", "put_no_reserve", "put_bare", "get_verify", "get_no_verify",
+                                              "append", "append_no_reserve", "load_verify", "load_no_verify"}
+    assert (tmp_path / "out" / "results.md").is_file()
