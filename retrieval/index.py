@@ -9,7 +9,10 @@ Backends
 --------
 ``"exact"``
     Brute force: ``scores = Q_block @ D_block^T`` (numpy's multi-threaded BLAS sgemm) followed by a
-    partial top-k (``torch.topk``), never a full sort. Queries and database are cut into blocks
+    partial top-k (``torch.topk``), never a full sort. Where the CPU multiplies bfloat16 natively,
+    ``precision="auto"`` (default) finds the top k with a bfloat16 product whose error is bounded,
+    then re-scores the candidates in float32: the same top k at about half the arithmetic
+    (:mod:`retrieval.exact_bf16`); ``precision="float32"`` keeps the float32 product throughout. Queries and database are cut into blocks
     sized from ``memory_mb`` so the score matrix held at once never exceeds that budget; block
     results are merged exactly. Ties are ordered deterministically: equal scores, lower database
     row first (also at the k-th position).
@@ -63,6 +66,7 @@ from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .config import ConfigError
+from .exact_bf16 import topk_bf16, use_bf16
 from .exact_search import exact_block_shape, exact_search
 from .faiss_backend import build_faiss, faiss_search, import_faiss
 from .fileio import check_header, digest, pop_header, read_npz, save_npz
@@ -108,7 +112,7 @@ class Index:
         self.option_config = resolve_options(backend, options)
         self._lock = threading.Lock()  # guards the exact backend's consolidation of added vectors
         self.source: Optional[str] = None  # file this index was loaded from (for error messages)
-        self.last_block_shape: Optional[Tuple[int, int]] = None
+        self._reset_search_state()
         vectors = self._prepare(vectors, "database vectors")
         self.dim = int(vectors.shape[1])
         if self.dim == 0:
@@ -123,6 +127,13 @@ class Index:
         self._append(vectors, ids)
 
     # -- construction ------------------------------------------------------------------------
+
+    def _reset_search_state(self) -> None:
+        # what the last exact search did (block shape, precision, bfloat16 candidates per query)
+        self.last_block_shape: Optional[Tuple[int, int]] = None
+        self.last_precision: Optional[str] = None
+        self.last_candidates: Optional[float] = None
+        self._bf16 = None  # (float32 matrix it was made from, its bfloat16 copy)
 
     @property
     def options(self) -> Dict[str, Any]:
@@ -254,10 +265,29 @@ class Index:
             scores = np.zeros((nq, k), np.float32)
             rows = np.zeros((nq, k), np.int64)
         elif self._faiss is None:
-            scores, rows, self.last_block_shape = exact_search(self._matrix(), arr, k, options.memory_mb)
+            scores, rows = self._exact_search(arr, k, options)
         else:
             scores, rows = self._faiss_search(arr, k, options)
         return self._ranking(scores, rows, query_ids)
+
+    def _exact_search(self, queries: np.ndarray, k: int, options) -> Tuple[np.ndarray, np.ndarray]:
+        matrix = self._matrix()
+        qb, dbb = exact_block_shape(len(queries), len(matrix), k, options.memory_mb)
+        bf16, max_candidates = use_bf16(len(matrix), k, options.precision, whole_rows=dbb == len(matrix))
+        if bf16:
+            with self._lock:  # the bfloat16 copy, made once per database state (+50% memory)
+                if self._bf16 is None or self._bf16[0] is not matrix:
+                    import torch
+                    self._bf16 = (matrix, torch.from_numpy(matrix).bfloat16())
+                database_bf16 = self._bf16[1]
+            found = topk_bf16(matrix, database_bf16, queries, k, qb, max_candidates)
+            if found is not None:
+                scores, rows, self.last_candidates = found
+                self.last_block_shape, self.last_precision = (qb, dbb), "bfloat16"
+                return scores, rows
+        scores, rows, self.last_block_shape = exact_search(matrix, queries, k, options.memory_mb)
+        self.last_precision, self.last_candidates = "float32", None
+        return scores, rows
 
     def _faiss_search(self, queries: np.ndarray, k: int, options) -> Tuple[np.ndarray, np.ndarray]:
         return faiss_search(self._faiss, self.backend, queries, k, options)
@@ -348,7 +378,7 @@ class Index:
         index._lock = threading.Lock()
         index.dim = int(dim)
         index.source = None if source is None else str(source)
-        index.last_block_shape = None
+        index._reset_search_state()
         index._ids = ids.astype(np.int64) if int_ids else ids
         index._id_set = set(index._ids.tolist())
         index._pending = []

@@ -9,8 +9,8 @@ allowed range.
 ``resolve_options(backend, options)`` turns the keyword options of ``Index(..., **options)`` (or
 ``--option KEY=VALUE`` on the command line, or the ``backend_options`` of a saved file) into the
 backend's checked configuration; aliases (``efSearch``, ``efConstruction``, ``M``) are accepted.
-``search_options(conf, overrides)`` applies per-call search options (``memory_mb``, ``nprobe``,
-``ef_search``) and refuses the others.
+``search_options(conf, overrides)`` applies per-call search options (``memory_mb``, ``precision``,
+``nprobe``, ``ef_search``) and refuses the others.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ __all__ = ["ExactOptions", "FlatOptions", "IVFOptions", "IVFPQOptions", "HNSWOpt
            "SEARCH_OPTIONS", "resolve_options", "search_options", "DEFAULT_MEMORY_MB"]
 
 DEFAULT_MEMORY_MB = 256.0
+PRECISIONS = ("auto", "float32", "bfloat16")
 # faiss' PQ codes hold at most 16 bits per sub-quantiser in practice (2^16 centroids each)
 MAX_PQ_BITS = 16
 # links per HNSW node: faiss needs at least 2; more than 512 only costs memory
@@ -41,13 +42,20 @@ def _at_least(name: str, value: Optional[int], low: int, high: Optional[int] = N
 
 @dataclass(frozen=True)
 class ExactOptions(Config):
-    """Brute force: ``memory_mb`` bounds the score block held at once (search option)."""
+    """Brute force: ``memory_mb`` bounds the score block held at once; ``precision`` of the product
+    that finds the top k (:mod:`retrieval.exact_bf16`): ``"float32"`` throughout, ``"bfloat16"`` a
+    bfloat16 pre-selection re-scored in float32 (the same top k, where the CPU has native bfloat16),
+    ``"auto"`` (default) bfloat16 where available and the search is large enough to gain. Both are
+    search options."""
 
     memory_mb: float = DEFAULT_MEMORY_MB
+    precision: str = "auto"
 
     def check(self) -> None:
         if not (math.isfinite(self.memory_mb) and self.memory_mb > 0):
             raise ConfigError(f"option memory_mb={self.memory_mb} must be a positive number of megabytes")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"option precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,7 @@ OPTION_CONFIGS: Dict[str, Type[Config]] = {
 }
 ALIASES = {"efSearch": "ef_search", "efConstruction": "ef_construction", "M": "hnsw_m"}
 # options that only affect search, so they may be changed per call / after loading
-SEARCH_OPTIONS = frozenset({"memory_mb", "nprobe", "ef_search"})
+SEARCH_OPTIONS = frozenset({"memory_mb", "precision", "nprobe", "ef_search"})
 
 
 def _plain(value: Any) -> Any:

@@ -117,7 +117,8 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
           f"({time.perf_counter() - t0:.1f} s to generate); threads: {threads()}", flush=True)
 
     rows: List[dict] = []
-    search_options = {"exact": {"memory_mb": args.memory_mb}}
+    search_options = {"exact": {"memory_mb": args.memory_mb},
+                      "exact-float32": {"memory_mb": args.memory_mb, "precision": "float32"}}
 
     def build(name: str, make: Callable[[], Index]) -> Index:
         start = time.perf_counter()
@@ -136,6 +137,10 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
     # exact and faiss Flat are timed in alternation (warm-up of each first), so a load change on
     # a shared machine hits both alike; the ratio is also taken pair by pair
     indexes = {"exact": build("exact", lambda: Index(database, normalize=False))}
+    # the same index searched with the float32 product throughout (precision="auto" may pre-select
+    # in bfloat16, retrieval.exact_bf16)
+    indexes["exact-float32"] = indexes["exact"]
+    rows.append({"backend": "exact-float32", "build_s": rows[0]["build_s"]})
     try:
         import faiss  # noqa: F401
     except ImportError:
@@ -145,6 +150,7 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
                                                                   normalize=False))
     rankings: Dict[str, Ranking] = {}
     times: Dict[str, List[float]] = {name: [] for name in indexes}
+    precision: Dict[str, str] = {}
     for name, index in indexes.items():
         index.search(queries[: max(1, args.queries // 10)], k=args.k, **search_options.get(name, {}))
     for _ in range(args.repeats):
@@ -152,21 +158,28 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
             start = time.perf_counter()
             rankings[name] = index.search(queries, k=args.k, **search_options.get(name, {}))
             times[name].append(time.perf_counter() - start)
+            if name.startswith("exact"):
+                precision[name] = index.last_precision + (f" ({index.last_candidates:.0f} candidates / query)"
+                                                          if index.last_candidates is not None else "")
     for name in indexes:
         record(name, times[name])
-    rows[0]["block"] = "x".join(map(str, indexes["exact"].last_block_shape))
-    exact = rankings["exact"]
+    for row in rows:
+        if row["backend"].startswith("exact"):
+            row["block"] = "x".join(map(str, indexes["exact"].last_block_shape))
+            row["precision"] = precision[row["backend"]]
+    exact = rankings["exact-float32"]
     ratio = None
+    by_name = {row["backend"]: row for row in rows}
     if "faiss-flat" in indexes:
-        flat_row = rows[1]
-        flat_row.update(agreement(rankings["faiss-flat"], exact, args.tol))
-        flat_row["recall@k"] = recall_at_k(rankings["faiss-flat"], exact)
-        ratio = statistics.median(f / e for f, e in zip(times["faiss-flat"], times["exact"]))
-        rows[0]["qps_vs_faiss_flat"] = ratio
-        flat_row["qps_vs_faiss_flat"] = 1.0
+        for name in indexes:
+            by_name[name].update(agreement(rankings[name], exact, args.tol))
+            by_name[name]["recall@k"] = recall_at_k(rankings[name], exact)
+            by_name[name]["qps_vs_faiss_flat"] = statistics.median(
+                f / e for f, e in zip(times["faiss-flat"], times[name]))
+        ratio = by_name["exact"]["qps_vs_faiss_flat"]
     del indexes
     if args.approx and ratio is not None:
-        flat_s = rows[1]["search_s"]
+        flat_s = by_name["faiss-flat"]["search_s"]
         # (backend, build options, search options); defaults otherwise (see retrieval.index)
         approx = [("faiss-ivf", {"seed": args.seed}, {"nprobe": 16}),
                   ("faiss-ivfpq", {"seed": args.seed}, {"nprobe": 16}),
@@ -180,7 +193,7 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
             rows[-1]["qps_vs_faiss_flat"] = flat_s / rows[-1]["search_s"]   # not interleaved
             rows[-1]["options"] = ", ".join(f"{key}={value}" for key, value in index.options.items())
             del index
-    columns = ["backend", "build_s", "search_s", "qps", "qps_vs_faiss_flat", "recall@k", "agree",
+    columns = ["backend", "precision", "build_s", "search_s", "qps", "qps_vs_faiss_flat", "recall@k", "agree",
                "max_score_diff", "id_mismatches", "block", "peak_rss_mb", "search_s_all", "options"]
     table = write_results(rows, args.out, columns=columns,
                           title=f"Index search: {args.n} x {args.dim} database ({kind}), {args.queries} "
