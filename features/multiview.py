@@ -27,7 +27,7 @@ EfficientNetGlobal`` and ``features.alexnet.AlexNetGlobal`` have them), wrapped 
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Sequence, Union
 
 import numpy as np
 import torch

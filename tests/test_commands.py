@@ -422,3 +422,16 @@ def test_export_gldv2_of_a_class_tree_splits_its_labels_in_halves(tmp_path, caps
     ds = read_gldv2(tmp_path / "gld")
     assert set(ds.train_labels) == {"cat", "dog"}  # the first half of the labels trains
     assert len(ds.query_ids) == 2 * VIEWS // 3 and len(ds.db_ids) == 2 * VIEWS - len(ds.query_ids)
+
+
+def test_cli_dataset_kinds_are_the_readers_kinds():
+    # retrieval.cli keeps its own copy so that `retrieval --help` imports no numpy; it must not drift
+    import sys
+    import subprocess
+
+    from retrieval.cli import DATASET_TYPES
+    from retrieval.datasets.open import DATASET_KINDS
+
+    assert tuple(DATASET_TYPES) == tuple(DATASET_KINDS)
+    code = "import sys, retrieval.cli; print('numpy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

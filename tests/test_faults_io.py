@@ -14,8 +14,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
-import zipfile
 from pathlib import Path
 
 import numpy as np

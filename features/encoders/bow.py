@@ -20,7 +20,7 @@ words a query contains are visited, and the scores are exactly the dense cosine 
 from __future__ import annotations
 
 import os
-from typing import Dict, Hashable, List, Optional, Sequence, Union
+from typing import Dict, Hashable, Optional, Sequence, Union
 
 import numpy as np
 import scipy.sparse as sp

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from html import escape
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 from urllib.parse import quote
 
 from .catalog import Catalog

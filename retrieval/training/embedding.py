@@ -21,7 +21,7 @@ from retrieval.features.efficientnet import EfficientNetGlobal, normalisation
 from retrieval.features.trained import MODEL_FILE, MODEL_KIND, load_trained_efficientnet, read_trained_config
 
 from .augment import AugmentConfig, augment_batch, uint8_to_float
-from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint
+from .checkpoint import load_state_dict_checked, save_checkpoint
 
 PathLike = Union[str, os.PathLike]
 
