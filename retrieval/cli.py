@@ -156,6 +156,9 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True
                              "query's own image is then ignored) or take them out (rest)")
     parser.add_argument("--split", default="DS", help="multiview: DS or DU (default DS)")
     parser.add_argument("--part", default="retrieval", help="multiview: train or retrieval")
+    parser.add_argument("--gldv2-protocol", choices=("kaggle", "thesis"), default="kaggle",
+                        help="gldv2: the Kaggle index/test split (default) or the thesis' 1,000 queries "
+                             "against 100,000 train images of landmarks outside train_clean.csv")
     parser.add_argument("--on-error", choices=("raise", "collect"), default="raise",
                         help="missing/unreadable images: stop (raise) or skip and report (collect)")
 
@@ -178,7 +181,7 @@ def dataset_config(args: argparse.Namespace):
     try:
         return DatasetConfig(kind=args.dataset, path=str(args.data), scale=scale, queries=args.query_list,
                              every=args.every, db=args.db, split=args.split, part=args.part,
-                             on_error=args.on_error)
+                             protocol=args.gldv2_protocol, on_error=args.on_error)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
 

@@ -165,3 +165,32 @@ def test_ladder_engine_ray_gives_the_local_features_and_scores(ray_cluster, oxfo
         assert np.array_equal(stores["local"][i].descriptors, stores["ray"][i].descriptors)
         assert np.array_equal(stores["local"][i].keypoints, stores["ray"][i].keypoints)
     assert np.array_equal(scores["local"], scores["ray"])
+
+
+def test_retrieval_experiment_on_ray_equals_local_on_the_gldv2_thesis_protocol(ray_cluster, coil20_dir, tmp_path):
+    """The `retrieval` experiment (extract -> index -> search -> evaluate) on a small generated GLDv2
+    folder under the thesis protocol: Ray extraction gives the local engine's ranking and mAP@100, and
+    results.json holds every stage's seconds and bytes per image."""
+    pytest.importorskip("pyarrow")
+    import json
+
+    from retrieval.datasets.gldv2_synth import generate_gldv2
+    from retrieval.steps.experiment import load_experiment
+
+    root = tmp_path / "gldv2"
+    generate_gldv2(root, [coil20_dir], scale=0.001, seed=3, progress=False)
+    results = {}
+    for engine in ("local", "ray"):
+        exp = load_experiment("gldv2-thesis-e1", data=root, overrides=[
+            f"extract.engine={engine}", "extract.config=lite0-gem-224", "dataset.thesis_queries=8",
+            "dataset.thesis_index=60"])
+        out = exp.module.main(exp.conf, tmp_path / engine, cache_dir=tmp_path / f"cache-{engine}", progress=False)
+        results[engine] = json.loads((out / "results.json").read_text())
+    local, on_ray = results["local"], results["ray"]
+    assert local["rows"][0]["map@100"] == pytest.approx(on_ray["rows"][0]["map@100"], abs=1e-9)
+    assert on_ray["summary"]["queries"] == 8 and on_ray["summary"]["database"] == 60
+    for stage in ("extract db", "extract queries"):
+        assert on_ray["stages"][stage]["images_planned"] in (8, 60)
+        assert on_ray["stages"][stage]["bytes_per_image"] > 0
+    for stage in ("index build", "search", "evaluate"):
+        assert on_ray["stages"][stage]["seconds"] >= 0

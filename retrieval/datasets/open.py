@@ -46,8 +46,11 @@ class DatasetConfig(Config):
     oxford/paris/revisited query-box scale, ``"auto"`` or a number. ``queries`` / ``every`` / ``db``:
     how labelled sets without queries get them (module docstring; ``db="all"`` keeps each query's own
     image in the database as its junk, ``"rest"`` takes the queries out). ``split`` / ``part``:
-    multiview DS|DU and train|retrieval. ``on_error``: ``"raise"`` on a missing or unreadable
-    image, ``"collect"`` to skip it and list it in ``bad_files``."""
+    multiview DS|DU and train|retrieval. ``protocol``: gldv2, ``"kaggle"`` (the index / test split
+    with its solution file) or ``"thesis"`` (``thesis_queries`` queries, default 1,000, against
+    ``thesis_index`` index images, default 100,000, sampled, seeded, from train images of landmarks
+    not in train_clean.csv: :func:`~retrieval.datasets.gldv2_protocol.read_gldv2_protocol`). ``on_error``: ``"raise"`` on a
+    missing or unreadable image, ``"collect"`` to skip it and list it in ``bad_files``."""
 
     kind: Kind = "folder"
     path: str = ""
@@ -57,6 +60,9 @@ class DatasetConfig(Config):
     db: Literal["all", "rest"] = "all"
     split: str = "DS"
     part: str = "retrieval"
+    protocol: Literal["kaggle", "thesis"] = "kaggle"
+    thesis_queries: int = 1000
+    thesis_index: int = 100_000
     on_error: Literal["raise", "collect"] = "raise"
 
     def check(self) -> None:
@@ -71,6 +77,8 @@ class DatasetConfig(Config):
             raise ConfigError(f"scale must be a positive number, not {self.scale!r}")
         if self.every < 1:
             raise ConfigError(f"every must be >= 1, got {self.every}")
+        if self.thesis_queries < 1 or self.thesis_index < 1:
+            raise ConfigError("thesis_queries and thesis_index must be >= 1")
 
     @property
     def root(self) -> Path:
@@ -110,6 +118,10 @@ def open_dataset(conf: DatasetConfig) -> RetrievalDataset:
         reader = read_revisited if kind == "revisited" else read_oxford
         return reader(root, scale=conf.scale, on_error=conf.on_error)
     if kind == "gldv2":
+        if conf.protocol == "thesis":
+            from .gldv2_protocol import read_gldv2_protocol
+
+            return read_gldv2_protocol(root, "thesis", n_queries=conf.thesis_queries, n_index=conf.thesis_index)
         return read_gldv2(root, on_error=conf.on_error)
     if kind == "folder":
         return _with_queries(conf, read_folder(root, on_error=conf.on_error), root)

@@ -181,7 +181,7 @@ def merge_on_disk(folder: PathLike, progress: bool = True) -> Path:
 def load_on_disk(folder: PathLike, verify: bool = True) -> OnDiskIndex:
     """The merged index of ``folder`` (:func:`merge_on_disk`), its lists memory-mapped. ``verify``:
     check every file's SHA-256 (reads the lists once; sizes are always checked)."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # faiss compares the lists' recorded path with this folder's
     manifest = _manifest(folder)
     entry = manifest.get("on_disk")
     if not entry:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Literal, Optional, Tuple, Union
@@ -47,12 +48,16 @@ CROSS_FIT = "cross-fit"
 class ExtractSpec(Config):
     """``kind``: ``global`` (EfficientNet: ``config`` a name of ``EXTRACTOR_CONFIGS``) or ``local``
     (SIFT: ``config`` a name of ``SIFT_CONFIGS``, then encoded by the experiment's ``encode``);
-    ``overrides``: fields of that configuration; ``n_jobs``: decoding / extraction workers."""
+    ``overrides``: fields of that configuration; ``n_jobs``: decoding / extraction workers;
+    ``engine``: ``"local"`` (in this process) or ``"ray"`` (sharded Ray tasks through
+    :func:`retrieval.steps.extract.main`, ``ray_address`` as there; the same features)."""
 
     kind: Literal["global", "local"] = "global"
     config: str = "lite0-gem-512"
     overrides: Dict[str, Any] = field(default_factory=dict)
     n_jobs: int = 2
+    engine: Literal["local", "ray"] = "local"
+    ray_address: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,33 @@ def _both(kind, config, overrides, ds, folder: Path, n_jobs: int, progress: bool
     return outputs[0], outputs[1]
 
 
+def _extract_on_ray(ext: ExtractSpec, ds, folder: Path, progress: bool, stages: Dict[str, Any]):
+    """(database file, query file) extracted as sharded Ray work (resumable shard by shard)."""
+    from .extract import ExtractConfig, main as extract_main
+
+    outputs = []
+    for part in ("db", "queries"):
+        summary: Dict[str, Any] = {}
+        conf = ExtractConfig(features=ext.kind, extractor=ext.config, options=dict(ext.overrides), images=part,
+                             engine="ray", ray_address=ext.ray_address, n_jobs=ext.n_jobs)
+        outputs.append(extract_main(conf, ds, folder / f"{part}-ray.h5", progress=progress, summary=summary))
+        # this run's figures: a resumed run times only the shards it computed
+        stages[f"extract {part}"] = {k: summary.get(k) for k in (
+            "seconds", "images", "images_planned", "seconds_per_image", "bytes_per_image", "shards_computed",
+            "shards_skipped", "worker_seconds_per_image", "cpu_seconds_per_image", "engine")}
+    return outputs[0], outputs[1]
+
+
+def _stage(seconds, images, output: Optional[Path] = None, **more) -> Dict[str, Any]:
+    """A results.json ``stages`` entry: seconds, per image, and the bytes per image of its output."""
+    out: Dict[str, Any] = {"seconds": None if seconds is None else round(float(seconds), 3), "images": images, **more}
+    if seconds is not None and images:
+        out["seconds_per_image"] = float(seconds) / images
+    if output is not None and Path(output).is_file() and images:
+        out["bytes_per_image"] = Path(output).stat().st_size / images
+    return out
+
+
 def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = None, progress: bool = True) -> Path:
     """Run the chain (module docstring); returns ``out_dir`` holding results.json, results.md and a figure."""
     from ..datasets.open import open_dataset
@@ -162,7 +194,14 @@ def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = N
     ext = conf.extract
     feature_dir = cache / f"{ds.name}-{data_key}" / f"{ext.kind}-{ext.config}-{_key(ext.to_dict())}"
     feature_dir.mkdir(parents=True, exist_ok=True)
-    db_file, q_file = _both(ext.kind, ext.config, ext.overrides, ds, feature_dir, ext.n_jobs, progress)
+    stages: Dict[str, Any] = {}
+    start = time.perf_counter()
+    if ext.engine == "ray":
+        db_file, q_file = _extract_on_ray(ext, ds, feature_dir, progress, stages)
+    else:
+        db_file, q_file = _both(ext.kind, ext.config, ext.overrides, ds, feature_dir, ext.n_jobs, progress)
+        stages["extract"] = _stage(time.perf_counter() - start, len(ds.db_ids) + len(ds.query_ids), db_file,
+                                   note="cached features cost no time")
     method = ext.config + "".join(f"+{k}={v}" for k, v in sorted(ext.overrides.items()))
     if ext.kind == "local":
         enc_dir = feature_dir / f"{conf.encode.encoder.kind}-{_key(conf.encode.to_dict())}"
@@ -174,10 +213,16 @@ def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = N
         method = f"{method}+{conf.encode.encoder.kind}{conf.encode.encoder.k}"
     run_dir = feature_dir / f"run-{_key(conf.index.to_dict(), conf.search.to_dict())}"
     run_dir.mkdir(exist_ok=True)
+    start = time.perf_counter()
     index_file = index.main(conf.index, db_file, run_dir / "index.npz")
+    stages["index build"] = _stage(time.perf_counter() - start, len(ds.db_ids), index_file)
+    start = time.perf_counter()
     ranking = search.main(conf.search, index_file, q_file, run_dir / "ranking.json", progress=progress)
+    stages["search"] = _stage(time.perf_counter() - start, len(ds.query_ids), ranking)
     protocols = conf.evaluate.protocols(conf.dataset.kind)
+    start = time.perf_counter()
     rows = [_row(conf, method, ranking, ds)]
+    stages["evaluate"] = _stage(time.perf_counter() - start, len(ds.query_ids))
     main_metric = _main_metric(rows[0], protocols[0])
     extra: Dict[str, Any] = {}
     if conf.rerank is not None:
@@ -191,7 +236,7 @@ def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = N
     if "v_cross_fit" in extra:
         summary["v_chosen"] = extra["v_cross_fit"]["chosen"]
     write_results(rows, out_dir, title=f"{ds.name}: {len(ds.query_ids)} queries, {len(ds.db_ids)} database images",
-                  extra={"summary": summary, **extra, "settings": conf.to_dict()})
+                  extra={"summary": summary, "stages": stages, **extra, "settings": conf.to_dict()})
     _figure(rows, main_metric, out_dir / "main_metric.png", ds.name)
     return out_dir
 
