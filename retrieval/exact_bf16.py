@@ -3,8 +3,8 @@ arithmetic where the CPU multiplies bfloat16 natively.
 
 The bulk of an exact search is the product ``Q @ D^T``. On CPUs with AVX512-BF16 or AMX
 (``avx512_bf16`` / ``amx_bf16``), torch's bfloat16 GEMM (oneDNN, float32 accumulation) runs about twice
-as fast as float32 sgemm (0.47 s against 0.91 s for 671 x 1,280 by 1,280 x 100,000 on the 2-core AMD
-EPYC here). Its scores are off by at most a bound ``E`` (below), which is enough to find a candidate
+as fast as float32 sgemm (0.74 s against 1.30 s for 1,000 queries against 100,000 x 1,280 on the 2-core
+AMD EPYC here: ``benchmarks/bench_index.py --products``). Its scores are off by at most a bound ``E`` (below), which is enough to find a candidate
 set that provably holds the float32 top k; only the candidates are then scored in float32:
 
 * ``s_j = q . d_j`` (float32), ``t_j`` its bfloat16 estimate, ``|t_j - s_j| <= E`` for every ``j``;
@@ -149,9 +149,10 @@ def use_bf16(num_db: int, k: int, precision: str, whole_rows: bool) -> Tuple[boo
     database in one score block (``whole_rows``) and native bfloat16; ``precision="bfloat16"`` then
     always (no limit), ``"auto"`` when the database is big enough for the product to dominate and k
     small against it, falling back to float32 when the probe queries average more than
-    ``max(4 k, N / 256)`` candidates. That limit is where re-scoring (a gather of ``D`` floats per
-    candidate, ~1.2 us here) costs what the bfloat16 product saves (~0.6 ms a query at N = 100,000,
-    D = 1,280, measured on the 2-core AMD EPYC)."""
+    ``max(4 k, N / 256)`` candidates. That limit is about where re-scoring (a gather of ``D`` floats
+    per candidate, ~1.2 us here) costs what the bfloat16 product saves (~0.6 ms a query at
+    N = 100,000, D = 1,280 on the 2-core AMD EPYC: 343 candidates a query came out level with
+    float32 in ``benchmarks/bench_index.py``, 100 gained a third)."""
     if precision == "float32" or not whole_rows or not bf16_available():
         return False, None
     if precision == "bfloat16":

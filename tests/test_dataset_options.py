@@ -65,21 +65,22 @@ def test_ladder_takes_dataset_and_data_the_same_way(monkeypatch, tmp_path, capsy
     assert conf.data == "/data" and conf.landmark.enabled and conf.object.enabled
 
 
-def test_a_protocol_without_a_dataset_kind_refuses_one_in_one_line(monkeypatch, tmp_path, capsys):
+def test_multiview_takes_its_layout_both_ways_and_refuses_an_unknown_one_in_one_line(monkeypatch, tmp_path, capsys):
     from retrieval.bench.multiview import cli_main as multiview_main
 
     seen = _received(monkeypatch, "retrieval.bench.multiview")
-    code = cli_main(["--quiet", "run", "multiview", "--dataset", "folder", "--data", "/x", "--out", str(tmp_path)])
+    assert cli_main(["--quiet", "run", "multiview", "--dataset", "multiview", "--data", "/x",
+                     "--out", str(tmp_path / "a")]) == 0
+    assert multiview_main(["--dataset", "multiview", "--data", "/x", "--out", str(tmp_path / "b"),
+                           "--cache", str(tmp_path / "c")]) == 0
+    assert len(seen) == 2 and seen[0] == seen[1] and (seen[0].dataset, seen[0].data) == ("multiview", "/x")
+    code = cli_main(["--quiet", "run", "multiview", "--dataset", "gldv2", "--data", "/x", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "experiment multiview" in err and "no dataset kind (--dataset)" in err
+    assert "experiment multiview" in err and "dataset must be one of views, folder, multiview" in err
     with pytest.raises(SystemExit) as exit_:        # benchmarks/multiview.py: the same rule, the same line
-        multiview_main(["--dataset", "folder", "--data", "/x", "--out", str(tmp_path)], prog="multiview.py")
-    assert exit_.value.code == 2 and capsys.readouterr().err.strip().endswith(err.strip().split("error: ", 1)[1])
-    # its data folder it does take, both ways
-    assert cli_main(["--quiet", "run", "multiview", "--data", "/x", "--out", str(tmp_path / "a")]) == 0
-    assert multiview_main(["--data", "/x", "--out", str(tmp_path / "b"), "--cache", str(tmp_path / "c")]) == 0
-    assert len(seen) == 2 and seen[0] == seen[1] and seen[0].data == "/x"
+        multiview_main(["--dataset", "gldv2", "--data", "/x", "--out", str(tmp_path)], prog="multiview.py")
+    assert exit_.value.code == 2 and "dataset must be one of views, folder, multiview" in capsys.readouterr().err
 
 
 def test_the_rule_on_each_shape_of_settings():

@@ -169,3 +169,62 @@ def test_ties_on_validation_keep_the_undistilled_student(tmp_path):
     assert chosen == NO_DISTILLATION
     assert info["means"]["same weights"] == pytest.approx(info["means"][NO_DISTILLATION])
     assert info["queries"] == 12  # 6 sets x 2 test_views
+
+
+def _tree(root, split, instances, views=8):
+    """DS|DU/retrieval/<class>/<instance>/<instance>.<k>.png, each instance a colour, the view a bar."""
+    names = []
+    for i, inst in enumerate(instances):
+        cls = "mug" if i % 2 else "chair"
+        colour = np.array([(i * 53 + 40) % 255, (i * 97) % 255, (len(split) * 70 + i * 29) % 255], dtype=np.uint8)
+        folder = root / split / "retrieval" / cls / inst
+        folder.mkdir(parents=True)
+        for k in range(views):
+            im = np.zeros((40, 40, 3), dtype=np.uint8) + colour // 2
+            im[:, k * 5:k * 5 + 5] = colour
+            Image.fromarray(im).save(folder / f"{inst}.{k}.png")
+            names.append(f"{inst}.{k}.png")
+    return names
+
+
+def test_read_views_in_every_layout(tmp_path):
+    from retrieval.datasets.view_layouts import read_views
+
+    _tree(tmp_path / "tree", "DS", [f"s{i}" for i in range(4)])
+    _tree(tmp_path / "tree", "DU", ["u0", "u1"])
+    catalog, (seen, unseen) = read_views("multiview", tmp_path / "tree")
+    assert len(catalog) == 6 * 8 and catalog.geometry == "index"
+    assert len(seen) == 4 and len(unseen) == 2 and not set(seen) & set(unseen)
+    # views ordered by <k> within each instance, whatever the file system's order
+    rows = catalog.rows_of([seen[0]])
+    assert [int(catalog.paths[r].name.split(".")[1]) for r in rows] == list(range(8))
+    # a class-per-folder tree: one object per class, file-name order
+    for cls in ("a", "b"):
+        (tmp_path / "classes" / cls).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(np.full((8, 8, 3), k * 40, np.uint8)).save(tmp_path / "classes" / cls / f"{k}.png")
+    catalog, split = read_views("folder", tmp_path / "classes")
+    assert split is None and catalog.objects() == [1, 2] and len(catalog) == 6
+    with pytest.raises(ValueError, match="unknown multi-view layout"):
+        read_views("gldv2", tmp_path)
+    with pytest.raises(FileNotFoundError, match="no DS/ or DU/"):
+        read_views("multiview", tmp_path / "classes")
+
+
+def test_protocol_end_to_end_on_a_ds_du_tree(tmp_path):
+    """The DS|DU multi-view tree as the protocol's data: DS objects seen, DU unseen, views by index."""
+    from retrieval.bench.multiview import main
+    from retrieval.features.store import save_global
+
+    names = _tree(tmp_path / "tree", "DS", [f"s{i}" for i in range(8)])
+    names += _tree(tmp_path / "tree", "DU", ["u0", "u1", "u2"])
+    emb = np.random.default_rng(2).normal(size=(len(names), 8)).astype(np.float32)
+    save_global(tmp_path / "teacher.h5", names, emb, {"name": "random teacher"})
+    conf = CONFIG(dataset="multiview", data=str(tmp_path / "tree"), cross_data=(), validation_every=4, n_sets=4,
+                  test_views=(1, 2), validation_views=(1,), image_size=40, student_epochs=1, distill_epochs=(1,),
+                  max_steps_per_epoch=1, batch_p=2, teacher_embeddings=str(tmp_path / "teacher.h5"),
+                  speed_images=8, student_width="alexnet-half")
+    res = json.loads((main(conf, tmp_path / "out", tmp_path / "cache") / "results.json").read_text())
+    assert {r["split"] for r in res["rows"]} == {"DS", "DU", "VAL"}
+    assert res["protocol"]["geometry"] == "index"
+    assert len(res["summary"]["validation_objects"]) == 2  # every 4th of the 8 DS objects

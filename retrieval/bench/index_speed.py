@@ -67,6 +67,48 @@ def recall_at_k(ranking: Ranking, reference: Ranking) -> float:
                                                                    reference.indices.tolist())]))
 
 
+def product_times(database: np.ndarray, queries: np.ndarray, k: int, rows: int, repeats: int) -> Dict[str, float]:
+    """Best-of-``repeats`` seconds of the pieces of one exact search over all queries, ``rows``
+    queries a block: the float32 product through numpy's BLAS (what the exact backend uses) and
+    through torch (MKL in the CPU wheel), the bfloat16 product (torch, oneDNN) and the top-k."""
+    import torch
+
+    q_t, d_t = torch.from_numpy(queries), torch.from_numpy(database)
+    d_bf16 = d_t.bfloat16()
+    blocks = [slice(i, i + rows) for i in range(0, len(queries), rows)]
+    scores = np.empty((min(rows, len(queries)), len(database)), dtype=np.float32)
+
+    def numpy_f32():
+        for b in blocks:
+            np.matmul(queries[b], database.T, out=scores[: len(queries[b])])
+
+    def torch_f32():
+        for b in blocks:
+            torch.mm(q_t[b], d_t.T, out=torch.from_numpy(scores[: len(queries[b])]))
+
+    def torch_bf16():
+        for b in blocks:
+            torch.mm(q_t[b].bfloat16(), d_bf16.T)
+
+    def topk():
+        for b in blocks:
+            torch.topk(torch.from_numpy(scores[: len(queries[b])]), k, dim=1)
+
+    out = {}
+    for name, fn in (("float32 product, numpy BLAS", numpy_f32), ("float32 product, torch", torch_f32),
+                     ("bfloat16 product, torch", torch_bf16), ("top-k of the float32 scores", topk)):
+        fn()
+        out[name] = min(_timed(fn) for _ in range(repeats))
+        print(f"  {name}: {out[name]:.3f} s", flush=True)
+    return out
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def threads() -> str:
     """The thread pools that do the work: numpy's BLAS (the exact backend's GEMM), torch (its
     top-k) and faiss' OpenMP."""
@@ -101,6 +143,9 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
                         help="draw vectors around this many random centres (default 0: isotropic)")
     parser.add_argument("--spread", type=float, default=0.5, help="noise norm around a centre (--clusters)")
     parser.add_argument("--approx", action="store_true", help="also time faiss IVF-Flat, IVF-PQ and HNSW")
+    parser.add_argument("--products", action="store_true",
+                        help="also time the exact search's pieces: float32 product (numpy BLAS, torch), "
+                             "bfloat16 product, top-k")
     parser.add_argument("--quick", action="store_true", help="20000 x dim database, 200 queries, 2 repeats")
     parser.add_argument("--out", default="results/bench_index", help="output folder")
     args = parser.parse_args(argv)
@@ -177,7 +222,12 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
             by_name[name]["qps_vs_faiss_flat"] = statistics.median(
                 f / e for f, e in zip(times["faiss-flat"], times[name]))
         ratio = by_name["exact"]["qps_vs_faiss_flat"]
+    block_rows = indexes["exact"].last_block_shape[0]
     del indexes
+    products: Dict[str, float] = {}
+    if args.products:
+        print(f"pieces of one exact search ({block_rows} queries a block, best of {args.repeats}):", flush=True)
+        products = product_times(database, queries, args.k, block_rows, args.repeats)
     if args.approx and ratio is not None:
         flat_s = by_name["faiss-flat"]["search_s"]
         # (backend, build options, search options); defaults otherwise (see retrieval.index)
@@ -198,7 +248,7 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
     table = write_results(rows, args.out, columns=columns,
                           title=f"Index search: {args.n} x {args.dim} database ({kind}), {args.queries} "
                                 f"queries, top-{args.k}",
-                          extra={"args": vars(args), "threads": threads()})
+                          extra={"args": vars(args), "threads": threads(), "products_s": products})
     print(table)
     if ratio is not None:
         print(f"\nexact / faiss-flat throughput ratio (median of {args.repeats} interleaved pairs): {ratio:.2f}")

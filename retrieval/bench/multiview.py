@@ -2,9 +2,11 @@
 where held-out seen instances say it helps. Experiment kind ``multiview`` (``retrieval run
 retrieval/experiments/multiview.toml``; ``benchmarks/multiview.py`` is the same).
 
-1. Read the set (``data``: a folder with ``labels.csv`` = filename, object_id and azimuth_deg
-   [elevation_deg] or view_index, :func:`retrieval.datasets.viewsets.read_view_catalog`), decode every
-   image once (cached). Objects: seen (``seen``, default the first ``seen_fraction`` of the ids) and
+1. Read the set (``data`` in layout ``dataset``: ``views``, a folder with ``labels.csv`` = filename,
+   object_id and azimuth_deg [elevation_deg] or view_index, :func:`retrieval.datasets.viewsets.read_view_catalog`;
+   ``folder``, a labelled folder or class-per-folder tree, one object per class; ``multiview``, the
+   DS|DU tree, one object per instance, DS seen and DU unseen unless ``seen`` / ``unseen`` say
+   otherwise: :func:`retrieval.datasets.view_layouts.read_views`), decode every image once (cached). Objects: seen (``seen``, default the first ``seen_fraction`` of the ids) and
    unseen (the rest). Every ``validation_every``-th seen object is held out for validation (VAL);
    the others (DS) are all that any model trains on.
 2. Teacher: EfficientNet-Lite0 (ImageNet weights, GeM) fine-tuned on DS (``coil-e3``: contrastive,
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 
 from retrieval.config import Config, ConfigError
+from retrieval.datasets.view_layouts import read_views
 from retrieval.datasets.viewsets import read_view_catalog, split_objects, split_view_sets
 from retrieval.paths import data_root
 
@@ -48,8 +51,9 @@ class MultiViewConfig(Config):
     """Settings of the multi-view protocol (module docstring). Relative data paths are under the data
     root (:func:`retrieval.paths.data_root`)."""
 
+    dataset: str = "views"  # layout of data: views (labels.csv), folder, or multiview (the DS|DU tree)
     data: str = "coil100"
-    cross_data: Tuple[str, ...] = ("coil20",)
+    cross_data: Tuple[str, ...] = ("coil20",)  # labels.csv view sets
     seen: Tuple[int, ...] = ()
     unseen: Tuple[int, ...] = ()
     seen_fraction: float = 0.5
@@ -83,6 +87,11 @@ class MultiViewConfig(Config):
     threads: int = 0
 
     def check(self) -> None:
+        from retrieval.datasets.view_layouts import VIEW_KINDS
+
+        if self.dataset not in VIEW_KINDS:
+            raise ConfigError(f"dataset must be one of {', '.join(VIEW_KINDS)} (the layout of data), "
+                              f"got {self.dataset!r}")
         if self.view_stride < 1:
             raise ConfigError(f"view_stride must be >= 1, got {self.view_stride}")
         if self.validation_every < 2:
@@ -143,8 +152,11 @@ def main(conf: MultiViewConfig, out_dir: Path, cache_dir: Optional[Path] = None)
         rows = cat.rows_of(objects)
         return cat.subset(rows[cat.order[rows] % conf.view_stride == 0])
 
-    catalog = read_view_catalog(root)
-    seen, unseen = split_objects(catalog.objects(), conf.seen, conf.unseen, conf.seen_fraction)
+    catalog, tree_split = read_views(conf.dataset, root)
+    if tree_split is not None and not conf.seen and not conf.unseen:
+        seen, unseen = tree_split  # the DS|DU tree's own seen / unseen objects
+    else:
+        seen, unseen = split_objects(catalog.objects(), conf.seen, conf.unseen, conf.seen_fraction)
     seen, unseen = first(seen), first(unseen)
     val = seen[conf.validation_every - 1::conf.validation_every]
     train = tuple(o for o in seen if o not in set(val))

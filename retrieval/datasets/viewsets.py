@@ -158,9 +158,22 @@ def read_view_catalog(root: PathLike, labels_file: str = "labels.csv", image_dir
     object_ids = np.asarray(objects, dtype=np.int64)
     first, second = (np.asarray(c, dtype=np.float64) for c in zip(*place))
     if geometry == "index" and "view_index" not in header:  # file-name order
-        names = sorted(range(len(paths)), key=lambda i: natural_key(paths[i].name))
-        first = np.empty(len(paths))
-        first[names] = np.arange(len(paths))
+        first = name_order(paths)
+    return build_catalog(root, paths, object_ids, first, second, geometry, str(labels_path), check_files)
+
+
+def name_order(paths: Sequence[Path]) -> np.ndarray:
+    names = sorted(range(len(paths)), key=lambda i: natural_key(paths[i].name))
+    order = np.empty(len(paths))
+    order[names] = np.arange(len(paths))
+    return order
+
+
+def build_catalog(root: Path, paths: List[Path], object_ids: np.ndarray, first: np.ndarray, second: np.ndarray,
+             geometry: str, source: str, check_files: bool = True) -> ViewCatalog:
+    """The catalog of images ``paths`` of ``object_ids`` at places ``first`` (azimuth or view order)
+    and ``second`` (elevation), sorted by object then place; two images at one place of an object
+    are refused naming ``source``."""
     keys = (second, first, object_ids) if geometry == "azimuth" else (first, object_ids)
     order = np.lexsort(keys)
     object_ids, first, second = object_ids[order], first[order], second[order]
@@ -172,12 +185,12 @@ def read_view_catalog(root: PathLike, labels_file: str = "labels.csv", image_dir
         i = int(np.flatnonzero(same)[0])
         at = (f"azimuth {first[i]} and elevation {second[i]}" if geometry == "azimuth"
               else f"view_index {first[i]:g}")
-        raise ValueError(f"{labels_path}: object {object_ids[i]} has two images at {at} "
+        raise ValueError(f"{source}: object {object_ids[i]} has two images at {at} "
                          f"({paths[i].name}, {paths[i + 1].name})")
     if check_files:
         missing = [p for p in paths if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"{labels_path}: {len(missing)} listed images are missing, e.g. "
+            raise FileNotFoundError(f"{source}: {len(missing)} listed images are missing, e.g. "
                                     f"{missing[0]}")
     if geometry == "azimuth":
         return ViewCatalog(root, paths, object_ids, first, second, geometry="azimuth")
