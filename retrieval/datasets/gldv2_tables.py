@@ -176,6 +176,41 @@ class GLDv2Paths(Sequence):
         return gldv2_image_path(self.split_dir, self.ids[i], self.ext)
 
 
+def _every_query_keeps_a_positive(queries: np.ndarray, eligible: np.ndarray, train_labels: np.ndarray,
+                                  seed: int) -> np.ndarray:
+    """The drawn ``queries`` (train rows, sorted) repaired so that every query landmark keeps an image
+    in the index: where all of a landmark's held-out images were drawn, its last query goes back to
+    the index, and a replacement is drawn (seeded, apart from the main draw) among the eligible images
+    of the other query landmarks that keep at least two index images. The query landmarks, and so the
+    number of index positives and the distractor draw, stay what they were."""
+    labels = train_labels[eligible]
+    pool_size = dict(zip(*np.unique(labels, return_counts=True)))
+    chosen = list(queries.tolist())
+    taken = {}
+    for lab in train_labels[queries].tolist():
+        taken[lab] = taken.get(lab, 0) + 1
+    full = [lab for lab, n in taken.items() if n >= pool_size[lab]]
+    if not full:
+        return queries
+    rng = np.random.default_rng([seed, 1])
+    chosen_set = set(chosen)
+    for lab in sorted(full, key=str):
+        drop = max(r for r in chosen if train_labels[r] == lab)
+        chosen.remove(drop)
+        chosen_set.discard(drop)
+        taken[lab] -= 1
+        roomy = [l for l, n in taken.items() if n + 2 <= pool_size[l]]
+        spare = eligible[np.isin(labels, roomy) & ~np.isin(eligible, list(chosen_set | {drop}))]
+        if not len(spare):
+            raise DatasetError(f"the thesis protocol cannot give every query an index image of its landmark "
+                               f"({len(full)} landmarks were drawn whole); draw fewer queries")
+        pick = int(rng.choice(spare))
+        chosen.append(pick)
+        chosen_set.add(pick)
+        taken[train_labels[pick]] += 1
+    return np.sort(np.asarray(chosen, dtype=queries.dtype))
+
+
 def thesis_protocol(root: PathLike, n_queries: int = 1000, n_index: int = 100_000, seed: int = 0,
                     exclude: str = "landmarks", tables: Optional[GLDv2Tables] = None,
                     ext: str = ".jpg") -> RetrievalDataset:
@@ -196,7 +231,8 @@ def thesis_protocol(root: PathLike, n_queries: int = 1000, n_index: int = 100_00
     if len(eligible) < n_queries:
         raise DatasetError(f"{root}: only {len(eligible)} held-out images have a second image of their "
                            f"landmark; {n_queries} queries asked for")
-    queries = np.sort(rng.choice(eligible, size=n_queries, replace=False))
+    queries = _every_query_keeps_a_positive(np.sort(rng.choice(eligible, size=n_queries, replace=False)),
+                                            eligible, tables.train_labels, seed)
     query_lms = np.unique(tables.train_labels[queries])
     is_query = np.isin(pool, queries)
     positive_rows = pool[np.isin(labels, query_lms) & ~is_query]

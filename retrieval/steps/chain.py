@@ -227,7 +227,7 @@ def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = N
     extra: Dict[str, Any] = {}
     if conf.rerank is not None:
         name, reranked, fit = _rerank(conf, ds, cache / f"{ds.name}-{data_key}", ranking, run_dir, progress,
-                                      protocols[0], main_metric)
+                                      protocols[0], main_metric, stages)
         rows.append(_row(conf, f"{method} + {name}", reranked, ds))
         if fit is not None:
             extra["v_cross_fit"] = fit
@@ -251,7 +251,7 @@ def _row(conf: RetrievalExperiment, method: str, ranking: Path, ds) -> Dict[str,
 
 
 def _rerank(conf: RetrievalExperiment, ds, data_dir: Path, ranking: Path, run_dir: Path, progress: bool,
-            protocol: str, metric: str):
+            protocol: str, metric: str, stages: Dict[str, Any]):
     """``(name, ranking file, cross-fit report or None)`` of the ``[rerank]`` step: local features of
     the scorer (extracted into ``data_dir``, shared by every run on the same data), their scores on the
     shortlist (cached once for any ``v``), fused at the fixed ``v`` or at the cross-fitted one."""
@@ -265,7 +265,15 @@ def _rerank(conf: RetrievalExperiment, ds, data_dir: Path, ranking: Path, run_di
     else:
         local_dir = data_dir / f"{local_kind}-{local_config}"
     local_dir.mkdir(parents=True, exist_ok=True)
-    db_local, q_local = _both(local_kind, local_config, {}, ds, local_dir, ext.n_jobs, progress)
+    # only the database images some query will score need local features (at GLDv2 size a fraction of
+    # the index); the VLAD scorer learns its codebook from the whole database, so it keeps it all
+    scored = ds if r.scorer == "vlad" else _shortlisted(ds, ranking, r.shortlist)
+    start = time.perf_counter()
+    db_local, q_local = _both(local_kind, local_config, {}, scored, local_dir, ext.n_jobs, progress)
+    stages["rerank local features"] = _stage(time.perf_counter() - start, len(scored.db_ids) + len(ds.query_ids),
+                                             db_local, note="database images in a shortlist, and the queries; "
+                                                            "cached features cost no time")
+    start = time.perf_counter()
     model = None
     if r.scorer == "vlad":
         model = local_dir / "vlad-64.npz"
@@ -277,6 +285,8 @@ def _rerank(conf: RetrievalExperiment, ds, data_dir: Path, ranking: Path, run_di
     scoring = {k: v for k, v in r.to_dict().items() if k not in ("v", "vs", "folds", "norm", "T")}
     base, shortlist, local = rerank.shortlist_scores(r, ranking, q_local, db_local,
                                                      run_dir / f"shortlist-{_key(scoring)}", model, progress)
+    stages["rerank scoring"] = _stage(time.perf_counter() - start, len(ds.query_ids),
+                                      note=f"per query: top {r.shortlist}; cached scores cost no time")
     out = run_dir / f"rerank-{_key(r.to_dict())}.json"
     if r.v != CROSS_FIT:
         rerank.fused_ranking(base, shortlist, local, r.v, r.norm, r.T).save(out)
@@ -285,6 +295,19 @@ def _rerank(conf: RetrievalExperiment, ds, data_dir: Path, ranking: Path, run_di
     fit, groups = _cross_fit_v(conf, ds, fused, protocol, metric)
     _per_query_rows(fused, fit["chosen"], groups, base.query_ids).save(out)
     return f"{r.scorer} (v cross-fit)", out, fit
+
+
+def _shortlisted(ds, ranking: Path, shortlist: int):
+    """``ds`` with its database cut to the images in some query's top ``shortlist`` (dataset order)."""
+    from dataclasses import replace
+
+    from ..index import Ranking
+
+    wanted = {str(i) for i in Ranking.load(ranking).ids[:, :shortlist].ravel().tolist()}
+    keep = [j for j, i in enumerate(ds.db_ids) if str(i) in wanted]
+    take = lambda xs: None if xs is None else [xs[j] for j in keep]  # noqa: E731
+    return replace(ds, db_ids=take(ds.db_ids), db_paths=take(ds.db_paths), db_labels=take(ds.db_labels),
+                   db_metadata={k: take(v) for k, v in ds.db_metadata.items()})
 
 
 def _cross_fit_v(conf: RetrievalExperiment, ds, fused, protocol: str, metric: str):
