@@ -36,7 +36,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["bf16_available", "error_bound", "topk_bf16", "use_bf16"]
+__all__ = ["bf16_available", "error_bound", "max_row_norm", "topk_bf16", "use_bf16"]
 
 _U = 2.0 ** -8          # bfloat16 unit roundoff (8 significant bits)
 _U32 = 2.0 ** -24       # float32 unit roundoff
@@ -108,23 +108,31 @@ def _rescore(database: np.ndarray, queries: np.ndarray, q0: int, rows: np.ndarra
         out_rows[q0 + r] = cand[best]
 
 
+def max_row_norm(database: np.ndarray) -> float:
+    """The largest L2 norm of a row (0 for an empty database): the database side of the bound."""
+    return float(np.sqrt(np.einsum("ij,ij->i", database, database).max())) if len(database) else 0.0
+
+
 def topk_bf16(database: np.ndarray, database_bf16, queries: np.ndarray, k: int, query_block: int,
-              max_candidates: Optional[float] = None) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
+              max_candidates: Optional[float] = None, max_db_norm: Optional[float] = None
+              ) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
     """Exact top-``k`` rows of ``database`` (float32, (N, D)) by inner product for each query:
     ``(scores (Q, k) float32, rows (Q, k) int64, mean candidates per query)``. ``database_bf16`` is
     ``database`` as a bfloat16 torch tensor (kept by the caller across searches); queries are taken
-    ``query_block`` at a time (the whole database per block).
+    ``query_block`` at a time (the whole database per block). ``max_db_norm``: :func:`max_row_norm`
+    of ``database`` when the caller keeps it (computed here otherwise).
 
     ``max_candidates``: the first :data:`PROBE_QUERIES` queries go first; when they average more
     candidates than this, re-scoring would cost more than the bfloat16 product saves and ``None``
     is returned (the caller searches in float32)."""
     import torch
 
-    nq, n = queries.shape[0], database.shape[0]
+    nq = queries.shape[0]
     out_scores = np.empty((nq, k), dtype=np.float32)
     out_rows = np.empty((nq, k), dtype=np.int64)
-    bound = error_bound(database.shape[1], np.linalg.norm(queries, axis=1),
-                        float(np.sqrt(np.einsum("ij,ij->i", database, database).max())) if n else 0.0)
+    if max_db_norm is None:
+        max_db_norm = max_row_norm(database)
+    bound = error_bound(database.shape[1], np.linalg.norm(queries, axis=1), max_db_norm)
     queries_t = torch.from_numpy(queries)
     candidates = 0
     starts = [0] + list(range(min(PROBE_QUERIES, nq) if max_candidates is not None else 0, nq, query_block))

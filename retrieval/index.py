@@ -66,7 +66,7 @@ from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .config import ConfigError
-from .exact_bf16 import topk_bf16, use_bf16
+from .exact_bf16 import max_row_norm, topk_bf16, use_bf16
 from .exact_search import exact_block_shape, exact_search
 from .faiss_backend import build_faiss, faiss_search, import_faiss
 from .fileio import check_header, digest, pop_header, read_npz, save_npz
@@ -133,7 +133,7 @@ class Index:
         self.last_block_shape: Optional[Tuple[int, int]] = None
         self.last_precision: Optional[str] = None
         self.last_candidates: Optional[float] = None
-        self._bf16 = None  # (float32 matrix it was made from, its bfloat16 copy)
+        self._bf16 = None  # (float32 matrix it was made from, its bfloat16 copy, its largest row norm)
 
     @property
     def options(self) -> Dict[str, Any]:
@@ -278,9 +278,9 @@ class Index:
             with self._lock:  # the bfloat16 copy, made once per database state (+50% memory)
                 if self._bf16 is None or self._bf16[0] is not matrix:
                     import torch
-                    self._bf16 = (matrix, torch.from_numpy(matrix).bfloat16())
-                database_bf16 = self._bf16[1]
-            found = topk_bf16(matrix, database_bf16, queries, k, qb, max_candidates)
+                    self._bf16 = (matrix, torch.from_numpy(matrix).bfloat16(), max_row_norm(matrix))
+                _, database_bf16, max_norm = self._bf16
+            found = topk_bf16(matrix, database_bf16, queries, k, qb, max_candidates, max_norm)
             if found is not None:
                 scores, rows, self.last_candidates = found
                 self.last_block_shape, self.last_precision = (qb, dbb), "bfloat16"

@@ -21,21 +21,17 @@ with the stored vectors, keep the top ``k``.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..fileio import atomic_write_text, read_json
 from ..faiss_backend import default_nlist
 from ..index import Index, IndexFileError, Ranking, exact_search, normalize_rows
+from .manifest import MANIFEST, SHARDED_FORMAT, SHARDED_VERSION, read_manifest, write_manifest
 
 PathLike = Union[str, os.PathLike]
-SHARDED_FORMAT = "hybrid-retrieval/sharded-index"
-SHARDED_VERSION = 1
-MANIFEST = "manifest.json"
 
 __all__ = ["build_index", "build_sharded_index", "ShardedIndex", "sample_rows", "gather_rows",
            "merge_topk", "exact_topk", "rerank_exact", "recall_at_k"]
@@ -137,11 +133,10 @@ def build_sharded_index(source, out_dir: PathLike, backend: str = "faiss-ivfpq",
         entries.append({"file": path.name, "count": int(shard.n)})
     manifest = {"format": SHARDED_FORMAT, "version": SHARDED_VERSION, "backend": backend, "dim": int(source.dim),
                 "count": int(source.n), "trained": trained_path.name, "shards": entries}
-    previous = read_json(out / MANIFEST, "sharded index manifest", error=IndexFileError) \
-        if (out / MANIFEST).is_file() else {}
+    previous = read_manifest(out) if (out / MANIFEST).is_file() else {}
     if "on_disk" in previous:  # kept: merge_on_disk decides whether it is still current
         manifest["on_disk"] = previous["on_disk"]
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    write_manifest(out, manifest)
     if on_disk:
         from .ondisk import merge_on_disk
 
@@ -172,9 +167,7 @@ class ShardedIndex:
     @classmethod
     def load(cls, out_dir: PathLike, resident: bool = True) -> "ShardedIndex":
         out = Path(out_dir)
-        manifest = read_json(out / MANIFEST, "sharded index manifest", error=IndexFileError)
-        if manifest.get("format") != SHARDED_FORMAT or manifest.get("version") != SHARDED_VERSION:
-            raise IndexFileError(out / MANIFEST, f"not a version-{SHARDED_VERSION} sharded index manifest")
+        manifest = read_manifest(out)
         return cls([out / e["file"] for e in manifest["shards"]], [int(e["count"]) for e in manifest["shards"]],
                    resident=resident)
 

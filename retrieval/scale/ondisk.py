@@ -25,7 +25,6 @@ told to look for the lists beside the index file.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -35,8 +34,9 @@ from typing import Optional, Union
 import numpy as np
 
 from ..faiss_backend import import_faiss
-from ..fileio import atomic_write, atomic_write_text, file_hash, read_json
+from ..fileio import atomic_write, file_hash
 from ..index import Index, IndexFileError
+from .manifest import read_manifest, write_manifest
 
 __all__ = ["merge_on_disk", "load_on_disk", "OnDiskIndex", "ON_DISK_FILES"]
 
@@ -73,15 +73,6 @@ def _faiss_notices_to_stderr():
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
-
-
-def _manifest(folder: Path) -> dict:
-    from .ivf_build import MANIFEST, SHARDED_FORMAT, SHARDED_VERSION
-
-    manifest = read_json(folder / MANIFEST, "sharded index manifest", error=IndexFileError)
-    if manifest.get("format") != SHARDED_FORMAT or manifest.get("version") != SHARDED_VERSION:
-        raise IndexFileError(folder / MANIFEST, f"not a version-{SHARDED_VERSION} sharded index manifest")
-    return manifest
 
 
 def _shift_ids(faiss, index, offset: int) -> None:
@@ -124,11 +115,9 @@ def merge_on_disk(folder: PathLike, progress: bool = True) -> Path:
     from faiss.contrib.ondisk import merge_ondisk
     from tqdm.auto import tqdm
 
-    from .ivf_build import MANIFEST
-
     faiss = import_faiss()
     folder = Path(folder)
-    manifest = _manifest(folder)
+    manifest = read_manifest(folder)
     if manifest["backend"] not in ("faiss-ivf", "faiss-ivfpq"):
         raise ValueError(f"{folder}: only IVF indexes keep inverted lists on disk, not {manifest['backend']!r}")
     if _current(folder, manifest.get("on_disk"), manifest):
@@ -174,7 +163,7 @@ def merge_on_disk(folder: PathLike, progress: bool = True) -> Path:
         shutil.rmtree(work, ignore_errors=True)
     manifest["on_disk"] = {"files": {key: _describe(folder / name) for key, name in ON_DISK_FILES.items()},
                            "sources": _sources(folder, manifest), "count": manifest["count"]}
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1))
+    write_manifest(folder, manifest)
     return folder
 
 
@@ -182,7 +171,7 @@ def load_on_disk(folder: PathLike, verify: bool = True) -> OnDiskIndex:
     """The merged index of ``folder`` (:func:`merge_on_disk`), its lists memory-mapped. ``verify``:
     check every file's SHA-256 (reads the lists once; sizes are always checked)."""
     folder = Path(folder).resolve()  # faiss compares the lists' recorded path with this folder's
-    manifest = _manifest(folder)
+    manifest = read_manifest(folder)
     entry = manifest.get("on_disk")
     if not entry:
         raise IndexFileError(folder, "has no on-disk index; run merge_on_disk (or build with on_disk=True)")

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Literal, Optional, Tuple, Union
 
 from ..config import Config, ConfigError
 from ..datasets.open import DatasetConfig
+from ..report import StageTimer
 from .encode import EncodeConfig
 from .evaluate import EvaluateConfig
 from .index import IndexConfig
@@ -195,12 +195,13 @@ def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = N
     feature_dir = cache / f"{ds.name}-{data_key}" / f"{ext.kind}-{ext.config}-{_key(ext.to_dict())}"
     feature_dir.mkdir(parents=True, exist_ok=True)
     stages: Dict[str, Any] = {}
-    start = time.perf_counter()
+    timer = StageTimer()
     if ext.engine == "ray":
         db_file, q_file = _extract_on_ray(ext, ds, feature_dir, progress, stages)
     else:
-        db_file, q_file = _both(ext.kind, ext.config, ext.overrides, ds, feature_dir, ext.n_jobs, progress)
-        stages["extract"] = _stage(time.perf_counter() - start, len(ds.db_ids) + len(ds.query_ids), db_file,
+        with timer("extract"):
+            db_file, q_file = _both(ext.kind, ext.config, ext.overrides, ds, feature_dir, ext.n_jobs, progress)
+        stages["extract"] = _stage(timer.this_run["extract"], len(ds.db_ids) + len(ds.query_ids), db_file,
                                    note="cached features cost no time")
     method = ext.config + "".join(f"+{k}={v}" for k, v in sorted(ext.overrides.items()))
     if ext.kind == "local":
@@ -213,21 +214,21 @@ def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = N
         method = f"{method}+{conf.encode.encoder.kind}{conf.encode.encoder.k}"
     run_dir = feature_dir / f"run-{_key(conf.index.to_dict(), conf.search.to_dict())}"
     run_dir.mkdir(exist_ok=True)
-    start = time.perf_counter()
-    index_file = index.main(conf.index, db_file, run_dir / "index.npz")
-    stages["index build"] = _stage(time.perf_counter() - start, len(ds.db_ids), index_file)
-    start = time.perf_counter()
-    ranking = search.main(conf.search, index_file, q_file, run_dir / "ranking.json", progress=progress)
-    stages["search"] = _stage(time.perf_counter() - start, len(ds.query_ids), ranking)
+    with timer("index build"):
+        index_file = index.main(conf.index, db_file, run_dir / "index.npz")
+    stages["index build"] = _stage(timer.this_run["index build"], len(ds.db_ids), index_file)
+    with timer("search"):
+        ranking = search.main(conf.search, index_file, q_file, run_dir / "ranking.json", progress=progress)
+    stages["search"] = _stage(timer.this_run["search"], len(ds.query_ids), ranking)
     protocols = conf.evaluate.protocols(conf.dataset.kind)
-    start = time.perf_counter()
-    rows = [_row(conf, method, ranking, ds)]
-    stages["evaluate"] = _stage(time.perf_counter() - start, len(ds.query_ids))
+    with timer("evaluate"):
+        rows = [_row(conf, method, ranking, ds)]
+    stages["evaluate"] = _stage(timer.this_run["evaluate"], len(ds.query_ids))
     main_metric = _main_metric(rows[0], protocols[0])
     extra: Dict[str, Any] = {}
     if conf.rerank is not None:
         name, reranked, fit = _rerank(conf, ds, cache / f"{ds.name}-{data_key}", ranking, run_dir, progress,
-                                      protocols[0], main_metric, stages)
+                                      protocols[0], main_metric, stages, timer)
         rows.append(_row(conf, f"{method} + {name}", reranked, ds))
         if fit is not None:
             extra["v_cross_fit"] = fit
@@ -251,11 +252,11 @@ def _row(conf: RetrievalExperiment, method: str, ranking: Path, ds) -> Dict[str,
 
 
 def _rerank(conf: RetrievalExperiment, ds, data_dir: Path, ranking: Path, run_dir: Path, progress: bool,
-            protocol: str, metric: str, stages: Dict[str, Any]):
+            protocol: str, metric: str, stages: Dict[str, Any], timer):
     """``(name, ranking file, cross-fit report or None)`` of the ``[rerank]`` step: local features of
     the scorer (extracted into ``data_dir``, shared by every run on the same data), their scores on the
     shortlist (cached once for any ``v``), fused at the fixed ``v`` or at the cross-fitted one."""
-    from . import encode, rerank
+    from . import rerank
 
     r, ext = conf.rerank, conf.extract
     local_kind = "patch" if r.scorer == "patch" else "local"
@@ -268,12 +269,33 @@ def _rerank(conf: RetrievalExperiment, ds, data_dir: Path, ranking: Path, run_di
     # only the database images some query will score need local features (at GLDv2 size a fraction of
     # the index); the VLAD scorer learns its codebook from the whole database, so it keeps it all
     scored = ds if r.scorer == "vlad" else _shortlisted(ds, ranking, r.shortlist)
-    start = time.perf_counter()
-    db_local, q_local = _both(local_kind, local_config, {}, scored, local_dir, ext.n_jobs, progress)
-    stages["rerank local features"] = _stage(time.perf_counter() - start, len(scored.db_ids) + len(ds.query_ids),
-                                             db_local, note="database images in a shortlist, and the queries; "
-                                                            "cached features cost no time")
-    start = time.perf_counter()
+    with timer("rerank local features"):
+        db_local, q_local = _both(local_kind, local_config, {}, scored, local_dir, ext.n_jobs, progress)
+    stages["rerank local features"] = _stage(timer.this_run["rerank local features"],
+                                             len(scored.db_ids) + len(ds.query_ids), db_local,
+                                             note="database images in a shortlist, and the queries; "
+                                                  "cached features cost no time")
+    with timer("rerank scoring"):
+        base, shortlist, local, model = _local_scores(conf, local_dir, db_local, q_local, ranking, run_dir, progress)
+    stages["rerank scoring"] = _stage(timer.this_run["rerank scoring"], len(ds.query_ids),
+                                      note=f"per query: top {r.shortlist}; cached scores cost no time")
+    out = run_dir / f"rerank-{_key(r.to_dict())}.json"
+    if r.v != CROSS_FIT:
+        rerank.fused_ranking(base, shortlist, local, r.v, r.norm, r.T).save(out)
+        return f"{r.scorer} (v={r.v:g})", out, None
+    fused = lambda v: rerank.fused_ranking(base, shortlist, local, v, r.norm, r.T)  # noqa: E731
+    fit, groups = _cross_fit_v(conf, ds, fused, protocol, metric)
+    _per_query_rows(fused, fit["chosen"], groups, base.query_ids).save(out)
+    return f"{r.scorer} (v cross-fit)", out, fit
+
+
+def _local_scores(conf: RetrievalExperiment, local_dir: Path, db_local: Path, q_local: Path, ranking: Path,
+                  run_dir: Path, progress: bool):
+    """``(base ranking, shortlist, local scores, model)`` of the ``[rerank]`` scorer (VLAD: its codebook
+    learned, or reused, on the database's local features first)."""
+    from . import encode, rerank
+
+    r = conf.rerank
     model = None
     if r.scorer == "vlad":
         model = local_dir / "vlad-64.npz"
@@ -285,16 +307,7 @@ def _rerank(conf: RetrievalExperiment, ds, data_dir: Path, ranking: Path, run_di
     scoring = {k: v for k, v in r.to_dict().items() if k not in ("v", "vs", "folds", "norm", "T")}
     base, shortlist, local = rerank.shortlist_scores(r, ranking, q_local, db_local,
                                                      run_dir / f"shortlist-{_key(scoring)}", model, progress)
-    stages["rerank scoring"] = _stage(time.perf_counter() - start, len(ds.query_ids),
-                                      note=f"per query: top {r.shortlist}; cached scores cost no time")
-    out = run_dir / f"rerank-{_key(r.to_dict())}.json"
-    if r.v != CROSS_FIT:
-        rerank.fused_ranking(base, shortlist, local, r.v, r.norm, r.T).save(out)
-        return f"{r.scorer} (v={r.v:g})", out, None
-    fused = lambda v: rerank.fused_ranking(base, shortlist, local, v, r.norm, r.T)  # noqa: E731
-    fit, groups = _cross_fit_v(conf, ds, fused, protocol, metric)
-    _per_query_rows(fused, fit["chosen"], groups, base.query_ids).save(out)
-    return f"{r.scorer} (v cross-fit)", out, fit
+    return base, shortlist, local, model
 
 
 def _shortlisted(ds, ranking: Path, shortlist: int):
