@@ -10,7 +10,7 @@ import math
 import pytest
 
 from retrieval.ladder import cli, data, tables, training
-from retrieval.ladder.choice import Relevance, choose
+from retrieval.steps.choose import Relevance, choose, query_groups
 from retrieval.ladder.config import LadderConfig
 from retrieval.report import StageTimer
 
@@ -32,6 +32,7 @@ def test_choice_is_cross_fitted_and_the_base_wins_ties():
     out = choose("E5", cands, lambda c: c, [_relevance(None)], groups)["toy"]
     assert out.fit["chosen"] == {"A": "help-B", "B": "help-A"}
     assert out.per_query == {"a1": 0.5, "a2": 0.5, "b1": 0.5, "b2": 0.5}   # not the oracle's 0.9 / 0.8
+    assert out.deployed == "help-A"     # for new queries: the best mean over every labelled query (0.7)
     flat = {"base": {q: 0.5 for q in groups}, "other": {q: 0.5 for q in groups}}
     tie = choose("E5", flat, lambda c: c, [_relevance(None)], groups)["toy"]
     assert tie.fit["chosen"] == {"A": "base", "B": "base"}
@@ -117,7 +118,7 @@ def test_landmark_level_relevance_and_quick_subset(oxford_dir):
     small = data.quick_subset(ds)
     assert len(small.query_ids) == 4 and len(small.db_ids) < len(ds.db_ids)
     assert all(small.ground_truth[x].positives <= set(small.db_ids) for x in small.query_ids)
-    groups = data.landmark_groups(small)
+    groups = query_groups(small)
     assert sorted(set(groups.values())) == ["fold 0", "fold 1"]
     for a, b in zip(small.query_ids, small.query_labels):       # a landmark never spans two folds
         assert {groups[x] for x, lab in zip(small.query_ids, small.query_labels) if lab == b} == {groups[a]}

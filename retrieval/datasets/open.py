@@ -27,9 +27,12 @@ from ..config import Config, ConfigError
 from .base import RetrievalDataset
 from .files import DatasetError
 
-__all__ = ["DATASET_KINDS", "DEFAULT_PROTOCOL", "DatasetConfig", "open_dataset"]
+__all__ = ["DATASET_KINDS", "LANDMARK_KINDS", "DEFAULT_PROTOCOL", "DatasetConfig", "open_dataset"]
 
 DATASET_KINDS = ("folder", "gldv2", "oxford", "paris", "revisited", "multiview", "os-core")
+#: kinds of landmark photographs (the others hold objects): they get the landmark settings of the
+#: re-rankers (retrieval.steps.rerank.LOCAL_FEATURES) and the landmark half of the ladder
+LANDMARK_KINDS = ("oxford", "paris", "revisited", "gldv2")
 
 #: the evaluation protocol(s) a kind comes with (comma-separated: reported side by side)
 DEFAULT_PROTOCOL = {"oxford": "oxford,landmark", "paris": "oxford,landmark", "revisited": "revisited,landmark",

@@ -13,6 +13,7 @@ seconds and bytes per image.
 
 Python: ``main(conf, dataset, out, engine=..., ray_address=...) -> Path`` with ``conf`` an
 :class:`ExtractConfig` (or the name of an extractor configuration) and ``dataset`` a
+:class:`retrieval.datasets.open.DatasetConfig` (opened here) or an opened
 :class:`retrieval.datasets.RetrievalDataset`.
 """
 from __future__ import annotations
@@ -119,6 +120,10 @@ def main(conf: Union[ExtractConfig, str], dataset, out: Union[str, os.PathLike],
     and ``ray_address`` override ``conf``'s. ``summary`` (a dict) receives the run's figures."""
     if isinstance(conf, str):
         conf = ExtractConfig(extractor=conf)
+    from retrieval.datasets.open import DatasetConfig, open_dataset
+
+    if isinstance(dataset, DatasetConfig):
+        dataset = open_dataset(dataset)
     conf = conf.override({k: v for k, v in (("engine", engine), ("ray_address", ray_address)) if v is not None})
     out = Path(out)
     root = shard_root(out)
