@@ -106,6 +106,23 @@ class FusionConfig(Config):
         gate = f" gate {self.gate:g}" if self.gate is not None else ""
         return f"linear {norm} v={self.v:g}{gate}"
 
+    @classmethod
+    def from_label(cls, label: str) -> "FusionConfig":
+        """The configuration a :attr:`label` names (results files record chosen fusions by label)."""
+        import re
+
+        if label == NO_RERANKING.label:
+            return NO_RERANKING
+        m = re.fullmatch(r"delg >= ([0-9.e+-]+)", label)
+        if m:
+            return cls("delg", threshold=float(m.group(1)))
+        m = re.fullmatch(r"linear (\w+)(?: T=([0-9.e+-]+))? v=([0-9.e+-]+)(?: gate ([0-9.e+-]+))?", label)
+        if not m:
+            raise ConfigError(f"{label!r} is not a fusion label (e.g. 'linear saturate T=20 v=0.5')")
+        norm, T, v, gate = m.groups()
+        return cls("linear", v=float(v), norm=norm, T=None if T is None else float(T),
+                   gate=None if gate is None else float(gate))
+
 
 #: the global ranking: the first candidate of every choice, so ties keep it
 NO_RERANKING = FusionConfig()

@@ -157,6 +157,14 @@ def test_fusion_order_and_local_evidence(client):
     m = _ok(client.get("/api/matches", params={"query": "obj1__18", "db": best["id"]}))
     assert m["inliers"] == best["local"] == sum(1 for line in m["lines"] if line[4])
     assert all(0 <= c <= 1 for line in m["lines"] for c in line[:4])
+    # without v: the served fusion (no experiment chose one: the documented default, counts saturating at T)
+    from retrieval.rerank.fusion import DEFAULT_FUSION
+
+    default = _ok(client.get("/api/search", params={"id": "obj1__18", "k": 12}))
+    assert default["fusion"]["label"] == DEFAULT_FUSION["count"].label
+    T = DEFAULT_FUSION["count"].T
+    np.testing.assert_allclose([r["local_norm"] for r in default["results"]],
+                               [min(max(r["local"], 0.0), T) / T for r in default["results"]])
 
 
 def test_images_served_by_id_only(client, small):

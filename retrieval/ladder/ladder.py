@@ -13,7 +13,7 @@ from retrieval.steps.choose import relevances as relevance_list
 from .config import LadderConfig
 from .data import landmark_dataset, object_dataset
 from .rungs import RERANK_NOTES, Half, rung_e5, rung_e6, rung_e7, rung_e8, rung_sv
-from .stages import RunCache, build_shortlist, global_features, rank, say
+from .stages import RunCache, build_shortlist, extractor, global_features, rank, say
 from .tables import result_rows
 
 __all__ = ["HalfResult", "run_object", "run_landmark", "GLOBAL_NOTES"]
@@ -39,12 +39,6 @@ def _cosine(dataset, db, q):
     row = {str(i): n for n, i in enumerate(dataset.db_ids)}
     qrow = {str(i): n for n, i in enumerate(dataset.query_ids)}
     return lambda qid, did: float(np.dot(q[qrow[str(qid)]], db[row[str(did)]]))
-
-
-def _extractor(config, cache: RunCache, **overrides):
-    from retrieval.features.efficientnet import EfficientNetExtractor, resolve_config
-
-    return EfficientNetExtractor(resolve_config(config, **overrides), backend=cache.backend, device=cache.device)
 
 
 def _global_rung(result: HalfResult, rung: str, extractor, dataset, half_folder, cache: RunCache, prefix: str,
@@ -121,7 +115,7 @@ def run_object(conf: LadderConfig, cache: RunCache) -> HalfResult:
     base = None
     for rung in ("E1", "E2", "E3", "E4"):
         weights = "imagenet" if rung == "E1" else str(models[rung])
-        base = _global_rung(result, rung, _extractor(gconf, cache, weights=weights), dataset, gfolder, cache, "",
+        base = _global_rung(result, rung, extractor("global", gconf, cache, weights=weights), dataset, gfolder, cache, "",
                             groups, conf.shortlist, extra_seconds=cache.timer[f"train {rung}"])
     db, q, ranking, econf = base
     result.score = _cosine(dataset, db, q)
@@ -137,7 +131,7 @@ def run_object(conf: LadderConfig, cache: RunCache) -> HalfResult:
 
     half = Half("object", dataset, name, cache.root / "local", "", "E4", db, q, shortlist, sl_path, o.sift,
                 o.spatial_sift or o.sift, o.spatial, o.vlad_words,
-                _extractor(o.patch_config, cache, weights=str(models["E4"])), vlad_images, full_ranking=False)
+                extractor("patches", o.patch_config, cache, weights=str(models["E4"])), vlad_images, full_ranking=False)
     half.folder.mkdir(parents=True, exist_ok=True)
     _rerank(result, half, conf, cache, groups)
     return result
@@ -160,7 +154,7 @@ def run_landmark(conf: LadderConfig, cache: RunCache) -> HalfResult:
     folder = cache.root / "landmark" / name
     cache.fresh("landmark", folder)
     k = len(dataset.db_ids) if protocol == "oxford" else conf.shortlist
-    db, q, ranking, econf = _global_rung(result, "E1", _extractor(lm.global_config, cache), dataset, folder, cache,
+    db, q, ranking, econf = _global_rung(result, "E1", extractor("global", lm.global_config, cache), dataset, folder, cache,
                                          "landmark ", groups, k, note=f"ImageNet, {lm.global_config}")
     result.score = _cosine(dataset, db, q)
     sl_path = folder / "shortlist_e1"
@@ -170,7 +164,7 @@ def run_landmark(conf: LadderConfig, cache: RunCache) -> HalfResult:
     def vlad_images():
         return [str(i) for i in dataset.db_ids], list(dataset.db_paths), f"{name} database images"
 
-    patch = _extractor(lm.patch_config, cache, input="longest", size=lm.patch_size)
+    patch = extractor("patches", lm.patch_config, cache, input="longest", size=lm.patch_size)
     half = Half("landmark", dataset, name, folder, "landmark ", "E1", db, q, shortlist, sl_path, lm.sift,
                 lm.spatial_sift, lm.spatial, lm.vlad_words, patch, vlad_images, full_ranking=protocol == "oxford")
     _rerank(result, half, conf, cache, groups)

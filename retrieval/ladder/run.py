@@ -43,7 +43,7 @@ def main(conf: LadderConfig, out_dir, cache_dir=None) -> Path:
     wall = time.perf_counter() - start
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, bases, sweeps, chosen, deployed = [], {}, {}, {}, {}
+    rows, bases, sweeps, chosen, deployed, means = [], {}, {}, {}, {}, {}
     figures = []
     for half, base in halves:
         rows += half.rows
@@ -52,6 +52,8 @@ def main(conf: LadderConfig, out_dir, cache_dir=None) -> Path:
             sweeps[r.name] = {e: sweep_curves(c) for e, c in half.choices.get(r.name, {}).items()}
             chosen[r.name] = {e: c.fit["chosen"] for e, c in half.choices.get(r.name, {}).items()}
             deployed[r.name] = {e: c.deployed for e, c in half.choices.get(r.name, {}).items()}
+            means[r.name] = {e: {str(k): v for k, v in c.fit["curves"]["all"].items()}
+                             for e, c in half.choices.get(r.name, {}).items()}
         figures += _failure_grids(half, base, conf, out)
     figures = [plots.bar_chart(rows, out / "map_bars.png"), plots.v_sweep_plot(sweeps, out / "v_sweep.png")] + figures
     summary = summary_table(rows, bases)
@@ -60,6 +62,8 @@ def main(conf: LadderConfig, out_dir, cache_dir=None) -> Path:
     extra = {
         # chosen: per fold (the held-out figures); deployed: chosen on all queries, for new queries (serve)
         "config": conf.to_dict(), "chosen": chosen, "deployed": deployed,
+        # each candidate's mean over all queries (benchmarks/fusion_default.py: the default without ground truth)
+        "candidate_means": means,
         # where the run's cache and GLDv2-format data are (retrieval serve opens E4's features from them)
         "options": {"cache": str(cache_root), "quick": conf.quick, "gldv2": object_root},
         "v_sweeps": {d: {e: {s: {str(v): c[v] for v in c} for s, c in by_s.items()} for e, by_s in by_e.items()}

@@ -24,7 +24,7 @@ import numpy as np
 from retrieval.steps.choose import fusion_rankings
 
 from .config import LadderConfig
-from .stages import RunCache, extract_local, preload, remove, score_local, sharded_into, shortlisted_images
+from .stages import RunCache, extract_local, extractor, preload, remove, score_local, shortlisted_images
 
 __all__ = ["Half", "RERANK_NOTES", "rung_e5", "rung_e6", "rung_e7", "rung_sv", "rung_e8"]
 
@@ -73,9 +73,7 @@ def _candidates(conf: LadderConfig, kind: str) -> Dict[str, object]:
 def _sift_store(half: Half, conf: LadderConfig, cache: RunCache, sift_name: str, file: str) -> Tuple[object, Path]:
     """RootSIFT ``sift_name`` of what the re-rankers read: on landmark data every image (the VLAD
     codebook is learned on the database), on object data the queries and shortlisted images."""
-    from retrieval.features.sift import SiftExtractor
-
-    sift = SiftExtractor(sift_name)
+    sift = extractor("local", sift_name, cache)
     path = half.folder / file
     cache.fresh("sift", path)
     ds = half.dataset
@@ -113,7 +111,6 @@ def rung_e5(half: Half, conf: LadderConfig, cache: RunCache):
 
 def _vlad_encoder(half: Half, conf: LadderConfig, cache: RunCache, sift):
     from retrieval.features.encoders.vlad import VladEncoder
-    from retrieval.features.extract import extract_local_features
     from retrieval.features.store import LocalFeatureStore
 
     vlad_dir = half.folder / "vlad"
@@ -127,11 +124,7 @@ def _vlad_encoder(half: Half, conf: LadderConfig, cache: RunCache, sift):
             store_path = half.sift_path
         else:
             store_path = vlad_dir / "sift_train.h5"
-            if cache.engine == "ray":
-                sharded_into("local", sift, ids, paths, None, store_path, cache, "RootSIFT (codebook images)")
-            else:
-                extract_local_features(ids, paths, sift, store_path, n_jobs=cache.n_jobs, progress=cache.progress,
-                                       desc="RootSIFT (codebook images)")
+            cache.extract("local", sift, ids, paths, None, store_path, "RootSIFT (codebook images)")
         with LocalFeatureStore(store_path, mode="r") as store:
             feats = [store.get(i) for i in ids]
         encoder = VladEncoder(k=half.vlad_words, trained_on=what).fit(feats)

@@ -27,6 +27,15 @@ def _nav(has_results: bool) -> str:
     return " ".join(links)
 
 
+def _norm_text(fusion) -> str:
+    """How the page names the local score's normalisation of ``fusion``."""
+    if fusion.method == "linear" and fusion.norm == "saturate":
+        return f"min(local, {fusion.T:g}) / {fusion.T:g}"
+    if fusion.method == "linear" and fusion.norm != "none":
+        return f"local ({fusion.norm})"
+    return "local"
+
+
 def render_page(catalog: Catalog, has_results: bool, default_k: int, default_v: float,
                 limits: UploadLimits) -> str:
     info = catalog.describe()
@@ -48,7 +57,9 @@ def render_page(catalog: Catalog, has_results: bool, default_k: int, default_v: 
   <label>k <input type="number" id="k" min="1" max="200" value="{default_k}"></label>
   <label id="v-box" {'hidden' if not catalog.has_local else ''}>v <input type="range" id="v-slider" min="0"
     max="1" step="0.05" value="{default_v}"> <output id="v-value">{default_v}</output>
-    <span class="muted">fused = v &middot; global + (1 &minus; v) &middot; local (min-max)</span></label>
+    <span class="muted">fused = v &middot; global + (1 &minus; v) &middot; {escape(_norm_text(catalog.fusion))}
+    &middot; serving <b id="fusion-label">{escape(catalog.fusion.label)}</b>
+    (<span title="{escape(catalog.fusion_source)}">{escape(catalog.fusion_source.split(" (")[0])}</span>)</span></label>
 </section>
 <p id="status" role="status"></p>
 <section id="query-panel" hidden>

@@ -83,6 +83,25 @@ class ResultsFolder:
         return self.figures.get(name)
 
 
+def chosen_fusion(results: "ResultsFolder", local_method: str):
+    """``(FusionConfig, source)`` the experiment of ``results`` chose on all its queries for the local
+    evidence ``local_method`` serves (``inliers``: spatial verification, ``ratio``: the ratio test), or
+    None when it chose none: the E1-E8 ladder's ``deployed`` (SV / E5, first relevance protocol) or
+    ``retrieval run``'s ``choices[].deployed_fusion``."""
+    from retrieval.rerank.fusion import FusionConfig
+
+    rung, scorer = ("SV", "spatial") if local_method == "inliers" else ("E5", "ratio")
+    for relevance, by_exp in (results.data.get("deployed") or {}).items():
+        label = (by_exp or {}).get(rung)
+        if label:
+            return FusionConfig.from_label(label), f"chosen by {results.path} on all queries ({rung}, {relevance})"
+    for choice in results.data.get("choices") or []:
+        if f" + {scorer} " in choice.get("method", "") and choice.get("deployed_fusion"):
+            return (FusionConfig.from_dict(choice["deployed_fusion"]),
+                    f"chosen by {results.path} on all queries ({choice.get('protocol')})")
+    return None
+
+
 def _first_existing(candidates: List[Path]) -> Optional[Path]:
     return next((c for c in candidates if c.exists()), None)
 

@@ -39,36 +39,28 @@ from .encode import EncodeConfig
 from .evaluate import EvaluateConfig
 from .chain_rerank import Context, StageResult, expand_stage, key as _key, rerank_stage, stage_entry as _stage
 from .expand import ExpandConfig
+from .extract import ExtractConfig
 from .index import IndexConfig
 from .rerank import RerankConfig
 from .search import SearchConfig
 
-__all__ = ["CONFIG", "ExtractSpec", "RetrievalExperiment", "main"]
-
-
-@dataclass(frozen=True)
-class ExtractSpec(Config):
-    """``kind``: ``global`` (EfficientNet: ``config`` a name of ``EXTRACTOR_CONFIGS``) or ``local``
-    (SIFT: ``config`` a name of ``SIFT_CONFIGS``, then encoded by the experiment's ``encode``);
-    ``overrides``: fields of that configuration; ``n_jobs``: decoding / extraction workers;
-    ``engine``: ``"local"`` (in this process) or ``"ray"`` (sharded Ray tasks through
-    :func:`retrieval.steps.extract.main`, ``ray_address`` as there; the same features)."""
-
-    kind: Literal["global", "local"] = "global"
-    config: str = "lite0-gem-512"
-    overrides: Dict[str, Any] = field(default_factory=dict)
-    n_jobs: int = 2
-    engine: Literal["local", "ray"] = "local"
-    ray_address: Optional[str] = None
+__all__ = ["CONFIG", "RetrievalExperiment", "main", "queries_are_db_images"]
 
 
 @dataclass(frozen=True)
 class RetrievalExperiment(Config):
-    """Settings of the ``retrieval`` protocol (module docstring): ``rerank`` and ``expand`` are optional
-    stages (absent: not run)."""
+    """Settings of the ``retrieval`` protocol (module docstring): ``extract`` is the one extraction
+    configuration (:class:`~retrieval.steps.extract.ExtractConfig`; ``kind`` global or local, the latter
+    encoded by ``encode``; the chain extracts the database and the queries itself, so ``images`` stays
+    as it is); ``rerank`` and ``expand`` are optional stages (absent: not run)."""
+
+    def check(self) -> None:
+        if self.extract.kind == "patches":
+            raise ConfigError("extract.kind: the retrieval experiment searches global vectors: 'global' or "
+                              "'local' (encoded by [encode]); patch tokens re-rank ([rerank] scorer = 'patch')")
 
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    extract: ExtractSpec = field(default_factory=ExtractSpec)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -80,20 +72,6 @@ class RetrievalExperiment(Config):
 CONFIG = RetrievalExperiment
 
 
-def _extractor(kind: str, config: str, overrides: Dict[str, Any]):
-    """The extractor of the Python extraction API for ``kind`` (global / patch: EfficientNet, local: SIFT)."""
-    try:
-        if kind in ("global", "patch"):
-            from ..features.efficientnet import EfficientNetExtractor
-
-            return EfficientNetExtractor(config, **overrides)
-        from ..features.sift import SiftExtractor
-
-        return SiftExtractor(config, **overrides)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"extract: {exc}") from None
-
-
 def queries_are_db_images(ds) -> bool:
     """Whether every query is a database image (same id and file, no crop box), as in a class-per-folder
     tree: their features are then the database's, extracted once."""
@@ -103,13 +81,13 @@ def queries_are_db_images(ds) -> bool:
     return all(path_of.get(str(q)) == str(p) for q, p in zip(ds.query_ids, ds.query_paths))
 
 
-def _both(kind, config, overrides, ds, folder: Path, n_jobs: int, progress: bool, queries_in_db: bool = False):
-    """(database file, query file) of one extractor, extracted into ``folder`` (resumable; the
-    extractor is built once, only when something is missing). With ``queries_in_db`` the queries are
+def _both(kind, config, overrides, ds, folder: Path, ext: ExtractConfig, progress: bool, queries_in_db: bool = False):
+    """(database file, query file) of one extractor, extracted into ``folder`` on ``ext``'s engine
+    (:func:`retrieval.steps.image_features.extract_into`: resumable; the extractor is built once, only
+    when something is missing). With ``queries_in_db`` the queries are
     extracted with the database (added to it where ``ds`` holds a part of the database): local
     features are then one file for both, global query vectors a copy of their database rows."""
-    from ..features.deep_extract import extract_global, extract_patches
-    from ..features.extract import extract_local_features
+    from .image_features import extract_into, make_extractor
 
     db_ids, db_paths = list(ds.db_ids), list(ds.db_paths)
     parts = [("db", db_ids, db_paths, None)]
@@ -119,6 +97,7 @@ def _both(kind, config, overrides, ds, folder: Path, n_jobs: int, progress: bool
         parts = [("db", db_ids + [q for q, _ in extra], db_paths + [p for _, p in extra], None)]
     else:
         parts.append(("queries", ds.query_ids, ds.query_paths, ds.query_boxes))
+    runtime = {"device": ext.device, **({"threads": ext.threads} if ext.engine == "ray" else {})}
     extractor = None
     outputs = []
     for part, ids, paths, boxes in parts:
@@ -129,14 +108,9 @@ def _both(kind, config, overrides, ds, folder: Path, n_jobs: int, progress: bool
         done, digest = folder / f"{part}.done", _key(list(ids))
         if out.is_file() and done.is_file() and done.read_text() == digest:
             continue
-        extractor = extractor or _extractor(kind, config, overrides)
-        desc = f"{kind} {part}"
-        if kind == "local":
-            extract_local_features(ids, paths, extractor, out, n_jobs=n_jobs, boxes=boxes, progress=progress,
-                                   desc=desc)
-        else:
-            run = extract_global if kind == "global" else extract_patches
-            run(extractor, ids, paths, out, boxes=boxes, n_jobs=n_jobs, progress=progress, desc=desc)
+        extractor = extractor or make_extractor(kind, config, overrides, **({} if kind == "local" else runtime))
+        extract_into(kind, extractor, ids, paths, boxes, out, engine=ext.engine, n_jobs=ext.n_jobs,
+                     ray_address=ext.ray_address, progress=progress, desc=f"{kind} {part}", runtime=runtime)
         done.write_text(digest)
     if not queries_in_db:
         return outputs[0], outputs[1]
@@ -153,23 +127,6 @@ def _query_rows(db_file: Path, query_ids, out: Path) -> Path:
     row = {i: n for n, i in enumerate(ids)}
     save_global(out, [str(q) for q in query_ids], vectors[[row[str(q)] for q in query_ids]], config)
     return out
-
-
-def _extract_on_ray(ext: ExtractSpec, ds, folder: Path, progress: bool, stages: Dict[str, Any]):
-    """(database file, query file) extracted as sharded Ray work (resumable shard by shard)."""
-    from .extract import ExtractConfig, main as extract_main
-
-    outputs = []
-    for part in ("db", "queries"):
-        summary: Dict[str, Any] = {}
-        conf = ExtractConfig(features=ext.kind, extractor=ext.config, options=dict(ext.overrides), images=part,
-                             engine="ray", ray_address=ext.ray_address, n_jobs=ext.n_jobs)
-        outputs.append(extract_main(conf, ds, folder / f"{part}-ray.h5", progress=progress, summary=summary))
-        # this run's figures: a resumed run times only the shards it computed
-        stages[f"extract {part}"] = {k: summary.get(k) for k in (
-            "seconds", "images", "images_planned", "seconds_per_image", "bytes_per_image", "shards_computed",
-            "shards_skipped", "worker_seconds_per_image", "cpu_seconds_per_image", "engine")}
-    return outputs[0], outputs[1]
 
 
 def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = None, progress: bool = True) -> Path:
@@ -192,13 +149,11 @@ def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = N
     stages: Dict[str, Any] = {}
     timer = StageTimer()
     in_db = queries_are_db_images(ds)
-    if ext.engine == "ray":
-        db_file, q_file = _extract_on_ray(ext, ds, feature_dir, progress, stages)
-    else:
-        with timer("extract"):
-            db_file, q_file = _both(ext.kind, ext.config, ext.overrides, ds, feature_dir, ext.n_jobs, progress, in_db)
-        images = len(ds.db_ids) + (0 if in_db else len(ds.query_ids))
-        stages["extract"] = _stage(timer.this_run["extract"], images, db_file, note="cached features cost no time")
+    with timer("extract"):
+        db_file, q_file = _both(ext.kind, ext.config, ext.overrides, ds, feature_dir, ext, progress, in_db)
+    images = len(ds.db_ids) + (0 if in_db else len(ds.query_ids))
+    stages["extract"] = _stage(timer.this_run["extract"], images, db_file, engine=ext.engine,
+                               note="cached features cost no time")
     method = ext.config + "".join(f"+{k}={v}" for k, v in sorted(ext.overrides.items()))
     if ext.kind == "local":
         enc_dir = feature_dir / f"{conf.encode.encoder.kind}-{_key(conf.encode.to_dict())}"
@@ -235,7 +190,7 @@ def main(conf: RetrievalExperiment, out_dir: Path, cache_dir: Optional[Path] = N
         results: List[StageResult] = []
         if conf.rerank is not None:
             results += rerank_stage(ctx, method, lambda kind, config, part, folder: _both(
-                kind, config, {}, part, folder, ext.n_jobs, progress, in_db))
+                kind, config, {}, part, folder, ext, progress, in_db))
         if conf.expand is not None:
             results += expand_stage(ctx, method, db_file, q_file)
         for result in results:
