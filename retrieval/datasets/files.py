@@ -6,10 +6,13 @@ ones that fail) and :func:`apply_on_error` (the readers' ``on_error="raise"|"col
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
+import warnings
 from pathlib import Path
-from typing import Iterable, List, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
 from ..imageio import ImageLoadError, load_image
 
@@ -19,7 +22,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", "
                               ".webp", ".gif"})
 ON_ERROR_CHOICES = ("raise", "collect")
 
-__all__ = ["IMAGE_EXTENSIONS", "DatasetError", "natural_key", "list_images", "check_images",
+__all__ = ["IMAGE_EXTENSIONS", "DatasetError", "DatasetWarning", "natural_key", "list_images", "scan_images", "check_images",
            "apply_on_error", "require_dir", "read_text", "check_safe_id", "check_inside"]
 
 
@@ -90,16 +93,63 @@ def check_inside(path: PathLike, folder: PathLike, where: str) -> Path:
     return normal
 
 
+class DatasetWarning(UserWarning):
+    """Something in a dataset folder was left out (not an image, a broken link, ...); the message
+    names the folder, says how many entries and why."""
+
+
+def scan_images(folder: PathLike, recursive: bool = True) -> Tuple[List[Path], List[Tuple[str, str]]]:
+    """``(images, skipped)``: every image file (by extension, case-insensitive) under ``folder`` in
+    the order :func:`list_images` gives, and ``(path, reason)`` for each entry left out: a symbolic
+    link that is dangling or loops, a folder named like an image (``x.jpg/``), a file that is not an
+    image by its extension (``notes.txt``, ``.DS_Store``). Folders themselves are not listed."""
+    folder = require_dir(folder, "image folder")
+    pattern = "**/*" if recursive else "*"
+    paths: List[Path] = []
+    skipped: List[Tuple[str, str]] = []
+    for p in folder.glob(pattern):
+        image_name = p.suffix.lower() in IMAGE_EXTENSIONS
+        try:
+            p.stat()
+        except OSError as exc:  # ELOOP: a symbolic link loop; ENOENT: a dangling link
+            loop = exc.errno == errno.ELOOP
+            skipped.append((str(p), "symbolic link loop" if loop else "dangling symbolic link"))
+            continue
+        if p.is_dir():
+            if image_name:
+                skipped.append((str(p), "folder named like an image"))
+            continue
+        if not image_name:
+            skipped.append((str(p), "non-image file (by its extension)"))
+        elif p.is_file():
+            paths.append(p)
+        else:
+            skipped.append((str(p), "not a regular file"))
+    paths.sort(key=lambda p: natural_key(p.relative_to(folder).as_posix()))
+    skipped.sort(key=lambda item: natural_key(item[0]))
+    return paths, skipped
+
+
+def skipped_summary(folder: PathLike, skipped: Sequence[Tuple[str, str]]) -> str:
+    """One line: how many entries of ``folder`` were left out and why, the first of each reason."""
+    by_reason: Dict[str, List[str]] = {}
+    for path, reason in skipped:
+        by_reason.setdefault(reason, []).append(path)
+    parts = [f"{reason}: {len(paths)} (e.g. {paths[0]})" for reason, paths in by_reason.items()]
+    return (f"{folder}: skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} that are not "
+            f"readable images: {'; '.join(parts)}; fix or remove them if they should be images")
+
+
 def list_images(folder: PathLike, recursive: bool = True) -> List[Path]:
     """Every image file (by extension, case-insensitive) under ``folder``, sorted by relative path
     in natural order. Raises :class:`DatasetError` naming the folder when it is missing or holds no
-    images."""
-    folder = require_dir(folder, "image folder")
-    pattern = "**/*" if recursive else "*"
-    paths = [p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    images. Entries left out (broken links, folders named like images, other files) are counted in
+    one :class:`DatasetWarning` naming the folder (:func:`scan_images` lists them)."""
+    paths, skipped = scan_images(folder, recursive)
+    if skipped:
+        warnings.warn(skipped_summary(folder, skipped), DatasetWarning, stacklevel=2)
     if not paths:
         raise DatasetError(f"{folder}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    paths.sort(key=lambda p: natural_key(p.relative_to(folder).as_posix()))
     return paths
 
 
@@ -157,10 +207,25 @@ def apply_on_error(problems: Sequence[Tuple[str, str]], on_error: str, where: Pa
         shown = "; ".join(f"{p}: {r}" for p, r in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise DatasetError(f"{where}: {len(problems)} unreadable image file(s): {shown}{more}; "
-                           f"pass on_error='collect' to skip them")
+                           "fix or remove them, or skip them with on_error='collect' (commands: --on-error "
+                           "collect; retrieval run: --set dataset.on_error=collect)")
+    if problems:
+        warnings.warn(f"{where}: skipped {len(problems)} unreadable image file(s) (first: {problems[0][0]}: "
+                      f"{problems[0][1]}); they are left out of the dataset", DatasetWarning, stacklevel=2)
     return problems
 
 
 def missing_files(paths: Iterable[PathLike]) -> List[Tuple[str, str]]:
-    """``(path, 'no such file')`` for every path that does not exist (a cheap stat, no decode)."""
-    return [(str(p), "no such file") for p in paths if not os.path.isfile(p)]
+    """``(path, reason)`` for every path that does not exist or is empty (a cheap stat, no decode)."""
+    out = []
+    for p in paths:
+        try:
+            info = os.stat(p)
+            size = info.st_size if stat.S_ISREG(info.st_mode) else None
+        except OSError:
+            size = None
+        if size is None:
+            out.append((str(p), "no such file"))
+        elif size == 0:
+            out.append((str(p), "file is empty (0 bytes)"))
+    return out

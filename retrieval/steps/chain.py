@@ -59,6 +59,10 @@ class ExtractSpec(Config):
     engine: Literal["local", "ray"] = "local"
     ray_address: Optional[str] = None
 
+    def check(self) -> None:
+        if self.n_jobs == 0 or self.n_jobs < -1:
+            raise ConfigError(f"n_jobs must be a number of workers >= 1 or -1 (all cores), got {self.n_jobs}")
+
 
 @dataclass(frozen=True)
 class ChainRerank(RerankConfig):
