@@ -254,3 +254,58 @@ def test_readme_chain_runs_through_images_without_keypoints(tmp_path, capsys):
     code, out, err = _cli(capsys, "index", "build", tmp_path / "db.h5", "--out", tmp_path / "dropped.npz",
                           "--zero-rows", "drop")
     assert code == 0 and json.loads(out)["count"] == 21 and "left out of the index" in err
+
+
+# ------------------------------------------- item 22: every message names the file and what to do
+
+@pytest.fixture
+def faulty(tmp_path):
+    """One input per fault of issue 22 that reaches the command line, and the file each must name."""
+    from retrieval.features.efficientnet import resolve_config
+    from retrieval.features.store import save_global
+    from retrieval.index import Index
+    from test_faults_indexes import _resign
+
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((12, 8)).astype(np.float32)
+    save_global(tmp_path / "db.h5", [f"d{i}" for i in range(12)], vectors, config=resolve_config("lite0-gem-224"))
+    save_global(tmp_path / "q-avg.h5", ["q0"], vectors[:1], config=resolve_config("lite0-avg-224"))
+    nan = vectors[:2].copy()
+    nan[1, 0] = np.inf
+    save_global(tmp_path / "q-nan.h5", ["q0", "q1"], nan, config=resolve_config("lite0-gem-224"))
+    Index(vectors, ids=[f"d{i}" for i in range(12)], config=resolve_config("lite0-gem-224")).save(tmp_path / "i.npz")
+    Index(vectors).save(tmp_path / "edited.npz")
+    _resign(tmp_path / "edited.npz", header_edit=lambda h: h.update(dim=4))
+    coil = tmp_path / "coil"
+    for name in ("a.png", "b.png"):
+        _png(coil / "images" / name)
+    _write(coil / "labels.csv", "filename,object_id\na.png,1\nb.png,\n")
+    gldv2 = _gldv2(tmp_path / "g")
+    _write(gldv2 / "test.csv", "id\nfff100\nfe\n")
+    tree = make_tree(tmp_path / "tree")
+    (tree / "dog" / "empty.jpg").write_bytes(b"")
+    return tmp_path
+
+
+CASES = {
+    "empty label": (["dataset", "info", "--dataset", "folder", "--data", "{t}/coil"], "{t}/coil/labels.csv:3",
+                    "give every image a file name and a label"),
+    "short GLDv2 id": (["dataset", "info", "--dataset", "gldv2", "--data", "{t}/g"], "{t}/g/test.csv: row 2",
+                       "use longer ids"),
+    "NaN query": (["search", "{t}/i.npz", "{t}/q-nan.h5", "--out", "{t}/r.json"], "{t}/q-nan.h5",
+                  "extract it again or leave it out"),
+    "mixed pooling": (["search", "{t}/i.npz", "{t}/q-avg.h5", "--out", "{t}/r.json"], "{t}/q-avg.h5",
+                      "extract the queries as the database was, or pass --allow-mixed"),
+    "edited header": (["search", "{t}/edited.npz", "{t}/q-avg.h5", "--out", "{t}/r.json"], "{t}/edited.npz",
+                      "rebuild the index"),
+    "empty image": (["dataset", "info", "--dataset", "folder", "--data", "{t}/tree"], "{t}/tree/dog/empty.jpg",
+                    "fix or remove them, or skip them"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_message_names_the_file_and_says_what_to_do(faulty, capsys, case):
+    argv, named, todo = CASES[case]
+    code, _, err = _cli(capsys, *[a.format(t=faulty) for a in argv])
+    line = _one_error(err)
+    assert code == 2 and named.format(t=faulty) in line and todo in line, line
