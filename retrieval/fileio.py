@@ -143,13 +143,13 @@ def read_npz(path: PathLike, what: str = "", error: Type[FileFormatError] = File
         kind = describe_file(path)
         if "zip archive" not in kind and kind != "a Python pickle":  # another kind of file: say which
             kind = "an HDF5 feature file" if kind == "an HDF5 file" else kind  # what this library writes
-            raise error(path, f"is {kind}, not {_an(label)}.npz archive; check the path") from None
+            raise error(path, f"is {kind}, not {_an(label)} .npz archive; check the path") from None
         raise error(path, _with_hint(f"not a readable {label}.npz archive, truncated or corrupt ({exc})",
                                      hint)) from None
 
 
 def _an(label: str) -> str:
-    return f"{'an' if label[:1] in 'aeiou' else 'a'} {label}" if label else "an"
+    return f"{'an' if label[:1] in 'aeiou' else 'a'} {label.strip()}" if label.strip() else "an"
 
 
 # ---------------------------------------------------------------------------------------------

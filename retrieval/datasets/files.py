@@ -136,16 +136,21 @@ def skipped_summary(folder: PathLike, skipped: Sequence[Tuple[str, str]]) -> str
     for path, reason in skipped:
         by_reason.setdefault(reason, []).append(path)
     parts = [f"{reason}: {len(paths)} (e.g. {paths[0]})" for reason, paths in by_reason.items()]
-    return (f"{folder}: skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} that are not "
-            f"readable images: {'; '.join(parts)}; fix or remove them if they should be images")
+    what = "entry that is not a readable image" if len(skipped) == 1 else "entries that are not readable images"
+    return f"{folder}: skipped {len(skipped)} {what}: {'; '.join(parts)}; fix or remove them if they should be images"
 
 
 def list_images(folder: PathLike, recursive: bool = True) -> List[Path]:
     """Every image file (by extension, case-insensitive) under ``folder``, sorted by relative path
     in natural order. Raises :class:`DatasetError` naming the folder when it is missing or holds no
-    images. Entries left out (broken links, folders named like images, other files) are counted in
-    one :class:`DatasetWarning` naming the folder (:func:`scan_images` lists them)."""
+    images. Entries left out (broken links, folders named like images, other files below the top
+    folder) are counted in one :class:`DatasetWarning` naming the folder (:func:`scan_images` lists
+    them all). Other files directly in ``folder`` are not: a dataset's root holds its README, label
+    file and query list."""
     paths, skipped = scan_images(folder, recursive)
+    root = Path(folder)
+    skipped = [(p, r) for p, r in skipped
+               if Path(p).suffix.lower() in IMAGE_EXTENSIONS or Path(p).parent != root]
     if skipped:
         warnings.warn(skipped_summary(folder, skipped), DatasetWarning, stacklevel=2)
     if not paths:
