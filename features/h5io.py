@@ -162,6 +162,6 @@ def close_trimmed(f: h5py.File, path: Path) -> None:
             end = None
     f.close()
     # by name, so only when the name still is this file (never truncate one that replaced it)
-    if end is not None and path.is_file() and (path.stat().st_dev, path.stat().st_ino) == identity \
+    if end is not None and path.is_file() and identity in (None, (path.stat().st_dev, path.stat().st_ino)) \
             and path.stat().st_size > end:
         os.truncate(path, end)
