@@ -273,31 +273,17 @@ def _dataset_info(args) -> int:
 
 
 def _dataset_check(args) -> int:
-    from .datasets import IMAGE_EXTENSIONS, DatasetError, check_images
-    from .datasets.files import scan_images
+    from .datasets.files import check_folder
 
     if args.n_jobs == 0 or args.n_jobs < -1:
         raise CLIError(f"--n-jobs must be a positive number or -1 (all cores), got {args.n_jobs}")
     require_output(args.out, "check report")
     path = Path(args.path)
-    skipped: list = []
-    if path.is_file():
-        paths = [path]
-    elif path.is_dir():
-        paths, skipped = scan_images(path)
-    else:
+    if not path.exists():
         raise CLIError(f"{path}: no such file or folder")
-    # entries named like images that cannot be read (broken links, folders) are unreadable images;
-    # other files (notes.txt, .DS_Store) are listed as skipped
-    broken = [s for s in skipped if Path(s[0]).suffix.lower() in IMAGE_EXTENSIONS]
-    others = [s for s in skipped if s not in broken]
-    if not paths and not broken:
-        raise DatasetError(f"{path}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    bad = broken + check_images(paths, n_jobs=args.n_jobs, progress=progress_enabled(args))
-    emit_json({"path": str(path), "checked": len(paths) + len(broken), "unreadable": len(bad),
-               "bad_files": [{"path": p, "reason": r} for p, r in bad], "skipped": len(others),
-               "skipped_files": [{"path": p, "reason": r} for p, r in others]}, args.out)
-    return 1 if bad else 0
+    report = check_folder(path, n_jobs=args.n_jobs, progress=progress_enabled(args))
+    emit_json(report, args.out)
+    return 1 if report["unreadable"] else 0
 
 
 def _dataset_profile(args) -> int:

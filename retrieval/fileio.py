@@ -120,7 +120,13 @@ def save_npz(path: PathLike, arrays: Mapping[str, Any], header: Optional[dict] =
             raise ValueError(f"array name {header_key!r} is reserved")
         contents[header_key] = np.array(json.dumps(header, sort_keys=sort_keys, default=json_default))
     contents.update((name, np.asarray(value)) for name, value in arrays.items())
-    return atomic_write(path, lambda fh: np.savez(fh, **contents))
+    try:
+        return atomic_write(path, lambda fh: np.savez(fh, **contents))
+    except OSError as exc:  # numpy's bare "[Errno 27] File too large" names no file: this names the one asked for
+        if exc.errno not in _FULL or isinstance(exc, DiskFullError):
+            raise
+        raise DiskFullError(path, f"disk full or file size limit ({exc.strerror}): nothing was written and an "
+                                  "earlier file there is unchanged; free space and write it again", exc.errno) from None
 
 
 def read_npz(path: PathLike, what: str = "", error: Type[FileFormatError] = FileFormatError,

@@ -59,7 +59,6 @@ other-version files with :class:`IndexFileError`.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import threading
@@ -72,7 +71,7 @@ from .config import ConfigError
 from .exact_bf16 import max_row_norm, topk_bf16, use_bf16
 from .exact_search import exact_block_shape, exact_search
 from .faiss_backend import build_faiss, faiss_search, import_faiss
-from .fileio import DiskFullError, check_header, digest, pop_header, read_npz, save_npz
+from .fileio import check_header, digest, pop_header, read_npz, save_npz
 from .index_file import check_index_arrays, read_faiss_bytes
 from .index_options import DEFAULT_MEMORY_MB, resolve_options, search_options as _search_options
 from .ranking import FORMAT_VERSION, IndexFileError, Ranking
@@ -87,7 +86,6 @@ __all__ = ["Index", "Ranking", "IndexFileError", "BACKENDS", "normalize_rows", "
 PathLike = Union[str, os.PathLike]
 INDEX_FORMAT = "hybrid-retrieval/index"
 METRIC = "inner_product"
-_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 BACKENDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
 
 
@@ -336,14 +334,7 @@ class Index:
         arrays = self._arrays()
         header = self._header()
         header["sha256"] = digest(arrays, header)
-        try:
-            return save_npz(path, arrays, header)
-        except OSError as exc:  # disk full, file size limit: one line naming the file (the old one is kept)
-            if exc.errno not in _FULL or isinstance(exc, DiskFullError):
-                raise
-            raise DiskFullError(path, f"disk full or file size limit ({exc.strerror}): the index was not "
-                                      "written and an earlier file there is unchanged; free space and save "
-                                      "again", exc.errno) from None
+        return save_npz(path, arrays, header)
 
     @classmethod
     def load(cls, path: PathLike, expect_config: Optional[dict] = None) -> "Index":

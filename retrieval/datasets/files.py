@@ -198,6 +198,22 @@ def check_images(paths: Iterable[PathLike], n_jobs: int = 1, progress: bool = Tr
     return [(path, reason) for path, reason in results if reason]
 
 
+def check_folder(path: PathLike, n_jobs: int = 1, progress: bool = True) -> dict:
+    """``retrieval dataset check``: decode every image of the folder ``path`` (or the one file) and
+    report ``checked``, ``unreadable`` and ``bad_files`` (entries named like images that cannot be
+    read: broken links and folders count too), and ``skipped`` / ``skipped_files`` (other files)."""
+    path = Path(path)
+    paths, skipped = ([path], []) if path.is_file() else scan_images(path)
+    broken = [s for s in skipped if Path(s[0]).suffix.lower() in IMAGE_EXTENSIONS]
+    others = [s for s in skipped if s not in broken]
+    if not paths and not broken:
+        raise DatasetError(f"{path}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    bad = broken + check_images(paths, n_jobs=n_jobs, progress=progress)
+    return {"path": str(path), "checked": len(paths) + len(broken), "unreadable": len(bad),
+            "bad_files": [{"path": p, "reason": r} for p, r in bad], "skipped": len(others),
+            "skipped_files": [{"path": p, "reason": r} for p, r in others]}
+
+
 def _check_many(paths: Sequence[str]) -> List[Tuple[str, str]]:
     return [_check_one(p) for p in paths]
 
