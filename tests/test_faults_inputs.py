@@ -7,7 +7,6 @@ The promise (README "What happens when things go wrong"): nothing is silently dr
 wrong; bad input is one line naming the file (and key, line, row or id) and saying what to do.
 """
 import json
-import os
 from pathlib import Path
 
 import cv2
