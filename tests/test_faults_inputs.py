@@ -213,6 +213,12 @@ def test_run_stops_on_an_image_that_fails_to_decode_with_one_line_keeping_what_w
     assert "computed so far are kept" in line
     stores = [p for p in (tmp_path / "cache").rglob("*.h5")]
     assert stores, "the features computed before the bad image were not kept"
+    # skipped with a count when asked to: the reader decodes every image first
+    code, out, err = _cli(capsys, "run", "global-descriptor", "--data", tree, "--cache", tmp_path / "cache",
+                          "--out", tmp_path / "res", *RUN, "--set", "dataset.on_error=collect")
+    assert code == 0, err
+    assert "skipped 1 unreadable image file(s) (first: " in err and str(broken) in err
+    assert json.loads(out)["summary"]["database"] == 23
 
 
 # ----------------------------------------------------- item 12: the README chain, images without keypoints
