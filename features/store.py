@@ -37,7 +37,8 @@ from retrieval.fileio import atomic_path
 
 # FORMAT_VERSION is re-exported: readers of the format (retrieval.scale) import it from here
 from .h5io import (FORMAT_VERSION, FeatureDiskFullError, FeatureFileError, check_h5_header, check_in_place,
-                   close_trimmed, config_json, crc, file_identity, open_h5, remove_unless_in_use, reserve, row_crcs, write_h5_header)
+                   close_trimmed, config_json, crc, file_identity, open_h5, remove_unless_in_use, reserve, row_crcs,
+                   write_h5_header)
 from .local import LocalFeatures
 
 PathLike = Union[str, os.PathLike]

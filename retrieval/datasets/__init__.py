@@ -12,7 +12,8 @@ from .oxford import crop_query, read_gt_queries, read_oxford, read_revisited, re
 from .splits import canonical_order, drop_junk, every_nth_query, exclude_self
 
 __all__ = [
-    "QueryTruth", "RetrievalDataset", "DatasetError", "DatasetWarning", "IMAGE_EXTENSIONS", "check_images", "list_images",
+    "QueryTruth", "RetrievalDataset", "DatasetError", "DatasetWarning", "IMAGE_EXTENSIONS", "check_images",
+    "list_images",
     "natural_key", "read_labelled_folder", "read_multiview_tree", "read_os_core", "group_views",
     "read_oxford", "read_revisited", "read_gt_queries", "crop_query", "revisited_truth",
     "every_nth_query", "canonical_order", "exclude_self", "drop_junk", "read_gldv2", "export_gldv2", "gldv2_id",

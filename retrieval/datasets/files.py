@@ -3,6 +3,10 @@
 Shared by every reader: :func:`list_images` (recursive, deterministic order), :func:`natural_key`
 (``obj2`` sorts before ``obj10``), :func:`check_images` (decode every file in parallel and report the
 ones that fail) and :func:`apply_on_error` (the readers' ``on_error="raise"|"collect"`` policy).
+Nothing is left out silently: :func:`scan_images` lists what is not a readable image file (broken or
+looping links, folders named like images, other files) and :func:`list_images` counts it in a
+:class:`DatasetWarning`; ``on_error="collect"`` counts the unreadable images it skips the same way;
+:func:`check_folder` is ``retrieval dataset check``'s report.
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", "
                               ".webp", ".gif"})
 ON_ERROR_CHOICES = ("raise", "collect")
 
-__all__ = ["IMAGE_EXTENSIONS", "DatasetError", "DatasetWarning", "natural_key", "list_images", "scan_images", "check_images",
-           "apply_on_error", "require_dir", "read_text", "check_safe_id", "check_inside"]
+__all__ = ["IMAGE_EXTENSIONS", "DatasetError", "DatasetWarning", "natural_key", "list_images", "scan_images",
+           "check_folder", "check_images", "apply_on_error", "require_dir", "read_text", "check_safe_id",
+           "check_inside"]
 
 
 class DatasetError(ValueError):

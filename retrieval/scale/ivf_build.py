@@ -117,6 +117,8 @@ def build_sharded_index(source, out_dir: PathLike, backend: str = "faiss-ivfpq",
         Index.trained(gather_rows(source, sample_rows(source.n, train_size, seed)), backend,
                       normalize=normalize, config=source.config, **options).save(trained_path)
     entries = []
+    previous = read_manifest(out) if (out / MANIFEST).is_file() else {}
+    recorded = {e["file"]: e.get("ids_sha256") for e in previous.get("shards", [])}
     for s, shard in enumerate(tqdm(_shards_of(source), desc="index shards", unit="shard", disable=not progress)):
         path = out / f"shard-{s:05d}.npz"
         index = None
@@ -125,7 +127,9 @@ def build_sharded_index(source, out_dir: PathLike, backend: str = "faiss-ivfpq",
                 index = Index.load(path)
             except IndexFileError:
                 index = None
-            if index is not None and len(index) != shard.n:
+            # resumed only when it holds this shard's vectors (a copy of another shard is rebuilt)
+            if index is not None and (len(index) != shard.n
+                                      or recorded.get(path.name) not in (None, ids_digest(index.ids))):
                 index = None
         if index is None:
             index = Index.load(trained_path)
@@ -136,7 +140,6 @@ def build_sharded_index(source, out_dir: PathLike, backend: str = "faiss-ivfpq",
         del index
     manifest = {"format": SHARDED_FORMAT, "version": SHARDED_VERSION, "backend": backend, "dim": int(source.dim),
                 "count": int(source.n), "trained": trained_path.name, "shards": entries}
-    previous = read_manifest(out) if (out / MANIFEST).is_file() else {}
     if "on_disk" in previous:  # kept: merge_on_disk decides whether it is still current
         manifest["on_disk"] = previous["on_disk"]
     write_manifest(out, manifest)

@@ -1,8 +1,10 @@
 """The ``manifest.json`` of a sharded-index folder: the one place that names it, reads it (format and
-version checked) and writes it (atomically). Each shard's entry records its vector count and a digest
-of its id list, so a shard file replaced by a copy of another (each valid on its own) or a count
-edited in the manifest is refused naming the shard (:func:`check_shard`, :func:`check_unique_ids`). Shared by :mod:`retrieval.scale.ivf_build`, which writes
-the shards, and :mod:`retrieval.scale.ondisk`, which merges them."""
+version checked) and writes it (atomically). Shared by :mod:`retrieval.scale.ivf_build`, which writes
+the shards, and :mod:`retrieval.scale.ondisk`, which merges them.
+
+Each shard's entry records its vector count and a digest of its id list, so a shard file replaced by a
+copy of another (each valid on its own) or a count edited in the manifest is refused naming the shard
+(:func:`check_shard`, :func:`check_unique_ids`)."""
 from __future__ import annotations
 
 import json
