@@ -142,7 +142,7 @@ def sharded(tmp_path):
     paths, queries = write_synthetic_shards(tmp_path / "shards", n=900, dim=16, shards=3, clusters=6,
                                             queries=5, seed=3)
     out = build_sharded_index(h5_shards(paths), tmp_path / "idx", backend="faiss-ivf", nlist=4, progress=False)
-    return out, queries
+    return out, queries, h5_shards(paths)
 
 
 def _edit_manifest(folder: Path, edit) -> None:
@@ -154,17 +154,21 @@ def _edit_manifest(folder: Path, edit) -> None:
 
 def test_shard_replaced_by_a_copy_of_another_is_refused(sharded):
     """Old code: 900 vectors of which 600 distinct ids searched and merged without an error."""
-    from retrieval.scale.ivf_build import ShardedIndex
+    from retrieval.scale.ivf_build import ShardedIndex, build_sharded_index
     from retrieval.scale.ondisk import merge_on_disk
 
-    out, queries = sharded
-    assert len(ShardedIndex.load(out).search(queries, k=5).ids) == 5
+    out, queries, source = sharded
+    clean = ShardedIndex.load(out).search(queries, k=5)
     shutil.copyfile(out / "shard-00000.npz", out / "shard-00001.npz")  # each file valid on its own
     for load in (lambda: ShardedIndex.load(out), lambda: ShardedIndex.load(out, resident=False).search(queries, k=5),
                  lambda: merge_on_disk(out, progress=False)):
         with pytest.raises(IndexFileError, match=r"shard-00001\.npz: holds other ids than the manifest records "
                                                  r"for this shard \(a copy of another shard\?\); rebuild"):
             load()
+    # rebuilding resumes every shard but the copy, which is rebuilt from its own vectors
+    build_sharded_index(source, out, backend="faiss-ivf", nlist=4, progress=False)
+    np.testing.assert_array_equal(ShardedIndex.load(out).search(queries, k=5).ids, clean.ids)
+    shutil.copyfile(out / "shard-00000.npz", out / "shard-00001.npz")
     # a manifest that records no digests (written before them): the repeated ids give it away
     _edit_manifest(out, lambda m: [e.pop("ids_sha256") for e in m["shards"]])
     for load in (lambda: ShardedIndex.load(out), lambda: ShardedIndex.load(out, resident=False).search(queries, k=5),
@@ -179,7 +183,7 @@ def test_manifest_shard_count_edited_is_refused_naming_the_shard(sharded):
     from retrieval.scale.ivf_build import ShardedIndex
     from retrieval.scale.ondisk import merge_on_disk
 
-    out, queries = sharded
+    out, queries, _ = sharded
 
     def edit(manifest):
         manifest["shards"][1]["count"] += 3
@@ -198,7 +202,7 @@ def test_pickled_on_disk_ids_under_a_matching_checksum_are_refused_unread(sharde
     """Old code: numpy's 'Object arrays cannot be loaded when allow_pickle=False', no file name."""
     from retrieval.scale.ondisk import ON_DISK_FILES, load_on_disk, merge_on_disk
 
-    out, queries = sharded
+    out, queries, _ = sharded
     merge_on_disk(out, progress=False)
     assert len(load_on_disk(out).search(queries, k=3).ids) == 5
     marker = tmp_path / "PWNED"
