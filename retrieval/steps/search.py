@@ -6,6 +6,11 @@ missed, so a ranking cut at 100 scores lower than the descriptor is. The default
 therefore the whole database whenever the ranking stays small (at most :data:`FULL_RANKING_ENTRIES`
 query x database entries), else :data:`LARGE_DEFAULT_K` results (what GLDv2's map@100 needs), with a
 note on stderr; ``retrieval evaluate`` refuses a ranking too short for its protocol.
+
+Which queries. A query file made with another network, weights, pooling, whitening or encoder than
+the index holds vectors that cannot be compared with the index's: refused unless ``--allow-mixed``
+(another query image size of the same extractor is a legitimate choice: a warning). A query row with
+NaN values is refused naming the query; an all-zero one (no keypoints) is searched, scoring 0.
 """
 from __future__ import annotations
 
