@@ -32,6 +32,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -272,22 +273,17 @@ def _dataset_info(args) -> int:
 
 
 def _dataset_check(args) -> int:
-    from .datasets import check_images, list_images
+    from .datasets.files import check_folder
 
     if args.n_jobs == 0 or args.n_jobs < -1:
         raise CLIError(f"--n-jobs must be a positive number or -1 (all cores), got {args.n_jobs}")
     require_output(args.out, "check report")
     path = Path(args.path)
-    if path.is_file():
-        paths = [path]
-    elif path.is_dir():
-        paths = list_images(path)
-    else:
+    if not path.exists():
         raise CLIError(f"{path}: no such file or folder")
-    bad = check_images(paths, n_jobs=args.n_jobs, progress=progress_enabled(args))
-    emit_json({"path": str(path), "checked": len(paths), "unreadable": len(bad),
-               "bad_files": [{"path": p, "reason": r} for p, r in bad]}, args.out)
-    return 1 if bad else 0
+    report = check_folder(path, n_jobs=args.n_jobs, progress=progress_enabled(args))
+    emit_json(report, args.out)
+    return 1 if report["unreadable"] else 0
 
 
 def _dataset_profile(args) -> int:
@@ -354,6 +350,11 @@ def _user_error_types():
     return (CLIError, ValueError)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # a warning is one line too (what was left out, naming the file), without Python's source line
+    print(f"retrieval: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``retrieval`` console script; returns the exit code."""
     parser = build_parser()
@@ -370,7 +371,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.quiet = args.quiet or "--quiet" in flags
     debug = args.debug
     try:
-        code = args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            code = args.func(args)
     except _user_error_types() as exc:
         if debug:
             raise

@@ -107,6 +107,10 @@ class Config:
             target, owner = data, type(self)
             for depth, part in enumerate(parts[:-1]):
                 field_type = _config_type(_hints(owner).get(part)) if part in _field_names(owner) else None
+                if field_type is not None and target.get(part) is None:  # an optional section left out
+                    raise ConfigError(f"override {key!r}: there is no [{'.'.join(parts[:depth + 1])}] section, "
+                                      "so that step is off (the file has none); add a "
+                                      f"[{'.'.join(parts[:depth + 1])}] table to the file to turn it on")
                 if field_type is None or not isinstance(target.get(part), dict):
                     raise ConfigError(f"override {key!r}: {'.'.join(parts[:depth + 1])!r} is not a section "
                                       f"of {owner.__name__}")

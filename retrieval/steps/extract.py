@@ -30,6 +30,8 @@ from retrieval.features.extract import ExtractionError
 from retrieval.features.sharded_extract import (DEFAULT_SHARD_SIZE, extract_global_sharded,
                                                 extract_local_sharded, extract_patches_sharded)
 from retrieval.features.shards import ShardedStore, ShardWriteError, shard_root
+from retrieval.features.store import FeatureFileError
+from retrieval.fileio import exclusive_lock
 
 __all__ = ["ExtractConfig", "main", "register", "extractor_for", "dataset_images"]
 
@@ -61,8 +63,9 @@ class ExtractConfig(Config):
     merge: bool = True
 
     def check(self) -> None:
-        if self.n_jobs < 1 or self.shard_size < 1 or self.threads < 1 or self.decode_threads < 1:
-            raise ConfigError("n_jobs, shard_size, threads and decode_threads must be >= 1")
+        for key in ("n_jobs", "shard_size", "threads", "decode_threads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
 
 
 def extractor_for(conf: ExtractConfig):
@@ -133,6 +136,17 @@ def main(conf: Union[ExtractConfig, str], dataset, out: Union[str, os.PathLike],
     common = dict(engine=conf.engine, n_jobs=conf.n_jobs, shard_size=conf.shard_size, boxes=boxes,
                   on_error=conf.on_error, ray_address=conf.ray_address, progress=progress)
     make_extractor = extractor_for(conf)
+    # one run per output at a time: a second one would delete the first's temporary shard files
+    with exclusive_lock(root / ".lock", out, error=FeatureFileError):
+        target, run = _extract(conf, make_extractor, ids, paths, out, root, common)
+    if summary is not None:
+        summary.update(run.as_dict(), out=str(target), images_planned=len(ids), features=conf.kind,
+                       extractor=conf.config, engine=conf.engine,
+                       bytes_out=target.stat().st_size if target.is_file() else None)
+    return target
+
+
+def _extract(conf: ExtractConfig, make_extractor, ids, paths, out: Path, root: Path, common: dict):
     if conf.kind == "local":
         run = extract_local_sharded(make_extractor(), ids, paths, root, **common)
     else:
@@ -146,11 +160,7 @@ def main(conf: Union[ExtractConfig, str], dataset, out: Union[str, os.PathLike],
         if run.computed or not out.is_file():
             ShardedStore(root).merge(out, [i for i in ids if i not in failed])
         target = out
-    if summary is not None:
-        summary.update(run.as_dict(), out=str(target), images_planned=len(ids), features=conf.features,
-                       extractor=conf.config, engine=conf.engine,
-                       bytes_out=target.stat().st_size if target.is_file() else None)
-    return target
+    return target, run
 
 
 # ------------------------------------------------------------------------------------------ CLI
