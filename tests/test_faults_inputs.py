@@ -153,8 +153,8 @@ path = "{data}"
 
 
 @pytest.mark.parametrize("setting, expected", [
-    ("extract.n_jobs=0", "extract (ExtractSpec): n_jobs must be a number of workers >= 1 or -1"),
-    ("extract.n_jobs=-3", "n_jobs must be a number of workers >= 1 or -1 (all cores), got -3"),
+    ("extract.n_jobs=0", "extract (ExtractConfig): n_jobs must be >= 1, got 0"),
+    ("extract.n_jobs=-3", "n_jobs must be >= 1, got -3"),
     ("rerank.v=1.5", "override 'rerank.v': there is no [rerank] section, so that step is off"),
 ])
 def test_bad_settings_name_the_key_before_any_work(tmp_path, capsys, setting, expected):
