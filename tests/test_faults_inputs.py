@@ -171,7 +171,8 @@ def test_bad_settings_name_the_key_before_any_work(tmp_path, capsys, setting, ex
 def test_rerank_weight_out_of_range_is_refused_naming_v(tmp_path, capsys):
     experiment = tmp_path / "mine.toml"
     experiment.write_text(EXPERIMENT.format(data=tmp_path / "photos") + '[rerank]\nscorer = "spatial"\n')
-    code, _, err = _cli(capsys, "run", experiment, "--set", "rerank.v=1.5", "--out", tmp_path / "res")
+    code, _, err = _cli(capsys, "run", experiment, "--set", "rerank.fusion.method=linear",
+                        "--set", "rerank.fusion.v=1.5", "--out", tmp_path / "res")
     assert code == 2 and "v must be in [0, 1], got 1.5" in _one_error(err)
 
 
