@@ -55,7 +55,9 @@ def check_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise EngineError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "ray" and not ray_available():
-        raise EngineError("engine 'ray' needs Ray: pip install 'hybrid-retrieval[ray]' (or 'ray[data]')")
+        from .extras import require
+
+        require("ray", "ray", "--engine ray")  # raises MissingExtra: one line naming the extra
     return engine
 
 
