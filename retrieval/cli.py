@@ -340,6 +340,9 @@ def _resolve(spec: str) -> Callable:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retrieval", description="Instance-level image retrieval: indexes, search, evaluation, datasets.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"retrieval (hybrid-retrieval) {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
