@@ -113,7 +113,7 @@ def markdown_blocks(text: str) -> List[Tuple[str, object]]:
         if line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
             blocks.append(("heading", (level, line[level:].strip())))
-        elif line.startswith("**") and line.count("**") >= 2 and i + 2 < len(lines) + 1 and \
+        elif line.startswith("**") and line.count("**") >= 2 and \
                 any(n.strip().startswith("|") for n in lines[i + 1:i + 3]):
             blocks.append(("heading", (4, line.replace("**", ""))))
         elif line:
