@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .cli_checks import CLIError, os_error_message, require_file, require_output, writing
+from .extras import missing_extra_message
 
 __all__ = ["main", "build_parser", "CLIError", "COMMAND_GROUPS", "add_dataset_arguments", "load_dataset",
            "dataset_config", "emit_json", "parse_options", "require_file", "finite", "progress_enabled",
@@ -335,6 +336,9 @@ def _resolve(spec: str) -> Callable:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retrieval", description="Instance-level image retrieval: indexes, search, evaluation, datasets.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"retrieval (hybrid-retrieval) {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -378,6 +382,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if debug:
             raise
         print(f"retrieval: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        # a module of an optional extra (uvicorn, ray, faiss ...): one line naming the extra to install
+        message = missing_extra_message(exc)
+        if debug or message is None:
+            raise
+        print(f"retrieval: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # stdout closed early (e.g. piped into head): not an error of ours; silence the flush at exit

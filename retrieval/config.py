@@ -243,8 +243,19 @@ def _config_type(tp: Any) -> Optional[type]:
 
 def _from_text(value: Any, tp: Any, key: str) -> Any:
     """A command-line string read for a field of type ``tp`` (JSON unless the field takes text)."""
-    if not isinstance(value, str) or _accepts_str(tp):
+    if not isinstance(value, str):
         return _plain(value)
+    if _accepts_str(tp):
+        # a quoted value is the JSON string it spells: --set 'path=""' is the empty text, as path= is
+        # (not the two quote characters), and '"a b"' is a b
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            try:
+                decoded = json.loads(value)
+            except ValueError:
+                return value
+            if isinstance(decoded, str):
+                return decoded
+        return value
     try:
         return json.loads(value)
     except ValueError:

@@ -151,7 +151,7 @@ def _tiny(tmp_path, **sets):
     return conf.override({"object.train_set": tiny, **sets})
 
 
-def test_tiny_object_half_end_to_end(coil100_dir, tmp_path, monkeypatch):
+def test_tiny_object_half_end_to_end(coil100_dir, tmp_path, monkeypatch, capsys):
     """The object half on COIL objects 1-2 (train) and 51-52 (test: one Public, one Private); a second
     call reuses every cached stage and reports the same figures."""
     from retrieval.ladder.run import main
@@ -160,6 +160,9 @@ def test_tiny_object_half_end_to_end(coil100_dir, tmp_path, monkeypatch):
     conf = _tiny(tmp_path, **{"data": str(coil100_dir.parent), "landmark.enabled": False,
                               "rerankers": ["E5", "E7", "SV", "E8"]})
     out = main(conf, tmp_path / "out", tmp_path / "cache")
+    # the run announced its estimate from the typical table (an empty cache), then ETAs as stages ran
+    printed = capsys.readouterr().out
+    assert "estimate for a cold run: about" in printed and "from typical seconds" in printed
     result = json.loads((out / "results.json").read_text())
     rows = result["rows"]
     assert [r["experiment"] for r in rows if r["split"] == "all"] == [
@@ -170,7 +173,7 @@ def test_tiny_object_half_end_to_end(coil100_dir, tmp_path, monkeypatch):
     # the base candidate of every fused re-ranker is E4's ranking (v = 1)
     e4_all = next(r for r in rows if r["experiment"] == "E4" and r["split"] == "all")["metrics"]["map@100"]
     assert 100 * result["v_sweeps"]["coil100-gldv2-quick"]["E5"]["all"]["1.0"] == pytest.approx(e4_all, abs=0.01)
-    for name in ("map_bars.png", "v_sweep.png", "queries_coil100-gldv2-quick_official.png", "results.md"):
+    for name in ("map_bars.png", "v_sweep.png", "queries_coil100-gldv2-quick_gldv2.png", "results.md"):
         assert (out / name).stat().st_size > 0
     key = lambda rs: [(r["experiment"], r["split"], r["metrics"], r["chosen"]) for r in rs]  # noqa: E731
     main(conf, tmp_path / "out", tmp_path / "cache")

@@ -97,8 +97,13 @@ def _is_loopback(host: str) -> bool:
 def _serve(args) -> int:
     from retrieval.cli import CLIError, emit_json
 
+    from retrieval.extras import require
+
     from .uploads import UploadLimits
 
+    if not args.check:  # before anything is opened: a missing extra is one line naming it
+        for module in ("fastapi", "uvicorn"):
+            require("serve", module, "retrieval serve")
     if not 0 < args.port < 65536:
         raise CLIError(f"--port must be 1-65535, got {args.port}")
     if args.v is not None and not 0.0 <= args.v <= 1.0:
@@ -109,7 +114,7 @@ def _serve(args) -> int:
         emit_json({**catalog.describe(), "results": str(results.path) if results else None,
                    "host": args.host, "port": args.port, "limits": limits.to_dict()})
         return 0
-    import uvicorn
+    import uvicorn  # checked above
 
     from .app import create_app
 

@@ -171,11 +171,13 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("extract", help="features of a whole dataset (sharded, resumable; local or Ray)")
     parser.add_argument("features", choices=FEATURES, help="local (SIFT family), global or patches (EfficientNet)")
     add_dataset_arguments(parser)
-    parser.add_argument("--config", required=True,
-                        help="named extractor configuration (SIFT: rootsift-2k, ...; EfficientNet: lite0-gem-224, ...)")
+    from retrieval.cli_names import EXTRACT_IMAGES, config_help
+
+    parser.add_argument("--config", required=True, help=config_help())
     parser.add_argument("--out", required=True, help="feature file to write (HDF5); shards go to OUT.shards/")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                        help="override a setting, repeatable: extract settings (n_jobs, shard_size, images, "
+                        help=f"override a setting, repeatable: extract settings (images={'|'.join(EXTRACT_IMAGES)}: "
+                             "the database (default), the queries cropped to their boxes, or both; n_jobs, shard_size, "
                              "device, threads, decode_threads, num_gpus, on_error, merge) or any key of the "
                              "extractor configuration (max_keypoints=1000, size=320 ...)")
     parser.add_argument("--engine", choices=("local", "ray"), default=None, help="where to run (default local)")
