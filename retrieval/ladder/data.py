@@ -142,6 +142,9 @@ def landmark_dataset(conf: LadderConfig) -> Tuple[RetrievalDataset, str]:
     lm = conf.landmark
     root = Path(lm.data) if lm.data else data_root(conf) / "oxford5k_subset"
     ds = read_landmarks(lm.dataset, root)
+    from .revisited import add_revisited_queries
+
+    ds = add_revisited_queries(conf, ds)  # the revisited queries it lacks, when those protocols are asked for
     name = root.resolve().name
     if conf.quick:
         ds = quick_subset(ds)

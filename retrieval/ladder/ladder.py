@@ -10,6 +10,7 @@ from typing import Dict, List
 from .choice import Choice, Relevance, choose
 from .config import LadderConfig
 from .data import landmark_dataset, landmark_groups, object_dataset, usage_groups
+from .revisited import revisited_relevances
 from .rungs import RERANK_NOTES, Half, rung_e5, rung_e6, rung_e7, rung_e8, rung_sv
 from .stages import RunCache, build_shortlist, global_features, rank, say
 from .tables import result_rows
@@ -155,7 +156,8 @@ def run_landmark(conf: LadderConfig, cache: RunCache) -> HalfResult:
               "landmark": f"{name} (landmark-level: every image of the landmark)"}
     # landmark-level: retrieval.evaluate's "landmark" protocol (AP over the full ranking)
     relevances = [Relevance(titles[p], dataset, protocol if p == "official" else "landmark",
-                            metric if p == "official" else "landmark mAP") for p in lm.protocols]
+                            metric if p == "official" else "landmark mAP") for p in lm.protocols if p in titles]
+    relevances += revisited_relevances(conf, dataset, name)
     result = HalfResult(dataset=dataset, name=name, relevances=relevances)
     folder = cache.root / "landmark" / name
     cache.fresh("landmark", folder)

@@ -1,0 +1,102 @@
+"""Revisited scoring: our AP and mP@k against a line-by-line reading of the benchmark's
+``compute_map`` loop, and the oxford5k_subset scored with the official gnd_roxford5k.pkl."""
+import math
+
+import numpy as np
+import pytest
+
+from retrieval import metrics
+from retrieval.evaluate import evaluate
+
+
+def compute_map_reference(ranks, positives, junk, kappas=(1, 5, 10)):
+    """The revisited benchmark's per-query loop, read line by line: positions of positives and junk in
+    the ranking (0-based), each positive moved up by the junk before it; AP by the trapezoid of
+    compute_ap; P@k with k_q = min(max 1-based position of a positive, k)."""
+    ranked = list(ranks)
+    pos = [i for i, x in enumerate(ranked) if x in positives]
+    jpos = [i for i, x in enumerate(ranked) if x in junk]
+    k = ij = 0
+    adjusted = []
+    for p in pos:
+        while ij < len(jpos) and p > jpos[ij]:
+            k += 1
+            ij += 1
+        adjusted.append(p - k)
+    ap = 0.0
+    step = 1.0 / len(positives)
+    for j, rank in enumerate(adjusted):
+        precision_0 = 1.0 if rank == 0 else j / rank
+        precision_1 = (j + 1) / (rank + 1)
+        ap += (precision_0 + precision_1) * step / 2.0
+    one_based = np.asarray(adjusted) + 1
+    prs = [float((one_based <= min(one_based.max(), kq)).sum() / min(one_based.max(), kq)) for kq in kappas]
+    return ap, prs
+
+
+def test_ap_and_precision_equal_the_benchmark_loop_on_random_rankings(rng):
+    ids = [f"im{i}" for i in range(60)]
+    for trial in range(200):
+        order = list(rng.permutation(ids))
+        n_pos = int(rng.integers(1, 12))
+        picked = rng.choice(ids, size=n_pos + int(rng.integers(0, 8)), replace=False).tolist()
+        positives, junk = set(picked[:n_pos]), set(picked[n_pos:])
+        ap, prs = compute_map_reference(order, positives, junk)
+        assert metrics.oxford_ap(order, positives, junk) == pytest.approx(ap, abs=1e-12)
+        for kq, pr in zip((1, 5, 10), prs):
+            assert metrics.oxford_precision_at_k(order, positives, junk, kq) == pytest.approx(pr, abs=1e-12)
+    # a query with 3 positives all ranked first scores 1 at P@10 (k_q = 3), as the benchmark prints it
+    assert metrics.oxford_precision_at_k(["a", "b", "c", "x"], {"a", "b", "c"}, (), 10) == 1.0
+    assert metrics.oxford_precision_at_k(["x"], {"a"}, (), 10) == 0.0
+    assert math.isnan(metrics.oxford_precision_at_k(["x"], set(), (), 10))
+
+
+@pytest.fixture(scope="module")
+def subset(data_root):
+    from retrieval.datasets import read_oxford
+
+    gnd = data_root / "revisitop" / "gnd_roxford5k.pkl"
+    if not gnd.is_file() or not (data_root / "oxford5k_subset").is_dir():
+        pytest.skip("needs oxford5k_subset and revisitop")
+    return read_oxford(data_root / "oxford5k_subset"), gnd
+
+
+def test_subset_under_the_official_revisited_ground_truth(subset):
+    from retrieval.revisited_subset import revisited_scores, revisited_view, with_revisited_queries
+
+    ds, gnd = subset
+    ext = with_revisited_queries(ds, gnd)
+    assert len(ds.query_ids) == 55 and len(ext.query_ids) == 70
+    assert ext.query_ids[55] == "all_souls_000021" and ext.query_labels[55] == "all_souls"
+    assert ext.query_boxes[:55] == ds.query_boxes and set(ext.ground_truth) == set(ds.ground_truth)
+    hard = revisited_view(ext, gnd, "hard")
+    # the README's counts: 3,024 of 3,029 easy and 2,212 of 2,497 hard positives are in the subset
+    assert (hard.metadata["easy_present"], hard.metadata["easy"]) == (3024, 3029)
+    assert (hard.metadata["hard_present"], hard.metadata["hard"]) == (2212, 2497)
+    assert len(hard.query_ids) == 70 and hard.ground_truth["all_souls_1"].positives <= set(ds.db_ids)
+    # matched by image and box: all_souls_1 is gnd query 0 (all_souls_000013)
+    assert hard.query_paths[0].stem == "all_souls_000013"
+
+    # an ideal Medium ranking is ideal for Hard too (easy images are ignored there)
+    rng = np.random.default_rng(0)
+    medium = revisited_view(ext, gnd, "medium")
+    ideal = {q: sorted(t.positives) + [d for d in ds.db_ids if d not in t.positives]
+             for q, t in medium.ground_truth.items()}
+    scores = revisited_scores(ext, gnd, ideal)
+    assert scores["medium_map"] == pytest.approx(100.0) and scores["hard_map"] == pytest.approx(100.0)
+    assert scores["medium_mp@10"] == pytest.approx(100.0)
+    # balliol_2 (balliol_000187) has no easy image and neither of its 2 hard ones is in the subset
+    assert scores["medium_queries"] == 69 and scores["hard_queries"] == 69
+    assert "restricted to the images present" in scores["note"] and "775 of 4993" in scores["note"]
+    # a random ranking: the scorer, evaluate(view, "oxford") and evaluate(..., "revisited") agree
+    preds = {q: list(rng.permutation(ds.db_ids)) for q in medium.query_ids}
+    scores = revisited_scores(ext, gnd, preds)
+    assert 5 < scores["hard_map"] < 60
+    r = evaluate(hard, preds, protocol="oxford")
+    assert 100 * r["oxford_map"] == pytest.approx(scores["hard_map"]) and r["num_queries"] == 69
+    r = evaluate(medium, preds, protocol="revisited")
+    assert 100 * r["revisited_map_hard"] == pytest.approx(scores["hard_map"])
+    assert 100 * r["revisited_map_medium"] == pytest.approx(scores["medium_map"])
+    assert 100 * r["revisited_mp@5_hard"] == pytest.approx(scores["hard_mp@5"])
+    # the standard protocol does not see the added queries
+    assert evaluate(ext, preds, protocol="oxford") == evaluate(ds, preds, protocol="oxford")
