@@ -6,7 +6,9 @@ revisited benchmark has 70: the same 55 (same image, same box) and 15 more. :fun
 adds the 15 whose image the subset holds (ids = their image stems, boxes scaled as the subset's own,
 no standard ground truth, so the standard protocols score exactly what they scored before), and
 :func:`revisited_view` gives a dataset with the same database whose ground truth is one revisited
-level (easy / medium / hard), every list cut to the images present. Its ``positives`` / ``junk`` are
+level (easy / medium / hard), every list cut to the images present, and every database image that is
+not in ``imlist`` ignored (the revisited database leaves out its 70 query images, which the subset
+holds; kept, each query's own photo would rank first as a false positive). Its ``positives`` / ``junk`` are
 the level's, so ``evaluate(view, predictions, "oxford")`` is the level's mAP as the benchmark
 computes it (:func:`retrieval.metrics.oxford_ap`) and ``protocol="revisited"`` gives every level.
 
@@ -120,6 +122,9 @@ def revisited_view(dataset: RetrievalDataset, gnd, level: str = "medium") -> Ret
     g = _gnd(gnd)
     matched = _matches(dataset, g)
     present = set(map(str, dataset.db_ids))
+    # images that are not in imlist (the revisited database leaves out its 70 query images; a subset
+    # may hold other extras) are not in the benchmark's database: ignored, like junk
+    outside = present - set(g.imlist)
     truth = {}
     counts = {"easy": 0, "hard": 0, "easy_present": 0, "hard_present": 0}
     for i, qid in matched.items():
@@ -128,7 +133,7 @@ def revisited_view(dataset: RetrievalDataset, gnd, level: str = "medium") -> Ret
         counts["hard"] += len(hard)
         counts["easy_present"] += len(easy & present)
         counts["hard_present"] += len(hard & present)
-        truth[qid] = revisited_truth(easy & present, hard & present, junk & present, level)
+        truth[qid] = revisited_truth(easy & present, hard & present, (junk & present) | outside, level)
     order = [q for q in dataset.query_ids if str(q) in truth]
     pos = {q: n for n, q in enumerate(dataset.query_ids)}
     take = lambda xs: None if xs is None else [xs[pos[q]] for q in order]  # noqa: E731
@@ -139,7 +144,8 @@ def revisited_view(dataset: RetrievalDataset, gnd, level: str = "medium") -> Ret
                    metadata=dict(dataset.metadata, protocol=f"revisited-{level}", gnd=str(g.path),
                                  restricted=RESTRICTED_NOTE, revisited_queries=len(order),
                                  gnd_queries=len(g.qimlist), gnd_images=len(g.imlist),
-                                 gnd_images_present=len(present & set(g.imlist)), **counts))
+                                 gnd_images_present=len(present & set(g.imlist)), ignored_not_in_imlist=len(outside),
+                                 **counts))
 
 
 def revisited_scores(dataset: RetrievalDataset, gnd, predictions, levels=("medium", "hard"),

@@ -76,6 +76,11 @@ def test_subset_under_the_official_revisited_ground_truth(subset):
     assert len(hard.query_ids) == 70 and hard.ground_truth["all_souls_1"].positives <= set(ds.db_ids)
     # matched by image and box: all_souls_1 is gnd query 0 (all_souls_000013)
     assert hard.query_paths[0].stem == "all_souls_000013"
+    # the revisited database leaves out the 70 query images; the subset holds them: ignored, or each
+    # query's own photo would rank first as a false positive
+    assert hard.metadata["ignored_not_in_imlist"] == 70
+    assert "all_souls_000013" in hard.ground_truth["all_souls_1"].junk
+    assert "all_souls_000013" in hard.ground_truth["all_souls_000021"].junk
 
     # an ideal Medium ranking is ideal for Hard too (easy images are ignored there)
     rng = np.random.default_rng(0)
