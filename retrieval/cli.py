@@ -167,7 +167,8 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True
     parser.add_argument("--distractors", default="",
                         help="any kind: a folder of unlabelled images added to the database")
     parser.add_argument("--gnd", default="",
-                        help="revisited: the ground-truth pickle (default: the one gnd_*.pkl in the folder)")
+                        help="revisited: the ground-truth pickle (default: the one gnd_*.pkl in the folder); oxford/paris: "
+                             "score the subset with this revisited pickle, restricted to its images")
     parser.add_argument("--rotations", default="",
                         help="holidays: a list of 'NNNNNN.jpg DEGREES' to read those photos upright "
                              "(default: as stored)")

@@ -61,7 +61,8 @@ class DatasetConfig(Config):
     ``thesis_index`` index images, default 100,000, sampled, seeded, from train images of landmarks
     not in train_clean.csv: :func:`~retrieval.datasets.gldv2_protocol.read_gldv2_protocol`). ``on_error``: ``"raise"`` on a
     missing or unreadable image, ``"collect"`` to skip it and list it in ``bad_files``. ``gnd``:
-    revisited, the ground-truth pickle (default: the one ``gnd_*.pkl`` in the folder). ``rotations``:
+    revisited, the ground-truth pickle (default: the one ``gnd_*.pkl`` in the folder); oxford / paris,
+    a revisited pickle to score that subset with, restricted to its images. ``rotations``:
     holidays, the list of photos to read upright (off by default). ``distractors``: any kind, a
     folder of unlabelled images added to the database."""
 
@@ -150,7 +151,12 @@ def _open(conf: DatasetConfig) -> RetrievalDataset:
 
         images, gt = find_layout(root)
         reader = read_revisited if kind == "revisited" else read_oxford
-        return reader(root, scale=conf.scale, images_dir=images, gt_dir=gt, on_error=conf.on_error)
+        dataset = reader(root, scale=conf.scale, images_dir=images, gt_dir=gt, on_error=conf.on_error)
+        if conf.gnd:  # a subset scored with the official revisited ground truth, restricted to its images
+            from .revisited_subset import revisited_subset
+
+            dataset = revisited_subset(dataset, Path(conf.gnd).expanduser())
+        return dataset
     if kind in ("holidays", "ukbench"):
         from .numbered import read_holidays, read_ukbench
 

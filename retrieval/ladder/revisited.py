@@ -37,7 +37,7 @@ def add_revisited_queries(conf: LadderConfig, dataset: RetrievalDataset) -> Retr
     """``dataset`` with the revisited queries it lacks, when a revisited protocol is asked for."""
     if not _wanted(conf):
         return dataset
-    from retrieval.revisited_subset import with_revisited_queries
+    from retrieval.datasets.revisited_subset import with_revisited_queries
 
     return with_revisited_queries(dataset, revisited_gnd(conf))
 
@@ -45,7 +45,7 @@ def add_revisited_queries(conf: LadderConfig, dataset: RetrievalDataset) -> Retr
 def revisited_relevances(conf: LadderConfig, dataset: RetrievalDataset, name: str) -> List[Relevance]:
     """One :class:`Relevance` per revisited level asked for, scored as the benchmark scores it (the
     ``oxford`` protocol's AP on the level's positives and ignored images)."""
-    from retrieval.revisited_subset import RESTRICTED_NOTE, revisited_view
+    from retrieval.datasets.revisited_subset import RESTRICTED_NOTE, revisited_view
 
     out = []
     for protocol in _wanted(conf):
