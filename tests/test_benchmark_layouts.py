@@ -312,3 +312,17 @@ def test_cli_names_the_bad_file_in_one_line(tmp_path, capsys):
     (tmp_path / "jpg" / "IMG_1.JPG").write_text("x")
     code, out, err = _cli(capsys, "dataset", "info", "--dataset", "holidays", "--data", tmp_path)
     assert code == 2 and err.strip().count("\n") == 0 and "IMG_1.JPG: not a Holidays image" in err
+
+
+def test_ladder_landmark_half_reads_the_new_layouts(tmp_path):
+    from retrieval.ladder.config import LadderConfig, with_dataset
+    from retrieval.ladder.data import read_landmarks
+
+    _holidays(tmp_path / "h")
+    _revisitop(tmp_path / "r")
+    assert read_landmarks("holidays", tmp_path / "h").query_ids == ["100000", "100100", "100200"]
+    assert read_landmarks("revisited", tmp_path / "r").metadata["protocol"] == "revisited-medium"
+    conf = with_dataset(LadderConfig(), "ukbench", str(tmp_path / "u"))
+    assert conf.landmark.enabled and not conf.object.enabled and conf.landmark.dataset == "ukbench"
+    with pytest.raises(DatasetError, match="no such holidays folder"):
+        read_landmarks("holidays", tmp_path / "missing")

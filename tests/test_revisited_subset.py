@@ -105,3 +105,15 @@ def test_subset_under_the_official_revisited_ground_truth(subset):
     assert 100 * r["revisited_mp@5_hard"] == pytest.approx(scores["hard_mp@5"])
     # the standard protocol does not see the added queries
     assert evaluate(ext, preds, protocol="oxford") == evaluate(ds, preds, protocol="oxford")
+
+
+def test_gnd_option_opens_a_subset_under_the_revisited_protocol(subset, data_root):
+    from retrieval.datasets import DatasetError
+    from retrieval.datasets.open import DatasetConfig, open_dataset
+
+    ds, gnd = subset
+    view = open_dataset(DatasetConfig(kind="oxford", path=str(ds.root), gnd=str(gnd)))
+    assert len(view.query_ids) == 70 and "restricted to the images present" in view.name
+    assert view.ground_truth["all_souls_1"].hard is not None
+    with pytest.raises(DatasetError, match="gnd_rparis6k.pkl: no query of .* is a query of this revisited"):
+        open_dataset(DatasetConfig(kind="oxford", path=str(ds.root), gnd=str(gnd.parent / "gnd_rparis6k.pkl")))

@@ -30,7 +30,7 @@ __all__ = ["with_dataset", "ObjectConfig", "LandmarkConfig", "FusionGrid", "Expa
 #: re-ranking rungs: E5 ratio test, E6 VLAD, E7 patch tokens, SV spatial verification, E8 alpha-QE + DBA
 RERANKERS = ("E5", "E6", "E7", "SV", "E8")
 OBJECT_KINDS = ("coil100", "gldv2", "folder")
-LANDMARK_KINDS = ("oxford", "paris", "revisited", "gldv2")
+LANDMARK_KINDS = ("oxford", "paris", "revisited", "gldv2", "holidays", "ukbench")
 RELEVANCE = ("official", "landmark", "revisited-medium", "revisited-hard")
 
 

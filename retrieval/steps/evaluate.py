@@ -123,6 +123,8 @@ def main(conf: EvaluateConfig, ranking: Path, dataset: Union[DatasetConfig, Retr
     ds = open_dataset(dataset) if isinstance(dataset, DatasetConfig) else dataset
     metrics = score(conf, loaded.to_predictions(), ds, kind, source=str(ranking))
     result = {"ranking": str(ranking), "dataset": ds.name, "data": str(ds.root), **_finite(metrics)}
+    if "upright" in ds.metadata:  # Holidays: whether the rotated photos were read upright
+        result["upright"] = ds.metadata["upright"]
     out = Path(out) if out is not None else ranking.with_suffix(".metrics.json")
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     if info is not None:
