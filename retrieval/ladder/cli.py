@@ -9,7 +9,7 @@
 
 Without ``--dataset``, ``--data`` is the folder holding ``coil100/`` and ``oxford5k_subset/``;
 with it, ``--data`` is that dataset and only the half that takes it runs (``folder``, ``gldv2``:
-the object half, trained; ``oxford``, ``paris``, ``revisited``, ``holidays``, ``ukbench``: the landmark half, no training).
+the object half, trained; ``oxford``, ``paris``, ``revisited``: the landmark half, no training).
 ``--set KEY=VALUE`` overrides any field of the experiment (dotted: ``object.sift=rootsift-1k``,
 ``fusion.saturations=[10,20]``, ``rerankers=["E5","SV"]``).
 """
