@@ -274,6 +274,7 @@ def test_distractors_join_the_database_and_are_counted(tmp_path):
         _jpg(tmp_path / "d" / "sub" / f"flickr_{i}.jpg", seed=10 + i)
     ds = open_dataset(DatasetConfig(kind="holidays", path=str(tmp_path / "h"), distractors=str(tmp_path / "d")))
     assert len(ds.db_ids) == 9 and ds.db_ids[-1] == "flickr_2" and ds.metadata["distractors"] == 3
+    assert "9 database images (of which 3 distractors)" in ds.summary()
     ranking = {"100000": ["flickr_0", "100001", "100002"], "100100": ["100101"]}
     r = evaluate(ds, ranking, protocol="holidays")
     assert r["distractors"] == 3 and r["holidays_map"] < 1
