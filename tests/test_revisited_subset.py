@@ -117,3 +117,21 @@ def test_gnd_option_opens_a_subset_under_the_revisited_protocol(subset, data_roo
     assert view.ground_truth["all_souls_1"].hard is not None
     with pytest.raises(DatasetError, match="gnd_rparis6k.pkl: no query of .* is a query of this revisited"):
         open_dataset(DatasetConfig(kind="oxford", path=str(ds.root), gnd=str(gnd.parent / "gnd_rparis6k.pkl")))
+
+
+def test_ladder_shortlist_cache_with_other_queries_is_rebuilt(tmp_path, rng):
+    """The revisited protocols add queries to the landmark half: a shortlist cached for the old query
+    set must not be reused (the new queries would score as empty rankings)."""
+    from retrieval import Index
+    from retrieval.ladder.stages import build_shortlist
+
+    db = rng.standard_normal((20, 8)).astype(np.float32)
+    q = rng.standard_normal((3, 8)).astype(np.float32)
+    index = Index(db, ids=[f"d{i}" for i in range(20)])
+    path = tmp_path / "shortlist_e1"
+    old = build_shortlist(index.search(q[:2], k=20, query_ids=["a", "b"]), path, {"k": 5}, 5, False)
+    assert old.query_ids == ["a", "b"]
+    new = build_shortlist(index.search(q, k=20, query_ids=["a", "b", "c"]), path, {"k": 5}, 5, False)
+    assert new.query_ids == ["a", "b", "c"]
+    again = build_shortlist(index.search(q, k=20, query_ids=["a", "b", "c"]), path, {"k": 5}, 5, False)
+    assert again.query_ids == ["a", "b", "c"]
