@@ -145,7 +145,7 @@ def register(subparsers) -> None:
     parser.add_argument("ranking", help="ranking file written by 'retrieval search' or 'retrieval rerank'")
     add_dataset_arguments(parser)
     parser.add_argument("--protocol", default=None,
-                        help="gldv2, oxford, revisited, landmark, general or all; several comma-separated "
+                        help="gldv2, oxford, revisited, landmark, general, holidays, ukbench or all; several comma-separated "
                              "are reported side by side (default: the dataset's own: oxford/paris -> "
                              "oxford,landmark; gldv2 -> gldv2; folder/multiview/os-core -> general)")
     parser.add_argument("--k", type=int, default=100, help="cut-off for map@k, ndcg@k, recall@k")
