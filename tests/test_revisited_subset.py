@@ -135,3 +135,40 @@ def test_ladder_shortlist_cache_with_other_queries_is_rebuilt(tmp_path, rng):
     assert new.query_ids == ["a", "b", "c"]
     again = build_shortlist(index.search(q, k=20, query_ids=["a", "b", "c"]), path, {"k": 5}, 5, False)
     assert again.query_ids == ["a", "b", "c"]
+
+
+def test_ladder_revisited_protocols_skip_or_refuse(tmp_path, subset):
+    """The shipped experiment asks for the revisited protocols: with the default pickle they are
+    skipped where they cannot apply; a pickle the user names must apply."""
+    from retrieval.datasets import DatasetError, read_oxford
+    from retrieval.ladder.config import LadderConfig
+    from retrieval.ladder.revisited import add_revisited_queries, revisited_relevances
+
+    ds, gnd = subset
+    asked = {"landmark.protocols": ["official", "revisited-hard"]}
+    conf = LadderConfig().override(dict(asked, data=str(gnd.parent.parent)))
+    relevances = revisited_relevances(conf, add_revisited_queries(conf, ds), "oxford5k_subset")
+    assert len(relevances) == 1 and len(relevances[0].dataset.query_ids) == 70
+    assert "775 of 4993 images" in relevances[0].name
+    # no pickle in the data folder: skipped
+    nowhere = LadderConfig().override(dict(asked, data=str(tmp_path)))
+    assert add_revisited_queries(nowhere, ds) is ds and revisited_relevances(nowhere, ds, "x") == []
+    # a dataset none of whose queries is a revisited one (here a Holidays miniature): skipped by default
+    from PIL import Image
+
+    from retrieval.datasets.numbered import read_holidays
+
+    for n in (100000, 100001):
+        (tmp_path / "h" / "jpg").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "h" / "jpg" / f"{n}.jpg")
+    other = read_holidays(tmp_path / "h")
+    assert add_revisited_queries(conf, other).query_ids == other.query_ids
+    assert revisited_relevances(conf, other, "h") == []
+    # Paris' pickle on the Oxford subset matches no query: skipped by default, refused when named
+    paris = gnd.parent / "gnd_rparis6k.pkl"
+    named = LadderConfig().override(dict(asked, **{"landmark.revisited_gnd": str(paris)}))
+    with pytest.raises(DatasetError, match="gnd_rparis6k.pkl: no query of"):
+        revisited_relevances(named, ds, "x")
+    with pytest.raises(DatasetError, match="missing.pkl: no such revisited"):
+        revisited_relevances(LadderConfig().override(dict(asked, **{"landmark.revisited_gnd": "missing.pkl"})),
+                             ds, "x")

@@ -2,7 +2,12 @@
 ``revisited-hard``): the official revisited ground truth (``landmark.revisited_gnd``, default
 ``<data>/revisitop/gnd_roxford5k.pkl``) restricted to the images the landmark dataset holds, no
 distractors (:mod:`retrieval.revisited_subset`). The dataset gains the revisited queries it lacks
-(the 15 beyond Oxford's 55), which the standard protocols do not score."""
+(the 15 beyond Oxford's 55), which the standard protocols do not score.
+
+With the default pickle, a data folder without it or a landmark dataset none of whose queries is a
+revisited query (Paris, GLDv2, Holidays run with the shipped e1-e7 experiment) skips the revisited
+protocols with a message; a pickle named in ``landmark.revisited_gnd`` that is missing or matches no
+query is an error."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,14 +24,24 @@ REVISITED_LEVELS = {"revisited-medium": "medium", "revisited-hard": "hard"}
 
 
 def _wanted(conf: LadderConfig) -> List[str]:
-    return [p for p in conf.landmark.protocols if p in REVISITED_LEVELS]
+    wanted = [p for p in conf.landmark.protocols if p in REVISITED_LEVELS]
+    if wanted and not conf.landmark.revisited_gnd and not _default_gnd(conf).is_file():
+        from .stages import say
+
+        say(f"{_default_gnd(conf)} not found: skipping {', '.join(wanted)}")
+        return []
+    return wanted
+
+
+def _default_gnd(conf: LadderConfig) -> Path:
+    from .data import data_root
+
+    return data_root(conf) / "revisitop" / "gnd_roxford5k.pkl"
 
 
 def revisited_gnd(conf: LadderConfig) -> Path:
-    from .data import data_root
-
     lm = conf.landmark
-    path = Path(lm.revisited_gnd).expanduser() if lm.revisited_gnd else data_root(conf) / "revisitop" / "gnd_roxford5k.pkl"
+    path = Path(lm.revisited_gnd).expanduser() if lm.revisited_gnd else _default_gnd(conf)
     if not path.is_file():
         raise DatasetError(f"{path}: no such revisited ground-truth pickle (landmark.protocols asks for "
                            f"{', '.join(_wanted(conf))}; set landmark.revisited_gnd)")
@@ -52,6 +67,11 @@ def revisited_relevances(conf: LadderConfig, dataset: RetrievalDataset, name: st
         gnd = revisited_gnd(conf)
         view = revisited_view(dataset, gnd, REVISITED_LEVELS[protocol])
         if not view.query_ids:
+            if not conf.landmark.revisited_gnd:
+                from .stages import say
+
+                say(f"{gnd}: no query of {dataset.root} is one of its queries: skipping {protocol}")
+                continue
             raise DatasetError(f"{gnd}: no query of {dataset.root} is a query of this revisited ground truth")
         m = view.metadata
         title = (f"{name} {protocol} ({gnd.name}: {RESTRICTED_NOTE}, {m['gnd_images_present']} of "
