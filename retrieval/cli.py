@@ -59,7 +59,7 @@ COMMAND_GROUPS: List[str] = [
 ]
 
 # the readers' kinds (retrieval.datasets.open.DATASET_KINDS, repeated here so that --help needs no numpy)
-DATASET_TYPES = ("folder", "gldv2", "oxford", "paris", "revisited", "multiview", "os-core")
+DATASET_TYPES = ("folder", "gldv2", "oxford", "paris", "revisited", "holidays", "ukbench", "multiview", "os-core")
 
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
@@ -141,7 +141,10 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True
     parser.add_argument("--dataset", choices=DATASET_TYPES, required=required,
                         help="dataset reader: folder (images/ + labels.csv, or a class-per-folder tree "
                              "root/CLASS/*.jpg), gldv2 (Kaggle CSV layout), oxford/paris (images/ + gt/ "
-                             "good/ok/junk lists), revisited (gt/ easy/hard/junk), multiview "
+                             "good/ok/junk lists, or the official oxbuild_images/ or paris/ + gt_files_*/), "
+                             "revisited (jpg/ + gnd_roxford5k.pkl / gnd_rparis6k.pkl as distributed, or "
+                             "gt/ easy/hard/junk), holidays (jpg/NNNNNN.jpg), ukbench "
+                             "(full/ukbenchNNNNN.jpg), multiview "
                              "(DS|DU/train|retrieval tree), os-core (query/target + label files)")
     parser.add_argument("--data", required=required, help="the dataset folder")
     parser.add_argument("--scale", default="auto",
@@ -163,6 +166,14 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True
                              "against 100,000 train images of landmarks outside train_clean.csv")
     parser.add_argument("--on-error", choices=("raise", "collect"), default="raise",
                         help="missing/unreadable images: stop (raise) or skip and report (collect)")
+    parser.add_argument("--distractors", default="",
+                        help="any kind: a folder of unlabelled images added to the database")
+    parser.add_argument("--gnd", default="",
+                        help="revisited: the ground-truth pickle (default: the one gnd_*.pkl in the folder); oxford/paris: "
+                             "score the subset with this revisited pickle, restricted to its images")
+    parser.add_argument("--rotations", default="",
+                        help="holidays: a list of 'NNNNNN.jpg DEGREES' to read those photos upright "
+                             "(default: as stored)")
 
 
 def dataset_config(args: argparse.Namespace):
@@ -183,7 +194,8 @@ def dataset_config(args: argparse.Namespace):
     try:
         return DatasetConfig(kind=args.dataset, path=str(args.data), scale=scale, queries=args.query_list,
                              every=args.every, db=args.db, split=args.split, part=args.part,
-                             protocol=args.gldv2_protocol, on_error=args.on_error)
+                             protocol=args.gldv2_protocol, on_error=args.on_error,
+                             distractors=args.distractors, gnd=args.gnd, rotations=args.rotations)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
 

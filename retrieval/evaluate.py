@@ -12,8 +12,10 @@ Protocols
 ``"oxford"``    Oxford / Paris: ``oxford_map``, the mean of :func:`retrieval.metrics.oxford_ap`
                 (positives = good + ok, junk removed). Give the FULL ranking of each query:
                 positives that are not ranked count as missed.
-``"revisited"`` revisited Oxford / Paris: ``revisited_map_easy``, ``_medium``, ``_hard`` (needs
-                the ``easy`` / ``hard`` lists in the ground truth).
+``"revisited"`` revisited Oxford / Paris: ``revisited_map_easy``, ``_medium``, ``_hard`` and the
+                benchmark's mean precision at 1, 5 and 10, ``revisited_mp@10_medium`` ...
+                (:func:`retrieval.metrics.oxford_precision_at_k`; needs the ``easy`` / ``hard``
+                lists in the ground truth).
 ``"general"``   multi-view / labelled-folder datasets (COIL): ``map@k``, ``mean_ap``,
                 ``ndcg@k``, ``anmrr``, ``top1``, ``top10``, ``precision@10``, ``recall@k``.
 ``"landmark"``  the landmark-level relevance GLDv2 uses: every image of the query's landmark is
@@ -22,7 +24,14 @@ Protocols
                 Oxford / Paris: good, ok AND junk of the query's landmark; on GLDv2 and labelled
                 folders: the label's images). Only the query's own image (when it is also a database
                 entry) is left out. Give the FULL ranking.
+``"holidays"``  INRIA Holidays: ``holidays_map``, the mean of the same trapezoid AP as Oxford's (the
+                benchmark's ``holidays_map.py`` computes it so) with the query's own image removed.
+``"ukbench"``   UKBench: ``ns_score``, the mean number of the query's 4 group images (itself
+                included) in its top 4 (out of 4), and ``mean_ap``.
 ``"all"``       ``general`` plus every other protocol the ground truth supports.
+
+A dataset given distractors (:mod:`retrieval.datasets.distractors`) has their count in
+:func:`evaluate`'s result (``distractors``).
 
 :func:`required_depth` says how long each query's ranking must be for a protocol's figures to be
 exact (``retrieval evaluate`` refuses shorter rankings).
@@ -44,8 +53,10 @@ from .datasets.splits import drop_junk
 __all__ = ["evaluate", "evaluate_per_query", "ranking_to_predictions", "required_depth", "landmark_solution",
            "PROTOCOLS", "main_metric", "metric_label"]
 
-PROTOCOLS = ("gldv2", "oxford", "revisited", "landmark", "general", "all")
+PROTOCOLS = ("gldv2", "oxford", "revisited", "landmark", "general", "holidays", "ukbench", "all")
 USAGE_SPLITS = ("Public", "Private")
+#: the mP@k the revisited benchmark reports beside mAP
+REVISITED_PRECISION_AT = (1, 5, 10)
 
 Predictions = Mapping[Hashable, Sequence[Hashable]]
 
@@ -147,6 +158,19 @@ def landmark_solution(dataset: RetrievalDataset) -> Dict[Hashable, set]:
     return out
 
 
+def revisited_precision(preds, easy, hard, junk, level: str, k: int) -> Dict[Hashable, float]:
+    """``{query id: P@k}`` under revisited ``level`` (the benchmark's mP@k, per query), for the
+    queries the level leaves positives."""
+    from .datasets.oxford import revisited_truth
+
+    out = {}
+    for q in easy:
+        t = revisited_truth(easy[q], hard.get(q, ()), junk.get(q, ()), level)
+        if t.positives:
+            out[q] = metrics.oxford_precision_at_k(preds.get(q, []), t.positives, t.junk, k)
+    return out
+
+
 def evaluate_per_query(dataset: RetrievalDataset, predictions, protocol: str = "all",
                        k: int = 100, check_ids: bool = True) -> Dict[str, Dict[Hashable, float]]:
     """``{metric name: {query id: score}}`` for the metrics of ``protocol`` (see module doc).
@@ -185,6 +209,14 @@ def evaluate_per_query(dataset: RetrievalDataset, predictions, protocol: str = "
         truths = list(_query_truths(dataset))
         out["oxford_map"] = metrics.oxford_map(preds, {q: t.positives for q, t in truths},
                                                {q: t.junk for q, t in truths}, per_query=True)
+    if protocol == "holidays":
+        truths = list(_query_truths(dataset))
+        out["holidays_map"] = metrics.oxford_map(preds, {q: t.positives for q, t in truths},
+                                                 {q: t.junk for q, t in truths}, per_query=True)
+    if protocol == "ukbench":
+        solution = dataset.solution()
+        out["ns_score"] = {q: 4 * v for q, v in metrics.per_query_scores("precision@k", preds, solution, 4).items()}
+        out["mean_ap"] = metrics.per_query_scores("ap", preds, solution)
     if protocol == "revisited" or (protocol == "all" and _has_revisited(dataset)):
         if not _has_revisited(dataset):
             raise ValueError(f"dataset {dataset.name!r} has no revisited easy/hard ground truth; use "
@@ -195,6 +227,9 @@ def evaluate_per_query(dataset: RetrievalDataset, predictions, protocol: str = "
         junk = {q: t.junk for q, t in truths}
         for level in metrics.REVISITED_PROTOCOLS:
             out[f"revisited_map_{level}"] = metrics.revisited_map(preds, easy, hard, junk, level, per_query=True)
+        for level in metrics.REVISITED_PROTOCOLS:
+            for k_p in REVISITED_PRECISION_AT:
+                out[f"revisited_mp@{k_p}_{level}"] = revisited_precision(preds, easy, hard, junk, level, k_p)
     return out
 
 
@@ -210,6 +245,8 @@ def evaluate(dataset: RetrievalDataset, predictions, protocol: str = "all", k: i
         result["anmrr" if name == "nmrr" else name] = value
     main = next(iter(per_query.values()), {})
     result["num_queries"] = len(main)
+    if "distractors" in dataset.metadata:
+        result["distractors"] = int(dataset.metadata["distractors"])
     return result
 
 

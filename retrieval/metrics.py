@@ -34,7 +34,7 @@ import numpy as np
 __all__ = [
     "first_hit_ranks", "average_precision_at_k", "average_precision", "ndcg", "nmrr",
     "map_at_k", "mean_ap", "ndcg_at_k", "anmrr", "top_k_accuracy", "precision_at_k", "recall_at_k",
-    "oxford_ap", "revisited_ap", "oxford_map", "revisited_map", "per_query_scores",
+    "oxford_ap", "revisited_ap", "oxford_precision_at_k", "oxford_map", "revisited_map", "per_query_scores",
     "REVISITED_PROTOCOLS",
 ]
 
@@ -204,6 +204,28 @@ def revisited_ap(ranked_ids: Sequence[Hashable], easy: Iterable[Hashable], hard:
     if protocol == "hard":
         return oxford_ap(ranked_ids, hard, junk | easy)
     raise ValueError(f"unknown revisited protocol {protocol!r}; expected one of {REVISITED_PROTOCOLS}")
+
+
+def oxford_precision_at_k(ranked_ids: Sequence[Hashable], positives: Iterable[Hashable],
+                          junk: Iterable[Hashable] = (), k: int = 10) -> float:
+    """Precision at ``k`` of one query as the revisited benchmark's ``compute_map`` reports it
+    (mP@1, 5, 10): junk removed from the ranking first, then
+
+        k_q = min(rank of the last positive retrieved, k),   P@k = hits within the first k_q / k_q
+
+    so a query with fewer than ``k`` positives, all ranked first, scores 1. 0 when no positive is
+    retrieved; NaN when there are no positives (the query is left out, as for the AP)."""
+    _check_k(k)
+    positives, junk = set(positives), set(junk)
+    if not positives:
+        return math.nan
+    good = positives - junk
+    kept = [item for item in ranked_ids if item not in junk]
+    ranks = first_hit_ranks(kept, good)
+    if ranks.size == 0:
+        return 0.0
+    k_q = min(float(ranks[-1]), float(k))
+    return float((ranks <= k_q).sum() / k_q)
 
 
 # ---------------------------------------------------------------------------------------------

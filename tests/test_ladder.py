@@ -129,7 +129,8 @@ def test_experiment_file_and_user_errors(tmp_path, capsys):
     from retrieval.protocols import load_protocol
 
     conf = cli.read_experiment(cli.DEFAULT_EXPERIMENT)
-    assert conf.object.dataset == "coil100" and conf.landmark.protocols == ("official", "landmark")
+    assert conf.object.dataset == "coil100"
+    assert conf.landmark.protocols == ("official", "landmark", "revisited-medium", "revisited-hard")
     assert load_protocol("ladder").CONFIG is LadderConfig
     bad = tmp_path / "bad.toml"
     bad.write_text('kind = "ladder"\n[object]\nsfit = "x"\n')
@@ -184,17 +185,27 @@ def test_tiny_object_half_end_to_end(coil100_dir, tmp_path, monkeypatch, capsys)
 
 
 def test_tiny_landmark_half_needs_no_training(oxford_dir, tmp_path):
-    """The landmark half alone (no COIL, no training) on a small Oxford subset, both protocols."""
+    """The landmark half alone (no COIL, no training) on a small Oxford subset, every protocol (the
+    revisited ones with the official gnd_roxford5k.pkl when the data folder has it)."""
     from retrieval.ladder.run import main
 
+    protocols = ["official", "landmark"]
+    revisited = (oxford_dir.parent / "revisitop" / "gnd_roxford5k.pkl").is_file()
+    if revisited:
+        protocols += ["revisited-medium", "revisited-hard"]
     conf = _tiny(tmp_path, **{"object.enabled": False, "landmark.data": str(oxford_dir),
                               "landmark.global_config": "lite0-gem-224", "landmark.patch_size": 224,
-                              "landmark.spatial_sift": "rootsift-1k", "rerankers": ["E5", "SV", "E8"]})
+                              "landmark.spatial_sift": "rootsift-1k", "rerankers": ["E5", "SV", "E8"],
+                              "landmark.protocols": protocols, "data": str(oxford_dir.parent)})
     out = main(conf, tmp_path / "out", tmp_path / "cache")
     rows = json.loads((out / "results.json").read_text())["rows"]
     datasets = sorted({r["dataset"] for r in rows})
-    assert len(datasets) == 2 and all(d.startswith("oxford5k_subset-quick") for d in datasets)
+    assert len(datasets) == len(protocols) and all(d.startswith("oxford5k_subset-quick") for d in datasets)
     assert any("landmark-level" in d for d in datasets) and not any("COIL" in d.upper() for d in datasets)
+    if revisited:
+        hard = [r for r in rows if "revisited-hard" in r["dataset"]]
+        assert hard and "restricted to the images present" in hard[0]["dataset"]
+        assert all(0.0 <= r["metrics"]["Hard mAP"] <= 100.0 for r in hard)
     assert not (tmp_path / "cache" / "quick" / "train").exists()
     text = (out / "results.md").read_text()
     assert "| SV |" in text and "oxford mAP" in text

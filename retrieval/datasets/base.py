@@ -115,5 +115,7 @@ class RetrievalDataset:
 
     def summary(self) -> str:
         n_train = len(self.train_ids) if self.train_ids else 0
-        return (f"{self.name}: {len(self.db_ids)} database images, {len(self.query_ids)} queries, "
+        distractors = (f" (of which {self.metadata['distractors']} distractors)"
+                       if self.metadata.get("distractors") else "")
+        return (f"{self.name}: {len(self.db_ids)} database images{distractors}, {len(self.query_ids)} queries, "
                 f"{n_train} training images, {len(self.bad_files)} unreadable files skipped")

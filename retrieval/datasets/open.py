@@ -5,8 +5,14 @@ Kinds (:data:`DATASET_KINDS`):
 
 * ``folder``: ``images/`` + ``labels.csv`` (COIL), or a class-per-folder tree ``root/<class>/<image>``;
 * ``gldv2``: the Kaggle CSV layout;
-* ``oxford`` / ``paris``: ``images/`` + ``gt/`` with the standard good / ok / junk lists;
-  ``revisited``: the easy / hard / junk lists;
+* ``oxford`` / ``paris``: ``images/`` + ``gt/`` with the standard good / ok / junk lists, or the
+  official tarballs as unpacked (``oxbuild_images/`` or ``paris/<landmark>/`` + ``gt_files_*/``:
+  :mod:`~retrieval.datasets.oxford_layout`);
+* ``revisited``: the benchmark's own ``jpg/`` + ``gnd_roxford5k.pkl`` / ``gnd_rparis6k.pkl``
+  (:mod:`~retrieval.datasets.revisitop`; ``gnd`` names the pickle when the folder has several), or
+  ``images/`` + ``gt/`` easy / hard / junk text lists;
+* ``holidays``: INRIA Holidays ``jpg/NNNNNN.jpg`` (``rotations``: a list of photos to read upright);
+  ``ukbench``: ``full/ukbenchNNNNN.jpg`` (:mod:`~retrieval.datasets.numbered`);
 * ``multiview``: the ``DS|DU/train|retrieval/<class>/<instance>/<instance>.<k>`` tree;
 * ``os-core``: query / target folders with label files.
 
@@ -15,6 +21,9 @@ Labelled sets without their own queries (``folder``, ``multiview``) get them fro
 relative to the image folder, one a line) and otherwise makes every ``every``-th image of each
 label's run a query (:func:`~retrieval.datasets.splits.every_nth_query`: a deterministic quarter of
 each class by default); ``"every"`` forces that; any other value is the path of a query list.
+
+Any kind takes ``distractors``: a folder of unlabelled images added to its database
+(:mod:`~retrieval.datasets.distractors`; results name their count).
 """
 from __future__ import annotations
 
@@ -29,16 +38,17 @@ from .files import DatasetError
 
 __all__ = ["DATASET_KINDS", "LANDMARK_KINDS", "DEFAULT_PROTOCOL", "DatasetConfig", "open_dataset"]
 
-DATASET_KINDS = ("folder", "gldv2", "oxford", "paris", "revisited", "multiview", "os-core")
-#: kinds of landmark photographs (the others hold objects): they get the landmark settings of the
-#: re-rankers (retrieval.steps.rerank.LOCAL_FEATURES) and the landmark half of the ladder
-LANDMARK_KINDS = ("oxford", "paris", "revisited", "gldv2")
+DATASET_KINDS = ("folder", "gldv2", "oxford", "paris", "revisited", "holidays", "ukbench", "multiview", "os-core")
+#: kinds read as landmark photographs with ground-truth lists (the others hold objects): the landmark half of
+#: the ladder, and the landmark settings of the re-rankers (retrieval.steps.rerank.LOCAL_FEATURES)
+LANDMARK_KINDS = ("oxford", "paris", "revisited", "gldv2", "holidays", "ukbench")
 
 #: the evaluation protocol(s) a kind comes with (comma-separated: reported side by side)
 DEFAULT_PROTOCOL = {"oxford": "oxford,landmark", "paris": "oxford,landmark", "revisited": "revisited,landmark",
-                    "gldv2": "gldv2", "folder": "general", "multiview": "general", "os-core": "general"}
+                    "gldv2": "gldv2", "folder": "general", "multiview": "general", "os-core": "general",
+                    "holidays": "holidays,general", "ukbench": "ukbench"}
 
-Kind = Literal["folder", "gldv2", "oxford", "paris", "revisited", "multiview", "os-core"]
+Kind = Literal["folder", "gldv2", "oxford", "paris", "revisited", "holidays", "ukbench", "multiview", "os-core"]
 
 
 @dataclass(frozen=True)
@@ -53,8 +63,12 @@ class DatasetConfig(Config):
     with its solution file) or ``"thesis"`` (``thesis_queries`` queries, default 1,000, against
     ``thesis_index`` index images, default 100,000, sampled, seeded, from train images of landmarks
     not in train_clean.csv: :func:`~retrieval.datasets.gldv2_protocol.read_gldv2_protocol`). ``on_error``: ``"raise"`` on a
-    missing or empty image, ``"collect"`` to skip it and list it in ``bad_files`` (image folders then
-    decode every image first, so one that fails to decode is skipped too, with a count)."""
+    missing or unreadable image, ``"collect"`` to skip it and list it in ``bad_files`` (image folders then
+    decode every image first, so one that fails to decode is skipped too, with a count). ``gnd``:
+    revisited, the ground-truth pickle (default: the one ``gnd_*.pkl`` in the folder); oxford / paris,
+    a revisited pickle to score that subset with, restricted to its images. ``rotations``:
+    holidays, the list of photos to read upright (off by default). ``distractors``: any kind, a
+    folder of unlabelled images added to the database."""
 
     kind: Kind = "folder"
     path: str = ""
@@ -68,6 +82,9 @@ class DatasetConfig(Config):
     thesis_queries: int = 1000
     thesis_index: int = 100_000
     on_error: Literal["raise", "collect"] = "raise"
+    gnd: str = ""
+    rotations: str = ""
+    distractors: str = ""
 
     def check(self) -> None:
         if isinstance(self.scale, str) and self.scale != "auto":
@@ -106,7 +123,17 @@ def _with_queries(conf: DatasetConfig, base: RetrievalDataset, root: Path) -> Re
 
 
 def open_dataset(conf: DatasetConfig) -> RetrievalDataset:
-    """The :class:`RetrievalDataset` that ``conf`` names (queries made as the module docstring says)."""
+    """The :class:`RetrievalDataset` that ``conf`` names (queries made as the module docstring says),
+    with ``conf.distractors`` added to its database."""
+    dataset = _open(conf)
+    if conf.distractors:
+        from .distractors import add_distractors
+
+        dataset = add_distractors(dataset, conf.distractors)
+    return dataset
+
+
+def _open(conf: DatasetConfig) -> RetrievalDataset:
     from .folders import read_folder, read_multiview_tree, read_os_core
     from .gldv2 import read_gldv2
     from .oxford import read_oxford, read_revisited
@@ -119,9 +146,28 @@ def open_dataset(conf: DatasetConfig) -> RetrievalDataset:
         raise DatasetError(f"{root}: no such dataset folder")
     kind = conf.kind
     check = conf.on_error == "collect"  # skipping what cannot be read needs reading it first
+    if kind == "revisited" and (conf.gnd or any(root.glob("gnd_*.pkl"))):
+        from .revisitop import read_revisitop
+
+        return read_revisitop(root, gnd=Path(conf.gnd).expanduser() if conf.gnd else None, scale=conf.scale,
+                              on_error=conf.on_error)
     if kind in ("oxford", "paris", "revisited"):
+        from .oxford_layout import find_layout
+
+        images, gt = find_layout(root)
         reader = read_revisited if kind == "revisited" else read_oxford
-        return reader(root, scale=conf.scale, on_error=conf.on_error)
+        dataset = reader(root, scale=conf.scale, images_dir=images, gt_dir=gt, on_error=conf.on_error)
+        if conf.gnd:  # a subset scored with the official revisited ground truth, restricted to its images
+            from .revisited_subset import revisited_subset
+
+            dataset = revisited_subset(dataset, Path(conf.gnd).expanduser())
+        return dataset
+    if kind in ("holidays", "ukbench"):
+        from .numbered import read_holidays, read_ukbench
+
+        if kind == "ukbench":
+            return read_ukbench(root)
+        return read_holidays(root, rotations=Path(conf.rotations).expanduser() if conf.rotations else None)
     if kind == "gldv2":
         if conf.protocol == "thesis":
             from .gldv2_protocol import read_gldv2_protocol

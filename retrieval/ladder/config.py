@@ -12,7 +12,9 @@ Two halves, each optional:
 * ``landmark``: no training. Any ``oxford`` / ``paris`` / ``revisited`` / ``gldv2`` dataset: E1 and
   the re-rankers on E1's shortlist, under each relevance protocol of ``protocols`` (``official``:
   the dataset's own ground truth, e.g. Oxford's good + ok with junk ignored; ``landmark``: every image
-  of the query's landmark relevant, ``protocol="landmark"`` of :func:`retrieval.evaluate.evaluate_per_query`). Cross-fitting groups:
+  of the query's landmark relevant, ``protocol="landmark"`` of :func:`retrieval.evaluate.evaluate_per_query`;
+  ``revisited-medium`` / ``revisited-hard``: the official revisited ground truth restricted to the
+  images present, :mod:`.revisited`). Cross-fitting groups:
   two folds of landmarks (:func:`retrieval.crossfit.fold_groups`).
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ __all__ = ["with_dataset", "ObjectConfig", "LandmarkConfig", "LadderConfig", "RE
 #: re-ranking rungs: E5 ratio test, E6 VLAD, E7 patch tokens, SV spatial verification, E8 alpha-QE + DBA
 RERANKERS = ("E5", "E6", "E7", "SV", "E8")
 OBJECT_KINDS = ("coil100", "gldv2", "folder")
-RELEVANCE = ("official", "landmark")
+RELEVANCE = ("official", "landmark", "revisited-medium", "revisited-hard")
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ class LandmarkConfig(Config):
     enabled: bool = True
     dataset: str = "oxford"
     data: str = ""                          # "" = <data>/oxford5k_subset
-    protocols: Tuple[str, ...] = RELEVANCE
+    protocols: Tuple[str, ...] = ("official", "landmark")
+    revisited_gnd: str = ""                 # revisited-*: "" = <data>/revisitop/gnd_roxford5k.pkl (.revisited)
     global_config: str = "lite0-blocks-gem-ms-512"
     patch_config: str = "lite0-patch-224"
     patch_size: int = 512

@@ -142,6 +142,9 @@ def landmark_dataset(conf: LadderConfig) -> Tuple[RetrievalDataset, str]:
     lm = conf.landmark
     root = Path(lm.data) if lm.data else data_root(conf) / "oxford5k_subset"
     ds = read_landmarks(lm.dataset, root)
+    from .revisited import add_revisited_queries
+
+    ds = add_revisited_queries(conf, ds)  # the revisited queries it lacks, when those protocols are asked for
     name = root.resolve().name
     if conf.quick:
         ds = quick_subset(ds)
@@ -151,16 +154,18 @@ def landmark_dataset(conf: LadderConfig) -> Tuple[RetrievalDataset, str]:
 
 def read_landmarks(kind: str, root) -> RetrievalDataset:
     """A landmark dataset with ground truth: ``oxford`` / ``paris`` (standard lists), ``revisited``
-    (Medium), ``gldv2`` (its solution file); query labels default to the query ids."""
-    from retrieval.datasets import read_gldv2, read_oxford, read_revisited
+    (Medium), ``gldv2`` (its solution file), ``holidays`` / ``ukbench`` (their numbering), in any layout
+    :func:`retrieval.datasets.open.open_dataset` reads; query labels default to the query ids."""
+    from retrieval.datasets.open import DatasetConfig, open_dataset
 
-    readers = {"oxford": read_oxford, "paris": read_oxford, "revisited": read_revisited, "gldv2": read_gldv2}
-    if kind not in readers:
-        raise DatasetError(f"unknown landmark dataset kind {kind!r}; known: {sorted(readers)}")
+    from .config import LANDMARK_KINDS
+
+    if kind not in LANDMARK_KINDS:
+        raise DatasetError(f"unknown landmark dataset kind {kind!r}; known: {sorted(LANDMARK_KINDS)}")
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such {kind} folder")
-    ds = readers[kind](root)
+    ds = open_dataset(DatasetConfig(kind=kind, path=str(root)))  # every layout the kind reads
     if not ds.query_ids:
         raise DatasetError(f"{root}: no queries")
     if ds.query_labels is None:

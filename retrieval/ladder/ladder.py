@@ -12,6 +12,7 @@ from retrieval.steps.choose import relevances as relevance_list
 
 from .config import LadderConfig
 from .data import landmark_dataset, object_dataset
+from .revisited import revisited_relevances
 from .rungs import RERANK_NOTES, Half, rung_e5, rung_e6, rung_e7, rung_e8, rung_sv
 from .stages import RunCache, build_shortlist, extractor, global_features, rank, say
 from .tables import result_rows
@@ -148,8 +149,9 @@ def run_landmark(conf: LadderConfig, cache: RunCache) -> HalfResult:
               else f"{name} (official)",
               "landmark": f"{name} (landmark-level: every image of the landmark)"}
     # landmark-level: retrieval.evaluate's "landmark" protocol (AP over the full ranking)
-    relevances = relevance_list(dataset, [protocol if p == "official" else "landmark" for p in lm.protocols],
-                                titles={protocol if p == "official" else "landmark": titles[p] for p in lm.protocols})
+    named = {protocol if p == "official" else "landmark": titles[p] for p in lm.protocols if p in titles}
+    relevances = relevance_list(dataset, list(named), titles=named)
+    relevances += revisited_relevances(conf, dataset, name)
     result = HalfResult(dataset=dataset, name=name, relevances=relevances)
     folder = cache.root / "landmark" / name
     cache.fresh("landmark", folder)

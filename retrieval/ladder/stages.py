@@ -105,7 +105,10 @@ def build_shortlist(ranking, path: Path, config: dict, k: int, recompute: bool):
         remove(*Shortlist.paths(path))
     if Shortlist.exists(path):
         try:
-            return Shortlist.load(path, expect_config=config)
+            cached = Shortlist.load(path, expect_config=config)
+            if ranking.query_ids is None or cached.query_ids == [str(q) for q in ranking.query_ids]:
+                return cached
+            say(f"shortlist cache {path} has other queries ({len(cached.query_ids)}); rebuilding")
         except FeatureFileError as exc:
             say(f"shortlist cache not reusable ({exc}); rebuilding")
     shortlist = Shortlist.from_ranking(ranking, k=k, config=config)

@@ -68,7 +68,7 @@ def query_groups(dataset, folds: int = 2) -> Dict[str, str]:
     """``{query id: group}`` of the cross-fitting: GLDv2's Public / Private split where the queries
     have both, else ``folds`` folds of whole query labels (all views of an object or landmark in one
     fold, so no fold chooses on near-copies of its own queries) when there are enough labels, else
-    queries dealt in order. Queries without ground truth (GLDv2's Ignored) are left out."""
+    queries dealt in order (a query no protocol scores is simply never used)."""
     usage = {}
     for qid in dataset.query_ids:
         truth = dataset.ground_truth.get(qid)
@@ -76,13 +76,10 @@ def query_groups(dataset, folds: int = 2) -> Dict[str, str]:
             usage[str(qid)] = truth.usage
     if len(set(usage.values())) == 2:
         return usage
-    qids = [str(q) for q in dataset.query_ids if q in dataset.ground_truth]
-    labels = dataset.query_labels
-    if labels is not None:
-        by_id = {str(q): str(lab) for q, lab in zip(dataset.query_ids, labels)}
-        labels = [by_id[q] for q in qids]
-        if len(set(labels)) < folds:
-            labels = None
+    qids = [str(q) for q in dataset.query_ids]
+    labels = [str(lab) for lab in dataset.query_labels] if dataset.query_labels is not None else None
+    if labels is not None and len(set(labels)) < folds:
+        labels = None
     return fold_groups(qids, labels, folds)
 
 

@@ -123,6 +123,8 @@ def main(conf: EvaluateConfig, ranking: Path, dataset: Union[DatasetConfig, Retr
     ds = open_dataset(dataset) if isinstance(dataset, DatasetConfig) else dataset
     metrics = score(conf, loaded.to_predictions(), ds, kind, source=str(ranking))
     result = {"ranking": str(ranking), "dataset": ds.name, "data": str(ds.root), **_finite(metrics)}
+    if "upright" in ds.metadata:  # Holidays: whether the rotated photos were read upright
+        result["upright"] = ds.metadata["upright"]
     out = Path(out) if out is not None else ranking.with_suffix(".metrics.json")
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     if info is not None:
@@ -143,7 +145,7 @@ def register(subparsers) -> None:
     parser.add_argument("ranking", help="ranking file written by 'retrieval search' or 'retrieval rerank'")
     add_dataset_arguments(parser)
     parser.add_argument("--protocol", default=None,
-                        help="gldv2, oxford, revisited, landmark, general or all; several comma-separated "
+                        help="gldv2, oxford, revisited, landmark, general, holidays, ukbench or all; several comma-separated "
                              "are reported side by side (default: the dataset's own: oxford/paris -> "
                              "oxford,landmark; gldv2 -> gldv2; folder/multiview/os-core -> general)")
     parser.add_argument("--k", type=int, default=100, help="cut-off for map@k, ndcg@k, recall@k")
