@@ -1,4 +1,4 @@
-"""``benchmarks/scale.py``: the ranking stage and GLDv2's CSVs at their real size, the Ray engine's
+"""``retrieval bench scale`` (``benchmarks/scale.py``): the ranking stage and GLDv2's CSVs at their real size, the Ray engine's
 figures, and a cost model of E1-E7 on full GLDv2.
 
 1. IVF-PQ from shards: ``n`` seeded clustered vectors written as HDF5 shards, the index built from them
@@ -212,28 +212,3 @@ def results_markdown(r: dict) -> str:
                   markdown_table(r["e1_e7_projection"])]
     lines += ["", f"E1 on the thesis protocol: {r['e1_thesis_protocol']}.", ""]
     return "\n".join(lines)
-
-
-def main(argv=None, prog: Optional[str] = None) -> int:
-    """The command line of ``benchmarks/scale.py``."""
-    import argparse
-
-    from retrieval.paths import data_root
-
-    parser = argparse.ArgumentParser(prog=prog, description="Scale benchmark: IVF-PQ from shards, GLDv2 CSVs at full size, "
-                                     "the Ray engine's figures and the E1-E7 cost model.")
-    parser.add_argument("--quick", action="store_true", help="small sizes for CI")
-    parser.add_argument("--data", default=None, help="data folder (default: retrieval.paths.data_root())")
-    parser.add_argument("--out", default="results/scale", help="results folder")
-    parser.add_argument("--work", default="cache/scale", help="folder for shards and generated CSVs")
-    parser.add_argument("--workers", type=int, default=32, help="CPU workers N of the projection")
-    parser.add_argument("--gpus", type=int, default=4, help="GPUs G of the projection")
-    parser.add_argument("--gpu-img-per-s", type=float, default=400.0,
-                        help="assumed network throughput of one GPU (images/s; not measured here)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["index", "gldv2", "engine", "cost"], help="parts to skip")
-    args = parser.parse_args(argv)
-    results = run(Path(args.out), Path(args.work), data_root(args.data), quick=args.quick, workers=args.workers,
-                  gpus=args.gpus, gpu_img_per_s=args.gpu_img_per_s, skip=args.skip)
-    print(results_markdown(results))
-    return 0
-

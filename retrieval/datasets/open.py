@@ -24,16 +24,12 @@ from pathlib import Path
 from typing import Literal, Union
 
 from ..config import Config, ConfigError
+from ..dataset_kinds import DATASET_KINDS, DEFAULT_PROTOCOL
 from .base import RetrievalDataset
 from .files import DatasetError
 
 __all__ = ["DATASET_KINDS", "DEFAULT_PROTOCOL", "DatasetConfig", "open_dataset"]
 
-DATASET_KINDS = ("folder", "gldv2", "oxford", "paris", "revisited", "multiview", "os-core")
-
-#: the evaluation protocol(s) a kind comes with (comma-separated: reported side by side)
-DEFAULT_PROTOCOL = {"oxford": "oxford,landmark", "paris": "oxford,landmark", "revisited": "revisited,landmark",
-                    "gldv2": "gldv2", "folder": "general", "multiview": "general", "os-core": "general"}
 
 Kind = Literal["folder", "gldv2", "oxford", "paris", "revisited", "multiview", "os-core"]
 

@@ -21,15 +21,17 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from retrieval.config import Config, ConfigError
+from retrieval.dataset_kinds import LANDMARK_KINDS
 
 __all__ = ["with_dataset", "ObjectConfig", "LandmarkConfig", "FusionGrid", "ExpansionGrid", "LadderConfig", "RERANKERS",
-           "OBJECT_KINDS", "LANDMARK_KINDS", "RELEVANCE"]
+           "OBJECT_KINDS", "LANDMARK_KINDS", "RELEVANCE", "STAGES"]
 
 #: re-ranking rungs: E5 ratio test, E6 VLAD, E7 patch tokens, SV spatial verification, E8 alpha-QE + DBA
 RERANKERS = ("E5", "E6", "E7", "SV", "E8")
 OBJECT_KINDS = ("coil100", "gldv2", "folder")
-LANDMARK_KINDS = ("oxford", "paris", "revisited", "gldv2")
 RELEVANCE = ("official", "landmark")
+#: the cached stages a run can recompute (``recompute``)
+STAGES = ("data", "train", "global", "sift", "vlad", "patch", "shortlist", "landmark")
 
 
 @dataclass(frozen=True)
@@ -103,10 +105,11 @@ class LandmarkConfig(Config):
 
 @dataclass(frozen=True)
 class LadderConfig(Config):
-    """The whole ladder (module docstring). ``data``: the folder holding ``coil100/`` and
-    ``oxford5k_subset/`` (default: :func:`retrieval.paths.data_root`)."""
+    """The whole ladder (module docstring). ``data_root``: the folder holding ``coil100/`` and
+    ``oxford5k_subset/`` ("" = :func:`retrieval.paths.data_root`: $RETRIEVAL_DATA, else ../shared/data);
+    ``recompute``: stages (:data:`STAGES`) whose cached results are ignored."""
 
-    data: str = ""
+    data_root: str = ""
     quick: bool = False
     device: str = "auto"
     backend: str = "auto"
@@ -138,6 +141,9 @@ class LadderConfig(Config):
             raise ConfigError(f"min_gain must be in [0, 1), got {self.min_gain}")
         if self.shortlist < 1:
             raise ConfigError(f"shortlist must be >= 1, got {self.shortlist}")
+        unknown = [stage for stage in self.recompute if stage not in STAGES]
+        if unknown:
+            raise ConfigError(f"recompute: unknown stage(s) {unknown}; stages: {list(STAGES)}")
         if not (self.object.enabled or self.landmark.enabled):
             raise ConfigError("both halves are disabled: enable object or landmark")
 
@@ -145,10 +151,13 @@ class LadderConfig(Config):
 def with_dataset(conf: LadderConfig, kind: Optional[str], path: Optional[str]) -> LadderConfig:
     """``conf`` run on dataset ``kind`` at ``path`` (``--dataset KIND --data PATH``): ``folder`` /
     ``gldv2`` -> the object half alone (trained), ``oxford`` / ``paris`` / ``revisited`` -> the
-    landmark half alone (no training). Without a kind, ``path`` is the folder holding ``coil100/``
-    and ``oxford5k_subset/`` (``data``) and both halves run as configured."""
+    landmark half alone (no training). The folder holding ``coil100/`` and ``oxford5k_subset/`` is
+    not a dataset: it is ``data_root`` (``--data-root``)."""
     if kind is None:
-        return conf.override({"data": str(path)}) if path else conf
+        if path:
+            raise ConfigError(f"--data {path} needs --dataset KIND (the dataset's reader); the folder holding "
+                              f"coil100/ and oxford5k_subset/ is --data-root")
+        return conf
     if kind in OBJECT_KINDS:
         half, other = "object", "landmark"
     elif kind in LANDMARK_KINDS:

@@ -30,7 +30,7 @@ from retrieval.features.sharded_extract import (DEFAULT_SHARD_SIZE, extract_glob
                                                 extract_local_sharded, extract_patches_sharded)
 from retrieval.features.shards import ShardedStore, ShardWriteError, shard_root
 
-__all__ = ["ExtractConfig", "main", "register", "extractor_for", "dataset_images"]
+__all__ = ["ExtractConfig", "main", "extractor_for", "dataset_images"]
 
 FEATURES = ("local", "global", "patches")
 
@@ -146,51 +146,3 @@ def main(conf: Union[ExtractConfig, str], dataset, out: Union[str, os.PathLike],
                        extractor=conf.extractor, engine=conf.engine,
                        bytes_out=target.stat().st_size if target.is_file() else None)
     return target
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-def register(subparsers) -> None:
-    from retrieval.cli import add_dataset_arguments
-
-    parser = subparsers.add_parser("extract", help="features of a whole dataset (sharded, resumable; local or Ray)")
-    parser.add_argument("features", choices=FEATURES, help="local (SIFT family), global or patches (EfficientNet)")
-    add_dataset_arguments(parser)
-    parser.add_argument("--config", required=True,
-                        help="named extractor configuration (SIFT: rootsift-2k, ...; EfficientNet: lite0-gem-224, ...)")
-    parser.add_argument("--out", required=True, help="feature file to write (HDF5); shards go to OUT.shards/")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                        help="override a setting, repeatable: extract settings (n_jobs, shard_size, images, "
-                             "device, threads, decode_threads, num_gpus, on_error, merge) or any key of the "
-                             "extractor configuration (max_keypoints=1000, size=320 ...)")
-    parser.add_argument("--engine", choices=("local", "ray"), default=None, help="where to run (default local)")
-    parser.add_argument("--ray-address", default=None,
-                        help="Ray cluster (default: a running `ray start` cluster, then $RAY_ADDRESS, "
-                             "then a local Ray instance for this run)")
-    parser.add_argument("--shard-size", type=int, default=None, help=f"images per shard (default {DEFAULT_SHARD_SIZE})")
-    parser.add_argument("--n-jobs", type=int, default=None, help="workers (default 2)")
-    parser.set_defaults(func=_cli)
-
-
-def _cli(args) -> int:
-    from retrieval.cli import CLIError, emit_json, load_dataset, parse_options
-
-    from ..config import parse_overrides
-
-    own = {f.name for f in dataclasses.fields(ExtractConfig)} - {"options", "features", "extractor"}
-    overrides = parse_overrides(args.set)
-    settings = {k: v for k, v in overrides.items() if k in own}
-    options = parse_options([f"{k}={v}" for k, v in overrides.items() if k not in own])
-    for key, value in (("shard_size", args.shard_size), ("n_jobs", args.n_jobs)):
-        if value is not None:
-            settings[key] = value
-    conf = ExtractConfig(features=args.features, extractor=args.config, options=options).override(settings)
-    dataset = load_dataset(args)
-    summary: dict = {}
-    try:
-        main(conf, dataset, args.out, engine=args.engine, ray_address=args.ray_address,
-             progress=not args.quiet, summary=summary)
-    except (ShardWriteError, ExtractionError) as exc:  # a full disk, an unreadable image: one line
-        raise CLIError(str(exc)) from None
-    emit_json(json.loads(json.dumps(summary, default=str)))
-    return 0

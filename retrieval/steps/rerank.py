@@ -20,7 +20,7 @@ from typing import Any, Dict, Literal, Optional
 
 from ..config import Config, ConfigError
 
-__all__ = ["RerankConfig", "main", "register", "make_scorer", "shortlist_scores", "fused_ranking"]
+__all__ = ["RerankConfig", "main", "make_scorer", "shortlist_scores", "fused_ranking"]
 
 Scorer = Literal["spatial", "ratio", "vlad", "patch"]
 Norm = Literal["none", "minmax", "saturate", "exp", "zscore"]
@@ -159,42 +159,3 @@ def main(conf: RerankConfig, ranking: Path, query_local: Path, db_local: Path, o
         info.update(queries=len(base), shortlist=shortlist.k, ranked=base.k, scorer=conf.scorer, v=conf.v,
                     seconds=round(time.perf_counter() - start, 3))
     return Path(out)
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("rerank", help="re-rank a ranking's shortlist with local evidence "
-                                                  "(v*global + (1-v)*local)")
-    parser.add_argument("ranking", help="ranking file (retrieval search)")
-    parser.add_argument("--query-local", required=True, help="local feature store of the queries")
-    parser.add_argument("--db-local", required=True, help="local feature store of the database images")
-    parser.add_argument("--scorer", default="spatial", choices=("spatial", "ratio", "vlad", "patch"),
-                        help="local evidence (default spatial: inliers of spatial verification)")
-    parser.add_argument("--config", default="", help="spatial: named configuration (e.g. affine-ransac-mutual)")
-    parser.add_argument("--option", action="append", metavar="KEY=VALUE",
-                        help="scorer option, repeatable (ratio=0.8, mutual=true, threshold=8, method=magsac ...)")
-    parser.add_argument("--model", default=None, help="vlad: encoder file (retrieval encode --model)")
-    parser.add_argument("--shortlist", type=int, default=100, help="results re-ranked per query (default 100)")
-    parser.add_argument("--v", type=float, default=0.5, help="weight of the global score in [0, 1] (default 0.5)")
-    parser.add_argument("--norm", default="minmax", choices=("none", "minmax", "saturate", "exp", "zscore"),
-                        help="normalisation of the local score over a shortlist (default minmax)")
-    parser.add_argument("--T", type=float, default=None, help="scale of the saturate / exp normalisations")
-    parser.add_argument("--out", required=True, help="ranking file to write (JSON)")
-    parser.set_defaults(func=_handle)
-
-
-def _handle(args) -> int:
-    from ..cli import emit_json, parse_options, progress_enabled, require_file, require_output, writing
-
-    ranking = require_file(args.ranking, "ranking file", "json")
-    q_local = require_file(args.query_local, "query local feature store", "hdf5")
-    db_local = require_file(args.db_local, "database local feature store", "hdf5")
-    model = require_file(args.model, "encoder file", "npz") if args.model else None
-    require_output(args.out, "ranking")
-    conf = RerankConfig(scorer=args.scorer, config=args.config, options=parse_options(args.option),
-                        shortlist=args.shortlist, v=args.v, norm=args.norm, T=args.T)
-    info: dict = {}
-    with writing(args.out, "ranking"):
-        out = main(conf, ranking, q_local, db_local, Path(args.out), model=model, progress=progress_enabled(args),
-                   info=info)
-    emit_json({"ranking": str(out), **info})
-    return 0

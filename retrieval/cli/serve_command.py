@@ -1,4 +1,5 @@
-"""``retrieval serve``: the search page and JSON API over a saved index (or an experiment's results).
+"""``retrieval serve``: the search page and JSON API over a saved index (or an experiment's results),
+served by :mod:`retrieval.serve`.
 
     retrieval serve --experiment RESULTS_DIR
     retrieval serve --index INDEX.npz --features FEATURES.h5 --images ROOT [--local SIFT.h5]
@@ -12,14 +13,16 @@ import sys
 import threading
 from pathlib import Path
 
+from ..checks import CLIError
+from .arguments import add_dataset_arguments, load_dataset
+from .output import emit_json
+
 __all__ = ["register", "open_from_args", "LOOPBACK"]
 
 LOOPBACK = "127.0.0.1"
 
 
 def register(subparsers) -> None:
-    from retrieval.cli import add_dataset_arguments
-
     parser = subparsers.add_parser(
         "serve", help="web page and JSON API over a saved index (search by id or upload, local evidence, "
                       "fusion, ground truth, a results folder)")
@@ -48,10 +51,8 @@ def register(subparsers) -> None:
 
 def open_from_args(args):
     """(catalog, results folder or None) from the parsed options."""
-    from retrieval.cli import CLIError, load_dataset
-
-    from .catalog import Catalog
-    from .results import ResultsFolder, experiment_sources
+    from ..serve.catalog import Catalog
+    from ..serve.results import ResultsFolder, experiment_sources
 
     sources = {"index": args.index, "features": args.features, "images": args.images, "queries": args.queries,
                "local": args.local}
@@ -87,9 +88,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _serve(args) -> int:
-    from retrieval.cli import CLIError, emit_json
-
-    from .uploads import UploadLimits
+    from ..serve.uploads import UploadLimits
 
     if not 0 < args.port < 65536:
         raise CLIError(f"--port must be 1-65535, got {args.port}")
@@ -103,7 +102,7 @@ def _serve(args) -> int:
         return 0
     import uvicorn
 
-    from .app import create_app
+    from ..serve.app import create_app
 
     if not _is_loopback(args.host):
         print(f"retrieval: warning: serving on {args.host}, reachable from other machines; the API has no "
