@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
-from retrieval.index import DEFAULT_MEMORY_MB, Index, Ranking
+from retrieval.index import Index, Ranking
 from retrieval.report import peak_rss_mb, write_results
 from retrieval.scale.sources import unit_vectors
 

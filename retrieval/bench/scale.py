@@ -79,7 +79,7 @@ def index_at_scale(work: Path, n: int, dim: int, shards: int, queries: int, nlis
                                                   seed=seed, queries=queries)
     print(f"[index] {n} x {dim} vectors in {shards} shards ({time.perf_counter() - t0:.0f} s)", flush=True)
     index_path = work / f"ivfpq-{n}x{dim}.npz"
-    built, stats = run_measured("retrieval.bench.scale:build_from_shards", shard_dir=str(shard_dir),
+    built, stats = run_measured(build_from_shards, shard_dir=str(shard_dir),
                                 out_path=str(index_path), nlist=nlist, m=m, seed=seed)
     print(f"[index] IVF-PQ built in {stats['seconds']:.0f} s, peak RSS {stats['peak_rss_mb']:.0f} MB", flush=True)
     source = h5_shards(paths)
@@ -93,7 +93,7 @@ def index_at_scale(work: Path, n: int, dim: int, shards: int, queries: int, nlis
     # the same index with its lists on disk, built shard by shard in a child process
     on_disk_dir = work / f"ivfpq-{n}x{dim}-on-disk"
     shutil.rmtree(on_disk_dir, ignore_errors=True)
-    _, disk_stats = run_measured("retrieval.bench.scale:build_on_disk_from_shards", shard_dir=str(shard_dir),
+    _, disk_stats = run_measured(build_on_disk_from_shards, shard_dir=str(shard_dir),
                                  out_dir=str(on_disk_dir), nlist=nlist, m=m, seed=seed)
     on_disk = load_on_disk(on_disk_dir)
     t0 = time.perf_counter()
@@ -131,7 +131,7 @@ def gldv2_csvs(work: Path, data_root: Path, scale: float) -> dict:
         t0 = time.perf_counter()
         generate_gldv2(root, [data_root / "oxford5k_subset" / "images"], scale=scale, progress=False)
         print(f"[gldv2] generated at scale {scale:g} in {time.perf_counter() - t0:.0f} s", flush=True)
-    counts, stats = run_measured("retrieval.bench.scale:read_tables_job", root=str(root))
+    counts, stats = run_measured(read_tables_job, root=str(root))
     csv_mb = sum(p.stat().st_size for p in root.glob("*.csv")) / 2 ** 20
     print(f"[gldv2] read {counts} in {stats['seconds']:.1f} s, peak RSS {stats['peak_rss_mb']:.0f} MB", flush=True)
     return {"gldv2_scale": scale, "gldv2_rows": counts, "gldv2_csv_mb": csv_mb, "gldv2_csv_read_s": stats["seconds"],

@@ -56,7 +56,7 @@ class ExpansionGrid(Config):
 class ObjectConfig(Config):
     enabled: bool = True
     dataset: str = "coil100"
-    data: str = ""                          # "" = <data>/coil100 (coil100), else the dataset folder
+    data: str = ""                          # "" = <data_root>/coil100 (coil100), else the dataset folder
     gldv2_protocol: str = "kaggle"          # gldv2: Kaggle's index/test split, or "thesis" (gldv2_tables)
     train_fraction: float = 0.5             # folder: first half of the labels (natural order) train
     query_step: int = 8                     # folder / coil100: every query_step-th test image a query
@@ -84,7 +84,7 @@ class ObjectConfig(Config):
 class LandmarkConfig(Config):
     enabled: bool = True
     dataset: str = "oxford"
-    data: str = ""                          # "" = <data>/oxford5k_subset
+    data: str = ""                          # "" = <data_root>/oxford5k_subset
     protocols: Tuple[str, ...] = RELEVANCE
     global_config: str = "lite0-blocks-gem-ms-512"
     patch_config: str = "lite0-patch-224"

@@ -7,7 +7,6 @@ the number and dimension of the vectors, not on where they came from. ``retrieva
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import socket
@@ -15,7 +14,7 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 

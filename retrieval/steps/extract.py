@@ -18,17 +18,15 @@ Python: ``main(conf, dataset, out, engine=..., ray_address=...) -> Path`` with `
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from retrieval.config import Config, ConfigError
-from retrieval.features.extract import ExtractionError
 from retrieval.features.sharded_extract import (DEFAULT_SHARD_SIZE, extract_global_sharded,
                                                 extract_local_sharded, extract_patches_sharded)
-from retrieval.features.shards import ShardedStore, ShardWriteError, shard_root
+from retrieval.features.shards import ShardedStore, shard_root
 
 __all__ = ["ExtractConfig", "main", "extractor_for", "dataset_images"]
 
