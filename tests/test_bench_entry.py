@@ -86,3 +86,15 @@ def test_every_script_is_an_alias_of_a_command():
         with pytest.raises(SystemExit) as info:
             parser.parse_args([*command, "--help"])
         assert info.value.code == 0, f"{script.name}: retrieval {' '.join(command)}"
+
+
+def test_the_ladder_runs_one_way(capsys):
+    from retrieval.cli import main
+
+    # retrieval run e1-e7 is the one door; the old second door is closed
+    assert main(["bench", "e1-e7", "--help"]) == 2
+    assert "invalid choice: 'e1-e7'" in capsys.readouterr().err
+    script = (ROOT / "benchmarks" / "e1_e7.py").read_text()
+    assert 'main(["run", "e1-e7", *sys.argv[1:]])' in script
+    makefile = (ROOT / "Makefile").read_text()
+    assert makefile.count("retrieval run e1-e7") == 2 and "benchmarks/e1_e7.py" not in makefile.split("bench:")[1]

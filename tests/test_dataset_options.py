@@ -159,7 +159,8 @@ def test_the_rule_on_each_shape_of_settings():
 
     plain = type("Protocol", (), {})()
     for conf in (Nothing(), TextFields()):
-        with pytest.raises(ConfigError, match=r"^experiment toy: its protocol takes no dataset \(--dataset / --data\)$"):
+        with pytest.raises(ConfigError,
+                           match=r"^experiment toy: its protocol takes no dataset \(--dataset / --data\)$"):
             apply_dataset_options(plain, conf, "folder", "/x", experiment="toy")
     assert apply_dataset_options(plain, Table(), "oxford", "/x").dataset == DatasetConfig(kind="oxford", path="/x")
     assert apply_dataset_options(plain, Nothing(), None, None) == Nothing()

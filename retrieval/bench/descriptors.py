@@ -55,7 +55,8 @@ class DescriptorStudyConfig(Config):
 
     def check(self) -> None:
         if self.dataset.kind not in LANDMARK_KINDS:
-            raise ConfigError(f"dataset.kind must be a landmark set, one of {LANDMARK_KINDS}, got {self.dataset.kind!r}")
+            raise ConfigError(f"dataset.kind must be a landmark set, one of {LANDMARK_KINDS}, "
+                              f"got {self.dataset.kind!r}")
         if not self.dataset.path:
             raise ConfigError("dataset.path: the landmark set's folder is missing")
         if any(layer not in LAYERS for layer in self.layers) or not self.layers:

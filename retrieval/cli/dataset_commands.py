@@ -21,7 +21,8 @@ __all__ = ["register"]
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("dataset", help="dataset tools: info, check, export-gldv2, profile, synth-gldv2")
-    sub = parser.add_subparsers(dest="dataset_command", metavar="{info,check,export-gldv2,profile,synth-gldv2}", required=True)
+    sub = parser.add_subparsers(dest="dataset_command", metavar="{info,check,export-gldv2,profile,synth-gldv2}",
+                                required=True)
 
     info = sub.add_parser("info", help="summary of a dataset as a reader sees it")
     add_dataset_arguments(info)

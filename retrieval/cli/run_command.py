@@ -36,7 +36,8 @@ __all__ = ["register"]
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "run", help="run an experiment file (TOML/YAML) or a shipped experiment (e1-e7: the E1-E8 ladder)",
-        description=__doc__.split("\n\n")[0], epilog=__doc__[__doc__.index("    retrieval run"):],
+        description="Run an experiment file (or a shipped experiment, by name) through its protocol.",
+        epilog=__doc__[__doc__.index("    retrieval run"):],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", help="experiment file, or the name of a shipped one "
                                            "('retrieval run --list' lists them)", nargs="?")

@@ -26,7 +26,8 @@ __all__ = ["register"]
 def register(subparsers) -> None:
     """Add the ``train`` command group (classifier / siamese / configs) to an argparse sub-parsers object."""
     parser = subparsers.add_parser("train", help="train an embedding network (E2 classifier, E3/E4 Siamese)",
-                                   description=__doc__.split("\n\n")[0], epilog=__doc__[__doc__.index("    retrieval train"):],
+                                   description=__doc__.split("\n\n")[0],
+                                   epilog=__doc__[__doc__.index("    retrieval train"):],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_commands(parser)
     parser.set_defaults(func=_run)
