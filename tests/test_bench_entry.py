@@ -96,5 +96,16 @@ def test_the_ladder_runs_one_way(capsys):
     assert "invalid choice: 'e1-e7'" in capsys.readouterr().err
     script = (ROOT / "benchmarks" / "e1_e7.py").read_text()
     assert 'main(["run", "e1-e7", *sys.argv[1:]])' in script
-    makefile = (ROOT / "Makefile").read_text()
-    assert makefile.count("retrieval run e1-e7") == 2 and "benchmarks/e1_e7.py" not in makefile.split("bench:")[1]
+    recipes = [line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith("\t")]
+    ladder = [line for line in recipes if "e1" in line]
+    assert len(ladder) == 2 and all("/retrieval run e1-e7 " in line for line in ladder), ladder
+
+
+def test_index_speed_runs_from_the_command_line(tmp_path, capsys):
+    from retrieval.cli import main
+
+    assert main(["bench", "index-speed", "--n", "300", "--dim", "8", "--queries", "5", "--k", "3",
+                 "--repeats", "1", "--out", str(tmp_path / "out")]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["args"]["n"] == 300 and "func" not in results["args"]
+    assert "exact" in {row["backend"] for row in results["rows"]}

@@ -167,6 +167,9 @@ def _dataset_synth(args) -> int:
     from ..datasets.gldv2_synth import generate_gldv2
 
     require_output(args.out, "GLDv2 folder", folder=True)
+    for pool in args.pool:
+        if not Path(pool).is_dir():
+            raise CLIError(f"{pool}: no such image folder (--pool)")
     emit_json(generate_gldv2(args.out, args.pool, scale=args.scale, seed=args.seed, images=args.images,
-                             link=args.link))
+                             link=args.link, progress=progress_enabled(args)))
     return 0
