@@ -20,11 +20,12 @@ $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
 test: install
 	$(VENV)/bin/pytest -q
 
+# the main job: the E1-E8 ladder, `retrieval run e1-e7` (benchmarks/e1_e7.py is the same)
 bench: install
-	RETRIEVAL_DATA=$(DATA) $(PY) benchmarks/e1_e7.py --data $(DATA) --out $(OUT)
+	$(VENV)/bin/retrieval run e1-e7 --data-root $(DATA) --out $(OUT) --cache cache/e1_e7
 
 bench-quick: install
-	RETRIEVAL_DATA=$(DATA) $(PY) benchmarks/e1_e7.py --data $(DATA) --out results/e1_e7_quick --quick
+	$(VENV)/bin/retrieval run e1-e7 --data-root $(DATA) --out results/e1_e7_quick --cache cache/e1_e7 --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,19 +1,15 @@
-"""The E1-E8 ladder in one command (the default experiment, retrieval/experiments/e1-e7.toml, on
-COIL-100 and the Oxford subset; any dataset with ``--dataset KIND --data PATH``). The protocol lives
-in :mod:`retrieval.ladder` (also ``retrieval bench e1-e7`` and ``retrieval run``); ``--help`` lists
-the options.
+"""The E1-E8 ladder: an alias of ``retrieval run e1-e7`` (the shipped experiment retrieval/experiments/e1-e7.toml,
+COIL-100 and the Oxford subset; the protocol is :mod:`retrieval.ladder`). Same options (``--help``).
 
-    .venv/bin/python benchmarks/e1_e7.py --data ../shared/data                 # full run
-    .venv/bin/python benchmarks/e1_e7.py --data ../shared/data --quick         # CI (make bench-quick)
+    python benchmarks/e1_e7.py                                   # = retrieval run e1-e7 (make bench)
+    python benchmarks/e1_e7.py --quick                           # = retrieval run e1-e7 --quick (make bench-quick)
+    python benchmarks/e1_e7.py --data-root ../shared/data        # the folder holding coil100/ and oxford5k_subset/
+    python benchmarks/e1_e7.py --dataset oxford --data /data/paris6k --set landmark.dataset=paris
 """
-from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from retrieval.ladder.cli import main  # noqa: E402
+from retrieval.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="e1_e7.py"))
+    sys.exit(main(["run", "e1-e7", *sys.argv[1:]]))

@@ -1,17 +1,14 @@
-"""Spatial verification of a landmark set's global shortlist (experiment retrieval/experiments/spatial.toml, the ladder's landmark half with the SV rung).
+"""Spatial verification of a landmark set's global shortlist (the ladder's landmark half with the SV rung):
+an alias of ``retrieval run spatial`` (experiment retrieval/experiments/spatial.toml).
 
-    .venv/bin/python benchmarks/spatial_rerank.py --data ../shared/data            # the default data root
-    .venv/bin/python benchmarks/spatial_rerank.py --dataset KIND --data PATH       # any dataset the ladder takes
-    .venv/bin/python benchmarks/spatial_rerank.py --quick --set KEY=VALUE
+    python benchmarks/spatial_rerank.py                                     # the Oxford subset of the data root
+    python benchmarks/spatial_rerank.py --dataset KIND --data PATH          # any landmark set the ladder takes
+    python benchmarks/spatial_rerank.py --quick --set KEY=VALUE
 """
-from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from retrieval.bench.entry import run_experiment  # noqa: E402
+from retrieval.cli import main
 
 if __name__ == "__main__":
-    sys.exit(run_experiment("spatial", prog="spatial_rerank.py", description=__doc__.splitlines()[0]))
+    sys.exit(main(["run", "spatial", *sys.argv[1:]]))

@@ -21,3 +21,10 @@ def data_root(override: Optional[str] = None) -> Path:
     if candidate.is_dir():
         return candidate
     return Path.cwd().parent / "shared" / "data"
+
+
+def data_path(path: str) -> Path:
+    """``path`` as given when it is absolute or exists from the current folder, else under the data folder
+    (:func:`data_root`): how experiment files name datasets (``path = "coil100"``)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or p.exists() else data_root() / p

@@ -174,3 +174,11 @@ def write_results(rows: List[dict], out_dir: PathLike, columns: Optional[Sequenc
     table = markdown_table(rows, columns)
     atomic_write_text(out_dir / "results.md", (f"## {title}\n\n" if title else "") + table + "\n")
     return table
+
+
+def finite_metrics(metrics: Dict[str, object]) -> Dict[str, object]:
+    """``metrics`` with every undefined (NaN or infinite) float as None: JSON has no NaN, so an
+    undefined metric is reported as null."""
+    import math
+
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}

@@ -1,12 +1,15 @@
-"""The thin benchmark entry points run as scripts, on a few images: benchmarks/deep_speed.py on any
-dataset (``--dataset KIND --data PATH``) and benchmarks/store_integrity.py, each writing its
-results.json; a user error is one line and exit status 2."""
+"""The benchmark scripts are one-line aliases of ``retrieval bench ...`` / ``retrieval run ...`` and run as
+scripts from the repository root, on a few images: benchmarks/deep_speed.py on any dataset
+(``--dataset KIND --data PATH``) and benchmarks/store_integrity.py, each writing its results.json; a
+user error is one line and exit status 2; no script puts the repository root on ``sys.path``."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +54,7 @@ def test_deep_speed_on_a_few_images(coil100_dir, tmp_path):
 def test_deep_speed_needs_the_folder_of_another_dataset(tmp_path):
     done = _script("deep_speed.py", "--dataset", "paris", "--out", tmp_path / "out")
     assert done.returncode == 2
-    assert done.stderr.strip() == "deep_speed.py: error: --dataset paris needs its folder (--data PATH)"
+    assert done.stderr.strip() == "retrieval: error: --dataset paris needs its folder (--data PATH)"
 
 
 def test_store_integrity_writes_its_report(tmp_path):
@@ -65,3 +68,44 @@ def test_store_integrity_writes_its_report(tmp_path):
     assert set(results["median_seconds"]) == {"put", "put_no_reserve", "put_bare", "get_verify", "get_no_verify",
                                               "append", "append_no_reserve", "load_verify", "load_no_verify"}
     assert (tmp_path / "out" / "results.md").is_file()
+
+
+def test_every_script_is_an_alias_of_a_command():
+    import ast
+
+    from retrieval.cli import build_parser
+
+    parser = build_parser()
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        text = script.read_text()
+        assert "sys.path" not in text, f"{script.name} edits sys.path"
+        calls = [n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "main"]
+        assert len(calls) == 1, script.name
+        command = [elt.value for elt in calls[0].args[0].elts if isinstance(elt, ast.Constant)]
+        # the command exists: parsing it with --help exits 0 (an unknown command exits 2)
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([*command, "--help"])
+        assert info.value.code == 0, f"{script.name}: retrieval {' '.join(command)}"
+
+
+def test_the_ladder_runs_one_way(capsys):
+    from retrieval.cli import main
+
+    # retrieval run e1-e7 is the one door; the old second door is closed
+    assert main(["bench", "e1-e7", "--help"]) == 2
+    assert "invalid choice: 'e1-e7'" in capsys.readouterr().err
+    script = (ROOT / "benchmarks" / "e1_e7.py").read_text()
+    assert 'main(["run", "e1-e7", *sys.argv[1:]])' in script
+    recipes = [line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith("\t")]
+    ladder = [line for line in recipes if "e1" in line]
+    assert len(ladder) == 2 and all("/retrieval run e1-e7 " in line for line in ladder), ladder
+
+
+def test_index_speed_runs_from_the_command_line(tmp_path, capsys):
+    from retrieval.cli import main
+
+    assert main(["bench", "index-speed", "--n", "300", "--dim", "8", "--queries", "5", "--k", "3",
+                 "--repeats", "1", "--out", str(tmp_path / "out")]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["args"]["n"] == 300 and "func" not in results["args"]
+    assert "exact" in {row["backend"] for row in results["rows"]}

@@ -85,9 +85,13 @@ def test_whitening_is_never_learned_on_the_searched_set(trees, tmp_path):
 
 def test_config_defaults_and_strictness(tmp_path):
     from retrieval.bench.classical import ClassicalConfig
-    from retrieval.bench.entry import read_experiment
     from retrieval.protocols import load_protocol
-    from retrieval.steps.experiment import apply_dataset_options
+    from retrieval.steps.experiment import apply_dataset_options, load_experiment
+
+    def read_experiment(path, kind=None):
+        experiment = load_experiment(path)
+        assert kind is None or experiment.kind == kind
+        return experiment.module, experiment.conf
 
     assert load_protocol("classical").CONFIG is ClassicalConfig
     _, conf = read_experiment(ROOT / "retrieval" / "experiments" / "classical.toml", kind="classical")

@@ -427,14 +427,18 @@ def test_export_gldv2_of_a_class_tree_splits_its_labels_in_halves(tmp_path, caps
     assert len(ds.query_ids) == 2 * VIEWS // 3 and len(ds.db_ids) == 2 * VIEWS - len(ds.query_ids)
 
 
-def test_cli_dataset_kinds_are_the_readers_kinds():
-    # retrieval.cli keeps its own copy so that `retrieval --help` imports no numpy; it must not drift
-    import sys
+def test_cli_dataset_kinds_are_the_readers_kinds_and_help_loads_no_numpy():
+    # one table of kinds (retrieval.dataset_kinds, no numpy) for the readers and the command line
     import subprocess
+    import sys
 
-    from retrieval.cli import DATASET_TYPES
+    from retrieval import dataset_kinds
+    from retrieval.cli.arguments import DATASET_KINDS as cli_kinds
     from retrieval.datasets.open import DATASET_KINDS
 
-    assert tuple(DATASET_TYPES) == tuple(DATASET_KINDS)
-    code = "import sys, retrieval.cli; print('numpy' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    assert DATASET_KINDS is dataset_kinds.DATASET_KINDS and cli_kinds is DATASET_KINDS
+    code = ("import sys, contextlib, io\nfrom retrieval.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    main(['--help']); main(['run', '--help'])\n"
+            "print(sorted(m for m in ('numpy', 'torch', 'scipy', 'cv2') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "[]", done.stderr

@@ -1,17 +1,25 @@
-"""``--dataset KIND --data PATH`` mean the same through ``retrieval run EXPERIMENT`` and through a
-benchmark script (:func:`retrieval.bench.entry.run_experiment`): one rule,
-:func:`retrieval.steps.experiment.apply_dataset_options`. Checked on the settings each protocol's
-``main`` receives (replaced by a stand-in: nothing runs)."""
+"""``--dataset KIND --data PATH`` mean the dataset everywhere, through ``retrieval run EXPERIMENT`` and
+through the benchmark script that aliases it (one rule,
+:func:`retrieval.steps.experiment.apply_dataset_options`): every protocol of one dataset reads it from a
+``[dataset]`` table (kind, path); the ladder's own hook picks the half that runs, and the folder holding
+coil100/ and oxford5k_subset/ is ``--data-root``. The run flags (``--quick``, ``--recompute``,
+``--quiet``) are checked the same way. Checked on the settings each protocol's ``main`` receives
+(replaced by a stand-in: nothing runs)."""
 from __future__ import annotations
 
 import dataclasses
+import runpy
+import sys
+from pathlib import Path
 
 import pytest
 
-from retrieval.bench.entry import run_experiment
 from retrieval.cli import main as cli_main
 from retrieval.config import Config, ConfigError
+from retrieval.datasets.open import DatasetConfig
 from retrieval.steps.experiment import apply_dataset_options
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _received(monkeypatch, module_name: str) -> list:
@@ -29,59 +37,110 @@ def _received(monkeypatch, module_name: str) -> list:
     return seen
 
 
-def _both_spellings(monkeypatch, tmp_path, capsys, module_name, experiment, *options):
+def _script(monkeypatch, name: str, *argv) -> int:
+    """``python benchmarks/NAME ARGV...``, in this process (so that the stand-in ``main`` is seen)."""
+    monkeypatch.setattr(sys, "argv", [name, *argv])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(ROOT / "benchmarks" / name), run_name="__main__")
+    return info.value.code
+
+
+def _both_spellings(monkeypatch, tmp_path, capsys, module_name, experiment, script, *options):
     seen = _received(monkeypatch, module_name)
     assert cli_main(["--quiet", "run", experiment, *options, "--out", str(tmp_path / "a")]) == 0, \
         capsys.readouterr().err
-    assert run_experiment(experiment, [*options, "--out", str(tmp_path / "b")]) == 0, capsys.readouterr().err
+    assert _script(monkeypatch, script, "--quiet", *options, "--out", str(tmp_path / "b")) == 0, \
+        capsys.readouterr().err
     assert len(seen) == 2 and seen[0] == seen[1]
     return seen[0]
 
 
-def test_descriptors_take_dataset_and_data_the_same_way(monkeypatch, tmp_path, capsys):
+def _one_line_error(capsys, argv) -> str:
+    code = cli_main(["--quiet", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("retrieval: error: "), err
+    return err[0]
+
+
+def test_descriptors_read_their_landmark_set_from_a_dataset_table(monkeypatch, tmp_path, capsys):
     conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.bench.descriptors", "oxford-descriptors",
-                           "--dataset", "paris", "--data", "/data/paris6k")
-    assert (conf.dataset, conf.data) == ("paris", "/data/paris6k")
+                           "deep_oxford.py", "--dataset", "paris", "--data", "/data/paris6k")
+    assert conf.dataset == DatasetConfig(kind="paris", path="/data/paris6k")
     conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.bench.descriptors", "oxford-descriptors",
-                           "--data", "/data/ox")
-    assert (conf.dataset, conf.data) == ("oxford", "/data/ox")
+                           "deep_oxford.py", "--data", "/data/ox")
+    assert (conf.dataset.kind, conf.dataset.path) == ("oxford", "/data/ox")
+    # a kind without landmark ground truth is refused in one line naming the experiment
+    line = _one_line_error(capsys, ["run", "oxford-descriptors", "--dataset", "folder", "--data", "/x"])
+    assert "experiment oxford-descriptors" in line and "dataset.kind must be a landmark set" in line
 
 
 def test_a_dataset_section_takes_dataset_and_data_the_same_way(monkeypatch, tmp_path, capsys):
-    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.bench.classical", "classical",
+    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.bench.classical", "classical", "classical.py",
                            "--dataset", "folder", "--data", "/data/tree")
     assert (conf.dataset.kind, conf.dataset.path) == ("folder", "/data/tree")
-    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.bench.classical", "classical", "--data", "/ox")
+    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.bench.classical", "classical", "classical.py",
+                           "--data", "/ox")
     assert (conf.dataset.kind, conf.dataset.path) == ("oxford", "/ox")
 
 
-def test_ladder_takes_dataset_and_data_the_same_way(monkeypatch, tmp_path, capsys):
-    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.ladder.run", "e1-e7",
+def test_ladder_takes_a_dataset_and_the_data_root_apart(monkeypatch, tmp_path, capsys):
+    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.ladder.run", "e1-e7", "e1_e7.py",
                            "--dataset", "paris", "--data", "/data/paris6k")
     assert (conf.landmark.dataset, conf.landmark.data) == ("paris", "/data/paris6k")
     assert conf.landmark.enabled and not conf.object.enabled
-    # without a kind, --data is the folder holding coil100/ and oxford5k_subset/: both halves run
-    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.ladder.run", "e1-e7", "--data", "/data")
-    assert conf.data == "/data" and conf.landmark.enabled and conf.object.enabled
+    # the folder holding coil100/ and oxford5k_subset/ is --data-root: both halves run
+    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.ladder.run", "e1-e7", "e1_e7.py",
+                           "--data-root", str(tmp_path))
+    assert conf.data_root == str(tmp_path) and conf.landmark.enabled and conf.object.enabled
+    # --data is a dataset: without its kind it is refused (it used to mean the data root)
+    line = _one_line_error(capsys, ["run", "e1-e7", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert "needs --dataset KIND" in line and "--data-root" in line
+    line = _one_line_error(capsys, ["run", "e1-e7", "--data-root", str(tmp_path / "nowhere")])
+    assert "nowhere: no such data folder (--data-root)" in line
 
 
-def test_multiview_takes_its_layout_both_ways_and_refuses_an_unknown_one_in_one_line(monkeypatch, tmp_path, capsys):
-    from retrieval.bench.multiview import cli_main as multiview_main
-
+def test_multiview_reads_a_dataset_table_and_refuses_other_kinds_in_one_line(monkeypatch, tmp_path, capsys):
     seen = _received(monkeypatch, "retrieval.bench.multiview")
     assert cli_main(["--quiet", "run", "multiview", "--dataset", "multiview", "--data", "/x",
                      "--out", str(tmp_path / "a")]) == 0
-    assert multiview_main(["--dataset", "multiview", "--data", "/x", "--out", str(tmp_path / "b"),
-                           "--cache", str(tmp_path / "c")]) == 0
-    assert len(seen) == 2 and seen[0] == seen[1] and (seen[0].dataset, seen[0].data) == ("multiview", "/x")
-    code = cli_main(["--quiet", "run", "multiview", "--dataset", "gldv2", "--data", "/x", "--out", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "experiment multiview" in err and "dataset must be one of views, folder, multiview" in err
-    with pytest.raises(SystemExit) as exit_:        # benchmarks/multiview.py: the same choices, in its parser
-        multiview_main(["--dataset", "gldv2", "--data", "/x", "--out", str(tmp_path)], prog="multiview.py")
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "invalid choice: 'gldv2'" in err and "'views', 'folder', 'multiview'" in err
+    assert _script(monkeypatch, "multiview.py", "--dataset", "multiview", "--data", "/x",
+                   "--out", str(tmp_path / "b")) == 0
+    assert len(seen) == 2 and seen[0] == seen[1] and seen[0].dataset == DatasetConfig(kind="multiview", path="/x")
+    line = _one_line_error(capsys, ["run", "multiview", "--dataset", "gldv2", "--data", "/x", "--out", str(tmp_path)])
+    assert "experiment multiview" in line and "dataset.kind must be folder" in line
+    code = _script(monkeypatch, "multiview.py", "--dataset", "gldv2", "--data", "/x", "--out", str(tmp_path))
+    assert code == 2 and "dataset.kind must be folder" in capsys.readouterr().err
+
+
+def test_multiview_layout_follows_the_folder(tmp_path):
+    from retrieval.bench.multiview import view_layout
+
+    views, tree = tmp_path / "views", tmp_path / "tree"
+    views.mkdir()
+    tree.mkdir()
+    (views / "labels.csv").write_text("filename,object_id,azimuth_deg\na.png,1,0\n")
+    assert view_layout(DatasetConfig(kind="folder", path=str(views)), views) == "views"
+    assert view_layout(DatasetConfig(kind="folder", path=str(tree)), tree) == "folder"
+    assert view_layout(DatasetConfig(kind="multiview", path=str(tree)), tree) == "multiview"
+
+
+def test_quick_recompute_and_quiet_are_settings_of_the_protocol(monkeypatch, tmp_path, capsys):
+    seen = _received(monkeypatch, "retrieval.ladder.run")
+    assert cli_main(["--quiet", "run", "e1-e7", "--quick", "--recompute", "--out", str(tmp_path / "a")]) == 0
+    assert cli_main(["run", "e1-e7", "--recompute", "sift", "vlad", "--out", str(tmp_path / "b")]) == 0
+    from retrieval.ladder.config import STAGES
+
+    assert seen[0].quick and seen[0].recompute == STAGES and not seen[0].progress
+    assert not seen[1].quick and seen[1].recompute == ("sift", "vlad") and seen[1].progress
+    line = _one_line_error(capsys, ["run", "e1-e7", "--recompute", "siftt", "--out", str(tmp_path / "c")])
+    assert "unknown stage(s) ['siftt']" in line
+    line = _one_line_error(capsys, ["run", "classical", "--recompute", "--out", str(tmp_path / "c")])
+    assert "caches no stages" in line
+    mv = _received(monkeypatch, "retrieval.bench.multiview")
+    assert cli_main(["--quiet", "run", "multiview", "--quick", "--out", str(tmp_path / "d")]) == 0
+    assert mv[0].max_objects == 10 and mv[0].distill_epochs == (1, 2)      # the protocol's QUICK settings
+    line = _one_line_error(capsys, ["run", "global-descriptor", "--quick", "--out", str(tmp_path / "e")])
+    assert "has no quick mode" in line
 
 
 def test_the_rule_on_each_shape_of_settings():
@@ -90,15 +149,21 @@ def test_the_rule_on_each_shape_of_settings():
         k: int = 1
 
     @dataclasses.dataclass(frozen=True)
-    class Folder(Config):
+    class TextFields(Config):        # the old shape (dataset / data as text): no longer a place for them
+        dataset: str = ""
         data: str = ""
 
+    @dataclasses.dataclass(frozen=True)
+    class Table(Config):
+        dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
+
     plain = type("Protocol", (), {})()
-    with pytest.raises(ConfigError, match=r"^experiment toy: its protocol takes no dataset kind \(--dataset\) "
-                                          r"and no dataset folder \(--data\)$"):
-        apply_dataset_options(plain, Nothing(), "folder", "/x", experiment="toy")
-    assert apply_dataset_options(plain, Folder(), None, "/x").data == "/x"
+    for conf in (Nothing(), TextFields()):
+        with pytest.raises(ConfigError,
+                           match=r"^experiment toy: its protocol takes no dataset \(--dataset / --data\)$"):
+            apply_dataset_options(plain, conf, "folder", "/x", experiment="toy")
+    assert apply_dataset_options(plain, Table(), "oxford", "/x").dataset == DatasetConfig(kind="oxford", path="/x")
     assert apply_dataset_options(plain, Nothing(), None, None) == Nothing()
-    hook = staticmethod(lambda conf, kind, path: Folder(data=f"{kind}:{path}"))
+    hook = staticmethod(lambda conf, kind, path: Table(dataset=DatasetConfig(kind=kind, path=f"hooked:{path}")))
     hooked = type("Protocol", (), {"apply_dataset": hook})()
-    assert apply_dataset_options(hooked, Nothing(), "oxford", "/x").data == "oxford:/x"
+    assert apply_dataset_options(hooked, Nothing(), "oxford", "/x").dataset.path == "hooked:/x"

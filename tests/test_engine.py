@@ -130,21 +130,18 @@ def test_address_resolution(monkeypatch):
 
 
 def test_ladder_engine_ray_gives_the_local_features_and_scores(ray_cluster, oxford_images, tmp_path):
-    """The E1-E8 ladder's --engine ray: sharded SIFT on Ray merged into the file the local path writes,
+    """The E1-E8 ladder's engine = "ray": sharded SIFT on Ray merged into the file the local path writes,
     and local scoring as Ray tasks, give the local path's entries and scores."""
     from retrieval.features.store import LocalFeatureStore
-    from retrieval.ladder.cli import add_arguments, config_from_args
     from retrieval.ladder.stages import RunCache, extract_local
     from retrieval.rerank.ratio import RatioTestScorer
     from retrieval.rerank.shortlist import Shortlist
     from retrieval.index import Ranking
+    from retrieval.steps.experiment import load_experiment
 
-    import argparse
-
-    ap = argparse.ArgumentParser()
-    add_arguments(ap)
-    conf = config_from_args(ap.parse_args(["--engine", "ray", "--ray-address", "local", "--quick"]))
-    assert (conf.engine, conf.ray_address) == ("ray", "local")
+    # the ladder's engine is a setting of the experiment (retrieval run e1-e7 --set engine=ray ...)
+    conf = load_experiment("e1-e7", ["engine=ray", "ray_address=local", "quick=true"]).conf
+    assert (conf.engine, conf.ray_address, conf.quick) == ("ray", "local", True)
 
     ids, paths = oxford_images
     sift = SiftExtractor("rootsift-1k")

@@ -635,7 +635,8 @@ VAGUE_ERRORS = [
     ("dataset export-gldv2 --data {t}/coil --out {t}/afile", "afile: is a file, expected an output folder"),
     ("dataset export-gldv2 --data {t}/coil --out {t}/exp --query-step 0", "--query-step must be at least 2"),
     # used to train for hours, then fail writing the results
-    ("bench e1-e7 --data {t} --out {t}/afile --skip-oxford", "afile: is a file, expected an output folder for the results"),
+    ("run e1-e7 --data-root {t} --out {t}/afile --set landmark.enabled=false",
+     "afile: is a file, expected an output folder for the results"),
 ]
 
 
@@ -649,7 +650,9 @@ def test_bad_command_lines_give_one_line_naming_the_file(bad_inputs, capsys, lin
 
 
 def test_training_cli_refuses_unknown_device_and_bad_out_before_any_work(bad_inputs, capsys):
-    from retrieval.training.cli import main as train_main
+    def train_main(argv):
+        return main(["train", *argv])
+
     base = ["--quiet", "classifier", "--config", "coil-e2", "--data", str(bad_inputs / "coil")]
     for extra, expected in (
             (["--out", str(bad_inputs / "run"), "--set", "loop.device=gpu"],
@@ -658,13 +661,14 @@ def test_training_cli_refuses_unknown_device_and_bad_out_before_any_work(bad_inp
             (["--out", str(bad_inputs / "afile" / "run")], "cannot write the training run there")):
         code = train_main(base + extra)
         err = capsys.readouterr().err
-        assert code == 2 and err.strip().splitlines() == [f"retrieval.training: error: {err.split('error: ', 1)[1].strip()}"]
+        assert code == 2 and err.strip().splitlines() == [f"retrieval: error: {err.split('error: ', 1)[1].strip()}"]
         assert expected in err, err
     assert not (bad_inputs / "run").exists()
 
 
 def test_training_cli_bad_set_is_one_line_and_exit_code_2(capsys, tmp_path):
-    from retrieval.training.cli import main as train_main
+    def train_main(argv):
+        return main(["train", *argv])
 
     base = ["--quiet", "siamese", "--config", "coil-e3", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
     for bad, expected in ((["--set", "loop.epochs=x"], "override loop.epochs='x': not a valid value for int"),
@@ -673,7 +677,7 @@ def test_training_cli_bad_set_is_one_line_and_exit_code_2(capsys, tmp_path):
                           (["--set", "loop.epochs=0"], "epochs must be >= 1")):
         assert train_main(base + bad) == 2
         lines = capsys.readouterr().err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("retrieval.training: error: "), lines
+        assert len(lines) == 1 and lines[0].startswith("retrieval: error: "), lines
         assert expected in lines[0], lines[0]
     assert not (tmp_path / "run").exists()
 

@@ -1,6 +1,7 @@
 """The GLDv2 generator at a small scale, the vectorised reader of both train files, the reader's
-train_clean option and the thesis protocol's sampling."""
+train_clean option, the thesis protocol's sampling and `retrieval dataset synth-gldv2`."""
 import csv
+import json
 import os
 
 import pytest
@@ -146,3 +147,16 @@ def test_thesis_protocol_gives_every_query_an_index_image_of_its_landmark(small_
     fixed = _every_query_keeps_a_positive(np.array([0, 1, 2]), eligible, labels, seed=0)
     assert 1 not in fixed and 0 in fixed and len(fixed) == 3
     assert set(labels[fixed]) == {1, 2} and (labels[fixed] == 2).sum() == 2
+
+
+def test_the_command_line_writes_the_same_folder(tmp_path, coil20_dir, capsys):
+    from retrieval.cli import main
+
+    assert main(["--quiet", "dataset", "synth-gldv2", str(tmp_path / "cli"), "--pool", str(coil20_dir),
+                 "--scale", "0.0005", "--seed", "4"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == generate_gldv2(tmp_path / "api", [coil20_dir], scale=0.0005, seed=4, progress=False)
+    assert (tmp_path / "cli" / "index.csv").read_text() == (tmp_path / "api" / "index.csv").read_text()
+    assert main(["--quiet", "dataset", "synth-gldv2", str(tmp_path / "x"), "--pool", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"retrieval: error: {tmp_path / 'none'}: no such image folder (--pool)"]

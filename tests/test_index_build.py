@@ -11,7 +11,7 @@ from retrieval.features.store import FeatureFileError, save_global  # noqa: E402
 from retrieval.index import Index, IndexFileError  # noqa: E402
 from retrieval.scale.ivf_build import (ShardedIndex, build_index, build_sharded_index, exact_topk,  # noqa: E402
                                        gather_rows, merge_topk, recall_at_k, rerank_exact, sample_rows)
-from retrieval.scale.measure import run_measured  # noqa: E402
+from retrieval.scale.measure import _allocate_for_test, run_measured  # noqa: E402
 from retrieval.scale.sources import (ArraySource, H5GlobalSource, h5_shards, unit_vectors,  # noqa: E402
                                      write_synthetic_shards)
 
@@ -124,7 +124,7 @@ def test_h5_source_checks_the_file(tmp_path, data):
 
 
 def test_run_measured_reports_the_child_peak():
-    result, stats = run_measured("retrieval.scale.measure:_allocate_for_test", megabytes=200)
+    result, stats = run_measured(_allocate_for_test, megabytes=200)
     assert result == 200
     assert stats["peak_rss_mb"] - stats["baseline_rss_mb"] > 150
 

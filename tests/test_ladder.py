@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from retrieval.ladder import cli, data, tables, training
+from retrieval.ladder import data, tables, training
 from retrieval.steps.choose import Relevance, choose, query_groups
 from retrieval.ladder.config import LadderConfig
 from retrieval.report import StageTimer
@@ -125,22 +125,24 @@ def test_landmark_level_relevance_and_quick_subset(oxford_dir):
 
 
 def test_experiment_file_and_user_errors(tmp_path, capsys):
+    from retrieval.cli import main as cli_main
     from retrieval.config import ConfigError
     from retrieval.protocols import load_protocol
+    from retrieval.steps.experiment import load_experiment
 
-    conf = cli.read_experiment(cli.DEFAULT_EXPERIMENT)
+    conf = load_experiment("e1-e7").conf
     assert conf.object.dataset == "coil100"
     assert conf.landmark.protocols == ("official", "landmark", "revisited-medium", "revisited-hard")
     assert load_protocol("ladder").CONFIG is LadderConfig
     bad = tmp_path / "bad.toml"
     bad.write_text('kind = "ladder"\n[object]\nsfit = "x"\n')
     with pytest.raises(ConfigError, match="sfit"):
-        cli.read_experiment(bad)
-    code = cli.main(["--dataset", "gldv2", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
-                     "--cache", str(tmp_path / "c")])
+        load_experiment(bad)
+    code = cli_main(["run", "e1-e7", "--dataset", "gldv2", "--data", str(tmp_path / "missing"),
+                     "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no such GLDv2 folder" in err[0]
-    code = cli.main(["--set", "landmark.protocols=[\"nope\"]", "--out", str(tmp_path / "o")])
+    code = cli_main(["run", "e1-e7", "--set", "landmark.protocols=[\"nope\"]", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "protocols" in err[0]
 
@@ -158,7 +160,7 @@ def test_tiny_object_half_end_to_end(coil100_dir, tmp_path, monkeypatch, capsys)
     from retrieval.ladder.run import main
 
     monkeypatch.setattr(data, "QUICK_COIL", dict(train_objects=range(1, 3), test_objects=range(51, 53)))
-    conf = _tiny(tmp_path, **{"data": str(coil100_dir.parent), "landmark.enabled": False,
+    conf = _tiny(tmp_path, **{"data_root": str(coil100_dir.parent), "landmark.enabled": False,
                               "rerankers": ["E5", "E7", "SV", "E8"]})
     out = main(conf, tmp_path / "out", tmp_path / "cache")
     # the run announced its estimate from the typical table (an empty cache), then ETAs as stages ran
@@ -250,10 +252,11 @@ def test_a_reranker_must_win_by_the_margin():
 
 
 def test_every_shipped_experiment_loads_with_its_protocol():
-    from retrieval.bench.entry import EXPERIMENTS, read_experiment
+    from retrieval.steps.experiment import EXPERIMENT_DIR, load_experiment
 
-    files = sorted(EXPERIMENTS.glob("*.toml"))
+    files = sorted(EXPERIMENT_DIR.glob("*.toml"))
     assert {f.stem for f in files} >= {"e1-e7", "spatial", "train-split", "oxford-descriptors"}
     for f in files:
-        module, conf = read_experiment(f)
+        experiment = load_experiment(f)
+        module, conf = experiment.module, experiment.conf
         assert isinstance(conf, module.CONFIG) and callable(module.main)

@@ -8,8 +8,10 @@ from PIL import Image
 
 from retrieval.bench import mv_eval
 from retrieval.bench.mv_features import evaluate_arrays, evaluate_file
-from retrieval.bench.multiview import CONFIG, DEFAULT_EXPERIMENT, load_experiment
+from retrieval.bench.multiview import CONFIG
 from retrieval.config import ConfigError
+from retrieval.datasets.open import DatasetConfig
+from retrieval.steps.experiment import load_experiment
 
 
 def test_gap_closed_only_where_the_teacher_leads():
@@ -25,8 +27,8 @@ def test_gap_closed_only_where_the_teacher_leads():
 
 
 def test_experiment_file_and_config_checks():
-    conf = load_experiment(DEFAULT_EXPERIMENT)
-    assert conf.data == "coil100" and conf.cross_data == ("coil20",) and 3 in conf.validation_views
+    conf = load_experiment("multiview").conf
+    assert (conf.dataset.kind, conf.dataset.path) == ("folder", "coil100") and conf.cross_data == ("coil20",) and 3 in conf.validation_views
     from retrieval.protocols import load_protocol
 
     assert load_protocol("multiview").CONFIG is CONFIG
@@ -128,7 +130,8 @@ def test_protocol_end_to_end_on_an_elevation_set(tmp_path):
     rng = np.random.default_rng(1)
     emb = rng.normal(size=(len(names), 8)).astype(np.float32)
     save_global(tmp_path / "teacher.h5", names, emb, {"name": "random teacher"})
-    conf = CONFIG(data=str(tmp_path / "main"), cross_data=(str(tmp_path / "other"),), validation_every=4,
+    conf = CONFIG(dataset=DatasetConfig(kind="folder", path=str(tmp_path / "main")),
+                  cross_data=(str(tmp_path / "other"),), validation_every=4,
                   n_sets=4, test_views=(1, 3), validation_views=(1, 3), db_views=(2,), image_size=40,
                   student_epochs=1, distill_epochs=(1, 2), max_steps_per_epoch=1, batch_p=2,
                   teacher_embeddings=str(tmp_path / "teacher.h5"), speed_images=8, student_width="alexnet-half")
@@ -220,7 +223,8 @@ def test_protocol_end_to_end_on_a_ds_du_tree(tmp_path):
     names += _tree(tmp_path / "tree", "DU", ["u0", "u1", "u2"])
     emb = np.random.default_rng(2).normal(size=(len(names), 8)).astype(np.float32)
     save_global(tmp_path / "teacher.h5", names, emb, {"name": "random teacher"})
-    conf = CONFIG(dataset="multiview", data=str(tmp_path / "tree"), cross_data=(), validation_every=4, n_sets=4,
+    conf = CONFIG(dataset=DatasetConfig(kind="multiview", path=str(tmp_path / "tree")), cross_data=(),
+                  validation_every=4, n_sets=4,
                   test_views=(1, 2), validation_views=(1,), image_size=40, student_epochs=1, distill_epochs=(1,),
                   max_steps_per_epoch=1, batch_p=2, teacher_embeddings=str(tmp_path / "teacher.h5"),
                   speed_images=8, student_width="alexnet-half")

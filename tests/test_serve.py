@@ -395,13 +395,13 @@ def test_decode_upload_refusals():
         assert info.value.status == status and info.value.message.startswith("q.png: ")
 
 
-def test_load_test_is_bounded():
-    from retrieval.serve.load import main
+def test_load_test_is_bounded(capsys):
+    from retrieval.cli import main
 
     for args in (["--requests", "501"], ["--concurrency", "9"], ["--requests", "0"]):
-        with pytest.raises(SystemExit) as info:
-            main(args)
-        assert info.value.code == 2
+        assert main(["bench", "serve-load", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("retrieval: error: the load test is bounded"), err
 
 
 def test_experiment_sources_of_an_e1_e7_results_folder(tmp_path):

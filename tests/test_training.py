@@ -221,7 +221,7 @@ def test_unreadable_training_image(coil_few, tmp_path):
 
 
 def test_named_configs_and_overrides():
-    from retrieval.training.cli import parse_label_ranges
+    from retrieval.training.training_set import parse_label_ranges
 
     assert {"coil-e2", "coil-e3", "coil-e4", "gldv2-e2-gpu", "gldv2-e3-gpu", "gldv2-e4-gpu"} <= set(TRAIN_CONFIGS)
     cfg = TRAIN_CONFIGS.get("coil-e3", {"loop.epochs": "5", "P": 8, "image_size": 96, "name": "x"})

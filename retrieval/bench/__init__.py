@@ -1,6 +1,6 @@
-"""End-to-end benchmarks as protocols (experiment kinds in :mod:`retrieval.protocols`; the scripts under
-``benchmarks/`` are thin entry points, :mod:`retrieval.bench.entry`) and the ``retrieval bench``
-command group.
+"""End-to-end benchmarks as protocols (experiment kinds in :mod:`retrieval.protocols`, run by ``retrieval
+run NAME``) and the measurements of ``retrieval bench ...`` (:mod:`retrieval.cli.bench_commands`); the
+scripts under ``benchmarks/`` are one-line aliases of those commands.
 
 * The E1-E8 ladder is :mod:`retrieval.ladder` (kind ``ladder``).
 * :mod:`retrieval.bench.descriptors`: the landmark descriptor study (kind ``oxford-descriptors``).
@@ -10,6 +10,7 @@ command group.
   :mod:`~retrieval.bench.mv_features` (pre-extracted feature files, both metric conventions).
 * :mod:`retrieval.bench.pr_plot`: the precision-recall figure any protocol can draw.
 * :mod:`retrieval.bench.deep_speed` (EfficientNet inference paths and end-to-end extraction speed on any
-  dataset) and :mod:`retrieval.bench.store_integrity` (what the feature stores' checksums and space
-  reservation cost): benchmarks with a command line of their own, ``main(argv, prog) -> Path``.
+  dataset), :mod:`retrieval.bench.index_speed`, :mod:`retrieval.bench.scale` and
+  :mod:`retrieval.bench.store_integrity`: measurements, ``run(...)``, whose options are parsed by
+  ``retrieval bench``.
 """

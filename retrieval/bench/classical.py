@@ -63,13 +63,13 @@ from pathlib import Path
 from typing import List, Mapping, Optional, Tuple
 
 from retrieval.config import Config, ConfigError
+from retrieval.dataset_kinds import LANDMARK_KINDS
 from retrieval.datasets.open import DatasetConfig
 
 __all__ = ["CONFIG", "ClassicalConfig", "DEFAULT_CACHE", "sift_for", "sift_choice", "main"]
 
 DEFAULT_CACHE = Path("cache/classical")
 
-LANDMARK_KINDS = ("oxford", "paris", "revisited", "gldv2")
 #: Landmark photos are upright, so orientation invariance only costs distinctiveness (upright: VLAD k=64
 #: 47.2 -> 56.8 mAP on the Oxford subset in tuning); many weak keypoints give BoW and VLAD more evidence.
 LANDMARK_SIFT = "rootsift-upright-c02-4k"
@@ -145,12 +145,9 @@ def _digest(*parts) -> str:
 
 def _located(conf: DatasetConfig) -> DatasetConfig:
     """``conf`` with a relative path that does not exist from here read under the data root."""
-    from retrieval.paths import data_root
+    from retrieval.paths import data_path
 
-    path = Path(conf.path).expanduser()
-    if conf.path and not path.is_absolute() and not path.exists():
-        return conf.override(path=str(data_root() / path))
-    return conf
+    return conf.override(path=str(data_path(conf.path))) if conf.path else conf
 
 
 def sift_for(name: str, kind: str, ds) -> str:

@@ -26,7 +26,6 @@ torch_threads, n_jobs, quick, torch) and ``results.md`` to ``--out``; :func:`mai
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["NAME", "main", "spread", "size_batches"]
+__all__ = ["NAME", "run", "spread", "size_batches"]
 
 NAME = "deep_speed"
 COLUMNS = ["dataset", "variant", "batch", "img_per_s", "vs_eager", "e2e_vs_bare", "default"]
@@ -154,48 +153,19 @@ def time_dataset(name: str, ext, timed: List[Path], every: List[Path], args, tmp
     return rows
 
 
-def parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
-    from retrieval.datasets.open import DATASET_KINDS
-    from retrieval.features.fast_inference import BACKENDS
-
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", choices=DATASET_KINDS, default="oxford", help="dataset kind (default oxford)")
-    ap.add_argument("--data", default=None,
-                    help="dataset folder (default: the oxford5k_subset folder of retrieval.paths.data_root())")
-    ap.add_argument("--config", default="lite0-gem-512", help="EfficientNet extractor configuration")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a key of the extractor configuration (size=320, weights=random ...)")
-    ap.add_argument("--backend", default="auto", help="the extractor's own inference path (default auto)")
-    ap.add_argument("--out", default=f"results/{NAME}", help="results folder")
-    ap.add_argument("--cache", default="cache", help="(unused: nothing here is worth caching)")
-    ap.add_argument("--quick", action="store_true", help="small subsets (well under two minutes)")
-    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
-    ap.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime intra-op threads")
-    ap.add_argument("--n-jobs", type=int, default=2, help="decoding threads")
-    ap.add_argument("--batch-size", type=int, default=None, help="images per forward (default: extractor's)")
-    ap.add_argument("--compare-batch", type=int, default=8,
-                    help="a second batch size timed for the default backend and eager")
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 3, quick 1)")
-    ap.add_argument("--limit", type=int, default=None, help="images in the --full pass (default: all)")
-    ap.add_argument("--bare-images", type=int, default=None,
-                    help="images timed in the rounds (default 48, quick 12)")
-    ap.add_argument("--full", action="store_true", help="also extract every image once (absolute figure)")
-    return ap
-
-
-def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Path:
-    """Run the benchmark of the command line ``argv`` (module docstring); returns the results folder."""
+def run(args) -> Path:
+    """Run the benchmark (module docstring) with the options ``args`` (``retrieval bench deep-speed``,
+    :mod:`retrieval.cli.bench_commands`: dataset, data, config, options (extractor keys), backend, out,
+    quick, backends, threads, n_jobs, batch_size, compare_batch, rounds, limit, bare_images, full);
+    returns the results folder."""
     import torch
 
-    from retrieval.cli import parse_options
     from retrieval.config import ConfigError
     from retrieval.datasets.open import DatasetConfig, open_dataset
     from retrieval.features.efficientnet import EfficientNetExtractor
     from retrieval.paths import data_root
     from retrieval.report import write_results
 
-    args = parser(prog).parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.data is None and args.dataset != "oxford":
@@ -207,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Pa
     files = [Path(p) for p in ds.db_paths]
     try:
         ext = EfficientNetExtractor(args.config, backend=args.backend, batch_size=args.batch_size,
-                                    **parse_options(args.set))
+                                    **args.options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"extractor: {exc}") from None
     timed, every = spread(files, args.bare_images), (spread(files, args.limit) if args.full else [])

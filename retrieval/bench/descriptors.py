@@ -14,13 +14,15 @@ and reports it on the other, (a) over layer and pooling at the usual scale set a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from retrieval.config import Config, ConfigError
+from retrieval.dataset_kinds import LANDMARK_KINDS
+from retrieval.datasets.open import DatasetConfig
 
 __all__ = ["CONFIG", "DescriptorStudyConfig", "MultiPoolExtractor", "select", "main"]
 
@@ -42,8 +44,8 @@ CHECKED_CONFIGS = (("head", "lite0-gem-512", "gem3", (1.0,)), ("head", "lite0-ge
 
 @dataclass(frozen=True)
 class DescriptorStudyConfig(Config):
-    dataset: str = "oxford"
-    data: str = ""                   # "" = <data root>/oxford5k_subset
+    # the landmark set (oxford / paris / revisited / gldv2); a relative path is read under the data root
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(kind="oxford", path="oxford5k_subset"))
     whitening_data: str = ""         # a labelled folder of OTHER images ("" = <data root>/coil100)
     whitening_images: int = 500      # 0: no whitening rows
     layers: Tuple[str, ...] = LAYERS
@@ -52,6 +54,11 @@ class DescriptorStudyConfig(Config):
     n_jobs: int = 2
 
     def check(self) -> None:
+        if self.dataset.kind not in LANDMARK_KINDS:
+            raise ConfigError(f"dataset.kind must be a landmark set, one of {LANDMARK_KINDS}, "
+                              f"got {self.dataset.kind!r}")
+        if not self.dataset.path:
+            raise ConfigError("dataset.path: the landmark set's folder is missing")
         if any(layer not in LAYERS for layer in self.layers) or not self.layers:
             raise ConfigError(f"layers must be a non-empty subset of {LAYERS}, got {self.layers}")
         if self.whitening_images < 0:
@@ -233,16 +240,16 @@ def main(conf: DescriptorStudyConfig, out_dir, cache_dir=None) -> Path:
     from retrieval.evaluate import main_metric
     from retrieval.steps.choose import Relevance
     from retrieval.ladder.data import quick_subset, read_landmarks
-    from retrieval.paths import data_root
+    from retrieval.paths import data_path, data_root
     from retrieval.report import StageTimer, write_results
 
     conf = DescriptorStudyConfig.from_dict(conf) if isinstance(conf, dict) else conf
-    root = Path(conf.data) if conf.data else Path(data_root()) / "oxford5k_subset"
-    ds = read_landmarks(conf.dataset, root)
+    root = data_path(conf.dataset.path)
+    ds = read_landmarks(conf.dataset.kind, root)
     if conf.quick:
         ds = quick_subset(ds)
     name = root.resolve().name + ("-quick" if conf.quick else "")
-    protocol = "gldv2" if conf.dataset == "gldv2" else "oxford"
+    protocol = "gldv2" if conf.dataset.kind == "gldv2" else "oxford"
     relevance = Relevance(name, ds, protocol, main_metric(protocol), label="mAP")
     groups = fold_groups([str(q) for q in ds.query_ids], [str(x) for x in ds.query_labels], 2)
     whitening_set = None

@@ -20,14 +20,13 @@ Writes results.json + results.md to --out (default results/bench_index/) and pri
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
-from retrieval.index import DEFAULT_MEMORY_MB, Index, Ranking
+from retrieval.index import Index, Ranking
 from retrieval.report import peak_rss_mb, write_results
 from retrieval.scale.sources import unit_vectors
 
@@ -126,29 +125,10 @@ def threads() -> str:
     return text
 
 
-def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
-    """The command line (module docstring)."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=100_000, help="database vectors (default 100000)")
-    parser.add_argument("--dim", type=int, default=1280, help="dimension (default 1280)")
-    parser.add_argument("--queries", type=int, default=1000, help="query vectors (default 1000)")
-    parser.add_argument("--k", type=int, default=100, help="results per query (default 100)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed searches per backend (median)")
-    parser.add_argument("--memory-mb", type=float, default=DEFAULT_MEMORY_MB,
-                        help=f"score-block budget of the exact backend (default {DEFAULT_MEMORY_MB:g})")
-    parser.add_argument("--tol", type=float, default=1e-5, help="score tolerance for agreement")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clusters", type=int, default=0,
-                        help="draw vectors around this many random centres (default 0: isotropic)")
-    parser.add_argument("--spread", type=float, default=0.5, help="noise norm around a centre (--clusters)")
-    parser.add_argument("--approx", action="store_true", help="also time faiss IVF-Flat, IVF-PQ and HNSW")
-    parser.add_argument("--products", action="store_true",
-                        help="also time the exact search's pieces: float32 product (numpy BLAS, torch), "
-                             "bfloat16 product, top-k")
-    parser.add_argument("--quick", action="store_true", help="20000 x dim database, 200 queries, 2 repeats")
-    parser.add_argument("--out", default="results/bench_index", help="output folder")
-    args = parser.parse_args(argv)
+def run(args) -> int:
+    """The benchmark (module docstring) of the options ``args`` (``retrieval bench index-speed``,
+    :mod:`retrieval.cli.bench_commands`: n, dim, queries, k, repeats, memory_mb, tol, seed, clusters,
+    spread, approx, products, quick, out)."""
     if args.quick:
         args.n, args.queries, args.repeats = min(args.n, 20_000), min(args.queries, 200), min(args.repeats, 2)
 

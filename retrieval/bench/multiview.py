@@ -1,10 +1,10 @@
 """Multi-view instance retrieval on any multi-view set: teacher, MV-AlexNet, and distillation kept only
-where held-out seen instances say it helps. Experiment kind ``multiview`` (``retrieval run
-retrieval/experiments/multiview.toml``; ``benchmarks/multiview.py`` is the same).
+where held-out seen instances say it helps. Experiment kind ``multiview`` (``retrieval run multiview [--quick]``;
+``benchmarks/multiview.py`` is the same).
 
-1. Read the set (``data`` in layout ``dataset``: ``views``, a folder with ``labels.csv`` = filename,
+1. Read the set (``[dataset]``, ``kind`` and ``path``: ``folder`` with a ``labels.csv`` = filename,
    object_id and azimuth_deg [elevation_deg] or view_index, :func:`retrieval.datasets.viewsets.read_view_catalog`;
-   ``folder``, a labelled folder or class-per-folder tree, one object per class; ``multiview``, the
+   ``folder`` without one, a class-per-folder tree, one object per class; ``multiview``, the
    DS|DU tree, one object per instance, DS seen and DU unseen unless ``seen`` / ``unseen`` say
    otherwise: :func:`retrieval.datasets.view_layouts.read_views`), decode every image once (cached). Objects: seen (``seen``, default the first ``seen_fraction`` of the ids) and
    unseen (the rest). Every ``validation_every``-th seen object is held out for validation (VAL);
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -41,7 +41,8 @@ import torch
 from retrieval.config import Config, ConfigError
 from retrieval.datasets.view_layouts import read_views
 from retrieval.datasets.viewsets import read_view_catalog, split_objects, split_view_sets
-from retrieval.paths import data_root
+from retrieval.datasets.open import DatasetConfig
+from retrieval.paths import data_path, data_root
 
 __all__ = ["CONFIG", "MultiViewConfig", "main", "resolve_data"]
 
@@ -51,8 +52,9 @@ class MultiViewConfig(Config):
     """Settings of the multi-view protocol (module docstring). Relative data paths are under the data
     root (:func:`retrieval.paths.data_root`)."""
 
-    dataset: str = "views"  # layout of data: views (labels.csv), folder, or multiview (the DS|DU tree)
-    data: str = "coil100"
+    # kind folder (labels.csv with object_id: views with their geometry; else a class-per-folder tree)
+    # or multiview (the DS|DU tree); a relative path is read under the data root
+    dataset: DatasetConfig = field(default_factory=lambda: DatasetConfig(kind="folder", path="coil100"))
     cross_data: Tuple[str, ...] = ("coil20",)  # labels.csv view sets
     seen: Tuple[int, ...] = ()
     unseen: Tuple[int, ...] = ()
@@ -87,11 +89,9 @@ class MultiViewConfig(Config):
     threads: int = 0
 
     def check(self) -> None:
-        from retrieval.datasets.view_layouts import VIEW_KINDS
-
-        if self.dataset not in VIEW_KINDS:
-            raise ConfigError(f"dataset must be one of {', '.join(VIEW_KINDS)} (the layout of data), "
-                              f"got {self.dataset!r}")
+        if self.dataset.kind not in ("folder", "multiview"):
+            raise ConfigError(f"dataset.kind must be folder (labels.csv or class folders) or multiview (the "
+                              f"DS|DU tree), got {self.dataset.kind!r}")
         if self.view_stride < 1:
             raise ConfigError(f"view_stride must be >= 1, got {self.view_stride}")
         if self.validation_every < 2:
@@ -113,8 +113,22 @@ CONFIG = MultiViewConfig
 
 
 def resolve_data(path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() or p.exists() else data_root() / p
+    return data_path(path)
+
+
+def view_layout(dataset: DatasetConfig, root: Path) -> str:
+    """The :func:`~retrieval.datasets.view_layouts.read_views` layout of ``dataset``: ``multiview``
+    for that kind; for a folder, ``views`` when its labels.csv numbers objects (``object_id``, with
+    the view geometry when given), else ``folder`` (one object per class)."""
+    if dataset.kind == "multiview":
+        return "multiview"
+    labels = root / "labels.csv"
+    if labels.is_file():
+        with open(labels, encoding="utf-8", errors="replace") as fh:
+            header = [c.strip() for c in fh.readline().split(",")]
+        if "object_id" in header:
+            return "views"
+    return "folder"
 
 
 def main(conf: MultiViewConfig, out_dir: Path, cache_dir: Optional[Path] = None) -> Path:
@@ -142,7 +156,7 @@ def main(conf: MultiViewConfig, out_dir: Path, cache_dir: Optional[Path] = None)
     if conf.threads > 0:
         torch.set_num_threads(conf.threads)
     timer = StageTimer()
-    root = resolve_data(conf.data)
+    root = resolve_data(conf.dataset.path)
     title = root.name
 
     def first(objects):
@@ -152,7 +166,7 @@ def main(conf: MultiViewConfig, out_dir: Path, cache_dir: Optional[Path] = None)
         rows = cat.rows_of(objects)
         return cat.subset(rows[cat.order[rows] % conf.view_stride == 0])
 
-    catalog, tree_split = read_views(conf.dataset, root)
+    catalog, tree_split = read_views(view_layout(conf.dataset, root), root)
     if tree_split is not None and not conf.seen and not conf.unseen:
         seen, unseen = tree_split  # the DS|DU tree's own seen / unseen objects
     else:
@@ -342,53 +356,6 @@ def main(conf: MultiViewConfig, out_dir: Path, cache_dir: Optional[Path] = None)
     return out_dir
 
 
-#: the default experiment file shipped with the package
-DEFAULT_EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "multiview.toml"
-#: ``--quick``: the same path on a few objects and steps (CI, smoke runs)
+#: ``retrieval run multiview --quick``: the same path on a few objects and steps (CI, smoke runs)
 QUICK = {"max_objects": 10, "max_steps_per_epoch": 3, "batch_p": 4, "distill_epochs": [1, 2],
          "test_views": [1, 3], "db_views": [3], "speed_images": 64}
-
-
-def load_experiment(path: Path) -> MultiViewConfig:
-    """A ``kind = "multiview"`` experiment file's settings, read by the one experiment-file reader
-    (strict: an unknown key is an error naming it)."""
-    from retrieval.bench.entry import read_experiment
-
-    return read_experiment(path, kind="multiview")[1]
-
-
-def cli_main(argv=None, prog: str = "multiview") -> int:
-    """``[--experiment FILE] [--data PATH] [--out DIR] [--cache DIR] [--quick] [--set KEY=VALUE]...``"""
-    import argparse
-    import sys
-
-    from retrieval.datasets.view_layouts import VIEW_KINDS
-    from retrieval.steps.experiment import apply_dataset_options
-
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    p.add_argument("--experiment", default=str(DEFAULT_EXPERIMENT), help="TOML experiment file (kind multiview)")
-    p.add_argument("--dataset", choices=VIEW_KINDS, default=None,
-                   help="the layout of --data: views (labels.csv with a view column, the default), folder "
-                        "(one folder per object) or multiview (the DS|DU/train|retrieval tree)")
-    p.add_argument("--data", default=None, help="the multi-view set's folder (sets 'data')")
-    p.add_argument("--out", default="results/multiview", help="results folder")
-    p.add_argument("--cache", default="cache/multiview", help="cache folder (images, models, embeddings)")
-    p.add_argument("--quick", action="store_true", help="same path on a few objects and steps")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting (repeatable), e.g. --set distill_weights=[0.5,1]")
-    args = p.parse_args(argv)
-    try:
-        conf = load_experiment(Path(args.experiment))
-        conf = apply_dataset_options(sys.modules[__name__], conf, args.dataset, args.data,
-                                     experiment=Path(args.experiment).stem)
-        if args.quick:
-            conf = conf.override(QUICK)
-        conf = conf.override(args.overrides)
-    except ConfigError as exc:
-        p.exit(2, f"{prog}: error: {exc}\n")
-    sub = "quick" if args.quick else "full"
-    try:
-        main(conf, Path(args.out) / ("quick" if args.quick else ""), Path(args.cache) / sub)
-    except (OSError, ValueError) as exc:  # a missing or malformed dataset file (its name is in the message)
-        p.exit(2, f"{prog}: error: {exc}\n")
-    return 0

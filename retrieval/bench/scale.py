@@ -1,4 +1,4 @@
-"""``benchmarks/scale.py``: the ranking stage and GLDv2's CSVs at their real size, the Ray engine's
+"""``retrieval bench scale`` (``benchmarks/scale.py``): the ranking stage and GLDv2's CSVs at their real size, the Ray engine's
 figures, and a cost model of E1-E7 on full GLDv2.
 
 1. IVF-PQ from shards: ``n`` seeded clustered vectors written as HDF5 shards, the index built from them
@@ -79,7 +79,7 @@ def index_at_scale(work: Path, n: int, dim: int, shards: int, queries: int, nlis
                                                   seed=seed, queries=queries)
     print(f"[index] {n} x {dim} vectors in {shards} shards ({time.perf_counter() - t0:.0f} s)", flush=True)
     index_path = work / f"ivfpq-{n}x{dim}.npz"
-    built, stats = run_measured("retrieval.bench.scale:build_from_shards", shard_dir=str(shard_dir),
+    built, stats = run_measured(build_from_shards, shard_dir=str(shard_dir),
                                 out_path=str(index_path), nlist=nlist, m=m, seed=seed)
     print(f"[index] IVF-PQ built in {stats['seconds']:.0f} s, peak RSS {stats['peak_rss_mb']:.0f} MB", flush=True)
     source = h5_shards(paths)
@@ -93,7 +93,7 @@ def index_at_scale(work: Path, n: int, dim: int, shards: int, queries: int, nlis
     # the same index with its lists on disk, built shard by shard in a child process
     on_disk_dir = work / f"ivfpq-{n}x{dim}-on-disk"
     shutil.rmtree(on_disk_dir, ignore_errors=True)
-    _, disk_stats = run_measured("retrieval.bench.scale:build_on_disk_from_shards", shard_dir=str(shard_dir),
+    _, disk_stats = run_measured(build_on_disk_from_shards, shard_dir=str(shard_dir),
                                  out_dir=str(on_disk_dir), nlist=nlist, m=m, seed=seed)
     on_disk = load_on_disk(on_disk_dir)
     t0 = time.perf_counter()
@@ -131,7 +131,7 @@ def gldv2_csvs(work: Path, data_root: Path, scale: float) -> dict:
         t0 = time.perf_counter()
         generate_gldv2(root, [data_root / "oxford5k_subset" / "images"], scale=scale, progress=False)
         print(f"[gldv2] generated at scale {scale:g} in {time.perf_counter() - t0:.0f} s", flush=True)
-    counts, stats = run_measured("retrieval.bench.scale:read_tables_job", root=str(root))
+    counts, stats = run_measured(read_tables_job, root=str(root))
     csv_mb = sum(p.stat().st_size for p in root.glob("*.csv")) / 2 ** 20
     print(f"[gldv2] read {counts} in {stats['seconds']:.1f} s, peak RSS {stats['peak_rss_mb']:.0f} MB", flush=True)
     return {"gldv2_scale": scale, "gldv2_rows": counts, "gldv2_csv_mb": csv_mb, "gldv2_csv_read_s": stats["seconds"],
@@ -218,31 +218,3 @@ def results_markdown(r: dict) -> str:
                   markdown_table(r["e1_e7_projection"])]
     lines += ["", f"E1 on the thesis protocol: {r['e1_thesis_protocol']}.", ""]
     return "\n".join(lines)
-
-
-def main(argv=None, prog: Optional[str] = None) -> int:
-    """The command line of ``benchmarks/scale.py``."""
-    import argparse
-
-    from retrieval.paths import data_root
-
-    parser = argparse.ArgumentParser(prog=prog, description="Scale benchmark: IVF-PQ from shards, GLDv2 CSVs at full size, "
-                                     "the Ray engine's figures and the E1-E7 cost model.")
-    parser.add_argument("--quick", action="store_true", help="small sizes for CI")
-    parser.add_argument("--data", default=None, help="data folder (default: retrieval.paths.data_root())")
-    parser.add_argument("--out", default="results/scale", help="results folder")
-    parser.add_argument("--work", default=None,
-                        help="folder for shards and generated CSVs (default cache/scale, --quick: cache/scale-quick: "
-                             "the two modes make shards of different sizes, so each keeps its own)")
-    parser.add_argument("--workers", type=int, default=32, help="CPU workers N of the projection")
-    parser.add_argument("--gpus", type=int, default=4, help="GPUs G of the projection")
-    parser.add_argument("--gpu-img-per-s", type=float, default=400.0,
-                        help="assumed network throughput of one GPU (images/s; not measured here)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["index", "gldv2", "engine", "cost"], help="parts to skip")
-    args = parser.parse_args(argv)
-    work = Path(args.work) if args.work else default_work_dir(args.quick)
-    results = run(Path(args.out), work, data_root(args.data), quick=args.quick, workers=args.workers,
-                  gpus=args.gpus, gpu_img_per_s=args.gpu_img_per_s, skip=args.skip)
-    print(results_markdown(results))
-    return 0
-

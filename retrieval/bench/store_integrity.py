@@ -16,18 +16,17 @@ No dataset: the entries are random arrays of fixed, SIFT-like shapes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Union
 
 import numpy as np
 
-__all__ = ["NAME", "main", "patched"]
+__all__ = ["NAME", "run", "measure", "patched"]
 
 NAME = "store_integrity"
 
@@ -145,27 +144,22 @@ def measure(entries: int, rows: int, rounds: int, folder: Optional[Path] = None)
     }
 
 
-def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Path:
-    """Run the benchmark of the command line ``argv`` (module docstring); returns the results folder."""
+def run(entries: int = 300, rows: int = 20000, rounds: int = 3, folder: Optional[Path] = None,
+        out: Union[str, Path] = f"results/{NAME}") -> Path:
+    """Measure (module docstring), print the report and write results.json + results.md into ``out``;
+    returns ``out``."""
     from retrieval.fileio import atomic_write_text
     from retrieval.report import markdown_table
 
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    ap.add_argument("--entries", type=int, default=300)
-    ap.add_argument("--rows", type=int, default=20000)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--folder", type=Path, default=None, help="where to write (default: a temporary folder)")
-    ap.add_argument("--out", default=f"results/{NAME}", help="results folder")
-    args = ap.parse_args(argv)
-    for name in ("entries", "rows", "rounds"):
-        if getattr(args, name) < 1:
+    for name, value in (("entries", entries), ("rows", rows), ("rounds", rounds)):
+        if value < 1:
             raise ValueError(f"--{name} must be at least 1")
-    report = measure(args.entries, args.rows, args.rounds, args.folder)
+    report = measure(entries, rows, rounds, folder)
     text = json.dumps(report, indent=1)
     print(text)
-    out = Path(args.out)
+    out = Path(out)
     atomic_write_text(out / "results.json", text + "\n")
     table = markdown_table([{"measure": k, "median_seconds": v} for k, v in report["median_seconds"].items()])
-    atomic_write_text(out / "results.md", f"## Feature store integrity: {args.entries} local entries, "
-                                          f"{args.rows} global rows, {args.rounds} rounds\n\n{table}\n")
+    atomic_write_text(out / "results.md", f"## Feature store integrity: {entries} local entries, "
+                                          f"{rows} global rows, {rounds} rounds\n\n{table}\n")
     return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Sequence, Union
 
 import numpy as np
 
@@ -178,30 +178,3 @@ def link_images(root: PathLike, split: str, image_ids: Iterable[str], link: str 
         (os.symlink if link == "symlink" else os.link)(source, target)
         made += 1
     return made
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m retrieval.datasets.gldv2_synth OUT --pool DIR [DIR ...] [--scale S] [--images lazy|all]``"""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m retrieval.datasets.gldv2_synth",
-                                     description="Write a GLDv2-format folder at GLDv2's row counts (x --scale).")
-    parser.add_argument("out", help="folder to write")
-    parser.add_argument("--pool", nargs="+", required=True, help="folders of real images the ids link to")
-    parser.add_argument("--scale", type=float, default=1.0, help="fraction of GLDv2's row counts (default 1)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--images", choices=("lazy", "all"), default="lazy",
-                        help="link every image now (all) or none until link_images asks (lazy, default)")
-    parser.add_argument("--link", choices=("symlink", "hardlink"), default="symlink")
-    args = parser.parse_args(argv)
-    try:
-        counts = generate_gldv2(args.out, args.pool, scale=args.scale, seed=args.seed, images=args.images,
-                                link=args.link)
-    except (DatasetError, ValueError) as exc:
-        parser.exit(2, f"gldv2_synth: error: {exc}\n")
-    print(json.dumps(counts))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -33,20 +33,12 @@ from pathlib import Path
 from typing import Literal, Union
 
 from ..config import Config, ConfigError
+from ..dataset_kinds import DATASET_KINDS, DEFAULT_PROTOCOL, LANDMARK_KINDS
 from .base import RetrievalDataset
 from .files import DatasetError
 
 __all__ = ["DATASET_KINDS", "LANDMARK_KINDS", "DEFAULT_PROTOCOL", "DatasetConfig", "open_dataset"]
 
-DATASET_KINDS = ("folder", "gldv2", "oxford", "paris", "revisited", "holidays", "ukbench", "multiview", "os-core")
-#: kinds read as landmark photographs with ground-truth lists (the others hold objects): the landmark half of
-#: the ladder, and the landmark settings of the re-rankers (retrieval.steps.rerank.LOCAL_FEATURES)
-LANDMARK_KINDS = ("oxford", "paris", "revisited", "gldv2", "holidays", "ukbench")
-
-#: the evaluation protocol(s) a kind comes with (comma-separated: reported side by side)
-DEFAULT_PROTOCOL = {"oxford": "oxford,landmark", "paris": "oxford,landmark", "revisited": "revisited,landmark",
-                    "gldv2": "gldv2", "folder": "general", "multiview": "general", "os-core": "general",
-                    "holidays": "holidays,general", "ukbench": "ukbench"}
 
 Kind = Literal["folder", "gldv2", "oxford", "paris", "revisited", "holidays", "ukbench", "multiview", "os-core"]
 

@@ -23,24 +23,26 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from retrieval.config import Config, ConfigError
-from retrieval.datasets.open import LANDMARK_KINDS
+from retrieval.dataset_kinds import LANDMARK_KINDS
 from retrieval.rerank.fusion import FusionSettings
 from retrieval.steps.expand import ExpandConfig
 
 __all__ = ["with_dataset", "ObjectConfig", "LandmarkConfig", "LadderConfig", "RERANKERS",
-           "OBJECT_KINDS", "LANDMARK_KINDS", "RELEVANCE"]
+           "OBJECT_KINDS", "LANDMARK_KINDS", "RELEVANCE", "STAGES"]
 
 #: re-ranking rungs: E5 ratio test, E6 VLAD, E7 patch tokens, SV spatial verification, E8 alpha-QE + DBA
 RERANKERS = ("E5", "E6", "E7", "SV", "E8")
 OBJECT_KINDS = ("coil100", "gldv2", "folder")
 RELEVANCE = ("official", "landmark", "revisited-medium", "revisited-hard")
+#: the cached stages a run can recompute (``recompute``)
+STAGES = ("data", "train", "global", "sift", "vlad", "patch", "shortlist", "landmark")
 
 
 @dataclass(frozen=True)
 class ObjectConfig(Config):
     enabled: bool = True
     dataset: str = "coil100"
-    data: str = ""                          # "" = <data>/coil100 (coil100), else the dataset folder
+    data: str = ""                          # "" = <data_root>/coil100 (coil100), else the dataset folder
     gldv2_protocol: str = "kaggle"          # gldv2: Kaggle's index/test split, or "thesis" (gldv2_tables)
     train_fraction: float = 0.5             # folder: first half of the labels (natural order) train
     query_step: int = 8                     # folder / coil100: every query_step-th test image a query
@@ -68,9 +70,9 @@ class ObjectConfig(Config):
 class LandmarkConfig(Config):
     enabled: bool = True
     dataset: str = "oxford"
-    data: str = ""                          # "" = <data>/oxford5k_subset
+    data: str = ""                          # "" = <data_root>/oxford5k_subset
     protocols: Tuple[str, ...] = ("official", "landmark")
-    revisited_gnd: str = ""                 # revisited-*: "" = <data>/revisitop/gnd_roxford5k.pkl (.revisited)
+    revisited_gnd: str = ""                 # revisited-*: "" = <data_root>/revisitop/gnd_roxford5k.pkl (.revisited)
     global_config: str = "lite0-blocks-gem-ms-512"
     patch_config: str = "lite0-patch-224"
     patch_size: int = 512
@@ -90,10 +92,11 @@ class LandmarkConfig(Config):
 
 @dataclass(frozen=True)
 class LadderConfig(Config):
-    """The whole ladder (module docstring). ``data``: the folder holding ``coil100/`` and
-    ``oxford5k_subset/`` (default: :func:`retrieval.paths.data_root`)."""
+    """The whole ladder (module docstring). ``data_root``: the folder holding ``coil100/`` and
+    ``oxford5k_subset/`` ("" = :func:`retrieval.paths.data_root`: $RETRIEVAL_DATA, else ../shared/data);
+    ``recompute``: stages (:data:`STAGES`) whose cached results are ignored."""
 
-    data: str = ""
+    data_root: str = ""
     quick: bool = False
     device: str = "auto"
     backend: str = "auto"
@@ -126,6 +129,9 @@ class LadderConfig(Config):
                               f"queries ('auto' or 'cross-fit')")
         if self.shortlist < 1:
             raise ConfigError(f"shortlist must be >= 1, got {self.shortlist}")
+        unknown = [stage for stage in self.recompute if stage not in STAGES]
+        if unknown:
+            raise ConfigError(f"recompute: unknown stage(s) {unknown}; stages: {list(STAGES)}")
         if not (self.object.enabled or self.landmark.enabled):
             raise ConfigError("both halves are disabled: enable object or landmark")
 
@@ -133,10 +139,13 @@ class LadderConfig(Config):
 def with_dataset(conf: LadderConfig, kind: Optional[str], path: Optional[str]) -> LadderConfig:
     """``conf`` run on dataset ``kind`` at ``path`` (``--dataset KIND --data PATH``): ``folder`` /
     ``gldv2`` -> the object half alone (trained), ``oxford`` / ``paris`` / ``revisited`` -> the
-    landmark half alone (no training). Without a kind, ``path`` is the folder holding ``coil100/``
-    and ``oxford5k_subset/`` (``data``) and both halves run as configured."""
+    landmark half alone (no training). The folder holding ``coil100/`` and ``oxford5k_subset/`` is
+    not a dataset: it is ``data_root`` (``--data-root``)."""
     if kind is None:
-        return conf.override({"data": str(path)}) if path else conf
+        if path:
+            raise ConfigError(f"--data {path} needs --dataset KIND (the dataset's reader); the folder holding "
+                              f"coil100/ and oxford5k_subset/ is --data-root")
+        return conf
     if kind in OBJECT_KINDS:
         half, other = "object", "landmark"
     elif kind in LANDMARK_KINDS:

@@ -25,7 +25,7 @@ FULL_COIL = dict(train_objects=range(1, 51), test_objects=range(51, 101))
 def data_root(conf: LadderConfig) -> Path:
     from retrieval.paths import data_root as default_root
 
-    return Path(conf.data) if conf.data else Path(default_root())
+    return Path(conf.data_root) if conf.data_root else Path(default_root())
 
 
 def _coil_root(conf: LadderConfig) -> Path:

@@ -2,10 +2,9 @@
 other data, imported libraries - does not count, and the job's peak is its own)."""
 from __future__ import annotations
 
-import importlib
 import multiprocessing as mp
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 
 def _status_mb(field: str) -> float:
@@ -27,11 +26,9 @@ def _reset_peak() -> bool:
         return False
 
 
-def _child(target: str, kwargs: Dict[str, Any], conn) -> None:
+def _child(fn: Callable[..., Any], kwargs: Dict[str, Any], conn) -> None:
     from ..report import peak_rss_mb
     try:
-        module, name = target.split(":")
-        fn = getattr(importlib.import_module(module), name)
         linux = _reset_peak()
         baseline = _status_mb("VmRSS") if linux else peak_rss_mb()
         start = time.perf_counter()
@@ -44,14 +41,16 @@ def _child(target: str, kwargs: Dict[str, Any], conn) -> None:
         conn.close()
 
 
-def run_measured(target: str, **kwargs) -> Tuple[Any, Dict[str, float]]:
-    """Run ``module:function(**kwargs)`` in a spawned child process; returns its (picklable) result
+def run_measured(fn: Callable[..., Any], **kwargs) -> Tuple[Any, Dict[str, float]]:
+    """Run ``fn(**kwargs)`` in a spawned child process (``fn`` a module-level function: the child imports
+    it by its qualified name, as pickle names it); returns its (picklable) result
     and ``{"seconds", "peak_rss_mb", "baseline_rss_mb"}``: on Linux the peak is the job's own (the
     kernel's high-water mark is reset after the imports; baseline = resident memory then), elsewhere
     the process' lifetime peak. A failure in the child is raised here as RuntimeError."""
     ctx = mp.get_context("spawn")  # not fork: faiss/torch thread pools do not survive a fork
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(target, kwargs, child))
+    target = f"{fn.__module__}.{fn.__qualname__}"
+    proc = ctx.Process(target=_child, args=(fn, kwargs, child))
     proc.start()
     child.close()
     try:

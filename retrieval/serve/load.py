@@ -2,13 +2,11 @@
 time, a wall-clock limit; it starts its own server (a child process, on a free 127.0.0.1 port) and stops it.
 
 The index holds synthetic vectors (random Gaussian rows, L2-normalised, seeded): search cost depends on
-the number and dimension of the vectors, not on where they came from. ``benchmarks/serve_load.py`` is the
-command-line entry point.
+the number and dimension of the vectors, not on where they came from. ``retrieval bench serve-load`` (and
+``benchmarks/serve_load.py``) is the command-line entry point.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing
 import os
 import socket
@@ -16,11 +14,11 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 
-__all__ = ["MAX_REQUESTS", "MAX_CONCURRENCY", "synthetic_catalog", "run_load", "main"]
+__all__ = ["MAX_REQUESTS", "MAX_CONCURRENCY", "synthetic_catalog", "run_load", "n_fmt"]
 
 MAX_REQUESTS = 500
 MAX_CONCURRENCY = 8
@@ -142,34 +140,6 @@ def run_load(n: int = 100_000, dim: int = 320, requests: int = MAX_REQUESTS, con
             "direct_search_ms": {"p50": _percentile(direct, 50), "p95": _percentile(direct, 95)},
             "stopped_by_time_limit": done < requests,
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--vectors", type=int, default=100_000, help="index size (default 100,000)")
-    ap.add_argument("--dim", type=int, default=320, help="vector dimension (default 320: Lite0's last block; "
-                                                         "1280 for its head)")
-    ap.add_argument("--requests", type=int, default=MAX_REQUESTS, help=f"at most {MAX_REQUESTS}")
-    ap.add_argument("--concurrency", type=int, default=MAX_CONCURRENCY, help=f"at most {MAX_CONCURRENCY}")
-    ap.add_argument("--k", type=int, default=20, help="results per search (default 20)")
-    ap.add_argument("--time-limit", type=float, default=120.0, help="stop after this many seconds (default 120)")
-    ap.add_argument("--out", default=None, help="also write the JSON report here")
-    args = ap.parse_args(argv)
-    if not 1 <= args.requests <= MAX_REQUESTS or not 1 <= args.concurrency <= MAX_CONCURRENCY:
-        ap.error(f"the load test is bounded: 1 <= --requests <= {MAX_REQUESTS}, "
-                 f"1 <= --concurrency <= {MAX_CONCURRENCY}")
-    report = run_load(args.vectors, args.dim, args.requests, args.concurrency, args.k, args.time_limit)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        from retrieval.fileio import atomic_write_text
-
-        atomic_write_text(args.out, text + "\n")
-    print(text)
-    lat = report["latency_ms"]
-    print(f"/api/search by id, {n_fmt(report)} synthetic vectors: p50 {lat['p50']} ms, p95 {lat['p95']} ms over "
-          f"{report['requests']} requests, {report['concurrency']} concurrent (target p95 < 100 ms); load average "
-          f"{report['load_average']} on {report['cpu_count']} CPUs")
-    return 0
 
 
 def n_fmt(report: dict) -> str:

@@ -1,8 +1,8 @@
-"""Every pipeline step is a command and a function.
+"""Every pipeline step is a function (and a ``retrieval`` command, :mod:`retrieval.cli.step_commands`).
 
-Each module here holds one step: a configuration (a :class:`retrieval.config.Config`), a function
-``main(conf, ...) -> Path`` that runs it and returns the path it wrote, and ``register(subparsers)``
-that makes it a ``retrieval`` command (listed in :data:`retrieval.cli.COMMAND_GROUPS`)::
+Each module here holds one step: a configuration (a :class:`retrieval.config.Config`) and a function
+``main(conf, ...) -> Path`` that runs it and returns the path it wrote; no argument parsing (that is the
+command line's, :mod:`retrieval.cli`)::
 
     retrieval extract ...          retrieval.steps.extract    images -> local store / global feature file
     retrieval encode ...           retrieval.steps.encode     local store -> global feature file (BoW/VLAD/Fisher)
@@ -14,5 +14,5 @@ that makes it a ``retrieval`` command (listed in :data:`retrieval.cli.COMMAND_GR
 
 A step reads and writes files only (HDF5 feature files, ``.npz`` indexes, JSON rankings), so the same
 chain runs from the shell, from Python, or inside an experiment protocol (:mod:`retrieval.steps.chain`,
-kind ``retrieval``). Modules are imported only when their command runs.
+kind ``retrieval``). The command line imports a step only when its command runs.
 """

@@ -21,7 +21,7 @@ from typing import Optional
 from ..config import Config, ConfigError
 from ..features.encoders.config import ENCODER_CONFIGS, EncoderConfig
 
-__all__ = ["EncodeConfig", "main", "register"]
+__all__ = ["EncodeConfig", "main"]
 
 
 @dataclass(frozen=True)
@@ -110,36 +110,3 @@ def main(conf: EncodeConfig, features: Path, out: Path, model: Optional[Path] = 
         info.update(images=len(ids), encoded=len(todo), dim=encoder.dim, encoder=encoder.kind, learned=learned,
                     no_keypoints=empty, seconds=round(time.perf_counter() - start, 3))
     return Path(out)
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("encode", help="encode a local feature store into a global feature file "
-                                                  "(BoW, VLAD, Fisher)")
-    parser.add_argument("features", help="local feature store (retrieval extract local)")
-    parser.add_argument("--out", required=True, help="global feature file to write (HDF5)")
-    parser.add_argument("--encoder", default="vlad-64",
-                        help=f"named encoder configuration: {', '.join(ENCODER_CONFIGS.names())} (default vlad-64)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
-                        help="override a field of the encoder configuration (k=128, power=0.5 ...), repeatable")
-    parser.add_argument("--model", default=None,
-                        help="encoder file: loaded when it exists, else the learned encoder is saved there")
-    parser.add_argument("--train", default=None, help="local feature store to learn the encoder from "
-                                                      "(default: the one encoded)")
-    parser.add_argument("--train-images", type=int, default=2000, help="images sampled to learn it (default 2000)")
-    parser.set_defaults(func=_handle)
-
-
-def _handle(args) -> int:
-    from ..cli import emit_json, progress_enabled, require_file, require_output, writing
-
-    features = require_file(args.features, "local feature store", "hdf5")
-    train = require_file(args.train, "training store", "hdf5") if args.train else None
-    require_output(args.out, "global feature file")
-    require_output(args.model, "encoder file")
-    conf = EncodeConfig(encoder=ENCODER_CONFIGS.get(args.encoder, args.overrides), train_images=args.train_images)
-    info: dict = {}
-    with writing(args.out, "global feature file"):
-        out = main(conf, features, Path(args.out), model=Path(args.model) if args.model else None, train=train,
-                   progress=progress_enabled(args), info=info)
-    emit_json({"features": str(out), "model": args.model, **info})
-    return 0

@@ -21,7 +21,7 @@ from ..config import Config, ConfigError
 from ..datasets.base import RetrievalDataset
 from ..datasets.open import DEFAULT_PROTOCOL, DatasetConfig, open_dataset
 
-__all__ = ["EvaluateConfig", "ShortRankingError", "main", "score", "score_per_query", "register"]
+__all__ = ["EvaluateConfig", "ShortRankingError", "main", "score", "score_per_query"]
 
 
 class ShortRankingError(ValueError):
@@ -113,6 +113,7 @@ def main(conf: EvaluateConfig, ranking: Path, dataset: Union[DatasetConfig, Retr
 
     from ..fileio import atomic_write_text
     from ..index import Ranking
+    from ..report import finite_metrics
 
     ranking = Path(ranking)
     loaded = Ranking.load(ranking)
@@ -122,7 +123,7 @@ def main(conf: EvaluateConfig, ranking: Path, dataset: Union[DatasetConfig, Retr
     kind = dataset.kind if isinstance(dataset, DatasetConfig) else None
     ds = open_dataset(dataset) if isinstance(dataset, DatasetConfig) else dataset
     metrics = score(conf, loaded.to_predictions(), ds, kind, source=str(ranking))
-    result = {"ranking": str(ranking), "dataset": ds.name, "data": str(ds.root), **_finite(metrics)}
+    result = {"ranking": str(ranking), "dataset": ds.name, "data": str(ds.root), **finite_metrics(metrics)}
     if "upright" in ds.metadata:  # Holidays: whether the rotated photos were read upright
         result["upright"] = ds.metadata["upright"]
     out = Path(out) if out is not None else ranking.with_suffix(".metrics.json")
@@ -130,47 +131,3 @@ def main(conf: EvaluateConfig, ranking: Path, dataset: Union[DatasetConfig, Retr
     if info is not None:
         info.update(result)
     return out
-
-
-def _finite(metrics: Dict[str, Any]) -> Dict[str, Any]:
-    from ..cli import finite
-
-    return finite(metrics)
-
-
-def register(subparsers) -> None:
-    from ..cli import add_dataset_arguments
-
-    parser = subparsers.add_parser("evaluate", help="score a ranking file against a dataset's ground truth")
-    parser.add_argument("ranking", help="ranking file written by 'retrieval search' or 'retrieval rerank'")
-    add_dataset_arguments(parser)
-    parser.add_argument("--protocol", default=None,
-                        help="gldv2, oxford, revisited, landmark, general, holidays, ukbench or all; several comma-separated "
-                             "are reported side by side (default: the dataset's own: oxford/paris -> "
-                             "oxford,landmark; gldv2 -> gldv2; folder/multiview/os-core -> general)")
-    parser.add_argument("--k", type=int, default=100, help="cut-off for map@k, ndcg@k, recall@k")
-    parser.add_argument("--allow-short", action="store_true",
-                        help="score a ranking shorter than the protocol needs (a lower bound), with a warning")
-    parser.add_argument("--out", default=None, help="also write the metrics JSON here")
-    parser.set_defaults(func=_handle)
-
-
-def _handle(args) -> int:
-    import tempfile
-
-    from ..cli import CLIError, dataset_config, emit_json, require_file, require_output, writing
-
-    if args.k < 1:
-        raise CLIError(f"--k must be positive, got {args.k}")
-    ranking = require_file(args.ranking, "ranking file", "json")
-    require_output(args.out, "metrics")
-    conf = EvaluateConfig(protocol=args.protocol or "", k=args.k, allow_short=args.allow_short)
-    info: dict = {}
-    if args.out:
-        with writing(args.out, "metrics"):
-            main(conf, ranking, dataset_config(args), Path(args.out), info=info)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            main(conf, ranking, dataset_config(args), Path(tmp) / "metrics.json", info=info)
-    emit_json(info)
-    return 0

@@ -2,7 +2,7 @@
 
 ::
 
-    kind = "retrieval"                 # the protocol (retrieval.protocols.PROTOCOLS)
+    kind = "retrieval"                 # the protocol (retrieval.protocols.EXPERIMENT_KINDS)
     description = "optional free text"
 
     [dataset]                          # retrieval.datasets.open.DatasetConfig
@@ -14,8 +14,9 @@
 
 Every key but ``kind`` and ``description`` is read into the protocol module's ``CONFIG`` with
 :meth:`retrieval.config.Config.from_dict`, strictly: an unknown key anywhere is an error naming the
-key and the file. Every protocol that runs on data can be pointed at other data with ``--dataset
-KIND --data PATH`` (:func:`apply_dataset_options` says where they go); ``--set key.sub=value``
+key and the file. A protocol of one dataset reads it from its ``[dataset]`` table (``kind``, ``path``
+and the reader options of :class:`~retrieval.datasets.open.DatasetConfig`), and ``--dataset KIND --data
+PATH`` replace them (:func:`apply_dataset_options`); ``--set key.sub=value``
 overrides any setting (dotted keys, values read as JSON unless the field is text).
 
 Experiment files shipped with the package (``retrieval/experiments/*.toml``) are named without a
@@ -101,39 +102,28 @@ def read_experiment_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     return dict(data)
 
 
-#: what each option names, for the error when a protocol has no field for it
-_OPTION_FIELDS = {"dataset": "dataset kind (--dataset)", "data": "dataset folder (--data)"}
-
-
 def apply_dataset_options(module: ModuleType, conf: Config, dataset: Optional[str] = None,
                           data: Optional[Union[str, os.PathLike]] = None, experiment: str = "experiment") -> Config:
-    """``conf`` with ``--dataset KIND --data PATH`` applied: the one rule for every entry point
-    (``retrieval run``, the ``benchmarks/*.py`` scripts), so the same options mean the same thing:
+    """``conf`` with ``--dataset KIND --data PATH`` applied: the one rule of ``retrieval run``:
 
-    1. the protocol module's own ``apply_dataset(conf, kind, path)`` hook when it has one (the ladder:
-       the kind picks the half that runs);
-    2. else a ``dataset`` section with ``kind`` and ``path`` (a
+    1. a protocol of one dataset has a ``dataset`` section with ``kind`` and ``path`` (a
        :class:`~retrieval.datasets.open.DatasetConfig`): ``dataset.kind`` / ``dataset.path``;
-    3. else the text fields ``dataset`` (the kind) and ``data`` (the folder).
+    2. a protocol of several datasets (the ladder) has its own ``apply_dataset(conf, kind, path)`` hook
+       (the ladder: the kind picks the half that runs).
 
     An option the protocol has no place for is an error naming ``experiment``."""
     if dataset is None and data is None:
         return conf
-    given = {"dataset": dataset, "data": None if data is None else str(data)}
+    path = None if data is None else str(data)
     try:
         hook = getattr(module, "apply_dataset", None)
         if hook is not None:
-            return hook(conf, given["dataset"], given["data"])
-        fields = config_fields(type(conf))
-        section = fields.get("dataset")
-        if isinstance(section, type) and issubclass(section, Config) and \
-                {"kind", "path"} <= set(config_fields(section)):
-            pairs = {"dataset.kind": given["dataset"], "dataset.path": given["data"]}
-        else:
-            refused = [key for key, value in given.items() if value is not None and fields.get(key) is not str]
-            if refused:
-                raise ConfigError(f"its protocol takes no {' and no '.join(_OPTION_FIELDS[k] for k in refused)}")
-            pairs = dict(given)
+            return hook(conf, dataset, path)
+        section = config_fields(type(conf)).get("dataset")
+        if not (isinstance(section, type) and issubclass(section, Config) and
+                {"kind", "path"} <= set(config_fields(section))):
+            raise ConfigError("its protocol takes no dataset (--dataset / --data)")
+        pairs = {"dataset.kind": dataset, "dataset.path": path}
         return conf.override({k: v for k, v in pairs.items() if v is not None})
     except ConfigError as exc:
         raise ConfigError(f"experiment {experiment}: {exc}") from None

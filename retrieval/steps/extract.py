@@ -19,21 +19,19 @@ Python: ``main(conf, dataset, out, engine=..., ray_address=...) -> Path`` with `
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from retrieval.config import Config, ConfigError
-from retrieval.features.extract import ExtractionError
 from retrieval.features.sharded_extract import (DEFAULT_SHARD_SIZE, extract_global_sharded,
                                                 extract_local_sharded, extract_patches_sharded)
-from retrieval.features.shards import ShardedStore, ShardWriteError, shard_root
+from retrieval.features.shards import ShardedStore, shard_root
 from retrieval.features.store import FeatureFileError
 from retrieval.fileio import exclusive_lock
 
-__all__ = ["ExtractConfig", "main", "register", "extractor_for", "dataset_images"]
+__all__ = ["ExtractConfig", "main", "extractor_for", "dataset_images"]
 
 FEATURES = ("local", "global", "patches")
 
@@ -161,53 +159,3 @@ def _extract(conf: ExtractConfig, make_extractor, ids, paths, out: Path, root: P
             ShardedStore(root).merge(out, [i for i in ids if i not in failed])
         target = out
     return target, run
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-def register(subparsers) -> None:
-    from retrieval.cli import add_dataset_arguments
-
-    parser = subparsers.add_parser("extract", help="features of a whole dataset (sharded, resumable; local or Ray)")
-    parser.add_argument("features", choices=FEATURES, help="local (SIFT family), global or patches (EfficientNet)")
-    add_dataset_arguments(parser)
-    from retrieval.cli_names import EXTRACT_IMAGES, config_help
-
-    parser.add_argument("--config", required=True, help=config_help())
-    parser.add_argument("--out", required=True, help="feature file to write (HDF5); shards go to OUT.shards/")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                        help=f"override a setting, repeatable: extract settings (images={'|'.join(EXTRACT_IMAGES)}: "
-                             "the database (default), the queries cropped to their boxes, or both; n_jobs, shard_size, "
-                             "device, threads, decode_threads, num_gpus, on_error, merge) or any key of the "
-                             "extractor configuration (max_keypoints=1000, size=320 ...)")
-    parser.add_argument("--engine", choices=("local", "ray"), default=None, help="where to run (default local)")
-    parser.add_argument("--ray-address", default=None,
-                        help="Ray cluster (default: a running `ray start` cluster, then $RAY_ADDRESS, "
-                             "then a local Ray instance for this run)")
-    parser.add_argument("--shard-size", type=int, default=None, help=f"images per shard (default {DEFAULT_SHARD_SIZE})")
-    parser.add_argument("--n-jobs", type=int, default=None, help="workers (default 2)")
-    parser.set_defaults(func=_cli)
-
-
-def _cli(args) -> int:
-    from retrieval.cli import CLIError, emit_json, load_dataset, parse_options
-
-    from ..config import parse_overrides
-
-    own = {f.name for f in dataclasses.fields(ExtractConfig)} - {"overrides", "kind", "config"}
-    overrides = parse_overrides(args.set)
-    settings = {k: v for k, v in overrides.items() if k in own}
-    options = parse_options([f"{k}={v}" for k, v in overrides.items() if k not in own])
-    for key, value in (("shard_size", args.shard_size), ("n_jobs", args.n_jobs)):
-        if value is not None:
-            settings[key] = value
-    conf = ExtractConfig(kind=args.features, config=args.config, overrides=options).override(settings)
-    dataset = load_dataset(args)
-    summary: dict = {}
-    try:
-        main(conf, dataset, args.out, engine=args.engine, ray_address=args.ray_address,
-             progress=not args.quiet, summary=summary)
-    except (ShardWriteError, ExtractionError) as exc:  # a full disk, an unreadable image: one line
-        raise CLIError(str(exc)) from None
-    emit_json(json.loads(json.dumps(summary, default=str)))
-    return 0

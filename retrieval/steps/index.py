@@ -16,7 +16,7 @@ from typing import Any, Dict, Literal, Optional
 
 from ..config import Config, ConfigError
 
-__all__ = ["IndexConfig", "main", "register"]
+__all__ = ["IndexConfig", "main"]
 
 Backend = Literal["exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw"]
 
@@ -69,41 +69,3 @@ def main(conf: IndexConfig, features: Path, out: Path, info: Optional[dict] = No
         info.update(count=len(index), dim=index.dim, options=index.options, zero_rows=int(zero.size),
                     seconds=round(time.perf_counter() - start, 3))
     return Path(out)
-
-
-def register(subparsers) -> None:
-    from . import search
-
-    parser = subparsers.add_parser("index", help="build an index from a feature file (and search it)")
-    sub = parser.add_subparsers(dest="index_command", metavar="{build,search}", required=True)
-    build = sub.add_parser("build", help="build an index from a global feature file (HDF5)")
-    build.add_argument("features", help="global feature file (retrieval extract global / retrieval encode)")
-    build.add_argument("--out", required=True, help="index file to write (.npz)")
-    build.add_argument("--backend", default="exact",
-                       help="exact, faiss-flat, faiss-ivf, faiss-ivfpq or faiss-hnsw (default exact)")
-    build.add_argument("--zero-rows", choices=("keep", "drop"), default="keep",
-                       help="all-zero vectors (images without keypoints): keep them (they score 0 against "
-                            "every query) or drop them from the index (default keep; counted either way)")
-    build.add_argument("--option", action="append", metavar="KEY=VALUE",
-                       help="backend option, repeatable (nlist=, nprobe=, m=, nbits=, hnsw_m=, "
-                            "ef_search=, memory_mb= ...)")
-    build.set_defaults(func=_build)
-    alias = sub.add_parser("search", help="same as 'retrieval search'")
-    search.add_arguments(alias)
-    alias.set_defaults(func=search.handle)
-
-
-def _build(args) -> int:
-    from ..cli import CLIError, emit_json, parse_options, require_file, require_output, writing
-    from ..index import BACKENDS
-
-    if args.backend not in BACKENDS:
-        raise CLIError(f"unknown backend {args.backend!r}; choose from {', '.join(BACKENDS)}")
-    features = require_file(args.features, "feature file", "hdf5")
-    out = require_output(args.out, "index")
-    conf = IndexConfig(backend=args.backend, options=parse_options(args.option), zero_rows=args.zero_rows)
-    info: dict = {}
-    with writing(out, "index"):
-        out = main(conf, features, out, info=info)
-    emit_json({"index": str(out), "features": str(features), "backend": conf.backend, **info})
-    return 0

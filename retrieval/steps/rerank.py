@@ -72,7 +72,7 @@ def local_features_for(conf: RerankConfig, dataset_kind: Optional[str]) -> str:
     """The local feature configuration ``conf`` reads on data of ``dataset_kind``."""
     if conf.features != "auto":
         return conf.features
-    from ..datasets.open import LANDMARK_KINDS
+    from ..dataset_kinds import LANDMARK_KINDS
 
     return LOCAL_FEATURES["landmark" if dataset_kind in LANDMARK_KINDS else "object"][conf.scorer]
 
@@ -187,54 +187,3 @@ def main(conf: RerankConfig, ranking: Path, query_local: Path, db_local: Path, o
         info.update(queries=len(base), shortlist=shortlist.k, ranked=base.k, scorer=conf.scorer,
                     fusion=applied.label, seconds=round(time.perf_counter() - start, 3))
     return Path(out)
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "rerank", help="re-rank a ranking's shortlist with local evidence (v*global + (1-v)*local)",
-        description="Without options the fusion is the documented default of the scorer's kind (safe without "
-                    "ground truth: counts saturate at T, so weak evidence never overturns a strong global "
-                    "match); 'retrieval run' chooses method, T and v on held-out queries instead.")
-    parser.add_argument("ranking", help="ranking file (retrieval search)")
-    parser.add_argument("--query-local", required=True, help="local feature store of the queries")
-    parser.add_argument("--db-local", required=True, help="local feature store of the database images")
-    parser.add_argument("--scorer", default="spatial", choices=("spatial", "ratio", "vlad", "patch"),
-                        help="local evidence (default spatial: inliers of spatial verification)")
-    parser.add_argument("--config", default="", help="spatial: named configuration (e.g. affine-ransac-mutual)")
-    parser.add_argument("--option", action="append", metavar="KEY=VALUE",
-                        help="scorer option, repeatable (ratio=0.8, mutual=true, threshold=8, method=magsac ...)")
-    parser.add_argument("--model", default=None, help="vlad: encoder file (retrieval encode --model)")
-    parser.add_argument("--shortlist", type=int, default=100, help="results re-ranked per query (default 100)")
-    parser.add_argument("--fusion", default="default", choices=("default", "none", "linear", "delg"),
-                        help="default (the documented fusion of the scorer's kind; the default), none (the "
-                             "global order), linear (v*global + (1-v)*N(local)) or delg (--threshold inliers first)")
-    parser.add_argument("--v", type=float, default=None, help="linear: weight of the global score in [0, 1]")
-    parser.add_argument("--norm", default=None, choices=("none", "minmax", "saturate", "exp", "zscore"),
-                        help="linear: normalisation of the local score (default: saturate for counts, none for "
-                             "similarities; minmax only when named)")
-    parser.add_argument("--T", type=float, default=None, help="linear: scale of the saturate / exp normalisations")
-    parser.add_argument("--threshold", type=float, default=None, help="delg: inliers that put an image first")
-    parser.add_argument("--gate", type=float, default=None,
-                        help="linear: re-rank only queries whose best local score reaches this")
-    parser.add_argument("--out", required=True, help="ranking file to write (JSON)")
-    parser.set_defaults(func=_handle)
-
-
-def _handle(args) -> int:
-    from ..cli import emit_json, parse_options, progress_enabled, require_file, require_output, writing
-
-    ranking = require_file(args.ranking, "ranking file", "json")
-    q_local = require_file(args.query_local, "query local feature store", "hdf5")
-    db_local = require_file(args.db_local, "database local feature store", "hdf5")
-    model = require_file(args.model, "encoder file", "npz") if args.model else None
-    require_output(args.out, "ranking")
-    fusion = FusionSettings.from_dict({"method": args.fusion, **{k: getattr(args, k) for k in (
-        "v", "norm", "T", "threshold", "gate") if getattr(args, k) is not None}}, where="retrieval rerank")
-    conf = RerankConfig(scorer=args.scorer, config=args.config, options=parse_options(args.option),
-                        shortlist=args.shortlist, fusion=fusion)
-    info: dict = {}
-    with writing(args.out, "ranking"):
-        out = main(conf, ranking, q_local, db_local, Path(args.out), model=model, progress=progress_enabled(args),
-                   info=info)
-    emit_json({"ranking": str(out), **info})
-    return 0

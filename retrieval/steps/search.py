@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional
 
 from ..config import Config, ConfigError
 
-__all__ = ["SearchConfig", "main", "register", "add_arguments", "handle", "default_k"]
+__all__ = ["SearchConfig", "main", "default_k"]
 
 #: the default k ranks the whole database while queries x database stays below this
 FULL_RANKING_ENTRIES = 20_000_000
@@ -138,51 +138,3 @@ def incomparable(index_config: dict, query_config: dict) -> list:
 def _values(config: dict, keys: list) -> str:
     flat = _flat(config)
     return ", ".join(f"{k}={flat.get(k)!r}" for k in keys[:4])
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("index", help="index file written by 'retrieval index build'")
-    parser.add_argument("queries", help="global feature file of the queries")
-    parser.add_argument("--k", default=None,
-                        help="results per query, or 'full' (default: the whole database when the ranking "
-                             f"stays under {FULL_RANKING_ENTRIES:,} entries, else {LARGE_DEFAULT_K})")
-    parser.add_argument("--out", required=True, help="ranking file to write (JSON)")
-    parser.add_argument("--batch", type=int, default=4096, help="queries per search call (progress step)")
-    parser.add_argument("--allow-mixed", action="store_true",
-                        help="search queries made with another network, weights, pooling, whitening or encoder "
-                             "than the index (refused by default: the vectors are not comparable)")
-    parser.add_argument("--option", action="append", metavar="KEY=VALUE",
-                        help="search option: memory_mb (exact), nprobe (IVF), ef_search (HNSW)")
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("search", help="rank an index for every query of a feature file")
-    add_arguments(parser)
-    parser.set_defaults(func=handle)
-
-
-def handle(args) -> int:
-    from ..cli import CLIError, emit_json, parse_options, progress_enabled, require_file, require_output, writing
-    from ..index import Index
-
-    index = require_file(args.index, "index file", "npz")
-    queries = require_file(args.queries, "query feature file", "hdf5")
-    require_output(args.out, "ranking")
-    k: Optional[int] = None
-    if args.k is not None and args.k != "full":
-        try:
-            k = int(args.k)
-        except ValueError:
-            raise CLIError(f"--k must be a number or 'full', not {args.k!r}") from None
-    if args.k == "full":
-        k = len(Index.load(index))
-    if k is not None and k < 1:
-        raise CLIError(f"--k must be positive (or 'full'), got {k}")
-    if args.batch < 1:
-        raise CLIError(f"--batch must be positive, got {args.batch}")
-    conf = SearchConfig(k=k, batch=args.batch, options=parse_options(args.option), allow_mixed=args.allow_mixed)
-    info: dict = {}
-    with writing(args.out, "ranking"):
-        out = main(conf, index, queries, Path(args.out), progress=progress_enabled(args), info=info)
-    emit_json({"ranking": str(out), "index": str(index), **info})
-    return 0

@@ -7,7 +7,7 @@ margin ``cfg.arcface_margin``) or ``'linear'`` (``scale (W x + b)``). After trai
 (backbone + pooling) is kept: ``model.pt`` loads with
 :func:`~retrieval.training.embedding.load_trained_efficientnet`.
 
-CLI: ``python -m retrieval.training classifier --config coil-e2 --data DATA/coil100 --labels 1-50 --out runs/e2``.
+CLI: ``retrieval train classifier --config coil-e2 --data DATA/coil100 --labels 1-50 --out runs/e2``.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ the contrastive loss (default; positives pulled to distance 0, negatives pushed 
 E3 starts from ImageNet weights, E4 from an E2 checkpoint (``init_checkpoint``); the embeddings
 trained are the very descriptors retrieval uses (GeM-pooled, L2-normalised), so no head is involved.
 
-CLI: ``python -m retrieval.training siamese --config coil-e4 --init runs/e2 --data DATA/coil100 --labels 1-50 --out runs/e4``.
+CLI: ``retrieval train siamese --config coil-e4 --init runs/e2 --data DATA/coil100 --labels 1-50 --out runs/e4``.
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Checks and error messages the command lines share: input files of the right kind, outputs that can
+"""Checks of user input and error messages as one line: input files of the right kind, outputs that can
 be written, operating-system errors (disk full, file size limit) as one line naming the file.
 
-:class:`CLIError` is the user error every command raises; ``retrieval`` prints it as
-``retrieval: error: ...`` and exits with code 2. Imports only the standard library, so the command
-line starts fast.
+:class:`CLIError` is the user error the command line (:mod:`retrieval.cli`) raises and prints as
+``retrieval: error: ...`` with exit code 2; it is a ValueError, so code below the command line can
+raise it too. Imports only the standard library, so the command line starts fast.
 """
 from __future__ import annotations
 

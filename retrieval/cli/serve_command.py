@@ -1,4 +1,5 @@
-"""``retrieval serve``: the search page and JSON API over a saved index (or an experiment's results).
+"""``retrieval serve``: the search page and JSON API over a saved index (or an experiment's results),
+served by :mod:`retrieval.serve`.
 
     retrieval serve --experiment RESULTS_DIR
     retrieval serve --index INDEX.npz --features FEATURES.h5 --images ROOT [--local SIFT.h5]
@@ -12,14 +13,16 @@ import sys
 import threading
 from pathlib import Path
 
+from ..checks import CLIError
+from .arguments import add_dataset_arguments, load_dataset
+from .output import emit_json
+
 __all__ = ["register", "open_from_args", "LOOPBACK"]
 
 LOOPBACK = "127.0.0.1"
 
 
 def register(subparsers) -> None:
-    from retrieval.cli import add_dataset_arguments
-
     parser = subparsers.add_parser(
         "serve", help="web page and JSON API over a saved index (search by id or upload, local evidence, "
                       "fusion, ground truth, a results folder)")
@@ -50,10 +53,8 @@ def register(subparsers) -> None:
 
 def open_from_args(args):
     """(catalog, results folder or None) from the parsed options."""
-    from retrieval.cli import CLIError, load_dataset
-
-    from .catalog import Catalog
-    from .results import ResultsFolder, experiment_sources
+    from ..serve.catalog import Catalog
+    from ..serve.results import ResultsFolder, experiment_sources
 
     sources = {"index": args.index, "features": args.features, "images": args.images, "queries": args.queries,
                "local": args.local}
@@ -76,8 +77,8 @@ def open_from_args(args):
         if value is not None and not Path(value).exists():
             raise CLIError(f"{value}: no such {key} {'folder' if key == 'images' else 'file'}")
     catalog = Catalog.open(dataset=dataset, **sources)
-    from .results import chosen_fusion
-    from .search import local_method
+    from ..serve.results import chosen_fusion
+    from ..serve.search import local_method
 
     chosen = chosen_fusion(results, local_method(catalog)) if results is not None else None
     if chosen is not None:
@@ -95,11 +96,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def _serve(args) -> int:
-    from retrieval.cli import CLIError, emit_json
-
-    from retrieval.extras import require
-
-    from .uploads import UploadLimits
+    from ..extras import require
+    from ..serve.uploads import UploadLimits
 
     if not args.check:  # before anything is opened: a missing extra is one line naming it
         for module in ("fastapi", "uvicorn"):
@@ -116,7 +114,7 @@ def _serve(args) -> int:
         return 0
     import uvicorn  # checked above
 
-    from .app import create_app
+    from ..serve.app import create_app
 
     if not _is_loopback(args.host):
         print(f"retrieval: warning: serving on {args.host}, reachable from other machines; the API has no "

@@ -1,0 +1,6 @@
+"""``python -m retrieval.cli``: the ``retrieval`` console script."""
+import sys
+
+from retrieval.cli import main
+
+sys.exit(main())

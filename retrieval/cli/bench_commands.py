@@ -1,0 +1,210 @@
+"""``retrieval bench ...``: the benchmarks that are not experiments (no dataset protocol; seeded synthetic
+data or one dataset timed), each a function of :mod:`retrieval.bench` or :mod:`retrieval.serve.load`.
+``benchmarks/*.py`` are one-line aliases of these commands and of ``retrieval run NAME``.
+
+    retrieval bench index-speed [--quick] [--approx] [--clusters 1000] [--repeats 3]   # benchmarks/bench_index.py
+    retrieval bench deep-speed [--quick|--full] [--dataset KIND --data PATH]          # benchmarks/deep_speed.py
+    retrieval bench scale [--quick]                                                   # benchmarks/scale.py
+    retrieval bench store-integrity [--entries N --rows N --rounds N]                 # benchmarks/store_integrity.py
+    retrieval bench serve-load [--vectors N --dim D]                                  # benchmarks/serve_load.py
+
+The experiments (the E1-E8 ladder, the classical and descriptor studies, multi-view) run with
+``retrieval run NAME`` (``retrieval run --list``).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..checks import CLIError, require_output
+from ..dataset_kinds import DATASET_KINDS
+from .arguments import parse_options
+from .output import emit_json
+
+__all__ = ["register"]
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="benchmarks: index-speed, deep-speed, scale, store-integrity, "
+                                                 "serve-load (experiments: retrieval run)")
+    sub = parser.add_subparsers(dest="bench_command", metavar="{index-speed,deep-speed,scale,store-integrity,"
+                                                               "serve-load}", required=True)
+    _index_speed_parser(sub)
+    _deep_speed_parser(sub)
+    _scale_parser(sub)
+    _store_integrity_parser(sub)
+    _serve_load_parser(sub)
+
+
+def _options(args) -> argparse.Namespace:
+    """The benchmark's own options (not the command line's bookkeeping: handler, command names, flags)."""
+    skip = {"func", "command", "bench_command", "debug", "quiet"}
+    return argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in skip})
+
+
+def _described(sub, name: str, help_text: str, module_doc_of: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=f"{help_text} (the measurement: {module_doc_of})")
+
+
+# -------------------------------------------------------------------------------- index-speed
+
+def _index_speed_parser(sub) -> None:
+    p = _described(sub, "index-speed", "the exact backend against faiss Flat (and the approximate backends) on "
+                   "seeded random unit vectors", "retrieval.bench.index_speed")
+    p.add_argument("--n", type=int, default=100_000, help="database vectors (default 100000)")
+    p.add_argument("--dim", type=int, default=1280, help="dimension (default 1280)")
+    p.add_argument("--queries", type=int, default=1000, help="query vectors (default 1000)")
+    p.add_argument("--k", type=int, default=100, help="results per query (default 100)")
+    p.add_argument("--repeats", type=int, default=3, help="timed searches per backend (median)")
+    p.add_argument("--memory-mb", type=float, default=None,
+                   help="score-block budget of the exact backend (default: retrieval.index.DEFAULT_MEMORY_MB)")
+    p.add_argument("--tol", type=float, default=1e-5, help="score tolerance for agreement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clusters", type=int, default=0,
+                   help="draw vectors around this many random centres (default 0: isotropic)")
+    p.add_argument("--spread", type=float, default=0.5, help="noise norm around a centre (--clusters)")
+    p.add_argument("--approx", action="store_true", help="also time faiss IVF-Flat, IVF-PQ and HNSW")
+    p.add_argument("--products", action="store_true",
+                   help="also time the exact search's pieces: float32 product (numpy BLAS, torch), "
+                        "bfloat16 product, top-k")
+    p.add_argument("--quick", action="store_true", help="20000 x dim database, 200 queries, 2 repeats")
+    p.add_argument("--out", default="results/bench_index", help="output folder")
+    p.set_defaults(func=_index_speed)
+
+
+def _index_speed(args) -> int:
+    from ..bench.index_speed import run
+    from ..index import DEFAULT_MEMORY_MB
+
+    require_output(args.out, "results", folder=True)
+    if args.memory_mb is None:
+        args.memory_mb = DEFAULT_MEMORY_MB
+    return run(_options(args))
+
+
+# --------------------------------------------------------------------------------- deep-speed
+
+def _deep_speed_parser(sub) -> None:
+    p = _described(sub, "deep-speed", "EfficientNet-Lite0 extraction speed on CPU: every inference path, and end "
+                   "to end against the bare forward pass", "retrieval.bench.deep_speed")
+    p.add_argument("--dataset", choices=DATASET_KINDS, default="oxford", help="dataset kind (default oxford)")
+    p.add_argument("--data", default=None,
+                   help="dataset folder (default: the oxford5k_subset folder of retrieval.paths.data_root())")
+    p.add_argument("--config", default="lite0-gem-512", help="EfficientNet extractor configuration")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the extractor configuration (size=320, weights=random ...)")
+    p.add_argument("--backend", default="auto", help="the extractor's own inference path (default auto)")
+    p.add_argument("--out", default="results/deep_speed", help="results folder")
+    p.add_argument("--quick", action="store_true", help="small subsets (well under two minutes)")
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="inference paths timed (default: all of retrieval.features.fast_inference.BACKENDS: "
+                        "eager, folded, channels_last, torchscript, onnxruntime)")
+    p.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime intra-op threads")
+    p.add_argument("--n-jobs", type=int, default=2, help="decoding threads")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward (default: extractor's)")
+    p.add_argument("--compare-batch", type=int, default=8,
+                   help="a second batch size timed for the default backend and eager")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 3, quick 1)")
+    p.add_argument("--limit", type=int, default=None, help="images in the --full pass (default: all)")
+    p.add_argument("--bare-images", type=int, default=None, help="images timed in the rounds (default 48, quick 12)")
+    p.add_argument("--full", action="store_true", help="also extract every image once (absolute figure)")
+    p.set_defaults(func=_deep_speed)
+
+
+def _deep_speed(args) -> int:
+    from ..bench.deep_speed import run
+    from ..features.fast_inference import BACKENDS
+
+    unknown = sorted(set(args.backends or ()) - set(BACKENDS))
+    if unknown:
+        raise CLIError(f"--backends: unknown inference path(s) {unknown}; known: {', '.join(BACKENDS)}")
+    args.backends = list(args.backends or BACKENDS)
+    if args.data is None and args.dataset != "oxford":
+        raise CLIError(f"--dataset {args.dataset} needs its folder (--data PATH)")
+    require_output(args.out, "results", folder=True)
+    args.options = parse_options(args.set)
+    run(_options(args))
+    return 0
+
+
+# -------------------------------------------------------------------------------------- scale
+
+def _scale_parser(sub) -> None:
+    p = _described(sub, "scale", "IVF-PQ from shards, GLDv2 CSVs at full size, the Ray engine's figures and the "
+                   "E1-E7 cost model", "retrieval.bench.scale")
+    p.add_argument("--quick", action="store_true", help="small sizes for CI")
+    p.add_argument("--data-root", default=None, help="data folder (default: retrieval.paths.data_root())")
+    p.add_argument("--out", default="results/scale", help="results folder")
+    p.add_argument("--work", default=None,
+                   help="folder for shards and generated CSVs (default cache/scale, --quick: cache/scale-quick: "
+                        "the two modes make shards of different sizes, so each keeps its own)")
+    p.add_argument("--workers", type=int, default=32, help="CPU workers N of the projection")
+    p.add_argument("--gpus", type=int, default=4, help="GPUs G of the projection")
+    p.add_argument("--gpu-img-per-s", type=float, default=400.0,
+                   help="assumed network throughput of one GPU (images/s; not measured here)")
+    p.add_argument("--skip", nargs="*", default=[], choices=["index", "gldv2", "engine", "cost"], help="parts to skip")
+    p.set_defaults(func=_scale)
+
+
+def _scale(args) -> int:
+    from ..bench.scale import default_work_dir, results_markdown, run
+    from ..paths import data_root
+
+    require_output(args.out, "results", folder=True)
+    work = Path(args.work) if args.work else default_work_dir(args.quick)
+    results = run(Path(args.out), work, data_root(args.data_root), quick=args.quick,
+                  workers=args.workers, gpus=args.gpus, gpu_img_per_s=args.gpu_img_per_s, skip=args.skip)
+    print(results_markdown(results))
+    return 0
+
+
+# ---------------------------------------------------------------------------- store-integrity
+
+def _store_integrity_parser(sub) -> None:
+    p = _described(sub, "store-integrity", "what the feature stores' checksums and space reservation cost",
+                   "retrieval.bench.store_integrity")
+    p.add_argument("--entries", type=int, default=300, help="local feature entries (default 300)")
+    p.add_argument("--rows", type=int, default=20000, help="global feature rows (default 20000)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--folder", type=Path, default=None, help="where to write (default: a temporary folder)")
+    p.add_argument("--out", default="results/store_integrity", help="results folder")
+    p.set_defaults(func=_store_integrity)
+
+
+def _store_integrity(args) -> int:
+    from ..bench.store_integrity import run
+
+    require_output(args.out, "results", folder=True)
+    run(args.entries, args.rows, args.rounds, args.folder, args.out)
+    return 0
+
+
+# --------------------------------------------------------------------------------- serve-load
+
+def _serve_load_parser(sub) -> None:
+    p = _described(sub, "serve-load", "bounded load test of retrieval serve's /api/search on loopback (at most "
+                   "500 requests, at most 8 at a time)", "retrieval.serve.load")
+    p.add_argument("--vectors", type=int, default=100_000, help="index size (default 100,000)")
+    p.add_argument("--dim", type=int, default=320,
+                   help="vector dimension (default 320: Lite0's last block; 1280 for its head)")
+    p.add_argument("--requests", type=int, default=500, help="at most 500")
+    p.add_argument("--concurrency", type=int, default=8, help="at most 8")
+    p.add_argument("--k", type=int, default=20, help="results per search (default 20)")
+    p.add_argument("--time-limit", type=float, default=120.0, help="stop after this many seconds (default 120)")
+    p.add_argument("--out", default=None, help="also write the JSON report here")
+    p.set_defaults(func=_serve_load)
+
+
+def _serve_load(args) -> int:
+    from ..serve.load import MAX_CONCURRENCY, MAX_REQUESTS, n_fmt, run_load
+
+    if not 1 <= args.requests <= MAX_REQUESTS or not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        raise CLIError(f"the load test is bounded: 1 <= --requests <= {MAX_REQUESTS}, "
+                       f"1 <= --concurrency <= {MAX_CONCURRENCY}")
+    require_output(args.out, "load report")
+    report = run_load(args.vectors, args.dim, args.requests, args.concurrency, args.k, args.time_limit)
+    emit_json(report, args.out)
+    lat = report["latency_ms"]
+    print(f"/api/search by id, {n_fmt(report)} synthetic vectors: p50 {lat['p50']} ms, p95 {lat['p95']} ms over "
+          f"{report['requests']} requests, {report['concurrency']} concurrent (target p95 < 100 ms); load average "
+          f"{report['load_average']} on {report['cpu_count']} CPUs")
+    return 0
