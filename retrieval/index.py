@@ -22,22 +22,18 @@ Backends
     ``faiss.IndexIVFFlat`` with inner product; options ``nlist`` (default ``4 sqrt(N)``, at most
     ``N/39``), ``nprobe`` (default 16), ``seed``.
 ``"faiss-ivfpq"``
-    ``faiss.IndexIVFPQ``; options ``nlist``, ``m`` (sub-quantisers, must divide the dimension;
-    default the largest divisor of ``D`` that is <= 64 and leaves >= 16 dimensions per
-    sub-quantiser: 64 for 1280-D, 16 for 256-D), ``nbits``
-    (default 8), ``nprobe``, ``seed``.
+    ``faiss.IndexIVFPQ``; options ``nlist``, ``m`` (sub-quantisers dividing ``D``; default the largest
+    divisor <= 64 leaving >= 16 dimensions each), ``nbits`` (default 8), ``nprobe``, ``seed``.
 ``"faiss-hnsw"``
     ``faiss.IndexHNSWFlat`` with inner product; options ``hnsw_m`` (links per node, default 32),
-    ``ef_construction`` (default 80), ``ef_search`` (default 128). ``efConstruction`` /
-    ``efSearch`` are accepted as aliases.
+    ``ef_construction`` (default 80), ``ef_search`` (default 128) (aliases efConstruction / efSearch).
 
 Every option is checked (:mod:`retrieval.index_options`, one :class:`retrieval.config.Config` per
 backend) before faiss sees it: a bad value is a ValueError naming it, never a faiss abort or hang.
 Per-call search options go to faiss as SearchParameters, never onto the shared index, so threads
 may search one index with different options at once.
 
-The faiss backends need the optional extra: ``pip install hybrid-retrieval[faiss]``; faiss is
-imported only when one of them is used.
+The faiss backends need the ``faiss`` extra; faiss is imported only when one of them is used.
 
 Vectors
 -------

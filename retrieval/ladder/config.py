@@ -20,6 +20,7 @@ Two halves, each optional:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Tuple
 
 from retrieval.config import Config, ConfigError
@@ -117,6 +118,13 @@ class LadderConfig(Config):
     n_query_figures: int = 4
     progress: bool = True
     recompute: Tuple[str, ...] = ()
+
+    def root(self) -> Path:
+        """The data root (``data_root``, default :func:`retrieval.paths.data_root`): the folder holding
+        ``coil100/``, ``oxford5k_subset/`` and ``revisitop/``."""
+        from retrieval.paths import data_root
+
+        return Path(self.data_root) if self.data_root else Path(data_root())
 
     def check(self) -> None:
         if self.engine not in ("local", "ray"):

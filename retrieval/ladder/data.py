@@ -15,21 +15,15 @@ from retrieval.datasets import DatasetError, RetrievalDataset
 from .config import LadderConfig
 from .stages import RunCache, remove, say
 
-__all__ = ["data_root", "object_dataset", "landmark_dataset", "read_landmarks", "quick_subset",
+__all__ = ["object_dataset", "landmark_dataset", "read_landmarks", "quick_subset",
            "QUICK_COIL", "FULL_COIL"]
 
 QUICK_COIL = dict(train_objects=range(1, 9), test_objects=range(51, 59))
 FULL_COIL = dict(train_objects=range(1, 51), test_objects=range(51, 101))
 
 
-def data_root(conf: LadderConfig) -> Path:
-    from retrieval.paths import data_root as default_root
-
-    return Path(conf.data_root) if conf.data_root else Path(default_root())
-
-
 def _coil_root(conf: LadderConfig) -> Path:
-    root = Path(conf.object.data) if conf.object.data else data_root(conf)
+    root = Path(conf.object.data) if conf.object.data else conf.root()
     for candidate in (root, root / "coil100"):
         if (candidate / "labels.csv").is_file():
             return candidate
@@ -140,7 +134,7 @@ def landmark_dataset(conf: LadderConfig) -> Tuple[RetrievalDataset, str]:
     """The landmark half's dataset (``oxford`` / ``paris``: standard lists, ``revisited``: Medium,
     ``gldv2``: its solution file) and its display name; quick: :func:`quick_subset`."""
     lm = conf.landmark
-    root = Path(lm.data) if lm.data else data_root(conf) / "oxford5k_subset"
+    root = Path(lm.data) if lm.data else conf.root() / "oxford5k_subset"
     ds = read_landmarks(lm.dataset, root)
     from .revisited import add_revisited_queries
 

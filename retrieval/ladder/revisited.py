@@ -35,9 +35,7 @@ def _wanted(conf: LadderConfig) -> List[str]:
 
 
 def _default_gnd(conf: LadderConfig) -> Path:
-    from .data import data_root
-
-    return data_root(conf) / "revisitop" / "gnd_roxford5k.pkl"
+    return conf.root() / "revisitop" / "gnd_roxford5k.pkl"
 
 
 def revisited_gnd(conf: LadderConfig) -> Path:
