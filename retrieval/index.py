@@ -12,9 +12,8 @@ Backends
     partial top-k (``torch.topk``), never a full sort. Where the CPU multiplies bfloat16 natively,
     ``precision="auto"`` (default) finds the top k with a bfloat16 product whose error is bounded,
     then re-scores the candidates in float32: the same top k at about half the arithmetic
-    (:mod:`retrieval.exact_bf16`); ``precision="float32"`` keeps the float32 product throughout. Queries and database are cut into blocks
-    sized from ``memory_mb`` so the score matrix held at once never exceeds that budget; block
-    results are merged exactly. Ties are ordered deterministically: equal scores, lower database
+    (:mod:`retrieval.exact_bf16`); ``precision="float32"`` keeps float32 throughout. Blocks sized from
+    ``memory_mb`` bound the score matrix held at once; block results are merged exactly. Ties are ordered deterministically: equal scores, lower database
     row first (also at the k-th position).
 ``"faiss-flat"``
     ``faiss.IndexFlatIP`` (exact, faiss' own BLAS + heap).
