@@ -5,6 +5,7 @@ The one matplotlib set-up: :func:`subplots` (Agg backend) and :func:`save_figure
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import sys
@@ -182,3 +183,19 @@ def finite_metrics(metrics: Dict[str, object]) -> Dict[str, object]:
     import math
 
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+#: metrics that are not fractions (UKBench's N-S score counts the group's images in the top 4, 0-4)
+NOT_FRACTIONS = ("ns_score",)
+
+
+def pct(x: float) -> float:
+    """A fraction as the percent every results table reports (two decimals; NaN stays NaN)."""
+    return round(100.0 * x, 2) if x == x else math.nan
+
+
+def percent_metrics(metrics: Dict[str, object]) -> Dict[str, object]:
+    """``metrics`` with every fractional metric in percent (the one unit of results tables; counts and
+    :data:`NOT_FRACTIONS` as they are)."""
+    return {k: (pct(v) if isinstance(v, float) and k not in NOT_FRACTIONS else v) for k, v in metrics.items()}
+

@@ -63,7 +63,7 @@ def pick(entries: Sequence[dict], kind: str) -> dict:
         raise ValueError(f"no linear {kind} candidate common to every result")
     rows = []
     for label in labels:
-        gains = [100.0 * (e["means"][label] - e["means"][BASE]) for e in entries]
+        gains = [e["means"][label] - e["means"][BASE] for e in entries]   # percent: mAP points
         rows.append({"candidate": label, "worst_gain": min(gains), "mean_gain": sum(gains) / len(gains),
                      "gains": gains})
     rows.sort(key=lambda r: (-r["worst_gain"], -r["mean_gain"]))

@@ -23,7 +23,7 @@ def main(conf: LadderConfig, out_dir, cache_dir=None) -> Path:
     ``cache/e1_e7``, in ``full/`` or ``quick/``) and write the results into ``out_dir``; returns it."""
     import torch
 
-    from retrieval.report import peak_rss_mb, write_results
+    from retrieval.report import pct, peak_rss_mb, write_results
 
     from . import plots
     from .ladder import run_landmark, run_object
@@ -53,7 +53,7 @@ def main(conf: LadderConfig, out_dir, cache_dir=None) -> Path:
             sweeps[r.name] = {e: sweep_curves(c) for e, c in half.choices.get(r.name, {}).items()}
             chosen[r.name] = {e: c.fit["chosen"] for e, c in half.choices.get(r.name, {}).items()}
             deployed[r.name] = {e: c.deployed for e, c in half.choices.get(r.name, {}).items()}
-            means[r.name] = {e: {str(k): v for k, v in c.fit["curves"]["all"].items()}
+            means[r.name] = {e: {str(k): pct(v) for k, v in c.fit["curves"]["all"].items()}
                              for e, c in half.choices.get(r.name, {}).items()}
         figures += _failure_grids(half, base, conf, out)
     figures = [plots.bar_chart(rows, out / "map_bars.png"), plots.v_sweep_plot(sweeps, out / "v_sweep.png", chosen)] + figures

@@ -6,11 +6,9 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["result_rows", "summary_table", "sweep_curves", "sweep_table", "pct"]
+from retrieval.report import pct
 
-
-def pct(x: float) -> float:
-    return round(100.0 * x, 2) if x == x else math.nan
+__all__ = ["result_rows", "summary_table", "sweep_curves", "sweep_table"]
 
 
 def result_rows(experiment: str, dataset: str, split_scores: Mapping[str, float], metric: str,

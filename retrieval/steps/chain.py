@@ -213,8 +213,11 @@ def _row(conf: RetrievalExperiment, result: StageResult, ds, source: str) -> Dic
     from . import evaluate
 
     settings = conf.evaluate if result.protocol is None else with_(conf.evaluate, protocol=result.protocol)
+    from ..report import percent_metrics
+
     metrics = evaluate.score(settings, result.predictions, ds, conf.dataset.kind, source=source)
-    return {"method": result.method, **{k: v for k, v in metrics.items() if k != "bad_files"}}
+    # results tables report metrics in percent, as the E1-E8 ladder does
+    return {"method": result.method, **percent_metrics({k: v for k, v in metrics.items() if k != "bad_files"})}
 
 
 def _figure(rows, metric: str, path: Path, title: str) -> None:
@@ -224,9 +227,9 @@ def _figure(rows, metric: str, path: Path, title: str) -> None:
     values = [row.get(metric) or 0.0 for row in rows]
     bars = ax.bar(range(len(rows)), values, color="#4c72b0")
     ax.set_xticks(range(len(rows)), [row["method"] for row in rows], rotation=15, ha="right", fontsize=8)
-    ax.set_ylim(0.0, 1.08)  # from zero: a small gap must look small
-    ax.set_ylabel(metric)
+    ax.set_ylim(0.0, 108.0)  # from zero: a small gap must look small
+    ax.set_ylabel(f"{metric} (%)")
     ax.set_title(title, fontsize=9)
     for bar, value in zip(bars, values):
-        ax.text(bar.get_x() + bar.get_width() / 2, value + 0.01, f"{value:.3f}", ha="center", fontsize=8)
+        ax.text(bar.get_x() + bar.get_width() / 2, value + 1.0, f"{value:.2f}", ha="center", fontsize=8)
     save_figure(fig, path, dpi=110)

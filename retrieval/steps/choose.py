@@ -99,11 +99,14 @@ class Choice:
 
     def report(self) -> dict:
         """The JSON-able summary written into results.json."""
-        return {"relevance": self.relevance, "chosen": dict(self.fit["chosen"]), "held_out": dict(self.fit["score"]),
+        from ..report import pct
+
+        return {"relevance": self.relevance, "chosen": dict(self.fit["chosen"]),
+                "held_out": {g: pct(m) for g, m in self.fit["score"].items()},
                 "deployed": self.deployed, "candidates": len(self.candidates),
                 # each candidate's mean over all queries (not a held-out figure: what a fixed default
-                # would give; benchmarks/fusion_default.py compares them across data sets)
-                "mean_by_candidate": {str(c): m for c, m in self.fit["curves"]["all"].items()}}
+                # would give; benchmarks/fusion_default.py compares them across data sets), in percent
+                "mean_by_candidate": {str(c): pct(m) for c, m in self.fit["curves"]["all"].items()}}
 
 
 def choose(experiment: str, candidates: Mapping[str, object], rankings: Callable[[object], Predictions],
