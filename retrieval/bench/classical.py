@@ -185,12 +185,11 @@ def _features(cache: Path, root: Path, sift: str, parts, conf: ClassicalConfig) 
     """Local features of each ``(what, ids, paths, boxes)`` part (stores under ``cache/features``, one
     folder per dataset folder, shared by quick and full runs and by the whitening of other runs) and
     ``{"sift": configuration, "extract_s_per_image": ...}`` over every image this folder's store computed."""
-    from retrieval.features.extract import extract_local_features
-    from retrieval.features.sift import SiftExtractor
     from retrieval.features.store import LocalFeatureStore
     from retrieval.fileio import atomic_write_text
+    from retrieval.steps.image_features import extract_into, make_extractor
 
-    extractor = SiftExtractor(sift)
+    extractor = make_extractor("local", sift)
     root = Path(root).resolve()
     folder = cache / "features" / f"{root.name}-{_digest(str(root))}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -201,8 +200,8 @@ def _features(cache: Path, root: Path, sift: str, parts, conf: ClassicalConfig) 
         # database images are the same whatever the subset; query crops depend on their boxes
         suffix = "" if what == "db" else "-" + _digest(list(ids), boxes)
         path = folder / f"{extractor.name}-{what}{suffix}.h5"
-        res = extract_local_features(ids, paths, extractor, path, n_jobs=conf.n_jobs, boxes=boxes,
-                                     progress=conf.progress, desc=f"{root.name} {what} {extractor.name}")
+        res = extract_into("local", extractor, ids, paths, boxes, path, n_jobs=conf.n_jobs, progress=conf.progress,
+                           desc=f"{root.name} {what} {extractor.name}")
         if res.computed:
             timing["seconds"] += res.seconds
             timing["images"] += res.computed

@@ -148,7 +148,7 @@ def _check_against_extractor(ds, multi: MultiPoolExtractor, layer: str) -> float
 
 def _tables(ds, whitening_set, cache: Path, conf: DescriptorStudyConfig, timer, layer: str) -> Dict[str, np.ndarray]:
     """Multi-pool tables of one layer: database, queries (native and enlarged crops), whitening set."""
-    from retrieval.features.deep_extract import extract_global
+    from retrieval.steps.image_features import extract_into
     from retrieval.features.efficientnet import EfficientNetExtractor
     from retrieval.features.store import load_global
 
@@ -171,15 +171,15 @@ def _tables(ds, whitening_set, cache: Path, conf: DescriptorStudyConfig, timer, 
             parts = []
             for suffix, scales in (("", SCALES), ("-s0.5", EXTRA_SCALES)):
                 path = cache / f"{layer}-{key}{suffix}.h5"
-                extract_global(MultiPoolExtractor(ext.base, scales), ids, paths, path, boxes=boxes,
-                               n_jobs=conf.n_jobs, desc=f"{layer} {key} scales {scales}")
+                extract_into("global", MultiPoolExtractor(ext.base, scales), ids, paths, boxes, path,
+                             n_jobs=conf.n_jobs, desc=f"{layer} {key} scales {scales}")
                 parts.append(ordered(path, ids))
             out[key] = np.concatenate(parts, axis=1)
     if whitening_set is not None:
         ids, paths, name = whitening_set
         with timer("extract whitening set"):
             path = cache / f"{layer}-whitening-{name}-{len(ids)}.h5"
-            extract_global(multi, ids, paths, path, n_jobs=conf.n_jobs, desc=f"{layer} whitening set")
+            extract_into("global", multi, ids, paths, None, path, n_jobs=conf.n_jobs, desc=f"{layer} whitening set")
             out["white"] = ordered(path, ids)          # scales SCALES only
     out["channels"] = np.asarray(multi.channels)
     return out

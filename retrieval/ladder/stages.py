@@ -47,10 +47,12 @@ class RunCache:
         return {"backend": self.backend, "device": self.device}
 
     def extract(self, kind: str, extractor, ids, paths, boxes, path: Path, desc: str) -> int:
-        """:func:`retrieval.steps.image_features.extract_into` with this run's engine and workers."""
-        return extract_into(kind, extractor, ids, paths, boxes, path, engine=self.engine, n_jobs=self.n_jobs,
-                            ray_address=self.ray_address, progress=self.progress, desc=desc,
-                            runtime=self.runtime, say=say)
+        """Images computed now by :func:`retrieval.steps.image_features.extract_into` with this run's
+        engine and workers."""
+        run = extract_into(kind, extractor, ids, paths, boxes, path, engine=self.engine, n_jobs=self.n_jobs,
+                           ray_address=self.ray_address, progress=self.progress, desc=desc,
+                           runtime=self.runtime, say=say)
+        return int(getattr(run, "computed", 0) or 0)
 
 
 def extractor(kind: str, config, cache: RunCache, **overrides):

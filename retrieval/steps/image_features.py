@@ -70,10 +70,11 @@ def _fresh(compute, path: Path, say=print):
 
 def extract_into(kind: str, extractor, ids: Sequence, paths: Sequence, boxes: Optional[Sequence], out: Path, *,
                  engine: str = "local", n_jobs: int = 2, ray_address: Optional[str] = None, progress: bool = True,
-                 desc: str = "", runtime: Optional[Mapping[str, Any]] = None, say=print) -> int:
+                 desc: str = "", runtime: Optional[Mapping[str, Any]] = None, say=print):
     """Extract ``kind`` features of the images (``boxes``: crop boxes or None) into the single file
-    ``out`` with ``extractor`` (module docstring); returns how many images were computed now.
-    ``runtime``: the EfficientNet options each Ray worker builds its network with."""
+    ``out`` with ``extractor`` (module docstring); returns the run's result (``computed``: images
+    extracted now, ``seconds``). ``runtime``: the EfficientNet options each Ray worker builds its
+    network with."""
     from ..features.deep_extract import extract_global, extract_patches
     from ..features.extract import extract_local_features
 
@@ -90,13 +91,17 @@ def extract_into(kind: str, extractor, ids: Sequence, paths: Sequence, boxes: Op
         fn = extract_global if kind == "global" else extract_patches
         run = lambda: fn(extractor, ids, paths, out, n_jobs=n_jobs, boxes=boxes, progress=progress,  # noqa: E731
                          desc=desc)
-    return int(getattr(_fresh(run, out, say), "computed", 0) or 0)
+    return _fresh(run, out, say)
 
 
-def _sharded_into(kind, extractor, ids, paths, boxes, out: Path, n_jobs, ray_address, progress, desc, runtime) -> int:
+def _sharded_into(kind, extractor, ids, paths, boxes, out: Path, n_jobs, ray_address, progress, desc, runtime):
+    import time
+    from types import SimpleNamespace
+
     from ..features.sharded_extract import extract_global_sharded, extract_local_sharded, extract_patches_sharded
     from ..features.shards import ShardedStore
 
+    start = time.perf_counter()
     root = out.with_name(out.name + ".shards")
     common = dict(engine="ray", n_jobs=n_jobs, boxes=boxes, ray_address=ray_address, progress=progress, desc=desc)
     if kind == "local":
@@ -110,4 +115,4 @@ def _sharded_into(kind, extractor, ids, paths, boxes, out: Path, n_jobs, ray_add
     if computed or not out.is_file():
         remove(out)
         ShardedStore(root).merge(out, [str(i) for i in ids])
-    return computed
+    return SimpleNamespace(computed=computed, seconds=time.perf_counter() - start)
