@@ -8,8 +8,7 @@ library, so the command line starts fast.
 """
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+import importlib.util
 from typing import Dict, Optional, Tuple
 
 __all__ = ["EXTRAS", "MissingExtra", "require", "extra_of", "missing_extra_message", "install_line"]
@@ -55,18 +54,18 @@ def _message(extra: str, module: str, needed_by: Optional[str]) -> str:
     return f"{who} needs the '{extra}' extra ({module} is not installed): {install_line(extra)}"
 
 
-def require(extra: str, module: str, needed_by: Optional[str] = None) -> ModuleType:
-    """Import ``module`` (one of ``extra``'s); when it is missing raise :class:`MissingExtra` whose
-    message names the extra and the pip line that installs it."""
+def require(extra: str, module: str, needed_by: Optional[str] = None) -> None:
+    """Check that ``module`` (one of ``extra``'s, a third-party package) is installed, without importing
+    it; when it is missing raise :class:`MissingExtra` whose message names the extra and the pip line
+    that installs it. The caller then imports it by name, so every import stays visible in the source."""
     if extra not in EXTRAS:
         raise KeyError(f"unknown extra {extra!r}; known: {', '.join(EXTRAS)}")
     try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        missing = getattr(exc, "name", None) or module
-        if extra_of(missing) != extra:  # the module is there but one of ITS imports failed: not ours
-            raise
-        raise MissingExtra(_message(extra, missing, needed_by), name=missing) from None
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise MissingExtra(_message(extra, module, needed_by), name=module)
 
 
 def missing_extra_message(exc: BaseException) -> Optional[str]:

@@ -15,7 +15,10 @@ __all__ = ["import_faiss", "default_nlist", "default_pq_m", "build_faiss", "fais
 def import_faiss():
     from .extras import require
 
-    return require("faiss", "faiss", "the faiss backends")
+    require("faiss", "faiss", "the faiss backends")   # one line naming the extra when it is missing
+    import faiss
+
+    return faiss
 
 
 def default_nlist(n: int) -> int:
