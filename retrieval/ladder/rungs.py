@@ -75,9 +75,9 @@ def _candidates(conf: LadderConfig, kind: str) -> Dict[str, object]:
 def _sift_store(half: Half, conf: LadderConfig, cache: RunCache, sift_name: str, file: str) -> Tuple[object, Path]:
     """RootSIFT ``sift_name`` of what the re-rankers read: on landmark data every image (the VLAD
     codebook is learned on the database), on object data the queries and shortlisted images."""
-    from retrieval.features.sift import SiftExtractor
+    from retrieval.features.local_extractors import local_extractor
 
-    sift = SiftExtractor(sift_name)
+    sift = local_extractor(sift_name)
     path = half.folder / file
     cache.fresh("sift", path)
     ds = half.dataset

@@ -116,9 +116,9 @@ def _extractor(kind: str, config: str, overrides: Dict[str, Any]):
             from ..features.efficientnet import EfficientNetExtractor
 
             return EfficientNetExtractor(config, **overrides)
-        from ..features.sift import SiftExtractor
+        from ..features.local_extractors import local_extractor
 
-        return SiftExtractor(config, **overrides)
+        return local_extractor(config, **overrides)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"extract: {exc}") from None
 

@@ -38,7 +38,8 @@ FEATURES = ("local", "global", "patches")
 @dataclasses.dataclass(frozen=True)
 class ExtractConfig(Config):
     """How to extract: ``features`` (local = SIFT family, global / patches = EfficientNet), the named
-    extractor configuration ``extractor`` (:data:`features.sift.SIFT_CONFIGS` or
+    extractor configuration ``extractor`` (:data:`features.sift.SIFT_CONFIGS`,
+    :data:`features.learned.LEARNED_CONFIGS` or
     :data:`features.efficientnet.EXTRACTOR_CONFIGS`) with ``options`` overriding its keys, which
     ``images`` (db, queries with their boxes, or all), the engine and its workers."""
 
@@ -65,13 +66,13 @@ class ExtractConfig(Config):
 def extractor_for(conf: ExtractConfig):
     """A picklable factory of the extractor ``conf`` names. Unknown option keys are refused."""
     if conf.features == "local":
-        from retrieval.features.sift import SiftExtractor
+        from retrieval.features.local_extractors import local_extractor
 
         try:
-            SiftExtractor(conf.extractor, **conf.options)
+            local_extractor(conf.extractor, **conf.options)
         except ValueError as exc:
             raise ConfigError(f"local features: {exc}") from None
-        return partial(SiftExtractor, conf.extractor, **conf.options)
+        return partial(local_extractor, conf.extractor, **conf.options)
     from retrieval.features.efficientnet import EfficientNetExtractor, resolve_config
 
     try:
