@@ -184,3 +184,40 @@ def test_scorer_refuses_sift_queries_against_rootsift_database(tmp_path, scenes,
     assert code == 2 and err_text.startswith("retrieval: error:") and err_text.count("\n") == 1
     assert "sift descriptors" in err_text and "rootsift" in err_text and not (tmp_path / "rr.json").exists()
     assert json.loads((tmp_path / "r.json").read_text())["ids"] == [["d1", "d2"]]
+
+
+def test_asmk_first_stage_and_reranker_agree_with_the_reference_package(tmp_path, scenes):
+    """ASMK* over XFeat: the inverted file (the asmk package's) and the pairwise re-ranking scorer give
+    the same similarities; the warped copy of the query wins; the encoder survives save / load."""
+    from asmk import asmk_method
+
+    from retrieval.features.encoders.asmk import AsmkEncoder, AsmkIndex
+    from retrieval.rerank.asmk import AsmkScorer
+
+    ex = LearnedExtractor("xfeat-1k")
+    feats = [ex.extract(img) for img in (*scenes, _scene(3), _scene(4))]
+    db_ids = ["same", "other", "s3", "s4"]
+    encoder = AsmkEncoder(k=64, query_assignment=1).fit(feats, niter=5)
+    index = AsmkIndex(encoder, db_ids, feats[1:])
+    ids, scores = index.search([feats[0]], k=4)
+    pairwise = AsmkScorer(encoder).score(feats[0], feats[1:])
+    assert ids[0][0] == "same" and scores[0, 0] > 2 * scores[0, 1]
+    np.testing.assert_allclose(sorted(pairwise, reverse=True), scores[0], rtol=1e-6)
+    # the package's own pipeline (its codebook given our centroids) ranks and scores the same way
+    params = {"index": {"gpu_id": None}, "train_codebook": {"codebook": {"size": 64}},
+              "build_ivf": {"kernel": {"binary": True}, "ivf": {"use_idf": False},
+                            "quantize": {"multiple_assignment": 1}, "aggregate": {}},
+              "query_ivf": {"quantize": {"multiple_assignment": 1}, "aggregate": {},
+                            "search": {"topk": 4}, "similarity": {"alpha": 3.0, "similarity_threshold": 0.0}}}
+    method = asmk_method.ASMKMethod.initialize_untrained(params)
+    cdb_method = method.train_codebook(np.zeros((64, 64), np.float32))  # replaced below by our centroids
+    cdb_method.codebook.index(encoder.codebook.centroids)
+    db_desc = np.concatenate([f.descriptors for f in feats[1:]])
+    db_imids = np.concatenate([np.full(len(f), i) for i, f in enumerate(feats[1:])])
+    built = cdb_method.build_ivf(db_desc, db_imids)
+    _, _, ranks, ref_scores = built.query_ivf(feats[0].descriptors, np.zeros(len(feats[0]), int))
+    assert [db_ids[i] for i in ranks[0]] == ids[0]
+    np.testing.assert_allclose(ref_scores[0], scores[0], rtol=1e-5)
+    path = encoder.save(tmp_path / "asmk.npz")
+    again = AsmkEncoder.load(path)
+    np.testing.assert_allclose(AsmkScorer(again).score(feats[0], feats[1:]), pairwise)
