@@ -2,7 +2,8 @@
 XFeat and DISK on the same images at the same size, and re-ranking ms/query for a top 100 of each
 matcher (mutual NN + ratio, LighterGlue, LightGlue; each followed by the same affine RANSAC).
 
-Protocol: ``--images`` database images spread over the dataset are extracted one after another in
+Protocol: ``--images`` database images spread over the dataset are extracted by every extractor in
+turn, image by image (so that a shared machine's changing load weighs on all alike), in
 one thread (torch and OpenCV both single-threaded: the per-image cost, not a parallel throughput),
 after one untimed warm-up image. For re-ranking every query (cropped to its box) is verified against
 the same 100 database images (the cost depends on keypoint counts, not on which images are
@@ -51,18 +52,28 @@ def _spread(items: Sequence, n: int) -> list:
     return [items[i] for i in idx]
 
 
-def extraction_rows(name: str, paths: Sequence[str]) -> dict:
+def extraction_rows(names: Sequence[str], paths: Sequence[str]) -> List[dict]:
+    """ms/image of each extractor; the extractors take turns image by image, so that the load of a
+    shared machine, which changes by the minute, weighs on all of them alike."""
     from retrieval.features.local_extractors import local_extractor
 
-    ex = local_extractor(name)
-    ex.extract_path(paths[0])  # warm-up: network built, caches filled
-    counts, t0 = [], time.perf_counter()
+    extractors = [local_extractor(n) for n in names]
+    for ex in extractors:
+        ex.extract_path(paths[0])  # warm-up: network built, caches filled
+    seconds, counts = np.zeros(len(names)), np.zeros(len(names))
     for p in paths:
-        counts.append(len(ex.extract_path(p)))
-    ms = (time.perf_counter() - t0) / len(paths) * 1000
-    print(f"  extraction {name:24s} {ms:8.1f} ms/image  {np.mean(counts):6.0f} keypoints", flush=True)
-    return {"what": "extraction", "features": name, "matcher": "", "images": len(paths),
-            "ms_per_image": round(ms, 1), "keypoints": int(np.mean(counts)), "ms_per_query": None, "estimated": ""}
+        for j, ex in enumerate(extractors):
+            t0 = time.perf_counter()
+            counts[j] += len(ex.extract_path(p))
+            seconds[j] += time.perf_counter() - t0
+    rows = []
+    for j, name in enumerate(names):
+        ms = seconds[j] / len(paths) * 1000
+        print(f"  extraction {name:24s} {ms:8.1f} ms/image  {counts[j] / len(paths):6.0f} keypoints", flush=True)
+        rows.append({"what": "extraction", "features": name, "matcher": "", "images": len(paths),
+                     "ms_per_image": round(ms, 1), "keypoints": int(counts[j] / len(paths)), "ms_per_query": None,
+                     "estimated": ""})
+    return rows
 
 
 def _shortlist_features(name: str, ds, cache: Path):
@@ -130,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Pa
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     paths = _spread([str(p) for p in ds.db_paths], args.images)
-    rows: List[dict] = [extraction_rows(n, paths) for n in names]
+    rows: List[dict] = extraction_rows(names, paths)
     if not args.no_rerank:
         torch.set_num_threads(2)  # the matchers' own pools decide (see the module docstring)
         cv2.setNumThreads(2)
