@@ -27,9 +27,9 @@ __all__ = ["main", "parser", "COLUMNS"]
 
 COLUMNS = ["what", "features", "matcher", "images", "ms_per_image", "keypoints", "ms_per_query", "estimated"]
 FEATURES = ("rootsift-upright-c02-4k", "rootsift-2k", "xfeat-4k", "xfeat-1k", "xfeat-512", "disk-2k")
-MATCHERS = (("rootsift-upright-c02-4k", "affine-ransac-mutual"), ("xfeat-4k", "affine-ransac-mutual"),
-            ("xfeat-1k", "affine-ransac-mutual"), ("xfeat-512", "affine-ransac-mutual"),
-            ("disk-2k", "affine-ransac-mutual"), ("xfeat-1k", "lighterglue-xfeat"), ("disk-2k", "lightglue-disk"))
+MATCHERS = ("rootsift-upright-c02-4k:affine-ransac-mutual", "xfeat-4k:affine-ransac-mnn",
+            "xfeat-1k:affine-ransac-mnn", "xfeat-512:affine-ransac-mnn", "disk-2k:affine-ransac-mnn",
+            "xfeat-1k:lighterglue-xfeat", "disk-2k:lightglue-disk")
 SHORTLIST = 100
 
 
@@ -43,7 +43,8 @@ def parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     ap.add_argument("--queries", type=int, default=3, help="queries timed per NN matcher (default 3)")
     ap.add_argument("--glue-pairs", type=int, default=8, help="pairs timed per learned matcher (default 8)")
     ap.add_argument("--features", default=",".join(FEATURES), help="extractors to time (comma-separated)")
-    ap.add_argument("--no-rerank", action="store_true", help="time extraction only")
+    ap.add_argument("--matchers", default=",".join(MATCHERS),
+                    help="FEATURES:SPATIAL pairs timed for re-ranking (comma-separated; '' for none)")
     return ap
 
 
@@ -76,18 +77,20 @@ def extraction_rows(names: Sequence[str], paths: Sequence[str]) -> List[dict]:
     return rows
 
 
-def _shortlist_features(name: str, ds, cache: Path):
-    """Features of the 100 database images and of the queries (cropped), from a resumable store."""
+def _features(name: str, ds, cache: Path, n_db: int, query_rows: Sequence[int]):
+    """Features of the first ``n_db`` database images and of the queries ``query_rows`` (cropped), from
+    resumable stores (a rerun extracts nothing)."""
     from retrieval.features.extract import extract_local_features
     from retrieval.features.local_extractors import local_extractor
     from retrieval.features.store import LocalFeatureStore
 
     ex = local_extractor(name)
-    db_ids = [str(i) for i in ds.db_ids[:SHORTLIST]]
-    q_ids = [str(q) for q in ds.query_ids]
-    boxes = list(ds.query_boxes or [None] * len(q_ids))
-    extract_local_features(db_ids, ds.db_paths[:SHORTLIST], ex, cache / f"{name}_db.h5", n_jobs=2, progress=False)
-    extract_local_features(q_ids, ds.query_paths, ex, cache / f"{name}_q.h5", n_jobs=2, boxes=boxes, progress=False)
+    db_ids = [str(i) for i in ds.db_ids[:n_db]]
+    q_ids = [str(ds.query_ids[r]) for r in query_rows]
+    boxes = list(ds.query_boxes or [None] * len(ds.query_ids))
+    extract_local_features(db_ids, ds.db_paths[:n_db], ex, cache / f"{name}_db.h5", n_jobs=2, progress=False)
+    extract_local_features(q_ids, [ds.query_paths[r] for r in query_rows], ex, cache / f"{name}_q.h5", n_jobs=2,
+                           boxes=[boxes[r] for r in query_rows], progress=False)
     with LocalFeatureStore(cache / f"{name}_db.h5") as db, LocalFeatureStore(cache / f"{name}_q.h5") as q:
         return [db.get(i) for i in db_ids], [q.get(i) for i in q_ids]
 
@@ -95,22 +98,21 @@ def _shortlist_features(name: str, ds, cache: Path):
 def rerank_row(name: str, spatial: str, ds, cache: Path, n_queries: int, glue_pairs: int) -> dict:
     from retrieval.rerank.spatial import SPATIAL_CONFIGS, GlueSpatialConfig, SpatialVerifier
 
-    db, queries = _shortlist_features(name, ds, cache)
     verifier = SpatialVerifier(SPATIAL_CONFIGS.get(spatial))
     glue = isinstance(verifier.config, GlueSpatialConfig)
+    rows = _spread(list(range(len(ds.query_ids))), 1 if glue else n_queries)
+    db, queries = _features(name, ds, cache, glue_pairs if glue else SHORTLIST, rows)
     verifier.score(queries[0], db[:2])  # warm-up
     if glue:
-        pairs = db[:glue_pairs]
         t0 = time.perf_counter()
-        verifier.score(queries[0], pairs)
-        ms = (time.perf_counter() - t0) / len(pairs) * SHORTLIST * 1000
-        timed = f"{len(pairs)} pairs x {SHORTLIST // len(pairs)}"
+        verifier.score(queries[0], db)
+        ms = (time.perf_counter() - t0) / len(db) * SHORTLIST * 1000
+        timed = f"{len(db)} pairs x {SHORTLIST / len(db):g}"
     else:
-        chosen = _spread(queries, n_queries)
         t0 = time.perf_counter()
-        for q in chosen:
+        for q in queries:
             verifier.score(q, db)
-        ms = (time.perf_counter() - t0) / len(chosen) * 1000
+        ms = (time.perf_counter() - t0) / len(queries) * 1000
         timed = ""
     print(f"  re-ranking {name:24s} {spatial:22s} {ms:9.0f} ms/query {timed}", flush=True)
     return {"what": "re-ranking top 100", "features": name, "matcher": spatial, "images": SHORTLIST,
@@ -142,10 +144,13 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Pa
     cv2.setNumThreads(1)
     paths = _spread([str(p) for p in ds.db_paths], args.images)
     rows: List[dict] = extraction_rows(names, paths)
-    if not args.no_rerank:
-        torch.set_num_threads(2)  # the matchers' own pools decide (see the module docstring)
-        cv2.setNumThreads(2)
-        rows += [rerank_row(n, s, ds, cache, args.queries, args.glue_pairs) for n, s in MATCHERS if n in names]
+    pairs = [m.split(":", 1) for m in args.matchers.split(",") if m]
+    bad = [m for m in pairs if len(m) != 2 or m[0] not in local_config_names()]
+    if bad:
+        raise ConfigError(f"--matchers: not FEATURES:SPATIAL pairs of known configurations: {bad}")
+    torch.set_num_threads(2)  # the matchers' own pools decide (see the module docstring)
+    cv2.setNumThreads(2)
+    rows += [rerank_row(n, s, ds, cache, args.queries, args.glue_pairs) for n, s in pairs]
     extra = {"dataset": str(path), "images": args.images, "queries": args.queries, "glue_pairs": args.glue_pairs,
              "torch": torch.__version__, "opencv": cv2.__version__,
              "note": "2-core CPU shared with other jobs: figures are upper bounds of an idle machine's"}
