@@ -101,7 +101,7 @@ class AsmkEncoder:
 
     def _kernel_object(self):
         """The reference package's kernel over this codebook (it aggregates and binarises)."""
-        from asmk import kernel
+        kernel = _asmk_module("kernel")
 
         return kernel.ASMKKernel(_PackageCodebook(self.codebook), binary=self.binary)
 
@@ -138,6 +138,16 @@ class AsmkEncoder:
                    query_assignment=int(config["query_assignment"]))
 
 
+def _asmk_module(name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(f"asmk.{name}")
+    except ImportError:
+        raise ImportError("ASMK needs the asmk package: pip install 'hybrid-retrieval[learned]' "
+                          "(or pip install asmk; it builds a Cython extension against faiss)") from None
+
+
 class _PackageCodebook:
     """What the ``asmk`` kernel reads of a codebook: its centroids."""
 
@@ -150,7 +160,7 @@ class AsmkIndex:
     of (image, binary residual) per word, no idf: the kernel already down-weights bursts)."""
 
     def __init__(self, encoder: AsmkEncoder, ids: Sequence[Hashable], features: Sequence[FeatureInput]):
-        from asmk import inverted_file
+        inverted_file = _asmk_module("inverted_file")
 
         if len(ids) != len(features):
             raise ValueError(f"{len(ids)} ids for {len(features)} images")
