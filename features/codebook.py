@@ -233,8 +233,11 @@ def train_codebook(descriptors: np.ndarray, k: int, seed: int = 0, niter: int = 
     if backend == "faiss":
         import faiss
 
+        # min_points_per_centroid=1: faiss would print its advice (39 points per word) straight to
+        # stderr; the configuration records points_per_word instead, for the caller to report
         km = faiss.Kmeans(x.shape[1], k, niter=int(niter), seed=int(seed), spherical=bool(spherical),
-                          max_points_per_centroid=int(max_points_per_centroid) + 1, verbose=verbose)
+                          max_points_per_centroid=int(max_points_per_centroid) + 1, min_points_per_centroid=1,
+                          verbose=verbose)
         old_threads = faiss.omp_get_max_threads()
         if n_threads is not None:
             faiss.omp_set_num_threads(int(n_threads))
@@ -262,6 +265,7 @@ def train_codebook(descriptors: np.ndarray, k: int, seed: int = 0, niter: int = 
     config = {"type": "kmeans", "backend": backend, "seed": int(seed), "niter": int(niter),
               "max_points_per_centroid": int(max_points_per_centroid), "spherical": bool(spherical),
               "n_train": int(len(x)), "n_available": int(len(descriptors)), "seconds": round(seconds, 3),
+              "points_per_word": round(len(x) / k, 2),
               "objective": objective}
     config.update(metadata or {})
     return Codebook(centroids, config)

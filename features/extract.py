@@ -35,8 +35,9 @@ Box = Tuple[float, float, float, float]
 __all__ = ["extract_local_features", "ExtractionResult", "ExtractionError"]
 
 
-class ExtractionError(RuntimeError):
-    """Extraction failed on one image; ``path`` names the file and ``reason`` says why."""
+class ExtractionError(RuntimeError, ValueError):
+    """Extraction failed on one image; ``path`` names the file and ``reason`` says why. Also a
+    ValueError: bad input, which the command line reports as one line (exit code 2)."""
 
     def __init__(self, image_id: str, path: PathLike, reason: str):
         self.image_id = str(image_id)

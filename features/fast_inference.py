@@ -308,6 +308,10 @@ def _onnx_session(module: nn.Module, example: torch.Tensor, threads: Optional[in
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = int(threads or torch.get_num_threads())
     options.inter_op_num_threads = 1
+    # no spin-waiting between ops: on a busy machine the spinning threads take the CPU from the ones
+    # working (Oxford E1, lite0-blocks-gem-ms-512, 40 images at load 5-7 on 2 cores: 643 / 702 ms per
+    # image spinning, 278 / 517 without; a cold `make bench` under load spent 9x the quiet time there)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
 
 

@@ -120,12 +120,40 @@ def reserve(f: h5py.File, path: Path, nbytes: int) -> None:
                   ahead=_AHEAD, error=FeatureDiskFullError)
 
 
+def file_identity(f: h5py.File) -> Optional[tuple]:
+    """(device, inode) of the open file ``f``: which file it is, whatever its name now is."""
+    try:
+        info = os.fstat(f.id.get_vfd_handle())
+    except (OSError, ValueError, RuntimeError, TypeError):
+        return None
+    return info.st_dev, info.st_ino
+
+
+def check_in_place(path: Path, identity: Optional[tuple], written: int) -> None:
+    """Refuse to go on writing into a file that is no longer at ``path`` (deleted, moved or replaced
+    by another process while it was written): every entry would be lost with it while the run
+    reported success."""
+    if identity is None:
+        return
+    try:
+        info = os.stat(path)
+        here = (info.st_dev, info.st_ino)
+    except OSError:
+        here = None
+    if here != identity:
+        what = "deleted or moved" if here is None else "replaced by another file"
+        raise FeatureFileError(path, f"was {what} while this run wrote it; the {written} entries written "
+                               "this run went with it. Rerun to recompute them (and leave the file alone "
+                               "until the run ends)")
+
+
 def close_trimmed(f: h5py.File, path: Path) -> None:
     """Close a file opened for writing and give back the space :func:`reserve` allocated ahead and
     HDF5 did not use (HDF5's end of allocated space, taken after a flush, is where the file ends)."""
     if not f.id.valid:
         return
     end = None
+    identity = file_identity(f)
     if f.mode == "r+":
         try:
             f.flush()
@@ -133,5 +161,7 @@ def close_trimmed(f: h5py.File, path: Path) -> None:
         except (OSError, RuntimeError):
             end = None
     f.close()
-    if end is not None and path.is_file() and path.stat().st_size > end:
+    # by name, so only when the name still is this file (never truncate one that replaced it)
+    if end is not None and path.is_file() and identity in (None, (path.stat().st_dev, path.stat().st_ino)) \
+            and path.stat().st_size > end:
         os.truncate(path, end)

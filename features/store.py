@@ -36,8 +36,9 @@ import numpy as np
 from retrieval.fileio import atomic_path
 
 # FORMAT_VERSION is re-exported: readers of the format (retrieval.scale) import it from here
-from .h5io import (FORMAT_VERSION, FeatureDiskFullError, FeatureFileError, check_h5_header, close_trimmed,
-                   config_json, crc, open_h5, remove_unless_in_use, reserve, row_crcs, write_h5_header)
+from .h5io import (FORMAT_VERSION, FeatureDiskFullError, FeatureFileError, check_h5_header, check_in_place,
+                   close_trimmed, config_json, crc, file_identity, open_h5, remove_unless_in_use, reserve, row_crcs,
+                   write_h5_header)
 from .local import LocalFeatures
 
 PathLike = Union[str, os.PathLike]
@@ -78,6 +79,8 @@ class LocalFeatureStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         existed = self.path.is_file()
         self._f = open_h5(self.path, mode, "local-feature")
+        self._identity = file_identity(self._f) if mode == "a" else None
+        self._written = 0
         try:
             if existed:
                 stored = check_h5_header(self._f, self.path, LOCAL_FORMAT)
@@ -119,7 +122,10 @@ class LocalFeatureStore:
         close_trimmed(self._f, self.path)
 
     def flush(self) -> None:
+        """Write what was put to disk; a file deleted or moved while it was written is refused here
+        (:class:`FeatureFileError` naming it), not reported as a success."""
         self._f.flush()
+        check_in_place(self.path, self._identity, self._written)
 
     # -- access
     def __contains__(self, image_id: str) -> bool:
@@ -174,6 +180,7 @@ class LocalFeatureStore:
             grp.attrs["complete"] = True
         except (OSError, RuntimeError) as exc:
             raise FeatureFileError(self.path, f"writing entry {image_id!r} failed ({exc})") from None
+        self._written += 1
 
     def remove(self, image_id: str) -> None:
         """Delete one entry (e.g. one that fails its checksum), so that extraction recomputes it."""
@@ -281,6 +288,7 @@ class GlobalFeatureWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         existed = self.path.is_file()
         self._f = open_h5(self.path, "a", "global-feature")
+        self._identity = file_identity(self._f)
         try:
             if existed:
                 stored = check_h5_header(self._f, self.path, GLOBAL_FORMAT)
@@ -337,6 +345,7 @@ class GlobalFeatureWriter:
         except (OSError, RuntimeError) as exc:
             raise FeatureFileError(self.path, f"appending rows {n0}..{n1 - 1} failed ({exc})") from None
         self._count = n1
+        check_in_place(self.path, self._identity, n1)
 
     def close(self) -> None:
         close_trimmed(self._f, self.path)

@@ -6,12 +6,13 @@
 * :mod:`retrieval.rerank.vlad`      VLAD similarity score (E6)
 * :mod:`retrieval.rerank.patch`     EfficientNet patch-token similarity (E7; imported on first use)
 * :mod:`retrieval.rerank.shortlist` the cached shortlist (global + local scores, npz + JSON)
-* :mod:`retrieval.rerank.fusion`    score normalisation, ``v * global + (1 - v) * local``, the DELG rule, sweeps
+* :mod:`retrieval.rerank.fusion`    the one fusion configuration: ``v * global + (1 - v) * N(local)``, the DELG rule
 * :mod:`retrieval.rerank.expansion` average / alpha query expansion, database-side augmentation
 """
 from .base import LocalScorer
 from .expansion import alpha_query_expansion, average_query_expansion, database_side_augmentation
-from .fusion import NORMALISATIONS, delg_order, delg_rerank, fuse, fusion_order, normalise_scores, rerank, sweep
+from .fusion import (DEFAULT_FUSION, NO_RERANKING, NORMALISATIONS, FusionConfig, FusionSettings, delg_order, fuse,
+                     fused_order, fusion_order, normalise_scores, rerank)
 from .matching import PairMatches, ShortlistMatches, match_pair, match_shortlist
 from .ratio import RatioTestScorer, ratio_scores
 from .shortlist import Shortlist
@@ -22,7 +23,8 @@ __all__ = [
     "LocalScorer", "PairMatches", "ShortlistMatches", "match_shortlist", "match_pair",
     "RatioTestScorer", "ratio_scores", "SpatialConfig", "SpatialVerifier", "Verification", "MODELS",
     "METHODS", "SPATIAL_CONFIGS", "VladSimilarityScorer", "Shortlist", "NORMALISATIONS",
-    "normalise_scores", "fuse", "fusion_order", "delg_order", "rerank", "delg_rerank", "sweep",
+    "normalise_scores", "fuse", "fusion_order", "delg_order", "fused_order", "rerank", "FusionConfig",
+    "FusionSettings", "NO_RERANKING", "DEFAULT_FUSION",
     "average_query_expansion", "alpha_query_expansion", "database_side_augmentation",
     "PatchScorer", "PATCH_METHODS",
 ]

@@ -19,6 +19,9 @@ class LocalScorer(ABC):
 
     #: short name used in result tables
     name: str = "local"
+    #: what the score measures (:data:`retrieval.rerank.fusion.SCORE_KINDS`): ``count`` (matches, fused
+    #: saturating at T) or ``similarity`` (on the global score's scale, fused as it is)
+    score_kind: str = "similarity"
 
     @abstractmethod
     def score(self, query: LocalFeatures, shortlist: Sequence[LocalFeatures]) -> np.ndarray:

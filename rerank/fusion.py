@@ -36,11 +36,19 @@ the shortlist holds, and beyond T a match is a match. The optional ``gate`` keep
 order unless its best local score reaches it (re-rank only on real evidence, the DELG idea applied
 per query). Similarities on the same scale as the global score (VLAD, patch tokens) are fused as they
 are (``norm="none"``).
+
+The one fusion configuration. Every re-ranking step (the Python API, ``retrieval rerank``, ``retrieval
+run``, the E1-E8 ladder and ``retrieval serve``) owns one :class:`FusionSettings`, with one default:
+``method = "auto"`` chooses method, T and v on held-out queries (:data:`CROSS_FIT`, among
+:meth:`FusionSettings.candidates`, "no re-ranking" first) wherever ground truth exists, and applies the
+documented :data:`DEFAULT_FUSION` of the scorer's kind where it does not (a ranking re-ranked without
+ground truth, a page serving new queries). :meth:`FusionSettings.resolve` turns a fixed setting into the
+:class:`FusionConfig` that is applied and recorded. Min-max is used only when asked for by name.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -48,11 +56,16 @@ from retrieval.config import Config, ConfigError
 
 from .shortlist import Shortlist
 
-__all__ = ["NORMALISATIONS", "FUSION_METHODS", "FusionConfig", "NO_RERANKING", "normalise_scores", "fuse",
-           "fusion_order", "delg_order", "fused_order", "fusion_candidates", "rerank", "delg_rerank", "sweep"]
+__all__ = ["NORMALISATIONS", "FUSION_METHODS", "SCORE_KINDS", "CROSS_FIT", "FusionConfig", "FusionSettings",
+           "NO_RERANKING", "DEFAULT_FUSION", "normalise_scores", "fuse", "fusion_order", "delg_order", "fused_order",
+           "fusion_candidates", "rerank"]
 
 NORMALISATIONS = ("none", "minmax", "saturate", "exp", "zscore")
 FUSION_METHODS = ("none", "linear", "delg")
+#: what a local score measures: a count of matches (inliers, ratio-test matches: fused saturating at T)
+#: or a similarity on the global score's scale (VLAD, patch tokens: fused as it is)
+SCORE_KINDS = ("count", "similarity")
+CROSS_FIT = "cross-fit"
 
 
 @dataclass(frozen=True)
@@ -93,12 +106,123 @@ class FusionConfig(Config):
         gate = f" gate {self.gate:g}" if self.gate is not None else ""
         return f"linear {norm} v={self.v:g}{gate}"
 
+    @classmethod
+    def from_label(cls, label: str) -> "FusionConfig":
+        """The configuration a :attr:`label` names (results files record chosen fusions by label)."""
+        import re
+
+        if label == NO_RERANKING.label:
+            return NO_RERANKING
+        m = re.fullmatch(r"delg >= ([0-9.e+-]+)", label)
+        if m:
+            return cls("delg", threshold=float(m.group(1)))
+        m = re.fullmatch(r"linear (\w+)(?: T=([0-9.e+-]+))? v=([0-9.e+-]+)(?: gate ([0-9.e+-]+))?", label)
+        if not m:
+            raise ConfigError(f"{label!r} is not a fusion label (e.g. 'linear saturate T=20 v=0.5')")
+        norm, T, v, gate = m.groups()
+        return cls("linear", v=float(v), norm=norm, T=None if T is None else float(T),
+                   gate=None if gate is None else float(gate))
+
 
 #: the global ranking: the first candidate of every choice, so ties keep it
 NO_RERANKING = FusionConfig()
 
+#: The fusion applied where no ground truth can choose one (``method = "default"``, and ``"auto"``
+#: without ground truth), per kind of local score. Measured on the shipped sets (COIL-100 objects and
+#: the Oxford subset, both relevance protocols, every re-ranker of the ladder) with
+#: ``python benchmarks/fusion_default.py``: the fixed candidate with the best worst-case gain over the
+#: base ranking (README "Fusion without ground truth" gives the table).
+DEFAULT_FUSION: Dict[str, FusionConfig] = {
+    "count": FusionConfig("linear", v=0.5, norm="saturate", T=20.0),
+    "similarity": FusionConfig("linear", v=0.5, norm="none"),
+}
 
-def normalise_scores(scores, method: str = "minmax", T: Optional[float] = None) -> np.ndarray:
+FusionMethod = Literal["auto", "cross-fit", "default", "none", "linear", "delg"]
+
+
+@dataclass(frozen=True)
+class FusionSettings(Config):
+    """The one fusion configuration of a re-ranking step (module docstring).
+
+    ``method``: ``auto`` (the default: ``cross-fit`` where the step has ground truth, else ``default``),
+    ``cross-fit`` (method, T and v chosen per fold of queries on the other folds among
+    :meth:`candidates`; a candidate must beat "no re-ranking" by more than ``min_gain`` mean AP on the
+    choosing queries), ``default`` (:data:`DEFAULT_FUSION` of the scorer's kind), or a fixed ``none`` /
+    ``linear`` / ``delg`` with ``v``, ``norm``, ``T``, ``threshold``, ``gate`` (unset: the default's
+    values for the scorer's kind). ``vs`` / ``saturations`` / ``delg_thresholds`` / ``gates``: the grid of
+    candidates; ``folds``: query folds (whole query labels when there are enough)."""
+
+    method: FusionMethod = "auto"
+    v: Optional[float] = None
+    norm: Optional[Literal["none", "minmax", "saturate", "exp", "zscore"]] = None
+    T: Optional[float] = None
+    threshold: Optional[float] = None
+    gate: Optional[float] = None
+    vs: Tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(10))
+    saturations: Tuple[float, ...] = (5.0, 10.0, 20.0, 40.0)
+    delg_thresholds: Tuple[float, ...] = (5.0, 8.0, 12.0, 20.0, 30.0)
+    gates: Tuple[Optional[float], ...] = (None,)
+    min_gain: float = 0.005
+    folds: int = 2
+
+    def check(self) -> None:
+        if self.v is not None and not 0.0 <= self.v <= 1.0:
+            raise ConfigError(f"fusion weight v must be in [0, 1], got {self.v}")
+        if self.T is not None and not self.T > 0:
+            raise ConfigError(f"fusion scale T must be > 0, got {self.T}")
+        if not self.vs or not all(0.0 <= v <= 1.0 for v in self.vs):
+            raise ConfigError(f"vs must be fusion weights in [0, 1], got {list(self.vs)}")
+        if not all(t > 0 for t in self.saturations):
+            raise ConfigError(f"saturations must be > 0, got {list(self.saturations)}")
+        if not 0.0 <= self.min_gain < 1.0:
+            raise ConfigError(f"min_gain must be in [0, 1), got {self.min_gain}")
+        if self.folds < 2:
+            raise ConfigError(f"folds must be >= 2, got {self.folds}")
+        if self.method == "delg" and self.threshold is None:
+            raise ConfigError("fusion method 'delg' needs a threshold")
+        fixed = [k for k in ("v", "norm", "T", "threshold", "gate") if getattr(self, k) is not None]
+        if fixed and self.method in ("auto", CROSS_FIT, "default", "none"):
+            raise ConfigError(f"fusion {', '.join(fixed)} set, but method is {self.method!r}: set method = "
+                              f"'linear' (or 'delg') to fix the fusion, or leave them unset")
+
+    def chooses(self, has_ground_truth: bool) -> bool:
+        """Whether the fusion is chosen on held-out queries (else :meth:`resolve` gives it)."""
+        if self.method == CROSS_FIT and not has_ground_truth:
+            raise ConfigError("fusion method 'cross-fit' needs ground truth (run an experiment on a dataset "
+                              "with queries and their positives), or set method = 'default' / 'linear'")
+        return self.method == CROSS_FIT or (self.method == "auto" and has_ground_truth)
+
+    def resolve(self, kind: str) -> FusionConfig:
+        """The fixed :class:`FusionConfig` of this setting for a local score of ``kind`` (``auto``
+        without ground truth = ``default``)."""
+        default = _default(kind)
+        if self.method in ("auto", "default"):
+            return default
+        if self.method == CROSS_FIT:
+            raise ConfigError("a cross-fitted fusion is chosen on held-out queries, not resolved up front")
+        if self.method == "none":
+            return NO_RERANKING
+        if self.method == "delg":
+            return FusionConfig("delg", threshold=self.threshold)
+        norm = self.norm or default.norm
+        T = self.T if self.T is not None else (default.T if norm in ("saturate", "exp") else None)
+        if norm in ("saturate", "exp") and T is None:
+            T = DEFAULT_FUSION["count"].T
+        return FusionConfig("linear", v=self.v if self.v is not None else default.v, norm=norm, T=T, gate=self.gate)
+
+    def candidates(self, kind: str) -> List[FusionConfig]:
+        """The cross-fitted candidates for a local score of ``kind``, :data:`NO_RERANKING` first."""
+        return fusion_candidates(kind, vs=self.vs, saturations=self.saturations,
+                                 delg_thresholds=self.delg_thresholds, gates=self.gates)
+
+
+def _default(kind: str) -> FusionConfig:
+    if kind not in DEFAULT_FUSION:
+        raise ValueError(f"unknown local score kind {kind!r}; expected one of {SCORE_KINDS}")
+    return DEFAULT_FUSION[kind]
+
+
+def normalise_scores(scores, method: str, T: Optional[float] = None) -> np.ndarray:
     """Normalise local scores per row (one row = one query's shortlist; a 1-D array is one row)."""
     s = np.asarray(scores, dtype=np.float64)
     one_row = s.ndim == 1
@@ -124,7 +248,7 @@ def normalise_scores(scores, method: str = "minmax", T: Optional[float] = None) 
     return out[0] if one_row else out
 
 
-def fuse(global_scores, local_scores, v: float, norm: str = "minmax", T: Optional[float] = None,
+def fuse(global_scores, local_scores, v: float, norm: str = "none", T: Optional[float] = None,
          global_norm: str = "none") -> np.ndarray:
     """``v * G + (1 - v) * N(L)`` (module docstring), same shape as the inputs."""
     if not 0.0 <= v <= 1.0:
@@ -177,7 +301,7 @@ def fusion_candidates(kind: str = "count", vs: Sequence[float] = tuple(round(0.1
     """The candidates cross-fitted for a local score of ``kind``: ``"count"`` (inliers, matches:
     linear fusion saturating at each T, and the DELG rule at each threshold) or ``"similarity"`` (a
     cosine on the global score's scale: linear fusion as is). :data:`NO_RERANKING` comes first."""
-    if kind not in ("count", "similarity"):
+    if kind not in SCORE_KINDS:
         raise ValueError(f"unknown local score kind {kind!r}; expected 'count' or 'similarity'")
     out = [NO_RERANKING]
     vs = [float(v) for v in vs if float(v) < 1.0]
@@ -190,25 +314,8 @@ def fusion_candidates(kind: str = "count", vs: Sequence[float] = tuple(round(0.1
     return out
 
 
-def rerank(shortlist: Shortlist, v: float, local: str = "inliers", norm: str = "minmax",
-           T: Optional[float] = None, global_norm: str = "none") -> Dict[str, List[str]]:
-    """Fused re-ranking of every query: ``{query_id: [db ids best first]}`` (shortlist re-sorted,
-    then the tail in global order)."""
-    fused = fuse(shortlist.global_scores, shortlist.local_scores(local), v, norm, T, global_norm)
-    return shortlist.predictions(fusion_order(fused))
-
-
-def delg_rerank(shortlist: Shortlist, threshold: float, local: str = "inliers") -> Dict[str, List[str]]:
-    """The DELG rule applied to every query (see :func:`delg_order`)."""
-    return shortlist.predictions(delg_order(shortlist.local_scores(local), threshold))
-
-
-def sweep(shortlist: Shortlist, vs: Iterable[float], local: str = "inliers", norm: str = "minmax",
-          T: Optional[float] = None, global_norm: str = "none") -> Dict[float, Dict[str, List[str]]]:
-    """``{v: predictions}`` for every v, from the cached scores only."""
-    scores = shortlist.local_scores(local)
-    out = {}
-    for v in vs:
-        fused = fuse(shortlist.global_scores, scores, float(v), norm, T, global_norm)
-        out[float(v)] = shortlist.predictions(fusion_order(fused))
-    return out
+def rerank(shortlist: Shortlist, fusion: FusionConfig, local: str = "inliers") -> Dict[str, List[str]]:
+    """Every query's predictions ``{query_id: [db ids best first]}`` under ``fusion``: the shortlist
+    re-sorted, then the tail in global order."""
+    order = fused_order(shortlist.global_scores, shortlist.local_scores(local), fusion)
+    return shortlist.predictions(order)

@@ -36,6 +36,7 @@ class RatioTestScorer(LocalScorer):
     """E5: fraction of the query's tentative matches that pass Lowe's ratio test (module docstring)."""
 
     name = "ratio"
+    score_kind = "count"
 
     def __init__(self, ratio: float = 0.8, mutual: bool = False, n_workers: Optional[int] = None):
         if not 0 < ratio <= 1:

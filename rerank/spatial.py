@@ -219,6 +219,7 @@ class SpatialVerifier(LocalScorer):
     """
 
     name = "spatial"
+    score_kind = "count"
 
     def __init__(self, config: Optional[SpatialConfig] = None, **overrides):
         if isinstance(config, str):

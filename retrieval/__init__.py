@@ -5,7 +5,10 @@ is lazy, so ``import retrieval`` stays light (no torch or faiss until an index i
 """
 from typing import TYPE_CHECKING
 
-__all__ = ["Index", "Ranking"]
+__all__ = ["Index", "Ranking", "__version__"]
+
+# the package's one version number (setup.cfg reads it: version = attr: retrieval.__version__)
+__version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from .index import Index, Ranking

@@ -32,10 +32,12 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .cli_checks import CLIError, os_error_message, require_file, require_output, writing
+from .extras import missing_extra_message
 
 __all__ = ["main", "build_parser", "CLIError", "COMMAND_GROUPS", "add_dataset_arguments", "load_dataset",
            "dataset_config", "emit_json", "parse_options", "require_file", "finite", "progress_enabled",
@@ -272,22 +274,17 @@ def _dataset_info(args) -> int:
 
 
 def _dataset_check(args) -> int:
-    from .datasets import check_images, list_images
+    from .datasets.files import check_folder
 
     if args.n_jobs == 0 or args.n_jobs < -1:
         raise CLIError(f"--n-jobs must be a positive number or -1 (all cores), got {args.n_jobs}")
     require_output(args.out, "check report")
     path = Path(args.path)
-    if path.is_file():
-        paths = [path]
-    elif path.is_dir():
-        paths = list_images(path)
-    else:
+    if not path.exists():
         raise CLIError(f"{path}: no such file or folder")
-    bad = check_images(paths, n_jobs=args.n_jobs, progress=progress_enabled(args))
-    emit_json({"path": str(path), "checked": len(paths), "unreadable": len(bad),
-               "bad_files": [{"path": p, "reason": r} for p, r in bad]}, args.out)
-    return 1 if bad else 0
+    report = check_folder(path, n_jobs=args.n_jobs, progress=progress_enabled(args))
+    emit_json(report, args.out)
+    return 1 if report["unreadable"] else 0
 
 
 def _dataset_profile(args) -> int:
@@ -339,6 +336,9 @@ def _resolve(spec: str) -> Callable:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retrieval", description="Instance-level image retrieval: indexes, search, evaluation, datasets.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"retrieval (hybrid-retrieval) {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -352,6 +352,11 @@ def _user_error_types():
     # ValueError covers DatasetError, ImageLoadError, FeatureFileError, IndexFileError and Index's
     # dimension / option checks
     return (CLIError, ValueError)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # a warning is one line too (what was left out, naming the file), without Python's source line
+    print(f"retrieval: warning: {message}", file=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -370,11 +375,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.quiet = args.quiet or "--quiet" in flags
     debug = args.debug
     try:
-        code = args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            code = args.func(args)
     except _user_error_types() as exc:
         if debug:
             raise
         print(f"retrieval: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        # a module of an optional extra (uvicorn, ray, faiss ...): one line naming the extra to install
+        message = missing_extra_message(exc)
+        if debug or message is None:
+            raise
+        print(f"retrieval: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # stdout closed early (e.g. piped into head): not an error of ours; silence the flush at exit

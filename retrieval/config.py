@@ -18,6 +18,8 @@ Rules, the same everywhere:
 
 * ``Config.from_dict`` is strict: an unknown key is an error that names the key and where it was
   found, so a typo in an experiment file never silently falls back to a default;
+* a nested configuration is a table of its fields, or the name of one of its class's registered
+  configurations (``encoder = "vlad-64"``);
 * values are checked against the field types (``int``, ``float``, ``bool``, ``str``, ``Optional``,
   ``Tuple``, ``List``, ``Dict``, ``Literal`` and nested ``Config``); lists become tuples where the
   field is a tuple, so configurations loaded from TOML / JSON compare equal to those built in Python;
@@ -46,6 +48,12 @@ class Config:
     """Base of every configuration: frozen, strict ``from_dict``, JSON round trip, dotted overrides."""
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str):   # a nested configuration given by name, in Python too
+                tp = _config_type(_hints(type(self)).get(f.name))
+                if tp is not None and tp.__dict__.get("named_configs") is not None:
+                    object.__setattr__(self, f.name, _coerce(value, tp, f.name))
         self.check()
 
     def check(self) -> None:
@@ -99,6 +107,10 @@ class Config:
             target, owner = data, type(self)
             for depth, part in enumerate(parts[:-1]):
                 field_type = _config_type(_hints(owner).get(part)) if part in _field_names(owner) else None
+                if field_type is not None and target.get(part) is None:  # an optional section left out
+                    raise ConfigError(f"override {key!r}: there is no [{'.'.join(parts[:depth + 1])}] section, "
+                                      "so that step is off (the file has none); add a "
+                                      f"[{'.'.join(parts[:depth + 1])}] table to the file to turn it on")
                 if field_type is None or not isinstance(target.get(part), dict):
                     raise ConfigError(f"override {key!r}: {'.'.join(parts[:depth + 1])!r} is not a section "
                                       f"of {owner.__name__}")
@@ -116,6 +128,10 @@ class Registry(Generic[C]):
 
     def __init__(self, kind: str, cls: Type[C]):
         self.kind, self.cls = kind, cls
+        # the first registry of a class is where a section given as a name is looked up
+        # (``encoder = "vlad-64"`` in an experiment file, ``--set encode.encoder=bow-20k``)
+        if "named_configs" not in cls.__dict__:
+            cls.named_configs = self
         self._items: Dict[str, C] = {}
 
     def register(self, name: str, conf: C) -> C:
@@ -227,8 +243,19 @@ def _config_type(tp: Any) -> Optional[type]:
 
 def _from_text(value: Any, tp: Any, key: str) -> Any:
     """A command-line string read for a field of type ``tp`` (JSON unless the field takes text)."""
-    if not isinstance(value, str) or _accepts_str(tp):
+    if not isinstance(value, str):
         return _plain(value)
+    if _accepts_str(tp):
+        # a quoted value is the JSON string it spells: --set 'path=""' is the empty text, as path= is
+        # (not the two quote characters), and '"a b"' is a b
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            try:
+                decoded = json.loads(value)
+            except ValueError:
+                return value
+            if isinstance(decoded, str):
+                return decoded
+        return value
     try:
         return json.loads(value)
     except ValueError:
@@ -273,6 +300,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
         return value
     if isinstance(tp, type) and issubclass(tp, Config):
+        named = tp.__dict__.get("named_configs")
+        if isinstance(value, str) and named is not None:   # a name of the class's registry
+            try:
+                return named.get(value)
+            except ConfigError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
         return tp.from_dict(value, where=key)
     if origin in (tuple, list, Tuple) or tp in (tuple, list):
         if not isinstance(value, (list, tuple)):

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence
 from tqdm.auto import tqdm
 
 __all__ = ["ENGINES", "EngineError", "check_engine", "ray_available", "resolve_address", "ray_session",
+           "authentication_failure", "AUTH_HELP",
            "map_units", "map_actors"]
 
 ENGINES = ("local", "ray")
@@ -55,8 +56,35 @@ def check_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise EngineError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "ray" and not ray_available():
-        raise EngineError("engine 'ray' needs Ray: pip install 'hybrid-retrieval[ray]' (or 'ray[data]')")
+        from .extras import require
+
+        require("ray", "ray", "--engine ray")  # raises MissingExtra: one line naming the extra
     return engine
+
+
+# how the token reaches a node or client (the README's "Scale out" says the same)
+AUTH_HELP = ("A cluster started with `ray start --head` uses token authentication: on every node and client set "
+             "RAY_AUTH_MODE=token and give it the head's token (copy the head's ~/.ray/auth_token, or set "
+             "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH); or start every node with RAY_AUTH_MODE=disabled on a "
+             "trusted network")
+
+
+def authentication_failure(exc: BaseException) -> Optional[str]:
+    """The message of the authentication error behind ``exc`` (Ray wraps it in "Failed to connect to
+    Ray cluster at ..."), or None when ``exc`` has another cause."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(getattr(exc, "message", "") or exc)
+        # Ray puts the server's answer inside a traceback text: keep the line that says it
+        line = next((ln.strip() for ln in text.splitlines()
+                     if any(word in ln.lower() for word in ("authentication", "auth token", "unauthenticated"))), None)
+        if line is not None or type(exc).__name__ == "AuthenticationError":
+            line = line or text
+            start = line.find("Authentication token")
+            return (line[start:] if start > 0 else line).split(". ")[0].strip().rstrip(".")
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def ray_available() -> bool:
@@ -154,8 +182,14 @@ def ray_session(ray_address: Optional[str] = None, num_cpus: Optional[int] = Non
         kwargs.update(address=address)
     try:
         ray.init(**kwargs)
-    except ConnectionError as exc:
-        raise EngineError(f"cannot reach the Ray cluster at {address!r} ({exc})") from None
+    except Exception as exc:  # ConnectionError, RuntimeError, ray.exceptions.AuthenticationError
+        reason = authentication_failure(exc)
+        if reason is not None:
+            raise EngineError(f"the Ray cluster at {address!r} refused this client: authentication failed ({reason}). "
+                              f"{AUTH_HELP}") from None
+        if isinstance(exc, ConnectionError):
+            raise EngineError(f"cannot reach the Ray cluster at {address!r} ({exc})") from None
+        raise
     try:
         _quiet_ray_data()
         yield ray

@@ -42,7 +42,7 @@ from .datasets.base import RetrievalDataset
 from .datasets.splits import drop_junk
 
 __all__ = ["evaluate", "evaluate_per_query", "ranking_to_predictions", "required_depth", "landmark_solution",
-           "PROTOCOLS"]
+           "PROTOCOLS", "main_metric", "metric_label"]
 
 PROTOCOLS = ("gldv2", "oxford", "revisited", "landmark", "general", "all")
 USAGE_SPLITS = ("Public", "Private")
@@ -211,3 +211,19 @@ def evaluate(dataset: RetrievalDataset, predictions, protocol: str = "all", k: i
     main = next(iter(per_query.values()), {})
     result["num_queries"] = len(main)
     return result
+
+
+def main_metric(protocol: str, k: int = 100) -> str:
+    """The per-query metric a protocol is reported and chosen by (the one table): ``map@k`` for
+    ``gldv2``, ``oxford_map`` / ``landmark_map`` / ``revisited_map_medium`` for the landmark protocols,
+    ``mean_ap`` for ``general`` and ``all``."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    return {"gldv2": f"map@{k}", "oxford": "oxford_map", "landmark": "landmark_map",
+            "revisited": "revisited_map_medium"}.get(protocol, "mean_ap")
+
+
+def metric_label(metric: str) -> str:
+    """How tables name a metric: ``oxford mAP``, ``landmark mAP``, else the metric's key."""
+    return {"oxford_map": "oxford mAP", "landmark_map": "landmark mAP"}.get(metric, metric)
+

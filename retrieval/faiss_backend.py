@@ -13,12 +13,9 @@ __all__ = ["import_faiss", "default_nlist", "default_pq_m", "build_faiss", "fais
 
 
 def import_faiss():
-    try:
-        import faiss  # noqa: F401
-    except ImportError as exc:
-        raise ImportError("the faiss backends need faiss: pip install hybrid-retrieval[faiss] "
-                          f"(or pip install faiss-cpu); import failed with: {exc}") from None
-    return faiss
+    from .extras import require
+
+    return require("faiss", "faiss", "the faiss backends")
 
 
 def default_nlist(n: int) -> int:

@@ -38,7 +38,7 @@ PathLike = Union[str, os.PathLike]
 
 __all__ = ["FileFormatError", "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text",
            "save_npz", "read_npz", "parse_header", "pop_header", "read_json", "check_header", "digest",
-           "DiskFullError", "reserve_space", "is_lock_conflict", "describe_file"]
+           "DiskFullError", "reserve_space", "is_lock_conflict", "describe_file", "exclusive_lock"]
 
 # what np.load / zipfile raise on a damaged, truncated or foreign file
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, KeyError,
@@ -120,7 +120,13 @@ def save_npz(path: PathLike, arrays: Mapping[str, Any], header: Optional[dict] =
             raise ValueError(f"array name {header_key!r} is reserved")
         contents[header_key] = np.array(json.dumps(header, sort_keys=sort_keys, default=json_default))
     contents.update((name, np.asarray(value)) for name, value in arrays.items())
-    return atomic_write(path, lambda fh: np.savez(fh, **contents))
+    try:
+        return atomic_write(path, lambda fh: np.savez(fh, **contents))
+    except OSError as exc:  # numpy's bare "[Errno 27] File too large" names no file: this names the one asked for
+        if exc.errno not in _FULL or isinstance(exc, DiskFullError):
+            raise
+        raise DiskFullError(path, f"disk full or file size limit ({exc.strerror}): nothing was written and an "
+                                  "earlier file there is unchanged; free space and write it again", exc.errno) from None
 
 
 def read_npz(path: PathLike, what: str = "", error: Type[FileFormatError] = FileFormatError,
@@ -140,8 +146,16 @@ def read_npz(path: PathLike, what: str = "", error: Type[FileFormatError] = File
         with data:
             return {name: data[name] for name in data.files if keys is None or name in keys}
     except _READ_ERRORS as exc:
+        kind = describe_file(path)
+        if "zip archive" not in kind and kind != "a Python pickle":  # another kind of file: say which
+            kind = "an HDF5 feature file" if kind == "an HDF5 file" else kind  # what this library writes
+            raise error(path, f"is {kind}, not {_an(label)} .npz archive; check the path") from None
         raise error(path, _with_hint(f"not a readable {label}.npz archive, truncated or corrupt ({exc})",
                                      hint)) from None
+
+
+def _an(label: str) -> str:
+    return f"{'an' if label[:1] in 'aeiou' else 'a'} {label.strip()}" if label.strip() else "an"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,6 +309,30 @@ def reserve_space(fd: int, size: int, path: PathLike, ahead: int = 0,
                       "rerun to resume")
     exc.errno = failure
     raise exc
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: PathLike, owner: PathLike, error: Type[FileFormatError] = FileFormatError):
+    """Hold an exclusive ``flock`` on ``lock_file`` (created if needed) for the block, so that a
+    second process writing the same output (``owner``, the path the user named) is refused up
+    front, "in use by another process", instead of the two deleting each other's temporary files.
+    The lock goes with the process: a killed run never leaves a stale lock."""
+    import fcntl
+
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            raise error(owner, f"in use by another process (a run writing it holds {lock_file}); wait for "
+                               "that run to finish or use another output") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def is_lock_conflict(exc: BaseException) -> bool:

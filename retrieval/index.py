@@ -45,7 +45,9 @@ With ``normalize=True`` (default) database and query vectors are L2-normalised h
 is the cosine similarity. With ``normalize=False`` vectors must already have unit norm (within
 ``1e-3``); anything else is refused rather than silently ranked by an unnormalised inner product.
 Vectors are converted to float32; they must be 2-D, finite, of a real floating dtype and of the
-index's dimension.
+index's dimension. An all-zero row (an image without keypoints) has no direction: it is refused,
+unless ``zero_rows="keep"`` (recorded in the file), which keeps it as zero: it scores 0 against
+everything, database or query.
 
 Files
 -----
@@ -70,10 +72,11 @@ from .exact_bf16 import max_row_norm, topk_bf16, use_bf16
 from .exact_search import exact_block_shape, exact_search
 from .faiss_backend import build_faiss, faiss_search, import_faiss
 from .fileio import check_header, digest, pop_header, read_npz, save_npz
+from .index_file import check_index_arrays, read_faiss_bytes
 from .index_options import DEFAULT_MEMORY_MB, resolve_options, search_options as _search_options
 from .ranking import FORMAT_VERSION, IndexFileError, Ranking
 from .vectors import as_matrix as _as_matrix, check_unit_norm as _check_unit_norm, id_array as _id_array
-from .vectors import normalize_rows
+from .vectors import l2_normalize_rows, normalize_rows
 
 # Ranking, IndexFileError, exact_search, exact_block_shape, DEFAULT_MEMORY_MB and normalize_rows live in
 # their own modules (retrieval.ranking, .exact_search, .index_options, .vectors) and are importable here
@@ -102,10 +105,12 @@ class Index:
     """
 
     def __init__(self, vectors, ids: Optional[Sequence[Hashable]] = None, backend: str = "exact",
-                 normalize: bool = True, config: Optional[dict] = None, **options):
+                 normalize: bool = True, config: Optional[dict] = None, zero_rows: str = "error", **options):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-        self.backend = backend
+        if zero_rows not in ("error", "keep"):
+            raise ValueError(f"zero_rows must be 'error' or 'keep', got {zero_rows!r}")
+        self.backend, self.zero_rows = backend, zero_rows
         self.normalize = bool(normalize)
         self.config = dict(config or {})
         # every option is checked here, before faiss sees it (faiss crashes on some bad values)
@@ -142,9 +147,10 @@ class Index:
 
     def _prepare(self, vectors, what: str) -> np.ndarray:
         arr = _as_matrix(vectors, what)
+        keep = self.zero_rows == "keep"  # an all-zero row (an image without keypoints) scores 0 against all
         if self.normalize:
-            return normalize_rows(arr, what) if arr.size else arr
-        _check_unit_norm(arr, what)
+            return l2_normalize_rows(arr, 0.0, "keep" if keep else "error", what, copy=True) if arr.size else arr
+        _check_unit_norm(arr[np.any(arr != 0, axis=1)] if keep else arr, what)
         return arr
 
     def _build_faiss(self, vectors: np.ndarray):
@@ -319,7 +325,7 @@ class Index:
             "format": INDEX_FORMAT, "format_version": FORMAT_VERSION,
             "dim": self.dim, "count": len(self), "metric": METRIC,
             "backend": self.backend, "backend_options": self.options,
-            "normalize": self.normalize, "config": self.config,
+            "normalize": self.normalize, "config": self.config, "zero_rows": self.zero_rows,
             "id_type": "int" if np.issubdtype(self._ids.dtype, np.integer) else "str",
         }
 
@@ -347,13 +353,15 @@ class Index:
                 json.dumps(header["config"], sort_keys=True, default=str):
             raise IndexFileError(path, f"built with extractor configuration {header['config']}, expected "
                                        f"{expect_config}")
+        check_index_arrays(path, header, contents)  # a re-signed header must still match its arrays
         if header["backend"] == "exact":
             parts = {"vectors": contents["vectors"]}
         else:
-            parts = {"faiss_index": import_faiss().deserialize_index(contents["faiss_index"])}
+            parts = {"faiss_index": read_faiss_bytes(path, contents["faiss_index"], header["dim"], header["count"])}
         index = cls.from_parts(header["backend"], header["backend_options"], contents["ids"], int(header["dim"]),
                                normalize=header["normalize"], config=header["config"], source=path,
-                               int_ids=header["id_type"] == "int", **parts)
+                               int_ids=header["id_type"] == "int", zero_rows=header.get("zero_rows", "error"),
+                               **parts)
         if len(index) != header["count"]:
             raise IndexFileError(path, f"header says {header['count']} vectors, file holds {len(index)}")
         return index
@@ -361,7 +369,8 @@ class Index:
     @classmethod
     def from_parts(cls, backend: str, options: dict, ids: np.ndarray, dim: int, normalize: bool = True,
                    config: Optional[dict] = None, source: Optional[PathLike] = None, int_ids: bool = True,
-                   vectors: Optional[np.ndarray] = None, faiss_index: Any = None) -> "Index":
+                   vectors: Optional[np.ndarray] = None, faiss_index: Any = None,
+                   zero_rows: str = "error") -> "Index":
         """An index around stored parts: ``vectors`` (exact backend) or a ready ``faiss_index``
         (e.g. one whose inverted lists stay on disk, :mod:`retrieval.scale.ondisk`), its ``ids``
         (row order) and backend ``options``. Inconsistent parts are an :class:`IndexFileError`
@@ -369,6 +378,7 @@ class Index:
         where = Path(source) if source is not None else Path("<index>")
         index = cls.__new__(cls)
         index.backend, index.normalize, index.config = backend, bool(normalize), dict(config or {})
+        index.zero_rows = "keep" if zero_rows == "keep" else "error"
         try:
             if backend not in BACKENDS:
                 raise ConfigError(f"unknown backend {backend!r}")

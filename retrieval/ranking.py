@@ -129,7 +129,33 @@ class Ranking:
             scores = np.asarray([[-np.inf if s is None else s for s in row] for row in payload["scores"]],
                                 dtype=np.float32).reshape(q, k)
             indices = np.asarray(payload["indices"], dtype=np.int64).reshape(q, k)
-            return cls(ids=ids, scores=scores, indices=indices, query_ids=payload.get("query_ids"))
+            ranking = cls(ids=ids, scores=scores, indices=indices, query_ids=payload.get("query_ids"))
         except (TypeError, ValueError, OverflowError) as exc:
             raise IndexFileError(path, f"ranking arrays do not match num_queries={payload['num_queries']!r}, "
                                        f"k={payload['k']!r} or are not numbers ({exc})") from None
+        repeated = _first_repeat(ranking.ids, ranking.indices)
+        if repeated is not None:
+            row, image_id = repeated
+            query = ranking.query_ids[row] if ranking.query_ids is not None else row
+            raise IndexFileError(path, f"query {query!r} lists database id {image_id!r} more than once (a "
+                                       "ranking ranks each image once: the file was edited or merged wrongly); "
+                                       "search again to rewrite it")
+        return ranking
+
+
+def _first_repeat(ids: np.ndarray, indices: np.ndarray):
+    """``(row, id)`` of the first ranking row that lists one database id twice (missing entries,
+    ``indices == -1``, excepted), else None."""
+    if ids.shape[1] < 2:
+        return None
+    ordered = np.sort(ids, axis=1)
+    same = ordered[:, 1:] == ordered[:, :-1]
+    missing = (indices < 0).any(axis=1)
+    for row in np.flatnonzero(same.any(axis=1)):
+        if not missing[row]:
+            return int(row), ordered[row, 1:][same[row]][0].item()
+        valid = ids[row][indices[row] >= 0].tolist()
+        if len(set(valid)) != len(valid):
+            seen: set = set()
+            return int(row), next(x for x in valid if x in seen or seen.add(x))
+    return None

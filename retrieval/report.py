@@ -81,6 +81,8 @@ class StageTimer:
         self.seconds: Dict[str, float] = self._read()
         self.this_run: Dict[str, float] = {}
         self._fresh: set = set()
+        # called as listener(stage, seconds, computed) after each stage (e.g. retrieval.ladder.eta)
+        self.listeners: list = []
 
     def _read(self) -> Dict[str, float]:
         if self.path is None or not self.path.is_file():
@@ -103,6 +105,8 @@ class StageTimer:
 
     def add(self, stage: str, seconds: float, computed: bool = True) -> None:
         self.this_run[stage] = self.this_run.get(stage, 0.0) + seconds
+        for listener in self.listeners:
+            listener(stage, seconds, computed)
         if not computed:
             return
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds if stage in self._fresh else seconds
@@ -125,7 +129,8 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         if value != value:  # NaN
             return "-"
-        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+        # four significant digits kept with their trailing zeros ("0.4000" beside "0.8657", not "0.4")
+        return f"{value:#.4g}".rstrip(".") if abs(value) < 1000 else f"{value:.0f}"
     if value is None:
         return "-"
     return str(value)

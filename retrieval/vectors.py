@@ -6,7 +6,8 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
-__all__ = ["l2_normalize_rows", "normalize_rows", "as_matrix", "check_unit_norm", "id_array", "UNIT_NORM_TOLERANCE"]
+__all__ = ["l2_normalize_rows", "normalize_rows", "as_matrix", "check_unit_norm", "id_array", "UNIT_NORM_TOLERANCE",
+           "check_file_rows"]
 
 UNIT_NORM_TOLERANCE = 1e-3
 
@@ -90,3 +91,16 @@ def id_array(ids: Sequence[Hashable], what: str = "ids") -> np.ndarray:
         return arr.astype(str)
     raise ValueError(f"{what} must be all strings or all integers, got dtype {arr.dtype} "
                      f"(first id {arr.flat[0]!r})")
+
+
+def check_file_rows(path, ids: Sequence[Hashable], vectors: np.ndarray, what: str = "image") -> np.ndarray:
+    """The rows of a feature file's ``vectors`` that are all zero (an image without keypoints: no
+    direction), after refusing a row with NaN or infinite values with a ValueError naming ``path``
+    and the row's id (not only its position)."""
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        more = f" and {bad.size - 1} more" if bad.size > 1 else ""
+        raise ValueError(f"{path}: {what} {ids[bad[0]]!r} (row {int(bad[0])}){more} has NaN or infinite values; "
+                         "extract it again or leave it out")
+    return np.flatnonzero(~np.any(vectors != 0, axis=1))

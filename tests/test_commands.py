@@ -161,7 +161,7 @@ def chain(capsys, tmp: Path, kind: str, data: Path, extra=()):
     assert code == 0, err
     assert json.loads(out)["k"] == len(ds.db_ids)  # the default ranks the whole (small) database
     code, out, err = _run(capsys, "rerank", tmp / "ranking.json", "--query-local", q_local, "--db-local", db_local,
-                          "--scorer", "spatial", "--option", "threshold=8", "--shortlist", "5", "--v", "0.5",
+                          "--scorer", "spatial", "--option", "threshold=8", "--shortlist", "5",
                           "--out", tmp / "reranked.json")
     assert code == 0, err
     before = json.loads((tmp / "ranking.json").read_text())
@@ -191,7 +191,7 @@ def test_class_tree_every_command(tmp_path, capsys):
     # VLAD similarity as the local evidence (the encoder file of 'retrieval encode'); v=0: local order alone
     code, out, err = _run(capsys, "rerank", tmp_path / "ranking.json", "--query-local", tmp_path / "q-local.h5",
                           "--db-local", tmp_path / "db-local.h5", "--scorer", "vlad", "--model", tmp_path / "vlad.npz",
-                          "--v", "0", "--shortlist", "6", "--out", tmp_path / "vlad.json")
+                          "--fusion", "linear", "--v", "0", "--shortlist", "6", "--out", tmp_path / "vlad.json")
     assert code == 0, err
     code, out, err = _run(capsys, "evaluate", tmp_path / "vlad.json", "--dataset", "folder", "--data", data)
     assert code == 0, err
@@ -284,6 +284,8 @@ idf = false   # 16 words all occur in every image: idf would zero them
 [rerank]
 scorer = "ratio"
 shortlist = 4
+[rerank.fusion]
+method = "linear"
 v = 0.5
 """
 
@@ -294,14 +296,15 @@ def test_run_experiment_file(tmp_path, capsys):
     experiment = tmp_path / "small.toml"
     experiment.write_text(EXPERIMENT.format(data=labelled))
     code, out, err = _run(capsys, "run", experiment, "--out", tmp_path / "res", "--cache", tmp_path / "cache",
-                          "--set", "rerank_features=rootsift-1k")
+                          "--set", "rerank.features=rootsift-1k")
     assert code == 0, err
     summary = json.loads(out)["summary"]
     assert summary["main_metric"] == "mean_ap" and summary["queries"] == 6
     results = json.loads((tmp_path / "res" / "results.json").read_text())
     methods = [row["method"] for row in results["rows"]]
     assert methods == ["rootsift-1k+max_keypoints=300+max_side=192+upscale=True+bow16",
-                       "rootsift-1k+max_keypoints=300+max_side=192+upscale=True+bow16 + ratio (v=0.5)"]
+                       "rootsift-1k+max_keypoints=300+max_side=192+upscale=True+bow16 + ratio (rootsift-1k) "
+                       "[linear saturate T=20 v=0.5]"]
     assert results["rows"][0]["mean_ap"] > 0.8
     assert (tmp_path / "res" / "results.md").is_file() and (tmp_path / "res" / "main_metric.png").is_file()
     # the same file on other data (a class-per-folder tree) via --dataset/--data; a rerun resumes from the cache

@@ -258,3 +258,11 @@ def test_device_option_cpu_and_clear_errors(coil100_dir):
         gpu = EfficientNetExtractor("lite0-gem-224", device="cuda")
         assert gpu.backend == "channels_last" and gpu.batch_size == 32
         np.testing.assert_allclose(gpu.extract(img), ref, atol=1e-3)
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
+def test_onnxruntime_session_does_not_spin(lite0):
+    # spin-waiting threads starve the working ones on a busy machine (Oxford E1 ran 9x its quiet time)
+    fast = make_backbone(lite0, True, "onnxruntime", example_size=64, pool=GeM(3.0))
+    options = fast.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

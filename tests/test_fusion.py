@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from retrieval.features.store import FeatureFileError
-from retrieval.rerank.fusion import delg_order, delg_rerank, fuse, fusion_order, normalise_scores, rerank, sweep
+from retrieval.rerank.fusion import FusionConfig, delg_order, fuse, fusion_order, normalise_scores, rerank
 from retrieval.rerank.shortlist import Shortlist
 
 
@@ -65,27 +65,27 @@ def _shortlist():
 
 def test_rerank_keeps_tail_and_handles_constant_scores():
     sl = _shortlist()
-    preds = rerank(sl, 0.4, "inliers", "minmax")
+    preds = rerank(sl, FusionConfig("linear", v=0.4, norm="minmax"), "inliers")
     assert preds["q1"] == ["c", "d", "b", "a", "e", "f"]
     assert preds["q2"] == ["c", "a", "e", "f", "b", "d"]  # all equal local scores: global order
     assert preds["q3"] == ["d", "f", "e", "c", "a", "b"]
-    assert rerank(sl, 1.0) == sl.predictions()
-    d = delg_rerank(sl, 15)
+    assert rerank(sl, FusionConfig("linear", v=1.0)) == sl.predictions()
+    d = rerank(sl, FusionConfig("delg", threshold=15))
     assert d["q1"] == ["c", "d", "a", "b", "e", "f"] and d["q2"] == sl.predictions()["q2"]
 
 
-def test_sweep_resorts_from_cache(tmp_path):
+def test_fusions_resort_from_cache(tmp_path):
     sl = _shortlist()
     path = sl.save(tmp_path / "sl")
     assert path.name == "sl.npz" and (tmp_path / "sl.json").is_file()
     loaded = Shortlist.load(tmp_path / "sl", expect_config={"k": 4, "global": "test"})
     np.testing.assert_array_equal(loaded.db_ids, sl.db_ids)
     np.testing.assert_array_equal(loaded.local_scores("inliers"), sl.local_scores("inliers"))
-    results = sweep(loaded, [0.0, 0.4, 1.0], "inliers", "saturate", T=20)
+    results = {v: rerank(loaded, FusionConfig("linear", v=v, norm="saturate", T=20)) for v in (0.0, 0.4, 1.0)}
     assert results[1.0] == sl.predictions()
     assert results[0.0]["q1"][:4] == ["c", "d", "b", "a"]
     for v, preds in results.items():
-        assert preds == rerank(sl, v, "inliers", "saturate", T=20)
+        assert preds == rerank(sl, FusionConfig("linear", v=v, norm="saturate", T=20))
         for q in sl.query_ids:
             assert sorted(preds[q]) == sorted(sl.predictions()[q])  # a permutation, nothing lost
 
@@ -122,7 +122,7 @@ def test_pending_rows_resume(tmp_path):
     again = Shortlist.load(tmp_path / "sl")
     assert again.pending("ratio") == [0, 2]
     with pytest.raises(ValueError, match="not computed for 2 queries"):
-        rerank(again, 0.5, "ratio")
+        rerank(again, FusionConfig("linear", v=0.5), "ratio")
     with pytest.raises(ValueError, match="expected 4 local scores"):
         again.set_local("ratio", 0, [1, 2])
 
@@ -139,7 +139,7 @@ def test_from_ranking():
     assert sl.k == 10 and sl.tail_ids.shape == (3, 20) and sl.config["k"] == 10
     assert sl.predictions() == {k: [str(x) for x in v] for k, v in ranking.to_predictions().items()}
     sl.set_local_scores("zero", np.zeros((3, 10)))
-    assert rerank(sl, 0.0, "zero") == sl.predictions()  # all-equal local scores: global order
+    assert rerank(sl, FusionConfig("linear", v=0.0), "zero") == sl.predictions()  # all-equal local scores: global order
 
 
 # ---- the one fusion API: absolute scales, the gate, the base ranking first ---------------------------

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from retrieval.ladder import cli, data, tables, training
-from retrieval.ladder.choice import Relevance, choose
+from retrieval.steps.choose import Relevance, choose, query_groups
 from retrieval.ladder.config import LadderConfig
 from retrieval.report import StageTimer
 
@@ -32,6 +32,7 @@ def test_choice_is_cross_fitted_and_the_base_wins_ties():
     out = choose("E5", cands, lambda c: c, [_relevance(None)], groups)["toy"]
     assert out.fit["chosen"] == {"A": "help-B", "B": "help-A"}
     assert out.per_query == {"a1": 0.5, "a2": 0.5, "b1": 0.5, "b2": 0.5}   # not the oracle's 0.9 / 0.8
+    assert out.deployed == "help-A"     # for new queries: the best mean over every labelled query (0.7)
     flat = {"base": {q: 0.5 for q in groups}, "other": {q: 0.5 for q in groups}}
     tie = choose("E5", flat, lambda c: c, [_relevance(None)], groups)["toy"]
     assert tie.fit["chosen"] == {"A": "base", "B": "base"}
@@ -117,7 +118,7 @@ def test_landmark_level_relevance_and_quick_subset(oxford_dir):
     small = data.quick_subset(ds)
     assert len(small.query_ids) == 4 and len(small.db_ids) < len(ds.db_ids)
     assert all(small.ground_truth[x].positives <= set(small.db_ids) for x in small.query_ids)
-    groups = data.landmark_groups(small)
+    groups = query_groups(small)
     assert sorted(set(groups.values())) == ["fold 0", "fold 1"]
     for a, b in zip(small.query_ids, small.query_labels):       # a landmark never spans two folds
         assert {groups[x] for x, lab in zip(small.query_ids, small.query_labels) if lab == b} == {groups[a]}
@@ -150,7 +151,7 @@ def _tiny(tmp_path, **sets):
     return conf.override({"object.train_set": tiny, **sets})
 
 
-def test_tiny_object_half_end_to_end(coil100_dir, tmp_path, monkeypatch):
+def test_tiny_object_half_end_to_end(coil100_dir, tmp_path, monkeypatch, capsys):
     """The object half on COIL objects 1-2 (train) and 51-52 (test: one Public, one Private); a second
     call reuses every cached stage and reports the same figures."""
     from retrieval.ladder.run import main
@@ -159,6 +160,9 @@ def test_tiny_object_half_end_to_end(coil100_dir, tmp_path, monkeypatch):
     conf = _tiny(tmp_path, **{"data": str(coil100_dir.parent), "landmark.enabled": False,
                               "rerankers": ["E5", "E7", "SV", "E8"]})
     out = main(conf, tmp_path / "out", tmp_path / "cache")
+    # the run announced its estimate from the typical table (an empty cache), then ETAs as stages ran
+    printed = capsys.readouterr().out
+    assert "estimate for a cold run: about" in printed and "from typical seconds" in printed
     result = json.loads((out / "results.json").read_text())
     rows = result["rows"]
     assert [r["experiment"] for r in rows if r["split"] == "all"] == [
@@ -169,7 +173,7 @@ def test_tiny_object_half_end_to_end(coil100_dir, tmp_path, monkeypatch):
     # the base candidate of every fused re-ranker is E4's ranking (v = 1)
     e4_all = next(r for r in rows if r["experiment"] == "E4" and r["split"] == "all")["metrics"]["map@100"]
     assert 100 * result["v_sweeps"]["coil100-gldv2-quick"]["E5"]["all"]["1.0"] == pytest.approx(e4_all, abs=0.01)
-    for name in ("map_bars.png", "v_sweep.png", "queries_coil100-gldv2-quick_official.png", "results.md"):
+    for name in ("map_bars.png", "v_sweep.png", "queries_coil100-gldv2-quick_gldv2.png", "results.md"):
         assert (out / name).stat().st_size > 0
     key = lambda rs: [(r["experiment"], r["split"], r["metrics"], r["chosen"]) for r in rs]  # noqa: E731
     main(conf, tmp_path / "out", tmp_path / "cache")

@@ -223,18 +223,18 @@ def test_asmk_first_stage_and_reranker_agree_with_the_reference_package(tmp_path
     np.testing.assert_allclose(AsmkScorer(again).score(feats[0], feats[1:]), pairwise)
 
 
-def test_extract_step_and_chain_take_learned_names():
+def test_extract_step_and_the_one_factory_take_learned_names():
     """The call sites that took a SIFT name take any local configuration (one factory, picklable for
     joblib / Ray workers)."""
-    from retrieval.steps.chain import _extractor
     from retrieval.steps.extract import ExtractConfig, extractor_for
+    from retrieval.steps.image_features import make_extractor
 
-    factory = extractor_for(ExtractConfig(features="local", extractor="xfeat-512", options={"max_side": 640}))
+    factory = extractor_for(ExtractConfig(kind="local", config="xfeat-512", overrides={"max_side": 640}))
     made = pickle.loads(pickle.dumps(factory))()
     assert isinstance(made, LearnedExtractor) and made.config["max_side"] == 640
-    assert isinstance(_extractor("local", "disk-2k", {}), LearnedExtractor)
-    with pytest.raises(ConfigError, match="local features: unknown local feature configuration 'disk-9k'"):
-        extractor_for(ExtractConfig(features="local", extractor="disk-9k"))
+    assert isinstance(make_extractor("local", "disk-2k"), LearnedExtractor)
+    with pytest.raises(ConfigError, match="unknown local feature configuration 'disk-9k'"):
+        extractor_for(ExtractConfig(kind="local", config="disk-9k"))
 
 
 def test_speed_benchmark_writes_every_figure(oxford_dir, tmp_path):

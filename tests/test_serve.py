@@ -52,6 +52,15 @@ def build_small_index(coil20_dir: Path, out: Path) -> dict:
                  {"experiment": "E5", "dataset": "coil20-small", "metrics": {"map@100": 98.0}, "v": 0.5}],
         "per_query": {"E5": {"obj1__0": 0.9, "obj2__6": 0.25, "obj3__12": 1.0}}}))
     Image.new("RGB", (40, 30), (200, 20, 20)).save(results / "map_bars.png")
+    # results.md as the ladder writes it: a pivoted table per dataset, then the long table of every row
+    from retrieval.ladder.tables import result_rows, summary_table
+    from retrieval.report import markdown_table
+
+    rows = (result_rows("E1", "coil20-small", {"Private": 0.97, "Public": 0.98, "all": 0.975}, "map@100")
+            + result_rows("E5", "coil20-small", {"Private": 0.98, "Public": 0.98, "all": 0.98}, "map@100",
+                          chosen={"Private": "linear saturate T=10 v=0.4", "Public": "none (global order)"}))
+    (results / "results.md").write_text("## The E1-E8 ladder on coil20-small\n\n" + summary_table(rows, {"coil20-small": "E1"})
+                                        + "\n\n### All rows\n\n" + markdown_table(rows) + "\n")
     return {"index": index_path, "features": features, "local": local, "images": images, "ids": ids,
             "extractor": extractor, "dataset": dataset, "results": results}
 
@@ -157,6 +166,14 @@ def test_fusion_order_and_local_evidence(client):
     m = _ok(client.get("/api/matches", params={"query": "obj1__18", "db": best["id"]}))
     assert m["inliers"] == best["local"] == sum(1 for line in m["lines"] if line[4])
     assert all(0 <= c <= 1 for line in m["lines"] for c in line[:4])
+    # without v: the served fusion (no experiment chose one: the documented default, counts saturating at T)
+    from retrieval.rerank.fusion import DEFAULT_FUSION
+
+    default = _ok(client.get("/api/search", params={"id": "obj1__18", "k": 12}))
+    assert default["fusion"]["label"] == DEFAULT_FUSION["count"].label
+    T = DEFAULT_FUSION["count"].T
+    np.testing.assert_allclose([r["local_norm"] for r in default["results"]],
+                               [min(max(r["local"], 0.0), T) / T for r in default["results"]])
 
 
 def test_images_served_by_id_only(client, small):
@@ -289,6 +306,14 @@ def test_results_folder_page(client):
     page = client.get("/results")
     assert page.status_code == 200
     assert "<td>E5</td>" in page.text and "map_bars.png" in page.text
+    # the pivoted table of results.md (a column per split, the gain over the base rung, what was chosen),
+    # not a flat table of raw keys: those only in the folded "All rows"
+    pivoted = page.text[page.text.index("id='results-tables'"):page.text.index("id='all-rows'")]
+    assert "<h4>coil20-small (map@100, %)</h4>" in pivoted
+    assert "<th>Private</th><th>Public</th><th>all</th><th>vs E1</th>" in pivoted
+    assert "<td>E5</td><td>98.00</td><td>98.00</td><td>98.00</td><td>+0.50</td>" in pivoted
+    assert "Private: linear saturate T=10 v=0.4" in pivoted and "metrics.map@100" not in pivoted
+    assert "metrics.map@100" in page.text[page.text.index("id='all-rows'"):]
     # failures: lowest AP first, from the results' per-query APs, each a link that searches it
     failures = page.text[page.text.index("id='failures'"):]
     assert failures.index("obj2__6") < failures.index("obj1__0") < failures.index("obj3__12")

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
-uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
-pytest.importorskip("selenium", reason="selenium is not installed (pip install hybrid-retrieval[serve])")
+UNSKIP_EXTRA = "to run it: pip install 'hybrid-retrieval[serve]'"
+# the one command that un-skips the browser test on Debian / Ubuntu (as root), as the README's set-up says
+UNSKIP_BROWSER = "apt-get install -y chromium chromium-driver"
+pytest.importorskip("fastapi", reason=f"the serve extra (fastapi) is not installed; {UNSKIP_EXTRA}")
+uvicorn = pytest.importorskip("uvicorn", reason=f"the serve extra (uvicorn) is not installed; {UNSKIP_EXTRA}")
+pytest.importorskip("selenium", reason=f"selenium is not installed; {UNSKIP_EXTRA}")
 
 from test_serve import build_small_index  # noqa: E402
 
@@ -36,8 +39,8 @@ def browser(tmp_path_factory):
 
     binary, driver_path = _found(CHROMIUM), _found(DRIVER)
     if binary is None or driver_path is None:
-        pytest.skip("no headless browser: needs Debian's chromium and chromedriver (apt-get install -y chromium "
-                    f"chromium-driver); found chromium={binary}, chromedriver={driver_path}")
+        pytest.skip(f"no headless browser (chromium={binary}, chromedriver={driver_path}); to run it: "
+                    f"{UNSKIP_BROWSER}")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -111,6 +114,10 @@ def test_search_page_in_a_browser(browser, server, tmp_path):
 
     browser.get(base + "/")
     _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#browse-grid img")) == 48)
+    # before any search the query panel (an empty, broken image) stays hidden: its hidden attribute
+    # must win over the stylesheet's display: flex
+    assert not browser.find_element(By.ID, "query-panel").is_displayed()
+    shot("0-start")
 
     # upload an image: its own database copy comes first, the k results are shown
     browser.find_element(By.ID, "upload").send_keys(str(small["images"] / "obj3__12.png"))
@@ -153,7 +160,8 @@ def test_search_page_in_a_browser(browser, server, tmp_path):
 
     # the results folder page: table, figure, failures
     browser.get(base + "/results")
-    assert browser.find_element(By.ID, "results-table").is_displayed()
+    assert browser.find_element(By.CSS_SELECTOR, "#results-tables table").is_displayed()
+    assert not browser.find_element(By.CSS_SELECTOR, "#all-rows table").is_displayed()  # folded
     assert browser.find_elements(By.CSS_SELECTOR, "#failures a")[0].get_attribute("href").endswith("/?id=obj2__6")
     shot("4-results")
 

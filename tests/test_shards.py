@@ -251,7 +251,7 @@ def test_cropped_queries_through_the_extract_step(oxford_dir, tmp_path):
                  query_labels=None, query_metadata={})
     ids, paths, boxes = dataset_images(ds, "queries")
     assert ids == ds.query_ids and boxes == list(ds.query_boxes)
-    conf = ExtractConfig(features="local", extractor="rootsift-1k", images="queries", shard_size=2, n_jobs=1)
+    conf = ExtractConfig(kind="local", config="rootsift-1k", images="queries", shard_size=2, n_jobs=1)
     summary = {}
     out = main(conf, ds, tmp_path / "q.h5", progress=False, summary=summary)
     assert out == tmp_path / "q.h5" and summary["images"] == 3

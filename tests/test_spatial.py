@@ -125,7 +125,7 @@ def test_vlad_scorer(feats):
 
 
 def test_shortlist_scoring_resumes_and_reranks(feats, tmp_path):
-    from retrieval.rerank import Shortlist, rerank
+    from retrieval.rerank import FusionConfig, Shortlist, rerank
 
     class Counting(SpatialVerifier):
         calls = 0
@@ -147,5 +147,5 @@ def test_shortlist_scoring_resumes_and_reranks(feats, tmp_path):
     again.score_with(Counting(), feats, feats)
     assert Counting.calls == 3
     np.testing.assert_array_equal(again.local_scores("spatial"), scores)
-    preds = rerank(again, 0.5, "spatial", "saturate", T=20)
+    preds = rerank(again, FusionConfig("linear", v=0.5, norm="saturate", T=20), "spatial")
     assert preds["box"][0] == "scene" and preds["graf1"][0] == "graf3"

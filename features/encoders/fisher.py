@@ -59,7 +59,10 @@ class FisherEncoder(LocalEncoder):
     # -- learning ------------------------------------------------------------------------------
     def fit(self, features: Sequence[FeatureInput]) -> "FisherEncoder":
         """Learn the PCA and the GMM on a seeded sample of the descriptors of ``features``."""
+        import warnings
+
         from sklearn.decomposition import PCA
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.mixture import GaussianMixture
 
         arrays = descriptor_arrays(features)
@@ -77,7 +80,10 @@ class FisherEncoder(LocalEncoder):
         gmm = GaussianMixture(n_components=self.k, covariance_type="diag", random_state=self.seed,
                               max_iter=self.gmm_max_iter, tol=self.tol, reg_covar=self.reg_covar,
                               init_params="k-means++")
-        gmm.fit(projected)
+        with warnings.catch_warnings():
+            # EM stopping at max_iter is recorded in fit_info (gmm_converged), not printed raw
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gmm.fit(projected)
         self.gmm = gmm
         self.fit_info = {"n_images": len(arrays), "n_train": int(len(sample)),
                          "gmm_converged": bool(gmm.converged_), "gmm_iterations": int(gmm.n_iter_),

@@ -65,7 +65,7 @@ from typing import List, Mapping, Optional, Tuple
 from retrieval.config import Config, ConfigError
 from retrieval.datasets.open import DatasetConfig
 
-__all__ = ["CONFIG", "ClassicalConfig", "DEFAULT_CACHE", "sift_for", "main"]
+__all__ = ["CONFIG", "ClassicalConfig", "DEFAULT_CACHE", "sift_for", "sift_choice", "main"]
 
 DEFAULT_CACHE = Path("cache/classical")
 
@@ -156,13 +156,25 @@ def _located(conf: DatasetConfig) -> DatasetConfig:
 def sift_for(name: str, kind: str, ds) -> str:
     """The SIFT configuration ``name``, or for ``"auto"`` the one that suits dataset ``ds`` of ``kind``
     (module docstring)."""
+    return sift_choice(name, kind, ds)[0]
+
+
+def sift_choice(name: str, kind: str, ds) -> Tuple[str, str]:
+    """(the SIFT configuration of :func:`sift_for`, why it was picked): "auto" decides from the dataset
+    kind and the size of the first database image, so the reason names both (and, for a folder, the
+    setting for landmark photos, which a folder's kind cannot tell from objects)."""
     if name != "auto":
-        return name
+        return name, "set in the experiment"
     if kind in LANDMARK_KINDS:
-        return LANDMARK_SIFT
+        return LANDMARK_SIFT, f"sift = auto: {kind} is a landmark dataset kind"
     from retrieval.imageio import image_size
 
-    return SMALL_SIFT if max(image_size(ds.db_paths[0])) <= SMALL_SIDE else OBJECT_SIFT
+    side = max(image_size(ds.db_paths[0]))
+    if side <= SMALL_SIDE:
+        return SMALL_SIFT, (f"sift = auto: {kind} is read as objects and its first database image is {side} px "
+                            f"(at most {SMALL_SIDE}: small objects, enlarged)")
+    return OBJECT_SIFT, (f"sift = auto: {kind} is read as objects (first database image {side} px); for "
+                         f"landmark photos set --set sift={LANDMARK_SIFT} (upright, as landmark kinds use)")
 
 
 def _queries_are_db_images(ds) -> bool:
@@ -239,7 +251,7 @@ def whitening_features(conf: ClassicalConfig, searched_root: Path, cache: Path):
     wconf = _located(conf.whitening_data)
     if wconf.root.resolve() == Path(searched_root).resolve():
         raise ConfigError(f"whitening_data {wconf.root} is the searched dataset: whitening is learned on OTHER "
-                          f"images (set whitening_data.path, or \"\" for no whitened rows)")
+                          f"images (set whitening_data.path, or --set whitening_data.path= for no whitened rows)")
     other = open_dataset(wconf)
     total = len(other.db_ids)
     n = total if n is None else min(n, total)
@@ -276,7 +288,8 @@ def main(conf: ClassicalConfig, out_dir, cache_dir=None) -> Path:
         ds = quick_subset(ds)
     name = dconf.root.resolve().name + ("-quick" if conf.quick else "")
     protocol = conf.protocol or DEFAULT_PROTOCOL.get(dconf.kind, "general").split(",")[0]
-    sift = sift_for(conf.sift, dconf.kind, ds)
+    sift, why = sift_choice(conf.sift, dconf.kind, ds)
+    print(f"  SIFT: {sift} ({why})", flush=True)
     bow_k = conf.bow_k if conf.bow_k is not None else ((100, 1000) if conf.quick else (1000, 20000))
     whiten_dims = [min(d, 64) for d in conf.whiten_dims] if conf.quick else list(conf.whiten_dims)
 
@@ -326,6 +339,7 @@ def main(conf: ClassicalConfig, out_dir, cache_dir=None) -> Path:
              "total_seconds": round(time.perf_counter() - t_start, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
              "quick": conf.quick, "database": len(ds.db_ids), "queries": len(ds.query_ids),
              "sift": {name: info["sift"], **({whitening[0]: whitening[2]["sift"]} if whitening else {})},
+             "sift_choice": why,
              "protocol": {"protocol": protocol, "mAP column": metric, "ranking depth": searched.depth,
                           "queries": info["queries"]}}
     out = Path(out_dir)

@@ -70,6 +70,11 @@ def cached_codebook(folder: Path, feats: Sequence[LocalFeatures], k: int, traine
     if path.is_file():
         return Codebook.load(path)
     cb = learn_codebook(feats, k, seed=seed, metadata={"trained_on": trained_on}, n_threads=faiss_threads, **s)
+    per_word = cb.config.get("points_per_word")
+    if per_word is not None and per_word < 39:
+        print(f"  note: the {k}-word codebook learned from {cb.config['n_train']:,} descriptors, {per_word:g} per "
+              "word (k-means wants about 39): its words are noisier; more images or a smaller k steady them",
+              flush=True)
     cb.save(path)
     return cb
 
@@ -86,6 +91,9 @@ def cached_fisher(folder: Path, feats: Sequence[LocalFeatures], k: int, trained_
         return FisherEncoder.load(path)
     enc = FisherEncoder(k=k, pca_dim=64, seed=seed, n_sample=n_sample, gmm_max_iter=max_iter,
                         trained_on=trained_on).fit(feats)
+    if not enc.fit_info.get("gmm_converged", True):
+        print(f"  note: the {k}-component Fisher GMM stopped after {enc.fit_info['gmm_iterations']} EM iterations "
+              f"before converging (tol {enc.tol}); its encoding is used as it is", flush=True)
     enc.save(path)
     return enc
 

@@ -230,7 +230,8 @@ def _held_out(rows: List[dict], groups, fixed: Optional[dict] = None) -> dict:
 def main(conf: DescriptorStudyConfig, out_dir, cache_dir=None) -> Path:
     from retrieval.crossfit import fold_groups
     from retrieval.datasets import read_labelled_folder
-    from retrieval.ladder.choice import Relevance
+    from retrieval.evaluate import main_metric
+    from retrieval.steps.choose import Relevance
     from retrieval.ladder.data import quick_subset, read_landmarks
     from retrieval.paths import data_root
     from retrieval.report import StageTimer, write_results
@@ -242,7 +243,7 @@ def main(conf: DescriptorStudyConfig, out_dir, cache_dir=None) -> Path:
         ds = quick_subset(ds)
     name = root.resolve().name + ("-quick" if conf.quick else "")
     protocol = "gldv2" if conf.dataset == "gldv2" else "oxford"
-    relevance = Relevance(name, ds, protocol, "mAP")
+    relevance = Relevance(name, ds, protocol, main_metric(protocol), label="mAP")
     groups = fold_groups([str(q) for q in ds.query_ids], [str(x) for x in ds.query_labels], 2)
     whitening_set = None
     n_white = min(conf.whitening_images, 40) if conf.quick else conf.whitening_images

@@ -43,6 +43,13 @@ def run_main(main: Callable[[Optional[Sequence[str]], Optional[str]], object], a
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"{prog or Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # a module of an optional extra: one line naming the extra
+        from retrieval.extras import missing_extra_message
+
+        if missing_extra_message(exc) is None:
+            raise
+        print(f"{prog or Path(sys.argv[0]).name}: error: {missing_extra_message(exc)}", file=sys.stderr)
+        return 2
     return 0
 
 

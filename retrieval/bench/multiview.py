@@ -362,13 +362,14 @@ def cli_main(argv=None, prog: str = "multiview") -> int:
     import argparse
     import sys
 
-    from retrieval.datasets.open import DATASET_KINDS
+    from retrieval.datasets.view_layouts import VIEW_KINDS
     from retrieval.steps.experiment import apply_dataset_options
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", default=str(DEFAULT_EXPERIMENT), help="TOML experiment file (kind multiview)")
-    p.add_argument("--dataset", choices=DATASET_KINDS, default=None,
-                   help="none taken: any multi-view set is read from its labels.csv (give --data only)")
+    p.add_argument("--dataset", choices=VIEW_KINDS, default=None,
+                   help="the layout of --data: views (labels.csv with a view column, the default), folder "
+                        "(one folder per object) or multiview (the DS|DU/train|retrieval tree)")
     p.add_argument("--data", default=None, help="the multi-view set's folder (sets 'data')")
     p.add_argument("--out", default="results/multiview", help="results folder")
     p.add_argument("--cache", default="cache/multiview", help="cache folder (images, models, embeddings)")

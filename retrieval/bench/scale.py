@@ -155,6 +155,12 @@ def engine_figures(data_root: Path, quick: bool, work_dir: Optional[Path] = None
     return {f"engine_{k}" if k not in ENGINE_KEYS else k: v for k, v in figures.items()}
 
 
+def default_work_dir(quick: bool) -> Path:
+    """``cache/scale`` (full) or ``cache/scale-quick``: a quick run's shards (other sizes) never meet a
+    full run's."""
+    return Path("cache/scale-quick" if quick else "cache/scale")
+
+
 def run(out_dir: Path, work_dir: Path, data_root: Path, quick: bool = False, workers: int = 32, gpus: int = 4,
         gpu_img_per_s: float = 400.0, skip: Optional[List[str]] = None) -> dict:
     """Every part; writes ``results.json`` and ``results.md`` to ``out_dir``; returns the results."""
@@ -225,14 +231,17 @@ def main(argv=None, prog: Optional[str] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes for CI")
     parser.add_argument("--data", default=None, help="data folder (default: retrieval.paths.data_root())")
     parser.add_argument("--out", default="results/scale", help="results folder")
-    parser.add_argument("--work", default="cache/scale", help="folder for shards and generated CSVs")
+    parser.add_argument("--work", default=None,
+                        help="folder for shards and generated CSVs (default cache/scale, --quick: cache/scale-quick: "
+                             "the two modes make shards of different sizes, so each keeps its own)")
     parser.add_argument("--workers", type=int, default=32, help="CPU workers N of the projection")
     parser.add_argument("--gpus", type=int, default=4, help="GPUs G of the projection")
     parser.add_argument("--gpu-img-per-s", type=float, default=400.0,
                         help="assumed network throughput of one GPU (images/s; not measured here)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["index", "gldv2", "engine", "cost"], help="parts to skip")
     args = parser.parse_args(argv)
-    results = run(Path(args.out), Path(args.work), data_root(args.data), quick=args.quick, workers=args.workers,
+    work = Path(args.work) if args.work else default_work_dir(args.quick)
+    results = run(Path(args.out), work, data_root(args.data), quick=args.quick, workers=args.workers,
                   gpus=args.gpus, gpu_img_per_s=args.gpu_img_per_s, skip=args.skip)
     print(results_markdown(results))
     return 0

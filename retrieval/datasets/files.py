@@ -3,13 +3,20 @@
 Shared by every reader: :func:`list_images` (recursive, deterministic order), :func:`natural_key`
 (``obj2`` sorts before ``obj10``), :func:`check_images` (decode every file in parallel and report the
 ones that fail) and :func:`apply_on_error` (the readers' ``on_error="raise"|"collect"`` policy).
+Nothing is left out silently: :func:`scan_images` lists what is not a readable image file (broken or
+looping links, folders named like images, other files) and :func:`list_images` counts it in a
+:class:`DatasetWarning`; ``on_error="collect"`` counts the unreadable images it skips the same way;
+:func:`check_folder` is ``retrieval dataset check``'s report.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
+import warnings
 from pathlib import Path
-from typing import Iterable, List, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
 from ..imageio import ImageLoadError, load_image
 
@@ -19,8 +26,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", "
                               ".webp", ".gif"})
 ON_ERROR_CHOICES = ("raise", "collect")
 
-__all__ = ["IMAGE_EXTENSIONS", "DatasetError", "natural_key", "list_images", "check_images",
-           "apply_on_error", "require_dir", "read_text", "check_safe_id", "check_inside"]
+__all__ = ["IMAGE_EXTENSIONS", "DatasetError", "DatasetWarning", "natural_key", "list_images", "scan_images",
+           "check_folder", "check_images", "apply_on_error", "require_dir", "read_text", "check_safe_id",
+           "check_inside"]
 
 
 class DatasetError(ValueError):
@@ -90,16 +98,68 @@ def check_inside(path: PathLike, folder: PathLike, where: str) -> Path:
     return normal
 
 
+class DatasetWarning(UserWarning):
+    """Something in a dataset folder was left out (not an image, a broken link, ...); the message
+    names the folder, says how many entries and why."""
+
+
+def scan_images(folder: PathLike, recursive: bool = True) -> Tuple[List[Path], List[Tuple[str, str]]]:
+    """``(images, skipped)``: every image file (by extension, case-insensitive) under ``folder`` in
+    the order :func:`list_images` gives, and ``(path, reason)`` for each entry left out: a symbolic
+    link that is dangling or loops, a folder named like an image (``x.jpg/``), a file that is not an
+    image by its extension (``notes.txt``, ``.DS_Store``). Folders themselves are not listed."""
+    folder = require_dir(folder, "image folder")
+    pattern = "**/*" if recursive else "*"
+    paths: List[Path] = []
+    skipped: List[Tuple[str, str]] = []
+    for p in folder.glob(pattern):
+        image_name = p.suffix.lower() in IMAGE_EXTENSIONS
+        try:
+            p.stat()
+        except OSError as exc:  # ELOOP: a symbolic link loop; ENOENT: a dangling link
+            loop = exc.errno == errno.ELOOP
+            skipped.append((str(p), "symbolic link loop" if loop else "dangling symbolic link"))
+            continue
+        if p.is_dir():
+            if image_name:
+                skipped.append((str(p), "folder named like an image"))
+            continue
+        if not image_name:
+            skipped.append((str(p), "non-image file (by its extension)"))
+        elif p.is_file():
+            paths.append(p)
+        else:
+            skipped.append((str(p), "not a regular file"))
+    paths.sort(key=lambda p: natural_key(p.relative_to(folder).as_posix()))
+    skipped.sort(key=lambda item: natural_key(item[0]))
+    return paths, skipped
+
+
+def skipped_summary(folder: PathLike, skipped: Sequence[Tuple[str, str]]) -> str:
+    """One line: how many entries of ``folder`` were left out and why, the first of each reason."""
+    by_reason: Dict[str, List[str]] = {}
+    for path, reason in skipped:
+        by_reason.setdefault(reason, []).append(path)
+    parts = [f"{reason}: {len(paths)} (e.g. {paths[0]})" for reason, paths in by_reason.items()]
+    what = "entry that is not a readable image" if len(skipped) == 1 else "entries that are not readable images"
+    return f"{folder}: skipped {len(skipped)} {what}: {'; '.join(parts)}; fix or remove them if they should be images"
+
+
 def list_images(folder: PathLike, recursive: bool = True) -> List[Path]:
     """Every image file (by extension, case-insensitive) under ``folder``, sorted by relative path
     in natural order. Raises :class:`DatasetError` naming the folder when it is missing or holds no
-    images."""
-    folder = require_dir(folder, "image folder")
-    pattern = "**/*" if recursive else "*"
-    paths = [p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    images. Entries left out (broken links, folders named like images, other files below the top
+    folder) are counted in one :class:`DatasetWarning` naming the folder (:func:`scan_images` lists
+    them all). Other files directly in ``folder`` are not: a dataset's root holds its README, label
+    file and query list."""
+    paths, skipped = scan_images(folder, recursive)
+    root = Path(folder)
+    skipped = [(p, r) for p, r in skipped
+               if Path(p).suffix.lower() in IMAGE_EXTENSIONS or Path(p).parent != root]
+    if skipped:
+        warnings.warn(skipped_summary(folder, skipped), DatasetWarning, stacklevel=2)
     if not paths:
         raise DatasetError(f"{folder}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    paths.sort(key=lambda p: natural_key(p.relative_to(folder).as_posix()))
     return paths
 
 
@@ -143,6 +203,22 @@ def check_images(paths: Iterable[PathLike], n_jobs: int = 1, progress: bool = Tr
     return [(path, reason) for path, reason in results if reason]
 
 
+def check_folder(path: PathLike, n_jobs: int = 1, progress: bool = True) -> dict:
+    """``retrieval dataset check``: decode every image of the folder ``path`` (or the one file) and
+    report ``checked``, ``unreadable`` and ``bad_files`` (entries named like images that cannot be
+    read: broken links and folders count too), and ``skipped`` / ``skipped_files`` (other files)."""
+    path = Path(path)
+    paths, skipped = ([path], []) if path.is_file() else scan_images(path)
+    broken = [s for s in skipped if Path(s[0]).suffix.lower() in IMAGE_EXTENSIONS]
+    others = [s for s in skipped if s not in broken]
+    if not paths and not broken:
+        raise DatasetError(f"{path}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    bad = broken + check_images(paths, n_jobs=n_jobs, progress=progress)
+    return {"path": str(path), "checked": len(paths) + len(broken), "unreadable": len(bad),
+            "bad_files": [{"path": p, "reason": r} for p, r in bad], "skipped": len(others),
+            "skipped_files": [{"path": p, "reason": r} for p, r in others]}
+
+
 def _check_many(paths: Sequence[str]) -> List[Tuple[str, str]]:
     return [_check_one(p) for p in paths]
 
@@ -157,10 +233,25 @@ def apply_on_error(problems: Sequence[Tuple[str, str]], on_error: str, where: Pa
         shown = "; ".join(f"{p}: {r}" for p, r in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise DatasetError(f"{where}: {len(problems)} unreadable image file(s): {shown}{more}; "
-                           f"pass on_error='collect' to skip them")
+                           "fix or remove them, or skip them with on_error='collect' (commands: --on-error "
+                           "collect; retrieval run: --set dataset.on_error=collect)")
+    if problems:
+        warnings.warn(f"{where}: skipped {len(problems)} unreadable image file(s) (first: {problems[0][0]}: "
+                      f"{problems[0][1]}); they are left out of the dataset", DatasetWarning, stacklevel=2)
     return problems
 
 
 def missing_files(paths: Iterable[PathLike]) -> List[Tuple[str, str]]:
-    """``(path, 'no such file')`` for every path that does not exist (a cheap stat, no decode)."""
-    return [(str(p), "no such file") for p in paths if not os.path.isfile(p)]
+    """``(path, reason)`` for every path that does not exist or is empty (a cheap stat, no decode)."""
+    out = []
+    for p in paths:
+        try:
+            info = os.stat(p)
+            size = info.st_size if stat.S_ISREG(info.st_mode) else None
+        except OSError:
+            size = None
+        if size is None:
+            out.append((str(p), "no such file"))
+        elif size == 0:
+            out.append((str(p), "file is empty (0 bytes)"))
+    return out

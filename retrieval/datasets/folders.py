@@ -138,9 +138,13 @@ def read_labelled_folder(root: PathLike, images_dir: str = "images", labels_csv:
 
     records = []
     for line, row in rows:
-        filename = row[file_col].strip()
+        filename, label = row[file_col].strip(), row[label_col].strip()
+        if not filename or not label:
+            raise DatasetError(f"{csv_path}:{line}: empty {'file name' if not filename else 'label'} "
+                               f"(column {header[file_col if not filename else label_col]!r}); give every "
+                               "image a file name and a label, or delete the row")
         check_inside(filename, folder, f"{csv_path}:{line}")
-        records.append((row[label_col].strip(), [parse_number(row[i]) for i in other], filename))
+        records.append((label, [parse_number(row[i]) for i in other], filename))
     records.sort(key=lambda r: (natural_key(r[0]), [sortable(v) for v in r[1]], natural_key(r[2])))
     paths = [folder / r[2] for r in records]
     ids = [_image_id(p, folder) for p in paths]

@@ -59,13 +59,19 @@ def _read_csv(path: Path, required: Sequence[str]) -> List[Dict[str, str]]:
 
 def _ids(rows: List[Dict[str, str]], path: Path) -> List[str]:
     ids = [r["id"] for r in rows]
-    if len(set(ids)) != len(ids):
-        raise DatasetError(f"{path}: duplicate ids")
-    if any(not i for i in ids):
-        raise DatasetError(f"{path}: empty id")
-    for row, image_id in enumerate(ids, start=1):
+    first: Dict[str, int] = {}
+    for row, image_id in enumerate(ids, start=1):  # row 1 is the line after the header
+        where = f"{path}: row {row}"
+        if not image_id:
+            raise DatasetError(f"{where}: empty id; give every row an id or delete it")
+        if image_id in first:
+            raise DatasetError(f"{where}: duplicate ids: {image_id!r} is also row {first[image_id]}; delete one")
+        first[image_id] = row
         # ids become file paths (a/b/c/<id>.jpg): "../" in one would read outside the dataset
-        check_safe_id(image_id, f"{path}: row {row}")
+        check_safe_id(image_id, where)
+        if len(image_id) < 3:
+            raise DatasetError(f"{where}: id {image_id!r} is shorter than 3 characters (GLDv2 keeps an image "
+                               "under folders named by the id's first three characters); use longer ids")
     return ids
 
 

@@ -20,5 +20,6 @@ def gldv2_image_path(split_dir: PathLike, image_id: str, ext: str = ".jpg") -> P
     """``split_dir/a/b/c/abc....jpg`` for id ``abc...``."""
     image_id = check_safe_id(str(image_id), f"GLDv2 image folder {split_dir}")
     if len(image_id) < 3:
-        raise DatasetError(f"GLDv2 id {image_id!r} is shorter than 3 characters")
+        raise DatasetError(f"{split_dir}: GLDv2 id {image_id!r} is shorter than 3 characters (images are kept "
+                           "under folders named by its first three); use longer ids")
     return Path(split_dir) / image_id[0] / image_id[1] / image_id[2] / f"{image_id}{ext}"

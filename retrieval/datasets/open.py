@@ -27,9 +27,12 @@ from ..config import Config, ConfigError
 from .base import RetrievalDataset
 from .files import DatasetError
 
-__all__ = ["DATASET_KINDS", "DEFAULT_PROTOCOL", "DatasetConfig", "open_dataset"]
+__all__ = ["DATASET_KINDS", "LANDMARK_KINDS", "DEFAULT_PROTOCOL", "DatasetConfig", "open_dataset"]
 
 DATASET_KINDS = ("folder", "gldv2", "oxford", "paris", "revisited", "multiview", "os-core")
+#: kinds of landmark photographs (the others hold objects): they get the landmark settings of the
+#: re-rankers (retrieval.steps.rerank.LOCAL_FEATURES) and the landmark half of the ladder
+LANDMARK_KINDS = ("oxford", "paris", "revisited", "gldv2")
 
 #: the evaluation protocol(s) a kind comes with (comma-separated: reported side by side)
 DEFAULT_PROTOCOL = {"oxford": "oxford,landmark", "paris": "oxford,landmark", "revisited": "revisited,landmark",
@@ -50,7 +53,8 @@ class DatasetConfig(Config):
     with its solution file) or ``"thesis"`` (``thesis_queries`` queries, default 1,000, against
     ``thesis_index`` index images, default 100,000, sampled, seeded, from train images of landmarks
     not in train_clean.csv: :func:`~retrieval.datasets.gldv2_protocol.read_gldv2_protocol`). ``on_error``: ``"raise"`` on a
-    missing or unreadable image, ``"collect"`` to skip it and list it in ``bad_files``."""
+    missing or empty image, ``"collect"`` to skip it and list it in ``bad_files`` (image folders then
+    decode every image first, so one that fails to decode is skipped too, with a count)."""
 
     kind: Kind = "folder"
     path: str = ""
@@ -114,6 +118,7 @@ def open_dataset(conf: DatasetConfig) -> RetrievalDataset:
     if not root.is_dir():
         raise DatasetError(f"{root}: no such dataset folder")
     kind = conf.kind
+    check = conf.on_error == "collect"  # skipping what cannot be read needs reading it first
     if kind in ("oxford", "paris", "revisited"):
         reader = read_revisited if kind == "revisited" else read_oxford
         return reader(root, scale=conf.scale, on_error=conf.on_error)
@@ -124,10 +129,10 @@ def open_dataset(conf: DatasetConfig) -> RetrievalDataset:
             return read_gldv2_protocol(root, "thesis", n_queries=conf.thesis_queries, n_index=conf.thesis_index)
         return read_gldv2(root, on_error=conf.on_error)
     if kind == "folder":
-        return _with_queries(conf, read_folder(root, on_error=conf.on_error), root)
+        return _with_queries(conf, read_folder(root, check=check, on_error=conf.on_error), root)
     if kind == "multiview":
-        base = read_multiview_tree(root, split=conf.split, part=conf.part, on_error=conf.on_error)
+        base = read_multiview_tree(root, split=conf.split, part=conf.part, check=check, on_error=conf.on_error)
         return _with_queries(conf, base, root)
     if kind == "os-core":
-        return read_os_core(root, on_error=conf.on_error)
+        return read_os_core(root, check=check, on_error=conf.on_error)
     raise DatasetError(f"unknown dataset kind {kind!r}; known: {', '.join(DATASET_KINDS)}")

@@ -16,7 +16,7 @@ cross-fitting (:mod:`retrieval.crossfit`) over two groups of queries, the base r
 
 Modules: :mod:`.config` (settings), :mod:`.data` (datasets, quick subsets, groups), :mod:`.training`
 (E2-E4), :mod:`.stages` (cache, timer, extraction, search, shortlist), :mod:`.rungs` (re-rankers),
-:mod:`.choice` (cross-fitted choice), :mod:`.ladder` (the halves), :mod:`.tables`, :mod:`.plots`,
+:mod:`retrieval.steps.choose` (the held-out choice, shared with ``retrieval run``), :mod:`.ladder` (the halves), :mod:`.tables`, :mod:`.plots`,
 :mod:`.run` (``main``), :mod:`.cli` (``benchmarks/e1_e7.py`` and ``retrieval bench e1-e7``).
 """
 from .config import LadderConfig

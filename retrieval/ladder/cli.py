@@ -103,4 +103,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"{ap.prog}: error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # a module of an optional extra: one line naming the extra
+        from retrieval.extras import missing_extra_message
+
+        if missing_extra_message(exc) is None:
+            raise
+        print(f"{ap.prog}: error: {missing_extra_message(exc)}", file=sys.stderr)
+        return 2
     return 0

@@ -21,33 +21,17 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from retrieval.config import Config, ConfigError
+from retrieval.datasets.open import LANDMARK_KINDS
+from retrieval.rerank.fusion import FusionSettings
+from retrieval.steps.expand import ExpandConfig
 
-__all__ = ["with_dataset", "ObjectConfig", "LandmarkConfig", "FusionGrid", "ExpansionGrid", "LadderConfig", "RERANKERS",
+__all__ = ["with_dataset", "ObjectConfig", "LandmarkConfig", "LadderConfig", "RERANKERS",
            "OBJECT_KINDS", "LANDMARK_KINDS", "RELEVANCE"]
 
 #: re-ranking rungs: E5 ratio test, E6 VLAD, E7 patch tokens, SV spatial verification, E8 alpha-QE + DBA
 RERANKERS = ("E5", "E6", "E7", "SV", "E8")
 OBJECT_KINDS = ("coil100", "gldv2", "folder")
-LANDMARK_KINDS = ("oxford", "paris", "revisited", "gldv2")
 RELEVANCE = ("official", "landmark")
-
-
-@dataclass(frozen=True)
-class FusionGrid(Config):
-    """Fusion candidates cross-fitted per re-ranker (:func:`rerank.fusion.fusion_candidates`); the
-    global order always comes first, so a tie keeps it."""
-
-    vs: Tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(10))
-    saturations: Tuple[float, ...] = (5.0, 10.0, 20.0, 40.0)
-    delg_thresholds: Tuple[float, ...] = (5.0, 8.0, 12.0, 20.0, 30.0)
-
-
-@dataclass(frozen=True)
-class ExpansionGrid(Config):
-    """E8 candidates: alpha-QE and DBA over the top ``n`` with weight exponent ``alpha``."""
-
-    n: Tuple[int, ...] = (1, 2, 3, 5, 10)
-    alpha: Tuple[float, ...] = (0.0, 1.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -116,14 +100,14 @@ class LadderConfig(Config):
     engine: str = "local"
     ray_address: Optional[str] = None
     shortlist: int = 100
-    # a re-ranking candidate must beat the base ranking by more than this (mean AP, 0.005 = 0.5 points)
-    # on the choosing queries to be used (.choice): smaller gains are noise that may not hold elsewhere
-    min_gain: float = 0.005
     rerankers: Tuple[str, ...] = RERANKERS
     object: ObjectConfig = field(default_factory=ObjectConfig)
     landmark: LandmarkConfig = field(default_factory=LandmarkConfig)
-    fusion: FusionGrid = field(default_factory=FusionGrid)
-    expansion: ExpansionGrid = field(default_factory=ExpansionGrid)
+    # the one fusion configuration (retrieval.rerank.fusion.FusionSettings): on the ladder's labelled
+    # queries "auto" cross-fits method, T and v; a candidate must beat the base ranking by more than
+    # fusion.min_gain (mean AP, 0.005 = 0.5 points) on the choosing queries to be used
+    fusion: FusionSettings = field(default_factory=FusionSettings)
+    expansion: ExpandConfig = field(default_factory=ExpandConfig)
     n_query_figures: int = 4
     progress: bool = True
     recompute: Tuple[str, ...] = ()
@@ -134,8 +118,9 @@ class LadderConfig(Config):
         bad = [r for r in self.rerankers if r not in RERANKERS]
         if bad:
             raise ConfigError(f"unknown re-ranker(s) {bad}; known: {RERANKERS}")
-        if not 0.0 <= self.min_gain < 1.0:
-            raise ConfigError(f"min_gain must be in [0, 1), got {self.min_gain}")
+        if not self.fusion.chooses(has_ground_truth=True):
+            raise ConfigError(f"fusion.method {self.fusion.method!r}: the ladder chooses every fusion on held-out "
+                              f"queries ('auto' or 'cross-fit')")
         if self.shortlist < 1:
             raise ConfigError(f"shortlist must be >= 1, got {self.shortlist}")
         if not (self.object.enabled or self.landmark.enabled):

@@ -1,6 +1,6 @@
 """The ladder's data: the object dataset (GLDv2 format, made from COIL-100 or a labelled folder when
 needed), the landmark dataset (any reader with ground-truth lists), the one quick-subset helper, and
-the cross-fitting groups of each."""
+the cross-fitting groups are :func:`retrieval.steps.choose.query_groups`."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ from retrieval.datasets import DatasetError, RetrievalDataset
 from .config import LadderConfig
 from .stages import RunCache, remove, say
 
-__all__ = ["data_root", "object_dataset", "landmark_dataset", "read_landmarks", "quick_subset", "usage_groups", "landmark_groups",
+__all__ = ["data_root", "object_dataset", "landmark_dataset", "read_landmarks", "quick_subset",
            "QUICK_COIL", "FULL_COIL"]
 
 QUICK_COIL = dict(train_objects=range(1, 9), test_objects=range(51, 59))
@@ -202,24 +202,3 @@ def quick_subset(dataset: RetrievalDataset, n_labels: int = 2, per_label: int = 
                    db_metadata={k: take(v, dpos) for k, v in dataset.db_metadata.items()},
                    query_metadata={k: take(v, qpos) for k, v in dataset.query_metadata.items()},
                    metadata=dict(dataset.metadata, subset="quick"))
-
-
-def usage_groups(dataset: RetrievalDataset) -> Dict[str, str]:
-    """``{query id: 'Public' | 'Private'}`` of the scored (not Ignored) GLDv2 queries."""
-    out = {}
-    for qid in dataset.query_ids:
-        truth = dataset.ground_truth.get(qid)
-        if truth is not None and truth.usage in ("Public", "Private"):
-            out[qid] = truth.usage
-    return out
-
-
-def landmark_groups(dataset: RetrievalDataset) -> Dict[str, str]:
-    """Two cross-fitting folds of whole landmarks (labels dealt alternately in sorted order), so a
-    query's parameters are always chosen on other landmarks; GLDv2 data keeps its Public / Private."""
-    from retrieval.crossfit import fold_groups
-
-    usage = usage_groups(dataset)
-    if len(set(usage.values())) == 2:
-        return usage
-    return fold_groups([str(q) for q in dataset.query_ids], [str(x) for x in dataset.query_labels], 2)

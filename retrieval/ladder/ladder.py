@@ -1,5 +1,5 @@
 """One ladder, run over either half (:mod:`.config`): the global rungs, then every re-ranker of
-:mod:`.rungs` on the base rung's shortlist, each cross-fitted (:mod:`.choice`) under each relevance
+:mod:`.rungs` on the base rung's shortlist, each cross-fitted (:mod:`retrieval.steps.choose`) under each relevance
 protocol of the half. Returns table rows, v-sweep curves and the reported predictions."""
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from .choice import Choice, Relevance, choose
+from retrieval.steps.choose import Choice, Relevance, choose, mean_of, query_groups
+from retrieval.steps.choose import relevances as relevance_list
+
 from .config import LadderConfig
-from .data import landmark_dataset, landmark_groups, object_dataset, usage_groups
+from .data import landmark_dataset, object_dataset
 from .rungs import RERANK_NOTES, Half, rung_e5, rung_e6, rung_e7, rung_e8, rung_sv
-from .stages import RunCache, build_shortlist, global_features, rank, say
+from .stages import RunCache, build_shortlist, extractor, global_features, rank, say
 from .tables import result_rows
 
 __all__ = ["HalfResult", "run_object", "run_landmark", "GLOBAL_NOTES"]
@@ -39,12 +41,6 @@ def _cosine(dataset, db, q):
     return lambda qid, did: float(np.dot(q[qrow[str(qid)]], db[row[str(did)]]))
 
 
-def _extractor(config, cache: RunCache, **overrides):
-    from retrieval.features.efficientnet import EfficientNetExtractor, resolve_config
-
-    return EfficientNetExtractor(resolve_config(config, **overrides), backend=cache.backend, device=cache.device)
-
-
 def _global_rung(result: HalfResult, rung: str, extractor, dataset, half_folder, cache: RunCache, prefix: str,
                  groups, k: int, extra_seconds: float = 0.0, note: str = ""):
     db, q = global_features(extractor, dataset, half_folder, rung.lower(), cache, f"{prefix}extract {rung}")
@@ -54,16 +50,14 @@ def _global_rung(result: HalfResult, rung: str, extractor, dataset, half_folder,
     seconds = extra_seconds + cache.timer.total(f"{prefix}extract {rung}", f"{prefix}search {rung}")
     for r in result.relevances:
         per_q = r.per_query(preds)
-        result.rows += result_rows(rung, r.name, _means(per_q, groups), metric=r.metric, seconds=seconds,
+        result.rows += result_rows(rung, r.name, _means(per_q, groups), metric=r.label, seconds=seconds,
                                    note=note or GLOBAL_NOTES[rung])
         result.predictions.setdefault(r.name, {})[rung] = preds
-        say(f"{r.name} {rung}: {r.metric} {100 * _means(per_q, groups)['all']:.2f}")
+        say(f"{r.name} {rung}: {r.label} {100 * _means(per_q, groups)['all']:.2f}")
     return db, q, ranking, extractor.config
 
 
 def _means(per_query, groups) -> Dict[str, float]:
-    from .choice import mean_of
-
     out = {g: mean_of(per_query[q] for q in per_query if groups.get(q) == g) for g in sorted(set(groups.values()))}
     out["all"] = mean_of(per_query[q] for q in per_query if q in groups)
     return out
@@ -83,17 +77,18 @@ def _rerank(result: HalfResult, half: Half, conf: LadderConfig, cache: RunCache,
         candidates, rankings, seconds = run()
         half.stores.clear()   # one rung's local features in memory at a time (4k keypoints: GBs)
         start = time.perf_counter()
-        choices = choose(exp, candidates, rankings, result.relevances, groups, conf.min_gain)
+        margin = conf.expansion.min_gain if exp.startswith("E8") else conf.fusion.min_gain
+        choices = choose(exp, candidates, rankings, result.relevances, groups, margin)
         cache.timer.add(f"{half.prefix}choose {exp}", time.perf_counter() - start)
         seconds += cache.timer[f"{half.prefix}choose {exp}"]
         for r in result.relevances:
             c = choices[r.name]
             chosen = {g: label for g, label in c.fit["chosen"].items()}
-            result.rows += result_rows(exp, r.name, c.fit["score"], metric=r.metric, chosen=chosen, seconds=seconds,
+            result.rows += result_rows(exp, r.name, c.fit["score"], metric=r.label, chosen=chosen, seconds=seconds,
                                        note=f"{half.base} + {RERANK_NOTES[exp]}")
             result.choices.setdefault(r.name, {})[exp] = c
             result.predictions.setdefault(r.name, {})[exp] = c.predictions
-            say(f"{r.name} {exp}: {r.metric} {100 * c.fit['score']['all']:.2f} (chosen {chosen})")
+            say(f"{r.name} {exp}: {r.label} {100 * c.fit['score']['all']:.2f} (chosen {chosen})")
     half.stores.clear()
 
 
@@ -105,10 +100,10 @@ def run_object(conf: LadderConfig, cache: RunCache) -> HalfResult:
 
     dataset, name = object_dataset(conf, cache)
     say(dataset.summary())
-    groups = usage_groups(dataset)
+    groups = query_groups(dataset, conf.fusion.folds)
     if len(set(groups.values())) < 2:
-        raise DatasetError(f"{dataset.root}: cross-fitting needs both Public and Private queries in "
-                           f"{dataset.root / 'retrieval_solution_v2.1.csv'}")
+        raise DatasetError(f"{dataset.root}: cross-fitting needs queries of two groups (Public and Private in "
+                           f"{dataset.root / 'retrieval_solution_v2.1.csv'}, or two query labels)")
     result = HalfResult(dataset=dataset, name=name,
                         relevances=[Relevance(name, dataset, "gldv2", "map@100")])
     models = train_models(dataset, conf, cache)
@@ -120,7 +115,7 @@ def run_object(conf: LadderConfig, cache: RunCache) -> HalfResult:
     base = None
     for rung in ("E1", "E2", "E3", "E4"):
         weights = "imagenet" if rung == "E1" else str(models[rung])
-        base = _global_rung(result, rung, _extractor(gconf, cache, weights=weights), dataset, gfolder, cache, "",
+        base = _global_rung(result, rung, extractor("global", gconf, cache, weights=weights), dataset, gfolder, cache, "",
                             groups, conf.shortlist, extra_seconds=cache.timer[f"train {rung}"])
     db, q, ranking, econf = base
     result.score = _cosine(dataset, db, q)
@@ -136,7 +131,7 @@ def run_object(conf: LadderConfig, cache: RunCache) -> HalfResult:
 
     half = Half("object", dataset, name, cache.root / "local", "", "E4", db, q, shortlist, sl_path, o.sift,
                 o.spatial_sift or o.sift, o.spatial, o.vlad_words,
-                _extractor(o.patch_config, cache, weights=str(models["E4"])), vlad_images, full_ranking=False)
+                extractor("patches", o.patch_config, cache, weights=str(models["E4"])), vlad_images, full_ranking=False)
     half.folder.mkdir(parents=True, exist_ok=True)
     _rerank(result, half, conf, cache, groups)
     return result
@@ -147,20 +142,19 @@ def run_landmark(conf: LadderConfig, cache: RunCache) -> HalfResult:
     lm = conf.landmark
     dataset, name = landmark_dataset(conf)
     say(dataset.summary())
-    groups = landmark_groups(dataset)
+    groups = query_groups(dataset, conf.fusion.folds)
     protocol = "gldv2" if lm.dataset == "gldv2" else "oxford"
-    metric = "map@100" if protocol == "gldv2" else "oxford mAP"
     titles = {"official": f"{name} (official: good + ok, junk ignored)" if protocol == "oxford"
               else f"{name} (official)",
               "landmark": f"{name} (landmark-level: every image of the landmark)"}
     # landmark-level: retrieval.evaluate's "landmark" protocol (AP over the full ranking)
-    relevances = [Relevance(titles[p], dataset, protocol if p == "official" else "landmark",
-                            metric if p == "official" else "landmark mAP") for p in lm.protocols]
+    relevances = relevance_list(dataset, [protocol if p == "official" else "landmark" for p in lm.protocols],
+                                titles={protocol if p == "official" else "landmark": titles[p] for p in lm.protocols})
     result = HalfResult(dataset=dataset, name=name, relevances=relevances)
     folder = cache.root / "landmark" / name
     cache.fresh("landmark", folder)
     k = len(dataset.db_ids) if protocol == "oxford" else conf.shortlist
-    db, q, ranking, econf = _global_rung(result, "E1", _extractor(lm.global_config, cache), dataset, folder, cache,
+    db, q, ranking, econf = _global_rung(result, "E1", extractor("global", lm.global_config, cache), dataset, folder, cache,
                                          "landmark ", groups, k, note=f"ImageNet, {lm.global_config}")
     result.score = _cosine(dataset, db, q)
     sl_path = folder / "shortlist_e1"
@@ -170,7 +164,7 @@ def run_landmark(conf: LadderConfig, cache: RunCache) -> HalfResult:
     def vlad_images():
         return [str(i) for i in dataset.db_ids], list(dataset.db_paths), f"{name} database images"
 
-    patch = _extractor(lm.patch_config, cache, input="longest", size=lm.patch_size)
+    patch = extractor("patches", lm.patch_config, cache, input="longest", size=lm.patch_size)
     half = Half("landmark", dataset, name, folder, "landmark ", "E1", db, q, shortlist, sl_path, lm.sift,
                 lm.spatial_sift, lm.spatial, lm.vlad_words, patch, vlad_images, full_ranking=protocol == "oxford")
     _rerank(result, half, conf, cache, groups)

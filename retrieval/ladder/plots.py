@@ -14,7 +14,7 @@ from retrieval.report import save_figure, subplots
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["bar_chart", "v_sweep_plot", "failure_grid"]
+__all__ = ["bar_chart", "v_sweep_plot", "sweep_title", "query_figure_name", "failure_grid"]
 
 
 def bar_chart(rows: Sequence[dict], path: PathLike) -> Path:
@@ -47,9 +47,23 @@ def bar_chart(rows: Sequence[dict], path: PathLike) -> Path:
     return save_figure(fig, path, dpi=120)
 
 
-def v_sweep_plot(sweeps: Mapping[str, Mapping[str, Mapping[str, Mapping[float, float]]]], path: PathLike) -> Path:
+def sweep_title(dataset: str, experiment: str, chosen: Optional[Mapping[str, str]] = None) -> str:
+    """A v-sweep panel's title: the re-ranker, the dataset and the fusion chosen per split (the
+    curves are of the chosen fusion's family; ``chosen``: ``{split: candidate label}``)."""
+    import textwrap
+
+    title = f"{experiment}, {dataset}"
+    if chosen:
+        text = "; ".join(f"{split}: {label}" for split, label in chosen.items())
+        title += "\n" + "\n".join(textwrap.wrap(f"chosen: {text}", 64))
+    return title
+
+
+def v_sweep_plot(sweeps: Mapping[str, Mapping[str, Mapping[str, Mapping[float, float]]]], path: PathLike,
+                 chosen: Optional[Mapping[str, Mapping[str, Mapping[str, str]]]] = None) -> Path:
     """``sweeps[dataset][experiment][split][v] = mAP``: one panel per (dataset, experiment), one curve
-    per split; v = 1 is the base ranking."""
+    per split; v = 1 is the base ranking. ``chosen[dataset][experiment]`` (``{split: label}``) names
+    the fusion chosen per split in the panel's title."""
     panels = [(d, e) for d, by_e in sweeps.items() for e, by_s in by_e.items() if by_s]
     n = max(1, len(panels))
     cols = min(3, n)
@@ -59,7 +73,7 @@ def v_sweep_plot(sweeps: Mapping[str, Mapping[str, Mapping[str, Mapping[float, f
         for split, curve in sweeps[d][e].items():
             vs = sorted(curve)
             ax.plot(vs, [100 * curve[v] for v in vs], marker="o", ms=3, label=split, lw=2.0 if split == "all" else 1.2)
-        ax.set_title(f"{e}, {d}", fontsize=8)
+        ax.set_title(sweep_title(d, e, (chosen or {}).get(d, {}).get(e)), fontsize=7)
         ax.set_xlabel("v (weight of the base score)")
         ax.set_ylabel("mAP (%)")
         ax.grid(alpha=0.3)
@@ -67,6 +81,13 @@ def v_sweep_plot(sweeps: Mapping[str, Mapping[str, Mapping[str, Mapping[float, f
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
     return save_figure(fig, path, dpi=110)
+
+
+def query_figure_name(relevance_name: str, protocol: str) -> str:
+    """``queries_<dataset>_<protocol>.png``: Oxford's official protocol is "official", the landmark-level
+    one "landmark", any other (GLDv2's, on COIL-100 too) by its own name."""
+    slug = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in relevance_name.split(" (")[0])
+    return f"queries_{slug}_{ {'oxford': 'official', 'landmark': 'landmark'}.get(protocol, protocol)}.png"
 
 
 def _framed(ax, image: np.ndarray, colour: Optional[str], title: str = "") -> None:

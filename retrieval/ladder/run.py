@@ -34,6 +34,7 @@ def main(conf: LadderConfig, out_dir, cache_dir=None) -> Path:
     cache = RunCache(cache_root / ("quick" if conf.quick else "full"), recompute=conf.recompute, n_jobs=conf.n_jobs,
                      progress=conf.progress, device=conf.device, backend=conf.backend,
                      engine=conf.engine, ray_address=conf.ray_address)
+    _announce_estimate(conf, cache)
     start = time.perf_counter()
     halves = []
     if conf.object.enabled:
@@ -43,7 +44,7 @@ def main(conf: LadderConfig, out_dir, cache_dir=None) -> Path:
     wall = time.perf_counter() - start
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, bases, sweeps, chosen = [], {}, {}, {}
+    rows, bases, sweeps, chosen, deployed, means = [], {}, {}, {}, {}, {}
     figures = []
     for half, base in halves:
         rows += half.rows
@@ -51,13 +52,19 @@ def main(conf: LadderConfig, out_dir, cache_dir=None) -> Path:
             bases[r.name] = base
             sweeps[r.name] = {e: sweep_curves(c) for e, c in half.choices.get(r.name, {}).items()}
             chosen[r.name] = {e: c.fit["chosen"] for e, c in half.choices.get(r.name, {}).items()}
+            deployed[r.name] = {e: c.deployed for e, c in half.choices.get(r.name, {}).items()}
+            means[r.name] = {e: {str(k): v for k, v in c.fit["curves"]["all"].items()}
+                             for e, c in half.choices.get(r.name, {}).items()}
         figures += _failure_grids(half, base, conf, out)
-    figures = [plots.bar_chart(rows, out / "map_bars.png"), plots.v_sweep_plot(sweeps, out / "v_sweep.png")] + figures
+    figures = [plots.bar_chart(rows, out / "map_bars.png"), plots.v_sweep_plot(sweeps, out / "v_sweep.png", chosen)] + figures
     summary = summary_table(rows, bases)
     sweep_md = sweep_table(sweeps)
     object_root = next((str(h.dataset.root) for h, base in halves if base == "E4"), None)
     extra = {
-        "config": conf.to_dict(), "chosen": chosen,
+        # chosen: per fold (the held-out figures); deployed: chosen on all queries, for new queries (serve)
+        "config": conf.to_dict(), "chosen": chosen, "deployed": deployed,
+        # each candidate's mean over all queries (benchmarks/fusion_default.py: the default without ground truth)
+        "candidate_means": means,
         # where the run's cache and GLDv2-format data are (retrieval serve opens E4's features from them)
         "options": {"cache": str(cache_root), "quick": conf.quick, "gldv2": object_root},
         "v_sweeps": {d: {e: {s: {str(v): c[v] for v in c} for s, c in by_s.items()} for e, by_s in by_e.items()}
@@ -84,6 +91,18 @@ def main(conf: LadderConfig, out_dir, cache_dir=None) -> Path:
     return out
 
 
+def _announce_estimate(conf: LadderConfig, cache: RunCache) -> None:
+    """Print the run's estimated cost, then an ETA after each stage (:mod:`.eta`)."""
+    from .eta import LadderEta, expected_stages
+    from .stages import say
+
+    measured = dict(cache.timer.seconds)
+    eta = LadderEta(expected_stages(conf.object.enabled, conf.landmark.enabled, conf.rerankers, conf.quick, measured),
+                    say=say)
+    say(eta.start_line(measured))
+    cache.timer.listeners.append(eta.stage_done)
+
+
 def _failure_grids(half, base: str, conf: LadderConfig, out: Path):
     """A failure grid per relevance protocol, of the last re-ranker reported (else the base rung),
     scores = the base rung's global cosine."""
@@ -97,9 +116,8 @@ def _failure_grids(half, base: str, conf: LadderConfig, out: Path):
         exp = "SV" if "SV" in choices else (next(reversed(choices)) if choices else base)
         preds = half.predictions[r.name][exp]
         per_q = choices[exp].per_query if exp in choices else r.per_query(preds)
-        slug = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in r.name.split(" (")[0])
-        kind = "landmark" if "landmark-level" in r.name else "official"
-        figures.append(plots.failure_grid(half.dataset, r.dataset, preds, per_q, out / f"queries_{slug}_{kind}.png",
+        figures.append(plots.failure_grid(half.dataset, r.dataset, preds, per_q,
+                                          out / plots.query_figure_name(r.name, r.protocol),
                                           n_queries=conf.n_query_figures, title=f"{r.name}: {exp} top-10",
                                           score=half.score))
     return figures

@@ -7,9 +7,10 @@ ranking: E4 on object data, E1 on landmark data):
 * SV  spatial verification (inliers of an affine RANSAC, :class:`rerank.spatial.SpatialVerifier`);
 * E8  alpha-QE and DBA of the base global vectors (:mod:`rerank.expansion`).
 
-Each returns ``(candidates, rankings, seconds)`` for :func:`.choice.choose`: local scores are
+Each returns ``(candidates, rankings, seconds)`` for :func:`retrieval.steps.choose.choose`: local scores are
 fused on an absolute scale (counts saturating at T, or the DELG rule; similarities as they are:
-:func:`rerank.fusion.fusion_candidates`), expansions over a grid of (n, alpha); the base ranking
+:meth:`retrieval.rerank.fusion.FusionSettings.candidates`), expansions over a grid of (n, alpha)
+(:mod:`retrieval.steps.expand`); the base ranking
 is always the first candidate.
 """
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
-from .choice import fusion_rankings
+from retrieval.steps.choose import fusion_rankings
+
 from .config import LadderConfig
-from .stages import RunCache, extract_local, preload, remove, score_local, sharded_into, shortlisted_images
+from .stages import RunCache, extract_local, extractor, preload, remove, score_local, shortlisted_images
 
 __all__ = ["Half", "RERANK_NOTES", "rung_e5", "rung_e6", "rung_e7", "rung_sv", "rung_e8"]
 
@@ -65,19 +67,13 @@ RERANK_NOTES = {"E5": "RootSIFT ratio test", "E6": "RootSIFT VLAD", "E7": "patch
 
 
 def _candidates(conf: LadderConfig, kind: str) -> Dict[str, object]:
-    from retrieval.rerank.fusion import fusion_candidates
-
-    g = conf.fusion
-    return {c.label: c for c in fusion_candidates(kind, vs=g.vs, saturations=g.saturations,
-                                                  delg_thresholds=g.delg_thresholds)}
+    return {c.label: c for c in conf.fusion.candidates(kind)}
 
 
 def _sift_store(half: Half, conf: LadderConfig, cache: RunCache, sift_name: str, file: str) -> Tuple[object, Path]:
     """RootSIFT ``sift_name`` of what the re-rankers read: on landmark data every image (the VLAD
     codebook is learned on the database), on object data the queries and shortlisted images."""
-    from retrieval.features.local_extractors import local_extractor
-
-    sift = local_extractor(sift_name)
+    sift = extractor("local", sift_name, cache)
     path = half.folder / file
     cache.fresh("sift", path)
     ds = half.dataset
@@ -115,7 +111,6 @@ def rung_e5(half: Half, conf: LadderConfig, cache: RunCache):
 
 def _vlad_encoder(half: Half, conf: LadderConfig, cache: RunCache, sift):
     from retrieval.features.encoders.vlad import VladEncoder
-    from retrieval.features.extract import extract_local_features
     from retrieval.features.store import LocalFeatureStore
 
     vlad_dir = half.folder / "vlad"
@@ -129,11 +124,7 @@ def _vlad_encoder(half: Half, conf: LadderConfig, cache: RunCache, sift):
             store_path = half.sift_path
         else:
             store_path = vlad_dir / "sift_train.h5"
-            if cache.engine == "ray":
-                sharded_into("local", sift, ids, paths, None, store_path, cache, "RootSIFT (codebook images)")
-            else:
-                extract_local_features(ids, paths, sift, store_path, n_jobs=cache.n_jobs, progress=cache.progress,
-                                       desc="RootSIFT (codebook images)")
+            cache.extract("local", sift, ids, paths, None, store_path, "RootSIFT (codebook images)")
         with LocalFeatureStore(store_path, mode="r") as store:
             feats = [store.get(i) for i in ids]
         encoder = VladEncoder(k=half.vlad_words, trained_on=what).fit(feats)
@@ -188,32 +179,11 @@ def rung_sv(half: Half, conf: LadderConfig, cache: RunCache):
 
 
 def rung_e8(half: Half, conf: LadderConfig, cache: RunCache, mode: str):
-    """E8: ``mode`` 'alpha-QE', 'DBA' or 'DBA+alpha-QE' over the (n, alpha) grid; a candidate is
-    ``(n, alpha)``, ``None`` the base ranking."""
-    from retrieval import Index
-    from retrieval.rerank.expansion import alpha_query_expansion, database_side_augmentation
+    """E8: ``mode`` 'alpha-QE', 'DBA' or 'DBA+alpha-QE' over the (n, alpha) grid
+    (:mod:`retrieval.steps.expand`); a candidate is ``(n, alpha)``, ``None`` the base ranking."""
+    from retrieval.steps.expand import expansion_candidates, expansion_rankings
 
     ds = half.dataset
     k = len(ds.db_ids) if half.full_ranking else min(conf.shortlist, len(ds.db_ids))
-    ids = [str(i) for i in ds.db_ids]
-    qids = [str(q) for q in ds.query_ids]
-    memo: Dict[object, dict] = {}
-
-    def rankings(cand) -> dict:
-        if cand in memo:
-            return memo[cand]
-        db, q = half.db_vectors, half.query_vectors
-        if cand is not None:
-            n, alpha = cand
-            if mode.startswith("DBA"):
-                db = database_side_augmentation(db, n=n, alpha=alpha)
-            if mode.endswith("alpha-QE"):
-                q = alpha_query_expansion(q, db, n=n, alpha=alpha)
-        preds = Index(db, ids=ids).search(q, k=k, query_ids=qids).to_predictions()
-        memo.clear()
-        memo[cand] = preds
-        return preds
-
-    cands: Dict[str, object] = {"none (global order)": None}
-    cands.update({f"n={n} alpha={a:g}": (int(n), float(a)) for n in conf.expansion.n for a in conf.expansion.alpha})
-    return cands, rankings, 0.0
+    rankings = expansion_rankings(mode, half.db_vectors, half.query_vectors, ds.db_ids, ds.query_ids, k)
+    return expansion_candidates(conf.expansion), rankings, 0.0

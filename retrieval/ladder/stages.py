@@ -1,8 +1,8 @@
 """The ladder's resumable stages: the run cache and its timer, global descriptors, exact search, the
-cached shortlist, local features of what the shortlists hold, and local scoring."""
+cached shortlist, local features of what the shortlists hold, and local scoring. Extraction is the
+pipeline's (:func:`retrieval.steps.image_features.extract_into`, as in ``retrieval run``)."""
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -10,22 +10,14 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from retrieval.report import StageTimer
+from retrieval.steps.image_features import extract_into, make_extractor, remove
 
-__all__ = ["RunCache", "say", "remove", "fresh_file", "global_features", "rank", "build_shortlist",
+__all__ = ["RunCache", "say", "remove", "extractor", "global_features", "rank", "build_shortlist",
            "shortlisted_images", "extract_local", "preload", "score_local"]
 
 
 def say(text: str) -> None:
     print(f"[ladder {time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-def remove(*paths) -> None:
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
 
 
 class RunCache:
@@ -49,51 +41,23 @@ class RunCache:
         if stage in self.recompute:
             remove(*paths)
 
+    @property
+    def runtime(self) -> dict:
+        """How this run builds EfficientNet networks (here and in Ray workers)."""
+        return {"backend": self.backend, "device": self.device}
 
-def fresh_file(compute, path: Path):
-    """Run ``compute`` (a resumable extraction into ``path``); a file made with another configuration
-    (e.g. features of a model that has since been retrained) is deleted and computed again."""
-    from retrieval.features.store import FeatureFileError
-
-    try:
-        return compute()
-    except FeatureFileError as exc:
-        if "made with" not in str(exc):
-            raise
-        say(f"{path}: stale ({str(exc)[:160]}...); recomputing")
-        remove(path)
-        return compute()
+    def extract(self, kind: str, extractor, ids, paths, boxes, path: Path, desc: str) -> int:
+        """:func:`retrieval.steps.image_features.extract_into` with this run's engine and workers."""
+        return extract_into(kind, extractor, ids, paths, boxes, path, engine=self.engine, n_jobs=self.n_jobs,
+                            ray_address=self.ray_address, progress=self.progress, desc=desc,
+                            runtime=self.runtime, say=say)
 
 
-def sharded_into(kind: str, extractor, ids, paths, boxes, path: Path, cache: RunCache, desc: str):
-    """Extract ``kind`` ("global", "patches" or "local") of the images into the single file ``path``
-    through the sharded store ``path.shards`` on ``cache.engine`` (Ray tasks / actors): a rerun computes
-    only missing shards, and the merged file is the one the local path writes (same format, same values).
-    Returns a result with ``computed`` (images extracted now)."""
-    from functools import partial
-    from types import SimpleNamespace
-
-    from retrieval.features.shards import ShardedStore
-    from retrieval.features.sharded_extract import (extract_global_sharded, extract_local_sharded,
-                                                    extract_patches_sharded)
-
-    root = path.with_name(path.name + ".shards")
-    common = dict(engine=cache.engine, n_jobs=cache.n_jobs, boxes=boxes, ray_address=cache.ray_address,
-                  progress=cache.progress, desc=desc)
-    if kind == "local":
-        run = extract_local_sharded(extractor, ids, paths, root, **common)
-    else:
-        from retrieval.features.efficientnet import EfficientNetExtractor
-
-        # a picklable factory: each Ray worker builds the network once from the same configuration
-        make = partial(EfficientNetExtractor, extractor.config, backend=cache.backend, device=cache.device)
-        run = (extract_global_sharded if kind == "global" else extract_patches_sharded)(make, ids, paths, root,
-                                                                                        **common)
-    computed = int(getattr(run, "computed", 0) or 0)
-    if computed or not path.is_file():
-        remove(path)
-        ShardedStore(root).merge(path, [str(i) for i in ids])
-    return SimpleNamespace(computed=computed)
+def extractor(kind: str, config, cache: RunCache, **overrides):
+    """An EfficientNet (``global`` / ``patches``) or SIFT (``local``) extractor built as this run builds
+    them (:func:`retrieval.steps.image_features.make_extractor`)."""
+    runtime = cache.runtime if kind != "local" else {}
+    return make_extractor(kind, config, overrides, **runtime)
 
 
 def _ordered(ids: List[str], vectors: np.ndarray, wanted: Sequence[str], path: Path) -> np.ndarray:
@@ -110,7 +74,6 @@ def global_features(extractor, dataset, folder: Path, name: str, cache: RunCache
                     ) -> Tuple[np.ndarray, np.ndarray]:
     """(database vectors, query vectors) in dataset order, from ``folder/<name>_{index,queries}.h5``
     (extracted when missing; queries cropped to their boxes when the dataset has them)."""
-    from retrieval.features.deep_extract import extract_global
     from retrieval.features.store import load_global
 
     out = []
@@ -118,12 +81,7 @@ def global_features(extractor, dataset, folder: Path, name: str, cache: RunCache
                                      ("queries", dataset.query_ids, dataset.query_paths, dataset.query_boxes)):
         path = folder / f"{name}_{split}.h5"
         with cache.stage(stage) as st:
-            if cache.engine == "ray":
-                res = sharded_into("global", extractor, ids, paths, boxes, path, cache, f"{name} {split}")
-            else:
-                res = fresh_file(lambda: extract_global(extractor, ids, paths, path, n_jobs=cache.n_jobs, boxes=boxes,
-                                                        progress=cache.progress, desc=f"{name} {split}"), path)
-            st.computed = res.computed > 0
+            st.computed = cache.extract("global", extractor, ids, paths, boxes, path, f"{name} {split}") > 0
         got_ids, vectors, _ = load_global(path, expect_config=extractor.config)
         out.append(_ordered(got_ids, vectors, [str(i) for i in ids], path))
     return out[0], out[1]
@@ -171,20 +129,9 @@ def extract_local(extractor, images: Tuple[List[str], List, Optional[List]], pat
                   stage: str, desc: str, patches: bool = False) -> Path:
     """Local features (``extractor``: SIFT, or EfficientNet patch tokens with ``patches``) of
     ``images`` = (ids, paths, boxes) into ``path`` (resumable)."""
-    from retrieval.features.deep_extract import extract_patches
-    from retrieval.features.extract import extract_local_features
-
     ids, paths, boxes = images
-    fn = extract_patches if patches else extract_local_features
     with cache.stage(stage) as st:
-        if cache.engine == "ray":
-            res = sharded_into("patches" if patches else "local", extractor, ids, paths, boxes, path, cache, desc)
-        elif patches:
-            res = fresh_file(lambda: fn(extractor, ids, paths, path, n_jobs=cache.n_jobs, boxes=boxes,
-                                        progress=cache.progress, desc=desc), path)
-        else:
-            res = fn(ids, paths, extractor, path, n_jobs=cache.n_jobs, boxes=boxes, progress=cache.progress, desc=desc)
-        st.computed = res.computed > 0
+        st.computed = cache.extract("patches" if patches else "local", extractor, ids, paths, boxes, path, desc) > 0
     return path
 
 

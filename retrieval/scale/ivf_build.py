@@ -29,7 +29,8 @@ import numpy as np
 
 from ..faiss_backend import default_nlist
 from ..index import Index, IndexFileError, Ranking, exact_search, normalize_rows
-from .manifest import MANIFEST, SHARDED_FORMAT, SHARDED_VERSION, read_manifest, write_manifest
+from .manifest import (MANIFEST, SHARDED_FORMAT, SHARDED_VERSION, check_shard, check_unique_ids, ids_digest,
+                       read_manifest, write_manifest)
 
 PathLike = Union[str, os.PathLike]
 
@@ -116,24 +117,29 @@ def build_sharded_index(source, out_dir: PathLike, backend: str = "faiss-ivfpq",
         Index.trained(gather_rows(source, sample_rows(source.n, train_size, seed)), backend,
                       normalize=normalize, config=source.config, **options).save(trained_path)
     entries = []
+    previous = read_manifest(out) if (out / MANIFEST).is_file() else {}
+    recorded = {e["file"]: e.get("ids_sha256") for e in previous.get("shards", [])}
     for s, shard in enumerate(tqdm(_shards_of(source), desc="index shards", unit="shard", disable=not progress)):
         path = out / f"shard-{s:05d}.npz"
-        done = False
+        index = None
         if path.is_file():
             try:
-                done = len(Index.load(path)) == shard.n
+                index = Index.load(path)
             except IndexFileError:
-                done = False
-        if not done:
+                index = None
+            # resumed only when it holds this shard's vectors (a copy of another shard is rebuilt)
+            if index is not None and (len(index) != shard.n
+                                      or recorded.get(path.name) not in (None, ids_digest(index.ids))):
+                index = None
+        if index is None:
             index = Index.load(trained_path)
             for ids, vectors in shard.iter_chunks():
                 index.add(vectors, ids)
             index.save(path)
-            del index
-        entries.append({"file": path.name, "count": int(shard.n)})
+        entries.append({"file": path.name, "count": int(shard.n), "ids_sha256": ids_digest(index.ids)})
+        del index
     manifest = {"format": SHARDED_FORMAT, "version": SHARDED_VERSION, "backend": backend, "dim": int(source.dim),
                 "count": int(source.n), "trained": trained_path.name, "shards": entries}
-    previous = read_manifest(out) if (out / MANIFEST).is_file() else {}
     if "on_disk" in previous:  # kept: merge_on_disk decides whether it is still current
         manifest["on_disk"] = previous["on_disk"]
     write_manifest(out, manifest)
@@ -157,25 +163,39 @@ def merge_topk(scores: Sequence[np.ndarray], rows: Sequence[np.ndarray], k: int)
 class ShardedIndex:
     """Per-shard index files written by :func:`build_sharded_index`, searched as one index."""
 
-    def __init__(self, paths: List[Path], counts: List[int], resident: bool = True):
+    def __init__(self, paths: List[Path], counts: List[int], resident: bool = True,
+                 entries: Optional[List[dict]] = None):
         self.paths, self.counts = paths, counts
+        # each shard's manifest entry (count, ids digest), checked whenever the shard is loaded
+        self.entries = entries if entries is not None else [{"count": c} for c in counts]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.resident = resident
-        self._shards = [Index.load(p) for p in paths] if resident else None
-        self.dim = (self._shards[0] if resident else Index.load(paths[0])).dim
+        self._shards = [self._load(s) for s in range(len(paths))] if resident else None
+        if resident:
+            check_unique_ids(paths[0].parent, [p.name for p in paths], [x.ids for x in self._shards])
+        self.dim = (self._shards[0] if resident else self._load(0)).dim
+
+    def _load(self, s: int) -> Index:
+        index = Index.load(self.paths[s])
+        check_shard(self.paths[s], self.entries[s], index)
+        return index
 
     @classmethod
     def load(cls, out_dir: PathLike, resident: bool = True) -> "ShardedIndex":
         out = Path(out_dir)
         manifest = read_manifest(out)
+        total = sum(int(e["count"]) for e in manifest["shards"])
+        if total != manifest["count"]:
+            raise IndexFileError(out / MANIFEST, f"its shards hold {total} vectors, its count says "
+                                                 f"{manifest['count']}: edited; rebuild the sharded index")
         return cls([out / e["file"] for e in manifest["shards"]], [int(e["count"]) for e in manifest["shards"]],
-                   resident=resident)
+                   resident=resident, entries=manifest["shards"])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def _indexes(self):
-        return self._shards if self.resident else (Index.load(p) for p in self.paths)
+        return self._shards if self.resident else (self._load(s) for s in range(len(self.paths)))
 
     def search(self, queries, k: int = 100, query_ids: Optional[Sequence[Hashable]] = None,
                **search_options) -> Ranking:
@@ -188,6 +208,8 @@ class ShardedIndex:
             ids.append(index.ids)
             if len(ids) > 1 and ids[-1].dtype.kind != ids[0].dtype.kind:
                 raise IndexFileError(self.paths[len(ids) - 1], "shards mix string and integer ids")
+        if not self.resident:
+            check_unique_ids(self.paths[0].parent, [p.name for p in self.paths], ids)
         best_scores, best_rows = merge_topk(scores, rows, min(k, len(self)))
         all_ids = np.concatenate(ids)
         out_ids = all_ids[np.maximum(best_rows, 0)]

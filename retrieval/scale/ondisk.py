@@ -36,7 +36,8 @@ import numpy as np
 from ..faiss_backend import import_faiss
 from ..fileio import atomic_write, file_hash
 from ..index import Index, IndexFileError
-from .manifest import read_manifest, write_manifest
+from ..index_file import load_ids
+from .manifest import check_shard, check_unique_ids, read_manifest, write_manifest
 
 __all__ = ["merge_on_disk", "load_on_disk", "OnDiskIndex", "ON_DISK_FILES"]
 
@@ -130,6 +131,7 @@ def merge_on_disk(folder: PathLike, progress: bool = True) -> Path:
         shard_files, ids, offset = [], [], 0
         for s, entry in enumerate(tqdm(manifest["shards"], desc="on-disk lists", unit="shard", disable=not progress)):
             shard = Index.load(folder / entry["file"])
+            check_shard(folder / entry["file"], entry, shard)
             if shard.options != trained.options or shard.dim != trained.dim:
                 raise IndexFileError(folder / entry["file"], "built with another trained index than "
                                      f"{manifest['trained']}; rebuild the sharded index")
@@ -147,6 +149,7 @@ def merge_on_disk(folder: PathLike, progress: bool = True) -> Path:
         faiss.downcast_InvertedLists(faiss.extract_index_ivf(merged).invlists).filename = \
             str((folder / ON_DISK_FILES["lists"]).resolve())
         faiss.write_index(merged, str(work / ON_DISK_FILES["index"]))
+        check_unique_ids(folder, [e["file"] for e in manifest["shards"]], ids)
         all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
         if len(all_ids) != merged.ntotal:
             raise IndexFileError(folder, f"merged {merged.ntotal} vectors but the shards hold {len(all_ids)} ids")
@@ -192,7 +195,8 @@ def load_on_disk(folder: PathLike, verify: bool = True) -> OnDiskIndex:
             faiss_index = faiss.read_index(str(index_path), faiss.IO_FLAG_ONDISK_SAME_DIR)
     except RuntimeError as exc:
         raise IndexFileError(index_path, f"faiss cannot read it ({str(exc).splitlines()[0]})") from None
-    ids = np.load(folder / entry["files"]["ids"]["file"], allow_pickle=False)
+    ids = load_ids(folder / entry["files"]["ids"]["file"])
+    check_unique_ids(folder, [entry["files"]["ids"]["file"]], [ids])
     if faiss_index.d != manifest["dim"] or faiss_index.ntotal != manifest["count"]:
         raise IndexFileError(index_path, f"holds {faiss_index.ntotal} vectors of dimension {faiss_index.d}, "
                                          f"the manifest says {manifest['count']} of {manifest['dim']}")

@@ -80,7 +80,7 @@ class BodyLimit:
 
 
 def create_app(catalog: Catalog, results: Optional[ResultsFolder] = None,
-               limits: Optional[UploadLimits] = None, default_k: int = 20, default_v: float = 0.5) -> FastAPI:
+               limits: Optional[UploadLimits] = None, default_k: int = 20, default_v: Optional[float] = None) -> FastAPI:
     """The application serving ``catalog`` (and ``results`` when given)."""
     limits = limits or UploadLimits()
     app = FastAPI(title="hybrid-retrieval serve",
@@ -126,7 +126,9 @@ def create_app(catalog: Catalog, results: Optional[ResultsFolder] = None,
     # -- pages ------------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
-        return render_page(catalog, results is not None, default_k, default_v, limits)
+        # the slider starts at the served fusion's weight (the experiment's choice, else the default's)
+        start_v = default_v if default_v is not None else (catalog.fusion.v if catalog.fusion.method == "linear" else 1.0)
+        return render_page(catalog, results is not None, default_k, start_v, limits)
 
     @app.get("/results", response_class=HTMLResponse, include_in_schema=False)
     def results_page():
@@ -166,12 +168,12 @@ def create_app(catalog: Catalog, results: Optional[ResultsFolder] = None,
 
     @app.get("/api/search", summary="Search with a stored image, by id")
     def search_by_id(id: str = Q(..., min_length=1, max_length=1024), k: int = Q(default_k, ge=1, le=MAX_K),
-                     v: float = Q(default_v, ge=0.0, le=1.0)):
+                     v: Optional[float] = Q(default_v, ge=0.0, le=1.0)):
         return search(catalog, known_query(id), k=k, v=v).to_json(image_url)
 
     @app.post("/api/search", summary="Search with an uploaded image (multipart field 'file')")
     def search_by_upload(file: UploadFile = File(...), k: int = Form(default_k, ge=1, le=MAX_K),
-                         v: float = Form(default_v, ge=0.0, le=1.0)):
+                         v: Optional[float] = Form(default_v, ge=0.0, le=1.0)):
         data = file.file.read(limits.max_bytes + 1)
         name = (file.filename or "upload")[:200]
         image = decode_upload(data, limits, name=name)

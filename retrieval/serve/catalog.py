@@ -144,6 +144,16 @@ class Catalog:
         self._extractor = None
         self._given_extractor = extractor  # checked against the recorded configuration on first use
         self._local_extractor = None
+        from retrieval.rerank.fusion import DEFAULT_FUSION
+
+        # the one fusion configuration: the documented default until an experiment's choice is set
+        self.fusion = DEFAULT_FUSION["count"]
+        self.fusion_source = "default (retrieval.rerank.fusion.DEFAULT_FUSION: no ground truth chose it)"
+
+    def use_fusion(self, fusion, source: str) -> None:
+        """Serve ``fusion`` (a :class:`~retrieval.rerank.fusion.FusionConfig`, e.g. the one an experiment
+        chose on all its queries), saying where it comes from."""
+        self.fusion, self.fusion_source = fusion, source
 
     # -- opening ----------------------------------------------------------------------------------
     @classmethod
@@ -317,7 +327,8 @@ class Catalog:
         return {"count": len(self.index), "dim": self.index.dim, "backend": self.index.backend,
                 "extractor": self.config, "queries": len(self.query_ids),
                 "local": self.local_config, "ground_truth": self.dataset is not None,
-                "images": len(self._paths), "source": self.source}
+                "images": len(self._paths), "source": self.source,
+                "fusion": {"label": self.fusion.label, **self.fusion.to_dict(), "source": self.fusion_source}}
 
     def page_of_ids(self, which: str, offset: int, limit: int) -> Tuple[List[str], int]:
         ids = self.query_ids if which == "queries" else self.db_ids

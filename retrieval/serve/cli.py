@@ -37,7 +37,9 @@ def register(subparsers) -> None:
     parser.add_argument("--host", default=LOOPBACK, help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--k", type=int, default=20, help="results per search on the page (default 20)")
-    parser.add_argument("--v", type=float, default=0.5, help="initial fusion weight v (default 0.5)")
+    parser.add_argument("--v", type=float, default=None,
+                        help="initial fusion weight v (default: the served fusion's: the experiment's choice on "
+                             "all its queries, else the documented default)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MiB (default 10)")
     parser.add_argument("--max-pixels", type=int, default=40_000_000,
                         help="largest uploaded image in pixels, width x height (default 40,000,000)")
@@ -74,6 +76,12 @@ def open_from_args(args):
         if value is not None and not Path(value).exists():
             raise CLIError(f"{value}: no such {key} {'folder' if key == 'images' else 'file'}")
     catalog = Catalog.open(dataset=dataset, **sources)
+    from .results import chosen_fusion
+    from .search import local_method
+
+    chosen = chosen_fusion(results, local_method(catalog)) if results is not None else None
+    if chosen is not None:
+        catalog.use_fusion(*chosen)
     return catalog, results
 
 
@@ -89,11 +97,16 @@ def _is_loopback(host: str) -> bool:
 def _serve(args) -> int:
     from retrieval.cli import CLIError, emit_json
 
+    from retrieval.extras import require
+
     from .uploads import UploadLimits
 
+    if not args.check:  # before anything is opened: a missing extra is one line naming it
+        for module in ("fastapi", "uvicorn"):
+            require("serve", module, "retrieval serve")
     if not 0 < args.port < 65536:
         raise CLIError(f"--port must be 1-65535, got {args.port}")
-    if not 0.0 <= args.v <= 1.0:
+    if args.v is not None and not 0.0 <= args.v <= 1.0:
         raise CLIError(f"--v must be in [0, 1], got {args.v}")
     limits = UploadLimits(int(args.max_upload_mb * 2 ** 20), args.max_pixels)
     catalog, results = open_from_args(args)
@@ -101,7 +114,7 @@ def _serve(args) -> int:
         emit_json({**catalog.describe(), "results": str(results.path) if results else None,
                    "host": args.host, "port": args.port, "limits": limits.to_dict()})
         return 0
-    import uvicorn
+    import uvicorn  # checked above
 
     from .app import create_app
 

@@ -27,6 +27,15 @@ def _nav(has_results: bool) -> str:
     return " ".join(links)
 
 
+def _norm_text(fusion) -> str:
+    """How the page names the local score's normalisation of ``fusion``."""
+    if fusion.method == "linear" and fusion.norm == "saturate":
+        return f"min(local, {fusion.T:g}) / {fusion.T:g}"
+    if fusion.method == "linear" and fusion.norm != "none":
+        return f"local ({fusion.norm})"
+    return "local"
+
+
 def render_page(catalog: Catalog, has_results: bool, default_k: int, default_v: float,
                 limits: UploadLimits) -> str:
     info = catalog.describe()
@@ -48,7 +57,9 @@ def render_page(catalog: Catalog, has_results: bool, default_k: int, default_v: 
   <label>k <input type="number" id="k" min="1" max="200" value="{default_k}"></label>
   <label id="v-box" {'hidden' if not catalog.has_local else ''}>v <input type="range" id="v-slider" min="0"
     max="1" step="0.05" value="{default_v}"> <output id="v-value">{default_v}</output>
-    <span class="muted">fused = v &middot; global + (1 &minus; v) &middot; local (min-max)</span></label>
+    <span class="muted">fused = v &middot; global + (1 &minus; v) &middot; {escape(_norm_text(catalog.fusion))}
+    &middot; serving <b id="fusion-label">{escape(catalog.fusion.label)}</b>
+    (<span title="{escape(catalog.fusion_source)}">{escape(catalog.fusion_source.split(" (")[0])}</span>)</span></label>
 </section>
 <p id="status" role="status"></p>
 <section id="query-panel" hidden>
@@ -105,17 +116,45 @@ def _served_aps(catalog: Catalog) -> Dict[str, float]:
     return out
 
 
+def _html_table(header: List[str], rows: List[List[str]], css_class: str = "results-table") -> str:
+    head = "".join(f"<th>{escape(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return (f"<div class='scroll'><table class='{css_class}'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def _markdown_tables(results: ResultsFolder) -> str:
+    """results.md's tables as HTML, under their headings; the long table of every row ("All rows")
+    folded away, as results.md keeps it after the pivoted ones."""
+    parts, folded = [], False
+    for kind, value in results.markdown_blocks():
+        if kind == "heading":
+            level, text = value
+            if text.lower() == "all rows":
+                folded = True
+                parts.append("<details id='all-rows'><summary>All rows (one per experiment, dataset and split)"
+                             "</summary>")
+                continue
+            tag = "h3" if level <= 3 else "h4"
+            parts.append(f"<{tag}>{escape(text)}</{tag}>")
+        elif kind == "table":
+            parts.append(_html_table(*value))
+        else:
+            parts.append(f"<p>{escape(value)}</p>")
+    if folded:
+        parts.append("</details>")
+    return "".join(parts)
+
+
 def render_results(results: ResultsFolder, catalog: Catalog) -> str:
-    columns, cells = results.table()
     parts = [_HEAD.format(title="results", nav=_nav(True)), "<main>",
              f"<h2>Results <span class='muted'>{escape(str(results.path))}</span></h2>"]
-    if columns:
-        head = "".join(f"<th>{escape(c)}</th>" for c in columns)
-        body = "".join("<tr>" + "".join(f"<td>{escape(v)}</td>" for v in row) + "</tr>" for row in cells)
-        parts.append(f"<div class='scroll'><table id='results-table'><thead><tr>{head}</tr></thead>"
-                     f"<tbody>{body}</tbody></table></div>")
-    elif results.markdown:
-        parts.append(f"<pre id='results-md'>{escape(results.markdown)}</pre>")
+    if results.markdown:
+        parts.append(f"<div id='results-tables'>{_markdown_tables(results)}</div>")
+    else:
+        columns, cells = results.table()
+        if columns:
+            parts.append(_html_table(columns, cells, "results-table flat"))
     if results.figures:
         parts.append("<h2>Figures</h2><div class='figures'>")
         parts += [f"<figure><a href='/results/figures/{quote(n)}'><img src='/results/figures/{quote(n)}' "

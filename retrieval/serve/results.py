@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
-__all__ = ["ResultsFolder", "experiment_sources", "FIGURE_SUFFIXES"]
+__all__ = ["ResultsFolder", "experiment_sources", "markdown_blocks", "FIGURE_SUFFIXES"]
 
 PathLike = Union[str, os.PathLike]
 FIGURE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg")
@@ -68,6 +68,12 @@ class ResultsFolder:
             columns += [c for c in r if c not in columns]
         return columns, [[_fmt(r.get(c)) for c in columns] for r in flat]
 
+    def markdown_blocks(self) -> List[Tuple[str, object]]:
+        """``results.md`` as blocks in order: ``("heading", (level, text))``, ``("table", (header,
+        rows))`` and ``("text", line)``; the page shows its tables (the pivoted per-dataset tables of
+        the ladder, E1-E8 by split) as HTML tables."""
+        return markdown_blocks(self.markdown or "")
+
     def per_query(self) -> Dict[str, Dict[str, float]]:
         """``{experiment: {query id: AP}}`` when the results hold per-query APs, else ``{}``."""
         pq = self.data.get("per_query", {})
@@ -81,6 +87,57 @@ class ResultsFolder:
 
     def figure(self, name: str) -> Optional[Path]:
         return self.figures.get(name)
+
+
+def chosen_fusion(results: "ResultsFolder", local_method: str):
+    """``(FusionConfig, source)`` the experiment of ``results`` chose on all its queries for the local
+    evidence ``local_method`` serves (``inliers``: spatial verification, ``ratio``: the ratio test), or
+    None when it chose none: the E1-E8 ladder's ``deployed`` (SV / E5, first relevance protocol) or
+    ``retrieval run``'s ``choices[].deployed_fusion``."""
+    from retrieval.rerank.fusion import FusionConfig
+
+    rung, scorer = ("SV", "spatial") if local_method == "inliers" else ("E5", "ratio")
+    for relevance, by_exp in (results.data.get("deployed") or {}).items():
+        label = (by_exp or {}).get(rung)
+        if label:
+            return FusionConfig.from_label(label), f"chosen by {results.path} on all queries ({rung}, {relevance})"
+    for choice in results.data.get("choices") or []:
+        if f" + {scorer} " in choice.get("method", "") and choice.get("deployed_fusion"):
+            return (FusionConfig.from_dict(choice["deployed_fusion"]),
+                    f"chosen by {results.path} on all queries ({choice.get('protocol')})")
+    return None
+
+def _cells(line: str) -> List[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def markdown_blocks(text: str) -> List[Tuple[str, object]]:
+    """The headings (``#`` lines, and ``**bold**`` lines that title a table), tables (``|`` lines; the
+    ``|---|`` rule after the header dropped) and other non-empty lines of a markdown text, in order.
+    Only what :func:`retrieval.report.write_results` and the benchmarks write is recognised."""
+    blocks: List[Tuple[str, object]] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("|"):
+            table = []
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                table.append(lines[i])
+                i += 1
+            rows = [_cells(t) for t in table if not set(t.strip()) <= set("|-: ")]
+            blocks.append(("table", (rows[0], rows[1:]) if rows else ([], [])))
+            continue
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            blocks.append(("heading", (level, line[level:].strip())))
+        elif line.startswith("**") and line.count("**") >= 2 and \
+                any(n.strip().startswith("|") for n in lines[i + 1:i + 3]):
+            blocks.append(("heading", (4, line.replace("**", ""))))
+        elif line:
+            blocks.append(("text", line))
+        i += 1
+    return blocks
 
 
 def _first_existing(candidates: List[Path]) -> Optional[Path]:

@@ -8,7 +8,9 @@ evidence on the shortlist, the fused order at a weight v, right / wrong / junk a
   verification inliers (:class:`retrieval.rerank.SpatialVerifier`, its default configuration) for SIFT
   stores, else the ratio-test score (:class:`retrieval.rerank.RatioTestScorer`). An image without
   stored features scores 0 and says so (``local_missing``).
-* Fusion: :func:`retrieval.rerank.fuse` with the local score min-max normalised over the shortlist
+* Fusion: the one fusion configuration (:mod:`retrieval.rerank.fusion`): the catalog's fusion (an
+  experiment's choice on all its queries, else the documented default: counts saturating at T), or a
+  linear fusion at the weight ``v`` the page asks for with the same normalisation
   (``score = v * global + (1 - v) * local_norm``); ``local_norm`` is in the JSON so the page re-sorts
   for any v without asking again (ties keep the global order, as :func:`~retrieval.rerank.fusion_order`).
 * AP: AP@k as GLDv2 / Kaggle score it (:func:`retrieval.metrics.average_precision_at_k`: divided by
@@ -24,13 +26,12 @@ import numpy as np
 
 from retrieval.index import Ranking
 from retrieval.metrics import average_precision_at_k
-from retrieval.rerank.fusion import fuse, fusion_order, normalise_scores
+from retrieval.rerank.fusion import DEFAULT_FUSION, FusionConfig, fuse, fused_order, normalise_scores
 
 from .catalog import Catalog, Query
 
-__all__ = ["SearchResult", "search", "pair_matches", "LOCAL_NORM", "MAX_K"]
+__all__ = ["SearchResult", "search", "pair_matches", "fusion_at", "local_method", "MAX_K"]
 
-LOCAL_NORM = "minmax"
 MAX_K = 200
 
 
@@ -40,7 +41,7 @@ class SearchResult:
 
     query: Query
     ranking: Ranking
-    v: float
+    fusion: FusionConfig
     local_method: Optional[str] = None
     local: Optional[np.ndarray] = None
     local_missing: List[bool] = field(default_factory=list)
@@ -76,7 +77,8 @@ class SearchResult:
         """The JSON of /api/search; ``image_url(id)`` gives an image's URL (None when it has none)."""
         ids = self.ids
         g = self.ranking.scores[0][: len(ids)]
-        local_norm = normalise_scores(self.local, LOCAL_NORM) if self.local is not None else None
+        f = self.fusion
+        local_norm = normalise_scores(self.local, f.norm, f.T) if self.local is not None else None
         results = []
         for j, image_id in enumerate(ids):
             item = {"rank": j + 1, "id": image_id, "row": int(self.ranking.indices[0][j]), "score": float(g[j]),
@@ -89,8 +91,9 @@ class SearchResult:
         return {
             "query": {"id": self.query.id, "kind": self.query.kind, "image": image_url(self.query.id),
                       "keypoints": None if self.query.local is None else len(self.query.local)},
-            "k": len(ids), "v": self.v,
-            "local": None if self.local is None else {"method": self.local_method, "norm": LOCAL_NORM,
+            "k": len(ids), "v": f.v,
+            "fusion": {"label": f.label, **f.to_dict()},
+            "local": None if self.local is None else {"method": self.local_method, "norm": f.norm, "T": f.T,
                                                       "formula": "v * score + (1 - v) * local_norm"},
             "results": results,
             "fused_order": self.fused_ids() if self.local is not None else None,
@@ -101,24 +104,39 @@ class SearchResult:
         }
 
 
+def local_method(catalog: Catalog) -> str:
+    """``inliers`` (spatial verification) for SIFT stores, else ``ratio`` (the ratio-test score)."""
+    return "inliers" if catalog.local_config is not None and catalog.local_config.get("type") == "sift" else "ratio"
+
+
 def _scorer(catalog: Catalog):
     """(name, scorer) of the local evidence for this catalog's store."""
     from retrieval.rerank import RatioTestScorer, SpatialVerifier
 
-    if catalog.local_config is not None and catalog.local_config.get("type") == "sift":
+    if local_method(catalog) == "inliers":
         return "inliers", SpatialVerifier()
     return "ratio", RatioTestScorer(ratio=0.8)
 
 
-def search(catalog: Catalog, query: Query, k: int = 20, v: float = 0.5) -> SearchResult:
-    """Search ``catalog`` with ``query``: top ``k`` (clamped to the index size), local evidence and
-    fusion at ``v`` when local features exist for the query."""
-    if not 1 <= k <= MAX_K:
-        raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+def fusion_at(fusion: FusionConfig, v: Optional[float]) -> FusionConfig:
+    """``fusion``, or the linear fusion at weight ``v`` with its normalisation (a count default's when
+    ``fusion`` is not linear): what the page's v slider shows."""
+    if v is None:
+        return fusion
     if not 0.0 <= v <= 1.0:
         raise ValueError(f"v must be between 0 and 1, got {v}")
+    base = fusion if fusion.method == "linear" else DEFAULT_FUSION["count"]
+    return FusionConfig("linear", v=float(v), norm=base.norm, T=base.T, gate=base.gate)
+
+
+def search(catalog: Catalog, query: Query, k: int = 20, v: Optional[float] = None) -> SearchResult:
+    """Search ``catalog`` with ``query``: top ``k`` (clamped to the index size), local evidence and
+    the catalog's fusion (at weight ``v`` when given) when local features exist for the query."""
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+    fusion = fusion_at(catalog.fusion, v)
     ranking = catalog.batcher.search(query.vector, k=k, query_id=query.id)
-    result = SearchResult(query, ranking, float(v))
+    result = SearchResult(query, ranking, fusion)
     if catalog.has_local and query.local is not None:
         ids = result.ids
         feats = [catalog.local_features(i) for i in ids]
@@ -129,8 +147,8 @@ def search(catalog: Catalog, query: Query, k: int = 20, v: float = 0.5) -> Searc
         result.local = np.asarray(scorer.score(query.local, [f if f is not None else empty for f in feats]),
                                   dtype=np.float64)
         g = ranking.scores[0][: len(ids)]
-        result.fused = fuse(g, result.local, v, norm=LOCAL_NORM)
-        result.order = fusion_order(result.fused)[0]
+        result.fused = fuse(g, result.local, fusion.v, fusion.norm, fusion.T)
+        result.order = fused_order(g, result.local, fusion)[0]
     return result
 
 

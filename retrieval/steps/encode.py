@@ -13,6 +13,7 @@ and an interrupted run resumes (a file made with another encoder is refused).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -94,13 +95,20 @@ def main(conf: EncodeConfig, features: Path, out: Path, model: Optional[Path] = 
             done = set(writer.done_ids)
             todo = [i for i in ids if i not in done]
             chunks = range(0, len(todo), conf.chunk)
+            empty = []  # images without a keypoint: their vector is all zero
             for lo in tqdm(chunks, desc=f"encode {encoder.kind}", unit="chunk", disable=not progress,
                            leave=False):
                 chunk = todo[lo:lo + conf.chunk]
-                writer.append(chunk, encoder.encode_many(store.get_many(chunk)))
+                local = store.get_many(chunk)
+                empty += [i for i, f in zip(chunk, local) if len(f) == 0]
+                writer.append(chunk, encoder.encode_many(local))
+    if empty:
+        warnings.warn(f"{features}: {len(empty)} image(s) have no keypoints, so their {encoder.kind} vectors are "
+                      f"all zero: {', '.join(map(repr, empty[:5]))}{' ...' if len(empty) > 5 else ''}; the index "
+                      "keeps them scoring 0 against every query (index build --zero-rows drop leaves them out)")
     if info is not None:
         info.update(images=len(ids), encoded=len(todo), dim=encoder.dim, encoder=encoder.kind, learned=learned,
-                    seconds=round(time.perf_counter() - start, 3))
+                    no_keypoints=empty, seconds=round(time.perf_counter() - start, 3))
     return Path(out)
 
 

@@ -47,7 +47,7 @@ class EvaluateConfig(Config):
             raise ConfigError(f"k must be positive, got {self.k}")
 
     def protocols(self, dataset_kind: Optional[str] = None):
-        text = self.protocol or (DEFAULT_PROTOCOL.get(dataset_kind, "general") if dataset_kind else "")
+        text = self.protocol or DEFAULT_PROTOCOL.get(dataset_kind, "general")
         return [p.strip() for p in text.split(",") if p.strip()]
 
 

@@ -13,6 +13,7 @@ seconds and bytes per image.
 
 Python: ``main(conf, dataset, out, engine=..., ray_address=...) -> Path`` with ``conf`` an
 :class:`ExtractConfig` (or the name of an extractor configuration) and ``dataset`` a
+:class:`retrieval.datasets.open.DatasetConfig` (opened here) or an opened
 :class:`retrieval.datasets.RetrievalDataset`.
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ from retrieval.features.extract import ExtractionError
 from retrieval.features.sharded_extract import (DEFAULT_SHARD_SIZE, extract_global_sharded,
                                                 extract_local_sharded, extract_patches_sharded)
 from retrieval.features.shards import ShardedStore, ShardWriteError, shard_root
+from retrieval.features.store import FeatureFileError
+from retrieval.fileio import exclusive_lock
 
 __all__ = ["ExtractConfig", "main", "register", "extractor_for", "dataset_images"]
 
@@ -37,15 +40,16 @@ FEATURES = ("local", "global", "patches")
 
 @dataclasses.dataclass(frozen=True)
 class ExtractConfig(Config):
-    """How to extract: ``features`` (local = SIFT family, global / patches = EfficientNet), the named
-    extractor configuration ``extractor`` (:data:`features.sift.SIFT_CONFIGS`,
-    :data:`features.learned.LEARNED_CONFIGS` or
-    :data:`features.efficientnet.EXTRACTOR_CONFIGS`) with ``options`` overriding its keys, which
-    ``images`` (db, queries with their boxes, or all), the engine and its workers."""
+    """How to extract (the one extraction configuration: ``retrieval extract``, the ``[extract]`` section
+    of an experiment file, the ladder): ``kind`` (local = SIFT family, global / patches = EfficientNet),
+    the named extractor configuration ``config`` (:data:`retrieval.features.sift.SIFT_CONFIGS`,
+    :data:`retrieval.features.learned.LEARNED_CONFIGS` or :data:`retrieval.features.efficientnet.EXTRACTOR_CONFIGS`) with ``overrides`` of its keys, which
+    ``images`` (db, queries with their boxes, or all; an experiment extracts what it needs), the engine and
+    its workers."""
 
-    features: Literal["local", "global", "patches"] = "global"
-    extractor: str = "lite0-gem-224"
-    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    kind: Literal["local", "global", "patches"] = "global"
+    config: str = "lite0-gem-512"
+    overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
     images: Literal["db", "queries", "all"] = "db"
     engine: Literal["local", "ray"] = "local"
     ray_address: Optional[str] = None
@@ -59,29 +63,28 @@ class ExtractConfig(Config):
     merge: bool = True
 
     def check(self) -> None:
-        if self.n_jobs < 1 or self.shard_size < 1 or self.threads < 1 or self.decode_threads < 1:
-            raise ConfigError("n_jobs, shard_size, threads and decode_threads must be >= 1")
+        for key in ("n_jobs", "shard_size", "threads", "decode_threads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
 
 
 def extractor_for(conf: ExtractConfig):
-    """A picklable factory of the extractor ``conf`` names. Unknown option keys are refused."""
-    if conf.features == "local":
-        from retrieval.features.local_extractors import local_extractor
+    """A picklable factory of the extractor ``conf`` names (:func:`retrieval.steps.image_features.make_extractor`,
+    the one factory). Unknown option keys are refused here, before any work."""
+    from .image_features import make_extractor
 
-        try:
-            local_extractor(conf.extractor, **conf.options)
-        except ValueError as exc:
-            raise ConfigError(f"local features: {exc}") from None
-        return partial(local_extractor, conf.extractor, **conf.options)
-    from retrieval.features.efficientnet import EfficientNetExtractor, resolve_config
+    if conf.kind == "local":
+        make_extractor("local", conf.config, conf.overrides)   # cheap: checks the keys now
+        return partial(make_extractor, "local", conf.config, dict(conf.overrides))
+    from retrieval.features.efficientnet import resolve_config
 
     try:
-        resolve_config(conf.extractor, **conf.options)
+        resolve_config(conf.config, **conf.overrides)
     except ValueError as exc:
         raise ConfigError(f"global features: {exc}") from None
     # a worker given a GPU runs the network there (torch, channels-last) unless told otherwise
     device = "cuda" if conf.num_gpus and conf.device == "cpu" else conf.device
-    return partial(EfficientNetExtractor, conf.extractor, threads=conf.threads, device=device, **conf.options)
+    return partial(make_extractor, conf.kind, conf.config, dict(conf.overrides), threads=conf.threads, device=device)
 
 
 def dataset_images(dataset, which: str) -> Tuple[List[str], List[str], Optional[list]]:
@@ -115,11 +118,15 @@ def dataset_images(dataset, which: str) -> Tuple[List[str], List[str], Optional[
 
 def main(conf: Union[ExtractConfig, str], dataset, out: Union[str, os.PathLike], engine: Optional[str] = None,
          ray_address: Optional[str] = None, progress: bool = True, summary: Optional[dict] = None) -> Path:
-    """Extract ``conf.features`` of ``dataset``'s images into ``out`` (shards in ``out.shards/``,
+    """Extract ``conf.kind`` features of ``dataset``'s images into ``out`` (shards in ``out.shards/``,
     merged into ``out`` unless ``conf.merge`` is off; then the shard folder is returned). ``engine``
     and ``ray_address`` override ``conf``'s. ``summary`` (a dict) receives the run's figures."""
     if isinstance(conf, str):
-        conf = ExtractConfig(extractor=conf)
+        conf = ExtractConfig(config=conf)
+    from retrieval.datasets.open import DatasetConfig, open_dataset
+
+    if isinstance(dataset, DatasetConfig):
+        dataset = open_dataset(dataset)
     conf = conf.override({k: v for k, v in (("engine", engine), ("ray_address", ray_address)) if v is not None})
     out = Path(out)
     root = shard_root(out)
@@ -129,10 +136,21 @@ def main(conf: Union[ExtractConfig, str], dataset, out: Union[str, os.PathLike],
     common = dict(engine=conf.engine, n_jobs=conf.n_jobs, shard_size=conf.shard_size, boxes=boxes,
                   on_error=conf.on_error, ray_address=conf.ray_address, progress=progress)
     make_extractor = extractor_for(conf)
-    if conf.features == "local":
+    # one run per output at a time: a second one would delete the first's temporary shard files
+    with exclusive_lock(root / ".lock", out, error=FeatureFileError):
+        target, run = _extract(conf, make_extractor, ids, paths, out, root, common)
+    if summary is not None:
+        summary.update(run.as_dict(), out=str(target), images_planned=len(ids), features=conf.kind,
+                       extractor=conf.config, engine=conf.engine,
+                       bytes_out=target.stat().st_size if target.is_file() else None)
+    return target
+
+
+def _extract(conf: ExtractConfig, make_extractor, ids, paths, out: Path, root: Path, common: dict):
+    if conf.kind == "local":
         run = extract_local_sharded(make_extractor(), ids, paths, root, **common)
     else:
-        extract = extract_global_sharded if conf.features == "global" else extract_patches_sharded
+        extract = extract_global_sharded if conf.kind == "global" else extract_patches_sharded
         run = extract(make_extractor, ids, paths, root, num_gpus=conf.num_gpus,
                       decode_threads=conf.decode_threads, **common)
     target = root
@@ -142,11 +160,7 @@ def main(conf: Union[ExtractConfig, str], dataset, out: Union[str, os.PathLike],
         if run.computed or not out.is_file():
             ShardedStore(root).merge(out, [i for i in ids if i not in failed])
         target = out
-    if summary is not None:
-        summary.update(run.as_dict(), out=str(target), images_planned=len(ids), features=conf.features,
-                       extractor=conf.extractor, engine=conf.engine,
-                       bytes_out=target.stat().st_size if target.is_file() else None)
-    return target
+    return target, run
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -157,11 +171,13 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("extract", help="features of a whole dataset (sharded, resumable; local or Ray)")
     parser.add_argument("features", choices=FEATURES, help="local (SIFT family), global or patches (EfficientNet)")
     add_dataset_arguments(parser)
-    parser.add_argument("--config", required=True,
-                        help="named extractor configuration (SIFT: rootsift-2k, ...; EfficientNet: lite0-gem-224, ...)")
+    from retrieval.cli_names import EXTRACT_IMAGES, config_help
+
+    parser.add_argument("--config", required=True, help=config_help())
     parser.add_argument("--out", required=True, help="feature file to write (HDF5); shards go to OUT.shards/")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                        help="override a setting, repeatable: extract settings (n_jobs, shard_size, images, "
+                        help=f"override a setting, repeatable: extract settings (images={'|'.join(EXTRACT_IMAGES)}: "
+                             "the database (default), the queries cropped to their boxes, or both; n_jobs, shard_size, "
                              "device, threads, decode_threads, num_gpus, on_error, merge) or any key of the "
                              "extractor configuration (max_keypoints=1000, size=320 ...)")
     parser.add_argument("--engine", choices=("local", "ray"), default=None, help="where to run (default local)")
@@ -178,14 +194,14 @@ def _cli(args) -> int:
 
     from ..config import parse_overrides
 
-    own = {f.name for f in dataclasses.fields(ExtractConfig)} - {"options", "features", "extractor"}
+    own = {f.name for f in dataclasses.fields(ExtractConfig)} - {"overrides", "kind", "config"}
     overrides = parse_overrides(args.set)
     settings = {k: v for k, v in overrides.items() if k in own}
     options = parse_options([f"{k}={v}" for k, v in overrides.items() if k not in own])
     for key, value in (("shard_size", args.shard_size), ("n_jobs", args.n_jobs)):
         if value is not None:
             settings[key] = value
-    conf = ExtractConfig(features=args.features, extractor=args.config, options=options).override(settings)
+    conf = ExtractConfig(kind=args.features, config=args.config, overrides=options).override(settings)
     dataset = load_dataset(args)
     summary: dict = {}
     try:

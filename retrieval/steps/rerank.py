@@ -3,13 +3,16 @@
 For each query the first ``shortlist`` results of the ranking are scored with local features
 (``scorer``: ``spatial`` = inliers of spatial verification, ``ratio`` = Lowe's ratio-test score,
 ``vlad`` = VLAD similarity with an encoder file, ``patch`` = EfficientNet patch-token similarity) and
-re-sorted by ``v * global + (1 - v) * N(local)`` (:mod:`retrieval.rerank.fusion`; ``N`` = ``norm``);
-the rest of the ranking follows unchanged, so the output ranks as many images as the input. ``v = 1``
-keeps the global order, ``v = 0`` sorts by local evidence alone.
+re-sorted by the one fusion configuration (:class:`retrieval.rerank.fusion.FusionSettings`, the
+``fusion`` field): counts (inliers, ratio-test matches) on an absolute scale, ``v * global + (1 - v) *
+min(local, T) / T``; similarities as they are. Here no ground truth is at hand, so ``method = "auto"``
+applies the documented :data:`~retrieval.rerank.fusion.DEFAULT_FUSION` of the scorer's kind;
+``retrieval run`` (an experiment, with ground truth) chooses method, T and v on held-out queries
+instead. The rest of the ranking follows unchanged, so the output ranks as many images as the input.
 
 Local scores are cached next to the output (``<out>.shortlist.npz/.json``) and an interrupted run
-resumes; changing only ``v`` or ``norm`` re-sorts the cached scores without matching again. Scores
-beyond the shortlist are written as ``null`` (their order is the global one).
+resumes; changing only the fusion re-sorts the cached scores without matching again. Scores beyond the
+shortlist are written as ``null`` (their order is the global one).
 """
 from __future__ import annotations
 
@@ -19,41 +22,59 @@ from pathlib import Path
 from typing import Any, Dict, Literal, Optional
 
 from ..config import Config, ConfigError
+from ..rerank.fusion import FusionConfig, FusionSettings
 
-__all__ = ["RerankConfig", "main", "register", "make_scorer", "shortlist_scores", "fused_ranking"]
+__all__ = ["RerankConfig", "LOCAL_FEATURES", "main", "make_scorer", "score_kind", "local_features_for",
+           "shortlist_scores", "fused_ranking"]
 
 Scorer = Literal["spatial", "ratio", "vlad", "patch"]
-Norm = Literal["none", "minmax", "saturate", "exp", "zscore"]
+
+#: the local features each scorer reads by default (``features = "auto"``), per family of data:
+#: landmark photographs (:data:`retrieval.datasets.open.LANDMARK_KINDS`) get upright RootSIFT with
+#: more keypoints (a lower contrast threshold) for verification, objects the small-image RootSIFT;
+#: the patch scorer reads EfficientNet patch tokens. The E1-E8 ladder uses the same table.
+LOCAL_FEATURES: Dict[str, Dict[str, str]] = {
+    "landmark": {"ratio": "rootsift-1k", "vlad": "rootsift-1k", "spatial": "rootsift-upright-c02-4k",
+                 "patch": "lite0-patch-224"},
+    "object": {"ratio": "rootsift-small", "vlad": "rootsift-small", "spatial": "rootsift-small",
+               "patch": "lite0-patch-224"},
+}
 
 
 @dataclass(frozen=True)
 class RerankConfig(Config):
-    """``scorer`` and its named ``config`` (spatial: a name of ``SPATIAL_CONFIGS``) plus ``options``
-    (scorer keyword arguments: ratio=, mutual=, threshold=, method= ...); ``shortlist``: results
-    re-ranked per query; ``v``: weight of the global score; ``norm`` / ``T``: normalisation of the
-    local score."""
+    """``scorer`` and its named ``config`` (spatial: a name of ``SPATIAL_CONFIGS``; "" = its default,
+    affine RANSAC with mutual matches) plus ``options`` (scorer keyword arguments: ratio=, mutual=,
+    threshold=, method= ...); ``shortlist``: results re-ranked per query; ``features``: the local
+    features the scorer reads (``auto``: :data:`LOCAL_FEATURES` of the data's family; only used where
+    the step extracts them, i.e. in experiments); ``fusion``: the one fusion configuration."""
 
     scorer: Scorer = "spatial"
     config: str = ""
     options: Dict[str, Any] = field(default_factory=dict)
     shortlist: int = 100
-    v: float = 0.5
-    norm: Norm = "minmax"
-    T: Optional[float] = None
+    features: str = "auto"
+    fusion: FusionSettings = field(default_factory=FusionSettings)
 
     def check(self) -> None:
-        self.check_v()
         if self.shortlist < 1:
             raise ConfigError(f"shortlist must be >= 1, got {self.shortlist}")
-        if self.norm in ("saturate", "exp") and not (self.T and self.T > 0):
-            raise ConfigError(f"norm {self.norm!r} needs a scale T > 0")
         if self.config and self.scorer != "spatial":
             raise ConfigError(f"only the spatial scorer has named configurations, not {self.scorer!r}")
 
-    def check_v(self) -> None:
-        """The fusion weight is a number in [0, 1] (the experiment chain also takes a rule choosing it)."""
-        if not 0.0 <= self.v <= 1.0:
-            raise ConfigError(f"v must be in [0, 1], got {self.v}")
+
+def score_kind(conf: RerankConfig) -> str:
+    """``count`` (spatial, ratio) or ``similarity`` (vlad, patch): how the scorer's values are fused."""
+    return "count" if conf.scorer in ("spatial", "ratio") else "similarity"
+
+
+def local_features_for(conf: RerankConfig, dataset_kind: Optional[str]) -> str:
+    """The local feature configuration ``conf`` reads on data of ``dataset_kind``."""
+    if conf.features != "auto":
+        return conf.features
+    from ..datasets.open import LANDMARK_KINDS
+
+    return LOCAL_FEATURES["landmark" if dataset_kind in LANDMARK_KINDS else "object"][conf.scorer]
 
 
 def make_scorer(conf: RerankConfig, model: Optional[Path] = None):
@@ -127,43 +148,53 @@ def shortlist_scores(conf: RerankConfig, ranking: Path, query_local: Path, db_lo
     return base, shortlist, local
 
 
-def fused_ranking(base, shortlist, local, v: float, norm: str = "minmax", T: Optional[float] = None):
-    """The :class:`~retrieval.index.Ranking` of ``base`` with its shortlist re-sorted by
-    ``v * global + (1 - v) * N(local)``; the rest follows in the global order."""
+def fused_ranking(base, shortlist, local, fusion: FusionConfig):
+    """The :class:`~retrieval.index.Ranking` of ``base`` with its shortlist re-sorted under ``fusion``
+    (:func:`retrieval.rerank.fusion.fused_order`); the rest follows in the global order. Shortlist
+    scores: the fused score of a linear fusion; for the global order and the DELG rule, the global
+    score in the new order."""
     import numpy as np
 
     from ..index import Ranking
-    from ..rerank import fuse, fusion_order
+    from ..rerank.fusion import fuse, fused_order
 
-    fused = fuse(shortlist.global_scores, local, v, norm, T)
-    order = fusion_order(fused)
+    order = fused_order(shortlist.global_scores, local, fusion)
+    values = fuse(shortlist.global_scores, local, fusion.v, fusion.norm, fusion.T) if fusion.method == "linear" \
+        else np.asarray(shortlist.global_scores, dtype=np.float64)
     k = shortlist.k
     ids = base.ids.copy()
     indices = base.indices.copy()
     scores = np.full(base.scores.shape, -np.inf, dtype=np.float32)
     ids[:, :k] = np.take_along_axis(base.ids[:, :k], order, axis=1)
     indices[:, :k] = np.take_along_axis(base.indices[:, :k], order, axis=1)
-    scores[:, :k] = np.take_along_axis(fused, order, axis=1)
+    scores[:, :k] = np.take_along_axis(values, order, axis=1)
     return Ranking(ids=ids, scores=scores, indices=indices, query_ids=base.query_ids)
 
 
 def main(conf: RerankConfig, ranking: Path, query_local: Path, db_local: Path, out: Path,
          model: Optional[Path] = None, progress: bool = True, info: Optional[dict] = None) -> Path:
-    """Re-rank ``ranking`` (JSON) with the local stores of the queries and the database; writes the
-    new ranking to ``out`` and returns it."""
+    """Re-rank ``ranking`` (JSON) with the local stores of the queries and the database, fused by
+    ``conf.fusion`` resolved without ground truth; writes the new ranking to ``out`` and returns it."""
     start = time.perf_counter()
+    fusion = conf.fusion
+    if fusion.chooses(has_ground_truth=False):
+        raise ConfigError("unreachable: a fusion is chosen only with ground truth")
+    applied = fusion.resolve(score_kind(conf))
     base, shortlist, local = shortlist_scores(conf, ranking, query_local, db_local, Path(str(out) + ".shortlist"),
                                               model, progress)
-    fused_ranking(base, shortlist, local, conf.v, conf.norm, conf.T).save(out)
+    fused_ranking(base, shortlist, local, applied).save(out)
     if info is not None:
-        info.update(queries=len(base), shortlist=shortlist.k, ranked=base.k, scorer=conf.scorer, v=conf.v,
-                    seconds=round(time.perf_counter() - start, 3))
+        info.update(queries=len(base), shortlist=shortlist.k, ranked=base.k, scorer=conf.scorer,
+                    fusion=applied.label, seconds=round(time.perf_counter() - start, 3))
     return Path(out)
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("rerank", help="re-rank a ranking's shortlist with local evidence "
-                                                  "(v*global + (1-v)*local)")
+    parser = subparsers.add_parser(
+        "rerank", help="re-rank a ranking's shortlist with local evidence (v*global + (1-v)*local)",
+        description="Without options the fusion is the documented default of the scorer's kind (safe without "
+                    "ground truth: counts saturate at T, so weak evidence never overturns a strong global "
+                    "match); 'retrieval run' chooses method, T and v on held-out queries instead.")
     parser.add_argument("ranking", help="ranking file (retrieval search)")
     parser.add_argument("--query-local", required=True, help="local feature store of the queries")
     parser.add_argument("--db-local", required=True, help="local feature store of the database images")
@@ -174,10 +205,17 @@ def register(subparsers) -> None:
                         help="scorer option, repeatable (ratio=0.8, mutual=true, threshold=8, method=magsac ...)")
     parser.add_argument("--model", default=None, help="vlad: encoder file (retrieval encode --model)")
     parser.add_argument("--shortlist", type=int, default=100, help="results re-ranked per query (default 100)")
-    parser.add_argument("--v", type=float, default=0.5, help="weight of the global score in [0, 1] (default 0.5)")
-    parser.add_argument("--norm", default="minmax", choices=("none", "minmax", "saturate", "exp", "zscore"),
-                        help="normalisation of the local score over a shortlist (default minmax)")
-    parser.add_argument("--T", type=float, default=None, help="scale of the saturate / exp normalisations")
+    parser.add_argument("--fusion", default="default", choices=("default", "none", "linear", "delg"),
+                        help="default (the documented fusion of the scorer's kind; the default), none (the "
+                             "global order), linear (v*global + (1-v)*N(local)) or delg (--threshold inliers first)")
+    parser.add_argument("--v", type=float, default=None, help="linear: weight of the global score in [0, 1]")
+    parser.add_argument("--norm", default=None, choices=("none", "minmax", "saturate", "exp", "zscore"),
+                        help="linear: normalisation of the local score (default: saturate for counts, none for "
+                             "similarities; minmax only when named)")
+    parser.add_argument("--T", type=float, default=None, help="linear: scale of the saturate / exp normalisations")
+    parser.add_argument("--threshold", type=float, default=None, help="delg: inliers that put an image first")
+    parser.add_argument("--gate", type=float, default=None,
+                        help="linear: re-rank only queries whose best local score reaches this")
     parser.add_argument("--out", required=True, help="ranking file to write (JSON)")
     parser.set_defaults(func=_handle)
 
@@ -190,8 +228,10 @@ def _handle(args) -> int:
     db_local = require_file(args.db_local, "database local feature store", "hdf5")
     model = require_file(args.model, "encoder file", "npz") if args.model else None
     require_output(args.out, "ranking")
+    fusion = FusionSettings.from_dict({"method": args.fusion, **{k: getattr(args, k) for k in (
+        "v", "norm", "T", "threshold", "gate") if getattr(args, k) is not None}}, where="retrieval rerank")
     conf = RerankConfig(scorer=args.scorer, config=args.config, options=parse_options(args.option),
-                        shortlist=args.shortlist, v=args.v, norm=args.norm, T=args.T)
+                        shortlist=args.shortlist, fusion=fusion)
     info: dict = {}
     with writing(args.out, "ranking"):
         out = main(conf, ranking, q_local, db_local, Path(args.out), model=model, progress=progress_enabled(args),

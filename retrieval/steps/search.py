@@ -6,6 +6,11 @@ missed, so a ranking cut at 100 scores lower than the descriptor is. The default
 therefore the whole database whenever the ranking stays small (at most :data:`FULL_RANKING_ENTRIES`
 query x database entries), else :data:`LARGE_DEFAULT_K` results (what GLDv2's map@100 needs), with a
 note on stderr; ``retrieval evaluate`` refuses a ranking too short for its protocol.
+
+Which queries. A query file made with another network, weights, pooling, whitening or encoder than
+the index holds vectors that cannot be compared with the index's: refused unless ``--allow-mixed``
+(another query image size of the same extractor is a legitimate choice: a warning). A query row with
+NaN values is refused naming the query; an all-zero one (no keypoints) is searched, scoring 0.
 """
 from __future__ import annotations
 
@@ -28,11 +33,14 @@ LARGE_DEFAULT_K = 1000
 @dataclass(frozen=True)
 class SearchConfig(Config):
     """``k``: results per query (None: the whole database for small sets, see the module docstring);
-    ``batch``: queries per search call; ``options``: memory_mb (exact), nprobe (IVF), ef_search (HNSW)."""
+    ``batch``: queries per search call; ``options``: memory_mb (exact), nprobe (IVF), ef_search (HNSW);
+    ``allow_mixed``: search queries described otherwise than the index (another network, weights,
+    pooling, whitening or encoder: incomparable vectors) with a warning instead of refusing them."""
 
     k: Optional[int] = None
     batch: int = 4096
     options: Dict[str, Any] = field(default_factory=dict)
+    allow_mixed: bool = False
 
     def check(self) -> None:
         if self.k is not None and self.k < 1:
@@ -58,6 +66,7 @@ def main(conf: SearchConfig, index: Path, queries: Path, out: Path, progress: bo
     from retrieval.features.store import config_json, load_global
 
     from ..index import Index, Ranking
+    from ..vectors import check_file_rows
 
     idx = Index.load(index)
     query_ids, vectors, query_config = load_global(queries)
@@ -66,7 +75,18 @@ def main(conf: SearchConfig, index: Path, queries: Path, out: Path, progress: bo
     if vectors.shape[1] != idx.dim:
         raise ConfigError(f"{queries}: query vectors have dimension {vectors.shape[1]}, the index {index} "
                           f"has dimension {idx.dim}")
+    zero = check_file_rows(queries, query_ids, vectors, what="query")
+    if zero.size:  # a query image without keypoints: it scores 0 against everything
+        idx.zero_rows = "keep"
+        print(f"retrieval: warning: {queries}: {zero.size} query vector(s) are all zero (no keypoints?), first "
+              f"{query_ids[zero[0]]!r}: their ranking is arbitrary (every score 0)", file=sys.stderr)
     if idx.config and query_config and config_json(idx.config) != config_json(query_config):
+        differ = incomparable(idx.config, query_config)
+        if differ and not conf.allow_mixed:
+            raise ConfigError(f"{queries}: made with another {', '.join(differ)} than the index {index} "
+                              f"({_values(query_config, differ)} vs {_values(idx.config, differ)}): the vectors "
+                              "are not comparable; extract the queries as the database was, or pass "
+                              "--allow-mixed to search anyway")
         print(f"retrieval: warning: {queries} was made with another configuration than the index {index} "
               f"({config_json(query_config)} vs {config_json(idx.config)})", file=sys.stderr)
     try:
@@ -94,6 +114,32 @@ def main(conf: SearchConfig, index: Path, queries: Path, out: Path, progress: bo
     return Path(out)
 
 
+#: extractor settings a query file may legitimately change (the query image size of the same network)
+QUERY_SIDE_KEYS = frozenset({"size", "name", "input", "upscale", "scales", "max_side", "max_keypoints"})
+
+
+def _flat(config: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(config, dict):
+        return {prefix: config}
+    out: Dict[str, Any] = {}
+    for key, value in config.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def incomparable(index_config: dict, query_config: dict) -> list:
+    """The settings (dotted keys) in which two feature configurations differ so that their vectors
+    cannot be compared: anything but :data:`QUERY_SIDE_KEYS` (network, weights, pooling, whitening,
+    encoder and its codebook ...)."""
+    a, b = _flat(index_config), _flat(query_config)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k.rsplit(".", 1)[-1] not in QUERY_SIDE_KEYS)
+
+
+def _values(config: dict, keys: list) -> str:
+    flat = _flat(config)
+    return ", ".join(f"{k}={flat.get(k)!r}" for k in keys[:4])
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("index", help="index file written by 'retrieval index build'")
     parser.add_argument("queries", help="global feature file of the queries")
@@ -102,6 +148,9 @@ def add_arguments(parser) -> None:
                              f"stays under {FULL_RANKING_ENTRIES:,} entries, else {LARGE_DEFAULT_K})")
     parser.add_argument("--out", required=True, help="ranking file to write (JSON)")
     parser.add_argument("--batch", type=int, default=4096, help="queries per search call (progress step)")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="search queries made with another network, weights, pooling, whitening or encoder "
+                             "than the index (refused by default: the vectors are not comparable)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
                         help="search option: memory_mb (exact), nprobe (IVF), ef_search (HNSW)")
 
@@ -131,7 +180,7 @@ def handle(args) -> int:
         raise CLIError(f"--k must be positive (or 'full'), got {k}")
     if args.batch < 1:
         raise CLIError(f"--batch must be positive, got {args.batch}")
-    conf = SearchConfig(k=k, batch=args.batch, options=parse_options(args.option))
+    conf = SearchConfig(k=k, batch=args.batch, options=parse_options(args.option), allow_mixed=args.allow_mixed)
     info: dict = {}
     with writing(args.out, "ranking"):
         out = main(conf, index, queries, Path(args.out), progress=progress_enabled(args), info=info)

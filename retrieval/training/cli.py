@@ -1,5 +1,5 @@
-"""Command line for training (``python -m retrieval.training ...``; also a command group
-``train`` of the ``retrieval`` console script through :func:`register`).
+"""Command line for training E2-E4: ``python -m retrieval.training COMMAND`` (:func:`register` adds the
+same commands to another parser as a ``train`` group).
 
     python -m retrieval.training configs
     python -m retrieval.training classifier --config coil-e2 --data ../shared/data/coil100 --labels 1-50 --out runs/e2
@@ -123,7 +123,9 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retrieval.training", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m retrieval.training", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__[__doc__.index("    python -m"):],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     _add_commands(parser)
