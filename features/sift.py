@@ -42,7 +42,7 @@ from .local import LocalFeatures
 PathLike = Union[str, os.PathLike]
 Box = Tuple[float, float, float, float]
 
-__all__ = ["SiftConfig", "SIFT_CONFIGS", "DEFAULT_SIFT", "SiftExtractor", "root_sift", "sift_config", "to_gray"]
+__all__ = ["SiftConfig", "SIFT_CONFIGS", "DEFAULT_SIFT", "SiftExtractor", "root_sift", "sift_config", "to_gray", "resize_and_crop"]
 
 #: The longest side SIFT works on unless a configuration says otherwise (the usual 1600 of SfM
 #: pipelines; Oxford and GLDv2 photos are smaller and are not resized by it).
@@ -197,17 +197,7 @@ class SiftExtractor:
         """Gray uint8 image as extraction sees it: resized by ``max_side``/``upscale``, then cropped to
         ``box`` (x1, y1, x2, y2 in pixels of ``image`` as given, scaled by the resize factor)."""
         gray = to_gray(image)
-        h0, w0 = gray.shape
-        gray = resize_longest_side(gray, int(self._config["max_side"]), upscale=bool(self._config["upscale"]))
-        if box is not None:
-            sy, sx = gray.shape[0] / h0, gray.shape[1] / w0
-            x1, y1, x2, y2 = (float(v) for v in box)
-            c0, c1 = max(0, int(np.floor(x1 * sx))), min(gray.shape[1], int(np.ceil(x2 * sx)))
-            r0, r1 = max(0, int(np.floor(y1 * sy))), min(gray.shape[0], int(np.ceil(y2 * sy)))
-            if c1 - c0 < 1 or r1 - r0 < 1:
-                raise ValueError(f"box {tuple(box)} lies outside the {w0}x{h0} image or is empty")
-            gray = gray[r0:r1, c0:c1]
-        return np.ascontiguousarray(gray)
+        return resize_and_crop(gray, int(self._config["max_side"]), bool(self._config["upscale"]), box)
 
     def extract(self, image: np.ndarray, box: Optional[Box] = None) -> LocalFeatures:
         """Local features of an image array (gray, RGB or RGBA; uint8, 16-bit or [0, 1] float)."""
@@ -256,6 +246,23 @@ class SiftExtractor:
 
     def __repr__(self) -> str:
         return f"SiftExtractor({self._config!r})"
+
+
+def resize_and_crop(image: np.ndarray, max_side: int, upscale: bool, box: Optional[Box]) -> np.ndarray:
+    """``image`` (H, W[, C]) resized so that its longest side is at most ``max_side`` (exactly, with
+    ``upscale``), then cropped to ``box`` (x1, y1, x2, y2 in pixels of ``image`` as given, scaled by the
+    resize factor). Shared by every local extractor, so that a box means the same region for all."""
+    h0, w0 = image.shape[:2]
+    image = resize_longest_side(image, max_side, upscale=upscale)
+    if box is not None:
+        sy, sx = image.shape[0] / h0, image.shape[1] / w0
+        x1, y1, x2, y2 = (float(v) for v in box)
+        c0, c1 = max(0, int(np.floor(x1 * sx))), min(image.shape[1], int(np.ceil(x2 * sx)))
+        r0, r1 = max(0, int(np.floor(y1 * sy))), min(image.shape[0], int(np.ceil(y2 * sy)))
+        if c1 - c0 < 1 or r1 - r0 < 1:
+            raise ValueError(f"box {tuple(box)} lies outside the {w0}x{h0} image or is empty")
+        image = image[r0:r1, c0:c1]
+    return np.ascontiguousarray(image)
 
 
 def _strongest_order(keypoints: Sequence, cap: int) -> np.ndarray:

@@ -103,6 +103,14 @@ class LocalFeatureStore:
                 self.path.unlink(missing_ok=True)
             raise
 
+    @property
+    def descriptor_kind(self) -> str:
+        """What the descriptors are (``rootsift``, ``sift``, ``xfeat``, ``disk``, ...), from the recorded
+        configuration (:func:`features.local_extractors.descriptor_kind`)."""
+        from .local_extractors import descriptor_kind
+
+        return descriptor_kind(self.config)
+
     # -- context manager
     def __enter__(self) -> "LocalFeatureStore":
         return self

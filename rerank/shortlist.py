@@ -155,6 +155,13 @@ class Shortlist:
         files, dicts are sent along. The scores do not depend on the engine."""
         from tqdm.auto import tqdm
 
+        from retrieval.features.local_extractors import check_same_kind
+
+        # stores of different descriptor kinds (or a kind the scorer has no weights for) are refused
+        # before any work: their scores would be silently meaningless
+        kind = check_same_kind(query_features, db_features)
+        if kind is not None and hasattr(scorer, "check_kind"):
+            scorer.check_kind(kind, getattr(query_features, "path", None))
         name = name or getattr(scorer, "name", "local")
         if engine != "local":
             return self._score_on(engine, scorer, query_features, db_features, name, path, save_every,

@@ -287,11 +287,11 @@ class Catalog:
             self._ensure_extractor()
             vector = self._extractor.extract(image)
             local = None
-            if self.local_config is not None and self.local_config.get("type") == "sift":
+            if self.local_config is not None and self.local_config.get("type") in ("sift", "xfeat", "disk"):
                 if self._local_extractor is None:
-                    from retrieval.features.sift import SiftExtractor
+                    from retrieval.features.local_extractors import local_extractor
 
-                    self._local_extractor = SiftExtractor(dict(self.local_config))
+                    self._local_extractor = local_extractor(dict(self.local_config))
                 local = self._local_extractor.extract(image)
             query = Query(token, "upload", np.asarray(vector, np.float32), local, None)
             self._uploads[token] = query

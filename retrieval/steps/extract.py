@@ -40,8 +40,8 @@ FEATURES = ("local", "global", "patches")
 class ExtractConfig(Config):
     """How to extract (the one extraction configuration: ``retrieval extract``, the ``[extract]`` section
     of an experiment file, the ladder): ``kind`` (local = SIFT family, global / patches = EfficientNet),
-    the named extractor configuration ``config`` (:data:`retrieval.features.sift.SIFT_CONFIGS` or
-    :data:`retrieval.features.efficientnet.EXTRACTOR_CONFIGS`) with ``overrides`` of its keys, which
+    the named extractor configuration ``config`` (:data:`retrieval.features.sift.SIFT_CONFIGS`,
+    :data:`retrieval.features.learned.LEARNED_CONFIGS` or :data:`retrieval.features.efficientnet.EXTRACTOR_CONFIGS`) with ``overrides`` of its keys, which
     ``images`` (db, queries with their boxes, or all; an experiment extracts what it needs), the engine and
     its workers."""
 

@@ -31,10 +31,10 @@ def make_extractor(kind: str, config: Any, overrides: Optional[Mapping[str, Any]
     if kind not in KINDS:
         raise ConfigError(f"unknown feature kind {kind!r}; known: {KINDS}")
     try:
-        if kind == "local":
-            from ..features.sift import SiftExtractor
+        if kind == "local":  # SIFT / RootSIFT or a learned extractor (XFeat, DISK), by name
+            from ..features.local_extractors import local_extractor
 
-            return SiftExtractor(config, **overrides)
+            return local_extractor(config, **overrides)
         from ..features.efficientnet import EfficientNetExtractor, resolve_config
 
         return EfficientNetExtractor(resolve_config(config, **overrides), **runtime)

@@ -1,0 +1,220 @@
+"""Learned local features (XFeat, DISK) with kornia's networks and the installed pretrained weights.
+
+The same contract as :class:`features.sift.SiftExtractor`: a named, recorded configuration
+(:data:`LEARNED_CONFIGS`, dotted overrides), ``extract`` / ``extract_path(path, box=None)`` returning
+:class:`~features.local.LocalFeatures`, ``config`` (what a feature store records), ``dim`` and
+``store_dtype``. An extractor holds only its configuration when pickled (the network is built on
+first use in each process), so the sharded extraction sends it to joblib or Ray workers as it does
+SIFT.
+
+Extraction of one image: read it as 8-bit RGB, resize so the longest side is at most ``max_side``
+(``upscale`` enlarges smaller ones), crop the optional box (as SIFT does:
+:func:`features.sift.resize_and_crop`), then
+
+* ``xfeat`` (Potje et al., CVPR 2024): kornia's ``XFeat.detectAndCompute``: the ``max_keypoints``
+  strongest keypoints above ``detection_threshold`` of the 1/8-resolution keypoint head, 64-d
+  L2-normalised descriptors (the network sees the image resized to multiples of 32; keypoints are
+  mapped back to the input's pixels);
+* ``disk`` (Tyszkiewicz et al., NeurIPS 2020; the "depth" checkpoint): kornia's ``DISK`` with
+  non-maximum suppression in a ``nms_window`` window, the ``max_keypoints`` strongest, 128-d
+  L2-normalised descriptors (the image is zero-padded to multiples of 16, no keypoint lies there).
+
+Keypoints are ``[x, y, size, 0]``: neither network estimates scale or orientation, ``size`` is the
+support of one detection (XFeat's 8-pixel cell, DISK's NMS window), recorded for the geometry code
+that reads keypoint sizes.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from retrieval.config import Config, ConfigError, Registry, parse_overrides
+from retrieval.imageio import load_image
+
+from .local import LocalFeatures
+from .sift import resize_and_crop
+
+PathLike = Union[str, os.PathLike]
+Box = Tuple[float, float, float, float]
+
+__all__ = ["LearnedConfig", "LEARNED_CONFIGS", "LearnedExtractor", "learned_config"]
+
+#: descriptor dimension and keypoint support (pixels) of each network
+_DIMS = {"xfeat": 64, "disk": 128}
+_SUPPORT = {"xfeat": 8.0}
+
+
+@dataclass(frozen=True)
+class LearnedConfig(Config):
+    """Everything that determines a learned local feature extraction."""
+
+    type: Literal["xfeat", "disk"] = "xfeat"
+    max_keypoints: int = 4096
+    max_side: int = 1024              # longest side at most this (both networks' memory grows with pixels)
+    upscale: bool = False
+    detection_threshold: float = 0.05  # xfeat: heatmap value to exceed; disk: detection score to exceed
+    nms_window: int = 5               # disk: non-maximum suppression window (pixels)
+
+    def check(self) -> None:
+        if self.max_keypoints < 1:
+            raise ConfigError(f"max_keypoints must be >= 1, got {self.max_keypoints}")
+        if self.max_side < 32:
+            raise ConfigError(f"max_side must be >= 32 pixels, got {self.max_side}")
+        if self.nms_window < 1 or self.nms_window % 2 == 0:
+            raise ConfigError(f"nms_window must be an odd number >= 1, got {self.nms_window}")
+
+
+LEARNED_CONFIGS: Registry[LearnedConfig] = Registry("learned local feature configuration", LearnedConfig)
+for _name, _conf in {
+    # the fast re-ranking path: mutual NN matching costs grow with the product of keypoint counts
+    "xfeat-512": LearnedConfig(type="xfeat", max_keypoints=512),
+    "xfeat-1k": LearnedConfig(type="xfeat", max_keypoints=1024),
+    "xfeat-2k": LearnedConfig(type="xfeat", max_keypoints=2048),
+    "xfeat-4k": LearnedConfig(type="xfeat", max_keypoints=4096),
+    # DISK's heatmap scores are logits: 0 keeps every local maximum that is more likely than not
+    "disk-1k": LearnedConfig(type="disk", max_keypoints=1024, detection_threshold=0.0),
+    "disk-2k": LearnedConfig(type="disk", max_keypoints=2048, detection_threshold=0.0),
+    "disk-4k": LearnedConfig(type="disk", max_keypoints=4096, detection_threshold=0.0),
+}.items():
+    LEARNED_CONFIGS.register(_name, _conf)
+
+
+def learned_config(config: Union[str, Mapping[str, Any], LearnedConfig, None] = "xfeat-4k",
+                   overrides: Union[None, Mapping[str, Any], Sequence[str]] = None, **kwargs) -> Dict[str, object]:
+    """The complete recorded configuration (a dict with its ``name``), as :func:`features.sift.sift_config`."""
+    if config is None or isinstance(config, LearnedConfig):
+        name, conf = "custom", config or LearnedConfig()
+    elif isinstance(config, str):
+        name, conf = config, LEARNED_CONFIGS.get(config)
+    else:
+        data = dict(config)
+        name = str(data.pop("name", "custom"))
+        conf = LearnedConfig.from_dict(data, where="learned local feature configuration")
+    changes = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    changes.update(kwargs)
+    if changes:
+        conf = conf.override(changes)
+        if isinstance(config, str):
+            name = config + "+" + ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
+    full = conf.to_dict()
+    full["name"] = name
+    return full
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=None)
+def _network(kind: str):
+    """The pretrained network ``kind`` in evaluation mode, built once per process (threads share it:
+    inference under ``torch.inference_mode`` does not modify it)."""
+    import kornia.feature as KF
+
+    from .weights import load_state_dict
+
+    if kind == "xfeat":
+        net = KF.XFeat()
+        net.net.load_state_dict(load_state_dict("xfeat"))
+    else:
+        net = KF.DISK()
+        net.load_state_dict(load_state_dict("disk")["extractor"])
+    return net.eval()
+
+
+def network(kind: str):
+    with _BUILD_LOCK:
+        return _network(kind)
+
+
+class LearnedExtractor:
+    """XFeat or DISK local features for one named or explicit configuration.
+
+    >>> ex = LearnedExtractor("xfeat-4k")
+    >>> feats = ex.extract_path("image.jpg")               # LocalFeatures, (N, 64) float32 descriptors
+    """
+
+    def __init__(self, config: Union[str, Mapping[str, Any], LearnedConfig, None] = "xfeat-4k",
+                 overrides: Union[None, Mapping[str, Any], Sequence[str]] = None, **kwargs):
+        self._config = learned_config(config, overrides, **kwargs)
+        self.name = str(self._config["name"])
+
+    @property
+    def config(self) -> Dict[str, object]:
+        return dict(self._config)
+
+    @property
+    def kind(self) -> str:
+        return str(self._config["type"])
+
+    @property
+    def dim(self) -> int:
+        return _DIMS[self.kind]
+
+    @property
+    def store_dtype(self) -> str:
+        return "float16"
+
+    def prepare(self, image: np.ndarray, box: Optional[Box] = None) -> np.ndarray:
+        """RGB uint8 image as the network sees it (resized by ``max_side``/``upscale``, then cropped)."""
+        from retrieval.imageio import _to_uint8
+
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)) or 0 in image.shape[:2]:
+            raise ValueError(f"expected a non-empty (H, W), (H, W, 3) or (H, W, 4) image, got shape {image.shape}")
+        if image.ndim == 3 and image.shape[2] == 4:  # composited on black, as load_image does
+            alpha = _to_uint8(image[:, :, 3]).astype(np.float32)[:, :, None] / 255.0
+            image = (_to_uint8(image[:, :, :3]).astype(np.float32) * alpha).round().astype(np.uint8)
+        image = _to_uint8(image)
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        c = self._config
+        return resize_and_crop(image, int(c["max_side"]), bool(c["upscale"]), box)
+
+    def extract(self, image: np.ndarray, box: Optional[Box] = None) -> LocalFeatures:
+        """Local features of an image array (gray, RGB or RGBA)."""
+        import torch
+
+        rgb = self.prepare(image, box)
+        image_size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        if min(image_size) < 32:  # below one XFeat cell / DISK's U-Net depth: no features
+            return LocalFeatures.empty(self.dim, image_size)
+        c = self._config
+        x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float().div_(255.0)
+        net = network(self.kind)
+        with torch.inference_mode():
+            if self.kind == "xfeat":
+                out = net.detectAndCompute(x, top_k=int(c["max_keypoints"]),
+                                           detection_threshold=float(c["detection_threshold"]))[0]
+                xy, desc = out["keypoints"], out["descriptors"]
+                support = _SUPPORT["xfeat"]
+            else:
+                out = net(x, n=int(c["max_keypoints"]), window_size=int(c["nms_window"]),
+                          score_threshold=float(c["detection_threshold"]), pad_if_not_divisible=True)[0]
+                xy, desc = out.keypoints, out.descriptors
+                support = float(c["nms_window"])
+        xy = xy.float().numpy()
+        if len(xy) == 0:
+            return LocalFeatures.empty(self.dim, image_size)
+        kps = np.zeros((len(xy), 4), np.float32)
+        kps[:, :2] = xy
+        kps[:, 2] = support
+        return LocalFeatures(kps, np.ascontiguousarray(desc.float().numpy()), image_size)
+
+    def extract_path(self, path: PathLike, box: Optional[Box] = None) -> LocalFeatures:
+        image = load_image(path)
+        try:
+            return self.extract(image, box)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+    __call__ = extract_path
+
+    def __repr__(self) -> str:
+        return f"LearnedExtractor({self._config!r})"

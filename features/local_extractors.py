@@ -1,0 +1,79 @@
+"""One entry point for every local feature extractor: SIFT / RootSIFT (:mod:`features.sift`) and the
+learned ones (:mod:`features.learned`), chosen by configuration name; and the descriptor kind a
+feature store's configuration stands for.
+
+>>> local_extractor("rootsift-2k")          # SiftExtractor
+>>> local_extractor("xfeat-4k", max_side=512)  # LearnedExtractor with an override
+
+Descriptors of different kinds live in different spaces (uint8 SIFT against RootSIFT gives 0 inliers
+on the same image; XFeat's 64-d against DISK's 128-d does not even compare), so every store records
+its kind through its configuration and scorers refuse a mix (:func:`check_same_kind`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Tuple, Union
+
+__all__ = ["local_extractor", "local_config_names", "descriptor_kind", "check_same_kind", "MixedKindsError"]
+
+
+def local_config_names() -> Tuple[str, ...]:
+    """Every named local feature configuration (SIFT family first)."""
+    from .learned import LEARNED_CONFIGS
+    from .sift import SIFT_CONFIGS
+
+    return tuple(SIFT_CONFIGS.names()) + tuple(LEARNED_CONFIGS.names())
+
+
+def local_extractor(config: Union[str, Mapping[str, Any], None] = "rootsift-2k", **overrides):
+    """The extractor of ``config``: a name of :data:`features.sift.SIFT_CONFIGS` or
+    :data:`features.learned.LEARNED_CONFIGS`, or a recorded configuration dict (its ``type`` says
+    which), with keyword overrides. Unknown names and keys are a :class:`~retrieval.config.ConfigError`."""
+    from retrieval.config import ConfigError
+
+    from .learned import LEARNED_CONFIGS, LearnedExtractor
+    from .sift import SIFT_CONFIGS, SiftExtractor
+
+    if isinstance(config, str):
+        if config in LEARNED_CONFIGS:
+            return LearnedExtractor(config, **overrides)
+        if config not in SIFT_CONFIGS:
+            raise ConfigError(f"unknown local feature configuration {config!r}; known: "
+                              f"{', '.join(local_config_names())}")
+        return SiftExtractor(config, **overrides)
+    if isinstance(config, Mapping) and config.get("type") in ("xfeat", "disk"):
+        return LearnedExtractor(config, **overrides)
+    return SiftExtractor(config, **overrides)
+
+
+def descriptor_kind(config: Optional[Mapping[str, Any]]) -> str:
+    """The kind of descriptors a store made with ``config`` holds: ``sift`` (uint8), ``rootsift``,
+    ``xfeat``, ``disk``, ``patch-tokens`` (EfficientNet cells), or ``unknown`` (no configuration)."""
+    if not config:
+        return "unknown"
+    if config.get("features") == "patch-tokens":
+        return "patch-tokens"
+    kind = config.get("type")
+    if kind == "sift":
+        return "rootsift" if config.get("root", True) else "sift"
+    return str(kind) if kind else "unknown"
+
+
+class MixedKindsError(ValueError):
+    """Query and database features of different descriptor kinds (the message names both files)."""
+
+
+def check_same_kind(query_source: Any, db_source: Any) -> Optional[str]:
+    """The shared descriptor kind of two feature sources (stores, or anything with ``config`` and
+    ``path``); :class:`MixedKindsError` naming both files and both kinds when they differ. Sources
+    without a recorded configuration (in-memory dicts) are not checked (None)."""
+    q_conf, db_conf = getattr(query_source, "config", None), getattr(db_source, "config", None)
+    if q_conf is None or db_conf is None:
+        return None
+    q_kind, db_kind = descriptor_kind(q_conf), descriptor_kind(db_conf)
+    if q_kind != db_kind:
+        q_path = os.fspath(getattr(query_source, "path", None) or getattr(query_source, "root", "<query features>"))
+        db_path = os.fspath(getattr(db_source, "path", None) or getattr(db_source, "root", "<database features>"))
+        raise MixedKindsError(f"{q_path} holds {q_kind} descriptors but {db_path} holds {db_kind}: descriptors "
+                              "of different kinds cannot be matched; extract both with one configuration")
+    return q_kind
