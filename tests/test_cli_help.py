@@ -38,8 +38,8 @@ def test_version(capsys):
 
 
 def test_training_help_is_complete():
-    out = subprocess.run([sys.executable, "-m", "retrieval.training", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "retrieval.cli", "train", "--help"], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout
     assert "also a command group\n" not in out and not out.rstrip().endswith("group")
-    assert "python -m retrieval.training siamese --config coil-e4 --init runs/e2" in out
+    assert "retrieval train siamese --config coil-e4 --init runs/e2" in out
     assert out.rstrip().endswith("the training time.")
