@@ -1,5 +1,5 @@
 """Classical retrieval, RootSIFT + BoW / VLAD / Fisher on any dataset: an alias of ``retrieval run classical``
-(experiment retrieval/experiments/classical.toml, protocol :mod:`retrieval.bench.classical`).
+(experiment retrieval/experiments/classical.toml, protocol :mod:`retrieval.experiments.classical`).
 
     python benchmarks/classical.py                        # Oxford5k subset of the data root
     python benchmarks/classical.py --quick                # small subset and vocabularies (smoke run)

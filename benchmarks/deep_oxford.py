@@ -1,5 +1,5 @@
 """The E1 descriptor study on a landmark dataset: an alias of ``retrieval run oxford-descriptors``
-(experiment retrieval/experiments/oxford-descriptors.toml, protocol :mod:`retrieval.bench.descriptors`).
+(experiment retrieval/experiments/oxford-descriptors.toml, protocol :mod:`retrieval.experiments.descriptors`).
 
     python benchmarks/deep_oxford.py                       # Oxford5k subset of the data root
     python benchmarks/deep_oxford.py --dataset paris --data /data/paris6k

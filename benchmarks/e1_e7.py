@@ -1,5 +1,5 @@
 """The E1-E8 ladder: an alias of ``retrieval run e1-e7`` (the shipped experiment retrieval/experiments/e1-e7.toml,
-COIL-100 and the Oxford subset; the protocol is :mod:`retrieval.ladder`). Same options (``--help``).
+COIL-100 and the Oxford subset; the protocol is :mod:`retrieval.experiments.ladder`). Same options (``--help``).
 
     python benchmarks/e1_e7.py                                   # = retrieval run e1-e7 (make bench)
     python benchmarks/e1_e7.py --quick                           # = retrieval run e1-e7 --quick (make bench-quick)

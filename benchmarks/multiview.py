@@ -1,6 +1,6 @@
 """Multi-view retrieval and distillation (teacher, MV-AlexNet, the distilled student delivered only where
 held-out seen objects say distillation helps): an alias of ``retrieval run multiview`` (experiment
-retrieval/experiments/multiview.toml, protocol :mod:`retrieval.bench.multiview`; COIL-100 with COIL-20
+retrieval/experiments/multiview.toml, protocol :mod:`retrieval.experiments.multiview`; COIL-100 with COIL-20
 as a cross-dataset unseen split by default).
 
     python benchmarks/multiview.py                                   # the default experiment

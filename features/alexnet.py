@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from retrieval.config import Config, ConfigError, Registry
+from retrieval.core.config import Config, ConfigError, Registry
 
-from .multiview import MultiViewNet
-from .pooling import l2n, make_pooling
+from retrieval.features.multiview import MultiViewNet
+from retrieval.features.pooling import l2n, make_pooling
 
 __all__ = ["ALEXNET_CONFIGS", "AlexNetConfig", "AlexNetTrunk", "AlexNetGlobal", "MVAlexNet",
            "preprocess", "count_parameters"]

@@ -19,8 +19,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .local import LocalFeatures
-from .npzio import load_model, save_model
+from retrieval.features.local import LocalFeatures
+from retrieval.features.npzio import load_model, save_model
 
 PathLike = Union[str, os.PathLike]
 DescriptorSource = Union[LocalFeatures, np.ndarray]
@@ -176,7 +176,7 @@ class Codebook:
     def load(cls, path: PathLike) -> "Codebook":
         arrays, config = load_model(path, "codebook")
         if "centroids" not in arrays:
-            from .store import FeatureFileError
+            from retrieval.features.store import FeatureFileError
             raise FeatureFileError(path, "codebook file has no 'centroids' array")
         return cls(arrays["centroids"], config)
 

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from retrieval.imageio import ImageLoadError, load_image
+from retrieval.core.imageio import ImageLoadError, load_image
 
-from .extract import ExtractionError, ExtractionResult, _opencv_threads, ordered_results
-from .store import GlobalFeatureWriter, LocalFeatureStore
+from retrieval.features.extract import ExtractionError, ExtractionResult, _opencv_threads, ordered_results
+from retrieval.features.store import GlobalFeatureWriter, LocalFeatureStore
 
 PathLike = Union[str, os.PathLike]
 Box = Tuple[float, float, float, float]

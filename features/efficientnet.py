@@ -18,17 +18,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from retrieval.imageio import load_image, resize_longest_side
-from retrieval.vectors import l2_normalize_rows
+from retrieval.core.imageio import load_image, resize_longest_side
+from retrieval.core.vectors import l2_normalize_rows
 
-from .base import GlobalExtractor
-from .efficientnet_configs import (EXTRACTOR_CONFIGS, INPUT_MODES, EfficientNetConfig, file_digest as _file_digest,
+from retrieval.features.global_extractor import GlobalExtractor
+from retrieval.features.efficientnet_configs import (EXTRACTOR_CONFIGS, INPUT_MODES, EfficientNetConfig, file_digest as _file_digest,
                                    resolve_config)
-from .efficientnet_net import (IMAGENET_MEAN, IMAGENET_STD, MODEL_NAMES, EfficientNetGlobal, WeightsNotFoundError,
+from retrieval.features.efficientnet_net import (IMAGENET_MEAN, IMAGENET_STD, MODEL_NAMES, EfficientNetGlobal, WeightsNotFoundError,
                                build_efficientnet, canonical_name, is_lite, lite_weights_path, load_efficientnet,
                                normalisation, preprocess, read_state_dict)
-from .local import LocalFeatures
-from .pooling import l2n, resize_tensor
+from retrieval.features.local import LocalFeatures
+from retrieval.features.pooling import l2n, resize_tensor
 
 __all__ = ["MODEL_NAMES", "canonical_name", "is_lite", "build_efficientnet", "load_efficientnet",
            "lite_weights_path", "read_state_dict", "preprocess", "normalisation", "EfficientNetGlobal",
@@ -127,11 +127,11 @@ class EfficientNetExtractor(GlobalExtractor):
         else:
             cfg["whitening"] = None
         self._config = cfg
-        from .trained import resolve_device
+        from retrieval.features.trained import resolve_device
 
         self.device = resolve_device(str(device))
         self.backend = self._resolve_backend(backend, self.device)
-        from .fast_inference import make_backbone
+        from retrieval.features.fast_inference import make_backbone
 
         self.backbone = make_backbone(self.model.net, is_lite(cfg["model"]), self.backend, threads=threads,
                                       pool=self.model.pool, layer=self.model.layer, device=self.device)
@@ -149,14 +149,14 @@ class EfficientNetExtractor(GlobalExtractor):
     def _build_model(cfg: dict) -> EfficientNetGlobal:
         weights = cfg["weights"]
         if weights not in ("imagenet", "random") and _is_training_checkpoint(weights):
-            from .trained import load_trained_efficientnet
+            from retrieval.features.trained import load_trained_efficientnet
 
             model = load_trained_efficientnet(weights)
             if model.name != cfg["model"]:
                 raise ValueError(f"{weights}: holds an efficientnet-{model.name}, the configuration asks "
                                  f"for efficientnet-{cfg['model']}")
             if cfg["layer"] != model.layer:  # the trained network read at another feature map
-                from .fast_inference import layer_channels
+                from retrieval.features.fast_inference import layer_channels
 
                 model.layer, model.out_dim = cfg["layer"], layer_channels(model.net, cfg["layer"])
             cfg["pooling"] = model.pooling
@@ -176,7 +176,7 @@ class EfficientNetExtractor(GlobalExtractor):
 
     @staticmethod
     def _resolve_backend(backend: str, device: torch.device) -> str:
-        from .fast_inference import BACKENDS, onnxruntime_available
+        from retrieval.features.fast_inference import BACKENDS, onnxruntime_available
 
         if backend == "auto" and device.type != "cpu":
             return "channels_last"
@@ -189,7 +189,7 @@ class EfficientNetExtractor(GlobalExtractor):
 
     def set_whitening(self, whitening, cfg: Optional[dict] = None) -> None:
         """Use a fitted :class:`features.whitening.PCAWhitening` (or the path of a saved one)."""
-        from .whitening import PCAWhitening
+        from retrieval.features.whitening import PCAWhitening
 
         path = None
         if not isinstance(whitening, PCAWhitening):

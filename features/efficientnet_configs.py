@@ -1,5 +1,5 @@
 """Named configurations of the EfficientNet extractor (:data:`EXTRACTOR_CONFIGS`, a
-:class:`~retrieval.config.Registry` of :class:`EfficientNetConfig`) and :func:`resolve_config`, which
+:class:`~retrieval.core.config.Registry` of :class:`EfficientNetConfig`) and :func:`resolve_config`, which
 turns a name, a configuration or a (recorded) dict plus overrides into the configuration dict stored
 with every feature file."""
 from __future__ import annotations
@@ -8,10 +8,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-from retrieval.config import Config, ConfigError, Registry
+from retrieval.core.config import Config, ConfigError, Registry
 
-from .efficientnet_net import canonical_name
-from .fast_inference import LAYERS
+from retrieval.features.efficientnet_net import canonical_name
+from retrieval.features.fast_inference import LAYERS
 
 __all__ = ["EfficientNetConfig", "EXTRACTOR_CONFIGS", "INPUT_MODES", "POOLINGS", "resolve_config", "file_digest"]
 
@@ -112,7 +112,7 @@ _DERIVED_KEYS = ("extractor", "weights_sha256")
 
 
 def file_digest(path: PathLike) -> str:
-    from retrieval.fileio import file_hash
+    from retrieval.core.fileio import file_hash
 
     return file_hash(path).hexdigest()[:16]
 
@@ -122,7 +122,7 @@ def resolve_config(config: Union[str, EfficientNetConfig, Mapping[str, Any], Non
     """The configuration dict recorded with a feature file, for a name of :data:`EXTRACTOR_CONFIGS`
     (None: 'lite0-gem-512'), an :class:`EfficientNetConfig` or a dict (partial, or recorded by an
     extractor), with ``overrides`` applied. Unknown keys and invalid values are
-    :class:`~retrieval.config.ConfigError`.
+    :class:`~retrieval.core.config.ConfigError`.
 
     The recorded ``name`` stays the named configuration's with overrides too (feature files tell them
     apart by the other keys), 'custom' otherwise, unless ``name`` is overridden. An override of None

@@ -30,7 +30,7 @@ import torch.nn as nn
 from efficientnet_pytorch import EfficientNet
 from efficientnet_pytorch.utils import BlockDecoder, GlobalParams, url_map
 
-from .pooling import l2n, make_pooling, multiscale_descriptor
+from retrieval.features.pooling import l2n, make_pooling, multiscale_descriptor
 
 __all__ = ["MODEL_NAMES", "canonical_name", "is_lite", "build_efficientnet", "load_efficientnet",
            "lite_weights_path", "read_state_dict", "preprocess", "normalisation", "EfficientNetGlobal",
@@ -270,7 +270,7 @@ class EfficientNetGlobal(nn.Module):
                  gem_p: float = 3.0, learn_p: bool = False, net: Optional[EfficientNet] = None,
                  layer: str = "head"):
         super().__init__()
-        from .fast_inference import layer_channels
+        from retrieval.features.fast_inference import layer_channels
 
         self.name = canonical_name(name)
         self.pooling = str(pooling).lower()
@@ -296,7 +296,7 @@ class EfficientNetGlobal(nn.Module):
         """(B, 3, H, W) -> (B, C, ceil(H/32), ceil(W/32)): the feature map at :attr:`layer`."""
         if self.layer == "head":
             return self.net.extract_features(x)
-        from .fast_inference import blocks_features
+        from retrieval.features.fast_inference import blocks_features
 
         return blocks_features(self.net, x)
 

@@ -9,7 +9,7 @@ computes only what is missing. A store made with another configuration is refuse
 
 Threads are the default: OpenCV and Pillow release the GIL while they work, so threads run SIFT in
 parallel without copying images or features between processes (the classical protocol's speed table,
-``retrieval.bench.classical_speed``, measures threads against loky processes).
+``retrieval.experiments.classical_speed``, measures threads against loky processes).
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, 
 from joblib import Parallel, delayed, effective_n_jobs
 from tqdm.auto import tqdm
 
-from retrieval.imageio import ImageLoadError
+from retrieval.core.imageio import ImageLoadError
 
-from .store import LocalFeatureStore
+from retrieval.features.store import LocalFeatureStore
 
 PathLike = Union[str, os.PathLike]
 Box = Tuple[float, float, float, float]

@@ -365,7 +365,7 @@ def make_backbone(net: nn.Module, is_lite: bool, backend: str = "torchscript",
         raise ImportError("backend 'onnxruntime' needs the packages onnx and onnxruntime: "
                           "pip install onnx onnxruntime")
     example = torch.zeros(1, 3, example_size, example_size)
-    from .pooling import AvgPool
+    from retrieval.features.pooling import AvgPool
 
     # without a pooling module the graph still has a descriptor output (average pooling); describe()
     # refuses to use it, since no pooling was asked for

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import h5py
 import numpy as np
 
-from retrieval.fileio import (DiskFullError, FileFormatError, check_header, describe_file, is_lock_conflict,
+from retrieval.core.fileio import (DiskFullError, FileFormatError, check_header, describe_file, is_lock_conflict,
                               reserve_space)
 
 FORMAT_VERSION = 1

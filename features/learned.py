@@ -33,11 +33,11 @@ from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from retrieval.config import Config, ConfigError, Registry, parse_overrides
-from retrieval.imageio import load_image
+from retrieval.core.config import Config, ConfigError, Registry, parse_overrides
+from retrieval.core.imageio import load_image
 
-from .local import LocalFeatures
-from .sift import resize_and_crop
+from retrieval.features.local import LocalFeatures
+from retrieval.features.sift import resize_and_crop
 
 PathLike = Union[str, os.PathLike]
 Box = Tuple[float, float, float, float]
@@ -115,7 +115,7 @@ def _network(kind: str):
     inference under ``torch.inference_mode`` does not modify it)."""
     import kornia.feature as KF
 
-    from .weights import load_state_dict
+    from retrieval.features.weights import load_state_dict
 
     if kind == "xfeat":
         net = KF.XFeat()
@@ -161,7 +161,7 @@ class LearnedExtractor:
 
     def prepare(self, image: np.ndarray, box: Optional[Box] = None) -> np.ndarray:
         """RGB uint8 image as the network sees it (resized by ``max_side``/``upscale``, then cropped)."""
-        from retrieval.imageio import _to_uint8
+        from retrieval.core.imageio import _to_uint8
 
         image = np.asarray(image)
         if image.ndim == 3 and image.shape[2] == 1:

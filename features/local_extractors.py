@@ -19,8 +19,8 @@ __all__ = ["local_extractor", "local_config_names", "descriptor_kind", "check_sa
 
 def local_config_names() -> Tuple[str, ...]:
     """Every named local feature configuration (SIFT family first)."""
-    from .learned import LEARNED_CONFIGS
-    from .sift import SIFT_CONFIGS
+    from retrieval.features.learned import LEARNED_CONFIGS
+    from retrieval.features.sift import SIFT_CONFIGS
 
     return tuple(SIFT_CONFIGS.names()) + tuple(LEARNED_CONFIGS.names())
 
@@ -28,11 +28,11 @@ def local_config_names() -> Tuple[str, ...]:
 def local_extractor(config: Union[str, Mapping[str, Any], None] = "rootsift-2k", **overrides):
     """The extractor of ``config``: a name of :data:`features.sift.SIFT_CONFIGS` or
     :data:`features.learned.LEARNED_CONFIGS`, or a recorded configuration dict (its ``type`` says
-    which), with keyword overrides. Unknown names and keys are a :class:`~retrieval.config.ConfigError`."""
-    from retrieval.config import ConfigError
+    which), with keyword overrides. Unknown names and keys are a :class:`~retrieval.core.config.ConfigError`."""
+    from retrieval.core.config import ConfigError
 
-    from .learned import LEARNED_CONFIGS, LearnedExtractor
-    from .sift import SIFT_CONFIGS, SiftExtractor
+    from retrieval.features.learned import LEARNED_CONFIGS, LearnedExtractor
+    from retrieval.features.sift import SIFT_CONFIGS, SiftExtractor
 
     if isinstance(config, str):
         if config in LEARNED_CONFIGS:

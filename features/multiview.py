@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .base import GlobalExtractor
-from .pooling import l2n
+from retrieval.features.global_extractor import GlobalExtractor
+from retrieval.features.pooling import l2n
 
 __all__ = ["VIEW_POOLINGS", "POOLING_LEVELS", "pool_views", "group_by_size", "MultiViewNet",
            "MultiViewExtractor", "pool_view_embeddings", "as_embedding_fn"]

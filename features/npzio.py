@@ -10,9 +10,9 @@ from typing import Dict, Tuple, Union
 
 import numpy as np
 
-from retrieval.fileio import check_header, pop_header, read_npz, save_npz
+from retrieval.core.fileio import check_header, pop_header, read_npz, save_npz
 
-from .store import FeatureFileError
+from retrieval.features.store import FeatureFileError
 
 PathLike = Union[str, os.PathLike]
 MODEL_VERSION = 1

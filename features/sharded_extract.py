@@ -1,11 +1,11 @@
 """Whole-dataset extraction into a sharded store, on this machine or on Ray.
 
 * :func:`extract_local_sharded`: SIFT / RootSIFT (any picklable local extractor) - a CPU stage: one
-  task per shard (:func:`retrieval.engine.map_units`), each task one process with OpenCV single-threaded,
+  task per shard (:func:`retrieval.scale.engine.map_units`), each task one process with OpenCV single-threaded,
   so ``n_jobs`` workers use ``n_jobs`` cores without OpenCV's own threads fighting them.
 * :func:`extract_global_sharded` / :func:`extract_patches_sharded`: EfficientNet global descriptors
   or patch tokens - network stages: an actor per worker builds the network once
-  (:func:`retrieval.engine.map_actors`; ``num_gpus`` when asked) and computes shard after shard with
+  (:func:`retrieval.scale.engine.map_actors`; ``num_gpus`` when asked) and computes shard after shard with
   the batched, threaded pipeline of :mod:`features.deep_extract`.
 
 Every shard is a complete single-file store written by :func:`features.extract.extract_local_features`,
@@ -31,10 +31,10 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from tqdm.auto import tqdm
 
-from retrieval.engine import check_engine, map_actors, map_units
+from retrieval.scale.engine import check_engine, map_actors, map_units
 
-from .extract import _opencv_threads, extract_local_features
-from .shards import ShardedStore, plan_shards, write_shard
+from retrieval.features.extract import _opencv_threads, extract_local_features
+from retrieval.features.shards import ShardedStore, plan_shards, write_shard
 
 PathLike = Union[str, os.PathLike]
 
@@ -110,7 +110,7 @@ def _local_task(unit: dict, ctx: dict) -> dict:
                                         boxes=_boxes(unit), on_error=ctx["on_error"], progress=False)
         return _facts(result, ctx.get("kill_once"))
 
-    # one OpenCV thread per worker: the workers are the parallelism (measured in retrieval.engine_bench)
+    # one OpenCV thread per worker: the workers are the parallelism (measured in retrieval.bench.engine_speed)
     with _opencv_threads(1):
         return write_shard(ctx["root"], unit, compute)
 
@@ -178,7 +178,7 @@ class _DeepShardWorker:
         self.extractor = extractor if extractor is not None else ctx["make_extractor"]()
 
     def __call__(self, unit: dict) -> dict:
-        from .deep_extract import extract_global, extract_patches
+        from retrieval.features.deep_extract import extract_global, extract_patches
 
         ctx = self.ctx
         extract = extract_patches if ctx["kind"] == "patches" else extract_global
@@ -195,7 +195,7 @@ class _DeepShardWorker:
 def _deep_sharded(kind: str, make_extractor: Callable[[], Any], ids, paths, root, engine, n_jobs, num_gpus,
                   shard_size, boxes, on_error, ray_address, progress, decode_threads, batch_size, kill_once,
                   desc) -> ShardedRun:
-    from .deep_extract import patch_config
+    from retrieval.features.deep_extract import patch_config
 
     check_engine(engine)
     probe = make_extractor()  # its configuration names the store (and it is the local engine's worker)

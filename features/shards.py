@@ -9,7 +9,7 @@ A sharded store is a folder::
         ...
 
 Each shard file is written by the task that computed it, under a temporary name, synced and renamed
-(:func:`retrieval.fileio.atomic_path`); only then is its manifest entry written (atomically too). So
+(:func:`retrieval.core.fileio.atomic_path`); only then is its manifest entry written (atomically too). So
 every shard either exists completely, with an entry that checksums it, or not at all: a worker that
 dies, a full disk or Ctrl-C lose at most the shards in flight, and nothing is ever written into a
 shared HDF5 file from several processes. A second run computes only the shards whose entry is
@@ -34,13 +34,13 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-from retrieval.fileio import atomic_path, atomic_write_text, check_header, file_hash, read_json
+from retrieval.core.fileio import atomic_path, atomic_write_text, check_header, file_hash, read_json
 
-from .store import (FeatureFileError, GlobalFeatureWriter, LocalFeatureStore, config_json, load_global)
+from retrieval.features.store import (FeatureFileError, GlobalFeatureWriter, LocalFeatureStore, config_json, load_global)
 
 try:  # the writers' own full-disk error (features.store checks for room before it writes)
-    from retrieval.fileio import DiskFullError
-except ImportError:  # a retrieval.fileio without it: the errno checks below recognise a full disk
+    from retrieval.core.fileio import DiskFullError
+except ImportError:  # a retrieval.core.fileio without it: the errno checks below recognise a full disk
     class DiskFullError(Exception):  # type: ignore[no-redef]
         pass
 

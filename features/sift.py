@@ -2,7 +2,7 @@
 
 Extraction steps for one image:
 
-1. read it as 8-bit RGB (:func:`retrieval.imageio.load_image`), resize so that its longest side is at
+1. read it as 8-bit RGB (:func:`retrieval.core.imageio.load_image`), resize so that its longest side is at
    most ``max_side`` (``upscale`` also enlarges smaller images to it), crop the optional box (given in
    pixels of the stored file, scaled by the same factor), convert to gray. Every configuration has a
    ``max_side`` (1600 unless set): SIFT's peak memory is about 240 bytes per pixel, so an uncapped
@@ -20,7 +20,7 @@ degrees) in the pixel frame of the image the features were computed on (resized,
 ``image_size`` records that frame's (height, width). An image with no keypoint gives a valid empty
 :class:`~features.local.LocalFeatures`.
 
-A :class:`SiftConfig` (:mod:`retrieval.config`; named ones in the registry :data:`SIFT_CONFIGS`,
+A :class:`SiftConfig` (:mod:`retrieval.core.config`; named ones in the registry :data:`SIFT_CONFIGS`,
 dotted overrides such as ``max_side=1024``) fully describes extraction; its dict (plus the name) is
 what feature stores record, so a store made with other settings, another ``max_side`` included, is
 refused rather than mixed in.
@@ -34,10 +34,10 @@ from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from retrieval.config import Config, ConfigError, Registry, parse_overrides
-from retrieval.imageio import _to_uint8, load_image, resize_longest_side
+from retrieval.core.config import Config, ConfigError, Registry, parse_overrides
+from retrieval.core.imageio import _to_uint8, load_image, resize_longest_side
 
-from .local import LocalFeatures
+from retrieval.features.local import LocalFeatures
 
 PathLike = Union[str, os.PathLike]
 Box = Tuple[float, float, float, float]
@@ -103,7 +103,7 @@ def sift_config(config: Union[str, Mapping[str, Any], SiftConfig, None] = None,
     """The complete configuration, as recorded in feature stores (a dict with its ``name``), for a
     name from :data:`SIFT_CONFIGS`, a (partial) dict or a :class:`SiftConfig`, with ``overrides``
     (dotted ``KEY=VALUE`` strings or a mapping) and keyword overrides applied. Unknown keys and
-    invalid values are :class:`~retrieval.config.ConfigError` (a ``ValueError``), so a typo never
+    invalid values are :class:`~retrieval.core.config.ConfigError` (a ``ValueError``), so a typo never
     silently means a default."""
     if config is None or isinstance(config, SiftConfig):
         name, conf = "custom", config or SiftConfig()
@@ -234,7 +234,7 @@ class SiftExtractor:
         return [keypoints[i] for i in _strongest_order(keypoints, int(cap))]
 
     def extract_path(self, path: PathLike, box: Optional[Box] = None) -> LocalFeatures:
-        """Local features of an image file; :class:`~retrieval.imageio.ImageLoadError` names a file that
+        """Local features of an image file; :class:`~retrieval.core.imageio.ImageLoadError` names a file that
         cannot be read, and a bad box is reported with the file's name."""
         image = load_image(path)
         try:

@@ -16,7 +16,7 @@ What can go wrong, and what happens then:
   Files written before checksums existed are read without them.
 * **A full disk** (or a quota, or ``ulimit -f``). HDF5 updates its own structures in place, so a write
   that fails half-way leaves a file no program can open. The writers therefore allocate the space an
-  entry or a chunk needs before writing it (:func:`retrieval.fileio.reserve_space`); when it is not
+  entry or a chunk needs before writing it (:func:`retrieval.core.fileio.reserve_space`); when it is not
   there they raise :class:`FeatureDiskFullError` and the file keeps every entry written before.
 * **Another process holds the file** (a second writer, or a reader while a writer works): HDF5's file
   lock refuses the open, reported as "in use by another process", never as damage.
@@ -33,13 +33,13 @@ from urllib.parse import quote, unquote
 import h5py
 import numpy as np
 
-from retrieval.fileio import atomic_path
+from retrieval.core.fileio import atomic_path
 
 # FORMAT_VERSION is re-exported: readers of the format (retrieval.scale) import it from here
-from .h5io import (FORMAT_VERSION, FeatureDiskFullError, FeatureFileError, check_h5_header, check_in_place,
+from retrieval.features.h5io import (FORMAT_VERSION, FeatureDiskFullError, FeatureFileError, check_h5_header, check_in_place,
                    close_trimmed, config_json, crc, file_identity, open_h5, remove_unless_in_use, reserve, row_crcs,
                    write_h5_header)
-from .local import LocalFeatures
+from retrieval.features.local import LocalFeatures
 
 PathLike = Union[str, os.PathLike]
 LOCAL_FORMAT = "hybrid-retrieval/local-features"
@@ -107,7 +107,7 @@ class LocalFeatureStore:
     def descriptor_kind(self) -> str:
         """What the descriptors are (``rootsift``, ``sift``, ``xfeat``, ``disk``, ...), from the recorded
         configuration (:func:`features.local_extractors.descriptor_kind`)."""
-        from .local_extractors import descriptor_kind
+        from retrieval.features.local_extractors import descriptor_kind
 
         return descriptor_kind(self.config)
 

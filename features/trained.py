@@ -9,9 +9,9 @@ from typing import Union
 
 import torch
 
-from retrieval.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, read_checkpoint_config
+from retrieval.core.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, read_checkpoint_config
 
-from .efficientnet_net import EfficientNetGlobal
+from retrieval.features.efficientnet_net import EfficientNetGlobal
 
 __all__ = ["MODEL_KIND", "MODEL_FILE", "resolve_device", "read_trained_config", "load_trained_efficientnet"]
 

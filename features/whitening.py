@@ -24,7 +24,7 @@ from typing import Dict, Optional, Union
 import numpy as np
 import scipy.linalg
 
-from .npzio import load_model, save_model
+from retrieval.features.npzio import load_model, save_model
 
 PathLike = Union[str, os.PathLike]
 
@@ -132,7 +132,7 @@ class PCAWhitening:
                              f"{self.input_dim}-d vectors")
         y = (x - self.mean) @ (self.components.T * self.scale()[None, :])
         if self.l2_normalize:
-            from .encoders.base import l2_normalize_rows
+            from retrieval.features.encoders.encoder import l2_normalize_rows
             y = l2_normalize_rows(y)
         return np.ascontiguousarray(y, dtype=np.float32)
 
@@ -174,5 +174,5 @@ class PCAWhitening:
         try:
             return cls.from_arrays(arrays, config)
         except (KeyError, ValueError) as exc:
-            from .store import FeatureFileError
+            from retrieval.features.store import FeatureFileError
             raise FeatureFileError(path, f"damaged whitening file ({type(exc).__name__}: {exc})") from None

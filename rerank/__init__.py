@@ -9,15 +9,15 @@
 * :mod:`retrieval.rerank.fusion`    the one fusion configuration: ``v * global + (1 - v) * N(local)``, the DELG rule
 * :mod:`retrieval.rerank.expansion` average / alpha query expansion, database-side augmentation
 """
-from .base import LocalScorer
-from .expansion import alpha_query_expansion, average_query_expansion, database_side_augmentation
-from .fusion import (DEFAULT_FUSION, NO_RERANKING, NORMALISATIONS, FusionConfig, FusionSettings, delg_order, fuse,
+from retrieval.rerank.scorer import LocalScorer
+from retrieval.rerank.expansion import alpha_query_expansion, average_query_expansion, database_side_augmentation
+from retrieval.rerank.fusion import (DEFAULT_FUSION, NO_RERANKING, NORMALISATIONS, FusionConfig, FusionSettings, delg_order, fuse,
                      fused_order, fusion_order, normalise_scores, rerank)
-from .matching import PairMatches, ShortlistMatches, match_pair, match_shortlist
-from .ratio import RatioTestScorer, ratio_scores
-from .shortlist import Shortlist
-from .spatial import METHODS, MODELS, SPATIAL_CONFIGS, SpatialConfig, SpatialVerifier, Verification
-from .vlad import VladSimilarityScorer
+from retrieval.rerank.matching import PairMatches, ShortlistMatches, match_pair, match_shortlist
+from retrieval.rerank.ratio import RatioTestScorer, ratio_scores
+from retrieval.rerank.shortlist import Shortlist
+from retrieval.rerank.spatial import METHODS, MODELS, SPATIAL_CONFIGS, SpatialConfig, SpatialVerifier, Verification
+from retrieval.rerank.vlad import VladSimilarityScorer
 
 __all__ = [
     "LocalScorer", "PairMatches", "ShortlistMatches", "match_shortlist", "match_pair",
@@ -33,7 +33,7 @@ __all__ = [
 def __getattr__(name):
     # the patch scorer builds on features.efficientnet: imported only when asked for
     if name in ("PatchScorer", "PATCH_METHODS"):
-        from . import patch
+        from retrieval.rerank import patch
 
         return getattr(patch, name)
     raise AttributeError(f"module 'retrieval.rerank' has no attribute {name!r}")

@@ -12,7 +12,7 @@ import numpy as np
 from retrieval.features.encoders.asmk import AsmkEncoder
 from retrieval.features.local import LocalFeatures
 
-from .base import LocalScorer
+from retrieval.rerank.scorer import LocalScorer
 
 __all__ = ["AsmkScorer"]
 

@@ -1,5 +1,5 @@
 """Query expansion and database-side augmentation: post-processing of L2-normalised global vectors,
-followed by a new search with :class:`retrieval.index.Index`.
+followed by a new search with :class:`retrieval.indexing.index.Index`.
 
 * Average query expansion (AQE, Chum et al. ICCV 2007): ``q' = L2(q + sum_{i<=n} d_i)`` over the top
   ``n`` database vectors of the first search.
@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from retrieval.vectors import l2_normalize_rows
+from retrieval.core.vectors import l2_normalize_rows
 
 __all__ = ["average_query_expansion", "alpha_query_expansion", "database_side_augmentation",
            "weighted_neighbour_sum"]
@@ -36,8 +36,8 @@ def _unit_rows(x, what: str) -> np.ndarray:
 
 
 def _search(database: np.ndarray, queries: np.ndarray, n: int, index=None, backend: str = "exact"):
-    """(indices, scores) of the top ``n`` database rows per query, via :class:`retrieval.index.Index`."""
-    from retrieval.index import Index
+    """(indices, scores) of the top ``n`` database rows per query, via :class:`retrieval.indexing.index.Index`."""
+    from retrieval.indexing.index import Index
 
     if index is None:
         index = Index(database, backend=backend)
@@ -67,7 +67,7 @@ def weighted_neighbour_sum(base: Optional[np.ndarray], database: np.ndarray, ind
 def alpha_query_expansion(queries, database, n: int = 10, alpha: float = 3.0, index=None,
                           backend: str = "exact") -> np.ndarray:
     """alpha-QE of every query over its top ``n`` database vectors (module docstring). ``index``: an
-    existing :class:`retrieval.index.Index` over ``database`` (built here otherwise)."""
+    existing :class:`retrieval.indexing.index.Index` over ``database`` (built here otherwise)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if alpha < 0:

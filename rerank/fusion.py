@@ -24,7 +24,7 @@ extracts or matches: a sweep over v only re-sorts the cached scores.
 
 One fusion API: a :class:`FusionConfig` names the method (``none``: the global ranking; ``linear``:
 the fusion above; ``delg``: the DELG rule) and its parameters, :func:`fused_order` applies it, and
-:func:`fusion_candidates` lists the candidates a benchmark cross-fits (:mod:`retrieval.crossfit`)
+:func:`fusion_candidates` lists the candidates a benchmark cross-fits (:mod:`retrieval.core.crossfit`)
 with ``none`` first, so that on a tie the global ranking wins and a re-ranker has to be better on
 held-out queries to be used at all.
 
@@ -52,9 +52,9 @@ from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 
-from retrieval.config import Config, ConfigError
+from retrieval.core.config import Config, ConfigError
 
-from .shortlist import Shortlist
+from retrieval.rerank.shortlist import Shortlist
 
 __all__ = ["NORMALISATIONS", "FUSION_METHODS", "SCORE_KINDS", "CROSS_FIT", "FusionConfig", "FusionSettings",
            "NO_RERANKING", "DEFAULT_FUSION", "normalise_scores", "fuse", "fusion_order", "delg_order", "fused_order",

@@ -25,7 +25,7 @@ import numpy as np
 
 from retrieval.features.local import LocalFeatures
 
-from .matching import PairMatches, ShortlistMatches, _torch_threads, default_workers
+from retrieval.rerank.matching import PairMatches, ShortlistMatches, _torch_threads, default_workers
 
 __all__ = ["glue_matcher", "glue_pair", "glue_shortlist"]
 

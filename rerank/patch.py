@@ -31,7 +31,7 @@ import numpy as np
 
 from retrieval.features.local import LocalFeatures
 
-from .base import LocalScorer
+from retrieval.rerank.scorer import LocalScorer
 
 __all__ = ["PATCH_METHODS", "PatchScorer"]
 

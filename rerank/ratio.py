@@ -19,8 +19,8 @@ import numpy as np
 
 from retrieval.features.local import LocalFeatures
 
-from .base import LocalScorer
-from .matching import ShortlistMatches, match_shortlist
+from retrieval.rerank.scorer import LocalScorer
+from retrieval.rerank.matching import ShortlistMatches, match_shortlist
 
 __all__ = ["RatioTestScorer", "ratio_scores"]
 

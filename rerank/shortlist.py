@@ -21,7 +21,7 @@ from typing import Dict, Hashable, List, Optional, Sequence, Union
 import numpy as np
 
 from retrieval.features.store import FeatureFileError, config_json
-from retrieval.fileio import atomic_write_text, check_header, digest, read_json, read_npz, save_npz
+from retrieval.core.fileio import atomic_write_text, check_header, digest, read_json, read_npz, save_npz
 
 PathLike = Union[str, os.PathLike]
 SHORTLIST_FORMAT = "hybrid-retrieval/shortlist"
@@ -68,7 +68,7 @@ class Shortlist:
     @classmethod
     def from_ranking(cls, ranking, k: int = 100, query_ids: Optional[Sequence[Hashable]] = None,
                      config: Optional[dict] = None, keep_tail: bool = True) -> "Shortlist":
-        """Top ``k`` of a :class:`retrieval.index.Ranking` (or anything with ``.ids`` / ``.scores``
+        """Top ``k`` of a :class:`retrieval.indexing.index.Ranking` (or anything with ``.ids`` / ``.scores``
         (Q, N) best first) as the shortlist, the remaining columns as the tail."""
         ids = np.asarray(ranking.ids)
         scores = np.asarray(ranking.scores, dtype=np.float64)
@@ -151,7 +151,7 @@ class Shortlist:
         (a dict, or a :class:`~features.store.LocalFeatureStore`: anything with ``[id]`` or ``.get(id)``).
         With ``path`` the cache is saved every ``save_every`` queries and at the end. Returns the
         complete (Q, k) scores. ``engine="ray"`` scores the pending queries as Ray tasks (``n_jobs``
-        at a time, see :mod:`retrieval.engine`); feature stores are opened by the workers from their
+        at a time, see :mod:`retrieval.scale.engine`); feature stores are opened by the workers from their
         files, dicts are sent along. The scores do not depend on the engine."""
         from tqdm.auto import tqdm
 
@@ -184,7 +184,7 @@ class Shortlist:
 
     def _score_on(self, engine, scorer, query_features, db_features, name, path, save_every, progress,
                   n_jobs, ray_address) -> np.ndarray:
-        from retrieval.engine import map_units
+        from retrieval.scale.engine import map_units
 
         rows = self.pending(name)
         self.add_local(name)

@@ -28,11 +28,11 @@ from typing import Dict, List, Literal, Optional, Sequence
 import cv2
 import numpy as np
 
-from retrieval.config import Config, ConfigError, Registry
+from retrieval.core.config import Config, ConfigError, Registry
 from retrieval.features.local import LocalFeatures
 
-from .base import LocalScorer
-from .matching import PairMatches, ShortlistMatches, default_workers, match_shortlist
+from retrieval.rerank.scorer import LocalScorer
+from retrieval.rerank.matching import PairMatches, ShortlistMatches, default_workers, match_shortlist
 
 __all__ = ["SpatialConfig", "GlueSpatialConfig", "Verification", "SpatialVerifier", "fit_model", "count_inliers",
            "reprojection_errors", "MODELS", "METHODS", "SPATIAL_CONFIGS"]
@@ -242,7 +242,7 @@ class SpatialVerifier(LocalScorer):
     def match(self, query: LocalFeatures, shortlist: Sequence[LocalFeatures]) -> ShortlistMatches:
         c = self.config
         if isinstance(c, GlueSpatialConfig):
-            from .glue import glue_shortlist
+            from retrieval.rerank.glue import glue_shortlist
 
             return glue_shortlist(query, shortlist, c.features, c.filter_threshold, c.n_workers)
         return match_shortlist(query.descriptors, [f.descriptors for f in shortlist], ratio=c.ratio,

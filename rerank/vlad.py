@@ -16,11 +16,11 @@ from typing import Sequence
 
 import numpy as np
 
-from retrieval.vectors import l2_normalize_rows
+from retrieval.core.vectors import l2_normalize_rows
 
 from retrieval.features.local import LocalFeatures
 
-from .base import LocalScorer
+from retrieval.rerank.scorer import LocalScorer
 
 __all__ = ["VladSimilarityScorer"]
 

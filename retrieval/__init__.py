@@ -1,6 +1,6 @@
 """hybrid-retrieval: instance-level image retrieval with one ranking and evaluation interface.
 
-``from retrieval import Index, Ranking`` is the ranking stage (:mod:`retrieval.index`); the import
+``from retrieval import Index, Ranking`` is the ranking stage (:mod:`retrieval.indexing.index`); the import
 is lazy, so ``import retrieval`` stays light (no torch or faiss until an index is used).
 """
 from typing import TYPE_CHECKING
@@ -11,11 +11,11 @@ __all__ = ["Index", "Ranking", "__version__"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .index import Index, Ranking
+    from retrieval.indexing.index import Index, Ranking
 
 
 def __getattr__(name):
     if name in ("Index", "Ranking"):
-        from . import index
+        from retrieval.indexing import index
         return getattr(index, name)
     raise AttributeError(f"module 'retrieval' has no attribute {name!r}")

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.paths import data_root as _data_root
+from retrieval.core.paths import data_root as _data_root
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval.imageio import load_image
+from retrieval.core.imageio import load_image
 from retrieval.training.augment import (AugmentConfig, affine_warp, augment_batch, color_jitter,
                                         eval_transform, hflip, mixup, sample_crop_params, uint8_to_float)
 

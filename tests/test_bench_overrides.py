@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.config import ConfigError
+from retrieval.core.config import ConfigError
 
 
 def test_multiview_takes_the_layouts_it_documents(monkeypatch, tmp_path, capsys):
-    from retrieval.bench import multiview
+    from retrieval.experiments import multiview
 
     seen = {}
     monkeypatch.setattr(multiview, "main", lambda conf, out, cache: seen.setdefault("conf", conf))
@@ -27,7 +27,7 @@ def test_multiview_takes_the_layouts_it_documents(monkeypatch, tmp_path, capsys)
 
 
 def test_an_empty_text_override_is_written_either_way():
-    from retrieval.bench.classical import ClassicalConfig
+    from retrieval.experiments.classical import ClassicalConfig
 
     conf = ClassicalConfig()
     assert conf.whitening_data.path != ""
@@ -40,7 +40,7 @@ def test_an_empty_text_override_is_written_either_way():
 
 
 def test_classical_auto_sift_says_what_it_picked_and_why(tmp_path):
-    from retrieval.bench.classical import LANDMARK_SIFT, sift_choice, sift_for
+    from retrieval.experiments.classical import LANDMARK_SIFT, sift_choice, sift_for
     from retrieval.datasets.folders import read_folder
 
     for side in (128, 1024):

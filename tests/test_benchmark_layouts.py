@@ -18,7 +18,7 @@ from retrieval.datasets.numbered import read_holidays, read_ukbench
 from retrieval.datasets.open import DatasetConfig, open_dataset
 from retrieval.datasets.plainpickle import load_plain_pickle
 from retrieval.datasets.revisitop import read_gnd, read_revisitop
-from retrieval.evaluate import evaluate
+from retrieval.evaluation.evaluate import evaluate
 
 
 def _jpg(path: Path, size=(64, 48), seed=0):
@@ -316,8 +316,8 @@ def test_cli_names_the_bad_file_in_one_line(tmp_path, capsys):
 
 
 def test_ladder_landmark_half_reads_the_new_layouts(tmp_path):
-    from retrieval.ladder.config import LadderConfig, with_dataset
-    from retrieval.ladder.data import read_landmarks
+    from retrieval.experiments.ladder.settings import LadderConfig, with_dataset
+    from retrieval.experiments.ladder.data import read_landmarks
 
     _holidays(tmp_path / "h")
     _revisitop(tmp_path / "r")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from retrieval.cli import main as cli_main
-from retrieval.config import ConfigError
+from retrieval.core.config import ConfigError
 from retrieval.rerank.fusion import FusionSettings
 
 EXPERIMENT = """

@@ -1,4 +1,4 @@
-"""The classical protocol (kind ``classical``, retrieval.bench.classical) on a tiny class-per-folder tree
+"""The classical protocol (kind ``classical``, retrieval.experiments.classical) on a tiny class-per-folder tree
 made of a few real COIL-100 views: quick mode, result rows, the cache on a rerun, strict experiment
 files and the thin entry point benchmarks/classical.py."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.config import ConfigError
+from retrieval.core.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 #: tiny vocabularies and whitening: the whole quick run takes seconds
@@ -37,7 +37,7 @@ def trees(coil100_dir, tmp_path):
 
 
 def _conf(tree: Path, other: Path, **extra):
-    from retrieval.bench.classical import ClassicalConfig
+    from retrieval.experiments.classical import ClassicalConfig
 
     return ClassicalConfig.from_dict({"dataset": {"kind": "folder", "path": str(tree)},
                                       "whitening_data": {"kind": "folder", "path": str(other)},
@@ -45,7 +45,7 @@ def _conf(tree: Path, other: Path, **extra):
 
 
 def test_quick_run_on_a_class_tree_and_rerun_from_the_cache(trees, tmp_path, monkeypatch):
-    from retrieval.bench import classical, classical_methods
+    from retrieval.experiments import classical, classical_methods
 
     tree, other = trees
     out = classical.main(_conf(tree, other), tmp_path / "res", tmp_path / "cache")
@@ -76,7 +76,7 @@ def test_quick_run_on_a_class_tree_and_rerun_from_the_cache(trees, tmp_path, mon
 
 
 def test_whitening_is_never_learned_on_the_searched_set(trees, tmp_path):
-    from retrieval.bench import classical
+    from retrieval.experiments import classical
 
     tree, _ = trees
     with pytest.raises(ConfigError, match="whitening_data"):
@@ -84,9 +84,9 @@ def test_whitening_is_never_learned_on_the_searched_set(trees, tmp_path):
 
 
 def test_config_defaults_and_strictness(tmp_path):
-    from retrieval.bench.classical import ClassicalConfig
-    from retrieval.protocols import load_protocol
-    from retrieval.steps.experiment import apply_dataset_options, load_experiment
+    from retrieval.experiments.classical import ClassicalConfig
+    from retrieval.experiments.kinds import load_protocol
+    from retrieval.experiments.files import apply_dataset_options, load_experiment
 
     def read_experiment(path, kind=None):
         experiment = load_experiment(path)

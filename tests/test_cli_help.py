@@ -8,7 +8,7 @@ from pathlib import Path
 
 from retrieval import __version__
 from retrieval.cli import main
-from retrieval.cli_names import EFFICIENTNET_CONFIG_NAMES, EXTRACT_IMAGES, SIFT_CONFIG_NAMES
+from retrieval.cli.names import EFFICIENTNET_CONFIG_NAMES, EXTRACT_IMAGES, SIFT_CONFIG_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 

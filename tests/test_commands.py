@@ -152,7 +152,7 @@ def chain(capsys, tmp: Path, kind: str, data: Path, extra=()):
     assert json.loads(out)["count"] == len(ds.db_ids)
     # the index records how its vectors were made (encoder + local features), for serve to re-extract queries
     from retrieval.features.store import load_global
-    from retrieval.index import Index
+    from retrieval.indexing.index import Index
 
     recorded = Index.load(tmp / "index.npz").config
     assert recorded == load_global(tmp / "db.h5")[2]
@@ -339,7 +339,7 @@ def test_experiment_file_unknown_key_names_key_and_file(tmp_path, capsys):
 
 
 def test_shipped_experiments_load_by_name():
-    from retrieval.steps.experiment import load_experiment, shipped_experiments
+    from retrieval.experiments.files import load_experiment, shipped_experiments
 
     assert "global-descriptor" in shipped_experiments()
     for name in shipped_experiments():
@@ -371,7 +371,7 @@ def test_class_tree_reads_as_folder_and_queries_txt_chooses_queries(tmp_path):
 
 
 def test_yaml_experiment_reads_like_toml(tmp_path):
-    from retrieval.steps.experiment import load_experiment
+    from retrieval.experiments.files import load_experiment
 
     (tmp_path / "e.yaml").write_text("kind: retrieval\ndataset:\n  kind: paris\n  path: /x\nsearch:\n  k: 7\n")
     exp = load_experiment(tmp_path / "e.yaml")
@@ -381,7 +381,7 @@ def test_yaml_experiment_reads_like_toml(tmp_path):
 
 
 def test_readme_experiment_file_is_valid(tmp_path):
-    from retrieval.steps.experiment import load_experiment
+    from retrieval.experiments.files import load_experiment
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme[readme.index("## Your own data"):]
@@ -392,8 +392,8 @@ def test_readme_experiment_file_is_valid(tmp_path):
 
 
 def test_landmark_protocol_counts_every_image_of_the_landmark():
-    from retrieval.datasets.base import QueryTruth, RetrievalDataset
-    from retrieval.evaluate import evaluate, landmark_solution
+    from retrieval.datasets.dataset import QueryTruth, RetrievalDataset
+    from retrieval.evaluation.evaluate import evaluate, landmark_solution
 
     db = ["a1", "a2", "a3", "a4", "b1", "b2"]
     ds = RetrievalDataset(
@@ -428,11 +428,11 @@ def test_export_gldv2_of_a_class_tree_splits_its_labels_in_halves(tmp_path, caps
 
 
 def test_cli_dataset_kinds_are_the_readers_kinds_and_help_loads_no_numpy():
-    # one table of kinds (retrieval.dataset_kinds, no numpy) for the readers and the command line
+    # one table of kinds (retrieval.core.dataset_kinds, no numpy) for the readers and the command line
     import subprocess
     import sys
 
-    from retrieval import dataset_kinds
+    from retrieval.core import dataset_kinds
     from retrieval.cli.arguments import DATASET_KINDS as cli_kinds
     from retrieval.datasets.open import DATASET_KINDS
 

@@ -4,7 +4,7 @@ from typing import Optional, Tuple
 
 import pytest
 
-from retrieval.config import Config, ConfigError, Registry, parse_overrides
+from retrieval.core.config import Config, ConfigError, Registry, parse_overrides
 
 
 @dataclass(frozen=True)

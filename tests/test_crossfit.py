@@ -1,7 +1,7 @@
 """The one held-out chooser: no query is scored at a setting chosen on itself."""
 import pytest
 
-from retrieval.crossfit import choose, cross_fit, fold_groups
+from retrieval.core.crossfit import choose, cross_fit, fold_groups
 
 
 def test_each_group_gets_the_choice_of_the_other_group():

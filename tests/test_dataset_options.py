@@ -1,6 +1,6 @@
 """``--dataset KIND --data PATH`` mean the dataset everywhere, through ``retrieval run EXPERIMENT`` and
 through the benchmark script that aliases it (one rule,
-:func:`retrieval.steps.experiment.apply_dataset_options`): every protocol of one dataset reads it from a
+:func:`retrieval.experiments.files.apply_dataset_options`): every protocol of one dataset reads it from a
 ``[dataset]`` table (kind, path); the ladder's own hook picks the half that runs, and the folder holding
 coil100/ and oxford5k_subset/ is ``--data-root``. The run flags (``--quick``, ``--recompute``,
 ``--quiet``) are checked the same way. Checked on the settings each protocol's ``main`` receives
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from retrieval.cli import main as cli_main
-from retrieval.config import Config, ConfigError
+from retrieval.core.config import Config, ConfigError
 from retrieval.datasets.open import DatasetConfig
-from retrieval.steps.experiment import apply_dataset_options
+from retrieval.experiments.files import apply_dataset_options
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,10 +63,10 @@ def _one_line_error(capsys, argv) -> str:
 
 
 def test_descriptors_read_their_landmark_set_from_a_dataset_table(monkeypatch, tmp_path, capsys):
-    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.bench.descriptors", "oxford-descriptors",
+    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.experiments.descriptors", "oxford-descriptors",
                            "deep_oxford.py", "--dataset", "paris", "--data", "/data/paris6k")
     assert conf.dataset == DatasetConfig(kind="paris", path="/data/paris6k")
-    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.bench.descriptors", "oxford-descriptors",
+    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.experiments.descriptors", "oxford-descriptors",
                            "deep_oxford.py", "--data", "/data/ox")
     assert (conf.dataset.kind, conf.dataset.path) == ("oxford", "/data/ox")
     # a kind without landmark ground truth is refused in one line naming the experiment
@@ -75,21 +75,21 @@ def test_descriptors_read_their_landmark_set_from_a_dataset_table(monkeypatch, t
 
 
 def test_a_dataset_section_takes_dataset_and_data_the_same_way(monkeypatch, tmp_path, capsys):
-    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.bench.classical", "classical", "classical.py",
+    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.experiments.classical", "classical", "classical.py",
                            "--dataset", "folder", "--data", "/data/tree")
     assert (conf.dataset.kind, conf.dataset.path) == ("folder", "/data/tree")
-    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.bench.classical", "classical", "classical.py",
+    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.experiments.classical", "classical", "classical.py",
                            "--data", "/ox")
     assert (conf.dataset.kind, conf.dataset.path) == ("oxford", "/ox")
 
 
 def test_ladder_takes_a_dataset_and_the_data_root_apart(monkeypatch, tmp_path, capsys):
-    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.ladder.run", "e1-e7", "e1_e7.py",
+    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.experiments.ladder.run", "e1-e7", "e1_e7.py",
                            "--dataset", "paris", "--data", "/data/paris6k")
     assert (conf.landmark.dataset, conf.landmark.data) == ("paris", "/data/paris6k")
     assert conf.landmark.enabled and not conf.object.enabled
     # the folder holding coil100/ and oxford5k_subset/ is --data-root: both halves run
-    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.ladder.run", "e1-e7", "e1_e7.py",
+    conf = _both_spellings(monkeypatch, tmp_path, capsys, "retrieval.experiments.ladder.run", "e1-e7", "e1_e7.py",
                            "--data-root", str(tmp_path))
     assert conf.data_root == str(tmp_path) and conf.landmark.enabled and conf.object.enabled
     # --data is a dataset: without its kind it is refused (it used to mean the data root)
@@ -100,7 +100,7 @@ def test_ladder_takes_a_dataset_and_the_data_root_apart(monkeypatch, tmp_path, c
 
 
 def test_multiview_reads_a_dataset_table_and_refuses_other_kinds_in_one_line(monkeypatch, tmp_path, capsys):
-    seen = _received(monkeypatch, "retrieval.bench.multiview")
+    seen = _received(monkeypatch, "retrieval.experiments.multiview")
     assert cli_main(["--quiet", "run", "multiview", "--dataset", "multiview", "--data", "/x",
                      "--out", str(tmp_path / "a")]) == 0
     assert _script(monkeypatch, "multiview.py", "--dataset", "multiview", "--data", "/x",
@@ -113,7 +113,7 @@ def test_multiview_reads_a_dataset_table_and_refuses_other_kinds_in_one_line(mon
 
 
 def test_multiview_layout_follows_the_folder(tmp_path):
-    from retrieval.bench.multiview import view_layout
+    from retrieval.experiments.multiview import view_layout
 
     views, tree = tmp_path / "views", tmp_path / "tree"
     views.mkdir()
@@ -125,10 +125,10 @@ def test_multiview_layout_follows_the_folder(tmp_path):
 
 
 def test_quick_recompute_and_quiet_are_settings_of_the_protocol(monkeypatch, tmp_path, capsys):
-    seen = _received(monkeypatch, "retrieval.ladder.run")
+    seen = _received(monkeypatch, "retrieval.experiments.ladder.run")
     assert cli_main(["--quiet", "run", "e1-e7", "--quick", "--recompute", "--out", str(tmp_path / "a")]) == 0
     assert cli_main(["run", "e1-e7", "--recompute", "sift", "vlad", "--out", str(tmp_path / "b")]) == 0
-    from retrieval.ladder.config import STAGES
+    from retrieval.experiments.ladder.settings import STAGES
 
     assert seen[0].quick and seen[0].recompute == STAGES and not seen[0].progress
     assert not seen[1].quick and seen[1].recompute == ("sift", "vlad") and seen[1].progress
@@ -136,7 +136,7 @@ def test_quick_recompute_and_quiet_are_settings_of_the_protocol(monkeypatch, tmp
     assert "unknown stage(s) ['siftt']" in line
     line = _one_line_error(capsys, ["run", "classical", "--recompute", "--out", str(tmp_path / "c")])
     assert "caches no stages" in line
-    mv = _received(monkeypatch, "retrieval.bench.multiview")
+    mv = _received(monkeypatch, "retrieval.experiments.multiview")
     assert cli_main(["--quiet", "run", "multiview", "--quick", "--out", str(tmp_path / "d")]) == 0
     assert mv[0].max_objects == 10 and mv[0].distill_epochs == (1, 2)      # the protocol's QUICK settings
     line = _one_line_error(capsys, ["run", "global-descriptor", "--quick", "--out", str(tmp_path / "e")])

@@ -8,7 +8,7 @@ import torch
 from retrieval.features.deep_extract import ExtractionError, extract_global, extract_patches
 from retrieval.features.efficientnet import EfficientNetExtractor
 from retrieval.features.store import FeatureFileError, LocalFeatureStore, load_global
-from retrieval.imageio import load_image
+from retrieval.core.imageio import load_image
 
 
 @pytest.fixture(autouse=True, scope="module")

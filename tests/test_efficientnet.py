@@ -10,7 +10,7 @@ from retrieval.features.efficientnet import (EXTRACTOR_CONFIGS, EfficientNetExtr
                                    lite_weights_path, load_efficientnet, preprocess, read_state_dict)
 from retrieval.features.fast_inference import BACKENDS, make_backbone, onnxruntime_available
 from retrieval.features.pooling import GeM
-from retrieval.imageio import load_image
+from retrieval.core.imageio import load_image
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():

@@ -177,7 +177,7 @@ def test_inverted_file_with_a_large_vocabulary_matches_dense(oxford_dir):
     dense = enc.encode_many(feats)
     index = BowInvertedIndex(sparse)
     np.testing.assert_allclose(index.scores(sparse), dense @ dense.T, atol=1e-5)
-    from retrieval.index import Index
+    from retrieval.indexing.index import Index
     exact = Index(dense).search(dense, k=5)
     inv = index.search(sparse, k=5)
     np.testing.assert_array_equal(inv.indices, exact.indices)

@@ -1,4 +1,4 @@
-"""retrieval.engine on a local Ray instance (one per test session, 2 CPUs, quiet): the same results
+"""retrieval.scale.engine on a local Ray instance (one per test session, 2 CPUs, quiet): the same results
 as the local engine for SIFT (bit-identical), ONNX global descriptors (bit-identical), encoding and
 shortlist re-ranking on real images; a worker SIGKILLed mid-task is retried; address resolution."""
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'hybrid-retrieval[ray]')")
 
-from retrieval import engine as eng  # noqa: E402
+from retrieval.scale import engine as eng
 from retrieval.features.sharded_extract import extract_global_sharded, extract_local_sharded  # noqa: E402
 from retrieval.features.shards import ShardedStore  # noqa: E402
 from retrieval.features.sift import SiftExtractor  # noqa: E402
@@ -133,11 +133,11 @@ def test_ladder_engine_ray_gives_the_local_features_and_scores(ray_cluster, oxfo
     """The E1-E8 ladder's engine = "ray": sharded SIFT on Ray merged into the file the local path writes,
     and local scoring as Ray tasks, give the local path's entries and scores."""
     from retrieval.features.store import LocalFeatureStore
-    from retrieval.ladder.stages import RunCache, extract_local
+    from retrieval.experiments.ladder.stages import RunCache, extract_local
     from retrieval.rerank.ratio import RatioTestScorer
     from retrieval.rerank.shortlist import Shortlist
-    from retrieval.index import Ranking
-    from retrieval.steps.experiment import load_experiment
+    from retrieval.indexing.index import Ranking
+    from retrieval.experiments.files import load_experiment
 
     # the ladder's engine is a setting of the experiment (retrieval run e1-e7 --set engine=ray ...)
     conf = load_experiment("e1-e7", ["engine=ray", "ray_address=local", "quick=true"]).conf
@@ -154,7 +154,7 @@ def test_ladder_engine_ray_gives_the_local_features_and_scores(ray_cluster, oxfo
         ranking = Ranking(ids=np.array([ids[1:4], ids[2:5]]), scores=np.array([[0.9, 0.8, 0.7]] * 2, np.float32),
                           indices=np.array([[1, 2, 3], [2, 3, 4]]), query_ids=list(ids[:2]))
         shortlist = Shortlist.from_ranking(ranking, k=3)
-        from retrieval.ladder.stages import score_local
+        from retrieval.experiments.ladder.stages import score_local
 
         score_local(shortlist, tmp_path / engine / "sl", RatioTestScorer(), "ratio", stores[engine], cache, "score")
         scores[engine] = shortlist.local_scores("ratio")
@@ -172,7 +172,7 @@ def test_retrieval_experiment_on_ray_equals_local_on_the_gldv2_thesis_protocol(r
     import json
 
     from retrieval.datasets.gldv2_synth import generate_gldv2
-    from retrieval.steps.experiment import load_experiment
+    from retrieval.experiments.files import load_experiment
 
     root = tmp_path / "gldv2"
     generate_gldv2(root, [coil20_dir], scale=0.001, seed=3, progress=False)

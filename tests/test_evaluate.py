@@ -8,9 +8,9 @@ import pytest
 
 from retrieval import Index
 from retrieval.datasets import QueryTruth, RetrievalDataset, every_nth_query, read_labelled_folder, read_oxford
-from retrieval.evaluate import evaluate, evaluate_per_query, ranking_to_predictions
-from retrieval.imageio import load_image
-from retrieval.metrics import map_at_k, oxford_ap
+from retrieval.evaluation.evaluate import evaluate, evaluate_per_query, ranking_to_predictions
+from retrieval.core.imageio import load_image
+from retrieval.evaluation.metrics import map_at_k, oxford_ap
 
 
 def make_dataset(truth, db_ids=("a", "b", "c", "d", "e", "j"), name="synthetic"):

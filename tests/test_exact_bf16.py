@@ -1,13 +1,13 @@
-"""The exact backend's bfloat16 pre-selection (retrieval.exact_bf16) returns the float32 top k:
+"""The exact backend's bfloat16 pre-selection (retrieval.indexing.exact_bf16) returns the float32 top k:
 same rows, scores within float32 rounding, ties ordered by lower row, on clustered, isotropic and
 duplicated vectors; the error bound holds for the GEMM actually used."""
 import numpy as np
 import pytest
 import torch
 
-from retrieval.exact_bf16 import bf16_available, error_bound, topk_bf16
-from retrieval.exact_search import exact_search
-from retrieval.index import Index
+from retrieval.indexing.exact_bf16 import bf16_available, error_bound, topk_bf16
+from retrieval.indexing.exact import exact_search
+from retrieval.indexing.index import Index
 from retrieval.scale.sources import unit_vectors
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from retrieval.rerank.expansion import alpha_query_expansion, average_query_expansion, database_side_augmentation
-from retrieval.index import Index
+from retrieval.indexing.index import Index
 
 
 def _unit(x):

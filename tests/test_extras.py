@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval import extras
+from retrieval.core import extras
 from retrieval.cli import main
 from retrieval.features.store import save_global
 
@@ -101,5 +101,5 @@ def test_every_extra_of_setup_cfg_is_known_and_in_the_readme():
     declared = [k for k in cfg["options.extras_require"]]
     readme = (ROOT / "README.md").read_text()
     for extra in declared:
-        assert extra in extras.EXTRAS, f"setup.cfg extra {extra!r} missing from retrieval.extras.EXTRAS"
+        assert extra in extras.EXTRAS, f"setup.cfg extra {extra!r} missing from retrieval.core.extras.EXTRAS"
         assert f"`{extra}`" in readme, f"README does not name the extra {extra!r}"

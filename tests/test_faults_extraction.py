@@ -209,7 +209,7 @@ def test_two_writers_and_a_reader_are_told_the_file_is_in_use(coil, tmp_path):
 def test_a_file_of_another_kind_is_named_for_what_it_is(tmp_path):
     """Serious #6: an index (or any other file) passed where a feature file belongs is named, and
     nobody is told to delete it; a damaged HDF5 feature file is still called damaged."""
-    from retrieval.index import Index
+    from retrieval.indexing.index import Index
 
     index_path = tmp_path / "db.index"
     Index(np.eye(4, dtype=np.float32), ids=list("abcd")).save(index_path)

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.fileio import digest, file_hash
-from retrieval.index import Index, IndexFileError
+from retrieval.core.fileio import digest, file_hash
+from retrieval.indexing.index import Index, IndexFileError
 
 faiss = pytest.importorskip("faiss")
 
@@ -113,7 +113,7 @@ def test_disk_full_in_index_save_names_the_file_and_keeps_the_old_one(tmp_path, 
     old = Index(unit(rng, 20, 8)).save(tmp_path / "i.npz").read_bytes()
     code = f"""
         import resource, numpy as np
-        from retrieval.index import Index
+        from retrieval.indexing.index import Index
         resource.setrlimit(resource.RLIMIT_FSIZE, ({len(old)}, {len(old)}))
         try:
             Index(np.random.default_rng(1).standard_normal((3000, 8)).astype(np.float32)).save({str(tmp_path / 'i.npz')!r})

@@ -102,8 +102,8 @@ def test_gldv2_id_shorter_than_three_characters_names_the_csv_and_row(tmp_path):
 def test_ranking_row_repeating_a_database_id_is_refused_naming_query_and_id(tmp_path, capsys):
     """Old code: scored (a repeated id counts as another hit), exit 0."""
     from retrieval.datasets.open import DatasetConfig, open_dataset
-    from retrieval.index import Ranking
-    from retrieval.ranking import _ranking_digest
+    from retrieval.indexing.index import Ranking
+    from retrieval.indexing.ranking import _ranking_digest
 
     tree = make_tree(tmp_path / "tree")
     ds = open_dataset(DatasetConfig(kind="folder", path=str(tree)))
@@ -269,7 +269,7 @@ def faulty(tmp_path):
     """One input per fault of issue 22 that reaches the command line, and the file each must name."""
     from retrieval.features.efficientnet import resolve_config
     from retrieval.features.store import save_global
-    from retrieval.index import Index
+    from retrieval.indexing.index import Index
     from test_faults_indexes import _resign
 
     rng = np.random.default_rng(2)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from retrieval.cli import main
 from retrieval.features.store import save_global
-from retrieval.index import Index, IndexFileError, Ranking
+from retrieval.indexing.index import Index, IndexFileError, Ranking
 
 faiss = pytest.importorskip("faiss")
 
@@ -73,7 +73,7 @@ def test_bad_index_options_are_clear_errors_never_crashes():
     the old code faiss aborted, crashed or hung the whole process."""
     proc = _child(f"""
         import json, numpy as np
-        from retrieval.index import Index
+        from retrieval.indexing.index import Index
         rng = np.random.default_rng(0)
         db = rng.standard_normal((300, 8)).astype(np.float32)
         out = []
@@ -121,7 +121,7 @@ def test_index_file_with_bad_options_is_refused_on_load(tmp_path, rng):
     header = json.loads(str(arrays.pop("header")))
     header["backend_options"] = {"memory_mb": -1}
     header.pop("sha256")
-    from retrieval.fileio import digest, save_npz
+    from retrieval.core.fileio import digest, save_npz
     header["sha256"] = digest(arrays, header)
     save_npz(tmp_path / "old.npz", arrays, header)
     with pytest.raises(IndexFileError, match=r"old\.npz: invalid backend options .*memory_mb=-1"):
@@ -230,7 +230,7 @@ def _gldv2(root: Path, solution="id,images,Usage\nfff100,aaa001 abc002,Public\nf
 # ------------------------------------------------------------------------- decompression bombs
 
 def test_decompression_bomb_is_an_image_load_error_naming_the_file(tmp_path):
-    from retrieval.imageio import ImageLoadError, image_size, load_image
+    from retrieval.core.imageio import ImageLoadError, image_size, load_image
     bomb = _bomb_png(tmp_path / "bomb.png")
     assert bomb.stat().st_size < 1000
     for read in (load_image, image_size):
@@ -387,7 +387,7 @@ elif fault in ("SIGINT", "SIGKILL"):
         time.sleep(5)
         real_savez(fh, **arrays)
     np.savez = savez
-    import retrieval.fileio as fileio
+    import retrieval.core.fileio as fileio
     real_text = fileio.atomic_write_text
     def atomic_write_text(path, text, encoding="utf-8"):
         def write(fh):
@@ -397,8 +397,8 @@ elif fault in ("SIGINT", "SIGKILL"):
             time.sleep(5)
             fh.write(text[len(text) // 2:].encode())
         return fileio.atomic_write(path, write)
-    import retrieval.ranking
-    retrieval.ranking.atomic_write_text = atomic_write_text
+    import retrieval.indexing.ranking
+    retrieval.indexing.ranking.atomic_write_text = atomic_write_text
 sys.exit(main(["--quiet"] + argv))
 """
 
@@ -525,7 +525,7 @@ def _damaged_copies(path: Path, tmp: Path, rng):
 def test_truncated_or_bit_flipped_files_are_refused_or_read_identically(tmp_path, rng, kind):
     """The promise: a damaged file is a FileFormatError naming it, or (a flip in bytes nothing reads,
     such as a zip timestamp) loads exactly the original. Never another exception, never other data."""
-    from retrieval.fileio import FileFormatError
+    from retrieval.core.fileio import FileFormatError
     path, load, fingerprint = _kinds(tmp_path, rng)[kind]
     files = [path] + ([path.with_suffix(".json")] if kind == "shortlist" else [])
     original = fingerprint(load(_load_path(kind, path)))
@@ -563,7 +563,7 @@ class _Payload:
 def test_pickle_payloads_are_refused_never_executed(tmp_path, rng, kind):
     import pickle
 
-    from retrieval.fileio import FileFormatError
+    from retrieval.core.fileio import FileFormatError
     path, load, _ = _kinds(tmp_path, rng)[kind]
     marker = tmp_path / "PWNED"
     payload = np.empty(1, dtype=object)
@@ -684,8 +684,8 @@ def test_training_cli_bad_set_is_one_line_and_exit_code_2(capsys, tmp_path):
 
 def test_gldv2_protocol_refuses_a_scored_query_without_relevant_images():
     """The same rule for datasets built in Python: the metrics would leave the query out of the mean."""
-    from retrieval.datasets.base import QueryTruth, RetrievalDataset
-    from retrieval.evaluate import evaluate
+    from retrieval.datasets.dataset import QueryTruth, RetrievalDataset
+    from retrieval.evaluation.evaluate import evaluate
     ds = RetrievalDataset(name="toy", root=Path("."), db_ids=["a", "b"], db_paths=[Path("a"), Path("b")],
                           query_ids=["q1", "q2"], query_paths=[Path("q1"), Path("q2")],
                           ground_truth={"q1": QueryTruth({"a"}, usage="Public"), "q2": QueryTruth(set(), usage="Public")})

@@ -1,8 +1,8 @@
-"""The field's metrics (retrieval.fieldmetrics, re-exported by retrieval.metrics) on hand-computed cases."""
+"""The field's metrics (retrieval.evaluation.fieldmetrics, re-exported by retrieval.evaluation.metrics) on hand-computed cases."""
 import numpy as np
 import pytest
 
-from retrieval import metrics
+from retrieval.evaluation import metrics
 
 # two queries, five targets; cosine rankings worked out by hand (module docstring of the test cases):
 # q0 = [1, 0] (A): t0 A, t1 B, t4 B, t2 A, t3 B  -> hits at ranks 1, 4

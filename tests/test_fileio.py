@@ -1,4 +1,4 @@
-"""retrieval.fileio: atomic writes, .npz reading without pickle, JSON header checks, digests."""
+"""retrieval.core.fileio: atomic writes, .npz reading without pickle, JSON header checks, digests."""
 import hashlib
 import json
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from retrieval.features.store import FeatureFileError
-from retrieval.fileio import (FileFormatError, atomic_write, atomic_write_bytes, atomic_write_text,
+from retrieval.core.fileio import (FileFormatError, atomic_write, atomic_write_bytes, atomic_write_text,
                               check_header, digest, pop_header, read_json, read_npz, save_npz)
-from retrieval.imageio import ImageLoadError
-from retrieval.index import IndexFileError
+from retrieval.core.imageio import ImageLoadError
+from retrieval.indexing.index import IndexFileError
 from retrieval.training.checkpoint import CheckpointError
 
 
@@ -124,7 +124,7 @@ def test_file_errors_survive_pickling_for_worker_processes():
 
     from retrieval.features.extract import ExtractionError
     from retrieval.features.store import FeatureDiskFullError
-    from retrieval.fileio import DiskFullError
+    from retrieval.core.fileio import DiskFullError
 
     for err in (FileFormatError("f.bin", "broken"), FeatureFileError("f.h5", "damaged"),
                 CheckpointError("last.pt", "empty"), ImageLoadError("a.png", "truncated"),
@@ -137,7 +137,7 @@ def test_file_errors_survive_pickling_for_worker_processes():
 
 
 def test_describe_file_names_what_a_file_is(tmp_path):
-    from retrieval.fileio import describe_file
+    from retrieval.core.fileio import describe_file
 
     cases = {"empty": (b"", "an empty file (0 bytes)"), "t.txt": (b"hello", "a text file"),
              "j.json": (b'{"a": 1}', "JSON text"), "p.png": (b"\x89PNG\r\n\x1a\n....", "a PNG image"),

@@ -128,7 +128,7 @@ def test_pending_rows_resume(tmp_path):
 
 
 def test_from_ranking():
-    from retrieval.index import Index
+    from retrieval.indexing.index import Index
 
     rng = np.random.default_rng(0)
     db = rng.standard_normal((30, 8)).astype(np.float32)
@@ -161,7 +161,7 @@ def test_weak_evidence_is_not_stretched_to_full_weight():
 
 
 def test_gate_none_and_delg_orders():
-    from retrieval.config import ConfigError
+    from retrieval.core.config import ConfigError
     from retrieval.rerank.fusion import NO_RERANKING, FusionConfig, fusion_candidates, fused_order
 
     g = np.array([[0.9, 0.8, 0.7], [0.9, 0.8, 0.7]])

@@ -1,11 +1,11 @@
-"""retrieval.imageio on synthesised files: every format becomes 8-bit RGB with the right values, and
+"""retrieval.core.imageio on synthesised files: every format becomes 8-bit RGB with the right values, and
 every kind of broken file raises ImageLoadError naming the file."""
 import numpy as np
 import pytest
 from PIL import Image
 
 from retrieval.datasets import check_images
-from retrieval.imageio import ImageLoadError, image_size, load_image, resize_longest_side
+from retrieval.core.imageio import ImageLoadError, image_size, load_image, resize_longest_side
 
 
 def _blocks(h=32, w=48):

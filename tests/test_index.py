@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from retrieval import Index, Ranking
-from retrieval.index import BACKENDS, IndexFileError, exact_block_shape, exact_search
+from retrieval.indexing.index import BACKENDS, IndexFileError, exact_block_shape, exact_search
 
 faiss = pytest.importorskip("faiss")
 

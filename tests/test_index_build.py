@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("faiss")
 
 from retrieval.features.store import FeatureFileError, save_global  # noqa: E402
-from retrieval.index import Index, IndexFileError  # noqa: E402
+from retrieval.indexing.index import Index, IndexFileError  # noqa: E402
 from retrieval.scale.ivf_build import (ShardedIndex, build_index, build_sharded_index, exact_topk,  # noqa: E402
                                        gather_rows, merge_topk, recall_at_k, rerank_exact, sample_rows)
 from retrieval.scale.measure import _allocate_for_test, run_measured  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from retrieval.index import IndexFileError  # noqa: E402
+from retrieval.indexing.index import IndexFileError  # noqa: E402
 from retrieval.scale.ivf_build import build_index, build_sharded_index  # noqa: E402
 from retrieval.scale.ondisk import ON_DISK_FILES, load_on_disk, merge_on_disk  # noqa: E402
 from retrieval.scale.sources import h5_shards, write_synthetic_shards  # noqa: E402

@@ -1,4 +1,4 @@
-"""The E1-E8 ladder (retrieval.ladder): the cross-fitted choice with the base ranking winning ties,
+"""The E1-E8 ladder (retrieval.experiments.ladder): the cross-fitted choice with the base ranking winning ties,
 rows and tables, the persistent stage timer, training families, the relevance protocols, the quick
 subset, user errors, and tiny end-to-end runs of both halves (object: 2 + 2 COIL objects, one
 training step per model; landmark: a small Oxford subset, no training)."""
@@ -9,10 +9,10 @@ import math
 
 import pytest
 
-from retrieval.ladder import data, tables, training
+from retrieval.experiments.ladder import data, tables, training
 from retrieval.steps.choose import Relevance, choose, query_groups
-from retrieval.ladder.config import LadderConfig
-from retrieval.report import StageTimer
+from retrieval.experiments.ladder.settings import LadderConfig
+from retrieval.core.report import StageTimer
 
 
 def _relevance(scores):
@@ -91,7 +91,7 @@ def test_train_config_family_resolution():
     with pytest.raises(ValueError, match="no training configuration"):
         training.resolve_train_config("nope", "e2", "cpu", {}, quick=False)
     assert training.rung_overrides(("e3.loop.epochs=2", "E2.P=4")) == {"e3": {"loop.epochs": "2"}, "e2": {"P": "4"}}
-    from retrieval.config import ConfigError
+    from retrieval.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="RUNG.KEY=VALUE"):
         LadderConfig().override(['object.train_set=["e9.loop.epochs=1"]'])
@@ -99,7 +99,7 @@ def test_train_config_family_resolution():
 
 def test_landmark_level_relevance_and_quick_subset(oxford_dir):
     from retrieval.datasets import read_oxford
-    from retrieval.evaluate import evaluate_per_query, landmark_solution
+    from retrieval.evaluation.evaluate import evaluate_per_query, landmark_solution
 
     ds = read_oxford(oxford_dir)
     q = ds.query_ids[0]
@@ -126,9 +126,9 @@ def test_landmark_level_relevance_and_quick_subset(oxford_dir):
 
 def test_experiment_file_and_user_errors(tmp_path, capsys):
     from retrieval.cli import main as cli_main
-    from retrieval.config import ConfigError
-    from retrieval.protocols import load_protocol
-    from retrieval.steps.experiment import load_experiment
+    from retrieval.core.config import ConfigError
+    from retrieval.experiments.kinds import load_protocol
+    from retrieval.experiments.files import load_experiment
 
     conf = load_experiment("e1-e7").conf
     assert conf.object.dataset == "coil100"
@@ -157,7 +157,7 @@ def _tiny(tmp_path, **sets):
 def test_tiny_object_half_end_to_end(coil100_dir, tmp_path, monkeypatch, capsys):
     """The object half on COIL objects 1-2 (train) and 51-52 (test: one Public, one Private); a second
     call reuses every cached stage and reports the same figures."""
-    from retrieval.ladder.run import main
+    from retrieval.experiments.ladder.run import main
 
     monkeypatch.setattr(data, "QUICK_COIL", dict(train_objects=range(1, 3), test_objects=range(51, 53)))
     conf = _tiny(tmp_path, **{"data_root": str(coil100_dir.parent), "landmark.enabled": False,
@@ -189,7 +189,7 @@ def test_tiny_object_half_end_to_end(coil100_dir, tmp_path, monkeypatch, capsys)
 def test_tiny_landmark_half_needs_no_training(oxford_dir, tmp_path):
     """The landmark half alone (no COIL, no training) on a small Oxford subset, every protocol (the
     revisited ones with the official gnd_roxford5k.pkl when the data folder has it)."""
-    from retrieval.ladder.run import main
+    from retrieval.experiments.ladder.run import main
 
     protocols = ["official", "landmark"]
     revisited = (oxford_dir.parent / "revisitop" / "gnd_roxford5k.pkl").is_file()
@@ -219,8 +219,8 @@ def test_tiny_object_half_on_a_labelled_folder(coil100_dir, tmp_path):
     titles name that folder, not COIL-100."""
     import shutil
 
-    from retrieval.ladder.config import with_dataset
-    from retrieval.ladder.run import main
+    from retrieval.experiments.ladder.settings import with_dataset
+    from retrieval.experiments.ladder.run import main
 
     folder = tmp_path / "my_objects"
     (folder / "images").mkdir(parents=True)
@@ -252,7 +252,7 @@ def test_a_reranker_must_win_by_the_margin():
 
 
 def test_every_shipped_experiment_loads_with_its_protocol():
-    from retrieval.steps.experiment import EXPERIMENT_DIR, load_experiment
+    from retrieval.experiments.files import EXPERIMENT_DIR, load_experiment
 
     files = sorted(EXPERIMENT_DIR.glob("*.toml"))
     assert {f.stem for f in files} >= {"e1-e7", "spatial", "train-split", "oxford-descriptors"}

@@ -1,6 +1,6 @@
-"""The ladder's estimate and ETA (retrieval.ladder.eta), driven through a real StageTimer."""
-from retrieval.ladder.eta import TYPICAL_SECONDS, LadderEta, expected_stages, format_duration
-from retrieval.report import StageTimer
+"""The ladder's estimate and ETA (retrieval.experiments.ladder.eta), driven through a real StageTimer."""
+from retrieval.experiments.ladder.eta import TYPICAL_SECONDS, LadderEta, expected_stages, format_duration
+from retrieval.core.report import StageTimer
 
 
 class Clock:

@@ -2,8 +2,8 @@
 figures their relevance protocol; results.md numbers keep their digits."""
 import matplotlib
 
-from retrieval.ladder import plots
-from retrieval.report import markdown_table
+from retrieval.experiments.ladder import plots
+from retrieval.core.report import markdown_table
 
 matplotlib.use("Agg")
 

@@ -14,7 +14,7 @@ from typing import Dict, List, Set, Tuple
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-#: folders installed as retrieval.<name> through symbolic links
+#: root folders installed as retrieval.<name> (setup.cfg's package_dir)
 LINKED = {"features": ROOT / "features", "rerank": ROOT / "rerank"}
 
 CORE, LIBRARY, PIPELINE, EXPERIMENTS, CLI = 1, 2, 3, 4, 5
@@ -23,28 +23,16 @@ LAYER_NAMES = {CORE: "core", LIBRARY: "library", PIPELINE: "pipeline", EXPERIMEN
 LAYERS: List[Tuple[str, int]] = [
     # the command line: the one place that parses arguments
     ("retrieval.cli", CLI),
-    # experiments: protocols composed of the steps (retrieval run EXPERIMENT)
-    ("retrieval.ladder", EXPERIMENTS),
+    # experiments: the kinds `retrieval run` knows, composed of the steps; the measurements behind
+    # `retrieval bench`
+    ("retrieval.experiments", EXPERIMENTS),
     ("retrieval.bench", EXPERIMENTS),
-    ("retrieval.protocols", EXPERIMENTS),
-    ("retrieval.steps.chain", EXPERIMENTS),
-    ("retrieval.steps.run", EXPERIMENTS),
-    ("retrieval.steps.experiment", EXPERIMENTS),
     # the pipeline: one step a module (main(conf, ...) -> Path), and the server over its files
     ("retrieval.steps", PIPELINE),
     ("retrieval.serve", PIPELINE),
-    # core: configuration, files, paths, reports, checks; imports nothing above it
-    ("retrieval.config", CORE),
-    ("retrieval.fileio", CORE),
-    ("retrieval.imageio", CORE),
-    ("retrieval.paths", CORE),
-    ("retrieval.report", CORE),
-    ("retrieval.vectors", CORE),
-    ("retrieval.crossfit", CORE),
-    ("retrieval.checks", CORE),
-    ("retrieval.dataset_kinds", CORE),
-    # the library: everything else (features, rerank, datasets, index, evaluate, metrics, training, scale,
-    # engine ...)
+    # core: configuration, files, images, paths, reports, vectors, checks, extras; imports nothing above it
+    ("retrieval.core", CORE),
+    # the library: everything else (features, rerank, datasets, indexing, evaluation, training, scale ...)
     ("retrieval", LIBRARY),
 ]
 
@@ -109,7 +97,7 @@ MODULES = _modules()
 
 def test_every_module_is_found():
     assert "retrieval.features.efficientnet" in MODULES and "retrieval.rerank.fusion" in MODULES
-    assert "retrieval.ladder.run" in MODULES
+    assert "retrieval.experiments.ladder.run" in MODULES
 
 
 def layer_of(module: str) -> int:
@@ -133,9 +121,9 @@ def upward_imports(modules: Dict[str, Path]) -> List[str]:
 
 def test_every_module_has_a_layer():
     assert {layer_of(m) for m in MODULES} == set(LAYER_NAMES)
-    assert layer_of("retrieval.cli.run_command") == CLI and layer_of("retrieval.steps.chain") == EXPERIMENTS
+    assert layer_of("retrieval.cli.run_command") == CLI and layer_of("retrieval.experiments.chain") == EXPERIMENTS
     assert layer_of("retrieval.steps.search") == PIPELINE and layer_of("retrieval.features.sift") == LIBRARY
-    assert layer_of("retrieval.checks") == CORE
+    assert layer_of("retrieval.core.checks") == CORE
 
 
 def test_no_module_imports_a_higher_layer():
@@ -160,11 +148,11 @@ def test_the_layer_rule_sees_an_upward_import_inside_a_function(tmp_path):
     step = tmp_path / "step.py"
     step.write_text("def handle(args):\n    from ..cli import emit_json\n")
     core = tmp_path / "core.py"
-    core.write_text("from .datasets import open\n")
+    core.write_text("from ..datasets import open\n")
     found = upward_imports({"retrieval.steps.toy": step, "retrieval.config_toy": core})
     assert found == ["retrieval.steps.toy (pipeline) imports retrieval.cli (cli)"]
-    found = upward_imports({"retrieval.paths": core})
-    assert found == ["retrieval.paths (core) imports retrieval.datasets.open (library)"]
+    found = upward_imports({"retrieval.core.paths": core})
+    assert found == ["retrieval.core.paths (core) imports retrieval.datasets.open (library)"]
 
 
 def _package(module: str) -> str:
@@ -213,3 +201,19 @@ def test_the_detector_sees_a_cycle_and_a_lazy_upward_import(tmp_path):
     known = set(MODULES) | {"retrieval.features.a"}
     assert "retrieval.training.loop" in _imports("retrieval.features.a", a, known, top_level_only=False)
     assert "retrieval.training.loop" not in _imports("retrieval.features.a", a, known, top_level_only=True)
+
+
+def test_setup_cfg_lists_every_package():
+    """setup.cfg lists the packages (package_dir maps features/ and rerank/ into retrieval): a package
+    missing from the list would be missing from every install."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    listed = {p.strip() for p in cfg["options"]["packages"].split() if p.strip()}
+    found = {name for name, path in _modules().items() if path.name == "__init__.py"}
+    assert listed == found, f"setup.cfg lacks {sorted(found - listed)}, lists absent {sorted(listed - found)}"
+    assert "retrieval.features = features" in cfg["options"]["package_dir"]
+    links = [p for folder in ("retrieval", "features", "rerank") for p in (ROOT / folder).rglob("*") if p.is_symlink()]
+    assert not links, f"symbolic links in the package: {links}"
+

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from retrieval.config import ConfigError
+from retrieval.core.config import ConfigError
 from retrieval.features.extract import extract_local_features
 from retrieval.features.local_extractors import MixedKindsError, descriptor_kind, local_extractor
 from retrieval.features.sift import SiftExtractor
@@ -158,7 +158,7 @@ def test_scorer_refuses_sift_queries_against_rootsift_database(tmp_path, scenes,
     """Issue 22 item 3: plain-SIFT (uint8) query features against RootSIFT database features of the same
     image scored 0 inliers without a word; now the scorer names both files and both kinds."""
     from retrieval.cli import main as cli_main
-    from retrieval.ranking import Ranking
+    from retrieval.indexing.ranking import Ranking
     from retrieval.rerank import Shortlist
 
     images = {"q": scenes[0], "d1": scenes[1], "d2": scenes[2]}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, ndcg_score
 
-from retrieval.metrics import (anmrr, average_precision_at_k, first_hit_ranks, map_at_k, mean_ap,
+from retrieval.evaluation.metrics import (anmrr, average_precision_at_k, first_hit_ranks, map_at_k, mean_ap,
                                ndcg_at_k, nmrr, oxford_ap, oxford_map, per_query_scores,
                                precision_at_k, recall_at_k, revisited_ap, revisited_map,
                                top_k_accuracy)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from retrieval.features.alexnet import ALEXNET_CONFIGS, AlexNetConfig, AlexNetGlobal, MVAlexNet, count_parameters, preprocess
-from retrieval.features.base import GlobalExtractor
+from retrieval.features.global_extractor import GlobalExtractor
 from retrieval.features.multiview import (MultiViewExtractor, MultiViewNet, as_embedding_fn, pool_view_embeddings,
                                 pool_views)
 

@@ -1,4 +1,4 @@
-"""The multi-view protocol (retrieval.bench.multiview and its helpers) on generated sets: any geometry, the
+"""The multi-view protocol (retrieval.experiments.multiview and its helpers) on generated sets: any geometry, the
 distillation decision, the gap-closed sign, feature files in both metric conventions."""
 import json
 
@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.bench import mv_eval
-from retrieval.bench.mv_features import evaluate_arrays, evaluate_file
-from retrieval.bench.multiview import CONFIG
-from retrieval.config import ConfigError
+from retrieval.experiments import mv_eval
+from retrieval.experiments.mv_features import evaluate_arrays, evaluate_file
+from retrieval.experiments.multiview import CONFIG
+from retrieval.core.config import ConfigError
 from retrieval.datasets.open import DatasetConfig
-from retrieval.steps.experiment import load_experiment
+from retrieval.experiments.files import load_experiment
 
 
 def test_gap_closed_only_where_the_teacher_leads():
@@ -29,7 +29,7 @@ def test_gap_closed_only_where_the_teacher_leads():
 def test_experiment_file_and_config_checks():
     conf = load_experiment("multiview").conf
     assert (conf.dataset.kind, conf.dataset.path) == ("folder", "coil100") and conf.cross_data == ("coil20",) and 3 in conf.validation_views
-    from retrieval.protocols import load_protocol
+    from retrieval.experiments.kinds import load_protocol
 
     assert load_protocol("multiview").CONFIG is CONFIG
     with pytest.raises(ConfigError, match="unknown key"):
@@ -122,7 +122,7 @@ def _multiview_set(root, prefix, objects, elevations=(0, 20)):
 def test_protocol_end_to_end_on_an_elevation_set(tmp_path):
     """A set that varies elevation and azimuth, a second set as the cross-dataset split, a user's teacher
     embeddings: the whole protocol runs, chooses on VAL, and reports every split."""
-    from retrieval.bench.multiview import main
+    from retrieval.experiments.multiview import main
     from retrieval.features.store import save_global
 
     names = _multiview_set(tmp_path / "main", "m", range(1, 9))
@@ -159,7 +159,7 @@ def test_ties_on_validation_keep_the_undistilled_student(tmp_path):
     """A distilled candidate no better than the undistilled student on VAL is refused."""
     import torch
 
-    from retrieval.bench.mv_models import NO_DISTILLATION, choose_student
+    from retrieval.experiments.mv_models import NO_DISTILLATION, choose_student
     from retrieval.datasets.viewsets import ViewSet
     from retrieval.features.alexnet import ALEXNET_CONFIGS, MVAlexNet
     from retrieval.training.multiview import save_mv_alexnet
@@ -216,7 +216,7 @@ def test_read_views_in_every_layout(tmp_path):
 
 def test_protocol_end_to_end_on_a_ds_du_tree(tmp_path):
     """The DS|DU multi-view tree as the protocol's data: DS objects seen, DU unseen, views by index."""
-    from retrieval.bench.multiview import main
+    from retrieval.experiments.multiview import main
     from retrieval.features.store import save_global
 
     names = _tree(tmp_path / "tree", "DS", [f"s{i}" for i in range(8)])

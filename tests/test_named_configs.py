@@ -1,5 +1,5 @@
 """The named configurations of training, the EfficientNet extractor and AlexNet are registries of frozen
-:class:`retrieval.config.Config` classes: unknown keys name the key, configurations cannot be changed in
+:class:`retrieval.core.config.Config` classes: unknown keys name the key, configurations cannot be changed in
 place, and what is recorded on disk (training
 checkpoints' configuration, feature files' extractor configuration) is what it was before."""
 import dataclasses
@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from retrieval.config import ConfigError
+from retrieval.core.config import ConfigError
 from retrieval.features.alexnet import ALEXNET_CONFIGS
 from retrieval.features.efficientnet_configs import EXTRACTOR_CONFIGS, EfficientNetConfig, resolve_config
 from retrieval.training.augment import AugmentConfig
-from retrieval.training.config import TRAIN_CONFIGS, TrainConfig
+from retrieval.training.settings import TRAIN_CONFIGS, TrainConfig
 from retrieval.training.loop import LoopConfig
 
 # EfficientNetExtractor(name).config of two named configurations as written by the version before these

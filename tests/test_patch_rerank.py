@@ -8,7 +8,7 @@ import torch
 from retrieval.features.efficientnet import EfficientNetExtractor
 from retrieval.features.local import LocalFeatures
 from retrieval.rerank.patch import PATCH_METHODS, PatchScorer
-from retrieval.imageio import load_image
+from retrieval.core.imageio import load_image
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -6,7 +6,7 @@ import torch
 from retrieval.features.efficientnet import EfficientNetGlobal, preprocess
 from retrieval.features.pooling import (GeM, avg_pool, gem_pool, l2n, make_pooling, max_pool, multiscale_descriptor,
                               resize_tensor)
-from retrieval.imageio import load_image
+from retrieval.core.imageio import load_image
 
 
 @pytest.fixture(autouse=True, scope="module")

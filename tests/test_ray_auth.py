@@ -6,7 +6,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from retrieval import engine  # noqa: E402
+from retrieval.scale import engine
 
 
 def _chain(outer, inner):

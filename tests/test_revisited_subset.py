@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from retrieval import metrics
-from retrieval.evaluate import evaluate
+from retrieval.evaluation import metrics
+from retrieval.evaluation.evaluate import evaluate
 
 
 def compute_map_reference(ranks, positives, junk, kappas=(1, 5, 10)):
@@ -62,7 +62,7 @@ def subset(data_root):
 
 
 def test_subset_under_the_official_revisited_ground_truth(subset):
-    from retrieval.revisited_subset import revisited_scores, revisited_view, with_revisited_queries
+    from retrieval.evaluation.revisited_subset import revisited_scores, revisited_view, with_revisited_queries
 
     ds, gnd = subset
     ext = with_revisited_queries(ds, gnd)
@@ -123,7 +123,7 @@ def test_ladder_shortlist_cache_with_other_queries_is_rebuilt(tmp_path, rng):
     """The revisited protocols add queries to the landmark half: a shortlist cached for the old query
     set must not be reused (the new queries would score as empty rankings)."""
     from retrieval import Index
-    from retrieval.ladder.stages import build_shortlist
+    from retrieval.experiments.ladder.stages import build_shortlist
 
     db = rng.standard_normal((20, 8)).astype(np.float32)
     q = rng.standard_normal((3, 8)).astype(np.float32)
@@ -141,8 +141,8 @@ def test_ladder_revisited_protocols_skip_or_refuse(tmp_path, subset):
     """The shipped experiment asks for the revisited protocols: with the default pickle they are
     skipped where they cannot apply; a pickle the user names must apply."""
     from retrieval.datasets import DatasetError, read_oxford
-    from retrieval.ladder.config import LadderConfig
-    from retrieval.ladder.revisited import add_revisited_queries, revisited_relevances
+    from retrieval.experiments.ladder.settings import LadderConfig
+    from retrieval.experiments.ladder.revisited import add_revisited_queries, revisited_relevances
 
     ds, gnd = subset
     asked = {"landmark.protocols": ["official", "revisited-hard"]}

@@ -30,7 +30,7 @@ def build_small_index(coil20_dir: Path, out: Path) -> dict:
     from retrieval.features.extract import extract_local_features
     from retrieval.features.sift import SiftExtractor
     from retrieval.features.store import save_global
-    from retrieval.imageio import load_image
+    from retrieval.core.imageio import load_image
 
     images = coil20_dir / "images"
     ids = [f"obj{o}__{v}" for o in OBJECTS for v in VIEWS]
@@ -53,8 +53,8 @@ def build_small_index(coil20_dir: Path, out: Path) -> dict:
         "per_query": {"E5": {"obj1__0": 0.9, "obj2__6": 0.25, "obj3__12": 1.0}}}))
     Image.new("RGB", (40, 30), (200, 20, 20)).save(results / "map_bars.png")
     # results.md as the ladder writes it: a pivoted table per dataset, then the long table of every row
-    from retrieval.ladder.tables import result_rows, summary_table
-    from retrieval.report import markdown_table
+    from retrieval.experiments.ladder.tables import result_rows, summary_table
+    from retrieval.core.report import markdown_table
 
     rows = (result_rows("E1", "coil20-small", {"Private": 0.97, "Public": 0.98, "all": 0.975}, "map@100")
             + result_rows("E5", "coil20-small", {"Private": 0.98, "Public": 0.98, "all": 0.98}, "map@100",
@@ -131,7 +131,7 @@ def test_search_by_id_is_the_python_ranking(client, small):
 
 
 def test_upload_is_described_with_the_index_extractor(client, small):
-    from retrieval.imageio import load_image
+    from retrieval.core.imageio import load_image
 
     path = small["images"] / "obj3__12.png"
     out = _ok(client.post("/api/search", files={"file": ("x.png", png_bytes(path), "image/png")},

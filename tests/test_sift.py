@@ -7,7 +7,7 @@ import pytest
 
 from retrieval.features.local import LocalFeatures
 from retrieval.features.sift import SIFT_CONFIGS, SiftExtractor, root_sift, sift_config, to_gray
-from retrieval.imageio import ImageLoadError, load_image
+from retrieval.core.imageio import ImageLoadError, load_image
 
 
 @pytest.fixture(scope="module")

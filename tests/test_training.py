@@ -207,7 +207,7 @@ def test_unreadable_training_image(coil_few, tmp_path):
     paths, labels = coil_few
     bad = tmp_path / "broken.png"
     bad.write_bytes(paths[0].read_bytes()[:200])
-    from retrieval.imageio import ImageLoadError
+    from retrieval.core.imageio import ImageLoadError
 
     with pytest.raises(ImageLoadError, match="broken.png"):
         TrainImages(list(paths[:3]) + [bad], labels[:4], progress=False)

@@ -22,7 +22,7 @@ USER_SCRIPT = textwrap.dedent("""
     assert features.MINE and rerank.MINE, "the user's modules were shadowed"
     import {pkg}.efficientnet                    # the toolkit's
     from {rerank_pkg} import SpatialVerifier
-    from retrieval.index import Index
+    from retrieval.indexing.index import Index
     print("ok", features.__file__)
 """)
 

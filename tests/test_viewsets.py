@@ -82,7 +82,7 @@ def test_rank_drops_own_set_and_scores(catalog):
         assert not (bench.excluded[qid] & set(ranked))
         assert set(ranked[:5]) == bench.solution[qid]
         assert len(ranked) == len(bench.db_ids) - 1
-    from retrieval.metrics import map_at_k
+    from retrieval.evaluation.metrics import map_at_k
 
     assert map_at_k(preds, bench.solution, 100) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="dimension"):

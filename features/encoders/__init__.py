@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from typing import Dict, Type, Union
 
-from .base import LocalEncoder, l2_normalize_rows, signed_power
-from .bow import BowEncoder, BowInvertedIndex
-from .fisher import FisherEncoder
-from .vlad import VladEncoder
+from retrieval.features.encoders.encoder import LocalEncoder, l2_normalize_rows, signed_power
+from retrieval.features.encoders.bow import BowEncoder, BowInvertedIndex
+from retrieval.features.encoders.fisher import FisherEncoder
+from retrieval.features.encoders.vlad import VladEncoder
 
 ENCODERS: Dict[str, Type[LocalEncoder]] = {"bow": BowEncoder, "vlad": VladEncoder, "fisher": FisherEncoder}
 
@@ -19,8 +19,8 @@ __all__ = ["LocalEncoder", "BowEncoder", "BowInvertedIndex", "VladEncoder", "Fis
 
 def load_encoder(path: Union[str, os.PathLike]) -> LocalEncoder:
     """Load any encoder saved with ``save``; the file says which kind it is."""
-    from ..npzio import read_model_header
-    from ..store import FeatureFileError
+    from retrieval.features.npzio import read_model_header
+    from retrieval.features.store import FeatureFileError
 
     kind = read_model_header(path, "encoder").get("kind")
     if kind not in ENCODERS:

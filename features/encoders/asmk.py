@@ -23,9 +23,9 @@ from typing import Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..codebook import Codebook, descriptor_arrays, learn_codebook
-from ..local import LocalFeatures
-from ..npzio import load_model, save_model
+from retrieval.features.codebook import Codebook, descriptor_arrays, learn_codebook
+from retrieval.features.local import LocalFeatures
+from retrieval.features.npzio import load_model, save_model
 
 PathLike = Union[str, os.PathLike]
 FeatureInput = Union[LocalFeatures, np.ndarray]
@@ -139,10 +139,12 @@ class AsmkEncoder:
 
 
 def _asmk_module(name: str):
-    import importlib
-
-    try:
-        return importlib.import_module(f"asmk.{name}")
+    try:  # spelled out, so that every import stays visible in the source
+        if name == "kernel":
+            from asmk import kernel as module
+        else:
+            from asmk import inverted_file as module
+        return module
     except ImportError:
         raise ImportError("ASMK needs the asmk package: pip install 'hybrid-retrieval[learned]' "
                           "(or pip install asmk; it builds a Cython extension against faiss)") from None

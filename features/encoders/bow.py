@@ -25,9 +25,9 @@ from typing import Dict, Hashable, Optional, Sequence, Union
 import numpy as np
 import scipy.sparse as sp
 
-from ..codebook import Codebook, learn_codebook
-from ..npzio import load_model, save_model
-from .base import Batch, FeatureInput, LocalEncoder, batches_by_descriptors
+from retrieval.features.codebook import Codebook, learn_codebook
+from retrieval.features.npzio import load_model, save_model
+from retrieval.features.encoders.encoder import Batch, FeatureInput, LocalEncoder, batches_by_descriptors
 
 PathLike = Union[str, os.PathLike]
 
@@ -207,7 +207,7 @@ class BowInvertedIndex:
     a dense inner product of the same vectors.
 
     ``BowInvertedIndex(doc_vectors, ids=None)`` with ``doc_vectors`` an (N, k) scipy sparse matrix (or
-    dense array); :meth:`search` returns a :class:`retrieval.index.Ranking` (ties: lower database row
+    dense array); :meth:`search` returns a :class:`retrieval.indexing.index.Ranking` (ties: lower database row
     first, as :class:`retrieval.Index` orders them).
     """
 
@@ -239,7 +239,7 @@ class BowInvertedIndex:
     def search(self, queries, k: int = 100, query_ids: Optional[Sequence[Hashable]] = None,
                block: int = 256):
         """Top-``k`` database images per query, best first (blocks of ``block`` queries at a time)."""
-        from retrieval.index import Ranking
+        from retrieval.indexing.index import Ranking
 
         if isinstance(k, bool) or int(k) < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -268,7 +268,7 @@ class BowInvertedIndex:
             postings = sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
                                      shape=(config["n_words"], config["n_docs"]))
         except (KeyError, ValueError) as exc:
-            from ..store import FeatureFileError
+            from retrieval.features.store import FeatureFileError
             raise FeatureFileError(path, f"damaged inverted file ({exc})") from None
         return cls(postings.T, ids=arrays["ids"].tolist())
 

@@ -23,8 +23,8 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from ..codebook import descriptor_arrays, sample_descriptors
-from .base import Batch, FeatureInput, LocalEncoder, l2_normalize_rows, signed_power
+from retrieval.features.codebook import descriptor_arrays, sample_descriptors
+from retrieval.features.encoders.encoder import Batch, FeatureInput, LocalEncoder, l2_normalize_rows, signed_power
 
 __all__ = ["FisherEncoder"]
 

@@ -24,9 +24,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ..codebook import Codebook, learn_codebook
-from ..whitening import PCAWhitening
-from .base import Batch, FeatureInput, LocalEncoder, l2_normalize_rows, signed_power
+from retrieval.features.codebook import Codebook, learn_codebook
+from retrieval.features.whitening import PCAWhitening
+from retrieval.features.encoders.encoder import Batch, FeatureInput, LocalEncoder, l2_normalize_rows, signed_power
 
 __all__ = ["VladEncoder"]
 

@@ -30,13 +30,13 @@ def parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Path:
     from retrieval.datasets.open import DatasetConfig, open_dataset
-    from retrieval.evaluate import evaluate
+    from retrieval.evaluation.evaluate import evaluate
     from retrieval.features.encoders.asmk import AsmkEncoder, AsmkIndex
     from retrieval.features.extract import extract_local_features
     from retrieval.features.local_extractors import local_extractor
     from retrieval.features.store import LocalFeatureStore
-    from retrieval.paths import data_root
-    from retrieval.report import write_results
+    from retrieval.core.paths import data_root
+    from retrieval.core.report import write_results
 
     args = parser(prog).parse_args(argv)
     path = args.data if args.data is not None else str(data_root() / "oxford5k_subset")

@@ -110,7 +110,7 @@ def time_dataset(name: str, ext, timed: List[Path], every: List[Path], args, tmp
     (the load of a shared machine drifts over minutes); medians over rounds are reported. ``every``:
     the files of the ``--full`` pass."""
     from retrieval.features.deep_extract import extract_global
-    from retrieval.imageio import load_image
+    from retrieval.core.imageio import load_image
 
     t0 = time.perf_counter()
     prepared = [ext.prepare(load_image(p)) for p in timed]
@@ -160,11 +160,11 @@ def run(args) -> Path:
     returns the results folder."""
     import torch
 
-    from retrieval.config import ConfigError
+    from retrieval.core.config import ConfigError
     from retrieval.datasets.open import DatasetConfig, open_dataset
     from retrieval.features.efficientnet import EfficientNetExtractor
-    from retrieval.paths import data_root
-    from retrieval.report import write_results
+    from retrieval.core.paths import data_root
+    from retrieval.core.report import write_results
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -85,7 +85,7 @@ def table(result: dict, top: int = 8) -> str:
 def main(folders: Sequence[str], out: Optional[str] = None) -> Dict[str, dict]:
     """Pick the default of each kind from ``folders``; prints the tables, writes ``fusion_default.json``
     (and ``.md``) into ``out`` when given; returns ``{kind: pick}``."""
-    from retrieval.fileio import atomic_write_text
+    from retrieval.core.fileio import atomic_write_text
 
     entries = [e for f in folders for e in collect(Path(f))]
     picks = {kind: pick(entries, kind) for kind in ("count", "similarity")

@@ -26,8 +26,8 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
-from retrieval.index import Index, Ranking
-from retrieval.report import peak_rss_mb, write_results
+from retrieval.indexing.index import Index, Ranking
+from retrieval.core.report import peak_rss_mb, write_results
 from retrieval.scale.sources import unit_vectors
 
 
@@ -163,7 +163,7 @@ def run(args) -> int:
     # a shared machine hits both alike; the ratio is also taken pair by pair
     indexes = {"exact": build("exact", lambda: Index(database, normalize=False))}
     # the same index searched with the float32 product throughout (precision="auto" may pre-select
-    # in bfloat16, retrieval.exact_bf16)
+    # in bfloat16, retrieval.indexing.exact_bf16)
     indexes["exact-float32"] = indexes["exact"]
     rows.append({"backend": "exact-float32", "build_s": rows[0]["build_s"]})
     try:
@@ -210,7 +210,7 @@ def run(args) -> int:
         products = product_times(database, queries, args.k, block_rows, args.repeats)
     if args.approx and ratio is not None:
         flat_s = by_name["faiss-flat"]["search_s"]
-        # (backend, build options, search options); defaults otherwise (see retrieval.index)
+        # (backend, build options, search options); defaults otherwise (see retrieval.indexing.index)
         approx = [("faiss-ivf", {"seed": args.seed}, {"nprobe": 16}),
                   ("faiss-ivfpq", {"seed": args.seed}, {"nprobe": 16}),
                   ("faiss-hnsw", {}, {"ef_search": 128})]

@@ -124,11 +124,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Pa
     import cv2
     import torch
 
-    from retrieval.config import ConfigError
+    from retrieval.core.config import ConfigError
     from retrieval.datasets.open import DatasetConfig, open_dataset
     from retrieval.features.local_extractors import local_config_names
-    from retrieval.paths import data_root
-    from retrieval.report import write_results
+    from retrieval.core.paths import data_root
+    from retrieval.core.report import write_results
 
     args = parser(prog).parse_args(argv)
     names = [n for n in args.features.split(",") if n]

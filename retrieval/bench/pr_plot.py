@@ -1,5 +1,5 @@
 """The precision-recall figure every protocol can draw: one curve per model / split from
-:func:`retrieval.metrics.precision_recall_curve` (interpolated precision at fixed recall levels)."""
+:func:`retrieval.evaluation.metrics.precision_recall_curve` (interpolated precision at fixed recall levels)."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ __all__ = ["plot_pr_curves"]
 def plot_pr_curves(curves: Mapping[str, Mapping[str, list]], path: Union[str, os.PathLike],
                    title: str = "precision-recall") -> Path:
     """``curves[label] = {"recall": [...], "precision": [...]}`` -> one PNG (Agg, atomic)."""
-    from retrieval.report import save_figure, subplots
+    from retrieval.core.report import save_figure, subplots
 
     if not curves:
         raise ValueError("no precision-recall curves to plot")

@@ -10,7 +10,7 @@ figures, and a cost model of E1-E7 on full GLDv2.
 2. GLDv2 CSVs at full size (:func:`retrieval.datasets.gldv2_synth.generate_gldv2`, written once into
    the work folder), read by :func:`retrieval.datasets.gldv2_tables.read_gldv2_tables` in a child
    process: seconds and peak memory.
-3. The Ray figures from ``retrieval.engine_bench.measure_engine`` (:func:`engine_figures`).
+3. The Ray figures from ``retrieval.bench.engine_speed.measure_engine`` (:func:`engine_figures`).
 4. The cost model (:mod:`retrieval.bench.scale_cost`).
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..fileio import atomic_write_text
-from ..report import markdown_table
-from . import scale_cost
+from retrieval.core.fileio import atomic_write_text
+from retrieval.core.report import markdown_table
+from retrieval.bench import scale_cost
 
 QUICK = {"n": 20_000, "dim": 32, "shards": 4, "queries": 100, "nlist": 64, "m": 8, "gldv2_scale": 0.002,
          "cost_images": 1}
@@ -67,7 +67,7 @@ def read_tables_job(root: str) -> dict:
 def index_at_scale(work: Path, n: int, dim: int, shards: int, queries: int, nlist: int, m: int,
                    nprobe: int = 32, shortlist: int = 1000, k: int = 100, seed: int = 0) -> dict:
     """Part 1 of the module docstring; returns its figures."""
-    from retrieval.index import Index
+    from retrieval.indexing.index import Index
     from retrieval.scale.ivf_build import exact_topk, recall_at_k, rerank_exact
     from retrieval.scale.ondisk import load_on_disk
     from retrieval.scale.measure import run_measured
@@ -142,11 +142,11 @@ ENGINE_KEYS = ("sift_scaling_2_vs_1", "ray_vs_local", "killed_worker_identical")
 
 
 def engine_figures(data_root: Path, quick: bool, work_dir: Optional[Path] = None) -> Dict[str, object]:
-    """The Ray figures, from :func:`retrieval.engine_bench.measure_engine` on
+    """The Ray figures, from :func:`retrieval.bench.engine_speed.measure_engine` on
     Oxford images (``quick``: its 16-image mode). Recorded as absent with the reason when Ray is not
     installed or the measurement fails (never invented)."""
     try:
-        from retrieval.engine_bench import measure_engine
+        from retrieval.bench.engine_speed import measure_engine
         files = sorted((data_root / "oxford5k_subset" / "images").glob("*.jpg"))[: 16 if quick else 64]
         figures = measure_engine(files, quick=quick, work_dir=None if work_dir is None else work_dir / "engine")
     except Exception as exc:  # ImportError (no ray), or a failed run: say so in the results

@@ -50,7 +50,7 @@ def measure_stages(data_root: Path, n_images: int = 8, shortlist: int = 100) -> 
     from retrieval.features.efficientnet import EfficientNetExtractor
     from retrieval.features.encoders.vlad import VladEncoder
     from retrieval.features.sift import SiftExtractor
-    from retrieval.imageio import load_image
+    from retrieval.core.imageio import load_image
     from retrieval.rerank.spatial import SpatialVerifier
 
     files = sorted((Path(data_root) / "oxford5k_subset" / "images").glob("*.jpg"))[:n_images]

@@ -148,8 +148,8 @@ def run(entries: int = 300, rows: int = 20000, rounds: int = 3, folder: Optional
         out: Union[str, Path] = f"results/{NAME}") -> Path:
     """Measure (module docstring), print the report and write results.json + results.md into ``out``;
     returns ``out``."""
-    from retrieval.fileio import atomic_write_text
-    from retrieval.report import markdown_table
+    from retrieval.core.fileio import atomic_write_text
+    from retrieval.core.report import markdown_table
 
     for name, value in (("entries", entries), ("rows", rows), ("rounds", rounds)):
         if value < 1:

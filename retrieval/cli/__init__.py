@@ -35,10 +35,10 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-from ..checks import CLIError, os_error_message
-from . import bench_commands, dataset_commands, run_command, serve_command, step_commands, train_command
-from .arguments import add_dataset_arguments, dataset_config, load_dataset, parse_options, progress_enabled
-from .output import emit_json
+from retrieval.core.checks import CLIError, os_error_message
+from retrieval.cli import bench_commands, dataset_commands, run_command, serve_command, step_commands, train_command
+from retrieval.cli.arguments import add_dataset_arguments, dataset_config, load_dataset, parse_options, progress_enabled
+from retrieval.cli.output import emit_json
 
 __all__ = ["main", "build_parser", "CLIError", "COMMAND_GROUPS", "add_dataset_arguments", "load_dataset",
            "dataset_config", "emit_json", "parse_options", "progress_enabled"]
@@ -53,7 +53,7 @@ GLOBAL_FLAGS = ("--debug", "--quiet")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retrieval", description="Instance-level image retrieval: indexes, search, evaluation, datasets.")
-    from .. import __version__
+    from retrieval import __version__
 
     parser.add_argument("--version", action="version", version=f"retrieval (hybrid-retrieval) {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -102,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except ImportError as exc:
         # a module of an optional extra (uvicorn, ray, faiss ...): one line naming the extra to install
-        from ..extras import missing_extra_message
+        from retrieval.core.extras import missing_extra_message
 
         message = missing_extra_message(exc)
         if debug or message is None:

@@ -7,8 +7,8 @@ import math
 import re
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..checks import CLIError
-from ..dataset_kinds import DATASET_KINDS
+from retrieval.core.checks import CLIError
+from retrieval.core.dataset_kinds import DATASET_KINDS
 
 __all__ = ["add_dataset_arguments", "dataset_config", "load_dataset", "parse_options", "label_list",
            "progress_enabled"]
@@ -95,8 +95,8 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True
 
 def dataset_config(args: argparse.Namespace):
     """The :class:`retrieval.datasets.open.DatasetConfig` of ``--dataset/--data`` and the reader options."""
-    from ..config import ConfigError
-    from ..datasets.open import DatasetConfig
+    from retrieval.core.config import ConfigError
+    from retrieval.datasets.open import DatasetConfig
 
     scale: Any = args.scale
     if scale != "auto":
@@ -119,7 +119,7 @@ def dataset_config(args: argparse.Namespace):
 
 def load_dataset(args: argparse.Namespace):
     """The :class:`RetrievalDataset` named by ``--dataset/--data`` (see :func:`dataset_config`)."""
-    from ..datasets.open import open_dataset
+    from retrieval.datasets.open import open_dataset
 
     return open_dataset(dataset_config(args))
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checks import CLIError, require_output
-from ..dataset_kinds import DATASET_KINDS
-from .arguments import parse_options
-from .output import emit_json
+from retrieval.core.checks import CLIError, require_output
+from retrieval.core.dataset_kinds import DATASET_KINDS
+from retrieval.cli.arguments import parse_options
+from retrieval.cli.output import emit_json
 
 __all__ = ["register"]
 
@@ -56,7 +56,7 @@ def _index_speed_parser(sub) -> None:
     p.add_argument("--k", type=int, default=100, help="results per query (default 100)")
     p.add_argument("--repeats", type=int, default=3, help="timed searches per backend (median)")
     p.add_argument("--memory-mb", type=float, default=None,
-                   help="score-block budget of the exact backend (default: retrieval.index.DEFAULT_MEMORY_MB)")
+                   help="score-block budget of the exact backend (default: retrieval.indexing.index.DEFAULT_MEMORY_MB)")
     p.add_argument("--tol", type=float, default=1e-5, help="score tolerance for agreement")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clusters", type=int, default=0,
@@ -72,8 +72,8 @@ def _index_speed_parser(sub) -> None:
 
 
 def _index_speed(args) -> int:
-    from ..bench.index_speed import run
-    from ..index import DEFAULT_MEMORY_MB
+    from retrieval.bench.index_speed import run
+    from retrieval.indexing.index import DEFAULT_MEMORY_MB
 
     require_output(args.out, "results", folder=True)
     if args.memory_mb is None:
@@ -88,7 +88,7 @@ def _deep_speed_parser(sub) -> None:
                    "to end against the bare forward pass", "retrieval.bench.deep_speed")
     p.add_argument("--dataset", choices=DATASET_KINDS, default="oxford", help="dataset kind (default oxford)")
     p.add_argument("--data", default=None,
-                   help="dataset folder (default: the oxford5k_subset folder of retrieval.paths.data_root())")
+                   help="dataset folder (default: the oxford5k_subset folder of retrieval.core.paths.data_root())")
     p.add_argument("--config", default="lite0-gem-512", help="EfficientNet extractor configuration")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the extractor configuration (size=320, weights=random ...)")
@@ -111,8 +111,8 @@ def _deep_speed_parser(sub) -> None:
 
 
 def _deep_speed(args) -> int:
-    from ..bench.deep_speed import run
-    from ..features.fast_inference import BACKENDS
+    from retrieval.bench.deep_speed import run
+    from retrieval.features.fast_inference import BACKENDS
 
     unknown = sorted(set(args.backends or ()) - set(BACKENDS))
     if unknown:
@@ -132,7 +132,7 @@ def _scale_parser(sub) -> None:
     p = _described(sub, "scale", "IVF-PQ from shards, GLDv2 CSVs at full size, the Ray engine's figures and the "
                    "E1-E7 cost model", "retrieval.bench.scale")
     p.add_argument("--quick", action="store_true", help="small sizes for CI")
-    p.add_argument("--data-root", default=None, help="data folder (default: retrieval.paths.data_root())")
+    p.add_argument("--data-root", default=None, help="data folder (default: retrieval.core.paths.data_root())")
     p.add_argument("--out", default="results/scale", help="results folder")
     p.add_argument("--work", default=None,
                    help="folder for shards and generated CSVs (default cache/scale, --quick: cache/scale-quick: "
@@ -146,8 +146,8 @@ def _scale_parser(sub) -> None:
 
 
 def _scale(args) -> int:
-    from ..bench.scale import default_work_dir, results_markdown, run
-    from ..paths import data_root
+    from retrieval.bench.scale import default_work_dir, results_markdown, run
+    from retrieval.core.paths import data_root
 
     require_output(args.out, "results", folder=True)
     work = Path(args.work) if args.work else default_work_dir(args.quick)
@@ -171,7 +171,7 @@ def _store_integrity_parser(sub) -> None:
 
 
 def _store_integrity(args) -> int:
-    from ..bench.store_integrity import run
+    from retrieval.bench.store_integrity import run
 
     require_output(args.out, "results", folder=True)
     run(args.entries, args.rows, args.rounds, args.folder, args.out)
@@ -195,7 +195,7 @@ def _serve_load_parser(sub) -> None:
 
 
 def _serve_load(args) -> int:
-    from ..serve.load import MAX_CONCURRENCY, MAX_REQUESTS, n_fmt, run_load
+    from retrieval.serve.load import MAX_CONCURRENCY, MAX_REQUESTS, n_fmt, run_load
 
     if not 1 <= args.requests <= MAX_REQUESTS or not 1 <= args.concurrency <= MAX_CONCURRENCY:
         raise CLIError(f"the load test is bounded: 1 <= --requests <= {MAX_REQUESTS}, "

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict
 
-from ..checks import CLIError, require_output
-from .arguments import add_dataset_arguments, label_list, load_dataset, progress_enabled
-from .output import emit_json
+from retrieval.core.checks import CLIError, require_output
+from retrieval.cli.arguments import add_dataset_arguments, label_list, load_dataset, progress_enabled
+from retrieval.cli.output import emit_json
 
 __all__ = ["register"]
 
@@ -104,7 +104,7 @@ def _dataset_info(args) -> int:
 
 
 def _dataset_check(args) -> int:
-    from ..datasets.files import check_folder
+    from retrieval.datasets.files import check_folder
 
     if args.n_jobs == 0 or args.n_jobs < -1:
         raise CLIError(f"--n-jobs must be a positive number or -1 (all cores), got {args.n_jobs}")
@@ -118,8 +118,8 @@ def _dataset_check(args) -> int:
 
 
 def _dataset_profile(args) -> int:
-    from ..config import ConfigError
-    from ..datasets.profile import ProfileConfig, gldv2_records, main as profile_main
+    from retrieval.core.config import ConfigError
+    from retrieval.datasets.profile import ProfileConfig, gldv2_records, main as profile_main
 
     try:
         conf = ProfileConfig().override(args.overrides)
@@ -135,8 +135,8 @@ def _dataset_profile(args) -> int:
 
 
 def _dataset_export(args) -> int:
-    from ..datasets import export_gldv2, labelled_gldv2_split, natural_key
-    from ..datasets.folders import read_folder
+    from retrieval.datasets import export_gldv2, labelled_gldv2_split, natural_key
+    from retrieval.datasets.folders import read_folder
 
     if args.query_step < 2:
         raise CLIError(f"--query-step must be at least 2 (some views must stay in the index), got {args.query_step}")
@@ -159,7 +159,7 @@ def _dataset_export(args) -> int:
 
 
 def _dataset_synth(args) -> int:
-    from ..datasets.gldv2_synth import generate_gldv2
+    from retrieval.datasets.gldv2_synth import generate_gldv2
 
     require_output(args.out, "GLDv2 folder", folder=True)
     for pool in args.pool:

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from ..checks import writing
+from retrieval.core.checks import writing
 
 __all__ = ["emit_json"]
 
@@ -14,7 +14,7 @@ def emit_json(payload: Any, out: Optional[str] = None) -> None:
     """Print ``payload`` as JSON on stdout, and write it to ``out`` too when given (atomically)."""
     text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default)
     if out:
-        from ..fileio import atomic_write_text  # here: the command line starts without numpy
+        from retrieval.core.fileio import atomic_write_text  # here: the command line starts without numpy
 
         with writing(out, "output"):
             atomic_write_text(out, text + "\n")

@@ -24,11 +24,11 @@ import json
 import os
 from pathlib import Path
 
-from ..checks import CLIError, require_output
-from ..dataset_kinds import DATASET_KINDS
-from ..paths import DATA_ENV_VAR
-from .arguments import progress_enabled
-from .output import emit_json
+from retrieval.core.checks import CLIError, require_output
+from retrieval.core.dataset_kinds import DATASET_KINDS
+from retrieval.core.paths import DATA_ENV_VAR
+from retrieval.cli.arguments import progress_enabled
+from retrieval.cli.output import emit_json
 
 __all__ = ["register"]
 
@@ -59,7 +59,7 @@ def register(subparsers) -> None:
 
 def _run_settings(args, module, conf) -> list:
     """The ``--set`` style overrides the run flags stand for, checked against the protocol's settings."""
-    from ..config import config_fields
+    from retrieval.core.config import config_fields
 
     fields = config_fields(type(conf))
     pairs = []
@@ -73,7 +73,7 @@ def _run_settings(args, module, conf) -> list:
     if args.recompute is not None:
         if "recompute" not in fields:
             raise CLIError(f"experiment {args.experiment}: its protocol caches no stages (--recompute)")
-        from ..ladder.config import STAGES  # the stages a run caches (a name not among them is refused there)
+        from retrieval.experiments.ladder.settings import STAGES  # the stages a run caches (a name not among them is refused there)
 
         pairs.append(f"recompute={json.dumps(list(args.recompute or STAGES))}")
     if args.quiet and "progress" in fields:
@@ -84,7 +84,7 @@ def _run_settings(args, module, conf) -> list:
 
 
 def _run(args) -> int:
-    from ..steps.experiment import shipped_experiments
+    from retrieval.experiments.files import shipped_experiments
 
     if args.list:
         emit_json({"experiments": shipped_experiments()})
@@ -98,7 +98,7 @@ def _run(args) -> int:
         return _run_experiment(args)
     if not Path(args.data_root).expanduser().is_dir():
         raise CLIError(f"{args.data_root}: no such data folder (--data-root)")
-    # relative dataset paths of every protocol are read under it (retrieval.paths.data_root), for this run
+    # relative dataset paths of every protocol are read under it (retrieval.core.paths.data_root), for this run
     before = os.environ.get(DATA_ENV_VAR)
     os.environ[DATA_ENV_VAR] = str(args.data_root)
     try:
@@ -111,8 +111,8 @@ def _run(args) -> int:
 
 
 def _run_experiment(args) -> int:
-    from ..steps.experiment import load_experiment
-    from ..steps.run import main
+    from retrieval.experiments.files import load_experiment
+    from retrieval.experiments.run import main
 
     experiment = load_experiment(args.experiment, args.overrides, dataset=args.dataset, data=args.data)
     flags = _run_settings(args, experiment.module, experiment.conf)

@@ -13,9 +13,9 @@ import sys
 import threading
 from pathlib import Path
 
-from ..checks import CLIError
-from .arguments import add_dataset_arguments, load_dataset
-from .output import emit_json
+from retrieval.core.checks import CLIError
+from retrieval.cli.arguments import add_dataset_arguments, load_dataset
+from retrieval.cli.output import emit_json
 
 __all__ = ["register", "open_from_args", "LOOPBACK"]
 
@@ -53,8 +53,8 @@ def register(subparsers) -> None:
 
 def open_from_args(args):
     """(catalog, results folder or None) from the parsed options."""
-    from ..serve.catalog import Catalog
-    from ..serve.results import ResultsFolder, experiment_sources
+    from retrieval.serve.catalog import Catalog
+    from retrieval.serve.results import ResultsFolder, experiment_sources
 
     sources = {"index": args.index, "features": args.features, "images": args.images, "queries": args.queries,
                "local": args.local}
@@ -77,8 +77,8 @@ def open_from_args(args):
         if value is not None and not Path(value).exists():
             raise CLIError(f"{value}: no such {key} {'folder' if key == 'images' else 'file'}")
     catalog = Catalog.open(dataset=dataset, **sources)
-    from ..serve.results import chosen_fusion
-    from ..serve.search import local_method
+    from retrieval.serve.results import chosen_fusion
+    from retrieval.serve.search import local_method
 
     chosen = chosen_fusion(results, local_method(catalog)) if results is not None else None
     if chosen is not None:
@@ -96,8 +96,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def _serve(args) -> int:
-    from ..extras import require
-    from ..serve.uploads import UploadLimits
+    from retrieval.core.extras import require
+    from retrieval.serve.uploads import UploadLimits
 
     if not args.check:  # before anything is opened: a missing extra is one line naming it
         for module in ("fastapi", "uvicorn"):
@@ -114,7 +114,7 @@ def _serve(args) -> int:
         return 0
     import uvicorn  # checked above
 
-    from ..serve.app import create_app
+    from retrieval.serve.app import create_app
 
     if not _is_loopback(args.host):
         print(f"retrieval: warning: serving on {args.host}, reachable from other machines; the API has no "

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from ..checks import CLIError, require_file, require_output, writing
-from .arguments import add_dataset_arguments, dataset_config, load_dataset, parse_options, progress_enabled
-from .output import emit_json
+from retrieval.core.checks import CLIError, require_file, require_output, writing
+from retrieval.cli.arguments import add_dataset_arguments, dataset_config, load_dataset, parse_options, progress_enabled
+from retrieval.cli.output import emit_json
 
 __all__ = ["register"]
 
@@ -35,7 +35,7 @@ def _register_extract(subparsers) -> None:
     # the choices are ExtractConfig.features' (checked there, one line on a typo)
     parser.add_argument("features", help="local (SIFT family), global or patches (EfficientNet)")
     add_dataset_arguments(parser)
-    from ..cli_names import EXTRACT_IMAGES, config_help
+    from retrieval.cli.names import EXTRACT_IMAGES, config_help
 
     parser.add_argument("--config", required=True, help=config_help())
     parser.add_argument("--out", required=True, help="feature file to write (HDF5); shards go to OUT.shards/")
@@ -55,10 +55,10 @@ def _register_extract(subparsers) -> None:
 
 
 def _extract(args) -> int:
-    from ..config import parse_overrides
-    from ..features.extract import ExtractionError
-    from ..features.shards import ShardWriteError
-    from ..steps.extract import ExtractConfig, main
+    from retrieval.core.config import parse_overrides
+    from retrieval.features.extract import ExtractionError
+    from retrieval.features.shards import ShardWriteError
+    from retrieval.steps.extract import ExtractConfig, main
 
     own = {f.name for f in dataclasses.fields(ExtractConfig)} - {"overrides", "kind", "config"}
     overrides = parse_overrides(args.set)
@@ -88,7 +88,7 @@ def _register_encode(subparsers) -> None:
     parser.add_argument("features", help="local feature store (retrieval extract local)")
     parser.add_argument("--out", required=True, help="global feature file to write (HDF5)")
     parser.add_argument("--encoder", default="vlad-64",
-                        help="named encoder configuration of retrieval.features.encoders.config.ENCODER_CONFIGS "
+                        help="named encoder configuration of retrieval.features.encoders.named.ENCODER_CONFIGS "
                              "(bow-1k, vlad-64, fisher-64 ...; default vlad-64)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
                         help="override a field of the encoder configuration (k=128, power=0.5 ...), repeatable")
@@ -101,8 +101,8 @@ def _register_encode(subparsers) -> None:
 
 
 def _encode(args) -> int:
-    from ..features.encoders.config import ENCODER_CONFIGS
-    from ..steps.encode import EncodeConfig, main
+    from retrieval.features.encoders.named import ENCODER_CONFIGS
+    from retrieval.steps.encode import EncodeConfig, main
 
     features = require_file(args.features, "local feature store", "hdf5")
     train = require_file(args.train, "training store", "hdf5") if args.train else None
@@ -140,8 +140,8 @@ def _register_index(subparsers) -> None:
 
 
 def _index_build(args) -> int:
-    from ..index import BACKENDS
-    from ..steps.index import IndexConfig, main
+    from retrieval.indexing.index import BACKENDS
+    from retrieval.steps.index import IndexConfig, main
 
     if args.backend not in BACKENDS:
         raise CLIError(f"unknown backend {args.backend!r}; choose from {', '.join(BACKENDS)}")
@@ -158,7 +158,7 @@ def _index_build(args) -> int:
 # ------------------------------------------------------------------------------------- search
 
 def _search_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..steps.search import FULL_RANKING_ENTRIES, LARGE_DEFAULT_K  # standard library only
+    from retrieval.steps.search import FULL_RANKING_ENTRIES, LARGE_DEFAULT_K  # standard library only
 
     parser.add_argument("index", help="index file written by 'retrieval index build'")
     parser.add_argument("queries", help="global feature file of the queries")
@@ -175,8 +175,8 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _search(args) -> int:
-    from ..index import Index
-    from ..steps.search import SearchConfig, main
+    from retrieval.indexing.index import Index
+    from retrieval.steps.search import SearchConfig, main
 
     index = require_file(args.index, "index file", "npz")
     queries = require_file(args.queries, "query feature file", "hdf5")
@@ -238,7 +238,7 @@ def _register_rerank(subparsers) -> None:
 
 
 def _rerank(args) -> int:
-    from ..steps.rerank import RerankConfig, main
+    from retrieval.steps.rerank import RerankConfig, main
 
     ranking = require_file(args.ranking, "ranking file", "json")
     q_local = require_file(args.query_local, "query local feature store", "hdf5")
@@ -279,7 +279,7 @@ def _register_evaluate(subparsers) -> None:
 def _evaluate(args) -> int:
     import tempfile
 
-    from ..steps.evaluate import EvaluateConfig, main
+    from retrieval.steps.evaluate import EvaluateConfig, main
 
     if args.k < 1:
         raise CLIError(f"--k must be positive, got {args.k}")

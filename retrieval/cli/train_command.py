@@ -17,8 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..checks import require_output
-from ..config import parse_overrides
+from retrieval.core.checks import require_output
+from retrieval.core.config import parse_overrides
 
 __all__ = ["register"]
 
@@ -52,11 +52,11 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args) -> int:
-    from ..training.config import TRAIN_CONFIGS
-    from ..training.finetune import train_classifier
-    from ..training.loop import resolve_device
-    from ..training.siamese import train_siamese
-    from ..training.training_set import load_training_set
+    from retrieval.training.settings import TRAIN_CONFIGS
+    from retrieval.training.finetune import train_classifier
+    from retrieval.training.loop import resolve_device
+    from retrieval.training.siamese import train_siamese
+    from retrieval.training.training_set import load_training_set
 
     if args.train_command == "configs":
         for name, cfg in TRAIN_CONFIGS.items():

@@ -3,13 +3,13 @@
 Oxford/Paris (standard and revisited ground truth), labelled flat folders (COIL-100/COIL-20),
 multi-view layouts, GLDv2 (Kaggle format, read and export), and query/database splits.
 """
-from .base import QueryTruth, RetrievalDataset
-from .files import IMAGE_EXTENSIONS, DatasetError, DatasetWarning, check_images, list_images, natural_key
-from .folders import group_views, read_labelled_folder, read_multiview_tree, read_os_core
-from .gldv2 import (coil100_gldv2_split, export_gldv2, gldv2_id, gldv2_image_path,
+from retrieval.datasets.dataset import QueryTruth, RetrievalDataset
+from retrieval.datasets.files import IMAGE_EXTENSIONS, DatasetError, DatasetWarning, check_images, list_images, natural_key
+from retrieval.datasets.folders import group_views, read_labelled_folder, read_multiview_tree, read_os_core
+from retrieval.datasets.gldv2 import (coil100_gldv2_split, export_gldv2, gldv2_id, gldv2_image_path,
                     labelled_gldv2_split, read_gldv2)
-from .oxford import crop_query, read_gt_queries, read_oxford, read_revisited, revisited_truth
-from .splits import canonical_order, drop_junk, every_nth_query, exclude_self
+from retrieval.datasets.oxford import crop_query, read_gt_queries, read_oxford, read_revisited, revisited_truth
+from retrieval.datasets.splits import canonical_order, drop_junk, every_nth_query, exclude_self
 
 __all__ = [
     "QueryTruth", "RetrievalDataset", "DatasetError", "DatasetWarning", "IMAGE_EXTENSIONS", "check_images",

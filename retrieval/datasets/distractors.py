@@ -4,7 +4,7 @@ setting of revisited Oxford / Paris, Holidays + Flickr100k ...).
 Every image under the folder (searched recursively) joins the database with its file stem as id; it
 is relevant to no query, so it can only push positives down. A stem that repeats, or that is already
 a database id, is refused naming both files (ids must stay unique). The dataset's ``metadata``
-records ``distractors`` (the count, which :func:`retrieval.evaluate.evaluate` puts in every result)
+records ``distractors`` (the count, which :func:`retrieval.evaluation.evaluate.evaluate` puts in every result)
 and ``distractors_path``.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Union
 
-from .base import RetrievalDataset
-from .files import DatasetError, list_images, require_dir
+from retrieval.datasets.dataset import RetrievalDataset
+from retrieval.datasets.files import DatasetError, list_images, require_dir
 
 __all__ = ["add_distractors"]
 

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
-from ..imageio import ImageLoadError, load_image
+from retrieval.core.imageio import ImageLoadError, load_image
 
 PathLike = Union[str, os.PathLike]
 
@@ -173,7 +173,7 @@ def _check_one(path: str) -> Tuple[str, str]:
 
 def check_images(paths: Iterable[PathLike], n_jobs: int = 1, progress: bool = True,
                  desc: str = "checking images") -> List[Tuple[str, str]]:
-    """Decode every image fully (the way :func:`retrieval.imageio.load_image` does) and return
+    """Decode every image fully (the way :func:`retrieval.core.imageio.load_image` does) and return
     ``[(path, reason), ...]`` for the files that fail (missing, empty, truncated, corrupt, not an
     image), in input order. ``n_jobs`` > 1 (or -1 for all cores) decodes in parallel with joblib."""
     paths = [str(p) for p in paths]

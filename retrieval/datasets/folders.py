@@ -28,8 +28,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
-from .base import QueryTruth, RetrievalDataset
-from .files import (IMAGE_EXTENSIONS, DatasetError, apply_on_error, check_images, check_inside, list_images,
+from retrieval.datasets.dataset import QueryTruth, RetrievalDataset
+from retrieval.datasets.files import (IMAGE_EXTENSIONS, DatasetError, apply_on_error, check_images, check_inside, list_images,
                     missing_files, natural_key, read_text, require_dir)
 
 PathLike = Union[str, os.PathLike]

@@ -29,13 +29,13 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
-from .base import QueryTruth, RetrievalDataset
-from .files import (DatasetError, apply_on_error, check_images, check_safe_id, missing_files, natural_key,
+from retrieval.datasets.dataset import QueryTruth, RetrievalDataset
+from retrieval.datasets.files import (DatasetError, apply_on_error, check_images, check_safe_id, missing_files, natural_key,
                     read_text, require_dir)
-from .folders import read_labelled_folder
-from .gldv2_export import LINK_MODES, MANIFEST, export_gldv2, gldv2_id
-from .gldv2_layout import SOLUTION_CSV, USAGES, gldv2_image_path
-from .splits import canonical_order
+from retrieval.datasets.folders import read_labelled_folder
+from retrieval.datasets.gldv2_export import LINK_MODES, MANIFEST, export_gldv2, gldv2_id
+from retrieval.datasets.gldv2_layout import SOLUTION_CSV, USAGES, gldv2_image_path
+from retrieval.datasets.splits import canonical_order
 
 PathLike = Union[str, os.PathLike]
 
@@ -142,7 +142,7 @@ def read_gldv2(root: PathLike, train_dir: Optional[PathLike] = None, index_dir: 
     test_paths = [gldv2_image_path(dirs["test"], i, ext) for i in test_ids]
     train_ids = train_paths = train_labels = None
     if with_train and train_file == "train_clean.csv" and (root / train_file).is_file():
-        from .gldv2_tables import read_clean_train  # landmark_id,images rows: one per landmark
+        from retrieval.datasets.gldv2_tables import read_clean_train  # landmark_id,images rows: one per landmark
         clean_ids, clean_labels = read_clean_train(root / train_file)
         train_ids, train_labels = clean_ids.tolist(), clean_labels.astype(str).tolist()
         train_paths = [gldv2_image_path(dirs["train"], i, ext) for i in train_ids]

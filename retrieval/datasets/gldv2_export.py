@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from ..fileio import atomic_write_text
-from .base import QueryTruth, RetrievalDataset
-from .files import DatasetError
-from .gldv2_layout import SOLUTION_CSV, USAGES, gldv2_image_path
+from retrieval.core.fileio import atomic_write_text
+from retrieval.datasets.dataset import QueryTruth, RetrievalDataset
+from retrieval.datasets.files import DatasetError
+from retrieval.datasets.gldv2_layout import SOLUTION_CSV, USAGES, gldv2_image_path
 
 PathLike = Union[str, os.PathLike]
 

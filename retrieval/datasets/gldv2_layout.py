@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from .files import DatasetError, check_safe_id
+from retrieval.datasets.files import DatasetError, check_safe_id
 
 __all__ = ["SOLUTION_CSV", "USAGES", "gldv2_image_path"]
 

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Union
 
-from .base import RetrievalDataset
-from .gldv2 import read_gldv2
-from .gldv2_synth import POOL_FILE, link_images
-from .gldv2_tables import thesis_protocol
+from retrieval.datasets.dataset import RetrievalDataset
+from retrieval.datasets.gldv2 import read_gldv2
+from retrieval.datasets.gldv2_synth import POOL_FILE, link_images
+from retrieval.datasets.gldv2_tables import thesis_protocol
 
 __all__ = ["read_gldv2_protocol"]
 

@@ -22,9 +22,9 @@ from typing import Dict, Iterable, List, Sequence, Union
 
 import numpy as np
 
-from ..fileio import atomic_path, atomic_write_text
-from .files import DatasetError, list_images
-from .gldv2_layout import SOLUTION_CSV, gldv2_image_path
+from retrieval.core.fileio import atomic_path, atomic_write_text
+from retrieval.datasets.files import DatasetError, list_images
+from retrieval.datasets.gldv2_layout import SOLUTION_CSV, gldv2_image_path
 
 PathLike = Union[str, os.PathLike]
 

@@ -22,9 +22,9 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .base import QueryTruth, RetrievalDataset
-from .files import DatasetError, require_dir
-from .gldv2_layout import SOLUTION_CSV, USAGES, gldv2_image_path
+from retrieval.datasets.dataset import QueryTruth, RetrievalDataset
+from retrieval.datasets.files import DatasetError, require_dir
+from retrieval.datasets.gldv2_layout import SOLUTION_CSV, USAGES, gldv2_image_path
 
 PathLike = Union[str, os.PathLike]
 

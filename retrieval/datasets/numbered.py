@@ -27,8 +27,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
-from .base import QueryTruth, RetrievalDataset
-from .files import DatasetError, read_text, require_dir
+from retrieval.datasets.dataset import QueryTruth, RetrievalDataset
+from retrieval.datasets.files import DatasetError, read_text, require_dir
 
 PathLike = Union[str, os.PathLike]
 
@@ -78,8 +78,8 @@ def _upright_copies(paths: Dict[str, Path], rotations: Dict[str, int], folder: P
     """PNG copies of the rotated images, turned upright (written once, atomically)."""
     import numpy as np
 
-    from ..fileio import atomic_path
-    from ..imageio import load_image
+    from retrieval.core.fileio import atomic_path
+    from retrieval.core.imageio import load_image
 
     unknown = sorted(set(rotations) - set(paths))
     if unknown:

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union
 
-from ..config import Config, ConfigError
-from ..dataset_kinds import DATASET_KINDS, DEFAULT_PROTOCOL, LANDMARK_KINDS
-from .base import RetrievalDataset
-from .files import DatasetError
+from retrieval.core.config import Config, ConfigError
+from retrieval.core.dataset_kinds import DATASET_KINDS, DEFAULT_PROTOCOL, LANDMARK_KINDS
+from retrieval.datasets.dataset import RetrievalDataset
+from retrieval.datasets.files import DatasetError
 
 __all__ = ["DATASET_KINDS", "LANDMARK_KINDS", "DEFAULT_PROTOCOL", "DatasetConfig", "open_dataset"]
 
@@ -99,7 +99,7 @@ class DatasetConfig(Config):
 
 
 def _with_queries(conf: DatasetConfig, base: RetrievalDataset, root: Path) -> RetrievalDataset:
-    from .splits import every_nth_query, listed_queries, read_query_list
+    from retrieval.datasets.splits import every_nth_query, listed_queries, read_query_list
 
     if conf.queries == "every":
         return every_nth_query(base, n=conf.every, db=conf.db)
@@ -119,16 +119,16 @@ def open_dataset(conf: DatasetConfig) -> RetrievalDataset:
     with ``conf.distractors`` added to its database."""
     dataset = _open(conf)
     if conf.distractors:
-        from .distractors import add_distractors
+        from retrieval.datasets.distractors import add_distractors
 
         dataset = add_distractors(dataset, conf.distractors)
     return dataset
 
 
 def _open(conf: DatasetConfig) -> RetrievalDataset:
-    from .folders import read_folder, read_multiview_tree, read_os_core
-    from .gldv2 import read_gldv2
-    from .oxford import read_oxford, read_revisited
+    from retrieval.datasets.folders import read_folder, read_multiview_tree, read_os_core
+    from retrieval.datasets.gldv2 import read_gldv2
+    from retrieval.datasets.oxford import read_oxford, read_revisited
 
     if not conf.path:
         raise DatasetError(f"no dataset folder given for the {conf.kind!r} dataset (--data PATH, or "
@@ -139,30 +139,30 @@ def _open(conf: DatasetConfig) -> RetrievalDataset:
     kind = conf.kind
     check = conf.on_error == "collect"  # skipping what cannot be read needs reading it first
     if kind == "revisited" and (conf.gnd or any(root.glob("gnd_*.pkl"))):
-        from .revisitop import read_revisitop
+        from retrieval.datasets.revisitop import read_revisitop
 
         return read_revisitop(root, gnd=Path(conf.gnd).expanduser() if conf.gnd else None, scale=conf.scale,
                               on_error=conf.on_error)
     if kind in ("oxford", "paris", "revisited"):
-        from .oxford_layout import find_layout
+        from retrieval.datasets.oxford_layout import find_layout
 
         images, gt = find_layout(root)
         reader = read_revisited if kind == "revisited" else read_oxford
         dataset = reader(root, scale=conf.scale, images_dir=images, gt_dir=gt, on_error=conf.on_error)
         if conf.gnd:  # a subset scored with the official revisited ground truth, restricted to its images
-            from .revisited_subset import revisited_subset
+            from retrieval.datasets.revisited_subset import revisited_subset
 
             dataset = revisited_subset(dataset, Path(conf.gnd).expanduser())
         return dataset
     if kind in ("holidays", "ukbench"):
-        from .numbered import read_holidays, read_ukbench
+        from retrieval.datasets.numbered import read_holidays, read_ukbench
 
         if kind == "ukbench":
             return read_ukbench(root)
         return read_holidays(root, rotations=Path(conf.rotations).expanduser() if conf.rotations else None)
     if kind == "gldv2":
         if conf.protocol == "thesis":
-            from .gldv2_protocol import read_gldv2_protocol
+            from retrieval.datasets.gldv2_protocol import read_gldv2_protocol
 
             return read_gldv2_protocol(root, "thesis", n_queries=conf.thesis_queries, n_index=conf.thesis_index)
         return read_gldv2(root, on_error=conf.on_error)

@@ -40,9 +40,9 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
-from ..imageio import ImageLoadError, image_size
-from .base import QueryTruth, RetrievalDataset
-from .files import (IMAGE_EXTENSIONS, DatasetError, apply_on_error, check_images, list_images, read_text,
+from retrieval.core.imageio import ImageLoadError, image_size
+from retrieval.datasets.dataset import QueryTruth, RetrievalDataset
+from retrieval.datasets.files import (IMAGE_EXTENSIONS, DatasetError, apply_on_error, check_images, list_images, read_text,
                     require_dir)
 
 PathLike = Union[str, os.PathLike]
@@ -88,7 +88,7 @@ def read_gt_queries(gt_dir: PathLike) -> Dict[str, Tuple[str, Box]]:
     files = sorted(gt_dir.glob("*_query.txt"))
     if not files:
         raise DatasetError(f"{gt_dir}: no *_query.txt files")
-    from .files import natural_key
+    from retrieval.datasets.files import natural_key
 
     out = {}
     for f in sorted(files, key=lambda p: natural_key(p.name)):

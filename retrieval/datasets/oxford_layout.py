@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Tuple
 
-from .files import IMAGE_EXTENSIONS, DatasetError, require_dir
+from retrieval.datasets.files import IMAGE_EXTENSIONS, DatasetError, require_dir
 
 __all__ = ["find_layout", "IMAGE_FOLDERS"]
 

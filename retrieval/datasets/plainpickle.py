@@ -18,7 +18,7 @@ import pickletools
 from pathlib import Path
 from typing import Any, Union
 
-from .files import DatasetError
+from retrieval.datasets.files import DatasetError
 
 __all__ = ["load_plain_pickle", "PLAIN_OPCODES"]
 

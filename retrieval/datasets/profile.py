@@ -29,8 +29,8 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from retrieval.config import Config, ConfigError
-from retrieval.fileio import file_hash
+from retrieval.core.config import Config, ConfigError
+from retrieval.core.fileio import file_hash
 
 PathLike = Union[str, os.PathLike]
 #: one image: (split, image id, path, class label or None)
@@ -62,7 +62,7 @@ class ProfileConfig(Config):
 def gldv2_records(root: PathLike) -> Callable[[], Iterator[Record]]:
     """A re-iterable stream over a GLDv2 folder (train.csv with landmark_id, index.csv, test.csv),
     row by row; the image of id ``abc...`` is ``<split>/a/b/c/abc....jpg``."""
-    from .gldv2 import gldv2_image_path
+    from retrieval.datasets.gldv2 import gldv2_image_path
 
     root = Path(root)
     csvs = [(split, root / f"{split}.csv") for split in ("train", "index", "test")]
@@ -262,9 +262,9 @@ def _quantiles(x: np.ndarray) -> dict:
 
 def near_duplicates(feature_file: PathLike, threshold: float, examples: int) -> dict:
     """Pairs of images whose global descriptors have cosine >= ``threshold`` (blocked exact search of
-    each image's 10 nearest neighbours with :class:`retrieval.index.Index`)."""
+    each image's 10 nearest neighbours with :class:`retrieval.indexing.index.Index`)."""
     from retrieval.features.store import load_global
-    from retrieval.index import Index
+    from retrieval.indexing.index import Index
 
     ids, vectors, config = load_global(feature_file)
     v = np.asarray(vectors, dtype=np.float32)
@@ -282,7 +282,7 @@ def near_duplicates(feature_file: PathLike, threshold: float, examples: int) -> 
 
 
 def plot_profile(profile: dict, counts: np.ndarray, sizes: np.ndarray, path: Path) -> Path:
-    from retrieval.report import save_figure, subplots
+    from retrieval.core.report import save_figure, subplots
 
     fig, axes = subplots(1, 4, figsize=(20, 4))
     ax = axes[0]
@@ -309,7 +309,7 @@ def main(conf: ProfileConfig, dataset: Union[Callable[[], Iterator[Record]], Ite
          out: PathLike, progress: bool = True) -> Path:
     """Profile ``dataset`` (a records stream factory, e.g. :func:`gldv2_records`, or a
     :class:`RetrievalDataset`) into ``out``/profile.json and profile.png; returns the JSON's path."""
-    from retrieval.fileio import atomic_write_text
+    from retrieval.core.fileio import atomic_write_text
 
     records = dataset if callable(dataset) else dataset_records(dataset)
     result, counts, sizes = profile_records(records, conf, progress)

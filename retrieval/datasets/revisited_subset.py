@@ -10,10 +10,10 @@ level (easy / medium / hard), every list cut to the images present, and every da
 not in ``imlist`` ignored (the revisited database leaves out its 70 query images, which the subset
 holds; kept, each query's own photo would rank first as a false positive). Its ``positives`` / ``junk`` are
 the level's, so ``evaluate(view, predictions, "oxford")`` is the level's mAP as the benchmark
-computes it (:func:`retrieval.metrics.oxford_ap`) and ``protocol="revisited"`` gives every level.
+computes it (:func:`retrieval.evaluation.metrics.oxford_ap`) and ``protocol="revisited"`` gives every level.
 
 Figures from this are NOT the benchmark's: the database is the subset (no distractors, no absent
-positives), so they run higher than full-set figures; :func:`retrieval.revisited_subset.revisited_scores`
+positives), so they run higher than full-set figures; :func:`retrieval.evaluation.revisited_subset.revisited_scores`
 says so in its result. ``--dataset oxford --gnd PKL`` (``DatasetConfig.gnd``) opens a subset this way
 (:func:`revisited_subset`: all revisited queries, Medium ground truth with easy / hard kept).
 """
@@ -23,11 +23,11 @@ import os
 from dataclasses import replace
 from typing import Dict, Hashable, List, Optional, Union
 
-from ..imageio import image_size
-from .base import RetrievalDataset
-from .files import DatasetError
-from .oxford import ORIGINAL_LONGEST_SIDE, _scale_for, _scaled_box, revisited_truth
-from .revisitop import RevisitedGnd, read_gnd
+from retrieval.core.imageio import image_size
+from retrieval.datasets.dataset import RetrievalDataset
+from retrieval.datasets.files import DatasetError
+from retrieval.datasets.oxford import ORIGINAL_LONGEST_SIDE, _scale_for, _scaled_box, revisited_truth
+from retrieval.datasets.revisitop import RevisitedGnd, read_gnd
 
 __all__ = ["with_revisited_queries", "revisited_view", "revisited_subset", "RESTRICTED_NOTE"]
 

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from ..imageio import ImageLoadError, image_size
-from .base import RetrievalDataset
-from .files import DatasetError, apply_on_error, check_images, require_dir
-from .oxford import ORIGINAL_LONGEST_SIDE, _scale_for, _scaled_box, revisited_truth
-from .plainpickle import load_plain_pickle
+from retrieval.core.imageio import ImageLoadError, image_size
+from retrieval.datasets.dataset import RetrievalDataset
+from retrieval.datasets.files import DatasetError, apply_on_error, check_images, require_dir
+from retrieval.datasets.oxford import ORIGINAL_LONGEST_SIDE, _scale_for, _scaled_box, revisited_truth
+from retrieval.datasets.plainpickle import load_plain_pickle
 
 PathLike = Union[str, os.PathLike]
 Box = Tuple[float, float, float, float]

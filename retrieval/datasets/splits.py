@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
-from .base import QueryTruth, RetrievalDataset
-from .files import DatasetError, natural_key
-from .folders import sortable
+from retrieval.datasets.dataset import QueryTruth, RetrievalDataset
+from retrieval.datasets.files import DatasetError, natural_key
+from retrieval.datasets.folders import sortable
 
 __all__ = ["every_nth_query", "listed_queries", "read_query_list", "split_queries", "canonical_order",
            "exclude_self", "drop_junk"]
@@ -88,7 +88,7 @@ def read_query_list(path) -> List[str]:
     so ``cat/001.jpg`` and ``cat/001`` name the same image)."""
     from pathlib import Path
 
-    from .files import IMAGE_EXTENSIONS
+    from retrieval.datasets.files import IMAGE_EXTENSIONS
 
     path = Path(path)
     if not path.is_file():

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import natural_key
-from .viewsets import PathLike, ViewCatalog, build_catalog, name_order, read_view_catalog
+from retrieval.datasets.files import natural_key
+from retrieval.datasets.viewsets import PathLike, ViewCatalog, build_catalog, name_order, read_view_catalog
 
 __all__ = ["VIEW_KINDS", "catalog_of_dataset", "read_views"]
 
@@ -19,7 +19,7 @@ VIEW_KINDS = ("views", "folder", "multiview")
 
 
 def catalog_of_dataset(dataset, root: PathLike) -> ViewCatalog:
-    """The database of a labelled :class:`~retrieval.datasets.base.RetrievalDataset` as a view catalog:
+    """The database of a labelled :class:`~retrieval.datasets.dataset.RetrievalDataset` as a view catalog:
     one object per label (numbered 1, 2, ... in natural label order), its views placed by the
     ``azimuth_deg`` [``elevation_deg``] metadata when the dataset has it, else by ``view`` (the
     multi-view tree's ``<instance>.<k>``), else in file-name order."""
@@ -47,7 +47,7 @@ def read_views(kind: str, root: PathLike):
       :func:`catalog_of_dataset`);
     * ``multiview``: the ``DS|DU/retrieval/<class>/<instance>/<instance>.<k>`` tree, one object per
       instance; the tree's own split comes back as the default seen (DS) / unseen (DU) objects."""
-    from .folders import read_folder, read_multiview_tree
+    from retrieval.datasets.folders import read_folder, read_multiview_tree
 
     root = Path(root)
     if kind == "views":

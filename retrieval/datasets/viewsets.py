@@ -26,8 +26,8 @@ Protocol (one split, one ``test_views`` = k):
 4. Relevant = database sets of the same object.
 
 Descriptors are made by any multi-view model (``features.multiview``); this module only says which
-views make which query and database entry, ranks with :class:`retrieval.index.Index` and scores with
-:mod:`retrieval.metrics`.
+views make which query and database entry, ranks with :class:`retrieval.indexing.index.Index` and scores with
+:mod:`retrieval.evaluation.metrics`.
 """
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
-from .files import check_inside, natural_key
-from .folders import read_labels_csv
+from retrieval.datasets.files import check_inside, natural_key
+from retrieval.datasets.folders import read_labels_csv
 
 PathLike = Union[str, os.PathLike]
 
@@ -299,9 +299,9 @@ class ViewSetBenchmark:
 
     def rank(self, query_descriptors: np.ndarray, db_descriptors: np.ndarray, k: int = 100,
              backend: str = "exact") -> Dict[str, List[str]]:
-        """Rank the database for every query with :class:`retrieval.index.Index` and drop each
+        """Rank the database for every query with :class:`retrieval.indexing.index.Index` and drop each
         query's own set: ``{query_id: best-first database ids}`` (at most ``k``)."""
-        from retrieval.index import Index
+        from retrieval.indexing.index import Index
 
         q = np.ascontiguousarray(query_descriptors, dtype=np.float32)
         d = np.ascontiguousarray(db_descriptors, dtype=np.float32)

@@ -2,7 +2,7 @@
 
 Build (:func:`build_index`): a seeded sample of rows (``train_size``, default about 50 per coarse
 list) is gathered in one pass over the source and the index is trained on it exactly as
-:class:`retrieval.index.Index` trains (:meth:`Index.trained`); a second pass adds the vectors
+:class:`retrieval.indexing.index.Index` trains (:meth:`Index.trained`); a second pass adds the vectors
 chunk by chunk. Only the sample, one chunk and the index itself are ever in memory: for IVF-PQ the
 index holds ``m`` bytes of code + 8 bytes of list id per vector instead of ``4 d`` bytes.
 
@@ -27,9 +27,9 @@ from typing import Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..faiss_backend import default_nlist
-from ..index import Index, IndexFileError, Ranking, exact_search, normalize_rows
-from .manifest import (MANIFEST, SHARDED_FORMAT, SHARDED_VERSION, check_shard, check_unique_ids, ids_digest,
+from retrieval.indexing.faiss_backend import default_nlist
+from retrieval.indexing.index import Index, IndexFileError, Ranking, exact_search, normalize_rows
+from retrieval.scale.manifest import (MANIFEST, SHARDED_FORMAT, SHARDED_VERSION, check_shard, check_unique_ids, ids_digest,
                        read_manifest, write_manifest)
 
 PathLike = Union[str, os.PathLike]
@@ -144,7 +144,7 @@ def build_sharded_index(source, out_dir: PathLike, backend: str = "faiss-ivfpq",
         manifest["on_disk"] = previous["on_disk"]
     write_manifest(out, manifest)
     if on_disk:
-        from .ondisk import merge_on_disk
+        from retrieval.scale.ondisk import merge_on_disk
 
         merge_on_disk(out, progress=progress)
     return out

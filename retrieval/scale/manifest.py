@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..fileio import atomic_write_text, digest, read_json
-from ..ranking import IndexFileError
+from retrieval.core.fileio import atomic_write_text, digest, read_json
+from retrieval.indexing.ranking import IndexFileError
 
 __all__ = ["MANIFEST", "SHARDED_FORMAT", "SHARDED_VERSION", "read_manifest", "write_manifest", "ids_digest",
            "check_shard", "check_unique_ids"]

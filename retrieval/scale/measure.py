@@ -27,7 +27,7 @@ def _reset_peak() -> bool:
 
 
 def _child(fn: Callable[..., Any], kwargs: Dict[str, Any], conn) -> None:
-    from ..report import peak_rss_mb
+    from retrieval.core.report import peak_rss_mb
     try:
         linux = _reset_peak()
         baseline = _status_mb("VmRSS") if linux else peak_rss_mb()

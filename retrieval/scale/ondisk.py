@@ -17,8 +17,8 @@ Written into the same folder, each file atomically, the manifest last:
 
 :func:`load_on_disk` checks the manifest (format, version, dimension, count), the sizes and, with
 ``verify=True`` (default), the checksums, so a stale, truncated or altered file is an
-:class:`~retrieval.ranking.IndexFileError` naming it; it returns an :class:`OnDiskIndex`, an
-:class:`~retrieval.index.Index` that searches like any other (per-call ``nprobe``) and refuses to
+:class:`~retrieval.indexing.ranking.IndexFileError` naming it; it returns an :class:`OnDiskIndex`, an
+:class:`~retrieval.indexing.index.Index` that searches like any other (per-call ``nprobe``) and refuses to
 be saved as one ``.npz`` file (its lists live in the folder). The folder may be moved: faiss is
 told to look for the lists beside the index file.
 """
@@ -33,11 +33,11 @@ from typing import Optional, Union
 
 import numpy as np
 
-from ..faiss_backend import import_faiss
-from ..fileio import atomic_write, file_hash
-from ..index import Index, IndexFileError
-from ..index_file import load_ids
-from .manifest import check_shard, check_unique_ids, read_manifest, write_manifest
+from retrieval.indexing.faiss_backend import import_faiss
+from retrieval.core.fileio import atomic_write, file_hash
+from retrieval.indexing.index import Index, IndexFileError
+from retrieval.indexing.index_file import load_ids
+from retrieval.scale.manifest import check_shard, check_unique_ids, read_manifest, write_manifest
 
 __all__ = ["merge_on_disk", "load_on_disk", "OnDiskIndex", "ON_DISK_FILES"]
 
@@ -47,7 +47,7 @@ ON_DISK_FILES = {"index": "on-disk.faiss", "lists": "on-disk.ivfdata", "ids": "o
 
 
 class OnDiskIndex(Index):
-    """An IVF :class:`~retrieval.index.Index` whose inverted lists are memory-mapped from a
+    """An IVF :class:`~retrieval.indexing.index.Index` whose inverted lists are memory-mapped from a
     ``.ivfdata`` file (:func:`load_on_disk`)."""
 
     folder: Optional[Path] = None

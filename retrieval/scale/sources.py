@@ -23,8 +23,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import h5py
 import numpy as np
 
-from ..features.store import FORMAT_VERSION, GLOBAL_FORMAT, FeatureFileError, GlobalFeatureWriter
-from ..fileio import check_header
+from retrieval.features.store import FORMAT_VERSION, GLOBAL_FORMAT, FeatureFileError, GlobalFeatureWriter
+from retrieval.core.fileio import check_header
 
 PathLike = Union[str, os.PathLike]
 Chunk = Tuple[np.ndarray, np.ndarray]

@@ -6,9 +6,9 @@
 
 Needs the ``serve`` extra (``pip install hybrid-retrieval[serve]``: fastapi, uvicorn, python-multipart).
 """
-from .catalog import Catalog, Query, Truth, UnsupportedUpload, build_extractor
-from .search import SearchResult, pair_matches, search
-from .uploads import UploadError, UploadLimits, decode_upload
+from retrieval.serve.catalog import Catalog, Query, Truth, UnsupportedUpload, build_extractor
+from retrieval.serve.search import SearchResult, pair_matches, search
+from retrieval.serve.uploads import UploadError, UploadLimits, decode_upload
 
 __all__ = ["Catalog", "Query", "Truth", "UnsupportedUpload", "build_extractor", "SearchResult", "search",
            "pair_matches", "UploadError", "UploadLimits", "decode_upload", "create_app"]
@@ -16,6 +16,6 @@ __all__ = ["Catalog", "Query", "Truth", "UnsupportedUpload", "build_extractor", 
 
 def create_app(*args, **kwargs):
     """:func:`retrieval.serve.app.create_app` (imported on use: it needs fastapi)."""
-    from .app import create_app as _create_app
+    from retrieval.serve.app import create_app as _create_app
 
     return _create_app(*args, **kwargs)

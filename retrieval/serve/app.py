@@ -27,12 +27,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .catalog import Catalog, UnsupportedUpload
-from .images import ImageCache
-from .page import render_page, render_results
-from .results import MEDIA_TYPES, ResultsFolder
-from .search import MAX_K, pair_matches, search
-from .uploads import UploadError, UploadLimits, decode_upload
+from retrieval.serve.catalog import Catalog, UnsupportedUpload
+from retrieval.serve.images import ImageCache
+from retrieval.serve.page import render_page, render_results
+from retrieval.serve.results import MEDIA_TYPES, ResultsFolder
+from retrieval.serve.search import MAX_K, pair_matches, search
+from retrieval.serve.uploads import UploadError, UploadLimits, decode_upload
 
 __all__ = ["create_app"]
 

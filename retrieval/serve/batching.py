@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from retrieval.index import Index, Ranking
+from retrieval.indexing.index import Index, Ranking
 
 __all__ = ["SearchBatcher"]
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from retrieval.features.local import LocalFeatures
 from retrieval.features.store import LocalFeatureStore, config_json, load_global
-from retrieval.index import Index
+from retrieval.indexing.index import Index
 
 __all__ = ["Catalog", "Query", "Truth", "build_extractor", "UnsupportedUpload", "UPLOAD_PREFIX"]
 
@@ -138,7 +138,7 @@ class Catalog:
         self._lock = threading.Lock()  # h5py and the extractors are used by one thread at a time
         self._local_cache: "OrderedDict[str, LocalFeatures]" = OrderedDict()
         self._uploads: "OrderedDict[str, Query]" = OrderedDict()
-        from .batching import SearchBatcher
+        from retrieval.serve.batching import SearchBatcher
 
         self.batcher = SearchBatcher(index)  # concurrent searches share one pass over the vectors
         self._extractor = None

@@ -9,7 +9,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .catalog import Catalog
+from retrieval.serve.catalog import Catalog
 
 __all__ = ["ImageCache"]
 
@@ -54,7 +54,7 @@ class ImageCache:
         return answer
 
     def _load(self, image_id: str, size: Optional[int]) -> Tuple[bytes, str]:
-        from retrieval.imageio import ImageLoadError, load_image, resize_longest_side
+        from retrieval.core.imageio import ImageLoadError, load_image, resize_longest_side
 
         path = self.catalog.image_path(image_id)
         if path is None:

@@ -29,7 +29,7 @@ def synthetic_catalog(n: int = 100_000, dim: int = 320, seed: int = 0):
     """A :class:`~retrieval.serve.Catalog` over ``n`` random unit vectors (ids ``img000000`` ...)."""
     from retrieval import Index
 
-    from .catalog import Catalog
+    from retrieval.serve.catalog import Catalog
 
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
@@ -57,7 +57,7 @@ def _serve_synthetic(n: int, dim: int, seed: int, port: int, ready) -> None:
 
     import uvicorn
 
-    from .app import create_app
+    from retrieval.serve.app import create_app
 
     logging.getLogger("retrieval.serve").setLevel(logging.ERROR)  # no "no image file" warning
     server = uvicorn.Server(uvicorn.Config(create_app(synthetic_catalog(n, dim, seed)), host=HOST, port=port,

@@ -8,9 +8,9 @@ from html import escape
 from typing import Dict, List, Tuple
 from urllib.parse import quote
 
-from .catalog import Catalog
-from .results import ResultsFolder
-from .uploads import UploadLimits
+from retrieval.serve.catalog import Catalog
+from retrieval.serve.results import ResultsFolder
+from retrieval.serve.uploads import UploadLimits
 
 __all__ = ["render_page", "render_results", "worst_queries"]
 
@@ -97,7 +97,7 @@ def worst_queries(results: ResultsFolder, catalog: Catalog, n: int = 24) -> Tupl
 
 
 def _served_aps(catalog: Catalog) -> Dict[str, float]:
-    from retrieval.metrics import oxford_ap
+    from retrieval.evaluation.metrics import oxford_ap
 
     import numpy as np
 

@@ -60,7 +60,7 @@ class ResultsFolder:
 
     def table(self) -> (List[str], List[List[str]]):
         """(columns, cells) of the rows, nested dicts flattened as ``outer.inner``."""
-        from retrieval.report import _flatten, _fmt
+        from retrieval.core.report import _flatten, _fmt
 
         flat = [_flatten(r) for r in self.rows]
         columns: List[str] = []
@@ -114,7 +114,7 @@ def _cells(line: str) -> List[str]:
 def markdown_blocks(text: str) -> List[Tuple[str, object]]:
     """The headings (``#`` lines, and ``**bold**`` lines that title a table), tables (``|`` lines; the
     ``|---|`` rule after the header dropped) and other non-empty lines of a markdown text, in order.
-    Only what :func:`retrieval.report.write_results` and the benchmarks write is recognised."""
+    Only what :func:`retrieval.core.report.write_results` and the benchmarks write is recognised."""
     blocks: List[Tuple[str, object]] = []
     lines = text.splitlines()
     i = 0

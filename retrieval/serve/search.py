@@ -1,4 +1,4 @@
-"""One search as the page and the JSON API show it: the index's :class:`~retrieval.index.Ranking`, local
+"""One search as the page and the JSON API show it: the index's :class:`~retrieval.indexing.index.Ranking`, local
 evidence on the shortlist, the fused order at a weight v, right / wrong / junk and the query's AP.
 
 * Global: ``Catalog.index.search(vector, k)`` (concurrent requests batched into one call,
@@ -13,7 +13,7 @@ evidence on the shortlist, the fused order at a weight v, right / wrong / junk a
   linear fusion at the weight ``v`` the page asks for with the same normalisation
   (``score = v * global + (1 - v) * local_norm``); ``local_norm`` is in the JSON so the page re-sorts
   for any v without asking again (ties keep the global order, as :func:`~retrieval.rerank.fusion_order`).
-* AP: AP@k as GLDv2 / Kaggle score it (:func:`retrieval.metrics.average_precision_at_k`: divided by
+* AP: AP@k as GLDv2 / Kaggle score it (:func:`retrieval.evaluation.metrics.average_precision_at_k`: divided by
   min(positives, k)) over the k results with junk removed, for the global and the fused order.
 """
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import List, Optional
 
 import numpy as np
 
-from retrieval.index import Ranking
-from retrieval.metrics import average_precision_at_k
+from retrieval.indexing.index import Ranking
+from retrieval.evaluation.metrics import average_precision_at_k
 from retrieval.rerank.fusion import DEFAULT_FUSION, FusionConfig, fuse, fused_order, normalise_scores
 
-from .catalog import Catalog, Query
+from retrieval.serve.catalog import Catalog, Query
 
 __all__ = ["SearchResult", "search", "pair_matches", "fusion_at", "local_method", "MAX_K"]
 

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from retrieval.imageio import _pil_to_rgb
+from retrieval.core.imageio import _pil_to_rgb
 
 __all__ = ["UploadError", "UploadLimits", "decode_upload"]
 

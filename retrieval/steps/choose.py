@@ -3,7 +3,7 @@
 Every re-ranking step (a local scorer's fusion, query expansion) is a list of candidates whose first
 is its base ranking (no re-ranking: :data:`retrieval.rerank.fusion.NO_RERANKING`, no expansion). Each
 candidate's ranking is scored per query under every relevance protocol of the dataset;
-:func:`retrieval.crossfit.cross_fit` then picks, for each fold of queries, the candidate with the best
+:func:`retrieval.core.crossfit.cross_fit` then picks, for each fold of queries, the candidate with the best
 mean on the OTHER folds, ties going to the base ranking, and a candidate must beat the base by more
 than ``min_gain`` there to replace it: a re-ranker is used only where it wins on queries it is not
 reported on. The predictions reported are each query's ranking at its fold's choice. The retrieval
@@ -20,8 +20,8 @@ from typing import Callable, Dict, Hashable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..crossfit import cross_fit, fold_groups
-from ..evaluate import main_metric
+from retrieval.core.crossfit import cross_fit, fold_groups
+from retrieval.evaluation.evaluate import main_metric
 
 __all__ = ["Relevance", "Choice", "choose", "relevances", "query_groups", "fusion_rankings", "mean_of"]
 
@@ -31,9 +31,9 @@ Predictions = Dict[str, List[str]]
 @dataclass
 class Relevance:
     """One relevance protocol of a dataset: ``name`` (shown in tables), the dataset whose ground
-    truth it scores against, the :func:`retrieval.evaluate.evaluate_per_query` ``protocol``, the
+    truth it scores against, the :func:`retrieval.evaluation.evaluate.evaluate_per_query` ``protocol``, the
     per-query ``metric`` it reports, the cut-off ``k`` of @k metrics and the metric's ``label`` in
-    tables (default: :func:`retrieval.evaluate.metric_label`)."""
+    tables (default: :func:`retrieval.evaluation.evaluate.metric_label`)."""
 
     name: str
     dataset: object
@@ -43,12 +43,12 @@ class Relevance:
     label: str = ""
 
     def __post_init__(self) -> None:
-        from ..evaluate import metric_label
+        from retrieval.evaluation.evaluate import metric_label
 
         self.label = self.label or metric_label(self.metric)
 
     def per_query(self, predictions: Mapping[str, Sequence[str]]) -> Dict[str, float]:
-        from ..evaluate import evaluate_per_query
+        from retrieval.evaluation.evaluate import evaluate_per_query
 
         scores = evaluate_per_query(self.dataset, predictions, protocol=self.protocol, k=self.k, check_ids=False)
         if self.metric not in scores:
@@ -59,7 +59,7 @@ class Relevance:
 def relevances(dataset, protocols: Sequence[str], k: int = 100, titles: Optional[Mapping[str, str]] = None
                ) -> List[Relevance]:
     """A :class:`Relevance` per protocol, each reporting the protocol's main metric
-    (:func:`retrieval.evaluate.main_metric`); ``titles`` names them (default: the protocol)."""
+    (:func:`retrieval.evaluation.evaluate.main_metric`); ``titles`` names them (default: the protocol)."""
     titles = titles or {}
     return [Relevance(titles.get(p, p), dataset, p, main_metric(p, k), k) for p in protocols]
 
@@ -99,7 +99,7 @@ class Choice:
 
     def report(self) -> dict:
         """The JSON-able summary written into results.json."""
-        from ..report import pct
+        from retrieval.core.report import pct
 
         return {"relevance": self.relevance, "chosen": dict(self.fit["chosen"]),
                 "held_out": {g: pct(m) for g, m in self.fit["score"].items()},
@@ -145,14 +145,14 @@ def _charged(per_query, labels, min_gain: float):
 
 
 def _best_with_margin(per_query, queries, labels, min_gain: float) -> str:
-    from ..crossfit import choose as best
+    from retrieval.core.crossfit import choose as best
 
     return best(_charged(per_query, labels, min_gain), [q for q in queries if q in per_query[labels[0]]],
                 prefer=labels)
 
 
 def _cross_fit_with_margin(per_query, groups, labels, min_gain: float) -> dict:
-    """:func:`retrieval.crossfit.cross_fit` where every candidate but the base (``labels[0]``) is
+    """:func:`retrieval.core.crossfit.cross_fit` where every candidate but the base (``labels[0]``) is
     charged ``min_gain`` per query while choosing, so the base is kept unless a candidate beats it
     by more than that on the choosing queries; the scores and curves reported are the true ones."""
     fit = cross_fit(_charged(per_query, labels, min_gain), groups, prefer=labels)
@@ -165,7 +165,7 @@ def _cross_fit_with_margin(per_query, groups, labels, min_gain: float) -> dict:
 
 def fusion_rankings(shortlist, local_name: str) -> Callable[[object], Predictions]:
     """``candidate (FusionConfig) -> predictions`` over a cached shortlist's scores."""
-    from ..rerank.fusion import fused_order
+    from retrieval.rerank.fusion import fused_order
 
     local = shortlist.local_scores(local_name)
 

@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..config import Config, ConfigError
-from ..features.encoders.config import ENCODER_CONFIGS, EncoderConfig
+from retrieval.core.config import Config, ConfigError
+from retrieval.features.encoders.named import ENCODER_CONFIGS, EncoderConfig
 
 __all__ = ["EncodeConfig", "main"]
 
 
 @dataclass(frozen=True)
 class EncodeConfig(Config):
-    """``encoder``: what to learn (:data:`retrieval.features.encoders.config.ENCODER_CONFIGS`);
+    """``encoder``: what to learn (:data:`retrieval.features.encoders.named.ENCODER_CONFIGS`);
     ``train_images``: images sampled (seeded by ``encoder.seed``) to learn it; ``chunk``: images
     encoded (and written) at a time."""
 
@@ -42,8 +42,8 @@ class EncodeConfig(Config):
 def _learn(conf: EncodeConfig, train: Path, progress: bool):
     import numpy as np
 
-    from ..features.encoders.config import build_encoder
-    from ..features.store import LocalFeatureStore
+    from retrieval.features.encoders.named import build_encoder
+    from retrieval.features.store import LocalFeatureStore
 
     with LocalFeatureStore(train, "r") as store:
         ids = sorted(store.ids())
@@ -73,8 +73,8 @@ def main(conf: EncodeConfig, features: Path, out: Path, model: Optional[Path] = 
     store to learn it from (default ``features``)."""
     from tqdm.auto import tqdm
 
-    from ..features.encoders import load_encoder
-    from ..features.store import GlobalFeatureWriter, LocalFeatureStore
+    from retrieval.features.encoders import load_encoder
+    from retrieval.features.store import GlobalFeatureWriter, LocalFeatureStore
 
     start = time.perf_counter()
     learned = False

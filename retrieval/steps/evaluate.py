@@ -1,6 +1,6 @@
 """``retrieval evaluate``: a ranking x a dataset's ground truth -> metrics (JSON).
 
-``protocol`` is one protocol of :mod:`retrieval.evaluate` or several, comma-separated, reported side by
+``protocol`` is one protocol of :mod:`retrieval.evaluation.evaluate` or several, comma-separated, reported side by
 side (default: the dataset kind's own, :data:`retrieval.datasets.open.DEFAULT_PROTOCOL`; Oxford and
 Paris get the official ``oxford`` protocol and the GLDv2-style ``landmark`` one).
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from ..config import Config, ConfigError
-from ..datasets.base import RetrievalDataset
-from ..datasets.open import DEFAULT_PROTOCOL, DatasetConfig, open_dataset
+from retrieval.core.config import Config, ConfigError
+from retrieval.datasets.dataset import RetrievalDataset
+from retrieval.datasets.open import DEFAULT_PROTOCOL, DatasetConfig, open_dataset
 
 __all__ = ["EvaluateConfig", "ShortRankingError", "main", "score", "score_per_query"]
 
@@ -38,7 +38,7 @@ class EvaluateConfig(Config):
     allow_short: bool = False
 
     def check(self) -> None:
-        from ..evaluate import PROTOCOLS
+        from retrieval.evaluation.evaluate import PROTOCOLS
 
         for name in self.protocols():
             if name not in PROTOCOLS:
@@ -55,7 +55,7 @@ def score(conf: EvaluateConfig, predictions: Dict[Any, list], dataset: Retrieval
           dataset_kind: Optional[str] = None, source: str = "ranking") -> Dict[str, Any]:
     """Metrics of ``predictions`` (``{query id: [db ids best first]}``) under every protocol of
     ``conf``, after the depth check (module docstring)."""
-    from ..evaluate import evaluate, required_depth
+    from retrieval.evaluation.evaluate import evaluate, required_depth
 
     protocols = conf.protocols(dataset_kind)
     scored = dataset.solution()
@@ -88,7 +88,7 @@ def score_per_query(conf: EvaluateConfig, predictions: Dict[Any, list], dataset:
     """``{query id: value}`` of ``metric`` under ``protocol``, the rankings prepared as :func:`score`
     prepares them, so the mean over the queries is the figure :func:`score` reports (no depth check:
     score the same rankings with :func:`score` first)."""
-    from ..evaluate import evaluate_per_query
+    from retrieval.evaluation.evaluate import evaluate_per_query
 
     per_query = evaluate_per_query(dataset, _without_junk(dataset, predictions, protocol), protocol=protocol,
                                    k=conf.k)
@@ -100,7 +100,7 @@ def score_per_query(conf: EvaluateConfig, predictions: Dict[Any, list], dataset:
 def _without_junk(dataset: RetrievalDataset, predictions: Dict[Any, list], protocol: str) -> Dict[Any, list]:
     """Junk (the query's own image, Oxford junk) leaves the ranking before any metric sees it; the
     landmark protocol counts junk as relevant, so it gets the ranking as is."""
-    from ..datasets.splits import drop_junk
+    from retrieval.datasets.splits import drop_junk
 
     return predictions if protocol == "landmark" else drop_junk(dataset, predictions)
 
@@ -111,9 +111,9 @@ def main(conf: EvaluateConfig, ranking: Path, dataset: Union[DatasetConfig, Retr
     ``<ranking>.metrics.json``) and returns its path; ``info`` receives the metrics."""
     import json
 
-    from ..fileio import atomic_write_text
-    from ..index import Ranking
-    from ..report import finite_metrics
+    from retrieval.core.fileio import atomic_write_text
+    from retrieval.indexing.index import Ranking
+    from retrieval.core.report import finite_metrics
 
     ranking = Path(ranking)
     loaded = Ranking.load(ranking)

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config import Config, ConfigError
+from retrieval.core.config import Config, ConfigError
 
 __all__ = ["EXPANSION_MODES", "ExpandConfig", "expansion_candidates", "expansion_rankings"]
 
@@ -58,8 +58,8 @@ def expansion_rankings(mode: str, db_vectors: np.ndarray, query_vectors: np.ndar
                        query_ids: Sequence[str], k: int) -> Callable[[object], Dict[str, List[str]]]:
     """``candidate -> predictions`` of ``mode`` (exact cosine top ``k``; the last one memoised, since
     the chooser asks for each candidate once and then for the chosen ones again)."""
-    from ..index import Index
-    from ..rerank.expansion import alpha_query_expansion, database_side_augmentation
+    from retrieval.indexing.index import Index
+    from retrieval.rerank.expansion import alpha_query_expansion, database_side_augmentation
 
     if mode not in EXPANSION_MODES:
         raise ConfigError(f"unknown expansion mode {mode!r}; known: {EXPANSION_MODES}")

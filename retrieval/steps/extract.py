@@ -24,12 +24,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
-from retrieval.config import Config, ConfigError
+from retrieval.core.config import Config, ConfigError
 from retrieval.features.sharded_extract import (DEFAULT_SHARD_SIZE, extract_global_sharded,
                                                 extract_local_sharded, extract_patches_sharded)
 from retrieval.features.shards import ShardedStore, shard_root
 from retrieval.features.store import FeatureFileError
-from retrieval.fileio import exclusive_lock
+from retrieval.core.fileio import exclusive_lock
 
 __all__ = ["ExtractConfig", "main", "extractor_for", "dataset_images"]
 
@@ -69,7 +69,7 @@ class ExtractConfig(Config):
 def extractor_for(conf: ExtractConfig):
     """A picklable factory of the extractor ``conf`` names (:func:`retrieval.steps.image_features.make_extractor`,
     the one factory). Unknown option keys are refused here, before any work."""
-    from .image_features import make_extractor
+    from retrieval.steps.image_features import make_extractor
 
     if conf.kind == "local":
         make_extractor("local", conf.config, conf.overrides)   # cheap: checks the keys now

@@ -1,5 +1,5 @@
 """Features of a list of images into one feature file: the pipeline's one extractor factory and its one
-way to extract into a cache, shared by ``retrieval run`` (:mod:`retrieval.steps.chain`), the E1-E8
+way to extract into a cache, shared by ``retrieval run`` (:mod:`retrieval.experiments.chain`), the E1-E8
 ladder and ``retrieval extract`` (:mod:`retrieval.steps.extract`).
 
 * :func:`make_extractor`: ``kind`` ``local`` (the SIFT family) or ``global`` / ``patches``
@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from ..config import ConfigError
+from retrieval.core.config import ConfigError
 
 __all__ = ["KINDS", "make_extractor", "extract_into", "remove"]
 
@@ -32,10 +32,10 @@ def make_extractor(kind: str, config: Any, overrides: Optional[Mapping[str, Any]
         raise ConfigError(f"unknown feature kind {kind!r}; known: {KINDS}")
     try:
         if kind == "local":  # SIFT / RootSIFT or a learned extractor (XFeat, DISK), by name
-            from ..features.local_extractors import local_extractor
+            from retrieval.features.local_extractors import local_extractor
 
             return local_extractor(config, **overrides)
-        from ..features.efficientnet import EfficientNetExtractor, resolve_config
+        from retrieval.features.efficientnet import EfficientNetExtractor, resolve_config
 
         return EfficientNetExtractor(resolve_config(config, **overrides), **runtime)
     except (TypeError, ValueError) as exc:
@@ -56,7 +56,7 @@ def remove(*paths) -> None:
 def _fresh(compute, path: Path, say=print):
     """Run ``compute`` (a resumable extraction into ``path``); a file made with another configuration
     (e.g. features of a model that has since been retrained) is deleted and computed again."""
-    from ..features.store import FeatureFileError
+    from retrieval.features.store import FeatureFileError
 
     try:
         return compute()
@@ -75,8 +75,8 @@ def extract_into(kind: str, extractor, ids: Sequence, paths: Sequence, boxes: Op
     ``out`` with ``extractor`` (module docstring); returns the run's result (``computed``: images
     extracted now, ``seconds``). ``runtime``: the EfficientNet options each Ray worker builds its
     network with."""
-    from ..features.deep_extract import extract_global, extract_patches
-    from ..features.extract import extract_local_features
+    from retrieval.features.deep_extract import extract_global, extract_patches
+    from retrieval.features.extract import extract_local_features
 
     out = Path(out)
     if engine == "ray":
@@ -98,8 +98,8 @@ def _sharded_into(kind, extractor, ids, paths, boxes, out: Path, n_jobs, ray_add
     import time
     from types import SimpleNamespace
 
-    from ..features.sharded_extract import extract_global_sharded, extract_local_sharded, extract_patches_sharded
-    from ..features.shards import ShardedStore
+    from retrieval.features.sharded_extract import extract_global_sharded, extract_local_sharded, extract_patches_sharded
+    from retrieval.features.shards import ShardedStore
 
     start = time.perf_counter()
     root = out.with_name(out.name + ".shards")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Literal, Optional
 
-from ..config import Config, ConfigError
+from retrieval.core.config import Config, ConfigError
 
 __all__ = ["IndexConfig", "main"]
 
@@ -24,7 +24,7 @@ Backend = Literal["exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw
 @dataclass(frozen=True)
 class IndexConfig(Config):
     """``backend``: exact (brute force, BLAS) or a faiss index; ``options``: backend options
-    (nlist, nprobe, m, nbits, hnsw_m, ef_search, memory_mb ...; see :mod:`retrieval.index`);
+    (nlist, nprobe, m, nbits, hnsw_m, ef_search, memory_mb ...; see :mod:`retrieval.indexing.index`);
     ``zero_rows``: what to do with an all-zero vector (an image without keypoints): ``keep`` it (it
     scores 0 against every query, so it ranks last) or ``drop`` it from the index; either is counted
     in a warning naming the images."""
@@ -41,8 +41,8 @@ def main(conf: IndexConfig, features: Path, out: Path, info: Optional[dict] = No
 
     from retrieval.features.store import load_global
 
-    from ..index import Index
-    from ..vectors import check_file_rows
+    from retrieval.indexing.index import Index
+    from retrieval.core.vectors import check_file_rows
 
     start = time.perf_counter()
     ids, vectors, feature_config = load_global(features)

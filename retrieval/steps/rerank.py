@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Literal, Optional
 
-from ..config import Config, ConfigError
-from ..rerank.fusion import FusionConfig, FusionSettings
+from retrieval.core.config import Config, ConfigError
+from retrieval.rerank.fusion import FusionConfig, FusionSettings
 
 __all__ = ["RerankConfig", "LOCAL_FEATURES", "main", "make_scorer", "score_kind", "local_features_for",
            "shortlist_scores", "fused_ranking"]
@@ -72,15 +72,15 @@ def local_features_for(conf: RerankConfig, dataset_kind: Optional[str]) -> str:
     """The local feature configuration ``conf`` reads on data of ``dataset_kind``."""
     if conf.features != "auto":
         return conf.features
-    from ..dataset_kinds import LANDMARK_KINDS
+    from retrieval.core.dataset_kinds import LANDMARK_KINDS
 
     return LOCAL_FEATURES["landmark" if dataset_kind in LANDMARK_KINDS else "object"][conf.scorer]
 
 
 def make_scorer(conf: RerankConfig, model: Optional[Path] = None):
-    """The :class:`retrieval.rerank.base.LocalScorer` of ``conf`` (``model``: the encoder file that
+    """The :class:`retrieval.rerank.scorer.LocalScorer` of ``conf`` (``model``: the encoder file that
     the ``vlad`` scorer needs)."""
-    from .. import rerank
+    from retrieval import rerank
 
     try:
         if conf.scorer == "spatial":
@@ -91,7 +91,7 @@ def make_scorer(conf: RerankConfig, model: Optional[Path] = None):
             return rerank.PatchScorer(**conf.options)
         if model is None:
             raise ConfigError("the vlad scorer needs an encoder file (--model, e.g. from 'retrieval encode')")
-        from ..features.encoders import load_encoder
+        from retrieval.features.encoders import load_encoder
 
         return rerank.VladSimilarityScorer(load_encoder(model), **conf.options)
     except TypeError as exc:
@@ -112,9 +112,9 @@ def shortlist_scores(conf: RerankConfig, ranking: Path, query_local: Path, db_lo
     ``v`` / ``norm``: a cache made another way starts afresh)."""
     import numpy as np
 
-    from ..features.store import LocalFeatureStore
-    from ..index import Ranking
-    from ..rerank import Shortlist
+    from retrieval.features.store import LocalFeatureStore
+    from retrieval.indexing.index import Ranking
+    from retrieval.rerank import Shortlist
 
     base = Ranking.load(ranking)
     if base.query_ids is None:
@@ -149,14 +149,14 @@ def shortlist_scores(conf: RerankConfig, ranking: Path, query_local: Path, db_lo
 
 
 def fused_ranking(base, shortlist, local, fusion: FusionConfig):
-    """The :class:`~retrieval.index.Ranking` of ``base`` with its shortlist re-sorted under ``fusion``
+    """The :class:`~retrieval.indexing.index.Ranking` of ``base`` with its shortlist re-sorted under ``fusion``
     (:func:`retrieval.rerank.fusion.fused_order`); the rest follows in the global order. Shortlist
     scores: the fused score of a linear fusion; for the global order and the DELG rule, the global
     score in the new order."""
     import numpy as np
 
-    from ..index import Ranking
-    from ..rerank.fusion import fuse, fused_order
+    from retrieval.indexing.index import Ranking
+    from retrieval.rerank.fusion import fuse, fused_order
 
     order = fused_order(shortlist.global_scores, local, fusion)
     values = fuse(shortlist.global_scores, local, fusion.v, fusion.norm, fusion.T) if fusion.method == "linear" \

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ..config import Config, ConfigError
+from retrieval.core.config import Config, ConfigError
 
 __all__ = ["SearchConfig", "main", "default_k"]
 
@@ -59,14 +59,14 @@ def default_k(num_queries: int, num_db: int) -> int:
 def main(conf: SearchConfig, index: Path, queries: Path, out: Path, progress: bool = True,
          info: Optional[dict] = None) -> Path:
     """Rank the index ``index`` for every query of the feature file ``queries``; writes the ranking to
-    ``out`` (:class:`retrieval.index.Ranking` JSON) and returns ``out``."""
+    ``out`` (:class:`retrieval.indexing.index.Ranking` JSON) and returns ``out``."""
     import numpy as np
     from tqdm.auto import tqdm
 
     from retrieval.features.store import config_json, load_global
 
-    from ..index import Index, Ranking
-    from ..vectors import check_file_rows
+    from retrieval.indexing.index import Index, Ranking
+    from retrieval.core.vectors import check_file_rows
 
     idx = Index.load(index)
     query_ids, vectors, query_config = load_global(queries)

@@ -9,17 +9,17 @@ Building blocks reused by other trainers (e.g. multi-view distillation): :mod:`.
 :mod:`.samplers`, :mod:`.losses`, :mod:`.heads`, :mod:`.data`, :mod:`.loop`, :mod:`.checkpoint`.
 Named configurations: :data:`TRAIN_CONFIGS`.
 """
-from .augment import AugmentConfig, augment_batch, eval_transform
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import TRAIN_CONFIGS, TrainConfig
-from .data import TrainImages
-from .embedding import load_trained_efficientnet, read_trained_config
-from .finetune import train_classifier
-from .heads import ArcFaceHead, LinearHead, make_head
-from .loop import LoopConfig, run_training
-from .losses import contrastive_loss, triplet_loss
-from .samplers import PKSampler, RandomBatchSampler
-from .siamese import train_siamese
+from retrieval.training.augment import AugmentConfig, augment_batch, eval_transform
+from retrieval.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from retrieval.training.settings import TRAIN_CONFIGS, TrainConfig
+from retrieval.training.data import TrainImages
+from retrieval.training.embedding import load_trained_efficientnet, read_trained_config
+from retrieval.training.finetune import train_classifier
+from retrieval.training.heads import ArcFaceHead, LinearHead, make_head
+from retrieval.training.loop import LoopConfig, run_training
+from retrieval.training.losses import contrastive_loss, triplet_loss
+from retrieval.training.samplers import PKSampler, RandomBatchSampler
+from retrieval.training.siamese import train_siamese
 
 __all__ = ["AugmentConfig", "augment_batch", "eval_transform", "CheckpointError", "load_checkpoint",
            "save_checkpoint", "TRAIN_CONFIGS", "TrainConfig", "TrainImages",

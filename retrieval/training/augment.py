@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from retrieval.config import Config, ConfigError
+from retrieval.core.config import Config, ConfigError
 
 __all__ = ["AugmentConfig", "uint8_to_float", "sample_crop_params", "affine_warp", "hflip",
            "color_jitter", "augment_batch", "mixup", "eval_transform", "square_resize"]

@@ -13,7 +13,7 @@ array; ~49 KiB an image at 128 px, 192 KiB at 256 px. Streaming (``cache=False``
 sets): each batch is decoded when asked for; :class:`BatchPrefetcher` decodes the next batches in a
 background thread while the current one trains.
 
-Unreadable files: ``on_error='raise'`` stops with :class:`~retrieval.imageio.ImageLoadError`
+Unreadable files: ``on_error='raise'`` stops with :class:`~retrieval.core.imageio.ImageLoadError`
 naming the file; ``'skip'`` drops them from a cached set (listed in :attr:`TrainImages.bad_files`)
 and, when streaming, serves a black image in their place and records them.
 """
@@ -33,9 +33,9 @@ import torch
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from retrieval.imageio import ImageLoadError, load_image
+from retrieval.core.imageio import ImageLoadError, load_image
 
-from .samplers import encode_labels
+from retrieval.training.samplers import encode_labels
 
 PathLike = Union[str, os.PathLike]
 

@@ -7,7 +7,7 @@ optionally blended pairwise (``mixup_alpha``, function matching; no metric term 
 a :class:`TransferSet` of unlabelled images outside the evaluation's instances, whose random crops
 both networks see in every step (relation / feature terms only).
 
-Whether distillation helps is not assumed: the multi-view protocol (:mod:`retrieval.bench.mv_models`)
+Whether distillation helps is not assumed: the multi-view protocol (:mod:`retrieval.experiments.mv_models`)
 chooses the distillation weight and the number of epochs on held-out seen instances, with "no
 distillation" among the candidates (``snapshot_epochs`` below keeps the student of every candidate
 epoch count from one run).
@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .augment import mixup
-from .distill_losses import (FEATURE_KINDS, RELATIONS, DistillationLoss, DistillConfig,  # noqa: F401
+from retrieval.training.augment import mixup
+from retrieval.training.distill_losses import (FEATURE_KINDS, RELATIONS, DistillationLoss, DistillConfig,  # noqa: F401
                              FeatureProjector, feature_matching_loss, rkd_angle_loss, rkd_distance_loss,
                              similarity_kl_loss)
-from .loop import seeded_init
+from retrieval.training.loop import seeded_init
 
 PathLike = Union[str, os.PathLike]
 
@@ -207,7 +207,7 @@ def distill_mv_alexnet(init_model: PathLike, images, labels: Sequence, set_codes
     (:func:`retrieval.training.multiview.snapshot_path`), for choosing the number of epochs.
 
     Returns (``out_dir/model.pt`` or None when stopped early, :class:`TrainResult`)."""
-    from .multiview import (MultiViewTrainConfig, _sidecar_sha, embed_view_batch, load_mv_alexnet,
+    from retrieval.training.multiview import (MultiViewTrainConfig, _sidecar_sha, embed_view_batch, load_mv_alexnet,
                             run_multiview_training)
 
     cfg = cfg or MultiViewTrainConfig(name="mv-alexnet-distilled")

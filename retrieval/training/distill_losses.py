@@ -63,9 +63,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from retrieval.config import Config, ConfigError
+from retrieval.core.config import Config, ConfigError
 
-from .losses import make_metric_loss, pairwise_distances
+from retrieval.training.losses import make_metric_loss, pairwise_distances
 
 __all__ = ["similarity_kl_loss", "rkd_distance_loss", "rkd_angle_loss", "feature_matching_loss",
            "FeatureProjector", "DistillConfig", "DistillationLoss", "RELATIONS", "FEATURE_KINDS"]

@@ -1,5 +1,5 @@
 """The embedding network as training sees it: an :class:`~features.efficientnet.EfficientNetGlobal`
-built from a :class:`~retrieval.training.config.TrainConfig`, which of its layers train, its input
+built from a :class:`~retrieval.training.settings.TrainConfig`, which of its layers train, its input
 normalisation, the shared per-batch pipeline (uint8 batch -> augmented, normalised input ->
 embeddings), and the trained-model file that extraction loads back.
 
@@ -20,8 +20,8 @@ from retrieval.features.efficientnet import EfficientNetGlobal, normalisation
 # the trained-model format is read at the features level, so extractors need not import training
 from retrieval.features.trained import MODEL_FILE, MODEL_KIND, load_trained_efficientnet, read_trained_config
 
-from .augment import AugmentConfig, augment_batch, uint8_to_float
-from .checkpoint import load_state_dict_checked, save_checkpoint
+from retrieval.training.augment import AugmentConfig, augment_batch, uint8_to_float
+from retrieval.training.checkpoint import load_state_dict_checked, save_checkpoint
 
 PathLike = Union[str, os.PathLike]
 
@@ -149,7 +149,7 @@ def run_embedding_training(cfg, model: EfficientNetGlobal, params: Dict[str, lis
     :func:`~retrieval.training.loop.run_training` on ``model`` (from :func:`prepare_embedding_model`)
     with ``loss_fn(embeddings, labels) -> loss`` and write ``out_dir/model.pt`` once finished.
     Returns ``(model path or None when interrupted, TrainResult)``."""
-    from .loop import run_training
+    from retrieval.training.loop import run_training
 
     out_dir = Path(out_dir)
     if cfg.channels_last:
@@ -211,7 +211,7 @@ def embed_uint8(model: nn.Module, images: Union[torch.Tensor, Sequence], image_s
     import numpy as np
     from tqdm.auto import tqdm
 
-    from .augment import eval_transform
+    from retrieval.training.augment import eval_transform
 
     device = torch.device(device)
     model = model.to(device).eval()

@@ -17,13 +17,13 @@ from typing import Optional, Sequence, Union
 
 import torch.nn as nn
 
-from .config import TRAIN_CONFIGS, TrainConfig
-from .data import TrainImages
-from .embedding import prepare_embedding_model, run_embedding_training
-from .heads import make_head
-from .loop import seeded_init
-from .losses import classification_loss
-from .samplers import RandomBatchSampler
+from retrieval.training.settings import TRAIN_CONFIGS, TrainConfig
+from retrieval.training.data import TrainImages
+from retrieval.training.embedding import prepare_embedding_model, run_embedding_training
+from retrieval.training.heads import make_head
+from retrieval.training.loop import seeded_init
+from retrieval.training.losses import classification_loss
+from retrieval.training.samplers import RandomBatchSampler
 
 PathLike = Union[str, os.PathLike]
 

@@ -40,11 +40,11 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from retrieval.config import Config, ConfigError
+from retrieval.core.config import Config, ConfigError
 from retrieval.features.trained import resolve_device
 
-from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_state_dict_checked, save_checkpoint
-from .data import BatchPrefetcher
+from retrieval.training.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_state_dict_checked, save_checkpoint
+from retrieval.training.data import BatchPrefetcher
 
 PathLike = Union[str, os.PathLike]
 
@@ -176,7 +176,7 @@ def _make_optimizer(cfg: LoopConfig, param_groups: Sequence[dict]) -> torch.opti
 def plot_losses(losses: Sequence[float], steps_per_epoch: Sequence[int], path: PathLike,
                 title: str = "training loss") -> Path:
     """Per-step loss (light), its moving average (dark) and epoch boundaries, as a PNG (Agg)."""
-    from ..report import save_figure, subplots
+    from retrieval.core.report import save_figure, subplots
 
     y = np.asarray(losses, dtype=np.float64)
     fig, ax = subplots(figsize=(7, 4))

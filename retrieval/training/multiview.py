@@ -29,14 +29,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from retrieval.config import Config, ConfigError
+from retrieval.core.config import Config, ConfigError
 from retrieval.features.alexnet import AlexNetConfig, MVAlexNet, normalise
 
-from .augment import AugmentConfig, augment_batch, uint8_to_float
-from .checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
-from .loop import LoopConfig, TrainResult, run_training, seeded_init
-from .losses import make_metric_loss
-from .samplers import PKSampler
+from retrieval.training.augment import AugmentConfig, augment_batch, uint8_to_float
+from retrieval.training.checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
+from retrieval.training.loop import LoopConfig, TrainResult, run_training, seeded_init
+from retrieval.training.losses import make_metric_loss
+from retrieval.training.samplers import PKSampler
 
 PathLike = Union[str, os.PathLike]
 

@@ -15,12 +15,12 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .config import TRAIN_CONFIGS, TrainConfig
-from .data import TrainImages
-from .embedding import prepare_embedding_model, run_embedding_training
-from .finetune import images_for
-from .losses import make_metric_loss
-from .samplers import PKSampler
+from retrieval.training.settings import TRAIN_CONFIGS, TrainConfig
+from retrieval.training.data import TrainImages
+from retrieval.training.embedding import prepare_embedding_model, run_embedding_training
+from retrieval.training.finetune import images_for
+from retrieval.training.losses import make_metric_loss
+from retrieval.training.samplers import PKSampler
 
 PathLike = Union[str, os.PathLike]
 

@@ -53,7 +53,7 @@ async function searchUpload(file) {
 }
 
 // AP@k over the shown order with junk removed, divided by min(positives, k), as the server's
-// retrieval.metrics.average_precision_at_k (GLDv2 / Kaggle)
+// retrieval.evaluation.metrics.average_precision_at_k (GLDv2 / Kaggle)
 function apAtK(items, positives, k) {
   let hits = 0, rank = 0, sum = 0;
   for (const it of items) {
