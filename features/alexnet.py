@@ -125,7 +125,7 @@ class AlexNetTrunk(nn.Module):
 
 class AlexNetGlobal(nn.Module):
     """Single-view network: trunk -> spatial pooling -> linear -> L2; ``forward(x) -> (N, out_dim)``.
-    Offers ``feature_map`` / ``pool_map`` so :class:`features.multiview.MultiViewNet` can pool views'
+    Offers ``feature_map`` / ``pool_map`` so :class:`retrieval.features.multiview.MultiViewNet` can pool views'
     feature maps."""
 
     def __init__(self, config: Optional[AlexNetConfig] = None):

@@ -1,8 +1,8 @@
 """Dataset-scale deep extraction: parallel decoding, batched inference, resumable feature files.
 
 * :func:`extract_global`: global descriptors of every image into a global feature file
-  (:class:`features.store.GlobalFeatureWriter`; ids + (N, D) float32 + the extractor's configuration).
-* :func:`extract_patches`: patch tokens of every image into a :class:`features.store.LocalFeatureStore`
+  (:class:`retrieval.features.store.GlobalFeatureWriter`; ids + (N, D) float32 + the extractor's configuration).
+* :func:`extract_patches`: patch tokens of every image into a :class:`retrieval.features.store.LocalFeatureStore`
   (keypoints at feature-map cell centres), like any local features.
 
 Pipeline: worker threads (joblib, ``n_jobs``) read, decode, crop, resize and normalise images ahead
@@ -15,7 +15,7 @@ this with per-image processing.
 Resuming: computed rows are written in chunks (``write_every``) and whatever is computed is written
 when an error or an interruption ends the run; a rerun skips ids already in the file and computes
 only the rest. A file made with another configuration is refused. An unreadable image
-raises :class:`features.extract.ExtractionError` naming the file after every image decoded before it
+raises :class:`retrieval.features.extract.ExtractionError` naming the file after every image decoded before it
 has been computed and written (``on_error="skip"`` lists it in the result and goes on).
 """
 from __future__ import annotations
@@ -122,13 +122,13 @@ def extract_global(extractor, ids: Sequence, paths: Sequence[PathLike], out_path
                    desc: str = "global features") -> ExtractionResult:
     """Global descriptors of every image into the feature file ``out_path`` (resumable).
 
-    ``extractor``: an :class:`features.efficientnet.EfficientNetExtractor` (or anything with its
+    ``extractor``: an :class:`retrieval.features.efficientnet.EfficientNetExtractor` (or anything with its
     ``prepare``, ``to_input``, ``describe_inputs``, ``dim`` and ``config``). ``boxes`` (one per image,
     or None) crop first, in pixels of the stored file. ``batch_size`` images of one input size go
     through the network together (default: the extractor's). ``n_jobs`` decoding threads. Rows are
     written every ``write_every`` images (and whatever is computed when an error or an interruption
     ends the run). Returns an :class:`ExtractionResult`; read the file with
-    :func:`features.store.load_global`."""
+    :func:`retrieval.features.store.load_global`."""
     if on_error not in ("raise", "skip"):
         raise ValueError("on_error must be 'raise' or 'skip'")
     ids, paths = _check_inputs(ids, paths, boxes)
@@ -190,7 +190,7 @@ def extract_patches(extractor, ids: Sequence, paths: Sequence[PathLike], store_p
     (cropped) stored image) of every image into the :class:`LocalFeatureStore` ``store_path``
     (float16, resumable; flushed every ``write_every`` images and when the store closes).
     ``extractor`` needs ``prepare``, ``to_input``, ``feature_maps_inputs`` and ``patches_from_map``
-    (:class:`features.efficientnet.EfficientNetExtractor`)."""
+    (:class:`retrieval.features.efficientnet.EfficientNetExtractor`)."""
     if on_error not in ("raise", "skip"):
         raise ValueError("on_error must be 'raise' or 'skip'")
     ids, paths = _check_inputs(ids, paths, boxes)

@@ -1,11 +1,11 @@
 """The EfficientNet global extractor (:class:`EfficientNetExtractor`): the
-:class:`features.base.GlobalExtractor` with named configurations (:data:`EXTRACTOR_CONFIGS` of
-:class:`EfficientNetConfig`, in :mod:`features.efficientnet_configs`), a fast inference backend
-(:mod:`features.fast_inference`), optional multi-scale and PCA-whitening, and patch tokens (E7).
-Dataset-scale, resumable extraction: :mod:`features.deep_extract`.
+:class:`retrieval.features.global_extractor.GlobalExtractor` with named configurations (:data:`EXTRACTOR_CONFIGS` of
+:class:`EfficientNetConfig`, in :mod:`retrieval.features.efficientnet_configs`), a fast inference backend
+(:mod:`retrieval.features.fast_inference`), optional multi-scale and PCA-whitening, and patch tokens (E7).
+Dataset-scale, resumable extraction: :mod:`retrieval.features.deep_extract`.
 
-The network (backbones, weights, :class:`EfficientNetGlobal`) is :mod:`features.efficientnet_net`,
-trained checkpoints are read by :mod:`features.trained`; their public names are importable from here
+The network (backbones, weights, :class:`EfficientNetGlobal`) is :mod:`retrieval.features.efficientnet_net`,
+trained checkpoints are read by :mod:`retrieval.features.trained`; their public names are importable from here
 too, as before.
 """
 from __future__ import annotations
@@ -84,13 +84,13 @@ class EfficientNetExtractor(GlobalExtractor):
 
     ``EfficientNetExtractor("lite0-gem-512")`` (a name of :data:`EXTRACTOR_CONFIGS`), an
     :class:`EfficientNetConfig` or a dict of its fields (a recorded :attr:`config` too), plus keyword
-    overrides of those fields (:func:`~features.efficientnet_configs.resolve_config`).
+    overrides of those fields (:func:`~retrieval.features.efficientnet_configs.resolve_config`).
 
     Steps per image: crop (optional box) -> resize (longest side or square) -> normalise -> for each
     scale: resize, backbone feature map, pooling, L2 -> sum over scales, L2 -> optional PCA-whitening
-    (learned on other data, :class:`features.whitening.PCAWhitening`), L2.
+    (learned on other data, :class:`retrieval.features.whitening.PCAWhitening`), L2.
 
-    ``backend`` picks the inference path (:data:`features.fast_inference.BACKENDS`; 'auto' =
+    ``backend`` picks the inference path (:data:`retrieval.features.fast_inference.BACKENDS`; 'auto' =
     :data:`DEFAULT_BACKEND` where available). It does not change the descriptors beyond float rounding
     (checked to 1e-4 in the tests), so it is not part of :attr:`config`. ``weights`` may be 'imagenet',
     'random', a state dict file, or a checkpoint written by ``retrieval.training`` (its pooling and GeM
@@ -188,7 +188,7 @@ class EfficientNetExtractor(GlobalExtractor):
         return backend
 
     def set_whitening(self, whitening, cfg: Optional[dict] = None) -> None:
-        """Use a fitted :class:`features.whitening.PCAWhitening` (or the path of a saved one)."""
+        """Use a fitted :class:`retrieval.features.whitening.PCAWhitening` (or the path of a saved one)."""
         from retrieval.features.whitening import PCAWhitening
 
         path = None

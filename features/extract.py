@@ -1,5 +1,5 @@
 """Parallel, resumable extraction of local features for a whole dataset into a
-:class:`~features.store.LocalFeatureStore`.
+:class:`~retrieval.features.store.LocalFeatureStore`.
 
 Any extractor with ``config`` (a dict that fully describes extraction; it is stored in the file) and
 ``extract_path(path, box=None) -> LocalFeatures`` works (``store_dtype``, when present, sets how
@@ -152,7 +152,7 @@ def extract_local_features(image_ids: Sequence[str], image_paths: Sequence[PathL
     chunk. ``on_error="raise"``: an unreadable image raises :class:`ExtractionError` naming the file
     (after writing everything finished before it); ``"skip"``: it is listed in the result's ``failed``
     and the run goes on. Ids already complete in the store are skipped; a store made with another
-    extractor configuration raises :class:`~features.store.FeatureFileError`.
+    extractor configuration raises :class:`~retrieval.features.store.FeatureFileError`.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError("on_error must be 'raise' or 'skip'")

@@ -322,7 +322,7 @@ def make_backbone(net: nn.Module, is_lite: bool, backend: str = "torchscript",
     """A :class:`FastBackbone` for the eval-mode EfficientNet ``net`` (not modified; copies are made).
 
     ``backend``: one of :data:`BACKENDS`. 'onnxruntime' raises ``ImportError`` when onnx/onnxruntime
-    are not installed. ``pool`` (a pooling module, e.g. :class:`features.pooling.GeM`) enables
+    are not installed. ``pool`` (a pooling module, e.g. :class:`retrieval.features.pooling.GeM`) enables
     :meth:`FastBackbone.describe` (in the ONNX graph for 'onnxruntime'; the exported exponent of a
     learned GeM is its value at this call). ``layer``: the feature map returned (:data:`LAYERS`).
     ``device``: where the network runs ('cpu', 'cuda', 'cuda:1', ...); on a GPU only the torch

@@ -1,6 +1,6 @@
-"""HDF5 plumbing of the feature files (:mod:`features.store`): the error types, CRC-32 checksums,
+"""HDF5 plumbing of the feature files (:mod:`retrieval.features.store`): the error types, CRC-32 checksums,
 headers, and opening / growing / replacing a file so that a full disk, a lock held by another process
-or a file of another kind each get their own clear error (see the notes in :mod:`features.store`)."""
+or a file of another kind each get their own clear error (see the notes in :mod:`retrieval.features.store`)."""
 from __future__ import annotations
 
 import json

@@ -1,15 +1,15 @@
 """Learned local features (XFeat, DISK) with kornia's networks and the installed pretrained weights.
 
-The same contract as :class:`features.sift.SiftExtractor`: a named, recorded configuration
+The same contract as :class:`retrieval.features.sift.SiftExtractor`: a named, recorded configuration
 (:data:`LEARNED_CONFIGS`, dotted overrides), ``extract`` / ``extract_path(path, box=None)`` returning
-:class:`~features.local.LocalFeatures`, ``config`` (what a feature store records), ``dim`` and
+:class:`~retrieval.features.local.LocalFeatures`, ``config`` (what a feature store records), ``dim`` and
 ``store_dtype``. An extractor holds only its configuration when pickled (the network is built on
 first use in each process), so the sharded extraction sends it to joblib or Ray workers as it does
 SIFT.
 
 Extraction of one image: read it as 8-bit RGB, resize so the longest side is at most ``max_side``
 (``upscale`` enlarges smaller ones), crop the optional box (as SIFT does:
-:func:`features.sift.resize_and_crop`), then
+:func:`retrieval.features.sift.resize_and_crop`), then
 
 * ``xfeat`` (Potje et al., CVPR 2024): kornia's ``XFeat.detectAndCompute``: the ``max_keypoints``
   strongest keypoints above ``detection_threshold`` of the 1/8-resolution keypoint head, 64-d
@@ -86,7 +86,7 @@ for _name, _conf in {
 
 def learned_config(config: Union[str, Mapping[str, Any], LearnedConfig, None] = "xfeat-4k",
                    overrides: Union[None, Mapping[str, Any], Sequence[str]] = None, **kwargs) -> Dict[str, object]:
-    """The complete recorded configuration (a dict with its ``name``), as :func:`features.sift.sift_config`."""
+    """The complete recorded configuration (a dict with its ``name``), as :func:`retrieval.features.sift.sift_config`."""
     if config is None or isinstance(config, LearnedConfig):
         name, conf = "custom", config or LearnedConfig()
     elif isinstance(config, str):

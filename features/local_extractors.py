@@ -1,5 +1,5 @@
-"""One entry point for every local feature extractor: SIFT / RootSIFT (:mod:`features.sift`) and the
-learned ones (:mod:`features.learned`), chosen by configuration name; and the descriptor kind a
+"""One entry point for every local feature extractor: SIFT / RootSIFT (:mod:`retrieval.features.sift`) and the
+learned ones (:mod:`retrieval.features.learned`), chosen by configuration name; and the descriptor kind a
 feature store's configuration stands for.
 
 >>> local_extractor("rootsift-2k")          # SiftExtractor
@@ -26,8 +26,8 @@ def local_config_names() -> Tuple[str, ...]:
 
 
 def local_extractor(config: Union[str, Mapping[str, Any], None] = "rootsift-2k", **overrides):
-    """The extractor of ``config``: a name of :data:`features.sift.SIFT_CONFIGS` or
-    :data:`features.learned.LEARNED_CONFIGS`, or a recorded configuration dict (its ``type`` says
+    """The extractor of ``config``: a name of :data:`retrieval.features.sift.SIFT_CONFIGS` or
+    :data:`retrieval.features.learned.LEARNED_CONFIGS`, or a recorded configuration dict (its ``type`` says
     which), with keyword overrides. Unknown names and keys are a :class:`~retrieval.core.config.ConfigError`."""
     from retrieval.core.config import ConfigError
 

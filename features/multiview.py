@@ -19,9 +19,9 @@ Pooling is symmetric in the views (order never matters), and for V = 1 it is the
 one-view set gets exactly the single-view model's descriptor.
 
 Any single-view network plugs in: an ``nn.Module`` with ``forward(x) -> (N, D)`` unit rows (and, for
-feature-map pooling, ``feature_map(x)`` and ``pool_map(fmap)``; ``features.efficientnet.
-EfficientNetGlobal`` and ``features.alexnet.AlexNetGlobal`` have them), wrapped by
-:class:`MultiViewNet`; or any :class:`features.base.GlobalExtractor` / callable mapping uint8 images to
+feature-map pooling, ``feature_map(x)`` and ``pool_map(fmap)``; ``retrieval.features.efficientnet.
+EfficientNetGlobal`` and ``retrieval.features.alexnet.AlexNetGlobal`` have them), wrapped by
+:class:`MultiViewNet`; or any :class:`retrieval.features.global_extractor.GlobalExtractor` / callable mapping uint8 images to
 (N, D) embeddings (e.g. a user's CLIP image tower), wrapped by :class:`MultiViewExtractor`
 (embedding-level pooling, the only kind a black-box extractor allows).
 """

@@ -33,7 +33,7 @@ def save_model(path: PathLike, kind: str, arrays: Dict[str, np.ndarray], config:
 
 def load_model(path: PathLike, kind: str) -> Tuple[Dict[str, np.ndarray], dict]:
     """Read a file written by :func:`save_model`: ``(arrays, config)``. Raises
-    :class:`~features.store.FeatureFileError` naming the file when it is missing, not such a file, of
+    :class:`~retrieval.features.store.FeatureFileError` naming the file when it is missing, not such a file, of
     another kind or version, or damaged."""
     path = Path(path)
     if not path.is_file() and path.suffix != ".npz" and path.with_name(path.name + ".npz").is_file():
@@ -46,7 +46,7 @@ def load_model(path: PathLike, kind: str) -> Tuple[Dict[str, np.ndarray], dict]:
 
 def read_model_header(path: PathLike, what: str = "model") -> dict:
     """The header (``kind``, ``version``, ``config``) of a file written by :func:`save_model`, read
-    without its arrays; :class:`~features.store.FeatureFileError` naming the file (``what`` says what
+    without its arrays; :class:`~retrieval.features.store.FeatureFileError` naming the file (``what`` says what
     it should be) when it is missing, damaged or has no header."""
     path = Path(path)
     return _pop_config(path, read_npz(path, what, error=FeatureFileError, keys=(_CONFIG_KEY,)))

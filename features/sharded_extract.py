@@ -6,13 +6,13 @@
 * :func:`extract_global_sharded` / :func:`extract_patches_sharded`: EfficientNet global descriptors
   or patch tokens - network stages: an actor per worker builds the network once
   (:func:`retrieval.scale.engine.map_actors`; ``num_gpus`` when asked) and computes shard after shard with
-  the batched, threaded pipeline of :mod:`features.deep_extract`.
+  the batched, threaded pipeline of :mod:`retrieval.features.deep_extract`.
 
-Every shard is a complete single-file store written by :func:`features.extract.extract_local_features`,
-:func:`features.deep_extract.extract_global` or :func:`features.deep_extract.extract_patches` into a
-temporary file and renamed (:func:`features.shards.write_shard`), so the features do not depend on the
+Every shard is a complete single-file store written by :func:`retrieval.features.extract.extract_local_features`,
+:func:`retrieval.features.deep_extract.extract_global` or :func:`retrieval.features.deep_extract.extract_patches` into a
+temporary file and renamed (:func:`retrieval.features.shards.write_shard`), so the features do not depend on the
 engine, a rerun computes only missing shards, and finished shards survive any failure.
-:func:`features.shards.ShardedStore.merge` (called by the ``retrieval extract`` command) writes the
+:func:`retrieval.features.shards.ShardedStore.merge` (called by the ``retrieval extract`` command) writes the
 single file the index reads.
 
 ``kill_once`` (fault injection for tests and ``measure_engine``): the path of a marker file; the first
@@ -152,7 +152,7 @@ def extract_local_sharded(extractor: Any, ids: Sequence, paths: Sequence[PathLik
                           ray_address: Optional[str] = None, progress: bool = True,
                           kill_once: Optional[PathLike] = None, desc: str = "local features") -> ShardedRun:
     """Local features of every image into the sharded store ``root`` (resumable; see the module
-    docstring). ``extractor`` must be picklable (:class:`features.sift.SiftExtractor` is: it holds
+    docstring). ``extractor`` must be picklable (:class:`retrieval.features.sift.SiftExtractor` is: it holds
     only its configuration). ``engine="local"`` runs shards in ``n_jobs`` joblib processes,
     ``"ray"`` as Ray tasks."""
     check_engine(engine)

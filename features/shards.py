@@ -17,7 +17,7 @@ missing or does not match the images planned for it. ``store.json`` records the 
 configuration; opening the folder with another one is refused (:class:`FeatureFileError`), as for a
 single-file store.
 
-Shard files are the single-file formats of :mod:`features.store` (read with ``load_global`` /
+Shard files are the single-file formats of :mod:`retrieval.features.store` (read with ``load_global`` /
 ``LocalFeatureStore``), so :class:`ShardedStore` reads them as one logical store (:meth:`ids`,
 :meth:`iter_global`, :meth:`load_global`, :meth:`get`) and :meth:`merge` writes the one file that
 ``retrieval index build`` takes, shard by shard (the vectors are never all in memory at once).
@@ -224,7 +224,7 @@ class ShardedStore:
             yield ids, vectors
 
     def load_global(self) -> Tuple[List[str], np.ndarray, dict]:
-        """All shards as one (ids, vectors, config), like :func:`features.store.load_global`."""
+        """All shards as one (ids, vectors, config), like :func:`retrieval.features.store.load_global`."""
         ids: List[str] = []
         parts = []
         for shard_ids, vectors in self.iter_global():
@@ -275,7 +275,7 @@ class ShardedStore:
 
     # -- merging -----------------------------------------------------------------------------------
     def merge(self, out: PathLike, ids: Optional[Sequence[str]] = None) -> Path:
-        """Write every shard into the single file ``out`` (the format of :mod:`features.store`),
+        """Write every shard into the single file ``out`` (the format of :mod:`retrieval.features.store`),
         atomically, one shard in memory at a time. ``ids`` (the planned images) must all be present."""
         out = Path(out)
         if ids is not None:

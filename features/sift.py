@@ -18,7 +18,7 @@ Extraction steps for one image:
 Keypoints are ``[x, y, size, angle]`` (``size`` is OpenCV's keypoint diameter in pixels, angle in
 degrees) in the pixel frame of the image the features were computed on (resized, then cropped);
 ``image_size`` records that frame's (height, width). An image with no keypoint gives a valid empty
-:class:`~features.local.LocalFeatures`.
+:class:`~retrieval.features.local.LocalFeatures`.
 
 A :class:`SiftConfig` (:mod:`retrieval.core.config`; named ones in the registry :data:`SIFT_CONFIGS`,
 dotted overrides such as ``max_side=1024``) fully describes extraction; its dict (plus the name) is
@@ -179,7 +179,7 @@ class SiftExtractor:
 
     @property
     def store_dtype(self) -> str:
-        """How a :class:`~features.store.LocalFeatureStore` should keep the descriptors: uint8 for plain
+        """How a :class:`~retrieval.features.store.LocalFeatureStore` should keep the descriptors: uint8 for plain
         SIFT (integer 0..255, lossless), float16 for RootSIFT."""
         return "float16" if self._config["root"] else "uint8"
 

@@ -106,7 +106,7 @@ class LocalFeatureStore:
     @property
     def descriptor_kind(self) -> str:
         """What the descriptors are (``rootsift``, ``sift``, ``xfeat``, ``disk``, ...), from the recorded
-        configuration (:func:`features.local_extractors.descriptor_kind`)."""
+        configuration (:func:`retrieval.features.local_extractors.descriptor_kind`)."""
         from retrieval.features.local_extractors import descriptor_kind
 
         return descriptor_kind(self.config)

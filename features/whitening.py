@@ -14,7 +14,7 @@ directions::
   images) the eigenvectors come from the ``N x N`` Gram matrix ``Xc Xc^T`` (``U = Xc^T V / sqrt(mu)``),
   never from the ``D x D`` covariance; at most ``N - 1`` directions exist then.
 
-Saved as ``.npz`` + JSON (:mod:`features.npzio`), never pickle.
+Saved as ``.npz`` + JSON (:mod:`retrieval.features.npzio`), never pickle.
 """
 from __future__ import annotations
 

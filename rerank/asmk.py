@@ -1,4 +1,4 @@
-"""ASMK re-ranking: the aggregated selective match kernel similarity (:mod:`features.encoders.asmk`)
+"""ASMK re-ranking: the aggregated selective match kernel similarity (:mod:`retrieval.features.encoders.asmk`)
 of the query and each shortlisted image, a similarity in [0, 1] fused like VLAD's (``similarity``
 fusion candidates). Aggregations are memoised per image (a database image recurs in many
 shortlists), up to ``cache_size`` images."""

@@ -1,4 +1,4 @@
-"""Combining global and local evidence over a cached :class:`~rerank.shortlist.Shortlist`.
+"""Combining global and local evidence over a cached :class:`~retrieval.rerank.shortlist.Shortlist`.
 
 Linear fusion, per query over its shortlist of k images::
 

@@ -3,15 +3,15 @@ for DISK features, LighterGlue (its 6-layer, 96-d variant trained with XFeat) fo
 
 kornia's :class:`~kornia.feature.LightGlue` is built from its own architecture preset for the feature
 kind (``LightGlue.features``) without downloading anything, and loaded with the weights shipped in
-the installed packages (:mod:`features.weights`). The files name their layers as the original
+the installed packages (:mod:`retrieval.features.weights`). The files name their layers as the original
 release did (``self_attn.i`` / ``cross_attn.i``; XFeat's file nests the matcher under ``matcher.``
 next to the extractor), so they are renamed to kornia's module names; every parameter must be
 found, else the load is refused.
 
-The matches of each pair become a :class:`~rerank.matching.PairMatches` with ``distance = ratio = 1 -
+The matches of each pair become a :class:`~retrieval.rerank.matching.PairMatches` with ``distance = ratio = 1 -
 score`` (so the most confident matches come first, as PROSAC wants), and spatial verification fits
-its model on them exactly as on nearest-neighbour matches (:class:`rerank.spatial.SpatialVerifier`
-with a :class:`~rerank.spatial.GlueSpatialConfig`). Each pair is its own forward pass (LightGlue
+its model on them exactly as on nearest-neighbour matches (:class:`retrieval.rerank.spatial.SpatialVerifier`
+with a :class:`~retrieval.rerank.spatial.GlueSpatialConfig`). Each pair is its own forward pass (LightGlue
 prunes points adaptively, so a batch would not share work); pairs run in a small thread pool.
 """
 from __future__ import annotations

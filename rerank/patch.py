@@ -1,6 +1,6 @@
 """Patch re-ranking (experiment E7): local evidence from deep patch tokens.
 
-Tokens are L2-normalised feature-map cells (``features.efficientnet.EfficientNetExtractor.
+Tokens are L2-normalised feature-map cells (``retrieval.features.efficientnet.EfficientNetExtractor.
 extract_patches``: 7 x 7 at a 224 input), so the similarity of query patch ``q`` and database patch
 ``p`` is the cosine ``s_qp = <t_q, t_p>``. For a query with patches Q and a shortlisted image with
 patches P:
@@ -19,7 +19,7 @@ query or image scores 0. The whole shortlist is scored with one matrix product: 
 tokens are concatenated (N_total, D) and ``S = Q P_all^T`` is split back per image with
 ``np.maximum.reduceat``.
 
-The scores plug into :mod:`rerank.fusion` as a named local score of a :class:`rerank.shortlist.
+The scores plug into :mod:`retrieval.rerank.fusion` as a named local score of a :class:`retrieval.rerank.shortlist.
 Shortlist` (``shortlist.score_with(PatchScorer(), query_store, db_store)``), fused with the global
 score by ``v``.
 """

@@ -9,7 +9,7 @@ tentative matches. The score is
 (d1, d2: Euclidean distances to the nearest and second-nearest descriptor of that image; with
 ``mutual=True`` a passing match must also be a mutual nearest neighbour). It lies in [0, 1]. An empty
 query, or an image with fewer than two descriptors, scores 0. Matching is the batched matcher of
-:mod:`rerank.matching` (one GEMM per pair, same neighbours as ``cv2.BFMatcher``).
+:mod:`retrieval.rerank.matching` (one GEMM per pair, same neighbours as ``cv2.BFMatcher``).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The re-ranking interface: every re-ranker turns a shortlist into one local score per
-(query, shortlisted image) pair; :mod:`rerank.fusion` then combines it with the global score."""
+(query, shortlisted image) pair; :mod:`retrieval.rerank.fusion` then combines it with the global score."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

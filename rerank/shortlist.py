@@ -145,10 +145,10 @@ class Shortlist:
                    path: Optional[PathLike] = None, save_every: int = 10, progress: bool = True,
                    engine: str = "local", n_jobs: int = 2, ray_address: Optional[str] = None) -> np.ndarray:
         """Fill the local score ``name`` (default ``scorer.name``) with any
-        :class:`~rerank.base.LocalScorer`, query by query, skipping rows already computed (resume).
+        :class:`~retrieval.rerank.scorer.LocalScorer`, query by query, skipping rows already computed (resume).
 
-        ``query_features`` / ``db_features``: mappings from id to :class:`~features.local.LocalFeatures`
-        (a dict, or a :class:`~features.store.LocalFeatureStore`: anything with ``[id]`` or ``.get(id)``).
+        ``query_features`` / ``db_features``: mappings from id to :class:`~retrieval.features.local.LocalFeatures`
+        (a dict, or a :class:`~retrieval.features.store.LocalFeatureStore`: anything with ``[id]`` or ``.get(id)``).
         With ``path`` the cache is saved every ``save_every`` queries and at the end. Returns the
         complete (Q, k) scores. ``engine="ray"`` scores the pending queries as Ray tasks (``n_jobs``
         at a time, see :mod:`retrieval.scale.engine`); feature stores are opened by the workers from their

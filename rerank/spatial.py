@@ -3,7 +3,7 @@ tentative matches consistent with one geometric transformation.
 
 Steps for one query and its shortlist (keypoints and descriptors loaded once by the caller):
 
-1. match the query against every shortlisted image at once (:func:`rerank.matching.match_shortlist`:
+1. match the query against every shortlisted image at once (:func:`retrieval.rerank.matching.match_shortlist`:
    one GEMM per pair, Lowe's ratio test, optionally mutual nearest neighbours);
 2. per pair, fit a model mapping query keypoints to database keypoints with OpenCV's robust
    estimators: ``affine`` (``cv2.estimateAffine2D``, 6 dof), ``similarity``
@@ -97,7 +97,7 @@ class SpatialConfig(Config):
 @dataclass(frozen=True)
 class GlueSpatialConfig(SpatialConfig):
     """Spatial verification whose tentative matches come from a learned matcher instead of nearest
-    neighbours (:mod:`rerank.glue`): LightGlue for DISK, LighterGlue for XFeat (``features``; the
+    neighbours (:mod:`retrieval.rerank.glue`): LightGlue for DISK, LighterGlue for XFeat (``features``; the
     pretrained weights exist for these two only). A match is kept when its matchability score exceeds
     ``filter_threshold``; ``ratio`` and ``mutual`` do not apply (LightGlue's assignment is mutual)."""
 

@@ -4,11 +4,11 @@ two images' VLAD vectors,
     score(q, d) = <VLAD(q), VLAD(d)>
 
 computed from the same local features the spatial verifier uses. With the L2-normalised VLADs of
-:class:`features.encoders.vlad.VladEncoder` this is the cosine similarity, in [-1, 1]; an image without
+:class:`retrieval.features.encoders.vlad.VladEncoder` this is the cosine similarity, in [-1, 1]; an image without
 descriptors encodes to the zero vector and scores 0.
 
 Any fitted encoder with ``encode(LocalFeatures) -> (dim,)`` works; one with ``encode_many`` (every
-:class:`features.encoders.base.LocalEncoder`) encodes the whole shortlist as one batch.
+:class:`retrieval.features.encoders.encoder.LocalEncoder`) encodes the whole shortlist as one batch.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A user's project with its own ``features.py`` and ``rerank.py`` imports hybrid-retrieval fine.
+"""A user's project with its own ``retrieval.features.py`` and ``retrieval.rerank.py`` imports hybrid-retrieval fine.
 
 The package is built from this checkout into a folder (``pip install --no-deps --target``, as a user's
 ``pip install`` lays it out), and a script in the user's project (its folder first on ``sys.path``,

@@ -3,7 +3,7 @@ any local descriptors (RootSIFT, XFeat, DISK), with the reference ``asmk`` packa
 inverted file.
 
 An image is not one vector but a set: its descriptors are assigned to the nearest visual word of a
-k-means codebook (the project's :func:`features.codebook.learn_codebook`; queries may take the
+k-means codebook (the project's :func:`retrieval.features.codebook.learn_codebook`; queries may take the
 ``query_assignment`` nearest words), the residuals ``x - c_w`` of each word are summed, and with
 ``binary`` (ASMK*) each sum is binarised by its sign and packed into bits. Two images are compared
 word by word: for a word both hold, ``s = 1 - 2 h / D`` (``h`` the Hamming distance of the binary
@@ -12,7 +12,7 @@ sums; the cosine for real-valued ones), passed through the selective kernel ``s^
 two images' word counts (their self-similarities).
 
 :class:`AsmkEncoder` learns the codebook and aggregates images; :class:`AsmkIndex` is the first-stage
-search (the package's inverted file: one posting list per word); :class:`rerank.asmk.AsmkScorer`
+search (the package's inverted file: one posting list per word); :class:`retrieval.rerank.asmk.AsmkScorer`
 re-ranks a shortlist with the same similarity. The encoder is saved as ``.npz`` + JSON, never pickled.
 """
 from __future__ import annotations

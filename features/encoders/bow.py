@@ -1,6 +1,6 @@
 """Bag of visual words (Sivic & Zisserman 2003) with tf-idf, and its inverted file.
 
-Steps: codebook (k-means, :mod:`features.codebook`) -> quantise each descriptor to its nearest word
+Steps: codebook (k-means, :mod:`retrieval.features.codebook`) -> quantise each descriptor to its nearest word
 (or, with ``n_nearest > 1``, softly to its ``n_nearest`` nearest words with weights
 ``exp(-d^2 / (2 sigma^2))`` normalised to sum 1 per descriptor, Philbin et al. CVPR 2008) -> term
 frequencies ``tf_w`` = (weighted) count of word ``w`` in the image -> burstiness damping
@@ -37,7 +37,7 @@ __all__ = ["BowEncoder", "BowInvertedIndex"]
 class BowEncoder(LocalEncoder):
     """tf-idf bag of words over a ``k``-word codebook; :attr:`dim` = ``k``.
 
-    ``codebook``: a trained :class:`~features.codebook.Codebook` (else :meth:`fit` learns one with
+    ``codebook``: a trained :class:`~retrieval.features.codebook.Codebook` (else :meth:`fit` learns one with
     ``k``, ``seed``, ``n_sample``, ``niter``, ``max_points_per_centroid``). ``n_nearest`` / ``sigma``:
     soft assignment (``n_nearest=1`` is hard assignment). ``tf_power``: burstiness damping.
     ``idf``: weight by inverse document frequency.

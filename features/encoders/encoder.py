@@ -7,7 +7,7 @@ An encoder is used in explicit steps::
     q = enc.encode(query_features)                   # (dim,) float32
     enc.save("vlad64.npz"); enc = load_encoder("vlad64.npz")
 
-Inputs are :class:`~features.local.LocalFeatures` or bare ``(n, D)`` descriptor arrays. The output goes
+Inputs are :class:`~retrieval.features.local.LocalFeatures` or bare ``(n, D)`` descriptor arrays. The output goes
 to :class:`retrieval.Index` unchanged. An image without descriptors encodes to the zero vector (there
 is no evidence to point anywhere; a NaN would poison every score), so its similarity to everything is 0.
 

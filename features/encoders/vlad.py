@@ -11,7 +11,7 @@ For a codebook ``c_1..c_k`` and descriptors ``x`` with nearest word ``NN(x)``:
 * ``intra_norm``: each ``v_i`` divided by its L2 norm (damps bursts within a word);
 * ``power``: signed power ``sign(v) |v|^power`` (0.5 = signed square root; 1 disables it);
 * L2 normalisation of the concatenated ``(k * D)`` vector;
-* ``whitening`` (:class:`~features.whitening.PCAWhitening`, learned on another set of images with
+* ``whitening`` (:class:`~retrieval.features.whitening.PCAWhitening`, learned on another set of images with
   :meth:`VladEncoder.fit_whitening`): project, whiten, L2 again; :attr:`dim` becomes its output size.
 
 Per batch, residual sums are one sparse product: an ``(B*k, n)`` indicator of (image, word) per

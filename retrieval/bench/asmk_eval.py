@@ -1,7 +1,7 @@
 """ASMK* as a first-stage search on a landmark set: local features of every database image and query
 (``--features``, any local configuration), a ``--words`` codebook learned on the database (as the
 ladder learns VLAD's there: no training split in the Oxford subset), the inverted file of
-:class:`features.encoders.asmk.AsmkIndex`, every database image ranked, then the official and the
+:class:`retrieval.features.encoders.asmk.AsmkIndex`, every database image ranked, then the official and the
 landmark-level Oxford protocols.
 
     .venv/bin/python benchmarks/asmk_eval.py --data ../shared/data/oxford5k_subset --features rootsift-upright-c02-4k

@@ -11,7 +11,7 @@ interleaved rounds; in each:
    ``onnxruntime``): images decoded and normalised beforehand, batched by size exactly as extraction
    batches them (the extractor's batch size; the default backend and eager also at
    ``--compare-batch``), backbone + pooling + L2; images/s;
-2. **end to end** with the extractor's default backend: :func:`features.deep_extract.extract_global`
+2. **end to end** with the extractor's default backend: :func:`retrieval.features.deep_extract.extract_global`
    from the files (decode in ``--n-jobs`` threads, resize, normalise, network, pooling, written to a
    feature file), at both batch sizes.
 

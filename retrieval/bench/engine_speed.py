@@ -4,7 +4,7 @@
 
 * on one Ray instance with 1 worker, then 2 workers (``sift_scaling_2_vs_1``: throughput ratio);
 * with the local engine (joblib processes) at 2 workers (``ray_vs_local``: Ray's throughput over it);
-* today's single-store path (:func:`features.extract.extract_local_features`, threads) at 1 and 2
+* today's single-store path (:func:`retrieval.features.extract.extract_local_features`, threads) at 1 and 2
   jobs (``threads_scaling_2_vs_1``), for comparison with the sharded path;
 * on Ray with one worker SIGKILLed mid-task (``killed_worker_identical``: the output equals the clean
   run's, bit for bit);

@@ -10,7 +10,7 @@ the same 100 database images (the cost depends on keypoint counts, not on which 
 shortlisted), ``--queries`` of them for the nearest-neighbour matchers; the learned matchers cost
 seconds per pair on CPU, so ``--glue-pairs`` pairs of one query are timed and the figure per query is
 100 times the mean per pair (the ``estimated`` column says so). Matchers use the default thread pool
-of :class:`rerank.spatial.SpatialVerifier` (the usable CPUs, single-threaded torch per pair).
+of :class:`retrieval.rerank.spatial.SpatialVerifier` (the usable CPUs, single-threaded torch per pair).
 
     .venv/bin/python benchmarks/learned_speed.py --data ../shared/data/oxford5k_subset --out results/learned_speed
 """

@@ -33,7 +33,7 @@ NAME = "store_integrity"
 
 @contextmanager
 def patched(**replacements):
-    """Temporarily replace names in :mod:`features.store` (to switch a protection off)."""
+    """Temporarily replace names in :mod:`retrieval.features.store` (to switch a protection off)."""
     import retrieval.features.store as store_module
 
     old = {name: getattr(store_module, name) for name in replacements}

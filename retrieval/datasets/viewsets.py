@@ -25,7 +25,7 @@ Protocol (one split, one ``test_views`` = k):
    from the ranking, so no view of the query set is ever in the database it is searched against.
 4. Relevant = database sets of the same object.
 
-Descriptors are made by any multi-view model (``features.multiview``); this module only says which
+Descriptors are made by any multi-view model (``retrieval.features.multiview``); this module only says which
 views make which query and database entry, ranks with :class:`retrieval.indexing.index.Index` and scores with
 :mod:`retrieval.evaluation.metrics`.
 """

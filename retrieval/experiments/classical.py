@@ -14,13 +14,13 @@ the other metrics of the protocol are in each row's ``metrics``.
 Steps (each cached under the cache folder, default ``cache/classical``, so a rerun resumes):
 
 1. RootSIFT of every database image (and of every query that is not a database image, cropped to its
-   box) into a resumable :class:`~features.store.LocalFeatureStore`; queries that are database images
+   box) into a resumable :class:`~retrieval.features.store.LocalFeatureStore`; queries that are database images
    reuse the database features;
 2. codebooks / GMMs learned on the dataset's own database images (the Oxford baseline's convention:
    unsupervised, no labels; the ``codebook_trained_on`` column says so), BoW idf on the database;
 3. PCA-whitening of VLAD learned on OTHER images (``whitening_data``; never on the searched set);
 4. encode database and queries, :class:`retrieval.Index` (exact cosine) or, for BoW,
-   :class:`features.encoders.BowInvertedIndex`; evaluate with :func:`retrieval.evaluation.evaluate.evaluate`.
+   :class:`retrieval.features.encoders.BowInvertedIndex`; evaluate with :func:`retrieval.evaluation.evaluate.evaluate`.
 
 With ``speed``: SIFT extraction images/s with 1 and 2 workers (threads and loky processes), VLAD and
 Fisher encoding descriptors/s against the bare matrix products of the same sizes (the bound)
@@ -31,7 +31,7 @@ Settings (:class:`ClassicalConfig`):
 
 ``dataset``          the searched dataset; a relative ``path`` that does not exist from the current
                      folder is read under the data root (:func:`retrieval.core.paths.data_root`).
-``sift``             a name of ``features.sift.SIFT_CONFIGS``, or ``"auto"``: upright RootSIFT with 4k
+``sift``             a name of ``retrieval.features.sift.SIFT_CONFIGS``, or ``"auto"``: upright RootSIFT with 4k
                      weak keypoints (``rootsift-upright-c02-4k``) for landmark kinds (oxford, paris,
                      revisited, gldv2); for object kinds ``rootsift-small`` when the first database
                      image is at most 256 px on its longest side (COIL's 128 px: enlarged, low contrast

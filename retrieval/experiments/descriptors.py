@@ -81,7 +81,7 @@ def _pool(fmap, pool: str):
 class MultiPoolExtractor:
     """Every pooling at every scale from one network pass per scale: ``describe_inputs`` returns
     (B, len(scales) * len(POOLS) * C), blocks ordered (scale, pooling), each block L2-normalised.
-    Plugs into :func:`features.deep_extract.extract_global` (same ``prepare`` / ``to_input`` as
+    Plugs into :func:`retrieval.features.deep_extract.extract_global` (same ``prepare`` / ``to_input`` as
     ``base``, whose configuration fixes the layer)."""
 
     def __init__(self, base, scales: Sequence[float] = SCALES):

@@ -12,8 +12,8 @@ chooses the distillation weight and the number of epochs on held-out seen instan
 distillation" among the candidates (``snapshot_epochs`` below keeps the student of every candidate
 epoch count from one run).
 
-The teacher is anything that maps images to embeddings: a :class:`features.base.GlobalExtractor`,
-or a callable uint8 (N, H, W, 3) -> (N, D) (see :func:`features.multiview.as_embedding_fn`). A user
+The teacher is anything that maps images to embeddings: a :class:`retrieval.features.global_extractor.GlobalExtractor`,
+or a callable uint8 (N, H, W, 3) -> (N, D) (see :func:`retrieval.features.multiview.as_embedding_fn`). A user
 with CLIP weights wraps CLIP's image tower (its projected *class* embedding, i.e. the global token,
 not the patch tokens) in such a callable; nothing here needs CLIP.
 """
@@ -49,11 +49,11 @@ def compute_teacher_embeddings(teacher, images: Union[np.ndarray, torch.Tensor],
                                batch_size: int = 64, progress: bool = True) -> np.ndarray:
     """The frozen teacher's (N, D) unit embeddings of ``images`` (uint8 (N, H, W, 3)), computed once
     and cached: with ``cache_path`` they are appended chunk by chunk to a global-feature file
-    (:class:`features.store.GlobalFeatureWriter`, HDF5 with ``config``), so an interrupted run resumes
+    (:class:`retrieval.features.store.GlobalFeatureWriter`, HDF5 with ``config``), so an interrupted run resumes
     where it stopped and a file made with another ``config`` (another teacher) is refused.
 
-    ``teacher``: a :class:`features.base.GlobalExtractor` or callable uint8 (n, H, W, 3) -> (n, D)
-    (checked by :func:`features.multiview.as_embedding_fn`)."""
+    ``teacher``: a :class:`retrieval.features.global_extractor.GlobalExtractor` or callable uint8 (n, H, W, 3) -> (n, D)
+    (checked by :func:`retrieval.features.multiview.as_embedding_fn`)."""
     from retrieval.features.multiview import as_embedding_fn
     from retrieval.features.store import FeatureFileError, GlobalFeatureWriter, load_global
 

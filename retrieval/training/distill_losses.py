@@ -49,8 +49,8 @@ a :class:`TransferSet` of unlabelled images outside the evaluation's instances, 
 both networks see in every step (relation / feature terms only). On COIL-100 the transfer set is
 what moved the student towards the teacher on unseen objects (``benchmarks/multiview.py``, README).
 
-The teacher is anything that maps images to embeddings: a :class:`features.base.GlobalExtractor`,
-or a callable uint8 (N, H, W, 3) -> (N, D) (see :func:`features.multiview.as_embedding_fn`). A user
+The teacher is anything that maps images to embeddings: a :class:`retrieval.features.global_extractor.GlobalExtractor`,
+or a callable uint8 (N, H, W, 3) -> (N, D) (see :func:`retrieval.features.multiview.as_embedding_fn`). A user
 with CLIP weights wraps CLIP's image tower (its projected *class* embedding, i.e. the global token,
 not the patch tokens) in such a callable; nothing here needs CLIP.
 """

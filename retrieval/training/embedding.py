@@ -1,4 +1,4 @@
-"""The embedding network as training sees it: an :class:`~features.efficientnet.EfficientNetGlobal`
+"""The embedding network as training sees it: an :class:`~retrieval.features.efficientnet.EfficientNetGlobal`
 built from a :class:`~retrieval.training.settings.TrainConfig`, which of its layers train, its input
 normalisation, the shared per-batch pipeline (uint8 batch -> augmented, normalised input ->
 embeddings), and the trained-model file that extraction loads back.

@@ -8,7 +8,7 @@ anchor plus V - 1 other views drawn from the anchor's own view set (consecutive 
 evaluation's sets are). V is drawn per batch from ``views`` (so the network sees sets of 1 and of
 several views), every item of a batch has the same V. Everything is a function of (seed, epoch).
 
-MV-AlexNet training: that batch through :class:`features.alexnet.MVAlexNet` (random init) and a
+MV-AlexNet training: that batch through :class:`retrieval.features.alexnet.MVAlexNet` (random init) and a
 metric loss of :mod:`retrieval.training.losses` (triplet, batch-hard, by default) on the 256-d set
 descriptors, with :func:`retrieval.training.loop.run_training` doing optimisation, checkpoint / resume
 and the loss curve.

@@ -1,11 +1,11 @@
 """The re-ranking rungs, the same on both halves of the ladder (they re-rank the half's base
 ranking: E4 on object data, E1 on landmark data):
 
-* E5  RootSIFT ratio-test score (a count of matches, :class:`rerank.ratio.RatioTestScorer`);
-* E6  RootSIFT VLAD similarity (k words: :class:`rerank.vlad.VladSimilarityScorer`);
-* E7  EfficientNet patch tokens (mean of each query patch's best cosine, :class:`rerank.patch.PatchScorer`);
-* SV  spatial verification (inliers of an affine RANSAC, :class:`rerank.spatial.SpatialVerifier`);
-* E8  alpha-QE and DBA of the base global vectors (:mod:`rerank.expansion`).
+* E5  RootSIFT ratio-test score (a count of matches, :class:`retrieval.rerank.ratio.RatioTestScorer`);
+* E6  RootSIFT VLAD similarity (k words: :class:`retrieval.rerank.vlad.VladSimilarityScorer`);
+* E7  EfficientNet patch tokens (mean of each query patch's best cosine, :class:`retrieval.rerank.patch.PatchScorer`);
+* SV  spatial verification (inliers of an affine RANSAC, :class:`retrieval.rerank.spatial.SpatialVerifier`);
+* E8  alpha-QE and DBA of the base global vectors (:mod:`retrieval.rerank.expansion`).
 
 Each returns ``(candidates, rankings, seconds)`` for :func:`retrieval.steps.choose.choose`: local scores are
 fused on an absolute scale (counts saturating at T, or the DELG rule; similarities as they are:

@@ -98,7 +98,7 @@ def rank(db_vectors: np.ndarray, query_vectors: np.ndarray, dataset, k: int):
 
 
 def build_shortlist(ranking, path: Path, config: dict, k: int, recompute: bool):
-    """The cached :class:`rerank.shortlist.Shortlist` of ``ranking``'s top ``k`` (the rest as tail),
+    """The cached :class:`retrieval.rerank.shortlist.Shortlist` of ``ranking``'s top ``k`` (the rest as tail),
     reopened when it exists with the same configuration (its local scores kept)."""
     from retrieval.features.store import FeatureFileError
     from retrieval.rerank.shortlist import Shortlist
