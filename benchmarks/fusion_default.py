@@ -3,11 +3,10 @@ rule: :mod:`retrieval.bench.fusion_default`).
 
     .venv/bin/python benchmarks/fusion_default.py results/e1_e7 [more results folders]
 """
-from __future__ import annotations
 
 import sys
 
-from retrieval.bench.fusion_default import main
+from retrieval.cli import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["results/e1_e7"])
+    sys.exit(main(["bench", "fusion-default", *sys.argv[1:]]))

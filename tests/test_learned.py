@@ -237,16 +237,18 @@ def test_extract_step_and_the_one_factory_take_learned_names():
         extractor_for(ExtractConfig(kind="local", config="disk-9k"))
 
 
-def test_speed_benchmark_writes_every_figure(oxford_dir, tmp_path):
-    from retrieval.bench.learned_speed import main
+def test_speed_benchmark_writes_every_figure(oxford_dir, tmp_path, capsys):
+    from retrieval.cli import main
 
-    out = main(["--data", str(oxford_dir), "--out", str(tmp_path / "speed"), "--images", "2",
-                "--features", "rootsift-1k,xfeat-512", "--matchers", "xfeat-512:lighterglue-xfeat", "--glue-pairs", "2"])
+    out = tmp_path / "speed"
+    assert main(["bench", "learned-speed", "--data", str(oxford_dir), "--out", str(out), "--images", "2",
+                 "--features", "rootsift-1k,xfeat-512", "--matchers", "xfeat-512:lighterglue-xfeat",
+                 "--glue-pairs", "2"]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [(r["what"], r["features"]) for r in rows] == [("extraction", "rootsift-1k"), ("extraction", "xfeat-512"),
                                                           ("re-ranking top 100", "xfeat-512")]
     assert all(r["ms_per_image"] > 0 for r in rows[:2]) and rows[2]["ms_per_query"] > 0
     assert rows[2]["estimated"] == "2 pairs x 50" and "| xfeat-512 |" in (out / "results.md").read_text()
-    with pytest.raises(ConfigError, match="FEATURES:SPATIAL"):
-        main(["--data", str(oxford_dir), "--out", str(tmp_path / "x"), "--features", "xfeat-512",
-              "--matchers", "sift-9k:affine-ransac-mnn"])
+    assert main(["bench", "learned-speed", "--data", str(oxford_dir), "--out", str(tmp_path / "x"),
+                 "--features", "xfeat-512", "--matchers", "sift-9k:affine-ransac-mnn"]) == 2
+    assert "FEATURES:SPATIAL" in capsys.readouterr().err

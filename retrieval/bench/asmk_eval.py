@@ -8,27 +8,15 @@ landmark-level Oxford protocols.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+
 
 __all__ = ["main", "parser"]
 
 
-def parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=None, help="Oxford folder (default: the subset of the data root)")
-    ap.add_argument("--features", default="rootsift-upright-c02-4k", help="local feature configuration")
-    ap.add_argument("--words", type=int, default=8192, help="codebook size (default 8192)")
-    ap.add_argument("--sample", type=int, default=300_000, help="descriptors sampled for k-means")
-    ap.add_argument("--query-assignment", type=int, default=1, help="nearest words per query descriptor")
-    ap.add_argument("--cache", default=None, help="feature stores and codebook (default OUT/cache)")
-    ap.add_argument("--out", default="results/asmk", help="results folder")
-    return ap
-
-
-def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Path:
+def run(args) -> Path:
+    """The measurement of ``retrieval bench asmk-eval`` (its options: ``args``); returns the results folder."""
     from retrieval.datasets.open import DatasetConfig, open_dataset
     from retrieval.evaluation.evaluate import evaluate
     from retrieval.features.encoders.asmk import AsmkEncoder, AsmkIndex
@@ -38,7 +26,6 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Pa
     from retrieval.core.paths import data_root
     from retrieval.core.report import write_results
 
-    args = parser(prog).parse_args(argv)
     path = args.data if args.data is not None else str(data_root() / "oxford5k_subset")
     ds = open_dataset(DatasetConfig(kind="oxford", path=path))
     out = Path(args.out)

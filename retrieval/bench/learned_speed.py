@@ -16,10 +16,9 @@ of :class:`retrieval.rerank.spatial.SpatialVerifier` (the usable CPUs, single-th
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 
@@ -31,21 +30,6 @@ MATCHERS = ("rootsift-upright-c02-4k:affine-ransac-mutual", "xfeat-4k:affine-ran
             "xfeat-1k:affine-ransac-mnn", "xfeat-512:affine-ransac-mnn", "disk-2k:affine-ransac-mnn",
             "xfeat-1k:lighterglue-xfeat", "disk-2k:lightglue-disk")
 SHORTLIST = 100
-
-
-def parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="oxford", help="dataset kind (default oxford)")
-    ap.add_argument("--data", default=None, help="dataset folder (default: the Oxford subset of the data root)")
-    ap.add_argument("--out", default="results/learned_speed", help="results folder")
-    ap.add_argument("--cache", default=None, help="local feature stores of the shortlist (default OUT/cache)")
-    ap.add_argument("--images", type=int, default=20, help="images timed per extractor (default 20)")
-    ap.add_argument("--queries", type=int, default=3, help="queries timed per NN matcher (default 3)")
-    ap.add_argument("--glue-pairs", type=int, default=8, help="pairs timed per learned matcher (default 8)")
-    ap.add_argument("--features", default=",".join(FEATURES), help="extractors to time (comma-separated)")
-    ap.add_argument("--matchers", default=",".join(MATCHERS),
-                    help="FEATURES:SPATIAL pairs timed for re-ranking (comma-separated; '' for none)")
-    return ap
 
 
 def _spread(items: Sequence, n: int) -> list:
@@ -120,7 +104,8 @@ def rerank_row(name: str, spatial: str, ds, cache: Path, n_queries: int, glue_pa
             "estimated": timed}
 
 
-def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Path:
+def run(args) -> Path:
+    """The measurement of ``retrieval bench learned-speed`` (its options: ``args``); returns the results folder."""
     import cv2
     import torch
 
@@ -130,8 +115,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Pa
     from retrieval.core.paths import data_root
     from retrieval.core.report import write_results
 
-    args = parser(prog).parse_args(argv)
-    names = [n for n in args.features.split(",") if n]
+    names = [n for n in (args.features if args.features is not None else ",".join(FEATURES)).split(",") if n]
     unknown = [n for n in names if n not in local_config_names()]
     if unknown:
         raise ConfigError(f"unknown local feature configurations {unknown}; known: {', '.join(local_config_names())}")
@@ -144,7 +128,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> Pa
     cv2.setNumThreads(1)
     paths = _spread([str(p) for p in ds.db_paths], args.images)
     rows: List[dict] = extraction_rows(names, paths)
-    pairs = [m.split(":", 1) for m in args.matchers.split(",") if m]
+    matchers = args.matchers if args.matchers is not None else ",".join(MATCHERS)
+    pairs = [m.split(":", 1) for m in matchers.split(",") if m]
     bad = [m for m in pairs if len(m) != 2 or m[0] not in local_config_names()]
     if bad:
         raise ConfigError(f"--matchers: not FEATURES:SPATIAL pairs of known configurations: {bad}")

@@ -25,14 +25,19 @@ __all__ = ["register"]
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks: index-speed, deep-speed, scale, store-integrity, "
-                                                 "serve-load (experiments: retrieval run)")
+                                                 "serve-load, learned-speed, asmk-eval, fusion-default "
+                                                 "(experiments: retrieval run)")
     sub = parser.add_subparsers(dest="bench_command", metavar="{index-speed,deep-speed,scale,store-integrity,"
-                                                               "serve-load}", required=True)
+                                                               "serve-load,learned-speed,asmk-eval,fusion-default}",
+                                required=True)
     _index_speed_parser(sub)
     _deep_speed_parser(sub)
     _scale_parser(sub)
     _store_integrity_parser(sub)
     _serve_load_parser(sub)
+    _learned_speed_parser(sub)
+    _asmk_eval_parser(sub)
+    _fusion_default_parser(sub)
 
 
 def _options(args) -> argparse.Namespace:
@@ -208,3 +213,62 @@ def _serve_load(args) -> int:
           f"{report['requests']} requests, {report['concurrency']} concurrent (target p95 < 100 ms); load average "
           f"{report['load_average']} on {report['cpu_count']} CPUs")
     return 0
+
+
+# ---------------------------------------------------------------------- learned features, ASMK
+
+def _learned_speed_parser(sub) -> None:
+    p = _described(sub, "learned-speed", "CPU cost of the local extractors (ms/image) and matchers (ms/query, "
+                   "top 100)", "retrieval.bench.learned_speed")
+    p.add_argument("--dataset", default="oxford", help="dataset kind (default oxford)")
+    p.add_argument("--data", default=None, help="dataset folder (default: the Oxford subset of the data root)")
+    p.add_argument("--out", default="results/learned_speed", help="results folder")
+    p.add_argument("--cache", default=None, help="local feature stores of the shortlist (default OUT/cache)")
+    p.add_argument("--images", type=int, default=20, help="images timed per extractor (default 20)")
+    p.add_argument("--queries", type=int, default=3, help="queries timed per NN matcher (default 3)")
+    p.add_argument("--glue-pairs", type=int, default=8, help="pairs timed per learned matcher (default 8)")
+    p.add_argument("--features", default=None,
+                   help="extractors to time, comma-separated (default: learned_speed.FEATURES)")
+    p.add_argument("--matchers", default=None,
+                   help="FEATURES:SPATIAL pairs timed for re-ranking, comma-separated ('' for none; default: "
+                        "learned_speed.MATCHERS)")
+    p.set_defaults(func=lambda args: _run_bench("learned_speed", args))
+
+
+def _asmk_eval_parser(sub) -> None:
+    p = _described(sub, "asmk-eval", "ASMK* as a first-stage search on Oxford", "retrieval.bench.asmk_eval")
+    p.add_argument("--data", default=None, help="Oxford folder (default: the subset of the data root)")
+    p.add_argument("--features", default="rootsift-upright-c02-4k", help="local feature configuration")
+    p.add_argument("--words", type=int, default=8192, help="codebook size (default 8192)")
+    p.add_argument("--sample", type=int, default=300_000, help="descriptors sampled for k-means")
+    p.add_argument("--query-assignment", type=int, default=1, help="nearest words per query descriptor")
+    p.add_argument("--cache", default=None, help="feature stores and codebook (default OUT/cache)")
+    p.add_argument("--out", default="results/asmk", help="results folder")
+    p.set_defaults(func=lambda args: _run_bench("asmk_eval", args))
+
+
+def _run_bench(module: str, args) -> int:
+    require_output(args.out, "results", folder=True)
+    if module == "learned_speed":
+        from ..bench.learned_speed import run
+    else:
+        from ..bench.asmk_eval import run
+    run(_options(args))
+    return 0
+
+
+def _fusion_default_parser(sub) -> None:
+    p = _described(sub, "fusion-default", "the fusion applied without ground truth, picked from experiments' "
+                   "per-candidate means", "retrieval.bench.fusion_default")
+    p.add_argument("results", nargs="*", default=["results/e1_e7"],
+                   help="results folders of the ladder or of retrieval run (default results/e1_e7)")
+    p.add_argument("--out", default=None, help="also write fusion_default.json / .md here")
+    p.set_defaults(func=_fusion_default)
+
+
+def _fusion_default(args) -> int:
+    from ..bench.fusion_default import main
+
+    main(args.results, args.out)
+    return 0
+
