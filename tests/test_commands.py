@@ -323,7 +323,7 @@ def test_run_global_descriptor_experiment(tmp_path, capsys):
     assert code == 0, err
     summary = json.loads(out)["summary"]
     assert summary["queries"] == 6 and summary["database"] == 24
-    assert 0.0 < summary["lite0-gem-512+size=64+weights=random"] <= 1.0
+    assert 0.0 < summary["lite0-gem-512+size=64+weights=random"] <= 100.0     # percent
 
 
 def test_experiment_file_unknown_key_names_key_and_file(tmp_path, capsys):
