@@ -19,11 +19,10 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Set
 
 __all__ = ["TYPICAL_SECONDS", "TYPICAL_QUICK_SECONDS", "expected_stages", "LadderEta", "format_duration"]
 
-# LEAD: replace both tables with the stage seconds of cold runs on a quiet machine (`make bench` and
-# `make bench-quick` with an empty cache, then `python -m retrieval.experiments.ladder.eta results/e1_e7/results.json`
-# and `... results/e1_e7_quick/results.json`). Until then they are derived from the README's per-rung
-# seconds of dc3204e (E1 13 s, E2 ~170 s quiet, E3 314 s, E4 203 s, E5-SV 50-64 s, Oxford E1 58 s,
-# its re-rankers 32-54 s), split over each rung's stages by hand: about 19 min for a full cold run.
+# Derived from the README's quiet per-rung seconds of dc3204e (E1 13 s, E2 ~170 s, E3 314 s, E4 203 s,
+# E5-SV 50-64 s, Oxford E1 58 s, its re-rankers 32-54 s), split over each rung's stages by hand: about
+# 19 min for a full cold run. A cold run on a quiet machine refreshes them: `python -m
+# retrieval.experiments.ladder.eta results/e1_e7/results.json` prints the table to paste (and for a quick run's).
 TYPICAL_SECONDS: Dict[str, float] = {
     "data": 3, "train E2": 170, "train E3": 314, "train E4": 203,
     "extract E1": 12, "search E1": 1, "extract E2": 12, "search E2": 1,
