@@ -10,20 +10,23 @@ from retrieval.core.config import ConfigError
 
 
 def test_multiview_takes_the_layouts_it_documents(monkeypatch, tmp_path, capsys):
+    """benchmarks/multiview.py is `retrieval run multiview`: it takes the layouts it documents (folder: a
+    labels.csv with a view column or a tree of object folders; multiview: the DS|DU tree) and refuses any
+    other reader kind up front, in one line naming the choices."""
+    from retrieval.cli import main
     from retrieval.experiments import multiview
 
     seen = {}
-    monkeypatch.setattr(multiview, "main", lambda conf, out, cache: seen.setdefault("conf", conf))
-    for kind in ("views", "folder", "multiview"):
+    monkeypatch.setattr(multiview, "main", lambda conf, out, cache: seen.setdefault("conf", conf) and out)
+    for kind in ("folder", "multiview"):
         seen.clear()
-        assert multiview.cli_main(["--dataset", kind, "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
-        assert seen["conf"].dataset == kind
-    # a reader kind that is no multi-view layout is refused by the parser, naming the choices
-    with pytest.raises(SystemExit) as info:
-        multiview.cli_main(["--dataset", "oxford", "--data", str(tmp_path)])
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "invalid choice: 'oxford'" in err and "views" in err and "multiview" in err
+        assert main(["--quiet", "run", "multiview", "--dataset", kind, "--data", str(tmp_path),
+                     "--out", str(tmp_path / "o")]) == 0
+        assert seen["conf"].dataset.kind == kind
+    assert main(["--quiet", "run", "multiview", "--dataset", "oxford", "--data", str(tmp_path),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "oxford" in err and "folder" in err and "multiview" in err
 
 
 def test_an_empty_text_override_is_written_either_way():
@@ -85,11 +88,12 @@ def test_fisher_gmm_convergence_is_recorded_not_warned():
 
 def test_scale_quick_and_full_keep_separate_work_folders(monkeypatch, tmp_path):
     from retrieval.bench import scale
+    from retrieval.cli import main
 
     used = []
     monkeypatch.setattr(scale, "run", lambda out, work, *a, **k: used.append(work) or {"quick": False})
     monkeypatch.setattr(scale, "results_markdown", lambda r: "")
     monkeypatch.chdir(tmp_path)
-    assert scale.main(["--quick", "--out", "o"]) == 0 and scale.main(["--out", "o"]) == 0
+    assert main(["bench", "scale", "--quick", "--out", "o"]) == 0 and main(["bench", "scale", "--out", "o"]) == 0
     assert used == [Path("cache/scale-quick"), Path("cache/scale")]
-    assert scale.main(["--quick", "--work", "mine", "--out", "o"]) == 0 and used[-1] == Path("mine")
+    assert main(["bench", "scale", "--quick", "--work", "mine", "--out", "o"]) == 0 and used[-1] == Path("mine")

@@ -198,7 +198,7 @@ def test_tiny_landmark_half_needs_no_training(oxford_dir, tmp_path):
     conf = _tiny(tmp_path, **{"object.enabled": False, "landmark.data": str(oxford_dir),
                               "landmark.global_config": "lite0-gem-224", "landmark.patch_size": 224,
                               "landmark.spatial_sift": "rootsift-1k", "rerankers": ["E5", "SV", "E8"],
-                              "landmark.protocols": protocols, "data": str(oxford_dir.parent)})
+                              "landmark.protocols": protocols, "data_root": str(oxford_dir.parent)})
     out = main(conf, tmp_path / "out", tmp_path / "cache")
     rows = json.loads((out / "results.json").read_text())["rows"]
     datasets = sorted({r["dataset"] for r in rows})

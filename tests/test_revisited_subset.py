@@ -146,12 +146,12 @@ def test_ladder_revisited_protocols_skip_or_refuse(tmp_path, subset):
 
     ds, gnd = subset
     asked = {"landmark.protocols": ["official", "revisited-hard"]}
-    conf = LadderConfig().override(dict(asked, data=str(gnd.parent.parent)))
+    conf = LadderConfig().override(dict(asked, data_root=str(gnd.parent.parent)))
     relevances = revisited_relevances(conf, add_revisited_queries(conf, ds), "oxford5k_subset")
     assert len(relevances) == 1 and len(relevances[0].dataset.query_ids) == 70
     assert "775 of 4993 images" in relevances[0].name
     # no pickle in the data folder: skipped
-    nowhere = LadderConfig().override(dict(asked, data=str(tmp_path)))
+    nowhere = LadderConfig().override(dict(asked, data_root=str(tmp_path)))
     assert add_revisited_queries(nowhere, ds) is ds and revisited_relevances(nowhere, ds, "x") == []
     # a dataset none of whose queries is a revisited one (here a Holidays miniature): skipped by default
     from PIL import Image
