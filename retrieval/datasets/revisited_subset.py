@@ -69,7 +69,9 @@ def _matches(dataset: RetrievalDataset, g: RevisitedGnd) -> Dict[int, str]:
 
 def with_revisited_queries(dataset: RetrievalDataset, gnd) -> RetrievalDataset:
     """``dataset`` with the revisited queries it lacks and whose image it holds added (module
-    docstring); their ids are their image stems and they get no ground truth of their own. Labels
+    docstring); their ids are their image stems with ``-query`` (the image itself stays a database image
+    under its own id: a feature store holding both keeps the crop and the whole image apart) and they get
+    no ground truth of their own. Labels
     are the label of the dataset queries whose positives overlap theirs most."""
     g = _gnd(gnd)
     matched = _matches(dataset, g)
@@ -83,7 +85,7 @@ def with_revisited_queries(dataset: RetrievalDataset, gnd) -> RetrievalDataset:
     ids, paths, boxes, new_labels, scales = [], [], [], [], []
     known = set(map(str, dataset.query_ids))
     for i, stem in enumerate(g.qimlist):
-        if i in matched or stem not in db_path or stem in known:
+        if i in matched or stem not in db_path or stem in known or f"{stem}-query" in known:
             continue
         path = db_path[stem]
         box = None
@@ -97,12 +99,12 @@ def with_revisited_queries(dataset: RetrievalDataset, gnd) -> RetrievalDataset:
             factor = None
         positives = set(g.easy[i]) | set(g.hard[i])
         label = max(pool, key=lambda lab: (len(pool[lab] & positives), lab)) if pool else stem
-        ids.append(stem)
+        ids.append(f"{stem}-query")
         paths.append(path)
         boxes.append(box)
         new_labels.append(label)
         scales.append(factor)
-        known.add(stem)
+        known.add(f"{stem}-query")
     if not ids:
         return dataset
     n = len(dataset.query_ids)
