@@ -33,7 +33,7 @@ from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from retrieval.core.config import Config, ConfigError, Registry, parse_overrides
+from retrieval.core.config import Config, ConfigError, Registry
 from retrieval.core.imageio import load_image
 
 from retrieval.features.local import LocalFeatures
@@ -87,23 +87,7 @@ for _name, _conf in {
 def learned_config(config: Union[str, Mapping[str, Any], LearnedConfig, None] = "xfeat-4k",
                    overrides: Union[None, Mapping[str, Any], Sequence[str]] = None, **kwargs) -> Dict[str, object]:
     """The complete recorded configuration (a dict with its ``name``), as :func:`retrieval.features.sift.sift_config`."""
-    if config is None or isinstance(config, LearnedConfig):
-        name, conf = "custom", config or LearnedConfig()
-    elif isinstance(config, str):
-        name, conf = config, LEARNED_CONFIGS.get(config)
-    else:
-        data = dict(config)
-        name = str(data.pop("name", "custom"))
-        conf = LearnedConfig.from_dict(data, where="learned local feature configuration")
-    changes = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
-    changes.update(kwargs)
-    if changes:
-        conf = conf.override(changes)
-        if isinstance(config, str):
-            name = config + "+" + ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
-    full = conf.to_dict()
-    full["name"] = name
-    return full
+    return LEARNED_CONFIGS.recorded(config, overrides, **kwargs)
 
 
 _BUILD_LOCK = threading.Lock()

@@ -34,7 +34,7 @@ from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from retrieval.core.config import Config, ConfigError, Registry, parse_overrides
+from retrieval.core.config import Config, ConfigError, Registry
 from retrieval.core.imageio import _to_uint8, load_image, resize_longest_side
 
 from retrieval.features.local import LocalFeatures
@@ -105,23 +105,7 @@ def sift_config(config: Union[str, Mapping[str, Any], SiftConfig, None] = None,
     (dotted ``KEY=VALUE`` strings or a mapping) and keyword overrides applied. Unknown keys and
     invalid values are :class:`~retrieval.core.config.ConfigError` (a ``ValueError``), so a typo never
     silently means a default."""
-    if config is None or isinstance(config, SiftConfig):
-        name, conf = "custom", config or SiftConfig()
-    elif isinstance(config, str):
-        name, conf = config, SIFT_CONFIGS.get(config)
-    else:
-        data = dict(config)
-        name = str(data.pop("name", "custom"))
-        conf = SiftConfig.from_dict(data, where="SIFT configuration")
-    changes = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
-    changes.update(kwargs)
-    if changes:
-        conf = conf.override(changes)
-        if isinstance(config, str):
-            name = config + "+" + ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
-    full = conf.to_dict()
-    full["name"] = name
-    return full
+    return SIFT_CONFIGS.recorded(config, overrides, **kwargs)
 
 
 def root_sift(descriptors: np.ndarray, eps: float = 1e-12) -> np.ndarray:

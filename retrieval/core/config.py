@@ -154,6 +154,30 @@ class Registry(Generic[C]):
             conf = self._items[name]
         return conf.override(overrides)
 
+    def recorded(self, config: Union[str, Mapping[str, Any], C, None] = None,
+                 overrides: Union[None, Mapping[str, Any], Sequence[str]] = None, **kwargs: Any) -> Dict[str, Any]:
+        """The complete configuration as feature stores record it (a dict with its ``name``): a registered
+        name, a (partial) dict holding an optional ``name``, a configuration object or None (the class's
+        defaults, named ``custom``), with ``overrides`` (dotted strings or a mapping) and keyword
+        overrides applied; a name with overrides records them (``rootsift-2k+max_side=800``)."""
+        if config is None or isinstance(config, self.cls):
+            name, conf = "custom", config or self.cls()
+        elif isinstance(config, str):
+            name, conf = config, self.get(config)
+        else:
+            data = dict(config)
+            name = str(data.pop("name", "custom"))
+            conf = self.cls.from_dict(data, where=self.kind)
+        changes = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+        changes.update(kwargs)
+        if changes:
+            conf = conf.override(changes)
+            if isinstance(config, str):
+                name = config + "+" + ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
+        full = conf.to_dict()
+        full["name"] = name
+        return full
+
     def names(self) -> Tuple[str, ...]:
         return tuple(self._items)
 
