@@ -27,7 +27,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", "
 ON_ERROR_CHOICES = ("raise", "collect")
 
 __all__ = ["IMAGE_EXTENSIONS", "DatasetError", "DatasetWarning", "natural_key", "list_images", "scan_images",
-           "check_folder", "check_images", "apply_on_error", "require_dir", "read_text", "check_safe_id",
+           "check_folder", "check_images", "apply_on_error", "require_dir", "read_bytes", "read_text", "check_safe_id",
            "check_inside"]
 
 
@@ -50,19 +50,26 @@ def require_dir(path: PathLike, what: str = "folder") -> Path:
     return path
 
 
+def read_bytes(path: PathLike, what: str = "file") -> bytes:
+    """The bytes of a dataset file; a folder, a missing or an unreadable file is a :class:`DatasetError`
+    naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a folder, expected a {what}")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such {what}") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+
+
 def read_text(path: PathLike, what: str = "file") -> str:
     """The UTF-8 text of a dataset file (CSV, ground-truth list, label file; a byte-order mark is
     dropped). A missing, unreadable or non-UTF-8 file is a :class:`DatasetError` naming it (and the
     line of the first undecodable byte)."""
     path = Path(path)
-    if path.is_dir():
-        raise DatasetError(f"{path}: is a folder, expected a {what}")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such {what}") from None
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    data = read_bytes(path, what)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -18,7 +18,7 @@ import pickletools
 from pathlib import Path
 from typing import Any, Union
 
-from retrieval.datasets.files import DatasetError
+from retrieval.datasets.files import DatasetError, read_bytes
 
 __all__ = ["load_plain_pickle", "PLAIN_OPCODES"]
 
@@ -75,12 +75,7 @@ def load_plain_pickle(path: Union[str, os.PathLike], what: str = "pickle") -> An
     """The plain data in the pickle at ``path`` (module docstring); :class:`DatasetError` naming the
     file when it is missing, malformed, or names anything that is not built-in data."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such {what}") from None
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    data = read_bytes(path, what)
     _refuse_opcodes(data, path)
     try:
         return _NoGlobals(data, path).load()
