@@ -58,13 +58,16 @@ def main(conf: LadderConfig, out_dir, cache_dir=None) -> Path:
         figures += _failure_grids(half, base, conf, out)
     figures = [plots.bar_chart(rows, out / "map_bars.png"), plots.v_sweep_plot(sweeps, out / "v_sweep.png", chosen)] + figures
     summary = summary_table(rows, bases)
-    sweep_md = sweep_table(sweeps)
+    precision, precision_md = _revisited_precision(halves)
+    sweep_md = (precision_md + "\n\n" if precision_md else "") + sweep_table(sweeps)
     object_root = next((str(h.dataset.root) for h, base in halves if base == "E4"), None)
     extra = {
         # chosen: per fold (the held-out figures); deployed: chosen on all queries, for new queries (serve)
         "config": conf.to_dict(), "chosen": chosen, "deployed": deployed,
         # each candidate's mean over all queries (benchmarks/fusion_default.py: the default without ground truth)
         "candidate_means": means,
+        # the revisited benchmark's mP@10 of every rung's reported predictions (%), beside its mAP rows
+        "revisited_mp@10": precision,
         # where the run's cache and GLDv2-format data are (retrieval serve opens E4's features from them)
         "options": {"cache": str(cache_root), "quick": conf.quick, "gldv2": object_root},
         "v_sweeps": {d: {e: {s: {str(v): c[v] for v in c} for s, c in by_s.items()} for e, by_s in by_e.items()}
@@ -101,6 +104,33 @@ def _announce_estimate(conf: LadderConfig, cache: RunCache) -> None:
                     say=say)
     say(eta.start_line(measured))
     cache.timer.listeners.append(eta.stage_done)
+
+
+def _revisited_precision(halves) -> tuple:
+    """``({relevance: {rung: mP@10 %}}, markdown)`` of the revisited relevances (the benchmark reports
+    mP@10 beside mAP): each rung's reported predictions, each level's positives and ignored images."""
+    from retrieval.evaluation.metrics import oxford_precision_at_k
+    from retrieval.core.report import pct
+
+    out = {}
+    for half, _ in halves:
+        for r in half.relevances:
+            if "revisited" not in r.name:
+                continue
+            truth = r.dataset.ground_truth
+            out[r.name] = {}
+            for exp, preds in half.predictions.get(r.name, {}).items():
+                values = [oxford_precision_at_k(preds.get(q, []), t.positives, t.junk, 10)
+                          for q, t in truth.items() if t.positives]
+                out[r.name][exp] = pct(sum(values) / len(values)) if values else float("nan")
+    if not out:
+        return out, ""
+    rungs = list(dict.fromkeys(e for by_exp in out.values() for e in by_exp))
+    lines = ["**Revisited mP@10** (%, the rungs' reported rankings)", "",
+             "| relevance | " + " | ".join(rungs) + " |", "|---" * (len(rungs) + 1) + "|"]
+    for name, by_exp in out.items():
+        lines.append(f"| {name.split(' (')[0]} | " + " | ".join(f"{by_exp.get(e, float('nan')):.2f}" for e in rungs) + " |")
+    return out, "\n".join(lines)
 
 
 def _failure_grids(half, base: str, conf: LadderConfig, out: Path):
