@@ -90,7 +90,7 @@ def test_fusion_is_chosen_on_held_out_queries_by_default(coil100_dir, tmp_path, 
                      "--cache", str(tmp_path / "cache")])
     assert code == 0, capsys.readouterr().err
     fixed = json.loads((tmp_path / "fixed" / "results.json").read_text())["rows"]
-    assert [r["method"].rsplit("[", 1)[-1] for r in fixed[1:]] == ["linear saturate T=20 v=0.5]"]
+    assert [r["method"].rsplit("[", 1)[-1] for r in fixed[1:]] == ["linear saturate T=40 v=0.5]"]   # T: the default's
 
 
 def test_fusion_settings_are_checked():

@@ -304,7 +304,7 @@ def test_run_experiment_file(tmp_path, capsys):
     methods = [row["method"] for row in results["rows"]]
     assert methods == ["rootsift-1k+max_keypoints=300+max_side=192+upscale=True+bow16",
                        "rootsift-1k+max_keypoints=300+max_side=192+upscale=True+bow16 + ratio (rootsift-1k) "
-                       "[linear saturate T=20 v=0.5]"]
+                       "[linear saturate T=40 v=0.5]"]
     assert results["rows"][0]["mean_ap"] > 80      # results tables: percent
     assert (tmp_path / "res" / "results.md").is_file() and (tmp_path / "res" / "main_metric.png").is_file()
     # the same file on other data (a class-per-folder tree) via --dataset/--data; a rerun resumes from the cache
