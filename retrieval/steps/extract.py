@@ -87,9 +87,10 @@ def extractor_for(conf: ExtractConfig):
 
 def dataset_images(dataset, which: str) -> Tuple[List[str], List[str], Optional[list]]:
     """(ids, paths, boxes or None) of the database, the queries (with their crop boxes) or both."""
-    db = ([str(i) for i in dataset.db_ids], [str(p) for p in dataset.db_paths], [None] * len(dataset.db_ids))
+    # absolute paths: the workers of a reused process pool may run in another folder
+    db = ([str(i) for i in dataset.db_ids], [os.path.abspath(p) for p in dataset.db_paths], [None] * len(dataset.db_ids))
     boxes = dataset.query_boxes or [None] * len(dataset.query_ids)
-    queries = ([str(i) for i in dataset.query_ids], [str(p) for p in dataset.query_paths], list(boxes))
+    queries = ([str(i) for i in dataset.query_ids], [os.path.abspath(p) for p in dataset.query_paths], list(boxes))
     if which == "db":
         parts = [db]
     elif which == "queries":
@@ -126,7 +127,7 @@ def main(conf: Union[ExtractConfig, str], dataset, out: Union[str, os.PathLike],
     if isinstance(dataset, DatasetConfig):
         dataset = open_dataset(dataset)
     conf = conf.override({k: v for k, v in (("engine", engine), ("ray_address", ray_address)) if v is not None})
-    out = Path(out)
+    out = Path(out).absolute()   # workers of a reused process pool may run in another folder
     root = shard_root(out)
     ids, paths, boxes = dataset_images(dataset, conf.images)
     if not ids:
