@@ -29,7 +29,7 @@ def clustered(rng, n, centres):
 def data():
     rng = np.random.default_rng(7)
     centres = rng.standard_normal((20, D), dtype=np.float32)
-    return clustered(rng, N, centres), clustered(rng, 25, centres), rng.integers(0, 100, N).astype(np.int32)
+    return clustered(rng, N, centres), clustered(rng, 40, centres), rng.integers(0, 100, N).astype(np.int32)
 
 
 def exact(x, q, k, allowed=None):

@@ -11,7 +11,7 @@ Backends, each built and measured in its own child process (peak RSS its own, th
 it loads included): faiss exact (IndexFlatIP; its results are the truth for recall@k), faiss IVF-Flat
 (nlist = 4 sqrt(N), trained on 40 points per list; nprobe 8 / 32 / 128), faiss HNSW (M 32,
 efConstruction 80; efSearch 64 / 128 / 256), LanceDB IVF-PQ (:mod:`retrieval.indexing.lancedb_backend`;
-nprobes 20 / 50, refine_factor 4 / 10). For each: build seconds, recall@k against exact, queries/s as
+nprobes 20 with refine_factor 4, nprobes 50 with refine_factor 10). For each: build seconds, recall@k against exact, queries/s as
 one batch of all queries and one query at a time (``--single`` of them), resident memory after the
 build (input freed), on-disk size; and filtered searches (filter inside the search; for faiss the
 smallest nprobe / efSearch, doubling, at which every query gets k results).
@@ -59,7 +59,6 @@ def _jobs(opts) -> Dict[str, tuple]:
                                            **common), "faiss HNSW M=32 efC=80"),
         "lancedb": (jobs.lancedb_job, dict(build=dict(index_type="IVF_PQ", num_partitions=opts.lance_partitions),
                                           settings=[dict(nprobes=20, refine_factor=4),
-                                                    dict(nprobes=20, refine_factor=10),
                                                     dict(nprobes=50, refine_factor=10)], **common),
                     "LanceDB IVF-PQ"),
     }

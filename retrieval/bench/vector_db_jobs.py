@@ -180,8 +180,10 @@ def lancedb_job(work: str, k: int, single: int, build: Dict, settings: List[Dict
     rss_after_build = _rss_mb()
     disk_mb = _size_mb(folder)
     truth = np.load(Path(work) / "truth.npz")
+    print(f"[lancedb] built in {build_s:.0f} s, {rss_after_build:.0f} MB resident", flush=True)
     rows = []
     for setting in settings:
+        print(f"[lancedb] searching with {setting}", flush=True)
         o = opt.with_search(**setting)
         label = ", ".join(f"{key}={value}" for key, value in setting.items())
         rows.append({"setting": label, **_search_speeds(lambda q: ldb.search(store, q, k, o)[1], queries,
@@ -189,6 +191,7 @@ def lancedb_job(work: str, k: int, single: int, build: Dict, settings: List[Dict
     o = opt.with_search(**settings[0], exact_below=0)
     filtered = []
     for pct in FILTERS:
+        print(f"[lancedb] filter bucket < {pct}", flush=True)
         (_, found), seconds = _timed(lambda: ldb.search(store, queries, k, o, where=f"bucket < {pct}"))
         filtered.append(_filter_result(found, seconds, bucket, pct, truth[f"f{pct}"], k,
                                        nprobes=f">={o.nprobes}"))

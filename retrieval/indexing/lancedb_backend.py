@@ -45,6 +45,9 @@ ROW, VECTOR, DISTANCE = "row", "vector", "_distance"
 HEADER = "backend.json"
 # rows written to the table per Arrow batch: bounds the copy held besides the caller's array
 WRITE_ROWS = 100_000
+# queries per LanceDB call: it runs the queries of one call concurrently, each with its own candidate
+# and filter buffers (1,000 queries at once with a 50 % filter over 1M rows ran out of 24 GB)
+QUERY_CHUNK = 32
 
 
 def import_lancedb():
@@ -259,6 +262,11 @@ def search(store: LanceDBStore, queries, k: int, options: Optional[LanceDBOption
         return _exact_subset(store, q, k, expr)
     if len(q) == 0:
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    parts = [_index_search(store, q[lo:lo + QUERY_CHUNK], k, opt, expr) for lo in range(0, len(q), QUERY_CHUNK)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _index_search(store: LanceDBStore, q: np.ndarray, k: int, opt: LanceDBOptions, expr):
     builder = store.table.search(list(q) if len(q) > 1 else q[0]).distance_type("dot").limit(k)
     builder = builder.select([ROW, DISTANCE])
     if store.options.index_type != "none":
