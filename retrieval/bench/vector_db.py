@@ -59,7 +59,8 @@ def _jobs(opts) -> Dict[str, tuple]:
                                            **common), "faiss HNSW M=32 efC=80"),
         "lancedb": (jobs.lancedb_job, dict(build=dict(index_type="IVF_PQ", num_partitions=opts.lance_partitions),
                                           settings=[dict(nprobes=20, refine_factor=4),
-                                                    dict(nprobes=50, refine_factor=10)], **common),
+                                                    dict(nprobes=50, refine_factor=10)],
+                                          filter_queries=min(opts.queries, 200), **common),
                     "LanceDB IVF-PQ"),
     }
 
