@@ -147,3 +147,14 @@ def test_bench_vector_db_refuses_an_unknown_backend(tmp_path):
     done = _bench("--backends", "qdrant", "--out", tmp_path / "out")
     assert done.returncode == 2
     assert done.stderr.strip().startswith("retrieval: error: --backends: unknown backend(s) ['qdrant']")
+
+
+def test_large_mask_is_scored_exactly_by_a_scan(store, data, monkeypatch):
+    x, q, bucket = data
+    monkeypatch.setattr(ldb, "MASK_IN_LIMIT", 0)  # every mask takes the streamed scan
+    allowed = np.random.default_rng(3).random(N) < 0.3
+    scores, rows = ldb.search(store, q, K, store.options.with_search(exact_below=0), allowed=allowed,
+                              where="bucket >= 20")
+    ref_scores, ref_rows = exact(x, q, K, allowed & (bucket >= 20))
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    assert (rows == ref_rows).mean() > 0.99

@@ -12,6 +12,9 @@ Filters are applied inside the search, never to a top-k afterwards:
 * ``allowed``: a boolean mask over rows (True: may be returned) of length :func:`num_rows_total`;
   ``where``: a predicate over the metadata columns (LanceDB SQL, e.g. ``"year >= 2020 AND city = 'Oxford'"``).
 * When at most ``exact_below`` rows pass, those rows are scored exactly (read back, numpy BLAS).
+* A mask passing more rows (than ``exact_below`` and 20,000) is scored exactly by streaming the table:
+  LanceDB takes a mask only as ``row IN (...)``, which at 100,000 rows of 1M held more than 8 GB.
+  Broad filters belong in a metadata column (``where``), which the index search prefilters.
 * Otherwise LanceDB prefilters (the filter decides which rows the index may visit) and searches at
   least ``nprobes`` lists and as many more as it needs to find k passing rows, so a query gets k
   results whenever k rows pass.
@@ -48,6 +51,8 @@ WRITE_ROWS = 100_000
 # queries per LanceDB call: it runs the queries of one call concurrently, each with its own candidate
 # and filter buffers (1,000 queries at once with a 50 % filter over 1M rows ran out of 24 GB)
 QUERY_CHUNK = 32
+# masks passing more rows than this are scored exactly by a streamed scan, not sent as ``row IN (...)``
+MASK_IN_LIMIT = 20_000
 
 
 def import_lancedb():
@@ -220,6 +225,33 @@ def _exact_subset(store: LanceDBStore, queries: np.ndarray, k: int, expr) -> Tup
     return _top_k(queries @ vectors.T, rows, k)
 
 
+def _exact_masked_scan(store: LanceDBStore, queries: np.ndarray, k: int, allowed: np.ndarray,
+                       where: Optional[str]) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact top k among the rows a large mask allows: the table streamed in batches, the mask applied to
+    each, running top k merged (LanceDB takes a mask only as ``row IN (...)``, which at 100,000 rows held
+    more than 8 GB per search)."""
+    best = (np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64))
+    query = store.table.search()
+    if where:
+        query = query.where(where)
+    for batch in query.select([ROW, VECTOR]).limit(None).to_batches():
+        batch_rows = batch.column(ROW).to_numpy()
+        keep = allowed[batch_rows]
+        if not keep.any():
+            continue
+        vectors = batch.column(VECTOR).flatten().to_numpy().reshape(len(batch_rows), store.dim)[keep]
+        scores = np.concatenate([best[0], queries @ vectors.T], axis=1)
+        rows = np.concatenate([best[1], np.broadcast_to(batch_rows[keep], (len(queries), int(keep.sum())))], axis=1)
+        best = _top_k_rows(scores, rows, k)
+    return best
+
+
+def _top_k_rows(scores: np.ndarray, rows: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Per query, the k best of ``scores`` with their own ``rows`` (both (Q, M)); -inf / -1 stay last."""
+    order = np.lexsort((rows, -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
+
+
 def _top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
     nq, n = scores.shape
     out_scores = np.full((nq, k), -np.inf, np.float32)
@@ -257,6 +289,8 @@ def search(store: LanceDBStore, queries, k: int, options: Optional[LanceDBOption
                              f"{allowed.shape}")
     if k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    if allowed is not None and int(np.count_nonzero(allowed)) > max(opt.exact_below, MASK_IN_LIMIT):
+        return _exact_masked_scan(store, q, k, allowed, where)
     expr = _filter_expr(allowed, where)
     if expr is not None and _count_passing(store, allowed, where, expr) <= opt.exact_below:
         return _exact_subset(store, q, k, expr)
