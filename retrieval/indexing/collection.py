@@ -40,7 +40,7 @@ from retrieval.indexing.index import Index
 from retrieval.indexing.metadata import Metadata
 from retrieval.indexing.ranking import Ranking
 
-__all__ = ["Collection", "Snapshot", "CollectionError", "RETRAIN_RATIO"]
+__all__ = ["Collection", "Snapshot", "CollectionError", "RETRAIN_RATIO", "open_index"]
 
 PathLike = Union[str, os.PathLike]
 #: added rows' quantisation error over the training rows' above which a retrain is advised (measured, README)
@@ -168,6 +168,8 @@ class Collection:
         their metadata and their local features (a store file, copied in). Returns what changed."""
         with self._writing() as manifest:
             new_ids = id_array(ids)
+            if len(new_ids) and (manifest["id_type"] == "int") != np.issubdtype(new_ids.dtype, np.integer):
+                raise ValueError(f"the collection {self.folder} has {manifest['id_type']} ids; the added ids are not")
             index_ids, live = _ids_and_live(self.folder, manifest)
             present = np.flatnonzero(np.isin(index_ids, new_ids) & live)
             if len(present) and not replace:
@@ -235,7 +237,38 @@ class Collection:
         return {"rows": len(ids), "retrained": bool(retrain), "generation": self.manifest["generation"]}
 
     def retrain(self) -> dict:
+        if self.manifest["backend"] not in IVF:
+            raise ValueError(f"{self.folder}: backend {self.manifest['backend']!r} has no coarse quantiser to "
+                             "retrain (IVF backends only); 'compact' folds its segments")
         return self.compact(retrain=True)
+
+    def live_ids(self) -> np.ndarray:
+        """The ids the collection holds now (reads only the segments' ids)."""
+        ids, live = _ids_and_live(self.folder, read_manifest(self.folder))
+        return ids[live]
+
+    def info(self) -> dict:
+        """Generation, rows, removed rows, segments, local stores, backend and drift."""
+        m = read_manifest(self.folder)
+        rows = sum(s["rows"] for s in m["segments"])
+        removed = m["removed"]["count"] if m.get("removed") else 0
+        return {"collection": str(self.folder), "generation": m["generation"], "backend": m["backend"],
+                "dim": m["dim"], "rows": rows, "live": rows - removed, "removed": removed,
+                "segments": len(m["segments"]), "local_stores": len(m["local"]), "drift": self.drift()}
+
+
+def open_index(path: PathLike, where=None):
+    """(index, allowed rows or None) of an index file or a collection folder, with the filter ``where``
+    (metadata conditions; collections only) as a row mask."""
+    from retrieval.indexing.collection_files import is_collection
+
+    if is_collection(path):
+        snap = Collection(path).snapshot()
+        return snap.index, snap.metadata.mask(where)
+    if where:
+        raise ValueError(f"{path}: an index file holds no metadata to filter by; build a collection "
+                         "(retrieval index build ... --collection) to filter")
+    return Index.load(path), None
 
 
 # ---------------------------------------------------------------------------------------------
