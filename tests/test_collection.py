@@ -226,7 +226,15 @@ def test_cli_add_remove_and_one_line_errors(tmp_path, data):
         return subprocess.run([sys.executable, "-m", "retrieval.cli", "--quiet", *args], capture_output=True, text=True,
                               env=env)
     folder = tmp_path / "coll"
-    assert cli("index", "build", str(tmp_path / "db.h5"), "--out", str(folder), "--collection").returncode == 0
+    (tmp_path / "labels.csv").write_text("id,label\n" + "".join(f"{i},c{n % 7}\n" for n, i in enumerate(ids[:100])))
+    assert cli("index", "build", str(tmp_path / "db.h5"), "--out", str(folder), "--collection", "--labels",
+               str(tmp_path / "labels.csv")).returncode == 0
+    proc = cli("search", str(folder), str(tmp_path / "more.h5"), "--k", "5", "--where", "label=c3", "--out",
+               str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stderr
+    import json
+    found = {i for row in json.loads((tmp_path / "r.json").read_text())["ids"] for i in row}
+    assert found and found <= {i for n, i in enumerate(ids[:100]) if n % 7 == 3}
     assert cli("add", str(folder), "--features", str(tmp_path / "more.h5")).returncode == 0
     for args, message in [(("add", str(folder), "--features", str(tmp_path / "other.h5")), "not comparable"),
                           (("remove", str(folder), "--ids", "nosuch"), "nosuch"),

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     remove.set_defaults(func=_remove)
 
     coll = subparsers.add_parser("collection", help="a collection's state, compaction and IVF retraining")
-    sub = coll.add_subparsers(dest="collection_command", metavar="{info,compact,retrain}", required=True)
+    sub = coll.add_subparsers(dest="collection_command", metavar="{info,compact,retrain,bench}", required=True)
     for name, text in (("info", "generation, rows, removed rows, segments, drift of an IVF quantiser"),
                        ("compact", "fold added segments and removed rows into one segment (faiss: rebuilt "
                                    "from the trained quantiser)"),
@@ -55,6 +55,29 @@ def register(subparsers) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("collection", help="collection folder")
         p.set_defaults(func=_collection, action=name)
+    bench = sub.add_parser("bench", help="cost of an add against a rebuild, equality, IVF drift against recall "
+                                         "(seeded synthetic vectors; benchmarks/collection.py)")
+    bench.add_argument("--rows", type=int, default=100_000, help="rows before the add (default 100,000)")
+    bench.add_argument("--added", type=int, default=1_000, help="rows added (default 1,000)")
+    bench.add_argument("--dim", type=int, default=256, help="dimension (default 256)")
+    bench.add_argument("--drift-rows", type=int, default=50_000, help="IVF drift study size (0: skip it)")
+    bench.add_argument("--out", help="JSON file for the results (default: stdout only)")
+    bench.set_defaults(func=_bench)
+
+
+def _bench(args) -> int:
+    import json
+
+    from retrieval.bench.collection_cost import format_table, run
+    from retrieval.core.fileio import atomic_write_text
+
+    if min(args.rows, args.added, args.dim) < 1 or args.drift_rows < 0:
+        raise CLIError("--rows, --added and --dim must be positive, --drift-rows at least 0")
+    result = run(n=args.rows, added=args.added, dim=args.dim, drift_rows=args.drift_rows)
+    print(format_table(result))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(result, indent=1))
+    return 0
 
 
 def _images(args) -> tuple:

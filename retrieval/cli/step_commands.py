@@ -174,7 +174,7 @@ def _index_build(args) -> int:
 def _search_arguments(parser: argparse.ArgumentParser) -> None:
     from retrieval.steps.search import FULL_RANKING_ENTRIES, LARGE_DEFAULT_K  # standard library only
 
-    parser.add_argument("index", help="index file written by 'retrieval index build'")
+    parser.add_argument("index", help="index file written by 'retrieval index build', or a collection folder")
     parser.add_argument("queries", help="global feature file of the queries")
     parser.add_argument("--k", default=None,
                         help="results per query, or 'full' (default: the whole database when the ranking "
@@ -186,13 +186,17 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
                              "than the index (refused by default: the vectors are not comparable)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
                         help="search option: memory_mb (exact), nprobe (IVF), ef_search (HNSW)")
+    parser.add_argument("--where", action="append", metavar="COLUMN OP VALUE", default=[],
+                        help="collections: metadata condition a result must meet, repeatable (label=cat, "
+                             "date>=2024-01-01, folder~trips/; OP one of = != < <= > >= ~), applied inside the search")
 
 
 def _search(args) -> int:
-    from retrieval.indexing.index import Index
+    from retrieval.indexing.collection import open_index
+    from retrieval.indexing.collection_files import is_collection
     from retrieval.steps.search import SearchConfig, main
 
-    index = require_file(args.index, "index file", "npz")
+    index = Path(args.index) if is_collection(args.index) else require_file(args.index, "index file", "npz")
     queries = require_file(args.queries, "query feature file", "hdf5")
     require_output(args.out, "ranking")
     k: Optional[int] = None
@@ -202,12 +206,13 @@ def _search(args) -> int:
         except ValueError:
             raise CLIError(f"--k must be a number or 'full', not {args.k!r}") from None
     if args.k == "full":
-        k = len(Index.load(index))
+        k = len(open_index(index)[0])
     if k is not None and k < 1:
         raise CLIError(f"--k must be positive (or 'full'), got {k}")
     if args.batch < 1:
         raise CLIError(f"--batch must be positive, got {args.batch}")
-    conf = SearchConfig(k=k, batch=args.batch, options=parse_options(args.option), allow_mixed=args.allow_mixed)
+    conf = SearchConfig(k=k, batch=args.batch, options=parse_options(args.option), allow_mixed=args.allow_mixed,
+                        where=tuple(args.where))
     info: dict = {}
     with writing(args.out, "ranking"):
         out = main(conf, index, queries, Path(args.out), progress=progress_enabled(args), info=info)

@@ -17,9 +17,10 @@ the same rows in the same order (exact: identical rankings).
 
 Drift (IVF). The coarse quantiser was trained on the first rows. Each add measures its rows' mean squared
 distance to their nearest centroid; :meth:`Collection.drift` reports the ratio of the added rows' mean to
-the training rows' own. Added data from the trained distribution keeps the ratio near 1; data of another
-kind raises it, and recall at a fixed ``nprobe`` falls: above :data:`RETRAIN_RATIO` ``retrieval index
-retrain`` is advised (the threshold is measured by ``retrieval bench collection``, README).
+the training rows' own, over every row held (``ratio``) and over the added rows alone (``added_ratio``).
+Added data from the trained distribution keeps them near 1; data of another kind raises them, and recall
+at a fixed ``nprobe`` falls as its share grows: above :data:`RETRAIN_RATIO` ``retrieval collection
+retrain`` is advised (the threshold is measured by ``retrieval collection bench``, README).
 """
 from __future__ import annotations
 
@@ -143,9 +144,10 @@ class Collection:
         d = read_manifest(self.folder).get("drift")
         if not d:
             return None
-        ratio = (d["added_error"] / d["added_rows"] / d["trained_error"]) if d["added_rows"] and d["trained_error"] \
-            else 1.0
-        return {**d, "ratio": round(ratio, 4), "retrain_advised": ratio > RETRAIN_RATIO}
+        e0, n0, n1 = d["trained_error"], d["trained_rows"], d["added_rows"]
+        added = d["added_error"] / n1 / e0 if n1 and e0 else 1.0
+        ratio = (n0 + added * n1) / (n0 + n1) if n0 + n1 else 1.0  # every row's error over the training rows'
+        return {**d, "added_ratio": round(added, 4), "ratio": round(ratio, 4), "retrain_advised": ratio > RETRAIN_RATIO}
 
     # -- changing ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -191,8 +193,9 @@ class Collection:
             _write_part(self.folder, manifest, new_ids, rows, meta, local_store)
             if manifest.get("drift"):
                 _count_drift(self.folder, manifest, rows)
-        return {"added": len(new_ids), "replaced": int(len(present)), "generation": self.manifest["generation"],
-                "rows": sum(s["rows"] for s in self.manifest["segments"])}
+        out = {"added": len(new_ids), "replaced": int(len(present)), "generation": self.manifest["generation"],
+               "rows": sum(s["rows"] for s in self.manifest["segments"])}
+        return {**out, "drift": self.drift()} if self.manifest.get("drift") else out
 
     def remove(self, ids: Sequence[Hashable]) -> dict:
         """Remove ``ids`` (each must be in the collection; KeyError naming the first unknown ones)."""
@@ -333,7 +336,8 @@ def _ids_and_live(folder: Path, manifest: dict):
 
 
 def _trained_error(index: Index, rows: np.ndarray) -> dict:
-    return {"trained_error": _quantisation_error(index._faiss, rows), "added_rows": 0, "added_error": 0.0}
+    return {"trained_error": _quantisation_error(index._faiss, rows), "trained_rows": len(rows), "added_rows": 0,
+            "added_error": 0.0}
 
 
 def _quantisation_error(faiss_index, rows: np.ndarray) -> float:
