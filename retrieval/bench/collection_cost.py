@@ -98,15 +98,43 @@ def _drift(folder: Path, rng, n: int, dim: int, clusters: int, queries: int, ste
     return rows
 
 
+def _filtered(rng, n: int, dim: int, clusters: int, queries: int, k: int = 100) -> List[Dict]:
+    """Filtered search on ``n`` rows: every query gets k results whenever k pass, for filters passing from
+    0.01% to 50% of the rows, exact and IVF (``nprobe`` 16, doubled where a query is short)."""
+    from retrieval.indexing.index import Index
+
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    x = _clustered(rng, n, dim, centres)
+    q = _clustered(rng, queries, dim, centres)
+    rows = []
+    for backend, options in (("exact", {}), ("faiss-ivf", {"nlist": 1024, "nprobe": 16})):
+        index, build_s = _timed(lambda: Index(x, backend=backend, **options))
+        index.search(q[:1], k=k)  # warm-up: one-off copies (the exact backend's bfloat16 matrix)
+        _, plain_s = _timed(lambda: index.search(q, k=k))
+        for share in (0.0001, 0.001, 0.01, 0.1, 0.5):
+            allowed = rng.random(n) < share
+            ranking, seconds = _timed(lambda: index.search(q, k=k, allowed=allowed))
+            found = (ranking.indices >= 0).sum(axis=1)
+            rows.append({"backend": backend, "rows": n, "filter_share": share, "passing": int(allowed.sum()),
+                         "min_results": int(found.min()), "k_whenever_k_pass": bool(
+                             (found == min(k, int(allowed.sum()))).all()),
+                         "only_allowed": bool(allowed[ranking.indices[ranking.indices >= 0]].all()),
+                         "ms_per_query": round(1000 * seconds / len(q), 3),
+                         "unfiltered_ms_per_query": round(1000 * plain_s / len(q), 3), "build_s": round(build_s, 1)})
+    return rows
+
+
 def run(n: int = 100_000, added: int = 1_000, dim: int = 256, clusters: int = 1000, queries: int = 500,
-        drift_rows: int = 50_000, drift_steps: int = 5, seed: int = 0) -> dict:
+        drift_rows: int = 50_000, drift_steps: int = 5, filter_rows: int = 0, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="collection-bench-") as tmp:
-        cost = _cost(Path(tmp), rng, n, added, dim, clusters, queries)
+        cost = _cost(Path(tmp), rng, n, added, dim, clusters, queries) if n else []
         drift = _drift(Path(tmp), rng, drift_rows, dim, clusters, queries, drift_steps) if drift_rows else []
+    filtered = _filtered(rng, filter_rows, dim, clusters, queries) if filter_rows else []
     return {"settings": {"rows": n, "added": added, "dim": dim, "clusters": clusters, "queries": queries,
-                         "drift_rows": drift_rows, "drift_steps": drift_steps, "seed": seed},
-            "cost": cost, "drift": drift}
+                         "drift_rows": drift_rows, "drift_steps": drift_steps, "filter_rows": filter_rows,
+                         "seed": seed},
+            "cost": cost if n else [], "drift": drift, "filtered": filtered}
 
 
 def format_table(result: dict) -> str:
@@ -120,4 +148,11 @@ def format_table(result: dict) -> str:
         for r in result["drift"]:
             lines.append(f"{r['added_fraction']:<15} {r['drift_ratio']:<12} {r['recall100_grown']:<13} "
                          f"{r['recall100_retrained']:<17} {r['recall_gap']}")
+    if result.get("filtered"):
+        lines += ["", "backend    rows      filter   passing  min results  k whenever k pass  only allowed  ms/query "
+                      "(unfiltered)"]
+        for r in result["filtered"]:
+            lines.append(f"{r['backend']:<10} {r['rows']:<9} {r['filter_share']:<8} {r['passing']:<8} "
+                         f"{r['min_results']:<12} {str(r['k_whenever_k_pass']):<18} {str(r['only_allowed']):<13} "
+                         f"{r['ms_per_query']} ({r['unfiltered_ms_per_query']})")
     return "\n".join(lines)

@@ -61,6 +61,8 @@ def register(subparsers) -> None:
     bench.add_argument("--added", type=int, default=1_000, help="rows added (default 1,000)")
     bench.add_argument("--dim", type=int, default=256, help="dimension (default 256)")
     bench.add_argument("--drift-rows", type=int, default=50_000, help="IVF drift study size (0: skip it)")
+    bench.add_argument("--filter-rows", type=int, default=0,
+                       help="filtered-search check on this many rows (e.g. 1000000; 0: skip it)")
     bench.add_argument("--out", help="JSON file for the results (default: stdout only)")
     bench.set_defaults(func=_bench)
 
@@ -71,9 +73,10 @@ def _bench(args) -> int:
     from retrieval.bench.collection_cost import format_table, run
     from retrieval.core.fileio import atomic_write_text
 
-    if min(args.rows, args.added, args.dim) < 1 or args.drift_rows < 0:
-        raise CLIError("--rows, --added and --dim must be positive, --drift-rows at least 0")
-    result = run(n=args.rows, added=args.added, dim=args.dim, drift_rows=args.drift_rows)
+    if min(args.added, args.dim) < 1 or min(args.rows, args.drift_rows, args.filter_rows) < 0:
+        raise CLIError("--added and --dim must be positive, --rows, --drift-rows and --filter-rows at least 0")
+    result = run(n=args.rows, added=args.added, dim=args.dim, drift_rows=args.drift_rows,
+                 filter_rows=args.filter_rows)
     print(format_table(result))
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=1))

@@ -45,7 +45,7 @@ __all__ = ["Collection", "Snapshot", "CollectionError", "RETRAIN_RATIO", "open_i
 
 PathLike = Union[str, os.PathLike]
 #: added rows' quantisation error over the training rows' above which a retrain is advised (measured, README)
-RETRAIN_RATIO = 1.5
+RETRAIN_RATIO = 2.5
 IVF = ("faiss-ivf", "faiss-ivfpq")
 
 
@@ -173,7 +173,7 @@ class Collection:
             if len(new_ids) and (manifest["id_type"] == "int") != np.issubdtype(new_ids.dtype, np.integer):
                 raise ValueError(f"the collection {self.folder} has {manifest['id_type']} ids; the added ids are not")
             index_ids, live = _ids_and_live(self.folder, manifest)
-            present = np.flatnonzero(np.isin(index_ids, new_ids) & live)
+            present = _rows_of(index_ids, live, new_ids)
             if len(present) and not replace:
                 raise ValueError(f"{len(present)} id(s) already in the collection {self.folder}, e.g. "
                                  f"{index_ids[present][:5].tolist()}; pass replace=True (--replace) to replace them")
@@ -202,7 +202,7 @@ class Collection:
         with self._writing() as manifest:
             wanted = id_array(ids)
             index_ids, live = _ids_and_live(self.folder, manifest)
-            rows = np.flatnonzero(np.isin(index_ids, wanted) & live)
+            rows = _rows_of(index_ids, live, wanted)
             found = set(index_ids[rows].tolist())
             unknown = [i for i in wanted.tolist() if i not in found]
             if unknown:
@@ -333,6 +333,16 @@ def _ids_and_live(folder: Path, manifest: dict):
     if manifest.get("removed"):
         live[read_removed(check_entry(folder, manifest["removed"], True), len(ids))] = False
     return ids, live
+
+
+def _rows_of(index_ids: np.ndarray, live: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Live rows whose id is in ``wanted``: a binary search of every id in the sorted ``wanted`` (numpy's isin
+    would sort all 100,000 ids to look up 1,000)."""
+    if not len(wanted) or not len(index_ids):
+        return np.zeros(0, np.int64)
+    ordered = np.sort(wanted.astype(index_ids.dtype) if index_ids.dtype.kind in "iu" else wanted)
+    pos = np.minimum(np.searchsorted(ordered, index_ids), len(ordered) - 1)
+    return np.flatnonzero((ordered[pos] == index_ids) & live)
 
 
 def _trained_error(index: Index, rows: np.ndarray) -> dict:
