@@ -30,7 +30,8 @@ def require_collection(path: str) -> Path:
 
 def register(subparsers) -> None:
     add = subparsers.add_parser("add", help="add images (or a feature file) to a collection, without a rebuild")
-    add.add_argument("collection", help="collection folder (retrieval index build ... --collection)")
+    add.add_argument("collection", help="collection folder (retrieval index build ... --collection), or a sharded "
+                                        "index folder (retrieval.scale: --features adds a shard)")
     source = add.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", metavar="PATH",
                         help="image files or folders (described with the collection's recorded extractor)")
@@ -106,9 +107,32 @@ def _images(args) -> tuple:
     return paths, root
 
 
+def _add_shard(args) -> int:
+    """A sharded index (retrieval.scale) grows by one shard: from a feature file made as its vectors were."""
+    from retrieval.features.store import config_json, load_global
+    from retrieval.indexing.index import Index
+    from retrieval.scale.add_shard import add_shard
+    from retrieval.scale.manifest import read_manifest
+
+    if not args.features or args.labels or args.replace:
+        raise CLIError(f"{args.collection}: a sharded index grows from a feature file (--features), without "
+                       "--labels or --replace")
+    features = require_file(args.features, "feature file", "hdf5")
+    ids, vectors, config = load_global(features)
+    trained = Index.load(Path(args.collection) / read_manifest(Path(args.collection))["trained"])
+    if trained.config and config_json(config) != config_json(trained.config):
+        raise CLIError(f"{features}: made with {config_json(config)}, the index with {config_json(trained.config)}")
+    with writing(args.collection, "sharded index"):
+        emit_json(add_shard(args.collection, ids, vectors))
+    return 0
+
+
 def _add(args) -> int:
+    from retrieval.scale.manifest import MANIFEST
     from retrieval.steps.add import add_features, add_images
 
+    if (Path(args.collection) / MANIFEST).is_file():
+        return _add_shard(args)
     folder = require_collection(args.collection)
     labels = require_file(args.labels, "labels CSV") if args.labels else None
     with writing(folder, "collection"):
