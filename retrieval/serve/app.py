@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
-from typing import List, Optional, Union
+from typing import List, Optional
 
 from fastapi import FastAPI, File, Form, HTTPException, Query as Q, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -191,7 +191,8 @@ def create_app(catalog, results: Optional[ResultsFolder] = None,
     # -- API --------------------------------------------------------------------------------------
     @app.get("/api/info", summary="What is served")
     def info():
-        return {**live.current.describe(), "allow_add": adder is not None, "limits": limits.to_dict(), "results": results is not None,
+        return {**live.current.describe(), "allow_add": adder is not None,
+                "last_swap_seconds": getattr(live, "last_swap_seconds", None), "limits": limits.to_dict(), "results": results is not None,
                 "default_k": default_k, "default_v": default_v, "max_k": MAX_K}
 
     @app.get("/api/images", summary="Ids to browse (database or queries), in index order")

@@ -36,20 +36,17 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 import numpy as np
 
 from retrieval.features.local import LocalFeatures
-from retrieval.features.store import LocalFeatureStore, config_json, load_global
+from retrieval.features.store import config_json, load_global
 from retrieval.indexing.index import Index
 from retrieval.indexing.metadata import Metadata
-from retrieval.serve.shared import Shared
+from retrieval.serve.shared import Shared, UnsupportedUpload, build_extractor
 
-__all__ = ["Catalog", "Query", "Truth", "build_extractor", "UnsupportedUpload", "FilterError", "UPLOAD_PREFIX", "scan_images"]
+__all__ = ["Catalog", "Query", "Truth", "build_extractor", "UnsupportedUpload", "FilterError", "UPLOAD_PREFIX", "scan_images",
+           "appended_to"]
 
 log = logging.getLogger("retrieval.serve")
 PathLike = Union[str, os.PathLike]
 UPLOAD_PREFIX = "upload:"
-
-
-class UnsupportedUpload(ValueError):
-    """Upload search cannot describe a new image with this index's extractor."""
 
 
 class FilterError(ValueError):
@@ -76,24 +73,6 @@ class Query:
     truth: Optional[Truth] = None
 
 
-def build_extractor(config: dict):
-    """The global extractor that made vectors with ``config`` (as recorded in the index or feature file),
-    rebuilt and checked: its configuration must equal the recorded one."""
-    kind = config.get("extractor")
-    if kind != "efficientnet":
-        raise UnsupportedUpload(f"upload search needs the extractor that made the index; its configuration "
-                                f"names extractor {kind!r}, which cannot be rebuilt from the configuration "
-                                "alone (EfficientNet indexes can); search by id instead")
-    from retrieval.features.efficientnet import EfficientNetExtractor
-
-    extractor = EfficientNetExtractor({k: v for k, v in config.items() if k != "extractor"})
-    if config_json(extractor.config) != config_json(config):
-        raise UnsupportedUpload(f"the extractor rebuilt from the recorded configuration differs from it "
-                                f"({config_json(extractor.config)} vs {config_json(config)}); were its "
-                                "weights changed since the index was built?")
-    return extractor
-
-
 def scan_images(root: Path) -> Dict[str, Path]:
     """``id -> file`` for the images under ``root``: an id may be the path relative to ``root`` (with or
     without its suffix) or the file's stem; a stem shared by several files is left out."""
@@ -112,6 +91,16 @@ def scan_images(root: Path) -> Dict[str, Path]:
     return out
 
 
+def appended_to(previous: Optional["Catalog"], index: Index) -> Optional[int]:
+    """The previous catalog's row count when ``index`` is its index with rows appended (nothing
+    removed), else None."""
+    if previous is None or index.removed is not None or previous.index.removed is not None:
+        return None
+    rows = previous.index.rows
+    same = rows <= index.rows and np.array_equal(previous.index.ids, index.ids[:rows])
+    return rows if same else None
+
+
 class Catalog:
     """See the module docstring; build one with :meth:`open`."""
 
@@ -121,7 +110,8 @@ class Catalog:
                  dataset=None, source: Optional[dict] = None, extractor=None, metadata: Optional[Metadata] = None,
                  generation: Optional[int] = None, previous: Optional["Catalog"] = None):
         """``metadata``: aligned with the index's rows; ``previous``: the catalog of the generation
-        before (its extractors, open stores, uploads and fusion are carried over)."""
+        before (its extractors, open stores, uploads and fusion are carried over; when ``index`` is
+        its index with rows appended, its tables are extended and ``paths`` need only name the new ids)."""
         self.index = index
         self.config = dict(config or {})
         self.source = dict(source or {})
@@ -130,20 +120,31 @@ class Catalog:
         self.generation = generation
         if metadata is not None and metadata.rows != index.rows:
             raise ValueError(f"metadata has {metadata.rows} rows for an index of {index.rows}")
-        all_ids = [str(i) for i in index.ids.tolist()]
-        live = range(len(all_ids)) if index.removed is None else np.flatnonzero(~index.removed).tolist()
-        self._row = {all_ids[r]: r for r in live}  # rows removed (or replaced) are never served
-        self.db_ids: List[str] = list(self._row) if index.removed is not None else all_ids
+        kept = appended_to(previous, index)
+        if kept is not None:  # the previous generation plus appended rows: extend its tables (cheap)
+            new_ids = [str(i) for i in index.ids[kept:].tolist()]
+            self._row = {**previous._row, **{i: kept + r for r, i in enumerate(new_ids)}}
+            self.db_ids: List[str] = previous.db_ids + new_ids
+        else:
+            all_ids = [str(i) for i in index.ids.tolist()]
+            live = range(len(all_ids)) if index.removed is None else np.flatnonzero(~index.removed).tolist()
+            self._row = {all_ids[r]: r for r in live}  # rows removed (or replaced) are never served
+            self.db_ids = list(self._row) if index.removed is not None else all_ids
         self.query_vectors = {str(k): np.asarray(v, np.float32) for k, v in (query_vectors or {}).items()}
         self.query_ids = [q for q in (dataset.query_ids if dataset is not None else self.query_vectors)
                           if str(q) in self.query_vectors or str(q) in self._row]
         self.query_ids = [str(q) for q in self.query_ids]
         # only ids the catalog knows may be served: indexed images and the dataset's queries
-        known = set(self._row) | set(self.query_ids)
-        self._paths = {i: Path(p) for i, p in paths.items() if i in known}
-        missing = sum(1 for i in self._row if i not in self._paths)
-        if missing and previous is None:
-            log.warning("%d of %d indexed images have no image file (shown without a picture)", missing, len(self._row))
+        if kept is not None:
+            fresh = set(new_ids)
+            self._paths = {**previous._paths, **{i: Path(p) for i, p in paths.items() if i in fresh}}
+        else:
+            known = set(self._row) | set(self.query_ids)
+            self._paths = {i: Path(p) for i, p in paths.items() if i in known}
+            missing = sum(1 for i in self._row if i not in self._paths)
+            if missing and previous is None:
+                log.warning("%d of %d indexed images have no image file (shown without a picture)", missing,
+                            len(self._row))
         self._labels: Dict[str, str] = {}
         if dataset is not None and dataset.db_labels is not None:
             self._labels = {str(i): str(lab) for i, lab in zip(dataset.db_ids, dataset.db_labels)}
@@ -327,17 +328,7 @@ class Catalog:
 
     def _ensure_extractor(self) -> None:
         """Build (once) the global extractor for uploads; the caller holds the lock."""
-        shared = self._shared
-        if shared.extractor is not None:
-            return
-        if not self.config:
-            raise UnsupportedUpload("the index records no extractor configuration, so an uploaded image "
-                                    "cannot be described as the database was; search by id")
-        given = shared.given_extractor
-        if given is not None and config_json(given.config) != config_json(self.config):
-            raise UnsupportedUpload(f"the extractor given has configuration {config_json(given.config)}, "
-                                    f"the index records {config_json(self.config)}")
-        shared.extractor = given if given is not None else build_extractor(self.config)
+        self._shared.ensure_extractor(self.config)
 
     def warm_up(self) -> Optional[str]:
         """Build the upload extractor now (a server calls this in the background at start, so the first

@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Union
 
+import numpy as np
+
 from retrieval.indexing.collection import Collection, Snapshot
-from retrieval.serve.catalog import Catalog, scan_images
+from retrieval.serve.catalog import Catalog, appended_to, scan_images
 
 __all__ = ["LiveCatalog", "catalog_of_snapshot"]
 
@@ -34,16 +36,27 @@ def catalog_of_snapshot(snapshot: Snapshot, folder: Path, base_paths: Dict[str, 
                         previous: Optional[Catalog] = None, extractor=None,
                         source: Optional[dict] = None) -> Catalog:
     """The catalog of one generation: ``base_paths`` (id -> image file, from ``--images`` or a dataset)
-    overridden by the rows' recorded ``path`` metadata."""
+    overridden by the rows' recorded ``path`` metadata (of the appended rows only, when ``previous``
+    holds the others)."""
     index = snapshot.index
+    start = appended_to(previous, index) or 0
     paths = dict(base_paths)
     recorded = snapshot.metadata.columns.get("path")
     if recorded is not None:
-        paths.update((str(i), Path(p)) for i, p in zip(index.ids.tolist(), recorded.tolist()) if p)
+        paths.update((str(i), Path(p)) for i, p in zip(index.ids[start:].tolist(), recorded[start:].tolist()) if p)
     config = snapshot.manifest.get("config") or index.config or {}
     return Catalog(index, paths, config, local_store=snapshot.local_stores, dataset=dataset,
                    source={**(source or {}), "collection": str(folder)}, extractor=extractor,
                    metadata=snapshot.metadata, generation=snapshot.generation, previous=previous)
+
+
+def _warm(catalog: Catalog) -> None:
+    """One search of the new index before it is swapped in: what an index builds on its first search
+    (the exact backend's bfloat16 copy of the matrix: most of a second at 100k x 320 on a loaded
+    machine) is then not paid by the first requests it serves."""
+    index = catalog.index
+    if len(index):
+        index.search(np.ones((1, index.dim), np.float32), k=1)
 
 
 class LiveCatalog:
@@ -84,6 +97,7 @@ class LiveCatalog:
             snapshot = self.collection.snapshot(previous=self._snapshot)
             catalog = catalog_of_snapshot(snapshot, self.folder, self._base_paths, self._dataset,
                                           previous=self.current, source=self._source)
+            _warm(catalog)
             self._snapshot = snapshot
             self.current = catalog  # the swap: one reference assignment
             self.swaps += 1

@@ -149,7 +149,8 @@ def search(catalog: Catalog, query: Query, k: int = 20, v: Optional[float] = Non
     result = SearchResult(query, ranking, fusion, where=where)
     if catalog.metadata is not None:
         rows = ranking.indices[0][: len(result.ids)].tolist()
-        result.records = [catalog.metadata.record(int(r)) for r in rows]
+        # the recorded file path stays on the server (ids, never paths, are what a client sees)
+        result.records = [{c: v for c, v in catalog.metadata.record(int(r)).items() if c != "path"} for r in rows]
     if catalog.has_local and query.local is not None:
         ids = result.ids
         feats = [catalog.local_features(i) for i in ids]
