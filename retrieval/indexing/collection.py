@@ -17,9 +17,10 @@ the same rows in the same order (exact: identical rankings).
 
 Drift (IVF). The coarse quantiser was trained on the first rows. Each add measures its rows' mean squared
 distance to their nearest centroid; :meth:`Collection.drift` reports the ratio of the added rows' mean to
-the training rows' own. Added data from the trained distribution keeps the ratio near 1; data of another
-kind raises it, and recall at a fixed ``nprobe`` falls: above :data:`RETRAIN_RATIO` ``retrieval index
-retrain`` is advised (the threshold is measured by ``retrieval bench collection``, README).
+the training rows' own, over every row held (``ratio``) and over the added rows alone (``added_ratio``).
+Added data from the trained distribution keeps them near 1; data of another kind raises them, and recall
+at a fixed ``nprobe`` falls as its share grows: above :data:`RETRAIN_RATIO` ``retrieval collection
+retrain`` is advised (the threshold is measured by ``retrieval collection bench``, README).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from retrieval.indexing.index import Index
 from retrieval.indexing.metadata import Metadata
 from retrieval.indexing.ranking import Ranking
 
-__all__ = ["Collection", "Snapshot", "CollectionError", "RETRAIN_RATIO"]
+__all__ = ["Collection", "Snapshot", "CollectionError", "RETRAIN_RATIO", "open_index"]
 
 PathLike = Union[str, os.PathLike]
 #: added rows' quantisation error over the training rows' above which a retrain is advised (measured, README)
@@ -143,9 +144,10 @@ class Collection:
         d = read_manifest(self.folder).get("drift")
         if not d:
             return None
-        ratio = (d["added_error"] / d["added_rows"] / d["trained_error"]) if d["added_rows"] and d["trained_error"] \
-            else 1.0
-        return {**d, "ratio": round(ratio, 4), "retrain_advised": ratio > RETRAIN_RATIO}
+        e0, n0, n1 = d["trained_error"], d["trained_rows"], d["added_rows"]
+        added = d["added_error"] / n1 / e0 if n1 and e0 else 1.0
+        ratio = (n0 + added * n1) / (n0 + n1) if n0 + n1 else 1.0  # every row's error over the training rows'
+        return {**d, "added_ratio": round(added, 4), "ratio": round(ratio, 4), "retrain_advised": ratio > RETRAIN_RATIO}
 
     # -- changing ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -168,6 +170,8 @@ class Collection:
         their metadata and their local features (a store file, copied in). Returns what changed."""
         with self._writing() as manifest:
             new_ids = id_array(ids)
+            if len(new_ids) and (manifest["id_type"] == "int") != np.issubdtype(new_ids.dtype, np.integer):
+                raise ValueError(f"the collection {self.folder} has {manifest['id_type']} ids; the added ids are not")
             index_ids, live = _ids_and_live(self.folder, manifest)
             present = np.flatnonzero(np.isin(index_ids, new_ids) & live)
             if len(present) and not replace:
@@ -189,8 +193,9 @@ class Collection:
             _write_part(self.folder, manifest, new_ids, rows, meta, local_store)
             if manifest.get("drift"):
                 _count_drift(self.folder, manifest, rows)
-        return {"added": len(new_ids), "replaced": int(len(present)), "generation": self.manifest["generation"],
-                "rows": sum(s["rows"] for s in self.manifest["segments"])}
+        out = {"added": len(new_ids), "replaced": int(len(present)), "generation": self.manifest["generation"],
+               "rows": sum(s["rows"] for s in self.manifest["segments"])}
+        return {**out, "drift": self.drift()} if self.manifest.get("drift") else out
 
     def remove(self, ids: Sequence[Hashable]) -> dict:
         """Remove ``ids`` (each must be in the collection; KeyError naming the first unknown ones)."""
@@ -235,7 +240,38 @@ class Collection:
         return {"rows": len(ids), "retrained": bool(retrain), "generation": self.manifest["generation"]}
 
     def retrain(self) -> dict:
+        if self.manifest["backend"] not in IVF:
+            raise ValueError(f"{self.folder}: backend {self.manifest['backend']!r} has no coarse quantiser to "
+                             "retrain (IVF backends only); 'compact' folds its segments")
         return self.compact(retrain=True)
+
+    def live_ids(self) -> np.ndarray:
+        """The ids the collection holds now (reads only the segments' ids)."""
+        ids, live = _ids_and_live(self.folder, read_manifest(self.folder))
+        return ids[live]
+
+    def info(self) -> dict:
+        """Generation, rows, removed rows, segments, local stores, backend and drift."""
+        m = read_manifest(self.folder)
+        rows = sum(s["rows"] for s in m["segments"])
+        removed = m["removed"]["count"] if m.get("removed") else 0
+        return {"collection": str(self.folder), "generation": m["generation"], "backend": m["backend"],
+                "dim": m["dim"], "rows": rows, "live": rows - removed, "removed": removed,
+                "segments": len(m["segments"]), "local_stores": len(m["local"]), "drift": self.drift()}
+
+
+def open_index(path: PathLike, where=None):
+    """(index, allowed rows or None) of an index file or a collection folder, with the filter ``where``
+    (metadata conditions; collections only) as a row mask."""
+    from retrieval.indexing.collection_files import is_collection
+
+    if is_collection(path):
+        snap = Collection(path).snapshot()
+        return snap.index, snap.metadata.mask(where)
+    if where:
+        raise ValueError(f"{path}: an index file holds no metadata to filter by; build a collection "
+                         "(retrieval index build ... --collection) to filter")
+    return Index.load(path), None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +336,8 @@ def _ids_and_live(folder: Path, manifest: dict):
 
 
 def _trained_error(index: Index, rows: np.ndarray) -> dict:
-    return {"trained_error": _quantisation_error(index._faiss, rows), "added_rows": 0, "added_error": 0.0}
+    return {"trained_error": _quantisation_error(index._faiss, rows), "trained_rows": len(rows), "added_rows": 0,
+            "added_error": 0.0}
 
 
 def _quantisation_error(faiss_index, rows: np.ndarray) -> float:

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from retrieval.core.config import Config, ConfigError
 
@@ -35,12 +35,15 @@ class SearchConfig(Config):
     """``k``: results per query (None: the whole database for small sets, see the module docstring);
     ``batch``: queries per search call; ``options``: memory_mb (exact), nprobe (IVF), ef_search (HNSW);
     ``allow_mixed``: search queries described otherwise than the index (another network, weights,
-    pooling, whitening or encoder: incomparable vectors) with a warning instead of refusing them."""
+    pooling, whitening or encoder: incomparable vectors) with a warning instead of refusing them;
+    ``where``: metadata conditions (``label=cat``, ``date>=2024-01-01``) a result must meet, applied inside
+    the search (an index that is a collection folder: :mod:`retrieval.indexing.metadata`)."""
 
     k: Optional[int] = None
     batch: int = 4096
     options: Dict[str, Any] = field(default_factory=dict)
     allow_mixed: bool = False
+    where: Tuple[str, ...] = ()
 
     def check(self) -> None:
         if self.k is not None and self.k < 1:
@@ -68,7 +71,12 @@ def main(conf: SearchConfig, index: Path, queries: Path, out: Path, progress: bo
     from retrieval.indexing.index import Index, Ranking
     from retrieval.core.vectors import check_file_rows
 
-    idx = Index.load(index)
+    from retrieval.indexing.collection import open_index
+
+    try:
+        idx, allowed = open_index(index, conf.where)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     query_ids, vectors, query_config = load_global(queries)
     if len(query_ids) == 0:
         raise ConfigError(f"{queries}: feature file holds no query vectors")
@@ -103,7 +111,7 @@ def main(conf: SearchConfig, index: Path, queries: Path, out: Path, progress: bo
     steps = range(0, len(query_ids), conf.batch)
     for lo in tqdm(steps, desc="search", unit="batch", disable=not progress or len(steps) < 2, leave=False):
         hi = min(lo + conf.batch, len(query_ids))
-        parts.append(idx.search(vectors[lo:hi], k=k, query_ids=query_ids[lo:hi], **conf.options))
+        parts.append(idx.search(vectors[lo:hi], k=k, query_ids=query_ids[lo:hi], allowed=allowed, **conf.options))
     ranking = parts[0] if len(parts) == 1 else Ranking(
         ids=np.concatenate([p.ids for p in parts]), scores=np.concatenate([p.scores for p in parts]),
         indices=np.concatenate([p.indices for p in parts]), query_ids=list(query_ids))
