@@ -202,15 +202,40 @@ def test_an_uploaded_image_is_added_and_searchable(served, monkeypatch):
     assert again["added"] == [] and again["present"][0]["id"] == f"uploads/{digest[:16]}" and again["count"] == 61
 
 
-def test_an_upload_add_with_the_add_step(served):
+def test_an_upload_add_with_the_add_step(tmp_path):
+    """End to end with retrieval.steps.add.add_images and a small EfficientNet: the added image is
+    described as the collection was (an upload search with the same file finds it first)."""
     pytest.importorskip("retrieval.steps.add", reason="the add step (retrieval.steps.add) is not on this branch yet")
-    client = _client(served["live"], allow_add=True, add_extractor=BlockMeans())
-    answer = client.post("/api/add", files=[("files", ("new.png", png(7, (40, 36))))])
-    assert answer.status_code == 200, answer.text
-    new_id = answer.json()["added"][0]["id"]
-    assert answer.json()["count"] == 61
-    hit = client.get("/api/search", params={"id": new_id, "k": 1}).json()["results"][0]
-    assert hit["id"] == new_id and client.get(hit["image"]).status_code == 200
+    pytest.importorskip("torch")
+    from retrieval.core.imageio import load_image
+    from retrieval.features.efficientnet import EfficientNetExtractor
+    from retrieval.indexing.collection import Collection
+    from retrieval.serve.live import LiveCatalog
+
+    extractor = EfficientNetExtractor("lite0-gem-224", size=64, backend="eager")
+    images = tmp_path / "images"
+    images.mkdir()
+    paths = []
+    for i in range(6):
+        paths.append(images / f"base{i}.png")
+        paths[-1].write_bytes(png(200 + i, (48, 40)))
+    Collection.create(tmp_path / "coll", [p.stem for p in paths],
+                      extractor.extract_arrays([load_image(p) for p in paths]), config=extractor.config)
+    live = LiveCatalog(tmp_path / "coll", poll=0.05).start()
+    try:
+        client = _client(live, allow_add=True, add_extractor=extractor)
+        data = png(7, (56, 44))
+        answer = client.post("/api/add", files=[("files", ("new.png", data))])
+        assert answer.status_code == 200, answer.text
+        new_id = answer.json()["added"][0]["id"]
+        assert answer.json()["count"] == 7 and answer.json()["generation"] == 2
+        hit = client.get("/api/search", params={"id": new_id, "k": 1}).json()["results"][0]
+        assert hit["id"] == new_id and hit["metadata"]["folder"] == "uploads"
+        assert client.get(hit["image"]).content == data
+        same = client.post("/api/search", files={"file": ("again.png", data)}, data={"k": 2}).json()
+        assert same["results"][0]["id"] == new_id and same["results"][0]["score"] > 0.999
+    finally:
+        live.close()
 
 
 def test_filtered_and_unfiltered_requests_are_batched_apart():
