@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import threading
 import time
 from typing import List, Sequence, Tuple
@@ -26,6 +27,7 @@ from retrieval.serve.uploads import UploadError, UploadLimits, decode_upload
 
 __all__ = ["Adder", "MAX_ADD_FILES", "UPLOADS"]
 
+log = logging.getLogger("retrieval.serve")
 MAX_ADD_FILES = 32
 UPLOADS = "uploads"
 _SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
@@ -96,7 +98,11 @@ class Adder:
                                      ids=[e["id"] for e, _ in new], extractor=self.extractor)
             except (ValueError, OSError) as exc:  # refused by the collection (a writer, an id): one line
                 raise UploadError(409, f"the add was refused: {str(exc).splitlines()[0]}") from None
-            self.live.refresh()
+            try:
+                self.live.refresh()
+            except Exception as exc:  # the add is done; the watcher keeps trying to load it
+                log.warning("added to %s, not yet served: %s", self.live.folder, exc)
         served = self.live.current
         return {"added": [e for e, _ in new], "present": present, "generation": served.generation,
-                "count": len(served.index), "step": json.loads(json.dumps(report, default=str)), "seconds": round(time.perf_counter() - start, 3)}
+                "count": len(served.index), "step": json.loads(json.dumps(report, default=str)),
+                "seconds": round(time.perf_counter() - start, 3)}

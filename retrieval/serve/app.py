@@ -192,7 +192,8 @@ def create_app(catalog, results: Optional[ResultsFolder] = None,
     @app.get("/api/info", summary="What is served")
     def info():
         return {**live.current.describe(), "allow_add": adder is not None,
-                "last_swap_seconds": getattr(live, "last_swap_seconds", None), "limits": limits.to_dict(), "results": results is not None,
+                "last_swap": getattr(live, "last_swap", None),  # a collection: what loading its last generation took
+                "limits": limits.to_dict(), "results": results is not None,
                 "default_k": default_k, "default_v": default_v, "max_k": MAX_K}
 
     @app.get("/api/images", summary="Ids to browse (database or queries), in index order")

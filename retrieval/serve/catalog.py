@@ -41,8 +41,8 @@ from retrieval.indexing.index import Index
 from retrieval.indexing.metadata import Metadata
 from retrieval.serve.shared import Shared, UnsupportedUpload, build_extractor
 
-__all__ = ["Catalog", "Query", "Truth", "build_extractor", "UnsupportedUpload", "FilterError", "UPLOAD_PREFIX", "scan_images",
-           "appended_to"]
+__all__ = ["Catalog", "Query", "Truth", "build_extractor", "UnsupportedUpload", "FilterError", "UPLOAD_PREFIX",
+           "scan_images", "appended_to"]
 
 log = logging.getLogger("retrieval.serve")
 PathLike = Union[str, os.PathLike]

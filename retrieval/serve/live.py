@@ -83,6 +83,7 @@ class LiveCatalog:
                                                     extractor=extractor, source=self._source)
         self.swaps = 0
         self.last_swap_seconds: Optional[float] = None  # how long loading the last new generation took
+        self.last_swap: Optional[dict] = None  # ... split into reading, the catalog and the warm-up search
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -93,15 +94,20 @@ class LiveCatalog:
         with self._refresh_lock:
             if self.collection.generation == self._snapshot.generation:
                 return False
-            start = time.perf_counter()
+            t0 = time.perf_counter()
             snapshot = self.collection.snapshot(previous=self._snapshot)
+            t1 = time.perf_counter()
             catalog = catalog_of_snapshot(snapshot, self.folder, self._base_paths, self._dataset,
                                           previous=self.current, source=self._source)
+            t2 = time.perf_counter()
             _warm(catalog)
             self._snapshot = snapshot
             self.current = catalog  # the swap: one reference assignment
+            t3 = time.perf_counter()
             self.swaps += 1
-            self.last_swap_seconds = round(time.perf_counter() - start, 4)
+            self.last_swap_seconds = round(t3 - t0, 4)
+            self.last_swap = {"read": round(t1 - t0, 4), "catalog": round(t2 - t1, 4), "warm": round(t3 - t2, 4),
+                              "total": self.last_swap_seconds, "generation": snapshot.generation}
             log.info("serving generation %d of %s: %d images (loaded in %.3f s)", snapshot.generation,
                      self.folder, len(catalog.index), self.last_swap_seconds)
             return True

@@ -163,7 +163,7 @@ def _drive(base: str, n: int, add: int, requests: int, concurrency: int, k: int,
                 f.result()
         wall = time.perf_counter() - start
         watcher.join(max(0.0, stop_at - time.monotonic()))
-        swap = client.get(f"{base}/api/info").json().get("last_swap_seconds")
+        swap = client.get(f"{base}/api/info").json().get("last_swap")
     t0, t1, report = out.get(timeout=60)
     seen = state["seen"]
     ok = [(ts, ms) for ts, ms, status in sent if status == 200]
@@ -180,6 +180,7 @@ def _drive(base: str, n: int, add: int, requests: int, concurrency: int, k: int,
             "latency_ms": {"all": summary(0, float("inf")), "before_add": summary(0, t0),
                            "during_add": summary(t0, seen if seen else float("inf")),
                            "after_add": summary(seen, float("inf")) if seen else None},
-            "add_seconds": round(t1 - t0, 3), "add_report": report, "server_swap_seconds": swap,
+            "add_seconds": round(t1 - t0, 3), "add_report": report,
+            "server_swap_seconds": swap,  # the server's read / catalog / warm-up / total of the new generation
             "visible_after_add_ms": round((seen - t1) * 1000.0, 1) if seen else None,
             "stopped_by_time_limit": seen is None}

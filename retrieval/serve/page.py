@@ -53,7 +53,8 @@ def render_page(catalog: Catalog, has_results: bool, default_k: int, default_v: 
                 "queries": len(catalog.query_ids), "allowAdd": bool(allow_add)}
     filter_box = "" if columns is None else f"""
   <label>filter <input type="text" id="where" size="34" placeholder="label=cat; date>=2024-01-01"
-    title="conditions COLUMN OP VALUE separated by ';' (OP: = != < <= > >= ~ for a prefix); columns: {escape(', '.join(columns))}"></label>"""
+    title="conditions COLUMN OP VALUE separated by ';' (OP: = != < <= > >= ~ for a prefix); columns:
+    {escape(', '.join(columns))}"></label>"""
     add_form = "" if not allow_add else """
   <form id="add-form"><label>Add images to the collection <input type="file" id="add" name="files"
     accept="image/*" multiple></label></form>"""
