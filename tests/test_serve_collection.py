@@ -119,6 +119,42 @@ def test_an_add_is_served_without_a_restart(served):
     assert client.get("/api/search", params={"id": "img001"}).status_code == 404
 
 
+@pytest.mark.parametrize("backend", ["exact", "faiss-flat"])
+def test_a_replaced_id_is_served_from_its_new_row(tmp_path, backend):
+    if backend != "exact":
+        pytest.importorskip("faiss")
+    from retrieval.indexing.collection import Collection
+    from retrieval.indexing.metadata import Metadata
+    from retrieval.serve.live import LiveCatalog
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    Collection.create(tmp_path / "coll", [f"img{i:03d}" for i in range(20)], rng.standard_normal((20, DIM), dtype=np.float32),
+                      backend=backend, config=CONFIG, metadata=Metadata.from_records(records(0, 20, images)))
+    live = LiveCatalog(tmp_path / "coll", poll=0.05).start()
+    try:
+        client = _client(live)
+        replacement = images / "replacement.png"
+        replacement.write_bytes(png(999))
+        vector = rng.standard_normal((1, DIM), dtype=np.float32)
+        Collection.open(tmp_path / "coll").add(["img005"], vector, replace=True, metadata=Metadata.from_records(
+            [{"label": "new", "path": str(replacement)}]))
+        deadline = time.monotonic() + 5
+        while client.get("/api/info").json()["generation"] != 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.get("/api/info").json()["count"] == 20
+        answer = client.get("/api/search", params={"id": "img005", "k": 20}).json()
+        ids = [r["id"] for r in answer["results"]]
+        assert len(ids) == 20 == len(set(ids)) and ids[0] == "img005"
+        assert answer["results"][0]["metadata"] == {"label": "new"} and answer["results"][0]["score"] > 0.999
+        assert client.get("/api/image/img005").content == replacement.read_bytes()
+        assert [r["id"] for r in client.get("/api/search", params={"id": "img000", "k": 20,
+                                                                   "where": "label=new"}).json()["results"]] == ["img005"]
+    finally:
+        live.close()
+
+
 def test_filtered_search_returns_only_matching_rows(served):
     live = served["live"]
     client = _client(live)
@@ -279,3 +315,25 @@ def test_cli_refuses_remote_adds_and_adds_without_a_collection(served, tmp_path,
     assert '"generation": 1' in out and '"count": 60' in out
     assert main(["serve", "--index", folder, "--features", folder, "--check"]) != 0
     assert "not used with a collection" in capsys.readouterr().err
+
+
+def test_load_during_an_add_sees_the_added_vectors():
+    """A small run of ``retrieval bench serve-load --collection`` (the figures are the benchmark's)."""
+    pytest.importorskip("uvicorn")
+    from retrieval.serve.load_add import run_load_during_add
+
+    report = run_load_during_add(n=2000, dim=16, add=50, requests=60, concurrency=4, k=5, time_limit=60)
+    assert report["statuses"] == {"200": report["requests"]} and report["requests"] >= 60
+    assert report["add_report"]["added"] == 50 and report["visible_after_add_ms"] is not None
+    phases = report["latency_ms"]
+    assert phases["before_add"]["requests"] + phases["during_add"]["requests"] + phases["after_add"]["requests"] \
+        == report["requests"]
+    assert report["server_swap_seconds"]["generation"] == 2
+    assert report["server_swap_without_requests"]["generation"] == 3
+
+
+def test_cli_refuses_a_bad_add_size(capsys):
+    from retrieval.cli import main
+
+    assert main(["bench", "serve-load", "--collection", "--add", "0"]) == 2
+    assert "--add must be" in capsys.readouterr().err

@@ -7,7 +7,9 @@ manifest every 0.25 s); the client sends searches by random id, at most 8 at a t
 the planned requests are answered, another child process adds ``add`` vectors with ``Collection.add``
 (vectors only, no images). Reported: latency before, during (from the add's start until the server
 shows the new count) and after the add, the add's own time, and the time from the add's return until
-``/api/info`` shows the new count (polled every 10 ms: the figure is that much coarse).
+``/api/info`` shows the new count (polled every 10 ms: the figure is that much coarse). The server's
+own cost of loading the new generation is reported under the load and, for comparison, alone (no
+request in flight, the same collection and add size, in the parent process afterwards).
 """
 from __future__ import annotations
 
@@ -57,18 +59,35 @@ def _serve_collection(folder: str, port: int, ready) -> None:
     server.run()
 
 
-def _add_vectors(folder: str, start: int, add: int, dim: int, seed: int, go, out) -> None:
-    """Child process: once ``go`` is set, add ``add`` vectors (ids after the ``start`` first) and put
+def _add_vectors(folder: str, start: int, add: int, dim: int, seed: int, ready, go, out) -> None:
+    """Child process: set ``ready`` once started (imports and the collection's opening are not timed
+    with the load), then once ``go`` is set, add ``add`` vectors (ids after the ``start`` first) and put
     (wall time before, wall time after, the add's report) on ``out``."""
     from retrieval.indexing.collection import Collection
 
     vectors = _vectors(add, dim, seed + 7)
     ids = [f"img{i:06d}" for i in range(start, start + add)]
     collection = Collection.open(folder)
+    ready.set()
     go.wait()
     t0 = time.time()
     report = collection.add(ids, vectors)
     out.put((t0, time.time(), report))
+
+
+def _swap_alone(folder: Path, start: int, add: int, dim: int, seed: int) -> dict:
+    """What the watcher's load of a new generation costs with no request in flight (the server's own
+    figure under load is ``server_swap_seconds``): one more add of ``add`` vectors, then a refresh."""
+    from retrieval.indexing.collection import Collection
+    from retrieval.serve.live import LiveCatalog
+
+    live = LiveCatalog(folder)
+    live.current.index.search(np.ones((1, dim), np.float32), k=1)  # as a serving process: search code warm
+    ids = [f"img{i:06d}" for i in range(start, start + add)]
+    Collection.open(folder).add(ids, _vectors(add, dim, seed + 11))
+    live.refresh()
+    live.close()
+    return live.last_swap
 
 
 def run_load_during_add(n: int = 100_000, dim: int = 320, add: int = 1000, requests: int = 500,
@@ -90,24 +109,25 @@ def run_load_during_add(n: int = 100_000, dim: int = 320, add: int = 1000, reque
                                                                          "seed": seed})
         create_seconds = time.perf_counter() - t
         port = _free_port()
-        ready, go, out = ctx.Event(), ctx.Event(), ctx.Queue()
+        ready, adder_ready, go, out = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
         server = ctx.Process(target=_serve_collection, args=(str(folder), port, ready), daemon=True)
-        adder = ctx.Process(target=_add_vectors, args=(str(folder), n, add, dim, seed, go, out), daemon=True)
+        adder = ctx.Process(target=_add_vectors, args=(str(folder), n, add, dim, seed, adder_ready, go, out), daemon=True)
         server.start()
         adder.start()
         try:
-            if not ready.wait(300):
-                raise RuntimeError("the server did not start within 300 s")
+            if not ready.wait(300) or not adder_ready.wait(300):
+                raise RuntimeError("the server or the adding process did not start within 300 s")
             result = _drive(f"http://{HOST}:{port}", n, add, requests, concurrency, k, time_limit, seed, go, out)
         finally:
             server.terminate()
             adder.terminate()
             server.join(10)
             adder.join(10)
+        quiet_swap = _swap_alone(folder, n + add, add, dim, seed)
     return {"index": {"count": n, "dim": dim, "backend": "exact", "added": add,
                       "vectors": "synthetic (random Gaussian, L2-normalised): a collection folder"},
             "collection_create_seconds": round(create_seconds, 2), "concurrency": concurrency, "k": k,
-            "watcher_poll_seconds": POLL, **result,
+            "watcher_poll_seconds": POLL, **result, "server_swap_without_requests": quiet_swap,
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
