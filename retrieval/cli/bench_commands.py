@@ -195,6 +195,10 @@ def _serve_load_parser(sub) -> None:
     p.add_argument("--concurrency", type=int, default=8, help="at most 8")
     p.add_argument("--k", type=int, default=20, help="results per search (default 20)")
     p.add_argument("--time-limit", type=float, default=120.0, help="stop after this many seconds (default 120)")
+    p.add_argument("--collection", action="store_true",
+                   help="serve a collection folder and, during the load, add --add vectors to it from another "
+                        "process: latency during the add and the time until the server shows them")
+    p.add_argument("--add", type=int, default=1000, help="vectors added with --collection (default 1,000)")
     p.add_argument("--out", default=None, help="also write the JSON report here")
     p.set_defaults(func=_serve_load)
 
@@ -206,12 +210,31 @@ def _serve_load(args) -> int:
         raise CLIError(f"the load test is bounded: 1 <= --requests <= {MAX_REQUESTS}, "
                        f"1 <= --concurrency <= {MAX_CONCURRENCY}")
     require_output(args.out, "load report")
+    if args.collection:
+        return _serve_load_during_add(args)
     report = run_load(args.vectors, args.dim, args.requests, args.concurrency, args.k, args.time_limit)
     emit_json(report, args.out)
     lat = report["latency_ms"]
     print(f"/api/search by id, {n_fmt(report)} synthetic vectors: p50 {lat['p50']} ms, p95 {lat['p95']} ms over "
           f"{report['requests']} requests, {report['concurrency']} concurrent (target p95 < 100 ms); load average "
           f"{report['load_average']} on {report['cpu_count']} CPUs")
+    return 0
+
+
+def _serve_load_during_add(args) -> int:
+    from retrieval.serve.load import n_fmt
+    from retrieval.serve.load_add import MAX_ADD, run_load_during_add
+
+    if not 1 <= args.add <= MAX_ADD:
+        raise CLIError(f"--add must be 1-{MAX_ADD}, got {args.add}")
+    report = run_load_during_add(args.vectors, args.dim, args.add, args.requests, args.concurrency, args.k,
+                                 args.time_limit)
+    emit_json(report, args.out)
+    during = report["latency_ms"]["during_add"]
+    print(f"/api/search by id on a {n_fmt(report)} collection while {args.add:,} vectors are added: p50 "
+          f"{during['p50']} ms, p95 {during['p95']} ms over {during['requests']} requests (target p95 < 150 ms); "
+          f"the add took {report['add_seconds']} s, shown {report['visible_after_add_ms']} ms after it returned "
+          f"(target < 1000 ms); load average {report['load_average']} on {report['cpu_count']} CPUs")
     return 0
 
 
