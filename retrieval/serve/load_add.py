@@ -24,7 +24,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from retrieval.serve.load import HOST, MAX_CONCURRENCY, _free_port, _ids, _percentile
+from retrieval.serve.load import HOST, MAX_CONCURRENCY, _free_port, _ids, _percentile, serve_until_killed
 
 __all__ = ["run_load_during_add", "MAX_REQUESTS_DURING_ADD", "MAX_ADD"]
 
@@ -39,24 +39,9 @@ def _vectors(n: int, dim: int, seed: int) -> np.ndarray:
 
 def _serve_collection(folder: str, port: int, ready) -> None:
     """Child process: serve the collection ``folder`` on loopback, following its generations."""
-    import logging
-
-    import uvicorn
-
-    from retrieval.serve.app import create_app
     from retrieval.serve.live import LiveCatalog
 
-    logging.getLogger("retrieval.serve").setLevel(logging.ERROR)
-    live = LiveCatalog(folder, poll=POLL).start()
-    server = uvicorn.Server(uvicorn.Config(create_app(live), host=HOST, port=port, log_level="warning"))
-
-    def announce():
-        while not server.started:
-            time.sleep(0.02)
-        ready.set()
-
-    threading.Thread(target=announce, daemon=True).start()
-    server.run()
+    serve_until_killed(LiveCatalog(folder, poll=POLL).start(), port, ready)
 
 
 def _add_vectors(folder: str, start: int, add: int, dim: int, seed: int, ready, go, out) -> None:
