@@ -92,10 +92,12 @@ class EfficientNetExtractor(GlobalExtractor):
 
     ``backend`` picks the inference path (:data:`retrieval.features.fast_inference.BACKENDS`; 'auto' =
     :data:`DEFAULT_BACKEND` where available). It does not change the descriptors beyond float rounding
-    (checked to 1e-4 in the tests), so it is not part of :attr:`config`. ``weights`` may be 'imagenet',
+    (checked to 1e-4 in the tests), so it is not part of :attr:`config`. The configuration's
+    ``precision`` does (int8, bfloat16, float32, or 'auto': :mod:`retrieval.features.precision`): the
+    one used is :attr:`precision` and what :attr:`config` records. ``weights`` may be 'imagenet',
     'random', a state dict file, or a checkpoint written by ``retrieval.training`` (its pooling and GeM
     p then come from the checkpoint). ``model`` passes an :class:`EfficientNetGlobal` directly.
-    ``batch_size``: images of one size per forward (default 1 for aspect-kept inputs, 4 for
+    ``batch_size``: images of one size per forward (default 8 for aspect-kept inputs, 4 for
     squares). ``threads``: ONNX Runtime intra-op threads (default ``torch.get_num_threads()``; torch
     backends follow ``torch.set_num_threads``). ``device``: 'cpu' (default), 'cuda', 'cuda:1' ... or
     'auto' (a GPU when torch sees one): on a GPU the network runs as a channels-last torch module
@@ -127,23 +129,22 @@ class EfficientNetExtractor(GlobalExtractor):
         else:
             cfg["whitening"] = None
         self._config = cfg
+        self._blob_params = None
         from retrieval.features.trained import resolve_device
 
         self.device = resolve_device(str(device))
-        self.backend = self._resolve_backend(backend, self.device)
-        from retrieval.features.fast_inference import make_backbone
+        from retrieval.features.precision import select_backbone
 
-        self.backbone = make_backbone(self.model.net, is_lite(cfg["model"]), self.backend, threads=threads,
-                                      pool=self.model.pool, layer=self.model.layer, device=self.device)
-        # small batches: on CPU a batch of 1 ran fastest per image in benchmarks/deep_speed.py (cache
-        # locality beats batching; variable-size images cannot be stacked anyway) and keeps the
-        # decoding threads and the network streaming; 224 px squares use a few per call. A GPU wants
-        # large batches (of images that share a size)
+        self.precision, self.backbone, self.precision_probe = select_backbone(
+            self.model, cfg, backend, self._resolve_backend(backend, self.device), self.device, threads,
+            lambda image: self.to_input(self.prepare(image)))
+        self.backend = self.backbone.backend
+        # batches of images of one size (dataset extraction buckets them by size, no padding): on CPU 8
+        # landmark images of one size per forward ran faster per image than one at a time
+        # (benchmarks/deep_speed.py); 224 px squares use 4. A GPU wants large batches
         if batch_size is None:
-            batch_size = 32 if self.device.type != "cpu" else (4 if cfg["input"] == "square" else 1)
+            batch_size = 32 if self.device.type != "cpu" else (4 if cfg["input"] == "square" else 8)
         self.batch_size = int(batch_size)
-        self._blob_params = None
-
     # -- construction helpers ---------------------------------------------------------------------
     @staticmethod
     def _build_model(cfg: dict) -> EfficientNetGlobal:
@@ -352,7 +353,7 @@ class EfficientNetExtractor(GlobalExtractor):
 
     def __repr__(self) -> str:
         return (f"EfficientNetExtractor({self._config['name']!r}, backend={self.backend!r}, "
-                f"device={str(self.device)!r}, dim={self.dim})")
+                f"precision={self.precision!r}, device={str(self.device)!r}, dim={self.dim})")
 
 
 #: inference path used by default (benchmarks/deep_speed.py compares them); falls back to
