@@ -22,6 +22,7 @@ measures. The precision used is what the feature file records; ``precision="floa
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -98,6 +99,21 @@ def _state_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _waiting_lock(path: Path):
+    """A blocking ``flock`` on ``path``: parallel workers that need the same cached model or decision
+    wait for the first to make it, then read it (one quantization, one probe, one decision)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -162,15 +178,17 @@ def int8_backbone(features: nn.Module, out_channels: int, pool: nn.Module, key_p
     from retrieval.features.fast_inference import FastBackbone, ort_session
 
     path = cache_dir() / "onnx" / f"int8-{_key(INT8_RECIPE, *key_parts)}.onnx"
-    data = _read_cached(path)
     spent = 0.0
-    if data is None:
-        start = time.perf_counter()
-        _quantize(features, inputs(), path)
-        data = path.read_bytes()
-        atomic_write_text(path.with_suffix(".json"), json.dumps(
-            {"sha256": hashlib.sha256(data).hexdigest(), "recipe": INT8_RECIPE, "key": [str(p) for p in key_parts]}))
-        spent = time.perf_counter() - start
+    with _waiting_lock(path.with_suffix(".lock")):
+        data = _read_cached(path)
+        if data is None:
+            start = time.perf_counter()
+            _quantize(features, inputs(), path)
+            data = path.read_bytes()
+            atomic_write_text(path.with_suffix(".json"), json.dumps(
+                {"sha256": hashlib.sha256(data).hexdigest(), "recipe": INT8_RECIPE,
+                 "key": [str(p) for p in key_parts]}))
+            spent = time.perf_counter() - start
     return FastBackbone("onnxruntime", session=ort_session(data, threads), out_channels=out_channels,
                         pool=pool), spent
 
@@ -231,14 +249,15 @@ def auto_decision(key_parts: tuple, run_probe: Callable[[], dict]) -> Tuple[str,
 
     key = _key("auto-v1", _cpu_name(), torch.__version__, onnxruntime.__version__, *key_parts)
     path = cache_dir() / "precision" / f"auto-{key}.json"
-    try:
-        record = json.loads(path.read_text())
-        if record.get("precision") in PRECISIONS:
-            return record["precision"], record
-    except (OSError, ValueError, AttributeError):
-        pass
-    record = dict(run_probe(), cpu=_cpu_name())
-    atomic_write_text(path, json.dumps(record, indent=1))
+    with _waiting_lock(path.with_suffix(".lock")):
+        try:
+            record = json.loads(path.read_text())
+            if record.get("precision") in PRECISIONS:
+                return record["precision"], record
+        except (OSError, ValueError, AttributeError):
+            pass
+        record = dict(run_probe(), cpu=_cpu_name())
+        atomic_write_text(path, json.dumps(record, indent=1))
     return record["precision"], record
 
 
