@@ -115,11 +115,16 @@ def _path_label(pext) -> str:
 
 
 def _min_cosines(files: Dict[tuple, Path], reference: tuple) -> Dict[tuple, float]:
-    """Smallest cosine of each feature file's rows to the reference file's (same ids, same order)."""
+    """Smallest cosine of each feature file's rows to the reference file's, row for row by id (rows are
+    written batch by batch, so a bucketed file holds them in another order)."""
     from retrieval.features.store import load_global
 
-    ref = load_global(files[reference])[1]
-    return {key: float(np.min(np.sum(load_global(f)[1] * ref, axis=1))) for key, f in files.items()}
+    def by_id(path):
+        ids, vectors, _ = load_global(path)
+        return vectors[np.argsort(np.asarray(ids, dtype=np.int64))]
+
+    ref = by_id(files[reference])
+    return {key: float(np.min(np.sum(by_id(f) * ref, axis=1))) for key, f in files.items()}
 
 
 def time_dataset(name: str, ext, timed: List[Path], every: List[Path], args, tmp: Path,

@@ -74,7 +74,8 @@ def build_extractor(config: dict):
                                 "alone (EfficientNet indexes can); search by id instead")
     from retrieval.features.efficientnet import EfficientNetExtractor
 
-    extractor = EfficientNetExtractor({k: v for k, v in config.items() if k != "extractor"})
+    # the whole record: one without a precision was made in float32 (resolve_config reads it so)
+    extractor = EfficientNetExtractor(config)
     if config_json(extractor.config) != config_json(config):
         raise UnsupportedUpload(f"the extractor rebuilt from the recorded configuration differs from it "
                                 f"({config_json(extractor.config)} vs {config_json(config)}); were its "
