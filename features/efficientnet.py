@@ -97,7 +97,7 @@ class EfficientNetExtractor(GlobalExtractor):
     one used is :attr:`precision` and what :attr:`config` records. ``weights`` may be 'imagenet',
     'random', a state dict file, or a checkpoint written by ``retrieval.training`` (its pooling and GeM
     p then come from the checkpoint). ``model`` passes an :class:`EfficientNetGlobal` directly.
-    ``batch_size``: images of one size per forward (default 8 for aspect-kept inputs, 4 for
+    ``batch_size``: images of one size per forward (default 1 for aspect-kept inputs, 4 for
     squares). ``threads``: ONNX Runtime intra-op threads (default ``torch.get_num_threads()``; torch
     backends follow ``torch.set_num_threads``). ``device``: 'cpu' (default), 'cuda', 'cuda:1' ... or
     'auto' (a GPU when torch sees one): on a GPU the network runs as a channels-last torch module
@@ -139,11 +139,12 @@ class EfficientNetExtractor(GlobalExtractor):
             self.model, cfg, backend, self._resolve_backend(backend, self.device), self.device, threads,
             lambda image: self.to_input(self.prepare(image)))
         self.backend = self.backbone.backend
-        # batches of images of one size (dataset extraction buckets them by size, no padding): on CPU 8
-        # landmark images of one size per forward ran faster per image than one at a time
-        # (benchmarks/deep_speed.py); 224 px squares use 4. A GPU wants large batches
+        # images of one size per forward (dataset extraction buckets them by exact size, no padding, so
+        # the descriptors do not change): on the loaded 2-core CPU one landmark image at a time ran
+        # faster than buckets of 8 (benchmarks/deep_speed.py: 512 px Oxford, float32 0.75x and int8
+        # 0.85x of batch 1); 224 px squares use 4. A GPU wants large batches
         if batch_size is None:
-            batch_size = 32 if self.device.type != "cpu" else (4 if cfg["input"] == "square" else 8)
+            batch_size = 32 if self.device.type != "cpu" else (4 if cfg["input"] == "square" else 1)
         self.batch_size = int(batch_size)
     # -- construction helpers ---------------------------------------------------------------------
     @staticmethod

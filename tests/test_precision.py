@@ -136,7 +136,6 @@ def test_bucketed_batches_equal_per_image_extraction(calibration, images, tmp_pa
         cv2.imwrite(str(paths[-1]), img[:, :, ::-1])
     ids = [str(k) for k in range(len(paths))]
     for ext in (EfficientNetExtractor("lite0-gem-512", size=64, precision="float32"), _int8(calibration)):
-        assert ext.batch_size == 8  # aspect-kept input: buckets of 8 images of one size
         one = extract_global(ext, ids, paths, tmp_path / "one.h5", batch_size=1, n_jobs=1, progress=False,
                              overwrite=True)
         assert one.computed == len(ids)

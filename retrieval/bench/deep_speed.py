@@ -13,7 +13,7 @@ interleaved rounds; in each:
    beforehand, batched by size exactly as extraction batches them; backbone + pooling + L2; images/s;
 2. **end to end** for every precision path: float32 (the old default: ONNX Runtime, batch 1 for
    aspect-kept input, 4 for squares), each of ``--precisions`` and the new default (``precision="auto"``,
-   its batch size: size buckets of 8 for aspect-kept input):
+   its batch size):
    :func:`retrieval.features.deep_extract.extract_global` from the files (decode in ``--n-jobs``
    threads, resize, normalise, network, pooling, written to a feature file), at each batch size.
 
