@@ -12,13 +12,15 @@
 * ``float32``: the extractor's float32 backend (ONNX Runtime by default).
 
 ``precision="auto"`` (the default of :class:`retrieval.features.efficientnet_configs.EfficientNetConfig`)
-is float32 on a GPU or with a backend named explicitly; with ``backend="auto"`` on the CPU it probes, once per machine, network and input settings (the decision is cached in :func:`cache_dir`, so
-every worker of a run and every later run take the same path): each candidate is timed on calibration
-images at the configuration's size in interleaved rounds, and its descriptors are compared with
-float32's. It keeps the fastest candidate whose smallest cosine to float32 is at least
-:data:`MIN_COSINE` and that beats float32 by :data:`MIN_SPEEDUP` (else float32). The cosine bound stands
-in for the retrieval bound (E1 mAP within 0.5 points), measured with ``retrieval run global-descriptor``
-for each precision (README, "Deep extraction speed"). The precision used is what the feature file records; ``precision="float32"`` is one option away.
+is float32 on a GPU or with a backend named explicitly; with ``backend="auto"`` on the CPU it probes,
+once per machine, network and input settings (the decision is cached in :func:`cache_dir`, so every
+worker of a run and every later run take the same path): each candidate is timed on calibration images
+at the configuration's size in interleaved rounds, and its descriptors are compared with float32's. It
+keeps the fastest candidate whose smallest cosine to float32 is at least :data:`MIN_COSINE` and that
+beats float32 by :data:`MIN_SPEEDUP` (else float32). The cosine bound stands in for the retrieval bound
+(E1 mAP within 0.5 points), measured with ``retrieval run global-descriptor`` for each precision
+(README, "Deep extraction speed"). The feature file records the precision used; ``precision="float32"``
+is one option away.
 """
 from __future__ import annotations
 
@@ -297,8 +299,8 @@ def select_backbone(model, cfg: dict, backend: str, float_backend: str, device: 
             return make_backbone(model.net, lite, float_backend, threads=threads, pool=model.pool,
                                  layer=model.layer, device=device), 0.0
         if precision == "bfloat16":
-            return make_backbone(model.net, lite, "channels_last" if backend in ("auto", "torchscript", "onnxruntime")
-                                 else backend, pool=model.pool, layer=model.layer, device=device,
+            torch_backend = backend if backend in GPU_BACKENDS else "channels_last"
+            return make_backbone(model.net, lite, torch_backend, pool=model.pool, layer=model.layer, device=device,
                                  autocast=torch.bfloat16), 0.0
         features = _FeaturesAndDescriptor(fold_efficientnet(model.net, lite, model.layer), model.pool).eval()
         return int8_backbone(features, model.out_dim, model.pool, int8_key,
@@ -318,6 +320,7 @@ def select_backbone(model, cfg: dict, backend: str, float_backend: str, device: 
                 raise ValueError(str(exc)) from None
             int8_missing = str(exc)
     record: dict = {}
+    built: Dict[str, tuple] = {}  # the probe's backbones: the chosen one is kept
     if wanted == "auto":
         if device.type != "cpu" or backend != "auto":
             # on a GPU, or with a backend asked for by name (a reference, a speed comparison): float32
@@ -327,26 +330,28 @@ def select_backbone(model, cfg: dict, backend: str, float_backend: str, device: 
                          (["bfloat16"] if bf16_available() else [])
 
             def run_probe():
-                built = {name: build(name)[0] for name in candidates}
-                inputs = [torch.from_numpy(x) for x in _calibration_inputs(files[:PROBE_IMAGES], prepare_input, (1.0,))]
+                built.update((name, build(name)) for name in candidates)
+                inputs = [torch.from_numpy(x)
+                          for x in _calibration_inputs(files[:PROBE_IMAGES], prepare_input, (1.0,))]
                 if not inputs:  # no calibration images: probe on seeded noise of the input size
                     rng = np.random.default_rng(0)
                     inputs = [torch.from_numpy(rng.standard_normal((1, 3, cfg["size"], cfg["size"]),
                                                                    dtype=np.float32))]
-                return dict(probe(built, inputs), candidates=candidates)
+                return dict(probe({name: b for name, (b, _) in built.items()}, inputs), candidates=candidates)
 
             wanted, record = auto_decision((int8_key or _state_digest(model), backend, threads, candidates,
                                             cfg["input"], cfg["size"]), run_probe)
             if int8_missing:
                 record = dict(record, int8_unavailable=int8_missing)
-    backbone, seconds = build(wanted)
+    backbone, seconds = built[wanted] if wanted in built else build(wanted)
     if seconds:
         record = dict(record, quantize_seconds=round(seconds, 1))
     # float32 is recorded by omission, as in every file made before precision was a setting: those
     # files stay valid and comparable
     cfg.pop("precision", None)
     if wanted == "int8":
-        cfg.update(precision=wanted, calibration=cfg.get("calibration", DEFAULT_CALIBRATION), calibration_sha256=digest)
+        cfg.update(precision=wanted, calibration=cfg.get("calibration", DEFAULT_CALIBRATION),
+                   calibration_sha256=digest)
     else:
         cfg.pop("calibration", None)
         if wanted != "float32":
