@@ -103,6 +103,9 @@ def _deep_speed_parser(sub) -> None:
     p.add_argument("--backends", nargs="+", default=None,
                    help="inference paths timed (default: all of retrieval.features.fast_inference.BACKENDS: "
                         "eager, folded, channels_last, torchscript, onnxruntime)")
+    p.add_argument("--precisions", nargs="*", default=["int8", "bfloat16"],
+                   help="reduced precisions timed beside float32, end to end and bare (default: int8 bfloat16; "
+                        "the default path, precision auto, is timed too)")
     p.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime intra-op threads")
     p.add_argument("--n-jobs", type=int, default=2, help="decoding threads")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward (default: extractor's)")
@@ -123,6 +126,9 @@ def _deep_speed(args) -> int:
     if unknown:
         raise CLIError(f"--backends: unknown inference path(s) {unknown}; known: {', '.join(BACKENDS)}")
     args.backends = list(args.backends or BACKENDS)
+    bad = sorted(set(args.precisions) - {"int8", "bfloat16"})
+    if bad:
+        raise CLIError(f"--precisions: unknown precision(s) {bad}; known: int8, bfloat16")
     if args.data is None and args.dataset != "oxford":
         raise CLIError(f"--dataset {args.dataset} needs its folder (--data PATH)")
     require_output(args.out, "results", folder=True)

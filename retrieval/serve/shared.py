@@ -21,19 +21,14 @@ class UnsupportedUpload(ValueError):
 def build_extractor(config: dict):
     """The global extractor that made vectors with ``config`` (as recorded in the index or feature file),
     rebuilt and checked: its configuration must equal the recorded one."""
-    kind = config.get("extractor")
-    if kind != "efficientnet":
-        raise UnsupportedUpload(f"upload search needs the extractor that made the index; its configuration "
-                                f"names extractor {kind!r}, which cannot be rebuilt from the configuration "
-                                "alone (EfficientNet indexes can); search by id instead")
-    from retrieval.features.efficientnet import EfficientNetExtractor
+    from retrieval.core.config import ConfigError
+    from retrieval.steps.image_features import extractor_from_record
 
-    extractor = EfficientNetExtractor({k: v for k, v in config.items() if k != "extractor"})
-    if config_json(extractor.config) != config_json(config):
-        raise UnsupportedUpload(f"the extractor rebuilt from the recorded configuration differs from it "
-                                f"({config_json(extractor.config)} vs {config_json(config)}); were its "
-                                "weights changed since the index was built?")
-    return extractor
+    try:
+        return extractor_from_record(config)
+    except ConfigError as exc:
+        raise UnsupportedUpload(f"upload search needs the extractor that made the index: {exc}; search by id "
+                                "instead") from None
 
 
 class Shared:

@@ -70,21 +70,14 @@ def labels_metadata(labels: Path, ids: Sequence[str]) -> List[Dict[str, str]]:
 
 
 def global_extractor(config: dict):
-    """The global extractor that made vectors with the recorded ``config``, rebuilt and checked equal to it
-    (EfficientNet; encoded vectors such as BoW or VLAD cannot be rebuilt from the configuration alone)."""
-    from retrieval.features.store import config_json
+    """The collection's extractor (:func:`retrieval.steps.image_features.extractor_from_record`)."""
+    from retrieval.steps.image_features import extractor_from_record
 
-    if config.get("extractor") != "efficientnet":
-        raise ConfigError(f"the collection's vectors were made by {config.get('extractor')!r}, which cannot be "
-                          "rebuilt from its recorded configuration; add a feature file made the same way "
-                          "(retrieval add COLLECTION --features FILE)")
-    from retrieval.features.efficientnet import EfficientNetExtractor
-
-    extractor = EfficientNetExtractor({k: v for k, v in config.items() if k != "extractor"})
-    if config_json(extractor.config) != config_json(config):
-        raise ConfigError(f"the extractor rebuilt from the recorded configuration differs from it "
-                          f"({config_json(extractor.config)} vs {config_json(config)}); were its weights changed?")
-    return extractor
+    try:
+        return extractor_from_record(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; add a feature file made the same way (retrieval add COLLECTION --features "
+                          "FILE)") from None
 
 
 def _default_ids(paths: Sequence[Path], root: Optional[Path]) -> List[str]:

@@ -122,8 +122,12 @@ def main(conf: SearchConfig, index: Path, queries: Path, out: Path, progress: bo
     return Path(out)
 
 
-#: extractor settings a query file may legitimately change (the query image size of the same network)
-QUERY_SIDE_KEYS = frozenset({"size", "name", "input", "upscale", "scales", "max_side", "max_keypoints"})
+#: extractor settings a query file may legitimately change (the query image size of the same network;
+#: the arithmetic precision of the same network and weights: int8 or bfloat16 descriptors approximate the
+#: float32 ones, cosine >= 0.99 by the probe of retrieval.features.precision, so a float32 query against
+#: an int8 database ranks as the E1 bound allows)
+QUERY_SIDE_KEYS = frozenset({"size", "name", "input", "upscale", "scales", "max_side", "max_keypoints",
+                             "precision", "calibration", "calibration_sha256"})
 
 
 def _flat(config: Any, prefix: str = "") -> Dict[str, Any]:
