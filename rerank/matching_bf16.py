@@ -176,11 +176,36 @@ def _bound(norm_bf: np.ndarray, norm_res: np.ndarray, other_bf: float, other_res
     return _SAFETY * (inputs + accumulation) + _half_ulp(magnitude)
 
 
-def _f32_at_most(cut: np.ndarray) -> np.ndarray:
-    """The largest float32 <= each cut: ``x >= it`` keeps every float32 ``x >= cut`` (and perhaps one
-    more ulp's worth)."""
-    c32 = cut.astype(np.float32)
-    return np.where(c32.astype(np.float64) > cut, np.nextafter(c32, np.float32(-np.inf)), c32)
+_KEY_FLOOR = np.int16(-32768)  # below the key of every bfloat16 number (-inf included)
+_SIGN_FLIP = np.int16(0x7FFF)
+
+
+def _keys(t: torch.Tensor, nonneg: bool) -> np.ndarray:
+    """int16 keys in the order of the bfloat16 values of ``t``, for numpy's fast integer argmax: the
+    bit patterns themselves when every value is >= +0 (products of nonnegative rows, whose -0.0 were
+    made +0.0), else sign-magnitude flipped (one pass)."""
+    bits = t.view(torch.int16).numpy()
+    return bits if nonneg else bits ^ ((bits >> 15) & _SIGN_FLIP)
+
+
+def _values(keys: np.ndarray, nonneg: bool) -> np.ndarray:
+    """The float64 values of :func:`_keys` (the flip is its own inverse)."""
+    bits = keys if nonneg else keys ^ ((keys >> 15) & _SIGN_FLIP)
+    return (bits.astype(np.int32) << 16).view(np.float32).astype(np.float64)
+
+
+def _cut_keys(cut: np.ndarray, nonneg: bool) -> np.ndarray:
+    """Keys ``c`` such that ``key >= c`` selects exactly the bfloat16 values ``>= cut``."""
+    # float32 rounding is monotone and keeps every bfloat16 value: v >= cut <=> v >= fl32(cut)
+    want = torch.from_numpy(np.asarray(cut, np.float64)).float()
+    rounded = want.bfloat16()
+    up = rounded.float() < want
+    rounded = torch.where(up, torch.nextafter(rounded, torch.full_like(rounded, float("inf"))), rounded)
+    bits = rounded.view(torch.int16).numpy()
+    if nonneg:
+        return np.maximum(bits, 0)  # a cut <= 0 keeps every value (all are >= +0)
+    keys = bits ^ ((bits >> 15) & _SIGN_FLIP)
+    return np.where(rounded.float().numpy() == 0, np.int16(-1), keys)  # -0.0 (key -1) >= a zero cut
 
 
 class _QueryBF16(_Query):
@@ -226,16 +251,18 @@ def _candidates(query: _QueryBF16, db: PreparedDescriptors, r0: int, r1: int, ra
     whose ratio test may pass (module docstring); rows listed in ascending runs."""
     q = query.prep
     m = len(db.sqnorm32)
+    nonneg = db.nonneg and q.nonneg
     t = torch.mm(query.bf16[r0:r0 + _padded(r1 - r0, _QUERY_ROWS)], db.bf16.T)  # bfloat16 estimates
-    t = t.float().numpy()[:r1 - r0, :m]
+    keys = _keys(t, nonneg)[:r1 - r0, :m]
     ar = np.arange(r1 - r0)
-    i1 = t.argmax(1)
-    t1 = t[ar, i1].astype(np.float64)
-    magnitude = np.maximum(t1, -t.min(1)) if not (db.nonneg and q.nonneg) else t1
-    t[ar, i1] = -np.inf
-    i2 = t.argmax(1)
-    t2 = t[ar, i2].astype(np.float64)
-    t[ar, i1] = t1
+    i1 = keys.argmax(1)
+    k1 = keys[ar, i1]
+    t1 = _values(k1, nonneg)
+    magnitude = t1 if nonneg else np.maximum(np.abs(t1), np.abs(_values(keys.min(1), nonneg)))
+    keys[ar, i1] = _KEY_FLOOR
+    i2 = keys.argmax(1)
+    t2 = _values(keys[ar, i2], nonneg)
+    keys[ar, i1] = k1
     E = _bound(q.norm_bf[r0:r1], q.norm_res[r0:r1], float(db.norm_bf.max()), float(db.norm_res.max()),
                db.bf16.shape[1], magnitude)
     beta_lo, beta_hi = float(db.half_sq.min()), float(db.half_sq.max())
@@ -249,14 +276,14 @@ def _candidates(query: _QueryBF16, db: PreparedDescriptors, r0: int, r1: int, ra
         d2_hi = a2 - 2 * (t2 - E - beta_hi) + slack
         maybe = d1_lo < (ratio * ratio) * d2_hi
     rows = np.flatnonzero(maybe)
-    cut = _f32_at_most(t2[rows] - 2 * E[rows] - (beta_hi - beta_lo) - slack[rows])
+    cut = _cut_keys(t2[rows] - 2 * E[rows] - (beta_hi - beta_lo) - slack[rows], nonneg)
     # the candidates of the rows that may pass: the two largest estimates, then the next largest
-    # while they reach the cut (a few argmax passes over those rows), the rest by a full comparison
-    sub = t[rows]
+    # while they reach the cut (argmax passes over those rows), the rest by a full comparison
+    sub = keys[rows]
     ar = np.arange(len(rows))
     out_rows, out_cols = [rows, rows], [i1[rows], i2[rows]]
-    sub[ar, i1[rows]] = -np.inf
-    sub[ar, i2[rows]] = -np.inf
+    sub[ar, i1[rows]] = _KEY_FLOOR
+    sub[ar, i2[rows]] = _KEY_FLOOR
     live = np.ones(len(rows), bool)
     for _ in range(_ARGMAX_PASSES):
         ik = sub.argmax(1)
@@ -265,7 +292,7 @@ def _candidates(query: _QueryBF16, db: PreparedDescriptors, r0: int, r1: int, ra
             break
         out_rows.append(rows[live])
         out_cols.append(ik[live])
-        sub[ar[live], ik[live]] = -np.inf
+        sub[ar[live], ik[live]] = _KEY_FLOOR
     rest = np.flatnonzero(live)
     if len(rest):
         rr, cc = np.nonzero(sub[rest] >= cut[rest, None])
