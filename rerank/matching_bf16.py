@@ -5,9 +5,10 @@ rounds them.
 
 Why: on CPUs with native bfloat16 (AVX512-BF16, AMX) torch's bfloat16 GEMM runs 4-5x faster than its
 float32 GEMM for the shapes of matching (~1,000 x 1,500 x 128 per pair), and the GEMM was most of the
-float32 path's time. The bfloat16 scores are off by at most ``E_i`` (the bound of
-:func:`retrieval.indexing.exact_bf16.error_bound`: input rounding, float32 accumulation, output
-rounding), so they can only pre-select; every number that decides a match comes from the exact check.
+float32 path's time. The bfloat16 scores are off by at most ``E_i``
+(:func:`retrieval.rerank.bf16_products.error_bound_rows`: input rounding from the actual residual norms,
+float32 accumulation, output rounding at the row's largest magnitude), so they only pre-select; every
+number that decides a match comes from the exact check.
 
 For one pair (query rows a_i, database rows b_j), with ``s_ij = a_i . b_j``, ``beta_j = |b_j|^2 / 2``
 and ``h_ij = s_ij - beta_j`` (half the float32 path's ``G``; the nearest neighbour maximises it):
@@ -18,13 +19,18 @@ and ``h_ij = s_ij - beta_j`` (half the float32 path's ``G``; the nearest neighbo
 * the true second-largest ``h`` is ``>= T2 - E - beta_hi`` (both rows of the two largest estimates are),
   and ``h_ij <= t_ij + E - beta_lo``; so the exact top two of row i are among the candidates
   ``t_ij >= T2 - 2E - spread`` (less a slack of a few float32 ulps, so that a float32 tie with the
-  runner-up is re-scored too). The candidates (~8 a row on RootSIFT) are re-scored exactly;
+  runner-up is re-scored too). The candidates (~4 a row on RootSIFT) are re-scored exactly;
 * Lowe's test ``d1 < r d2`` (``d^2 = |a|^2 - 2h``) can only pass when it passes with the bounds most
   in its favour (``h1 <= T1 + E - beta_lo``, ``h2 >= T2 - E - beta_hi``); the other rows certainly fail
-  and are not re-scored;
-* mutual test of a passing match (i, j): the query rows that could beat row i in column j (score
-  ``s - |a|^2 / 2``, first index on ties, as the float32 path's argmax) are those whose estimate is
-  within the bound; they come from one bfloat16 product of the matched columns and are re-scored.
+  and are not re-scored (on the Oxford subset two thirds of the rows at ratio 0.9, 94% at 0.8);
+* mutual test of a passing match (i, j): column j's scores ``2 s - |a|^2`` against every query row,
+  exactly (one small float64 GEMM of the matched columns: they are few), first row on ties as the
+  float32 path's argmax.
+
+Database images of similar sizes go through one GEMM in groups of ``group_size`` (each padded to the
+group's width; the reductions then run over all of them at once), and the bfloat16 rows are kept per
+array across queries (:func:`retrieval.rerank.bf16_products.prepared`). The argmax passes read int16
+keys that order the bfloat16 products (:func:`retrieval.rerank.bf16_products.order_keys`).
 
 The exact check computes each candidate product in float64 (exact for float32 / float16 / uint8
 inputs up to ~1e-16) and rounds ``2 s - |b|^2`` to float32, as the float32 path's ``addmm`` does; that
@@ -37,15 +43,15 @@ without native bfloat16 (:func:`retrieval.indexing.exact_bf16.bf16_available`).
 """
 from __future__ import annotations
 
-import threading
-import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from retrieval.indexing.exact_bf16 import bf16_available
+from retrieval.rerank.bf16_products import (KEY_FLOOR, PreparedDescriptors, cut_keys, error_bound_rows, key_values,
+                                            order_keys, padded, prepared)
 from retrieval.rerank.matching import (PairMatches, ShortlistMatches, _check, _match_one, _Query, _torch_threads,
                                        default_workers)
 
@@ -58,154 +64,15 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 #: fraction of the largest (unnormalised SIFT: the candidate window would hold much of each row)
 MAX_SPREAD = 0.01
 _F32_EPS = 2.0 ** -23
-_SAFETY = 1.01  # the bound's own float64 arithmetic
 _ARGMAX_PASSES = 4
 _QUERY_ROWS = 64   # query rows likewise
-
-
-def _padded(rows: int, multiple: int) -> int:
-    return -(-rows // multiple) * multiple  # candidates beyond the top two found by argmax before a full comparison
+  # candidates beyond the top two found by argmax before a full comparison
 
 
 def use_bf16_matching(precision: str) -> bool:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision == "bfloat16" or (precision == "auto" and bf16_available())
-
-
-class PreparedDescriptors:
-    """One side's descriptors as the matcher reads them: bfloat16 rows (the product's input), the
-    float32 path's squared norms, and the pieces of the error bound: norms of the bfloat16 rows and
-    of their rounding residuals. A float32 array is read as it is and never held here (so the cache
-    entry of an array does not keep the array alive); other dtypes keep a float32 copy."""
-
-    __slots__ = ("copy32", "bf16", "sqnorm32", "half_sq", "norm_bf", "norm_res", "nonneg")
-
-    def __init__(self, desc: np.ndarray, multiple: int = 256):
-        f32 = _float32(desc)
-        self.copy32 = None if f32 is desc else f32
-        self.bf16 = _padded_bf16(f32, multiple)
-        # the float32 path's |b|^2 (float32 einsum), so that both paths subtract the same number
-        self.sqnorm32 = np.einsum("ij,ij->i", f32, f32)
-        self.half_sq = self.sqnorm32.astype(np.float64) / 2
-        rounded = self.bf16[:len(f32)].double().numpy()
-        residual = f32.astype(np.float64) - rounded
-        self.norm_bf = np.sqrt(np.einsum("ij,ij->i", rounded, rounded))
-        self.norm_res = np.sqrt(np.einsum("ij,ij->i", residual, residual))
-        self.nonneg = bool(len(f32) == 0 or f32.min() >= 0)
-
-    def float32(self, desc: np.ndarray) -> np.ndarray:
-        return desc if self.copy32 is None else self.copy32
-
-
-def _padded_bf16(f32: np.ndarray, multiple: int) -> torch.Tensor:
-    """bfloat16 rows padded with zero rows to a multiple of ``multiple``: the GEMM's shapes then
-    repeat across pairs and queries, and oneDNN reuses its compiled kernel for a shape instead of
-    building one per pair (~0.7 ms each, more than the product itself)."""
-    rows = -(-len(f32) // multiple) * multiple
-    out = torch.zeros((rows, f32.shape[1]), dtype=torch.bfloat16)
-    # -0.0 + 0.0 = +0.0: no negative zero reaches the product (a row of them would give -0.0)
-    out[:len(f32)] = torch.from_numpy(f32 + np.float32(0.0))
-    return out
-
-
-def _float32(desc: np.ndarray) -> np.ndarray:
-    arr = np.asarray(desc)
-    if arr.dtype == np.float32 and arr.flags.c_contiguous:
-        return arr
-    return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-class _PreparedCache:
-    """Prepared descriptors by array identity, held as long as the array lives (a weak reference
-    to the array drops its entry), so a database image kept in memory across queries (a preloaded
-    dict, a cached store) is converted once, not once per query."""
-
-    def __init__(self):
-        self._entries: Dict[int, tuple] = {}
-        self._lock = threading.Lock()
-
-    def get(self, desc: np.ndarray) -> PreparedDescriptors:
-        key = id(desc)
-        with self._lock:
-            hit = self._entries.get(key)
-        if hit is not None and hit[0]() is desc:
-            return hit[1]
-        prep = PreparedDescriptors(desc)
-        try:
-            ref = weakref.ref(desc, lambda r, key=key: self._drop(key, r))
-        except TypeError:  # not weakly referenceable: not cached
-            return prep
-        with self._lock:
-            self._entries[key] = (ref, prep)
-        return prep
-
-    def _drop(self, key: int, ref) -> None:
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None and hit[0] is ref:
-                del self._entries[key]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-_CACHE = _PreparedCache()
-
-
-def prepared(desc: np.ndarray) -> PreparedDescriptors:
-    """The (cached) :class:`PreparedDescriptors` of ``desc``."""
-    return _CACHE.get(desc)
-
-
-def _half_ulp(magnitude: np.ndarray) -> np.ndarray:
-    """Half a bfloat16 ulp at ``magnitude`` (the output rounding of every entry up to it)."""
-    _, exp = np.frexp(np.maximum(np.abs(magnitude), np.finfo(np.float32).tiny))
-    return np.ldexp(np.ones(np.shape(magnitude)), (exp - 9).astype(np.int32))
-
-
-def _bound(norm_bf: np.ndarray, norm_res: np.ndarray, other_bf: float, other_res: float, dim: int,
-           magnitude: np.ndarray) -> np.ndarray:
-    """Bound on ``|t - s|`` for rows (``norm_bf``, ``norm_res``: norms of the bfloat16 rows and their
-    rounding residuals) against any row of the other side (largest norms ``other_bf``, ``other_res``),
-    where every estimate of the row is at most ``magnitude`` in size: input rounding (Cauchy-Schwarz on
-    ``a.b - a~.b~ = a~.db + da.b~ + da.db``), float32 accumulation of ``dim`` products, and the
-    rounding of the output to bfloat16."""
-    inputs = norm_bf * other_res + norm_res * other_bf + norm_res * other_res
-    accumulation = dim * 2.0 ** -24 * norm_bf * other_bf
-    return _SAFETY * (inputs + accumulation) + _half_ulp(magnitude)
-
-
-_KEY_FLOOR = np.int16(-32768)  # below the key of every bfloat16 number (-inf included)
-_SIGN_FLIP = np.int16(0x7FFF)
-
-
-def _keys(t: torch.Tensor, nonneg: bool) -> np.ndarray:
-    """int16 keys in the order of the bfloat16 values of ``t``, for numpy's fast integer argmax: the
-    bit patterns themselves when every value is >= +0 (products of nonnegative rows, whose -0.0 were
-    made +0.0), else sign-magnitude flipped (one pass)."""
-    bits = t.view(torch.int16).numpy()
-    return bits if nonneg else bits ^ ((bits >> 15) & _SIGN_FLIP)
-
-
-def _values(keys: np.ndarray, nonneg: bool) -> np.ndarray:
-    """The float64 values of :func:`_keys` (the flip is its own inverse)."""
-    bits = keys if nonneg else keys ^ ((keys >> 15) & _SIGN_FLIP)
-    return (bits.astype(np.int32) << 16).view(np.float32).astype(np.float64)
-
-
-def _cut_keys(cut: np.ndarray, nonneg: bool) -> np.ndarray:
-    """Keys ``c`` such that ``key >= c`` selects exactly the bfloat16 values ``>= cut``."""
-    # float32 rounding is monotone and keeps every bfloat16 value: v >= cut <=> v >= fl32(cut)
-    want = torch.from_numpy(np.asarray(cut, np.float64)).float()
-    rounded = want.bfloat16()
-    up = rounded.float() < want
-    rounded = torch.where(up, torch.nextafter(rounded, torch.full_like(rounded, float("inf"))), rounded)
-    bits = rounded.view(torch.int16).numpy()
-    if nonneg:
-        return np.maximum(bits, 0)  # a cut <= 0 keeps every value (all are >= +0)
-    keys = bits ^ ((bits >> 15) & _SIGN_FLIP)
-    return np.where(rounded.float().numpy() == 0, np.int16(-1), keys)  # -0.0 (key -1) >= a zero cut
 
 
 class _QueryBF16(_Query):
@@ -246,103 +113,140 @@ def _mutual_owners(query: _QueryBF16, db32: np.ndarray, qi: np.ndarray, dj: np.n
     return score.argmax(1)[inverse] == qi
 
 
-def _candidates(query: _QueryBF16, db: PreparedDescriptors, r0: int, r1: int, ratio: Optional[float]):
-    """Rows ``r0:r1``: the (row, column) pairs that may hold each row's exact top two, for the rows
-    whose ratio test may pass (module docstring); rows listed in ascending runs."""
+class _Group:
+    """Database images matched by one GEMM: their bfloat16 rows stacked, each padded to the
+    group's width ``width`` (the images of a group have similar sizes), and per image the
+    constants of the bound."""
+
+    def __init__(self, descs: Sequence[np.ndarray], preps: Sequence[PreparedDescriptors]):
+        self.descs = [p.float32(d) for d, p in zip(descs, preps)]
+        self.preps = preps
+        self.sizes = np.array([len(d) for d in self.descs])
+        self.width = max(p.bf16.shape[0] for p in preps)
+        dim = self.descs[0].shape[1]
+        self.stack = torch.zeros((len(preps) * self.width, dim), dtype=torch.bfloat16)
+        for k, p in enumerate(preps):
+            self.stack[k * self.width:k * self.width + len(p.bf16)] = p.bf16
+        self.nonneg = all(p.nonneg for p in preps)
+        self.norm_bf = np.array([p.norm_bf.max() for p in preps])
+        self.norm_res = np.array([p.norm_res.max() for p in preps])
+        self.beta_lo = np.array([p.half_sq.min() for p in preps])
+        self.beta_hi = np.array([p.half_sq.max() for p in preps])
+
+
+def _candidates(query: _QueryBF16, group: _Group, r0: int, r1: int, ratio: Optional[float]):
+    """Query rows ``r0:r1`` against every image of ``group``: ``(rows, images, cols)`` of the
+    candidates that may hold each (row, image)'s exact top two, for the (row, image)s whose ratio
+    test may pass (module docstring)."""
     q = query.prep
-    m = len(db.sqnorm32)
-    nonneg = db.nonneg and q.nonneg
-    t = torch.mm(query.bf16[r0:r0 + _padded(r1 - r0, _QUERY_ROWS)], db.bf16.T)  # bfloat16 estimates
-    keys = _keys(t, nonneg)[:r1 - r0, :m]
-    ar = np.arange(r1 - r0)
-    i1 = keys.argmax(1)
-    k1 = keys[ar, i1]
-    t1 = _values(k1, nonneg)
-    magnitude = t1 if nonneg else np.maximum(np.abs(t1), np.abs(_values(keys.min(1), nonneg)))
-    keys[ar, i1] = _KEY_FLOOR
-    i2 = keys.argmax(1)
-    t2 = _values(keys[ar, i2], nonneg)
-    keys[ar, i1] = k1
-    E = _bound(q.norm_bf[r0:r1], q.norm_res[r0:r1], float(db.norm_bf.max()), float(db.norm_res.max()),
-               db.bf16.shape[1], magnitude)
-    beta_lo, beta_hi = float(db.half_sq.min()), float(db.half_sq.max())
-    a2 = query.sqnorm[r0:r1]
+    g, width = len(group.preps), group.width
+    nonneg = group.nonneg and q.nonneg
+    t = torch.mm(query.bf16[r0:r0 + padded(r1 - r0, _QUERY_ROWS)], group.stack.T)  # bfloat16 estimates
+    keys = order_keys(t, nonneg)[:r1 - r0].reshape(r1 - r0, g, width)
+    lowest = None if nonneg else key_values(keys.min(2), nonneg)  # padding (+0) included: harmless
+    for k, m in enumerate(group.sizes):
+        keys[:, k, m:] = KEY_FLOOR  # padding never wins
+    i1 = keys.argmax(2)
+    k1 = np.take_along_axis(keys, i1[:, :, None], 2)
+    t1 = key_values(k1[:, :, 0], nonneg)
+    magnitude = t1 if nonneg else np.maximum(np.abs(t1), np.abs(lowest))
+    np.put_along_axis(keys, i1[:, :, None], KEY_FLOOR, 2)
+    i2 = keys.argmax(2)
+    t2 = key_values(np.take_along_axis(keys, i2[:, :, None], 2)[:, :, 0], nonneg)
+    np.put_along_axis(keys, i1[:, :, None], k1, 2)
+    E = error_bound_rows(q.norm_bf[r0:r1, None], q.norm_res[r0:r1, None], group.norm_bf, group.norm_res,
+               query.f32.shape[1], magnitude)
+    a2 = query.sqnorm[r0:r1, None]
     # a float32 rounding of |a|^2 - 2h is ~ulps of its terms: widen every test by that much
-    slack = 8 * _F32_EPS * (a2 + 2 * beta_hi + 2 * np.abs(t1) + 2 * E)
+    slack = 8 * _F32_EPS * (a2 + 2 * group.beta_hi + 2 * np.abs(t1) + 2 * E)
     if ratio is None:
-        maybe = np.ones(r1 - r0, bool)
+        maybe = np.ones((r1 - r0, g), bool)
     else:
-        d1_lo = np.maximum(a2 - 2 * (t1 + E - beta_lo) - slack, 0.0)
-        d2_hi = a2 - 2 * (t2 - E - beta_hi) + slack
+        d1_lo = np.maximum(a2 - 2 * (t1 + E - group.beta_lo) - slack, 0.0)
+        d2_hi = a2 - 2 * (t2 - E - group.beta_hi) + slack
         maybe = d1_lo < (ratio * ratio) * d2_hi
-    rows = np.flatnonzero(maybe)
-    cut = _cut_keys(t2[rows] - 2 * E[rows] - (beta_hi - beta_lo) - slack[rows], nonneg)
-    # the candidates of the rows that may pass: the two largest estimates, then the next largest
-    # while they reach the cut (argmax passes over those rows), the rest by a full comparison
-    sub = keys[rows]
-    ar = np.arange(len(rows))
-    out_rows, out_cols = [rows, rows], [i1[rows], i2[rows]]
-    sub[ar, i1[rows]] = _KEY_FLOOR
-    sub[ar, i2[rows]] = _KEY_FLOOR
-    live = np.ones(len(rows), bool)
+    flat = np.flatnonzero(maybe)  # (row, image) pairs, row-major
+    cut = cut_keys((t2 - 2 * E - (group.beta_hi - group.beta_lo) - slack).ravel()[flat], nonneg)
+    # the candidates: the two largest estimates, then the next largest while they reach the cut
+    # (argmax passes over those rows), the rest by a full comparison
+    sub = keys.reshape(-1, width)[flat]
+    ar = np.arange(len(flat))
+    i1f, i2f = i1.ravel()[flat], i2.ravel()[flat]
+    out_flat, out_cols = [flat, flat], [i1f, i2f]
+    sub[ar, i1f] = KEY_FLOOR
+    sub[ar, i2f] = KEY_FLOOR
+    live = np.ones(len(flat), bool)
     for _ in range(_ARGMAX_PASSES):
         ik = sub.argmax(1)
         live &= sub[ar, ik] >= cut
         if not live.any():
             break
-        out_rows.append(rows[live])
+        out_flat.append(flat[live])
         out_cols.append(ik[live])
-        sub[ar[live], ik[live]] = _KEY_FLOOR
+        sub[ar[live], ik[live]] = KEY_FLOOR
     rest = np.flatnonzero(live)
     if len(rest):
         rr, cc = np.nonzero(sub[rest] >= cut[rest, None])
-        out_rows.append(rows[rest[rr]])
+        out_flat.append(flat[rest[rr]])
         out_cols.append(cc)
-    return np.concatenate(out_rows) + r0, np.concatenate(out_cols)
+    flat, cols = np.concatenate(out_flat), np.concatenate(out_cols)
+    return flat // g + r0, flat % g, cols
 
 
-def _match_one_bf16(query: _QueryBF16, db_desc: np.ndarray, ratio: Optional[float], mutual: bool,
-                    row_block: int) -> PairMatches:
-    n, m = len(query.t), len(db_desc)
-    if n == 0 or m < 2:
-        return _match_one(query, db_desc, ratio, mutual, row_block)
-    db = prepared(db_desc)
-    db32 = db.float32(db_desc)
-    spread = float(db.half_sq.max() - db.half_sq.min())
-    if spread > MAX_SPREAD * float(db.half_sq.max()):
-        return _match_one(query, db_desc, ratio, mutual, row_block)
-    best = np.zeros(n, np.int64)
-    g1 = np.zeros(n, np.float64)
-    g2 = np.zeros(n, np.float64)
-    done = np.zeros(n, bool)
+def _match_group(query: _QueryBF16, group: _Group, ratio: Optional[float], mutual: bool,
+                 row_block: int) -> List[PairMatches]:
+    n, g = len(query.f32), len(group.preps)
+    best = np.zeros((n, g), np.int64)
+    g1 = np.zeros((n, g))
+    g2 = np.zeros((n, g))
+    done = np.zeros((n, g), bool)
     for r0 in range(0, n, row_block):
-        rows, cols = _candidates(query, db, r0, min(n, r0 + row_block), ratio)
-        if len(rows) == 0:
-            continue
-        # the float32 path's G = fl32(2 a.b - |b|^2), here from the exact product
-        score = (2 * _exact_dots(query.f32, db32, rows, cols) - db.sqnorm32[cols]).astype(np.float32)
-        ids, col, s1, s2 = _segments_top2(rows, cols, score)
-        best[ids], g1[ids], g2[ids], done[ids] = col, s1, s2, True
-    d1sq = np.maximum(query.sqnorm - g1, 0.0)
-    d2sq = np.maximum(query.sqnorm - g2, 0.0)
+        rows, images, cols = _candidates(query, group, r0, min(n, r0 + row_block), ratio)
+        score = np.empty(len(rows), np.float32)
+        for k in range(g):
+            at = np.flatnonzero(images == k)
+            # the float32 path's G = fl32(2 a.b - |b|^2), here from the exact product
+            exact = _exact_dots(query.f32, group.descs[k], rows[at], cols[at])
+            score[at] = (2 * exact - group.preps[k].sqnorm32[cols[at]]).astype(np.float32)
+        ids, col, s1, s2 = _segments_top2(rows * g + images, cols, score)
+        best.flat[ids], g1.flat[ids], g2.flat[ids], done.flat[ids] = col, s1, s2, True
+    d1sq = np.maximum(query.sqnorm[:, None] - g1, 0.0)
+    d2sq = np.maximum(query.sqnorm[:, None] - g2, 0.0)
     keep = done.copy() if ratio is None else done & (d1sq < (ratio * ratio) * d2sq)
-    if mutual:
-        cand = np.flatnonzero(keep)
-        if len(cand):
-            keep[cand] = _mutual_owners(query, db32, cand, best[cand])
-    sel = np.flatnonzero(keep)
-    d1, d2 = np.sqrt(d1sq[sel]), np.sqrt(d2sq[sel])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rat = d1 / d2
-    rat[(d1sq[sel] == 0) & (d2sq[sel] == 0)] = 1.0
-    return PairMatches(sel, best[sel], d1.astype(np.float32), rat.astype(np.float32), n_tentative=n)
+    out = []
+    for k in range(g):
+        cand = np.flatnonzero(keep[:, k])
+        if mutual and len(cand):
+            cand = cand[_mutual_owners(query, group.descs[k], cand, best[cand, k])]
+        d1, d2 = np.sqrt(d1sq[cand, k]), np.sqrt(d2sq[cand, k])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rat = d1 / d2
+        rat[(d1 == 0) & (d2 == 0)] = 1.0
+        out.append(PairMatches(cand, best[cand, k], d1.astype(np.float32), rat.astype(np.float32), n_tentative=n))
+    return out
+
+
+def _plan(db_descs: Sequence[np.ndarray], group_size: int):
+    """``(groups, singles)``: images for the bfloat16 path in groups of similar sizes (index lists),
+    and the images the float32 path answers (fewer than two descriptors, or norms spread widely)."""
+    fast, singles = [], []
+    for j, d in enumerate(db_descs):
+        if len(d) < 2:
+            singles.append(j)
+            continue
+        p = prepared(d)
+        spread = float(p.half_sq.max() - p.half_sq.min())
+        (singles if spread > MAX_SPREAD * float(p.half_sq.max()) else fast).append(j)
+    fast.sort(key=lambda j: len(db_descs[j]))
+    return [fast[i:i + group_size] for i in range(0, len(fast), group_size)], singles
 
 
 def match_shortlist_bf16(query_desc: np.ndarray, db_descs: Sequence[np.ndarray], ratio: Optional[float] = 0.8,
                          mutual: bool = False, n_workers: Optional[int] = None,
-                         row_block: int = 1024) -> ShortlistMatches:
+                         row_block: int = 1024, group_size: int = 8) -> ShortlistMatches:
     """:func:`retrieval.rerank.matching.match_shortlist` (same arguments, same matches) with the
-    bfloat16 pre-selection and exact check of the module docstring. Database descriptors are
+    bfloat16 pre-selection and exact check of the module docstring: ``group_size`` database images
+    of similar sizes per GEMM, the groups in ``n_workers`` threads. Database descriptors are
     prepared once per array and reused while the array lives (:func:`prepared`)."""
     _check(query_desc, db_descs)
     if ratio is not None and not 0.0 < ratio <= 1.0:
@@ -350,16 +254,26 @@ def match_shortlist_bf16(query_desc: np.ndarray, db_descs: Sequence[np.ndarray],
     if len(query_desc) == 0:
         return ShortlistMatches([PairMatches.empty(0) for _ in db_descs])
     query = _QueryBF16(query_desc)
+    groups, singles = _plan(db_descs, max(1, int(group_size)))
+    tasks = [("group", idx) for idx in groups] + [("single", [j]) for j in singles]
     workers = default_workers() if n_workers is None else max(1, int(n_workers))
-    workers = min(workers, max(1, len(db_descs)))
+    workers = min(workers, max(1, len(tasks)))
 
-    def one(d):
-        return _match_one_bf16(query, d, ratio, mutual, row_block)
+    def one(task):
+        kind, idx = task
+        if kind == "single":
+            return [_match_one(query, db_descs[idx[0]], ratio, mutual, row_block)]
+        group = _Group([db_descs[j] for j in idx], [prepared(db_descs[j]) for j in idx])
+        return _match_group(query, group, ratio, mutual, row_block)
 
+    pairs: List[Optional[PairMatches]] = [None] * len(db_descs)
     with _torch_threads(1 if workers > 1 else torch.get_num_threads()):
         if workers == 1:
-            pairs = [one(d) for d in db_descs]
+            results = [one(t) for t in tasks]
         else:
             with ThreadPoolExecutor(workers) as pool:
-                pairs = list(pool.map(one, db_descs))
-    return ShortlistMatches(pairs)
+                results = list(pool.map(one, tasks))
+    for (_, idx), res in zip(tasks, results):
+        for j, pm in zip(idx, res):
+            pairs[j] = pm
+    return ShortlistMatches(pairs)  # type: ignore[arg-type]

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from retrieval.features.sift import SiftExtractor
-from retrieval.rerank import matching_bf16
+from retrieval.rerank import bf16_products
 from retrieval.rerank.matching import match_shortlist
-from retrieval.rerank.matching_bf16 import match_shortlist_bf16, prepared
+from retrieval.rerank.bf16_products import prepared
+from retrieval.rerank.matching_bf16 import match_shortlist_bf16
 from retrieval.rerank.ratio import RatioTestScorer
 from retrieval.rerank.spatial import SpatialConfig, SpatialVerifier
 
@@ -133,10 +134,10 @@ def test_prepared_descriptors_are_cached_while_the_array_lives(rootsift):
     arr = rootsift[2].descriptors.copy()
     first = prepared(arr)
     assert prepared(arr) is first
-    size = len(matching_bf16._CACHE)
+    size = len(bf16_products._CACHE)
     del arr
     gc.collect()
-    assert len(matching_bf16._CACHE) == size - 1
+    assert len(bf16_products._CACHE) == size - 1
     other = rootsift[2].descriptors.copy()
     assert prepared(other) is not first  # an equal but distinct array is prepared afresh
 
