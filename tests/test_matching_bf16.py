@@ -155,3 +155,35 @@ def test_scorers_give_equal_scores(rootsift):
     assert ratio_new[0] > 2 * ratio_new[1:4].max()
     with pytest.raises(ValueError, match="precision"):
         RatioTestScorer(0.8, precision="half")
+
+
+def test_shortlist_scoring_reads_each_database_image_once(rootsift, tmp_path):
+    from retrieval.features.store import LocalFeatureStore
+    from retrieval.rerank import Shortlist
+
+    ids = [f"img{i}" for i in range(len(rootsift))]
+    with LocalFeatureStore(tmp_path / "local.h5", "a", config={"name": "rootsift-1k"}) as store:
+        for i, f in zip(ids, rootsift):
+            store.put(i, f)
+    db_ids = [[ids[1], ids[2], ids[3]], [ids[2], ids[3], ids[1]], [ids[3], ids[1], ids[2]]]
+    shortlist = Shortlist([ids[0], ids[4], ids[5]], db_ids, np.ones((3, 3)))
+    reads = []
+    with LocalFeatureStore(tmp_path / "local.h5", "r") as store:
+        class Counting:
+            path, config = store.path, store.config
+
+            def put(self, *a):
+                raise AssertionError("read only")
+
+            def get(self, image_id):
+                reads.append(image_id)
+                return store.get(image_id)
+
+            def __getitem__(self, image_id):
+                return self.get(image_id)
+
+        scores = shortlist.score_with(RatioTestScorer(0.8), Counting(), Counting(), progress=False)
+    queries = [r for r in reads if r in (ids[0], ids[4], ids[5])]
+    assert sorted(r for r in reads if r not in queries) == sorted(ids[1:4])  # each database image once
+    plain = RatioTestScorer(0.8, precision="float32")
+    np.testing.assert_array_equal(scores[0], plain.score(rootsift[0], [rootsift[1], rootsift[2], rootsift[3]]))
