@@ -202,6 +202,8 @@ def _match_group(query: _QueryBF16, group: _Group, ratio: Optional[float], mutua
     done = np.zeros((n, g), bool)
     for r0 in range(0, n, row_block):
         rows, images, cols = _candidates(query, group, r0, min(n, r0 + row_block), ratio)
+        if len(rows) == 0:  # every row of the block certainly fails the ratio test
+            continue
         score = np.empty(len(rows), np.float32)
         for k in range(g):
             at = np.flatnonzero(images == k)
@@ -243,7 +245,7 @@ def _plan(db_descs: Sequence[np.ndarray], group_size: int):
 
 def match_shortlist_bf16(query_desc: np.ndarray, db_descs: Sequence[np.ndarray], ratio: Optional[float] = 0.8,
                          mutual: bool = False, n_workers: Optional[int] = None,
-                         row_block: int = 1024, group_size: int = 8) -> ShortlistMatches:
+                         row_block: int = 512, group_size: int = 4) -> ShortlistMatches:
     """:func:`retrieval.rerank.matching.match_shortlist` (same arguments, same matches) with the
     bfloat16 pre-selection and exact check of the module docstring: ``group_size`` database images
     of similar sizes per GEMM, the groups in ``n_workers`` threads. Database descriptors are

@@ -120,6 +120,9 @@ def test_edge_cases_and_dtypes(rootsift, pairs_dir):
         new = match_shortlist_bf16(q, [empty, single, rootsift[1].descriptors], ratio=ratio)
         _assert_same(old, new)
     assert len(match_shortlist_bf16(empty, [rootsift[1].descriptors])[0]) == 0
+    # a ratio so strict that every row of a block certainly fails: no candidate at all
+    strict = match_shortlist_bf16(q, [f.descriptors for f in rootsift[2:]], ratio=0.05, row_block=64)
+    assert strict.n_matches.sum() == 0 and strict.n_tentative.tolist() == [len(q)] * 4
     half = [f.descriptors.astype(np.float16) for f in rootsift[1:4]]
     _assert_same(match_shortlist(q.astype(np.float16), half, ratio=0.8, mutual=True),
                  match_shortlist_bf16(q.astype(np.float16), half, ratio=0.8, mutual=True))
