@@ -255,26 +255,28 @@ def match_shortlist_bf16(query_desc: np.ndarray, db_descs: Sequence[np.ndarray],
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
     if len(query_desc) == 0:
         return ShortlistMatches([PairMatches.empty(0) for _ in db_descs])
-    query = _QueryBF16(query_desc)
-    groups, singles = _plan(db_descs, max(1, int(group_size)))
-    tasks = [("group", idx) for idx in groups] + [("single", [j]) for j in singles]
     workers = default_workers() if n_workers is None else max(1, int(n_workers))
-    workers = min(workers, max(1, len(tasks)))
-
-    def one(task):
-        kind, idx = task
-        if kind == "single":
-            return [_match_one(query, db_descs[idx[0]], ratio, mutual, row_block)]
-        group = _Group([db_descs[j] for j in idx], [prepared(db_descs[j]) for j in idx])
-        return _match_group(query, group, ratio, mutual, row_block)
-
-    pairs: List[Optional[PairMatches]] = [None] * len(db_descs)
+    workers = min(workers, max(1, len(db_descs)))
+    # every torch op here, the preparation included, single-threaded when the pool runs in parallel:
+    # torch's own threads would wait on each other under the pool (and spin on a loaded machine)
     with _torch_threads(1 if workers > 1 else torch.get_num_threads()):
-        if workers == 1:
+        query = _QueryBF16(query_desc)
+        groups, singles = _plan(db_descs, max(1, int(group_size)))
+        tasks = [("group", idx) for idx in groups] + [("single", [j]) for j in singles]
+
+        def one(task):
+            kind, idx = task
+            if kind == "single":
+                return [_match_one(query, db_descs[idx[0]], ratio, mutual, row_block)]
+            group = _Group([db_descs[j] for j in idx], [prepared(db_descs[j]) for j in idx])
+            return _match_group(query, group, ratio, mutual, row_block)
+
+        if workers == 1 or len(tasks) < 2:
             results = [one(t) for t in tasks]
         else:
-            with ThreadPoolExecutor(workers) as pool:
+            with ThreadPoolExecutor(min(workers, len(tasks))) as pool:
                 results = list(pool.map(one, tasks))
+    pairs: List[Optional[PairMatches]] = [None] * len(db_descs)
     for (_, idx), res in zip(tasks, results):
         for j, pm in zip(idx, res):
             pairs[j] = pm
