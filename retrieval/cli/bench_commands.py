@@ -7,6 +7,7 @@ data or one dataset timed), each a function of :mod:`retrieval.bench` or :mod:`r
     retrieval bench scale [--quick]                                                   # benchmarks/scale.py
     retrieval bench store-integrity [--entries N --rows N --rounds N]                 # benchmarks/store_integrity.py
     retrieval bench serve-load [--vectors N --dim D]                                  # benchmarks/serve_load.py
+    retrieval bench rerank-speed [--cache DIR] [--queries N]                          # benchmarks/rerank_speed.py
 
 The experiments (the E1-E8 ladder, the classical and descriptor studies, multi-view) run with
 ``retrieval run NAME`` (``retrieval run --list``).
@@ -25,10 +26,11 @@ __all__ = ["register"]
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks: index-speed, deep-speed, scale, store-integrity, "
-                                                 "serve-load, learned-speed, asmk-eval, fusion-default "
+                                                 "serve-load, learned-speed, rerank-speed, asmk-eval, fusion-default "
                                                  "(experiments: retrieval run)")
     sub = parser.add_subparsers(dest="bench_command", metavar="{index-speed,deep-speed,scale,store-integrity,"
-                                                               "serve-load,learned-speed,asmk-eval,fusion-default}",
+                                                               "serve-load,learned-speed,rerank-speed,asmk-eval,"
+                                                               "fusion-default}",
                                 required=True)
     _index_speed_parser(sub)
     _deep_speed_parser(sub)
@@ -36,6 +38,7 @@ def register(subparsers) -> None:
     _store_integrity_parser(sub)
     _serve_load_parser(sub)
     _learned_speed_parser(sub)
+    _rerank_speed_parser(sub)
     _asmk_eval_parser(sub)
     _fusion_default_parser(sub)
 
@@ -264,6 +267,17 @@ def _learned_speed_parser(sub) -> None:
     p.set_defaults(func=lambda args: _run_bench("learned_speed", args))
 
 
+def _rerank_speed_parser(sub) -> None:
+    p = _described(sub, "rerank-speed", "spatial verification and the ratio test of a top 100, the float32 matcher "
+                   "beside the bfloat16 one (ms/query, scores, mAP)", "retrieval.bench.rerank_speed")
+    p.add_argument("--cache", default="cache/spatial/full/landmark/oxford5k_subset",
+                   help="the landmark cache of 'retrieval run spatial' (E1 shortlist, RootSIFT stores)")
+    p.add_argument("--data", default=None, help="Oxford folder (default: the subset of the data root)")
+    p.add_argument("--queries", type=int, default=None, help="first N queries only (no mAP then)")
+    p.add_argument("--out", default="results/rerank_speed", help="results folder")
+    p.set_defaults(func=lambda args: _run_bench("rerank_speed", args))
+
+
 def _asmk_eval_parser(sub) -> None:
     p = _described(sub, "asmk-eval", "ASMK* as a first-stage search on Oxford", "retrieval.bench.asmk_eval")
     p.add_argument("--data", default=None, help="Oxford folder (default: the subset of the data root)")
@@ -280,6 +294,8 @@ def _run_bench(module: str, args) -> int:
     require_output(args.out, "results", folder=True)
     if module == "learned_speed":
         from ..bench.learned_speed import run
+    elif module == "rerank_speed":
+        from ..bench.rerank_speed import run
     else:
         from ..bench.asmk_eval import run
     run(_options(args))
