@@ -7,6 +7,7 @@ data or one dataset timed), each a function of :mod:`retrieval.bench` or :mod:`r
     retrieval bench scale [--quick]                                                   # benchmarks/scale.py
     retrieval bench store-integrity [--entries N --rows N --rounds N]                 # benchmarks/store_integrity.py
     retrieval bench serve-load [--vectors N --dim D]                                  # benchmarks/serve_load.py
+    retrieval bench rankings [--images 3280 --queries 10000 --database 100000]        # benchmarks/rankings.py
 
 The experiments (the E1-E8 ladder, the classical and descriptor studies, multi-view) run with
 ``retrieval run NAME`` (``retrieval run --list``).
@@ -25,10 +26,10 @@ __all__ = ["register"]
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks: index-speed, deep-speed, scale, store-integrity, "
-                                                 "serve-load, learned-speed, asmk-eval, fusion-default "
+                                                 "serve-load, learned-speed, asmk-eval, fusion-default, rankings "
                                                  "(experiments: retrieval run)")
     sub = parser.add_subparsers(dest="bench_command", metavar="{index-speed,deep-speed,scale,store-integrity,"
-                                                               "serve-load,learned-speed,asmk-eval,fusion-default}",
+                                                               "serve-load,learned-speed,asmk-eval,fusion-default,rankings}",
                                 required=True)
     _index_speed_parser(sub)
     _deep_speed_parser(sub)
@@ -38,6 +39,7 @@ def register(subparsers) -> None:
     _learned_speed_parser(sub)
     _asmk_eval_parser(sub)
     _fusion_default_parser(sub)
+    _rankings_parser(sub)
 
 
 def _options(args) -> argparse.Namespace:
@@ -272,3 +274,33 @@ def _fusion_default(args) -> int:
     main(args.results, args.out)
     return 0
 
+
+
+# -------------------------------------------------------------------------------- rankings
+
+def _rankings_parser(sub) -> None:
+    p = _described(sub, "rankings", "ranking files: size, write time and peak memory, JSON against the binary "
+                   "file, and a 10,000 x 100,000 full ranking written and evaluated streaming",
+                   "retrieval.bench.rankings")
+    p.add_argument("--images", type=int, default=3280, help="(a) images, each also a query (default 3280)")
+    p.add_argument("--dim", type=int, default=256, help="vector dimension (default 256)")
+    p.add_argument("--queries", type=int, default=10_000, help="(b) queries (default 10000)")
+    p.add_argument("--database", type=int, default=100_000, help="(b) database images = k (default 100000)")
+    p.add_argument("--protocol", default="general", help="evaluation protocol (default general: every metric)")
+    p.add_argument("--skip-large", action="store_true", help="measure (a) only")
+    p.add_argument("--folder", type=Path, default=None, help="where to write the rankings (default: a temporary "
+                                                            "folder; (b) needs about queries x database x 8 bytes)")
+    p.add_argument("--out", default="results/rankings", help="results folder")
+    p.set_defaults(func=_rankings)
+
+
+def _rankings(args) -> int:
+    from retrieval.bench.rankings import run
+
+    for name in ("images", "dim", "queries", "database"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name} must be positive, got {getattr(args, name)}")
+    require_output(args.out, "results", folder=True)
+    run(args.images, args.dim, args.queries, args.database, protocol=args.protocol, large=not args.skip_large,
+        folder=args.folder, out=Path(args.out))
+    return 0
