@@ -3,7 +3,7 @@
 (the measurement: :mod:`retrieval.bench.rankings`).
 
     python benchmarks/rankings.py                  # (a) 3,280 images + (b) 10,000 x 100,000
-    python benchmarks/rankings.py --skip-large     # (a) only
+    python benchmarks/rankings.py --part a        # (a) only
 """
 
 import sys

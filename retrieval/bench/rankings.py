@@ -18,6 +18,8 @@ Each step runs in a child process of its own, which reports its peak resident me
 Size and memory do not depend on the vectors' content: random unit vectors with synthesised labels
 (``--per-class`` images a class; queries of (b) are labelled like the database) stand in for images.
 A ``baseline`` child (imports + the synthetic dataset, nothing ranked) gives the fixed part of the RSS.
+``--before DIR`` (the source tree of an earlier version, e.g. ``git archive COMMIT | tar -x -C DIR``) adds
+that version's search (JSON, its default) and whole-file evaluation to (a), measured the same way.
 """
 from __future__ import annotations
 
@@ -81,8 +83,9 @@ def child(task: dict) -> dict:
     start = time.perf_counter()
     out: dict = {}
     if task["step"] == "search":
-        search.main(search.SearchConfig(format=task["format"]), Path(task["index"]), Path(task["queries"]),
-                    Path(task["out"]), progress=False)
+        given = {"format": task["format"]} if task["format"] else {}  # an earlier version has no format
+        conf = search.SearchConfig(k=task.get("k"), **given)
+        search.main(conf, Path(task["index"]), Path(task["queries"]), Path(task["out"]), progress=False)
         out["bytes"] = Path(task["out"]).stat().st_size
     else:
         dataset = synthetic_dataset(task["num_db"], task["per_class"], task.get("num_queries"))
@@ -101,11 +104,19 @@ def child(task: dict) -> dict:
     return out
 
 
-def _measure(task: dict) -> dict:
-    """Run :func:`child` for ``task`` in a new Python process; its JSON report."""
-    code = ("import json, sys; from retrieval.bench.rankings import child; "
-            "print('@@' + json.dumps(child(json.loads(sys.argv[1]))))")
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(task)], capture_output=True, text=True)
+def _measure(task: dict, before: Optional[Path] = None) -> dict:
+    """Run :func:`child` for ``task`` in a new Python process; its JSON report. With ``before`` (the source
+    tree of an earlier version) the child imports that version's ``retrieval`` (this file is loaded by path)."""
+    import os
+
+    code = ("import importlib.util, json, sys; spec = importlib.util.spec_from_file_location('_bench', sys.argv[2]); "
+            "bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench); "
+            "print('@@' + json.dumps(bench.child(json.loads(sys.argv[1]))))")
+    env = dict(os.environ)
+    if before is not None:
+        env["PYTHONPATH"] = os.pathsep.join(x for x in (str(before), env.get("PYTHONPATH")) if x)
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(task), __file__], capture_output=True, text=True,
+                          env=env)
     if done.returncode != 0:
         raise RuntimeError(f"bench step {task['step']} failed: {done.stderr.strip().splitlines()[-1:]}")
     line = next(x for x in done.stdout.splitlines() if x.startswith("@@"))
@@ -127,8 +138,10 @@ def _index(folder: Path, features: Path) -> Path:
     return main(IndexConfig(), features, folder / "index.npz")
 
 
-def run_small(folder: Path, images: int, dim: int, per_class: int, protocol: str) -> dict:
-    """(a): every image a query against all ``images``: JSON vs binary, search and evaluation."""
+def run_small(folder: Path, images: int, dim: int, per_class: int, protocol: str,
+              before: Optional[Path] = None) -> dict:
+    """(a): every image a query against all ``images``: JSON vs binary, search and evaluation (and, with
+    ``before``, the earlier version's search and evaluation of its JSON file)."""
     folder.mkdir(parents=True, exist_ok=True)
     features = _features(folder, "db", _ids("db", images, per_class), dim, seed=0)
     index = _index(folder, features)
@@ -142,6 +155,12 @@ def run_small(folder: Path, images: int, dim: int, per_class: int, protocol: str
     rows.append(_measure(dict(label="evaluate binary (streaming)", step="evaluate-stream",
                               ranking=str(folder / "ranking.rank"), **common)))
     same = rows[-1]["metrics"] == rows[-2]["metrics"]
+    if before is not None:
+        rows.append(_measure(dict(label=f"before ({before.name}): search -> json", step="search", format=None,
+                                  index=str(index), queries=str(features), out=str(folder / "before.json")), before))
+        rows.append(_measure(dict(label=f"before ({before.name}): evaluate json", step="evaluate-whole",
+                                  ranking=str(folder / "before.json"), **common), before))
+        same = same and rows[-1]["metrics"] == rows[-3]["metrics"]
     return {"images": images, "dim": dim, "entries": images * images, "rows": rows, "metrics_equal": same}
 
 
@@ -164,7 +183,7 @@ def run_large(folder: Path, num_queries: int, num_db: int, dim: int, per_class: 
     common = dict(num_db=num_db, per_class=per_class, num_queries=num_queries, protocol=protocol)
     rows = [_measure(dict(label="baseline (imports + dataset)", step="none", **common))]
     rows.append(_measure(dict(label="search -> binary", step="search", format="binary", index=str(index),
-                              queries=str(queries), out=str(folder / "ranking.rank"))))
+                              queries=str(queries), out=str(folder / "ranking.rank"), k=num_db)))
     rows.append(_measure(dict(label="evaluate binary (streaming)", step="evaluate-stream",
                               ranking=str(folder / "ranking.rank"), **common)))
     return {"queries": num_queries, "database": num_db, "dim": dim, "entries": num_queries * num_db,
@@ -180,23 +199,27 @@ def _table(title: str, report: dict) -> List[str]:
 
 
 def run(images: int = 3280, dim: int = 256, queries: int = 10_000, database: int = 100_000, per_class: int = 20,
-        protocol: str = "general", large: bool = True, folder: Optional[Path] = None,
-        out: Path = Path("results/rankings")) -> Path:
+        protocol: str = "general", part: str = "both", folder: Optional[Path] = None,
+        out: Path = Path("results/rankings"), before: Optional[Path] = None) -> Path:
     """Both measurements; writes ``out``/results.json and results.md, prints the JSON; returns ``out``."""
     out = Path(out)
     work = Path(tempfile.mkdtemp(prefix="bench-rankings-", dir=folder))
     try:
-        report: dict = {"protocol": protocol, "small": run_small(work / "small", images, dim, per_class, protocol)}
-        shutil.rmtree(work / "small")
-        if large:
+        report: dict = {"protocol": protocol}
+        if part in ("both", "a"):
+            report["small"] = run_small(work / "small", images, dim, per_class, protocol, before)
+            shutil.rmtree(work / "small")
+        if part in ("both", "b"):
             report["large"] = run_large(work / "large", queries, database, dim, per_class * 5, protocol)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     from retrieval.core.fileio import atomic_write_text
 
-    small = report["small"]
-    lines = _table(f"(a) {small['images']:,} images, every image a query ({small['entries']:,} results); "
-                   f"metrics equal: {small['metrics_equal']}", small)
+    lines: List[str] = []
+    if "small" in report:
+        small = report["small"]
+        lines += _table(f"(a) {small['images']:,} images, every image a query ({small['entries']:,} results); "
+                        f"metrics equal: {small['metrics_equal']}", small)
     if "large" in report:
         large_report = report["large"]
         lines += _table(f"(b) {large_report['queries']:,} x {large_report['database']:,} full ranking "

@@ -7,7 +7,7 @@ data or one dataset timed), each a function of :mod:`retrieval.bench` or :mod:`r
     retrieval bench scale [--quick]                                                   # benchmarks/scale.py
     retrieval bench store-integrity [--entries N --rows N --rounds N]                 # benchmarks/store_integrity.py
     retrieval bench serve-load [--vectors N --dim D]                                  # benchmarks/serve_load.py
-    retrieval bench rankings [--images 3280 --queries 10000 --database 100000]        # benchmarks/rankings.py
+    retrieval bench rankings [--part a|b] [--images 3280 --queries 10000 --database 100000]  # benchmarks/rankings.py
 
 The experiments (the E1-E8 ladder, the classical and descriptor studies, multi-view) run with
 ``retrieval run NAME`` (``retrieval run --list``).
@@ -287,9 +287,13 @@ def _rankings_parser(sub) -> None:
     p.add_argument("--queries", type=int, default=10_000, help="(b) queries (default 10000)")
     p.add_argument("--database", type=int, default=100_000, help="(b) database images = k (default 100000)")
     p.add_argument("--protocol", default="general", help="evaluation protocol (default general: every metric)")
-    p.add_argument("--skip-large", action="store_true", help="measure (a) only")
+    p.add_argument("--part", choices=("both", "a", "b"), default="both",
+                   help="(a) the every-image-as-query JSON/binary comparison, (b) the large ranking, or both")
     p.add_argument("--folder", type=Path, default=None, help="where to write the rankings (default: a temporary "
                                                             "folder; (b) needs about queries x database x 8 bytes)")
+    p.add_argument("--before", type=Path, default=None,
+                   help="(a) also measures the search and evaluation of the source tree of an earlier version "
+                        "(e.g. git archive COMMIT | tar -x -C DIR)")
     p.add_argument("--out", default="results/rankings", help="results folder")
     p.set_defaults(func=_rankings)
 
@@ -301,6 +305,8 @@ def _rankings(args) -> int:
         if getattr(args, name) < 1:
             raise CLIError(f"--{name} must be positive, got {getattr(args, name)}")
     require_output(args.out, "results", folder=True)
-    run(args.images, args.dim, args.queries, args.database, protocol=args.protocol, large=not args.skip_large,
-        folder=args.folder, out=Path(args.out))
+    if args.before is not None and not (args.before / "retrieval" / "steps" / "search.py").is_file():
+        raise CLIError(f"{args.before}: not a source tree of this project (no retrieval/steps/search.py)")
+    run(args.images, args.dim, args.queries, args.database, protocol=args.protocol, part=args.part,
+        folder=args.folder, out=Path(args.out), before=args.before)
     return 0
