@@ -235,7 +235,10 @@ def test_search_batches_bound_long_rankings(searched, monkeypatch):
     monkeypatch.setattr(search, "BATCH_ENTRIES", 2 * 60)  # two queries a search call
     search.main(search.SearchConfig(), searched / "i.npz", searched / "q.h5", searched / "b.rank", progress=False)
     cli_main(["--quiet", "search", str(searched / "i.npz"), str(searched / "q.h5"), "--out", str(searched / "a.json")])
-    assert _same(Ranking.load(searched / "b.rank"), Ranking.load(searched / "a.json"))
+    small_batches, one_batch = Ranking.load(searched / "b.rank"), Ranking.load(searched / "a.json")
+    # the same order; the scores may differ in the last bit (BLAS sums a 2-row block in another order)
+    assert np.array_equal(small_batches.indices, one_batch.indices) and small_batches.query_ids == one_batch.query_ids
+    np.testing.assert_allclose(small_batches.scores, one_batch.scores, atol=1e-6)
 
 
 def test_cli_refuses_a_damaged_binary_ranking_in_one_line(searched, coil20_dir, capsys):

@@ -115,12 +115,18 @@ def main(conf: SearchConfig, index: Path, queries: Path, out: Path, progress: bo
               f"ranking need --k {len(idx)}", file=sys.stderr)
     k = min(k, len(idx))
     start = time.perf_counter()
-    batch = min(conf.batch, max(1, BATCH_ENTRIES // max(k, 1)))
+    binary = ranking_format(out, conf.format) == "binary"
+    # the binary file is written batch by batch: bound a batch's results; JSON holds them all anyway
+    batch = min(conf.batch, max(1, BATCH_ENTRIES // max(k, 1))) if binary else conf.batch
     steps = range(0, len(query_ids), batch)
     batches = (idx.search(vectors[lo:lo + batch], k=k, query_ids=query_ids[lo:lo + batch], **conf.options)
                for lo in tqdm(steps, desc="search", unit="batch", disable=not progress or len(steps) < 2,
                               leave=False))
-    if ranking_format(out, conf.format) == "json":
+    if not binary:
+        if len(query_ids) * k > FULL_RANKING_ENTRIES:  # JSON: ~48 bytes a result on disk, ~10x that in memory
+            print(f"retrieval: warning: {out}: a JSON ranking of {len(query_ids) * k:,} results (about "
+                  f"{len(query_ids) * k * 48 / 1e9:.1f} GB) is built in memory; a name not ending in .json writes "
+                  "the binary file (8 bytes a result, written as it goes)", file=sys.stderr)
         parts = list(batches)
         ranking = parts[0] if len(parts) == 1 else Ranking(
             ids=np.concatenate([p.ids for p in parts]), scores=np.concatenate([p.scores for p in parts]),
