@@ -164,9 +164,18 @@ def run_small(folder: Path, images: int, dim: int, per_class: int, protocol: str
     return {"images": images, "dim": dim, "entries": images * images, "rows": rows, "metrics_equal": same}
 
 
-def run_large(folder: Path, num_queries: int, num_db: int, dim: int, per_class: int, protocol: str) -> dict:
-    """(b): ``num_queries`` x ``num_db`` full ranking, binary file, evaluated streaming."""
+def run_large(folder: Path, num_queries: int, num_db: int, dim: int, per_class: int, protocol: str,
+              reuse: Optional[Path] = None) -> dict:
+    """(b): ``num_queries`` x ``num_db`` full ranking, binary file, evaluated streaming (``reuse``: only
+    evaluate that ranking, written by an earlier (b) of the same sizes)."""
     folder.mkdir(parents=True, exist_ok=True)
+    common = dict(num_db=num_db, per_class=per_class, num_queries=num_queries, protocol=protocol)
+    if reuse is not None:
+        rows = [_measure(dict(label="baseline (imports + dataset)", step="none", **common)),
+                _measure(dict(label=f"evaluate binary (streaming) of {reuse.name}", step="evaluate-stream",
+                              ranking=str(reuse), **common))]
+        return {"queries": num_queries, "database": num_db, "dim": dim, "entries": num_queries * num_db,
+                "rows": rows, "note": f"search not run: {reuse} evaluated"}
     free = shutil.disk_usage(folder).free
     need = num_queries * num_db * 8  # int32 row + float32 score a result
     note = ""
@@ -180,7 +189,7 @@ def run_large(folder: Path, num_queries: int, num_db: int, dim: int, per_class: 
     per_query_class = max(1, -(-num_queries // -(-num_db // per_class)))
     queries = _features(folder, "queries", _ids("q", num_queries, per_query_class), dim, seed=1)
     index = _index(folder, features)
-    common = dict(num_db=num_db, per_class=per_class, num_queries=num_queries, protocol=protocol)
+    common.update(num_queries=num_queries)  # fewer when the disk is short
     rows = [_measure(dict(label="baseline (imports + dataset)", step="none", **common))]
     rows.append(_measure(dict(label="search -> binary", step="search", format="binary", index=str(index),
                               queries=str(queries), out=str(folder / "ranking.rank"), k=num_db)))
@@ -200,7 +209,7 @@ def _table(title: str, report: dict) -> List[str]:
 
 def run(images: int = 3280, dim: int = 256, queries: int = 10_000, database: int = 100_000, per_class: int = 20,
         protocol: str = "general", part: str = "both", folder: Optional[Path] = None,
-        out: Path = Path("results/rankings"), before: Optional[Path] = None) -> Path:
+        out: Path = Path("results/rankings"), before: Optional[Path] = None, reuse: Optional[Path] = None) -> Path:
     """Both measurements; writes ``out``/results.json and results.md, prints the JSON; returns ``out``."""
     out = Path(out)
     work = Path(tempfile.mkdtemp(prefix="bench-rankings-", dir=folder))
@@ -210,7 +219,7 @@ def run(images: int = 3280, dim: int = 256, queries: int = 10_000, database: int
             report["small"] = run_small(work / "small", images, dim, per_class, protocol, before)
             shutil.rmtree(work / "small")
         if part in ("both", "b"):
-            report["large"] = run_large(work / "large", queries, database, dim, per_class * 5, protocol)
+            report["large"] = run_large(work / "large", queries, database, dim, per_class * 5, protocol, reuse)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     from retrieval.core.fileio import atomic_write_text

@@ -294,6 +294,9 @@ def _rankings_parser(sub) -> None:
     p.add_argument("--before", type=Path, default=None,
                    help="(a) also measures the search and evaluation of the source tree of an earlier version "
                         "(e.g. git archive COMMIT | tar -x -C DIR)")
+    p.add_argument("--reuse-ranking", type=Path, default=None,
+                   help="(b): evaluate this ranking file, written by an earlier (b) of the same sizes, instead of "
+                        "searching again")
     p.add_argument("--out", default="results/rankings", help="results folder")
     p.set_defaults(func=_rankings)
 
@@ -308,5 +311,5 @@ def _rankings(args) -> int:
     if args.before is not None and not (args.before / "retrieval" / "steps" / "search.py").is_file():
         raise CLIError(f"{args.before}: not a source tree of this project (no retrieval/steps/search.py)")
     run(args.images, args.dim, args.queries, args.database, protocol=args.protocol, part=args.part,
-        folder=args.folder, out=Path(args.out), before=args.before)
+        folder=args.folder, out=Path(args.out), before=args.before, reuse=args.reuse_ranking)
     return 0

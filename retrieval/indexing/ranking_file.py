@@ -154,8 +154,7 @@ class RankingWriter:
 
 class RankingFileReader:
     """Open a binary ranking file: header, id tables and trailer are read and verified at once (a few
-    MB); :meth:`blocks` then reads the rows a block at a time through a memory map, verifying each
-    block's checksum. Any damage is an :class:`IndexFileError` naming the file."""
+    MB); :meth:`blocks` then reads the rows a block at a time, verifying each block's checksum. Any damage is an :class:`IndexFileError` naming the file."""
 
     def __init__(self, path: PathLike):
         self.path = Path(path)
@@ -236,32 +235,45 @@ class RankingFileReader:
 
     def blocks(self, rows: Optional[int] = None) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
         """``(first row, indices (b, k) int64, scores (b, k) float32)`` for consecutive blocks of at most
-        ``rows`` queries (default: one checksum block), each checksum block verified before use."""
+        ``rows`` queries (default: one checksum block), each checksum block verified before use. Read
+        with plain file reads, not a memory map: a map of a file larger than memory would keep every
+        page read in the process's resident set."""
         step = self.block_rows if rows is None else max(1, int(rows))
-        shape = (self.num_queries, self.k)
-        if self.num_queries == 0 or self.k == 0:
-            for lo in range(0, self.num_queries, step):
-                hi = min(lo + step, self.num_queries)
-                yield lo, np.zeros((hi - lo, self.k), np.int64), np.zeros((hi - lo, self.k), np.float32)
-            return
-        indices = np.memmap(self.path, dtype=self.index_dtype, mode="r", offset=self._indices_at, shape=shape)
-        scores = np.memmap(self.path, dtype="<f4", mode="r", offset=self._scores_at, shape=shape)
-        verified = 0  # rows whose checksum block has been verified
-        for lo in range(0, self.num_queries, step):
-            hi = min(lo + step, self.num_queries)
-            while verified < hi:
-                self._verify(indices, scores, verified // self.block_rows)
-                verified = min(verified + self.block_rows, self.num_queries)
-            yield lo, np.asarray(indices[lo:hi], dtype=np.int64), np.array(scores[lo:hi], dtype=np.float32)
-        del indices, scores
+        pending: List[Tuple[np.ndarray, np.ndarray]] = []  # verified rows not yet handed out
+        held, first = 0, 0
+        for indices, scores in self._verified_blocks():
+            pending.append((indices, scores))
+            held += len(indices)
+            while held >= step or (held and first + held == self.num_queries):
+                joined_rows = np.concatenate([p[0] for p in pending]) if len(pending) > 1 else pending[0][0]
+                joined_scores = np.concatenate([p[1] for p in pending]) if len(pending) > 1 else pending[0][1]
+                take = min(step, held)
+                yield first, joined_rows[:take], joined_scores[:take]
+                first, held = first + take, held - take
+                pending = [(joined_rows[take:], joined_scores[take:])] if held else []
 
-    def _verify(self, indices: np.memmap, scores: np.memmap, block: int) -> None:
-        lo = block * self.block_rows
-        hi = min(lo + self.block_rows, self.num_queries)
-        digest = hashlib.sha256(memoryview(np.ascontiguousarray(indices[lo:hi])).cast("B"))
-        digest.update(hashlib.sha256(memoryview(np.ascontiguousarray(scores[lo:hi])).cast("B")).digest())
-        if digest.hexdigest() != self._block_digests[block]:
-            raise self._fail(f"checksum mismatch in rows {lo}-{hi - 1}: the ranking file was altered or damaged")
-        block_rows = np.asarray(indices[lo:hi])
-        if block_rows.size and (block_rows.max() >= self.num_db or block_rows.min() < -1):
-            raise self._fail(f"rows {lo}-{hi - 1} point outside the database of {self.num_db} images")
+    def _verified_blocks(self) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """Each checksum block's rows (int64) and scores, read from the file and verified."""
+        if self.k == 0:
+            for lo in range(0, self.num_queries, self.block_rows):
+                n = min(self.block_rows, self.num_queries - lo)
+                yield np.zeros((n, 0), np.int64), np.zeros((n, 0), np.float32)
+            return
+        with open(self.path, "rb") as fh:
+            for block, lo in enumerate(range(0, self.num_queries, self.block_rows)):
+                hi = min(lo + self.block_rows, self.num_queries)
+                count = (hi - lo) * self.k
+                fh.seek(self._indices_at + lo * self.k * self.index_dtype.itemsize)
+                indices = np.fromfile(fh, dtype=self.index_dtype, count=count)
+                fh.seek(self._scores_at + lo * self.k * 4)
+                scores = np.fromfile(fh, dtype="<f4", count=count)
+                if len(indices) != count or len(scores) != count:
+                    raise self._fail(f"truncated in rows {lo}-{hi - 1}")
+                digest = hashlib.sha256(indices.tobytes())
+                digest.update(hashlib.sha256(scores.tobytes()).digest())
+                if digest.hexdigest() != self._block_digests[block]:
+                    raise self._fail(f"checksum mismatch in rows {lo}-{hi - 1}: the ranking file was altered or "
+                                     "damaged")
+                if indices.size and (indices.max() >= self.num_db or indices.min() < -1):
+                    raise self._fail(f"rows {lo}-{hi - 1} point outside the database of {self.num_db} images")
+                yield indices.astype(np.int64).reshape(hi - lo, self.k), scores.reshape(hi - lo, self.k)
