@@ -8,6 +8,7 @@ data or one dataset timed), each a function of :mod:`retrieval.bench` or :mod:`r
     retrieval bench store-integrity [--entries N --rows N --rounds N]                 # benchmarks/store_integrity.py
     retrieval bench serve-load [--vectors N --dim D]                                  # benchmarks/serve_load.py
     retrieval bench rerank-speed [--cache DIR] [--queries N]                          # benchmarks/rerank_speed.py
+    retrieval bench rankings [--part a|b] [--images 3280 --queries 10000 --database 100000]  # benchmarks/rankings.py
 
 The experiments (the E1-E8 ladder, the classical and descriptor studies, multi-view) run with
 ``retrieval run NAME`` (``retrieval run --list``).
@@ -26,11 +27,11 @@ __all__ = ["register"]
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks: index-speed, deep-speed, scale, store-integrity, "
-                                                 "serve-load, learned-speed, rerank-speed, asmk-eval, fusion-default "
-                                                 "(experiments: retrieval run)")
+                                                 "serve-load, learned-speed, rerank-speed, asmk-eval, fusion-default, "
+                                                 "rankings (experiments: retrieval run)")
     sub = parser.add_subparsers(dest="bench_command", metavar="{index-speed,deep-speed,scale,store-integrity,"
                                                                "serve-load,learned-speed,rerank-speed,asmk-eval,"
-                                                               "fusion-default}",
+                                                               "fusion-default,rankings}",
                                 required=True)
     _index_speed_parser(sub)
     _deep_speed_parser(sub)
@@ -41,6 +42,7 @@ def register(subparsers) -> None:
     _rerank_speed_parser(sub)
     _asmk_eval_parser(sub)
     _fusion_default_parser(sub)
+    _rankings_parser(sub)
 
 
 def _options(args) -> argparse.Namespace:
@@ -317,3 +319,42 @@ def _fusion_default(args) -> int:
     main(args.results, args.out)
     return 0
 
+
+
+# -------------------------------------------------------------------------------- rankings
+
+def _rankings_parser(sub) -> None:
+    p = _described(sub, "rankings", "ranking files: size, write time and peak memory, JSON against the binary "
+                   "file, and a 10,000 x 100,000 full ranking written and evaluated streaming",
+                   "retrieval.bench.rankings")
+    p.add_argument("--images", type=int, default=3280, help="(a) images, each also a query (default 3280)")
+    p.add_argument("--dim", type=int, default=256, help="vector dimension (default 256)")
+    p.add_argument("--queries", type=int, default=10_000, help="(b) queries (default 10000)")
+    p.add_argument("--database", type=int, default=100_000, help="(b) database images = k (default 100000)")
+    p.add_argument("--protocol", default="general", help="evaluation protocol (default general: every metric)")
+    p.add_argument("--part", choices=("both", "a", "b"), default="both",
+                   help="(a) the every-image-as-query JSON/binary comparison, (b) the large ranking, or both")
+    p.add_argument("--folder", type=Path, default=None, help="where to write the rankings (default: a temporary "
+                                                            "folder; (b) needs about queries x database x 8 bytes)")
+    p.add_argument("--before", type=Path, default=None,
+                   help="(a) also measures the search and evaluation of the source tree of an earlier version "
+                        "(e.g. git archive COMMIT | tar -x -C DIR)")
+    p.add_argument("--reuse-ranking", type=Path, default=None,
+                   help="(b): evaluate this ranking file, written by an earlier (b) of the same sizes, instead of "
+                        "searching again")
+    p.add_argument("--out", default="results/rankings", help="results folder")
+    p.set_defaults(func=_rankings)
+
+
+def _rankings(args) -> int:
+    from retrieval.bench.rankings import run
+
+    for name in ("images", "dim", "queries", "database"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name} must be positive, got {getattr(args, name)}")
+    require_output(args.out, "results", folder=True)
+    if args.before is not None and not (args.before / "retrieval" / "steps" / "search.py").is_file():
+        raise CLIError(f"{args.before}: not a source tree of this project (no retrieval/steps/search.py)")
+    run(args.images, args.dim, args.queries, args.database, protocol=args.protocol, part=args.part,
+        folder=args.folder, out=Path(args.out), before=args.before, reuse=args.reuse_ranking)
+    return 0

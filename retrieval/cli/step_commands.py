@@ -15,6 +15,9 @@ from retrieval.core.checks import CLIError, require_file, require_output, writin
 from retrieval.cli.arguments import add_dataset_arguments, dataset_config, load_dataset, parse_options, progress_enabled
 from retrieval.cli.output import emit_json
 
+#: the ranking files the commands read: JSON or the binary ranking file
+RANKING_KINDS = ("json", "ranking")
+
 __all__ = ["register"]
 
 def register(subparsers) -> None:
@@ -179,8 +182,14 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", default=None,
                         help="results per query, or 'full' (default: the whole database when the ranking "
                              f"stays under {FULL_RANKING_ENTRIES:,} entries, else {LARGE_DEFAULT_K})")
-    parser.add_argument("--out", required=True, help="ranking file to write (JSON)")
-    parser.add_argument("--batch", type=int, default=4096, help="queries per search call (progress step)")
+    parser.add_argument("--out", required=True,
+                        help="ranking file to write: binary (int32 rows, float32 scores, one id table; e.g. "
+                             "ranking.rank) unless the name ends in .json")
+    parser.add_argument("--format", choices=("auto", "binary", "json"), default="auto",
+                        help="ranking file format: auto (JSON for a .json name, else binary; the default), "
+                             "binary or json (small rankings only: about 45 bytes a result)")
+    parser.add_argument("--batch", type=int, default=4096,
+                        help="queries per search call (progress step; fewer when k is large)")
     parser.add_argument("--allow-mixed", action="store_true",
                         help="search queries made with another network, weights, pooling, whitening or encoder "
                              "than the index (refused by default: the vectors are not comparable)")
@@ -212,7 +221,7 @@ def _search(args) -> int:
     if args.batch < 1:
         raise CLIError(f"--batch must be positive, got {args.batch}")
     conf = SearchConfig(k=k, batch=args.batch, options=parse_options(args.option), allow_mixed=args.allow_mixed,
-                        where=tuple(args.where))
+                        where=tuple(args.where), format=args.format)
     info: dict = {}
     with writing(args.out, "ranking"):
         out = main(conf, index, queries, Path(args.out), progress=progress_enabled(args), info=info)
@@ -252,14 +261,14 @@ def _register_rerank(subparsers) -> None:
     parser.add_argument("--threshold", type=float, default=None, help="delg: inliers that put an image first")
     parser.add_argument("--gate", type=float, default=None,
                         help="linear: re-rank only queries whose best local score reaches this")
-    parser.add_argument("--out", required=True, help="ranking file to write (JSON)")
+    parser.add_argument("--out", required=True, help="ranking file to write (binary unless the name ends in .json)")
     parser.set_defaults(func=_rerank)
 
 
 def _rerank(args) -> int:
     from retrieval.steps.rerank import RerankConfig, main
 
-    ranking = require_file(args.ranking, "ranking file", "json")
+    ranking = require_file(args.ranking, "ranking file", RANKING_KINDS)
     q_local = require_file(args.query_local, "query local feature store", "hdf5")
     db_local = require_file(args.db_local, "database local feature store", "hdf5")
     model = require_file(args.model, "encoder file", "npz") if args.model else None
@@ -302,7 +311,7 @@ def _evaluate(args) -> int:
 
     if args.k < 1:
         raise CLIError(f"--k must be positive, got {args.k}")
-    ranking = require_file(args.ranking, "ranking file", "json")
+    ranking = require_file(args.ranking, "ranking file", RANKING_KINDS)
     require_output(args.out, "metrics")
     conf = EvaluateConfig(protocol=args.protocol or "", k=args.k, allow_short=args.allow_short)
     info: dict = {}
