@@ -9,12 +9,14 @@ of ``warmup + steps`` optimiser steps on COIL-100 training images (the first ``-
 from the loop itself (``losses.json``: batch wait, augmentation, forward, backward, update). The first
 ``warmup`` steps (oneDNN builds its kernels then) are left out. Variants run interleaved in ``rounds``
 rounds, so a shared machine's drifting load falls on all of them alike; reported: the median over
-rounds of each round's median ms/step, and ``speedup`` = the median over rounds of float32-NCHW's
-ms/step / the variant's in the same round. E4 runs E3's step (same network, batch and loss; it starts
+rounds of each round's median ms/step, ``speedup`` = the median over rounds of float32-NCHW's
+ms/step / the variant's in the same round, and the same two for the process's CPU time per step
+(``cpu_ms_per_step``, ``cpu_speedup``: the work done, which a loaded machine's waiting does not inflate;
+with more than one thread it includes threads spinning for work). E4 runs E3's step (same network, batch and loss; it starts
 from E2 and has another learning rate, which do not change the cost), so it is timed from ImageNet too.
 
 Writes ``results.json`` (rows: rung, config, variant, precision, channels_last, ms_per_step, speedup,
-first_loss; plus torch_threads, native_bf16, load_average) and ``results.md`` to ``--out``.
+cpu_ms_per_step, cpu_speedup, first_loss; plus torch_threads, native_bf16, load_average) and ``results.md`` to ``--out``.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ __all__ = ["NAME", "VARIANTS", "RUNGS", "run", "parse_variant"]
 NAME = "train_speed"
 VARIANTS = ("float32", "float32+nhwc", "bfloat16", "bfloat16+nhwc")
 RUNGS = {"e2": "coil-e2", "e3": "coil-e3", "e4": "coil-e4"}
-COLUMNS = ["rung", "config", "variant", "precision", "channels_last", "ms_per_step", "speedup", "first_loss"]
+COLUMNS = ["rung", "config", "variant", "precision", "channels_last", "ms_per_step", "speedup", "cpu_ms_per_step",
+           "cpu_speedup", "first_loss"]
 
 
 def parse_variant(name: str) -> Tuple[str, bool]:
@@ -69,7 +72,7 @@ def _synthetic_images(folder: Path, classes: int, per_class: int = 16, size: int
     return paths, labels
 
 
-def _time_once(rung: str, variant: str, images, paths, labels, opts) -> Tuple[List[float], float]:
+def _time_once(rung: str, variant: str, images, paths, labels, opts) -> Tuple[List[float], List[float], float]:
     from retrieval.training import TRAIN_CONFIGS, train_classifier, train_siamese
 
     precision, nhwc = parse_variant(variant)
@@ -85,7 +88,8 @@ def _time_once(rung: str, variant: str, images, paths, labels, opts) -> Tuple[Li
         record = json.loads((Path(tmp) / "losses.json").read_text())
     if record["precision"] != precision:
         raise RuntimeError(f"{rung} {variant}: the run computed in {record['precision']}, not {precision}")
-    return record["step_seconds_this_call"][opts.warmup:], float(record["losses"][0])
+    return (record["step_seconds_this_call"][opts.warmup:], record["step_cpu_seconds_this_call"][opts.warmup:],
+            float(record["losses"][0]))
 
 
 def run(opts) -> Path:
@@ -113,25 +117,31 @@ def run(opts) -> Path:
               f"native bfloat16 on this CPU: {cpu_has_native_bf16()}; load average {os.getloadavg()[0]:.1f}",
               flush=True)
         per_round: Dict[Tuple[str, str], List[float]] = {}
+        cpu_round: Dict[Tuple[str, str], List[float]] = {}
         first_loss: Dict[Tuple[str, str], float] = {}
         for r in range(opts.rounds):
             for rung in opts.rungs:
                 for variant in opts.variants:
-                    seconds, loss = _time_once(rung, variant, images, paths, labels, opts)
+                    seconds, cpu, loss = _time_once(rung, variant, images, paths, labels, opts)
                     per_round.setdefault((rung, variant), []).append(1000.0 * statistics.median(seconds))
+                    cpu_round.setdefault((rung, variant), []).append(1000.0 * statistics.median(cpu))
                     first_loss[(rung, variant)] = loss
-                    print(f"  round {r + 1} {rung.upper()} {variant:14s} {per_round[(rung, variant)][-1]:8.0f} ms/step "
-                          f"(first loss {loss:.4f})", flush=True)
+                    print(f"  round {r + 1} {rung.upper()} {variant:14s} {per_round[(rung, variant)][-1]:8.0f} ms/step, "
+                          f"CPU {cpu_round[(rung, variant)][-1]:8.0f} ms/step (first loss {loss:.4f}; load average "
+                          f"{os.getloadavg()[0]:.1f})", flush=True)
     base = opts.variants[0]
     rows = []
     for rung in opts.rungs:
         for variant in opts.variants:
-            times = per_round[(rung, variant)]
+            times, cpu = per_round[(rung, variant)], cpu_round[(rung, variant)]
             ratios = [b / t for b, t in zip(per_round[(rung, base)], times)]
+            cpu_ratios = [b / t for b, t in zip(cpu_round[(rung, base)], cpu)]
             precision, nhwc = parse_variant(variant)
             rows.append({"rung": rung.upper(), "config": RUNGS[rung], "variant": variant, "precision": precision,
                          "channels_last": nhwc, "ms_per_step": round(statistics.median(times), 1),
                          "speedup": round(statistics.median(ratios), 2),
+                         "cpu_ms_per_step": round(statistics.median(cpu), 1),
+                         "cpu_speedup": round(statistics.median(cpu_ratios), 2),
                          "first_loss": round(first_loss[(rung, variant)], 4)})
     extra = {"baseline": base, "rounds": opts.rounds, "steps": opts.steps, "warmup": opts.warmup,
              "classes": opts.classes, "synthetic": bool(opts.synthetic), "quick": bool(opts.quick),

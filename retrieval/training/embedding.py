@@ -203,13 +203,11 @@ def uses_channels_last(cfg) -> bool:
     """``cfg.channels_last``, or when it is None (auto) whether the run computes in bfloat16: oneDNN's
     bfloat16 convolutions want NHWC; in float32 the NCHW kernels are as fast (``retrieval bench
     train-speed``)."""
-    from retrieval.training.loop import resolve_device
-    from retrieval.training.precision import resolve_precision
+    from retrieval.training.loop import run_precision
 
     if cfg.channels_last is not None:
         return bool(cfg.channels_last)
-    loop = cfg.loop
-    return resolve_precision(loop.precision, resolve_device(loop.device), loop.amp, loop.amp_dtype).name == "bfloat16"
+    return run_precision(cfg.loop).name == "bfloat16"
 
 
 def _sidecar_hash(path: Path) -> Optional[str]:

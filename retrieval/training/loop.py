@@ -49,7 +49,7 @@ from retrieval.training.precision import PRECISIONS, resolve_precision
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["LoopConfig", "StepContext", "TrainResult", "run_training", "resolve_device", "seeded_init", "seed_everything",
+__all__ = ["LoopConfig", "StepContext", "TrainResult", "run_training", "run_precision", "resolve_device", "seeded_init", "seed_everything",
            "lr_factor", "plot_losses", "LAST_CHECKPOINT", "LOSSES_JSON", "LOSSES_PNG"]
 
 LAST_CHECKPOINT = "last.pt"
@@ -132,6 +132,7 @@ class TrainResult:
     loss_curve: Optional[Path] = None
     precision: str = "float32"
     step_seconds: List[float] = field(default_factory=list)
+    step_cpu_seconds: List[float] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -142,6 +143,12 @@ def seeded_init(seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def run_precision(cfg: LoopConfig):
+    """The :class:`~retrieval.training.precision.Precision` a run of ``cfg`` computes in on this machine
+    ('auto' resolved)."""
+    return resolve_precision(cfg.precision, resolve_device(cfg.device), cfg.amp, cfg.amp_dtype)
 
 
 def seed_everything(seed: int) -> None:
@@ -240,7 +247,7 @@ def run_training(modules: Dict[str, nn.Module], param_groups: Sequence[dict], sa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device, cfg.amp, cfg.amp_dtype)
+    precision = run_precision(cfg)
     # the resolved precision, not 'auto': a run resumed on other hardware must not change arithmetic
     full_config = {"run": run_config, "loop": cfg.resume_key(), "precision": precision.name}
     last = out_dir / LAST_CHECKPOINT
@@ -295,10 +302,13 @@ def run_training(modules: Dict[str, nn.Module], param_groups: Sequence[dict], sa
             {"losses": losses, "steps_per_epoch": epoch_lengths, "global_step": global_step,
              "total_steps": total_steps, "finished": finished_now, "precision": precision.name,
              # wall seconds of each optimiser step of this call (batch wait, forward, backward, update)
-             "step_seconds_this_call": step_seconds}, indent=1))
+             "step_seconds_this_call": step_seconds,
+             # and the CPU seconds of the process (all threads): the work, less the wait for a shared CPU
+             "step_cpu_seconds_this_call": step_cpu_seconds}, indent=1))
 
     start = time.perf_counter()
     step_seconds: List[float] = []
+    step_cpu_seconds: List[float] = []
     steps_this_call = 0
     interrupted = False
     while not finished and epoch < cfg.epochs:
@@ -310,7 +320,7 @@ def run_training(modules: Dict[str, nn.Module], param_groups: Sequence[dict], sa
                 m.train()
         bar = tqdm(total=len(batches), initial=step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="step", disable=not progress, leave=False)
-        step_start = time.perf_counter()
+        step_start, step_cpu_start = time.perf_counter(), time.process_time()
         for batch in BatchPrefetcher(batches[step_in_epoch:], fetch, depth=cfg.prefetch):
             factor = lr_factor(cfg, global_step, epoch, total_steps)
             for g in optimizer.param_groups:
@@ -332,9 +342,10 @@ def run_training(modules: Dict[str, nn.Module], param_groups: Sequence[dict], sa
             scaler.step(optimizer)
             scaler.update()
             losses.append(float(loss.detach()))
-            now = time.perf_counter()
+            now, cpu_now = time.perf_counter(), time.process_time()
             step_seconds.append(now - step_start)
-            step_start = now
+            step_cpu_seconds.append(cpu_now - step_cpu_start)
+            step_start, step_cpu_start = now, cpu_now
             step_in_epoch += 1
             global_step += 1
             steps_this_call += 1
@@ -369,4 +380,5 @@ def run_training(modules: Dict[str, nn.Module], param_groups: Sequence[dict], sa
         curve = plot_losses(losses, epoch_lengths, out_dir / LOSSES_PNG, title=title)
     return TrainResult(checkpoint=last, losses=list(losses), epochs=epoch, steps=global_step,
                        seconds=time.perf_counter() - start, resumed_from_step=resumed_from,
-                       loss_curve=curve, precision=precision.name, step_seconds=step_seconds)
+                       loss_curve=curve, precision=precision.name, step_seconds=step_seconds,
+                       step_cpu_seconds=step_cpu_seconds)

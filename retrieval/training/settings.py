@@ -32,8 +32,9 @@ class TrainConfig(Config):
     keeps every BatchNorm in eval mode (ImageNet statistics; affine weights of trained layers still
     learn), 'train' updates batch statistics. ``image_size``: side of the square network input
     (``augment.out_size`` follows it). ``load_size``/``fit``: how decoded images are stored (see
-    :mod:`retrieval.training.data`). ``backbone_lr_mult``/``head_lr_mult`` scale ``loop.lr``. ``channels_last``: NHWC activations; None
-    (auto) = on when the run computes in bfloat16 (``loop.precision``)."""
+    :mod:`retrieval.training.data`). ``backbone_lr_mult``/``head_lr_mult`` scale ``loop.lr``.
+    ``channels_last``: NHWC activations; None (auto) = on when the run computes in bfloat16
+    (``loop.precision``)."""
 
     name: str = "custom"
     method: str = "siamese"
