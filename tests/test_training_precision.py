@@ -138,10 +138,24 @@ def test_trainer_records_precision_and_layout(tmp_path):
                                         "loop.checkpoint_every": 0, "loop.precision": "bfloat16"})
     model = train_siamese(cfg, paths, labels, tmp_path / "e3", progress=False)
     stored = json.loads(model.with_suffix(".json").read_text())["config"]
-    assert stored["precision"] == "bfloat16" and stored["channels_last"] is True
+    assert stored["precision"] == "bfloat16" and stored["channels_last"] is False  # auto: NCHW on CPU
     assert stored["train_config"]["loop"]["precision"] == "bfloat16"
     weights = load_checkpoint(model, kind="embedding-model")["state"]["model"]
     assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
+
+
+def test_channels_last_follows_the_setting_or_the_device(tmp_path):
+    from retrieval.training.embedding import uses_channels_last
+
+    assert uses_channels_last(TRAIN_CONFIGS.get("coil-e3", {"loop.device": "cpu", "loop.precision": "bfloat16"})) is False
+    assert uses_channels_last(TRAIN_CONFIGS.get("coil-e3", {"loop.device": "cpu", "channels_last": True})) is True
+    paths, labels = _images(tmp_path)
+    cfg = TRAIN_CONFIGS.get("coil-e3", {"weights": "random", "image_size": 32, "train_blocks": 1, "P": 2, "K": 2,
+                                        "loop.epochs": 1, "loop.max_steps_per_epoch": 1, "loop.device": "cpu",
+                                        "loop.checkpoint_every": 0, "loop.precision": "bfloat16",
+                                        "channels_last": True})
+    model = train_siamese(cfg, paths, labels, tmp_path / "nhwc", progress=False)
+    assert json.loads(model.with_suffix(".json").read_text())["config"]["channels_last"] is True
 
 
 def test_precision_settings():

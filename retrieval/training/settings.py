@@ -33,8 +33,8 @@ class TrainConfig(Config):
     learn), 'train' updates batch statistics. ``image_size``: side of the square network input
     (``augment.out_size`` follows it). ``load_size``/``fit``: how decoded images are stored (see
     :mod:`retrieval.training.data`). ``backbone_lr_mult``/``head_lr_mult`` scale ``loop.lr``.
-    ``channels_last``: NHWC activations; None (auto) = on when the run computes in bfloat16
-    (``loop.precision``)."""
+    ``channels_last``: NHWC activations; None (auto) = on for bfloat16 / float16 on CUDA, off on CPU
+    (:func:`~retrieval.training.embedding.uses_channels_last`)."""
 
     name: str = "custom"
     method: str = "siamese"
