@@ -1,7 +1,6 @@
 """The generic training loop every trainer here (E2 classification, E3/E4 Siamese, the multi-view
 distillation) runs: optimiser, learning-rate schedule, seeding, precision (float32, bfloat16 autocast,
-CUDA AMP), checkpoint / resume, progress
-bar, loss curves.
+CUDA AMP), checkpoint / resume, progress bar, loss curves.
 
 The caller supplies what is specific to a method:
 
