@@ -9,6 +9,7 @@ data or one dataset timed), each a function of :mod:`retrieval.bench` or :mod:`r
     retrieval bench serve-load [--vectors N --dim D]                                  # benchmarks/serve_load.py
     retrieval bench rerank-speed [--cache DIR] [--queries N]                          # benchmarks/rerank_speed.py
     retrieval bench rankings [--part a|b] [--images 3280 --queries 10000 --database 100000]  # benchmarks/rankings.py
+    retrieval bench train-speed [--rungs e2 e3 e4] [--variants float32 bfloat16+nhwc]  # benchmarks/train_speed.py
 
 The experiments (the E1-E8 ladder, the classical and descriptor studies, multi-view) run with
 ``retrieval run NAME`` (``retrieval run --list``).
@@ -28,10 +29,10 @@ __all__ = ["register"]
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks: index-speed, deep-speed, scale, store-integrity, "
                                                  "serve-load, learned-speed, rerank-speed, asmk-eval, fusion-default, "
-                                                 "rankings (experiments: retrieval run)")
+                                                 "rankings, train-speed (experiments: retrieval run)")
     sub = parser.add_subparsers(dest="bench_command", metavar="{index-speed,deep-speed,scale,store-integrity,"
                                                                "serve-load,learned-speed,rerank-speed,asmk-eval,"
-                                                               "fusion-default,rankings}",
+                                                               "fusion-default,rankings,train-speed}",
                                 required=True)
     _index_speed_parser(sub)
     _deep_speed_parser(sub)
@@ -43,6 +44,7 @@ def register(subparsers) -> None:
     _asmk_eval_parser(sub)
     _fusion_default_parser(sub)
     _rankings_parser(sub)
+    _train_speed_parser(sub)
 
 
 def _options(args) -> argparse.Namespace:
@@ -357,4 +359,40 @@ def _rankings(args) -> int:
         raise CLIError(f"{args.before}: not a source tree of this project (no retrieval/steps/search.py)")
     run(args.images, args.dim, args.queries, args.database, protocol=args.protocol, part=args.part,
         folder=args.folder, out=Path(args.out), before=args.before, reuse=args.reuse_ranking)
+# -------------------------------------------------------------------------------- train-speed
+
+def _train_speed_parser(sub) -> None:
+    p = _described(sub, "train-speed", "EfficientNet training ms/step, float32 against bfloat16 autocast, NCHW "
+                   "against channels-last, for the ladder's E2-E4 configurations", "retrieval.bench.train_speed")
+    p.add_argument("--data", default=None, help="COIL-100 folder (images/ + labels.csv; default: the data root's)")
+    p.add_argument("--synthetic", action="store_true", help="random 128 px images instead of COIL-100")
+    p.add_argument("--classes", type=int, default=20, help="objects whose images train (default 20)")
+    p.add_argument("--rungs", nargs="+", default=["e2", "e3", "e4"], choices=["e2", "e3", "e4"],
+                   help="configurations timed (coil-e2, coil-e3, coil-e4)")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="PRECISION[+nhwc], the first the baseline (default: float32 float32+nhwc bfloat16 "
+                        "bfloat16+nhwc)")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per run (default 6)")
+    p.add_argument("--warmup", type=int, default=2, help="steps left out at the start of each run (default 2)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--device", default="cpu", help="training device (default cpu)")
+    p.add_argument("--quick", action="store_true", help="small batches of 64 px images (the same code path)")
+    p.add_argument("--out", default="results/train_speed", help="results folder")
+    p.set_defaults(func=_train_speed)
+
+
+def _train_speed(args) -> int:
+    from ..bench.train_speed import VARIANTS, parse_variant, run
+
+    args.variants = list(args.variants or VARIANTS)
+    for variant in args.variants:
+        try:
+            parse_variant(variant)
+        except ValueError as exc:
+            raise CLIError(f"--variants: {exc}") from None
+    if min(args.steps, args.rounds, args.classes) < 1 or args.warmup < 0:
+        raise CLIError("--steps, --rounds and --classes must be >= 1, --warmup >= 0")
+    require_output(args.out, "results", folder=True)
+    run(_options(args))
     return 0
