@@ -92,7 +92,9 @@ class EfficientNetExtractor(GlobalExtractor):
 
     ``backend`` picks the inference path (:data:`retrieval.features.fast_inference.BACKENDS`; 'auto' =
     :data:`DEFAULT_BACKEND` where available). It does not change the descriptors beyond float rounding
-    (checked to 1e-4 in the tests), so it is not part of :attr:`config`. ``weights`` may be 'imagenet',
+    (checked to 1e-4 in the tests), so it is not part of :attr:`config`. The configuration's
+    ``precision`` does (int8, bfloat16, float32, or 'auto': :mod:`retrieval.features.precision`): the
+    one used is :attr:`precision` and what :attr:`config` records. ``weights`` may be 'imagenet',
     'random', a state dict file, or a checkpoint written by ``retrieval.training`` (its pooling and GeM
     p then come from the checkpoint). ``model`` passes an :class:`EfficientNetGlobal` directly.
     ``batch_size``: images of one size per forward (default 1 for aspect-kept inputs, 4 for
@@ -127,23 +129,23 @@ class EfficientNetExtractor(GlobalExtractor):
         else:
             cfg["whitening"] = None
         self._config = cfg
+        self._blob_params = None
         from retrieval.features.trained import resolve_device
 
         self.device = resolve_device(str(device))
-        self.backend = self._resolve_backend(backend, self.device)
-        from retrieval.features.fast_inference import make_backbone
+        from retrieval.features.precision import select_backbone
 
-        self.backbone = make_backbone(self.model.net, is_lite(cfg["model"]), self.backend, threads=threads,
-                                      pool=self.model.pool, layer=self.model.layer, device=self.device)
-        # small batches: on CPU a batch of 1 ran fastest per image in benchmarks/deep_speed.py (cache
-        # locality beats batching; variable-size images cannot be stacked anyway) and keeps the
-        # decoding threads and the network streaming; 224 px squares use a few per call. A GPU wants
-        # large batches (of images that share a size)
+        self.precision, self.backbone, self.precision_probe = select_backbone(
+            self.model, cfg, backend, self._resolve_backend(backend, self.device), self.device, threads,
+            lambda image: self.to_input(self.prepare(image)))
+        self.backend = self.backbone.backend
+        # images of one size per forward (dataset extraction buckets them by exact size, no padding, so
+        # the descriptors do not change): on the loaded 2-core CPU one landmark image at a time ran
+        # faster than buckets of 8 (benchmarks/deep_speed.py: 512 px Oxford, float32 0.75x and int8
+        # 0.85x of batch 1); 224 px squares use 4. A GPU wants large batches
         if batch_size is None:
             batch_size = 32 if self.device.type != "cpu" else (4 if cfg["input"] == "square" else 1)
         self.batch_size = int(batch_size)
-        self._blob_params = None
-
     # -- construction helpers ---------------------------------------------------------------------
     @staticmethod
     def _build_model(cfg: dict) -> EfficientNetGlobal:
@@ -352,7 +354,7 @@ class EfficientNetExtractor(GlobalExtractor):
 
     def __repr__(self) -> str:
         return (f"EfficientNetExtractor({self._config['name']!r}, backend={self.backend!r}, "
-                f"device={str(self.device)!r}, dim={self.dim})")
+                f"precision={self.precision!r}, device={str(self.device)!r}, dim={self.dim})")
 
 
 #: inference path used by default (benchmarks/deep_speed.py compares them); falls back to

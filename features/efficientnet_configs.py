@@ -12,6 +12,7 @@ from retrieval.core.config import Config, ConfigError, Registry
 
 from retrieval.features.efficientnet_net import canonical_name
 from retrieval.features.fast_inference import LAYERS
+from retrieval.features.precision import DEFAULT_CALIBRATION, PRECISIONS
 
 __all__ = ["EfficientNetConfig", "EXTRACTOR_CONFIGS", "INPUT_MODES", "POOLINGS", "resolve_config", "file_digest"]
 
@@ -33,7 +34,11 @@ class EfficientNetConfig(Config):
     or 'square' (resized to ``size`` x ``size``). ``upscale`` (longest-side mode): enlarge images
     smaller than ``size`` (False keeps e.g. a cropped query at its native resolution). ``scales``:
     multi-scale factors applied to the prepared image. ``whitening``: path of a PCAWhitening file
-    (learned on OTHER data) or None."""
+    (learned on OTHER data) or None. ``precision``: 'float32', 'int8' (ONNX Runtime static quantization
+    calibrated on the images of the folder ``calibration``, which must not be searched), 'bfloat16', or
+    'auto' (the fastest of them that keeps descriptors within the probe's bound on this CPU:
+    :mod:`retrieval.features.precision`); a feature file records the precision used, and
+    ``calibration`` with int8 only."""
 
     model: str = "lite0"
     weights: str = "imagenet"
@@ -45,6 +50,8 @@ class EfficientNetConfig(Config):
     upscale: bool = True
     scales: Tuple[float, ...] = (1.0,)
     whitening: Optional[str] = None
+    precision: str = "auto"
+    calibration: str = DEFAULT_CALIBRATION
 
     def __post_init__(self) -> None:
         # the spellings the extractor always accepted ('EfficientNet-Lite0', 'GeM') are recorded in one
@@ -64,13 +71,22 @@ class EfficientNetConfig(Config):
             raise ConfigError(f"input size must be >= 32 pixels, got {self.size}")
         if not self.scales or min(self.scales) <= 0:
             raise ConfigError(f"scales must be positive, got {list(self.scales)}")
+        if self.precision not in ("auto",) + PRECISIONS:
+            raise ConfigError(f"precision must be 'auto' or one of {PRECISIONS}, got {self.precision!r}")
 
     def recorded(self, name: str) -> Dict[str, Any]:
         """The dict a feature file records (before the extractor adds what it learns from the
-        weights): every field, ``gem_p`` only with GeM pooling, and ``name``."""
+        weights): every field, ``gem_p`` only with GeM pooling, ``precision`` unless 'auto' and
+        ``calibration`` unless the default, and ``name``. The extractor then records the precision it
+        used: none for float32 (as every file made before precision existed), else 'int8' (with the
+        calibration folder and its digest) or 'bfloat16'."""
         out = self.to_dict()
         if self.pooling != "gem":
             del out["gem_p"]
+        if self.precision == "auto":
+            del out["precision"]
+        if self.calibration == DEFAULT_CALIBRATION and self.precision != "int8":
+            del out["calibration"]
         out["name"] = name
         return out
 
@@ -108,7 +124,7 @@ for _name, _conf in {
 
 #: keys an extractor adds to the configuration it records (from the weights file it read, and its
 #: own kind): a recorded configuration read back drops them, and the extractor computes them again
-_DERIVED_KEYS = ("extractor", "weights_sha256")
+_DERIVED_KEYS = ("extractor", "weights_sha256", "calibration_sha256")
 
 
 def file_digest(path: PathLike) -> str:
@@ -136,6 +152,8 @@ def resolve_config(config: Union[str, EfficientNetConfig, Mapping[str, Any], Non
         name, conf = "custom", config
     else:
         data = _text_paths({k: v for k, v in config.items() if k not in _DERIVED_KEYS})
+        if "extractor" in config and "precision" not in data:
+            data["precision"] = "float32"  # recorded before precision was: every such file is float32
         name = str(data.pop("name", "custom"))
         if isinstance(data.get("whitening"), Mapping):  # a recorded summary: its file rebuilds it
             data["whitening"] = data["whitening"].get("path")

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 __all__ = ["BACKENDS", "GPU_BACKENDS", "LAYERS", "layer_channels", "blocks_features", "fold_conv_bn",
            "SamePadConv2d", "FoldedMBConv", "FoldedEfficientNet", "fold_efficientnet", "FastBackbone",
-           "make_backbone", "onnxruntime_available"]
+           "make_backbone", "onnxruntime_available", "ort_session"]
 
 BACKENDS = ("eager", "folded", "channels_last", "torchscript", "onnxruntime")
 #: backends that also run on a GPU (torch modules); TorchScript and ONNX Runtime here are CPU paths
@@ -240,8 +240,10 @@ class FastBackbone:
     ``channels_last`` says which layout it wants its input in (it converts otherwise)."""
 
     def __init__(self, backend: str, module=None, session=None, channels_last: bool = False,
-                 out_channels: int = 0, pool: Optional[nn.Module] = None, device: torch.device = CPU):
+                 out_channels: int = 0, pool: Optional[nn.Module] = None, device: torch.device = CPU,
+                 autocast: Optional[torch.dtype] = None):
         self.backend = backend
+        self.autocast = autocast  # e.g. torch.bfloat16: the module runs under torch.autocast
         self.module = module
         self.session = session
         self.channels_last = channels_last
@@ -256,7 +258,8 @@ class FastBackbone:
             x = x.contiguous(memory_format=torch.channels_last)
         elif not self.channels_last and not x.is_contiguous():
             x = x.contiguous()
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16,
+                                                    enabled=self.autocast is not None):
             return self.module(x)
 
     def _run_session(self, x: torch.Tensor):
@@ -269,7 +272,7 @@ class FastBackbone:
         """The feature map (B, C, h, w), on the CPU."""
         if self.session is not None:
             return torch.from_numpy(self._run_session(x)[0])
-        return self._run_module(x).cpu()
+        return self._run_module(x).float().cpu()
 
     def describe(self, x: torch.Tensor) -> np.ndarray:
         """(B, C) float32 numpy: ``L2(pool(fmap))`` with the pooling given to :func:`make_backbone`
@@ -284,13 +287,12 @@ class FastBackbone:
             return (desc / desc.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
 
     def __repr__(self) -> str:
+        extra = f", autocast={self.autocast}" if self.autocast is not None else ""
         return (f"FastBackbone(backend={self.backend!r}, channels_last={self.channels_last}, "
-                f"device={str(self.device)!r})")
+                f"device={str(self.device)!r}{extra})")
 
 
 def _onnx_session(module: nn.Module, example: torch.Tensor, threads: Optional[int]):
-    import onnxruntime as ort
-
     # export to a temporary file: the model is ~14 MB, ONNX Runtime reads it back from bytes
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "backbone.onnx")
@@ -304,10 +306,18 @@ def _onnx_session(module: nn.Module, example: torch.Tensor, threads: Optional[in
                               opset_version=17, dynamo=False)
         with open(path, "rb") as fh:
             model_bytes = fh.read()
+    return ort_session(model_bytes, threads)
+
+
+def ort_session(model_bytes: bytes, threads: Optional[int] = None):
+    """An ONNX Runtime CPU session of the serialised model, all graph optimisations, no spinning."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = int(threads or torch.get_num_threads())
     options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: a quantized graph logs every constant it drops
     # no spin-waiting between ops: on a busy machine the spinning threads take the CPU from the ones
     # working (Oxford E1, lite0-blocks-gem-ms-512, 40 images at load 5-7 on 2 cores: 643 / 702 ms per
     # image spinning, 278 / 517 without; a cold `make bench` under load spent 9x the quiet time there)
@@ -318,7 +328,7 @@ def _onnx_session(module: nn.Module, example: torch.Tensor, threads: Optional[in
 def make_backbone(net: nn.Module, is_lite: bool, backend: str = "torchscript",
                   example_size: int = 224, threads: Optional[int] = None,
                   pool: Optional[nn.Module] = None, layer: str = "head",
-                  device: Union[str, torch.device] = "cpu") -> FastBackbone:
+                  device: Union[str, torch.device] = "cpu", autocast: Optional[torch.dtype] = None) -> FastBackbone:
     """A :class:`FastBackbone` for the eval-mode EfficientNet ``net`` (not modified; copies are made).
 
     ``backend``: one of :data:`BACKENDS`. 'onnxruntime' raises ``ImportError`` when onnx/onnxruntime
@@ -327,12 +337,15 @@ def make_backbone(net: nn.Module, is_lite: bool, backend: str = "torchscript",
     learned GeM is its value at this call). ``layer``: the feature map returned (:data:`LAYERS`).
     ``device``: where the network runs ('cpu', 'cuda', 'cuda:1', ...); on a GPU only the torch
     module backends (:data:`GPU_BACKENDS`) apply, inputs are moved there and feature maps or
-    descriptors come back to the CPU."""
+    descriptors come back to the CPU. ``autocast`` (e.g. ``torch.bfloat16``): the torch module backends
+    run under ``torch.autocast`` (pooling in float32)."""
     import copy
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     device = torch.device(device)
+    if autocast is not None and backend not in GPU_BACKENDS:
+        raise ValueError(f"backend {backend!r} runs in float32 only; autocast needs one of {GPU_BACKENDS}")
     if device.type != "cpu":
         if backend not in GPU_BACKENDS:
             raise ValueError(f"backend {backend!r} runs on the CPU only; on {device} use one of {GPU_BACKENDS}")
@@ -345,13 +358,15 @@ def make_backbone(net: nn.Module, is_lite: bool, backend: str = "torchscript",
         if not is_lite and hasattr(eager, "set_swish"):
             eager.set_swish(memory_efficient=False)  # plain SiLU: same values, no custom autograd
         return FastBackbone("eager", _EagerFeatures(eager, layer).eval().to(device), out_channels=out_channels,
-                            pool=pool, device=device)
+                            pool=pool, device=device, autocast=autocast)
     folded = fold_efficientnet(net, is_lite, layer)
     if backend == "folded":
-        return FastBackbone("folded", folded.to(device), out_channels=out_channels, pool=pool, device=device)
+        return FastBackbone("folded", folded.to(device), out_channels=out_channels, pool=pool, device=device,
+                            autocast=autocast)
     if backend == "channels_last":
         return FastBackbone("channels_last", folded.to(device, memory_format=torch.channels_last),
-                            channels_last=True, out_channels=out_channels, pool=pool, device=device)
+                            channels_last=True, out_channels=out_channels, pool=pool, device=device,
+                            autocast=autocast)
     if backend == "torchscript":
         folded = folded.to(memory_format=torch.channels_last)
         with warnings.catch_warnings():

@@ -21,6 +21,7 @@ from retrieval.features.local import LocalFeatures
 
 from retrieval.rerank.scorer import LocalScorer
 from retrieval.rerank.matching import ShortlistMatches, match_shortlist
+from retrieval.rerank.matching_bf16 import match_shortlist_bf16, use_bf16_matching
 
 __all__ = ["RatioTestScorer", "ratio_scores"]
 
@@ -33,23 +34,29 @@ def ratio_scores(matches: ShortlistMatches) -> np.ndarray:
 
 
 class RatioTestScorer(LocalScorer):
-    """E5: fraction of the query's tentative matches that pass Lowe's ratio test (module docstring)."""
+    """E5: fraction of the query's tentative matches that pass Lowe's ratio test (module docstring).
+    ``precision``: the matcher's products (``auto``: the bfloat16 pre-selection with an exact check
+    of :mod:`retrieval.rerank.matching_bf16` where the CPU has native bfloat16; ``float32``)."""
 
     name = "ratio"
     score_kind = "count"
 
-    def __init__(self, ratio: float = 0.8, mutual: bool = False, n_workers: Optional[int] = None):
+    def __init__(self, ratio: float = 0.8, mutual: bool = False, n_workers: Optional[int] = None,
+                 precision: str = "auto"):
         if not 0 < ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+        use_bf16_matching(precision)  # refuses an unknown precision
+        self.precision = precision
         self.ratio = float(ratio)
         self.mutual = bool(mutual)
         self.n_workers = n_workers
 
     @property
     def config(self) -> dict:
-        return {"scorer": self.name, "ratio": self.ratio, "mutual": self.mutual}
+        return {"scorer": self.name, "ratio": self.ratio, "mutual": self.mutual, "precision": self.precision}
 
     def score(self, query: LocalFeatures, shortlist: Sequence[LocalFeatures]) -> np.ndarray:
-        matches = match_shortlist(query.descriptors, [f.descriptors for f in shortlist], ratio=self.ratio,
-                                  mutual=self.mutual, n_workers=self.n_workers)
+        match = match_shortlist_bf16 if use_bf16_matching(self.precision) else match_shortlist
+        matches = match(query.descriptors, [f.descriptors for f in shortlist], ratio=self.ratio,
+                        mutual=self.mutual, n_workers=self.n_workers)
         return ratio_scores(matches)

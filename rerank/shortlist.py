@@ -170,6 +170,10 @@ class Shortlist:
         def lookup(features, image_id):
             return features.get(image_id) if hasattr(features, "put") else features[image_id]
 
+        if hasattr(db_features, "put"):
+            # a store: each image read once and kept (LRU, DB_MEMORY_BYTES), so that a database image
+            # in many queries' shortlists is neither read nor prepared for the matcher again
+            db_features = _FeatureMemo(db_features, DB_MEMORY_BYTES)
         rows = self.pending(name)
         self.add_local(name)
         for count, row in enumerate(tqdm(rows, desc=f"local score {name}", disable=not progress, leave=False), 1):
@@ -285,6 +289,34 @@ def _features_source(features, needed):
     if hasattr(features, "put") and hasattr(features, "path"):  # a features.store.LocalFeatureStore
         return ("store", str(features.path))
     return ("dict", {i: (features.get(i) if hasattr(features, "put") else features[i]) for i in needed})
+
+
+#: bytes of database features :meth:`Shortlist.score_with` keeps in memory across queries
+DB_MEMORY_BYTES = 2 << 30
+
+
+class _FeatureMemo:
+    """A store's features by id, read once and kept up to ``budget`` bytes (least recently used
+    first out)."""
+
+    def __init__(self, store, budget: int):
+        from collections import OrderedDict
+
+        self.store, self.budget, self.used = store, int(budget), 0
+        self.items: "OrderedDict[str, object]" = OrderedDict()
+
+    def __getitem__(self, image_id: str):
+        hit = self.items.get(image_id)
+        if hit is not None:
+            self.items.move_to_end(image_id)
+            return hit
+        feats = self.store.get(image_id)
+        self.items[image_id] = feats
+        self.used += feats.keypoints.nbytes + feats.descriptors.nbytes
+        while self.used > self.budget and len(self.items) > 1:
+            _, old = self.items.popitem(last=False)
+            self.used -= old.keypoints.nbytes + old.descriptors.nbytes
+        return feats
 
 
 _OPENED: Dict[tuple, object] = {}  # per worker process: stores stay open across the queries it scores

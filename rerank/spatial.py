@@ -33,6 +33,7 @@ from retrieval.features.local import LocalFeatures
 
 from retrieval.rerank.scorer import LocalScorer
 from retrieval.rerank.matching import PairMatches, ShortlistMatches, default_workers, match_shortlist
+from retrieval.rerank.matching_bf16 import PRECISIONS, match_shortlist_bf16, use_bf16_matching
 
 __all__ = ["SpatialConfig", "GlueSpatialConfig", "Verification", "SpatialVerifier", "fit_model", "count_inliers",
            "reprojection_errors", "MODELS", "METHODS", "SPATIAL_CONFIGS"]
@@ -63,7 +64,10 @@ class SpatialConfig(Config):
     ``ratio``: Lowe's ratio threshold (None: every nearest-neighbour match); ``mutual``: keep only
     mutual nearest neighbours; ``model`` in :data:`MODELS`; ``method`` in :data:`METHODS`;
     ``threshold``: inlier reprojection error in pixels of the database image; ``max_iters``,
-    ``confidence``, ``refine_iters``: passed to OpenCV; ``n_workers``: threads (None: usable CPUs).
+    ``confidence``, ``refine_iters``: passed to OpenCV; ``n_workers``: threads (None: usable CPUs);
+    ``precision``: the matcher's products (:data:`retrieval.rerank.matching_bf16.PRECISIONS`: ``auto``
+    = a bfloat16 pre-selection with an exact check where the CPU has native bfloat16, the same matches
+    as ``float32``, the one float32 GEMM per pair of the earlier versions).
     """
 
     ratio: Optional[float] = 0.9
@@ -75,8 +79,11 @@ class SpatialConfig(Config):
     confidence: float = 0.999
     refine_iters: int = 10
     n_workers: Optional[int] = None
+    precision: str = "auto"
 
     def check(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; known: {list(PRECISIONS)}")
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; known: {sorted(MODELS)}")
         if self.method not in METHODS:
@@ -245,8 +252,9 @@ class SpatialVerifier(LocalScorer):
             from retrieval.rerank.glue import glue_shortlist
 
             return glue_shortlist(query, shortlist, c.features, c.filter_threshold, c.n_workers)
-        return match_shortlist(query.descriptors, [f.descriptors for f in shortlist], ratio=c.ratio,
-                               mutual=c.mutual, n_workers=c.n_workers)
+        match = match_shortlist_bf16 if use_bf16_matching(c.precision) else match_shortlist
+        return match(query.descriptors, [f.descriptors for f in shortlist], ratio=c.ratio, mutual=c.mutual,
+                     n_workers=c.n_workers)
 
     def fit(self, query: LocalFeatures, shortlist: Sequence[LocalFeatures],
             matches: ShortlistMatches) -> List[Verification]:

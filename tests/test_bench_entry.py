@@ -37,17 +37,22 @@ def test_deep_speed_on_a_few_images(coil100_dir, tmp_path):
     # random weights at 64 px: nothing to download, a second of work
     done = _script("deep_speed.py", "--dataset", "folder", "--data", data, "--config", "lite0-gem-224",
                    "--set", "weights=random", "--set", "size=64", "--backend", "eager", "--backends", "eager",
-                   "--bare-images", 2, "--rounds", 1, "--compare-batch", 1, "--n-jobs", 1, "--full",
-                   "--out", tmp_path / "out")
+                   "--precisions", "--bare-images", 2, "--rounds", 1, "--compare-batch", 1, "--n-jobs", 1,
+                   "--full", "--out", tmp_path / "out")
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert {"rows", "torch_threads", "n_jobs", "quick", "torch"} <= set(results)
+    assert {"rows", "torch_threads", "n_jobs", "quick", "torch", "auto_precision"} <= set(results)
+    # a backend named explicitly: the default path is float32 on it
+    assert results["auto_precision"] == "float32"
     for row in results["rows"]:
-        assert set(row) == {"dataset", "variant", "batch", "img_per_s", "vs_eager", "e2e_vs_bare", "default"}
+        assert set(row) == {"dataset", "variant", "batch", "img_per_s", "vs_eager", "vs_old_default", "e2e_vs_bare",
+                            "min_cos", "default"}
         assert row["dataset"] == "coil" and row["img_per_s"] > 0
     variants = [row["variant"] for row in results["rows"]]
     assert "bare forward: eager" in variants and "end to end: eager" in variants
-    assert variants[-1] == "end to end, all 4 images: eager"
+    assert variants[-2:] == ["end to end, all 4 images: eager"] * 2
+    e2e = [row for row in results["rows"] if row["variant"] == "end to end: eager"]
+    assert [row["min_cos"] > 0.9999 for row in e2e] == [True] * len(e2e)  # float32 at every batch size
     assert (tmp_path / "out" / "results.md").is_file()
 
 

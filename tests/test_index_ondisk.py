@@ -94,3 +94,33 @@ def test_only_ivf_folders_merge(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "something-else", "version": 1}))
     with pytest.raises(IndexFileError, match="manifest"):
         merge_on_disk(tmp_path, progress=False)
+
+
+def test_a_new_shard_is_searched_at_once_without_a_rebuild(shards, tmp_path):
+    from retrieval.scale.add_shard import add_shard
+    from retrieval.scale.ivf_build import ShardedIndex
+
+    source, queries = shards
+    out = build_sharded_index(source, tmp_path / "idx", backend="faiss-ivf", nlist=12, progress=False, on_disk=True)
+    lists = out / ON_DISK_FILES["lists"]
+    stamp = lists.stat().st_mtime_ns
+    rng = np.random.default_rng(5)
+    extra = rng.standard_normal((40, source.dim)).astype(np.float32)
+    extra_ids = np.array([f"added-{i}" for i in range(40)])
+    info = add_shard(out, extra_ids, extra)
+    assert info["added"] == 40 and info["count"] == source.n + 40 and lists.stat().st_mtime_ns == stamp
+    # the same trained quantiser: the merged lists + the new shard rank as one index over everything
+    one = build_index(source, backend="faiss-ivf", nlist=12, progress=False)
+    one.add(extra, extra_ids)
+    on_disk, sharded = load_on_disk(out), ShardedIndex.load(out)
+    probe = np.concatenate([queries, extra[:5]])
+    for nprobe in (2, 12):
+        want = one.search(probe, k=15, nprobe=nprobe)
+        for index in (on_disk, sharded):
+            got = index.search(probe, k=15, nprobe=nprobe)
+            np.testing.assert_array_equal(got.ids, want.ids)
+    assert on_disk.search(extra[:1], k=1).ids[0, 0] == "added-0"
+    with pytest.raises(ValueError, match="already in the index"):
+        add_shard(out, extra_ids[:3], extra[:3])
+    merge_on_disk(out, progress=False)  # folded into the lists when convenient
+    assert not len(load_on_disk(out).since_merge)

@@ -81,8 +81,16 @@ def test_overrides_make_checked_copies():
 
 
 def test_training_configuration_on_disk_reads_both_ways():
-    assert TRAIN_CONFIGS["coil-e3"].to_dict() == COIL_E3
-    assert TrainConfig.from_dict(json.loads(json.dumps(COIL_E3))) == TRAIN_CONFIGS["coil-e3"]
+    from retrieval.training.settings import TRAIN_PRECISION
+
+    # the training precision (and the channels-last layout that follows it) joined the configuration
+    now = {**COIL_E3, "channels_last": None, "loop": {**COIL_E3["loop"], "precision": TRAIN_PRECISION}}
+    assert TRAIN_CONFIGS["coil-e3"].to_dict() == now
+    assert TrainConfig.from_dict(json.loads(json.dumps(now))) == TRAIN_CONFIGS["coil-e3"]
+    # a configuration written before reads back as what it ran: float32, NCHW
+    old = TrainConfig.from_dict(json.loads(json.dumps(COIL_E3)))
+    assert old.loop.precision == "float32" and old.channels_last is False
+    assert old.override({"loop.precision": TRAIN_PRECISION, "channels_last": None}) == TRAIN_CONFIGS["coil-e3"]
     cfg = TRAIN_CONFIGS.get("gldv2-e2-gpu", ["load_size=288", "loop.lr=3e-4"])
     assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
 

@@ -5,6 +5,9 @@ here and a Python function in :mod:`retrieval.steps`; every experiment runs thro
     retrieval encode LOCAL.h5 --out GLOBAL.h5 --encoder vlad-64 --model VLAD.npz
     retrieval index build FEATURES.h5 --out INDEX.npz --backend exact|faiss-flat|faiss-ivf|...
     retrieval search INDEX.npz QUERIES.h5 --out RANKING.json        (alias: retrieval index search)
+    retrieval index build FEATURES.h5 --out FOLDER --collection [--labels CSV] [--images ROOT] [--local DB.h5]
+    retrieval add FOLDER --images PATH... | --features F.h5 [--labels CSV] [--replace];  retrieval remove FOLDER --ids ...
+    retrieval collection info|compact|retrain FOLDER
     retrieval rerank RANKING.json --query-local Q.h5 --db-local DB.h5 --scorer spatial --out R2.json
     retrieval evaluate RANKING.json --dataset KIND --data PATH [--protocol oxford,landmark]
     retrieval run EXPERIMENT [--dataset KIND --data PATH] [--data-root DIR] [--quick] [--set KEY=VALUE]
@@ -36,7 +39,8 @@ import warnings
 from typing import Optional, Sequence
 
 from retrieval.core.checks import CLIError, os_error_message
-from retrieval.cli import bench_commands, dataset_commands, run_command, serve_command, step_commands, train_command
+from retrieval.cli import (bench_commands, collection_commands, dataset_commands, run_command, serve_command,
+                           step_commands, train_command)
 from retrieval.cli.arguments import add_dataset_arguments, dataset_config, load_dataset, parse_options, progress_enabled
 from retrieval.cli.output import emit_json
 
@@ -44,7 +48,7 @@ __all__ = ["main", "build_parser", "CLIError", "COMMAND_GROUPS", "add_dataset_ar
            "dataset_config", "emit_json", "parse_options", "progress_enabled"]
 
 #: the ``register(subparsers)`` of every command group, in --help order
-COMMAND_GROUPS = (step_commands.register, run_command.register, dataset_commands.register,
+COMMAND_GROUPS = (step_commands.register, collection_commands.register, run_command.register, dataset_commands.register,
                   bench_commands.register, serve_command.register, train_command.register)
 
 GLOBAL_FLAGS = ("--debug", "--quiet")

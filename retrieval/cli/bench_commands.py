@@ -7,7 +7,9 @@ data or one dataset timed), each a function of :mod:`retrieval.bench` or :mod:`r
     retrieval bench scale [--quick]                                                   # benchmarks/scale.py
     retrieval bench store-integrity [--entries N --rows N --rounds N]                 # benchmarks/store_integrity.py
     retrieval bench serve-load [--vectors N --dim D]                                  # benchmarks/serve_load.py
-    retrieval bench vector-db [--quick] [--backends ...]                              # benchmarks/vector_db.py
+    retrieval bench rerank-speed [--cache DIR] [--queries N]                          # benchmarks/rerank_speed.py
+    retrieval bench rankings [--part a|b] [--images 3280 --queries 10000 --database 100000]  # benchmarks/rankings.py
+    retrieval bench train-speed [--rungs e2 e3 e4] [--variants float32 bfloat16+nhwc]  # benchmarks/train_speed.py
 
 The experiments (the E1-E8 ladder, the classical and descriptor studies, multi-view) run with
 ``retrieval run NAME`` (``retrieval run --list``).
@@ -21,16 +23,17 @@ from retrieval.core.checks import CLIError, require_output
 from retrieval.core.dataset_kinds import DATASET_KINDS
 from retrieval.cli.arguments import parse_options
 from retrieval.cli.output import emit_json
+from retrieval.cli.bench_vector_db import vector_db_parser
 
 __all__ = ["register"]
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks: index-speed, deep-speed, scale, store-integrity, "
-                                                 "serve-load, learned-speed, asmk-eval, fusion-default, vector-db "
-                                                 "(experiments: retrieval run)")
+                                                 "serve-load, learned-speed, rerank-speed, asmk-eval, fusion-default, "
+                                                 "rankings, train-speed, vector-db (experiments: retrieval run)")
     sub = parser.add_subparsers(dest="bench_command", metavar="{index-speed,deep-speed,scale,store-integrity,"
-                                                               "serve-load,learned-speed,asmk-eval,fusion-default,"
-                                                               "vector-db}",
+                                                               "serve-load,learned-speed,rerank-speed,asmk-eval,"
+                                                               "fusion-default,rankings,train-speed,vector-db}",
                                 required=True)
     _index_speed_parser(sub)
     _deep_speed_parser(sub)
@@ -38,9 +41,12 @@ def register(subparsers) -> None:
     _store_integrity_parser(sub)
     _serve_load_parser(sub)
     _learned_speed_parser(sub)
+    _rerank_speed_parser(sub)
     _asmk_eval_parser(sub)
     _fusion_default_parser(sub)
-    _vector_db_parser(sub)
+    _rankings_parser(sub)
+    _train_speed_parser(sub)
+    vector_db_parser(sub)
 
 
 def _options(args) -> argparse.Namespace:
@@ -106,6 +112,9 @@ def _deep_speed_parser(sub) -> None:
     p.add_argument("--backends", nargs="+", default=None,
                    help="inference paths timed (default: all of retrieval.features.fast_inference.BACKENDS: "
                         "eager, folded, channels_last, torchscript, onnxruntime)")
+    p.add_argument("--precisions", nargs="*", default=["int8", "bfloat16"],
+                   help="reduced precisions timed beside float32, end to end and bare (default: int8 bfloat16; "
+                        "the default path, precision auto, is timed too)")
     p.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime intra-op threads")
     p.add_argument("--n-jobs", type=int, default=2, help="decoding threads")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward (default: extractor's)")
@@ -126,6 +135,9 @@ def _deep_speed(args) -> int:
     if unknown:
         raise CLIError(f"--backends: unknown inference path(s) {unknown}; known: {', '.join(BACKENDS)}")
     args.backends = list(args.backends or BACKENDS)
+    bad = sorted(set(args.precisions) - {"int8", "bfloat16"})
+    if bad:
+        raise CLIError(f"--precisions: unknown precision(s) {bad}; known: int8, bfloat16")
     if args.data is None and args.dataset != "oxford":
         raise CLIError(f"--dataset {args.dataset} needs its folder (--data PATH)")
     require_output(args.out, "results", folder=True)
@@ -198,6 +210,10 @@ def _serve_load_parser(sub) -> None:
     p.add_argument("--concurrency", type=int, default=8, help="at most 8")
     p.add_argument("--k", type=int, default=20, help="results per search (default 20)")
     p.add_argument("--time-limit", type=float, default=120.0, help="stop after this many seconds (default 120)")
+    p.add_argument("--collection", action="store_true",
+                   help="serve a collection folder and, during the load, add --add vectors to it from another "
+                        "process: latency during the add and the time until the server shows them")
+    p.add_argument("--add", type=int, default=1000, help="vectors added with --collection (default 1,000)")
     p.add_argument("--out", default=None, help="also write the JSON report here")
     p.set_defaults(func=_serve_load)
 
@@ -209,12 +225,31 @@ def _serve_load(args) -> int:
         raise CLIError(f"the load test is bounded: 1 <= --requests <= {MAX_REQUESTS}, "
                        f"1 <= --concurrency <= {MAX_CONCURRENCY}")
     require_output(args.out, "load report")
+    if args.collection:
+        return _serve_load_during_add(args)
     report = run_load(args.vectors, args.dim, args.requests, args.concurrency, args.k, args.time_limit)
     emit_json(report, args.out)
     lat = report["latency_ms"]
     print(f"/api/search by id, {n_fmt(report)} synthetic vectors: p50 {lat['p50']} ms, p95 {lat['p95']} ms over "
           f"{report['requests']} requests, {report['concurrency']} concurrent (target p95 < 100 ms); load average "
           f"{report['load_average']} on {report['cpu_count']} CPUs")
+    return 0
+
+
+def _serve_load_during_add(args) -> int:
+    from retrieval.serve.load import n_fmt
+    from retrieval.serve.load_add import MAX_ADD, run_load_during_add
+
+    if not 1 <= args.add <= MAX_ADD:
+        raise CLIError(f"--add must be 1-{MAX_ADD}, got {args.add}")
+    report = run_load_during_add(args.vectors, args.dim, args.add, args.requests, args.concurrency, args.k,
+                                 args.time_limit)
+    emit_json(report, args.out)
+    during = report["latency_ms"]["during_add"]
+    print(f"/api/search by id on a {n_fmt(report)} collection while {args.add:,} vectors are added: p50 "
+          f"{during['p50']} ms, p95 {during['p95']} ms over {during['requests']} requests (target p95 < 150 ms); "
+          f"the add took {report['add_seconds']} s, shown {report['visible_after_add_ms']} ms after it returned "
+          f"(target < 1000 ms); load average {report['load_average']} on {report['cpu_count']} CPUs")
     return 0
 
 
@@ -238,6 +273,17 @@ def _learned_speed_parser(sub) -> None:
     p.set_defaults(func=lambda args: _run_bench("learned_speed", args))
 
 
+def _rerank_speed_parser(sub) -> None:
+    p = _described(sub, "rerank-speed", "spatial verification and the ratio test of a top 100, the float32 matcher "
+                   "beside the bfloat16 one (ms/query, scores, mAP)", "retrieval.bench.rerank_speed")
+    p.add_argument("--cache", default="cache/spatial/full/landmark/oxford5k_subset",
+                   help="the landmark cache of 'retrieval run spatial' (E1 shortlist, RootSIFT stores)")
+    p.add_argument("--data", default=None, help="Oxford folder (default: the subset of the data root)")
+    p.add_argument("--queries", type=int, default=None, help="first N queries only (no mAP then)")
+    p.add_argument("--out", default="results/rerank_speed", help="results folder")
+    p.set_defaults(func=lambda args: _run_bench("rerank_speed", args))
+
+
 def _asmk_eval_parser(sub) -> None:
     p = _described(sub, "asmk-eval", "ASMK* as a first-stage search on Oxford", "retrieval.bench.asmk_eval")
     p.add_argument("--data", default=None, help="Oxford folder (default: the subset of the data root)")
@@ -254,6 +300,8 @@ def _run_bench(module: str, args) -> int:
     require_output(args.out, "results", folder=True)
     if module == "learned_speed":
         from ..bench.learned_speed import run
+    elif module == "rerank_speed":
+        from ..bench.rerank_speed import run
     else:
         from ..bench.asmk_eval import run
     run(_options(args))
@@ -277,43 +325,76 @@ def _fusion_default(args) -> int:
 
 
 
-# ---------------------------------------------------------------------------------- vector-db
+# -------------------------------------------------------------------------------- rankings
 
-def _vector_db_parser(sub) -> None:
-    p = _described(sub, "vector-db", "an embedded vector database (LanceDB) against faiss exact / IVF / HNSW on the "
-                   "same seeded clustered vectors: build, recall, queries/s, memory, disk, filtered search",
-                   "retrieval.bench.vector_db")
-    p.add_argument("--n", type=int, default=1_000_000, help="database vectors (default 1,000,000)")
-    p.add_argument("--dim", type=int, default=256, help="dimension (default 256)")
-    p.add_argument("--queries", type=int, default=1000, help="query vectors (default 1000)")
-    p.add_argument("--k", type=int, default=100, help="results per query (default 100)")
-    p.add_argument("--single", type=int, default=1000, help="queries timed one at a time (default 1000)")
-    p.add_argument("--clusters", type=int, default=1000, help="Gaussian mixture centres (default 1000)")
-    p.add_argument("--spread", type=float, default=0.5, help="noise norm around a centre (default 0.5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lance-partitions", type=int, default=None,
-                   help="LanceDB IVF lists (default: LanceDB's own, about sqrt(N))")
-    p.add_argument("--backends", nargs="+", default=None,
-                   help="backends measured (default all: faiss-flat faiss-ivf faiss-hnsw lancedb)")
-    p.add_argument("--quick", action="store_true", help="20,000 x 64 vectors, 200 queries (CI; seconds)")
-    p.add_argument("--work", default=None, help="folder for the vectors (default cache/vector_db[-quick])")
-    p.add_argument("--out", default="results/vector_db", help="results folder")
-    p.set_defaults(func=_vector_db)
+def _rankings_parser(sub) -> None:
+    p = _described(sub, "rankings", "ranking files: size, write time and peak memory, JSON against the binary "
+                   "file, and a 10,000 x 100,000 full ranking written and evaluated streaming",
+                   "retrieval.bench.rankings")
+    p.add_argument("--images", type=int, default=3280, help="(a) images, each also a query (default 3280)")
+    p.add_argument("--dim", type=int, default=256, help="vector dimension (default 256)")
+    p.add_argument("--queries", type=int, default=10_000, help="(b) queries (default 10000)")
+    p.add_argument("--database", type=int, default=100_000, help="(b) database images = k (default 100000)")
+    p.add_argument("--protocol", default="general", help="evaluation protocol (default general: every metric)")
+    p.add_argument("--part", choices=("both", "a", "b"), default="both",
+                   help="(a) the every-image-as-query JSON/binary comparison, (b) the large ranking, or both")
+    p.add_argument("--folder", type=Path, default=None, help="where to write the rankings (default: a temporary "
+                                                            "folder; (b) needs about queries x database x 8 bytes)")
+    p.add_argument("--before", type=Path, default=None,
+                   help="(a) also measures the search and evaluation of the source tree of an earlier version "
+                        "(e.g. git archive COMMIT | tar -x -C DIR)")
+    p.add_argument("--reuse-ranking", type=Path, default=None,
+                   help="(b): evaluate this ranking file, written by an earlier (b) of the same sizes, instead of "
+                        "searching again")
+    p.add_argument("--out", default="results/rankings", help="results folder")
+    p.set_defaults(func=_rankings)
 
 
-def _vector_db(args) -> int:
-    from retrieval.bench.vector_db import BACKENDS, run
+def _rankings(args) -> int:
+    from retrieval.bench.rankings import run
 
-    unknown = sorted(set(args.backends or ()) - set(BACKENDS))
-    if unknown:
-        raise CLIError(f"--backends: unknown backend(s) {unknown}; known: {', '.join(BACKENDS)}")
-    args.backends = list(args.backends or BACKENDS)
-    if args.quick:
-        args.n, args.dim, args.queries, args.single, args.clusters = 20_000, 64, 200, 50, 100
-    if min(args.n, args.dim, args.queries, args.k, args.single, args.clusters) < 1 or args.k > args.n:
-        raise CLIError("--n, --dim, --queries, --k, --single and --clusters must be positive, and --k <= --n")
-    args.single = min(args.single, args.queries)
-    args.work = args.work or ("cache/vector_db-quick" if args.quick else "cache/vector_db")
+    for name in ("images", "dim", "queries", "database"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name} must be positive, got {getattr(args, name)}")
+    require_output(args.out, "results", folder=True)
+    if args.before is not None and not (args.before / "retrieval" / "steps" / "search.py").is_file():
+        raise CLIError(f"{args.before}: not a source tree of this project (no retrieval/steps/search.py)")
+    run(args.images, args.dim, args.queries, args.database, protocol=args.protocol, part=args.part,
+        folder=args.folder, out=Path(args.out), before=args.before, reuse=args.reuse_ranking)
+# -------------------------------------------------------------------------------- train-speed
+
+def _train_speed_parser(sub) -> None:
+    p = _described(sub, "train-speed", "EfficientNet training ms/step, float32 against bfloat16 autocast, NCHW "
+                   "against channels-last, for the ladder's E2-E4 configurations", "retrieval.bench.train_speed")
+    p.add_argument("--data", default=None, help="COIL-100 folder (images/ + labels.csv; default: the data root's)")
+    p.add_argument("--synthetic", action="store_true", help="random 128 px images instead of COIL-100")
+    p.add_argument("--classes", type=int, default=20, help="objects whose images train (default 20)")
+    p.add_argument("--rungs", nargs="+", default=["e2", "e3", "e4"], choices=["e2", "e3", "e4"],
+                   help="configurations timed (coil-e2, coil-e3, coil-e4)")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="PRECISION[+nhwc], the first the baseline (default: float32 float32+nhwc bfloat16 "
+                        "bfloat16+nhwc)")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per run (default 6)")
+    p.add_argument("--warmup", type=int, default=2, help="steps left out at the start of each run (default 2)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--device", default="cpu", help="training device (default cpu)")
+    p.add_argument("--quick", action="store_true", help="small batches of 64 px images (the same code path)")
+    p.add_argument("--out", default="results/train_speed", help="results folder")
+    p.set_defaults(func=_train_speed)
+
+
+def _train_speed(args) -> int:
+    from ..bench.train_speed import VARIANTS, parse_variant, run
+
+    args.variants = list(args.variants or VARIANTS)
+    for variant in args.variants:
+        try:
+            parse_variant(variant)
+        except ValueError as exc:
+            raise CLIError(f"--variants: {exc}") from None
+    if min(args.steps, args.rounds, args.classes) < 1 or args.warmup < 0:
+        raise CLIError("--steps, --rounds and --classes must be >= 1, --warmup >= 0")
     require_output(args.out, "results", folder=True)
     run(_options(args))
     return 0

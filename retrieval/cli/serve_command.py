@@ -4,6 +4,7 @@ served by :mod:`retrieval.serve`.
     retrieval serve --experiment RESULTS_DIR
     retrieval serve --index INDEX.npz --features FEATURES.h5 --images ROOT [--local SIFT.h5]
                     [--queries QUERIES.h5] [--dataset KIND --data PATH] [--host 127.0.0.1] [--port 8000]
+    retrieval serve --index COLLECTION_FOLDER [--allow-add]     # follows the collection's adds live
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def register(subparsers) -> None:
     parser.add_argument("--experiment", metavar="RESULTS_DIR",
                         help="a results folder: its serve.json (or the E1-E7 run's options) names the index, "
                              "features and data; the page also shows its table, figures and failures")
-    parser.add_argument("--index", help="index file (retrieval index build); opened read-only")
+    parser.add_argument("--index", help="index file (retrieval index build; opened read-only), or a collection "
+                                        "folder (index build --collection): its adds are served as they land")
     parser.add_argument("--features", help="global feature file of the database (its configuration describes "
                                            "uploads; without --index an exact index is built from it in memory)")
     parser.add_argument("--images", help="folder of the indexed images (ids: relative path or file stem)")
@@ -46,6 +48,12 @@ def register(subparsers) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MiB (default 10)")
     parser.add_argument("--max-pixels", type=int, default=40_000_000,
                         help="largest uploaded image in pixels, width x height (default 40,000,000)")
+    parser.add_argument("--allow-add", action="store_true",
+                        help="the page and POST /api/add take images to add to the served collection (off by "
+                             "default; refused on a non-loopback --host unless --allow-add-remote)")
+    parser.add_argument("--allow-add-remote", action="store_true",
+                        help="allow --allow-add on a non-loopback --host: anyone who reaches the port may write "
+                             "into the collection (the API has no authentication)")
     parser.add_argument("--check", action="store_true",
                         help="open everything, print what would be served as JSON, and exit")
     parser.set_defaults(func=_serve)
@@ -71,6 +79,12 @@ def open_from_args(args):
     if (args.dataset is None) != (args.data is None):
         raise CLIError("--dataset and --data go together")
     dataset = load_dataset(args) if args.dataset else None
+    from retrieval.indexing.collection_files import is_collection
+
+    if sources["index"] and is_collection(sources["index"]):
+        return _open_collection(args, sources, dataset), results
+    if args.allow_add:
+        raise CLIError("--allow-add needs --index COLLECTION_FOLDER (retrieval index build --collection)")
     if not sources["images"] and dataset is None:
         raise CLIError("serve needs --images ROOT or --dataset KIND --data PATH to show images")
     for key, value in sources.items():
@@ -84,6 +98,23 @@ def open_from_args(args):
     if chosen is not None:
         catalog.use_fusion(*chosen)
     return catalog, results
+
+
+def _open_collection(args, sources: dict, dataset):
+    """A :class:`~retrieval.serve.live.LiveCatalog` of the collection folder ``--index``."""
+    from retrieval.indexing.collection import CollectionError
+    from retrieval.serve.live import LiveCatalog
+
+    extra = [f"--{k}" for k in ("features", "queries", "local") if sources[k]]
+    if extra:
+        raise CLIError(f"{' '.join(extra)}: not used with a collection folder ({sources['index']} records its "
+                       "extractor configuration and local-feature stores)")
+    if sources["images"] and not Path(sources["images"]).is_dir():
+        raise CLIError(f"{sources['images']}: no such image folder")
+    try:
+        return LiveCatalog(sources["index"], images=sources["images"], dataset=dataset)
+    except (CollectionError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -106,11 +137,16 @@ def _serve(args) -> int:
         raise CLIError(f"--port must be 1-65535, got {args.port}")
     if args.v is not None and not 0.0 <= args.v <= 1.0:
         raise CLIError(f"--v must be in [0, 1], got {args.v}")
+    if args.allow_add and not _is_loopback(args.host) and not args.allow_add_remote:
+        raise CLIError(f"--allow-add on {args.host}: anyone who reaches it could write into the collection (no "
+                       "authentication); serve on 127.0.0.1, or add --allow-add-remote to allow it")
     limits = UploadLimits(int(args.max_upload_mb * 2 ** 20), args.max_pixels)
-    catalog, results = open_from_args(args)
+    served, results = open_from_args(args)
+    catalog = getattr(served, "current", served)
     if args.check:
         emit_json({**catalog.describe(), "results": str(results.path) if results else None,
-                   "host": args.host, "port": args.port, "limits": limits.to_dict()})
+                   "host": args.host, "port": args.port, "limits": limits.to_dict(),
+                   "allow_add": bool(args.allow_add)})
         return 0
     import uvicorn  # checked above
 
@@ -120,7 +156,9 @@ def _serve(args) -> int:
         print(f"retrieval: warning: serving on {args.host}, reachable from other machines; the API has no "
               "authentication", file=sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app = create_app(catalog, results, limits, default_k=args.k, default_v=args.v)
+    app = create_app(served, results, limits, default_k=args.k, default_v=args.v, allow_add=args.allow_add)
+    if hasattr(served, "start"):
+        served.start()  # the watcher: a new generation of the collection is swapped in as it lands
 
     def warm_up():
         why = catalog.warm_up()
@@ -128,7 +166,8 @@ def _serve(args) -> int:
             logging.getLogger("retrieval.serve").warning("upload search unavailable: %s", why)
 
     threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
-    print(f"serving {len(catalog.index):,} images on http://{args.host}:{args.port}/ (Ctrl-C stops)",
+    followed = " (a collection: its adds are followed)" if served is not catalog else ""
+    print(f"serving {len(catalog.index):,} images{followed} on http://{args.host}:{args.port}/ (Ctrl-C stops)",
           file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -15,6 +15,9 @@ from retrieval.core.checks import CLIError, require_file, require_output, writin
 from retrieval.cli.arguments import add_dataset_arguments, dataset_config, load_dataset, parse_options, progress_enabled
 from retrieval.cli.output import emit_json
 
+#: the ranking files the commands read: JSON or the binary ranking file
+RANKING_KINDS = ("json", "ranking")
+
 __all__ = ["register"]
 
 def register(subparsers) -> None:
@@ -124,7 +127,15 @@ def _register_index(subparsers) -> None:
     sub = parser.add_subparsers(dest="index_command", metavar="{build,search}", required=True)
     build = sub.add_parser("build", help="build an index from a global feature file (HDF5)")
     build.add_argument("features", help="global feature file (retrieval extract global / retrieval encode)")
-    build.add_argument("--out", required=True, help="index file to write (.npz)")
+    build.add_argument("--out", required=True, help="index file to write (.npz), or with --collection a new folder")
+    build.add_argument("--collection", action="store_true",
+                       help="start a collection in the folder --out: images can then be added and removed "
+                            "(retrieval add / remove), searches filtered by metadata, and serve follows changes")
+    build.add_argument("--labels", help="collection: CSV of metadata (header row; an 'id' column, else the first)")
+    build.add_argument("--images", help="collection: folder of the indexed images (metadata folder, file, path, "
+                                        "EXIF date for the ids found there)")
+    build.add_argument("--local", help="collection: local-feature store of the database, kept with it "
+                                       "(spatial verification in serve; retrieval add extracts the same)")
     build.add_argument("--backend", default="exact",
                        help="exact, faiss-flat, faiss-ivf, faiss-ivfpq or faiss-hnsw (default exact)")
     build.add_argument("--zero-rows", choices=("keep", "drop"), default="keep",
@@ -146,11 +157,17 @@ def _index_build(args) -> int:
     if args.backend not in BACKENDS:
         raise CLIError(f"unknown backend {args.backend!r}; choose from {', '.join(BACKENDS)}")
     features = require_file(args.features, "feature file", "hdf5")
-    out = require_output(args.out, "index")
-    conf = IndexConfig(backend=args.backend, options=parse_options(args.option), zero_rows=args.zero_rows)
+    out = require_output(args.out, "index", folder=args.collection)
+    if not args.collection and (args.labels or args.images or args.local):
+        raise CLIError("--labels, --images and --local describe a collection: add --collection")
+    conf = IndexConfig(backend=args.backend, options=parse_options(args.option), zero_rows=args.zero_rows,
+                       collection=args.collection)
+    extra = {"labels": require_file(args.labels, "labels CSV") if args.labels else None,
+             "images": Path(args.images) if args.images else None,
+             "local": require_file(args.local, "local-feature store", "hdf5") if args.local else None}
     info: dict = {}
     with writing(out, "index"):
-        out = main(conf, features, out, info=info)
+        out = main(conf, features, out, info=info, **extra)
     emit_json({"index": str(out), "features": str(features), "backend": conf.backend, **info})
     return 0
 
@@ -160,25 +177,35 @@ def _index_build(args) -> int:
 def _search_arguments(parser: argparse.ArgumentParser) -> None:
     from retrieval.steps.search import FULL_RANKING_ENTRIES, LARGE_DEFAULT_K  # standard library only
 
-    parser.add_argument("index", help="index file written by 'retrieval index build'")
+    parser.add_argument("index", help="index file written by 'retrieval index build', or a collection folder")
     parser.add_argument("queries", help="global feature file of the queries")
     parser.add_argument("--k", default=None,
                         help="results per query, or 'full' (default: the whole database when the ranking "
                              f"stays under {FULL_RANKING_ENTRIES:,} entries, else {LARGE_DEFAULT_K})")
-    parser.add_argument("--out", required=True, help="ranking file to write (JSON)")
-    parser.add_argument("--batch", type=int, default=4096, help="queries per search call (progress step)")
+    parser.add_argument("--out", required=True,
+                        help="ranking file to write: binary (int32 rows, float32 scores, one id table; e.g. "
+                             "ranking.rank) unless the name ends in .json")
+    parser.add_argument("--format", choices=("auto", "binary", "json"), default="auto",
+                        help="ranking file format: auto (JSON for a .json name, else binary; the default), "
+                             "binary or json (small rankings only: about 45 bytes a result)")
+    parser.add_argument("--batch", type=int, default=4096,
+                        help="queries per search call (progress step; fewer when k is large)")
     parser.add_argument("--allow-mixed", action="store_true",
                         help="search queries made with another network, weights, pooling, whitening or encoder "
                              "than the index (refused by default: the vectors are not comparable)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
                         help="search option: memory_mb (exact), nprobe (IVF), ef_search (HNSW)")
+    parser.add_argument("--where", action="append", metavar="COLUMN OP VALUE", default=[],
+                        help="collections: metadata condition a result must meet, repeatable (label=cat, "
+                             "date>=2024-01-01, folder~trips/; OP one of = != < <= > >= ~), applied inside the search")
 
 
 def _search(args) -> int:
-    from retrieval.indexing.index import Index
+    from retrieval.indexing.collection import open_index
+    from retrieval.indexing.collection_files import is_collection
     from retrieval.steps.search import SearchConfig, main
 
-    index = require_file(args.index, "index file", "npz")
+    index = Path(args.index) if is_collection(args.index) else require_file(args.index, "index file", "npz")
     queries = require_file(args.queries, "query feature file", "hdf5")
     require_output(args.out, "ranking")
     k: Optional[int] = None
@@ -188,12 +215,13 @@ def _search(args) -> int:
         except ValueError:
             raise CLIError(f"--k must be a number or 'full', not {args.k!r}") from None
     if args.k == "full":
-        k = len(Index.load(index))
+        k = len(open_index(index)[0])
     if k is not None and k < 1:
         raise CLIError(f"--k must be positive (or 'full'), got {k}")
     if args.batch < 1:
         raise CLIError(f"--batch must be positive, got {args.batch}")
-    conf = SearchConfig(k=k, batch=args.batch, options=parse_options(args.option), allow_mixed=args.allow_mixed)
+    conf = SearchConfig(k=k, batch=args.batch, options=parse_options(args.option), allow_mixed=args.allow_mixed,
+                        where=tuple(args.where), format=args.format)
     info: dict = {}
     with writing(args.out, "ranking"):
         out = main(conf, index, queries, Path(args.out), progress=progress_enabled(args), info=info)
@@ -233,14 +261,14 @@ def _register_rerank(subparsers) -> None:
     parser.add_argument("--threshold", type=float, default=None, help="delg: inliers that put an image first")
     parser.add_argument("--gate", type=float, default=None,
                         help="linear: re-rank only queries whose best local score reaches this")
-    parser.add_argument("--out", required=True, help="ranking file to write (JSON)")
+    parser.add_argument("--out", required=True, help="ranking file to write (binary unless the name ends in .json)")
     parser.set_defaults(func=_rerank)
 
 
 def _rerank(args) -> int:
     from retrieval.steps.rerank import RerankConfig, main
 
-    ranking = require_file(args.ranking, "ranking file", "json")
+    ranking = require_file(args.ranking, "ranking file", RANKING_KINDS)
     q_local = require_file(args.query_local, "query local feature store", "hdf5")
     db_local = require_file(args.db_local, "database local feature store", "hdf5")
     model = require_file(args.model, "encoder file", "npz") if args.model else None
@@ -283,7 +311,7 @@ def _evaluate(args) -> int:
 
     if args.k < 1:
         raise CLIError(f"--k must be positive, got {args.k}")
-    ranking = require_file(args.ranking, "ranking file", "json")
+    ranking = require_file(args.ranking, "ranking file", RANKING_KINDS)
     require_output(args.out, "metrics")
     conf = EvaluateConfig(protocol=args.protocol or "", k=args.k, allow_short=args.allow_short)
     info: dict = {}

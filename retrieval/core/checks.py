@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 __all__ = ["CLIError", "require_file", "require_output", "writing", "os_error_message"]
 
@@ -24,7 +24,8 @@ class CLIError(ValueError):
 # instead of the reader's low-level complaint
 _SIGNATURES = (("hdf5", b"\x89HDF\r\n\x1a\n", "an HDF5 file (a feature file?)"),
                ("npz", b"PK\x03\x04", "an .npz archive (an index or model file?)"),
-               ("json", b"{", "a JSON file (a ranking?)"))
+               ("json", b"{", "a JSON file (a ranking?)"),
+               ("ranking", b"\x89HRRANK\n", "a binary ranking file"))
 
 
 def _a(what: str) -> str:
@@ -40,9 +41,9 @@ def _file_kind(path: Path) -> Optional[str]:
     return next((kind for kind, magic, _ in _SIGNATURES if head.startswith(magic)), None)
 
 
-def require_file(path: str, what: str, kind: Optional[str] = None) -> Path:
-    """``path`` when it is a non-empty file (of ``kind``: hdf5, npz or json, when given); else a
-    :class:`CLIError` naming it and saying what it is instead."""
+def require_file(path: str, what: str, kind: Union[str, Tuple[str, ...], None] = None) -> Path:
+    """``path`` when it is a non-empty file (of ``kind``: hdf5, npz, json or ranking, or one of a
+    tuple of them, when given); else a :class:`CLIError` naming it and saying what it is instead."""
     p = Path(path)
     if p.is_dir():
         raise CLIError(f"{p}: is a folder, expected {_a(what)}")
@@ -51,7 +52,8 @@ def require_file(path: str, what: str, kind: Optional[str] = None) -> Path:
     if p.stat().st_size == 0:
         raise CLIError(f"{p}: {what} is empty (0 bytes)")
     found = _file_kind(p)
-    if kind is not None and found is not None and found != kind:
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds is not None and found is not None and found not in kinds:
         described = next(text for k, _, text in _SIGNATURES if k == found)
         raise CLIError(f"{p}: is {described}, not {_a(what)}")
     return p

@@ -50,7 +50,7 @@ from retrieval.evaluation import metrics
 from retrieval.datasets.dataset import RetrievalDataset
 from retrieval.datasets.splits import drop_junk
 
-__all__ = ["evaluate", "evaluate_per_query", "ranking_to_predictions", "required_depth", "landmark_solution",
+__all__ = ["evaluate", "evaluate_per_query", "summarize", "TruthTables", "ranking_to_predictions", "required_depth", "landmark_solution",
            "PROTOCOLS", "main_metric", "metric_label"]
 
 PROTOCOLS = ("gldv2", "oxford", "revisited", "landmark", "general", "holidays", "ukbench", "all")
@@ -181,64 +181,86 @@ def evaluate_per_query(dataset: RetrievalDataset, predictions, protocol: str = "
     preds = _as_predictions(dataset, predictions)
     if check_ids:
         _check_ids(dataset, preds)
-    out: Dict[str, Dict[Hashable, float]] = {}
-    # the Oxford / revisited APs remove junk themselves; the other metrics get junk-free rankings
-    clean = drop_junk(dataset, preds) if protocol in ("general", "gldv2", "all") else preds
-    if protocol in ("general", "all"):
-        solution = dataset.solution()
-        out[f"map@{k}"] = metrics.per_query_scores("ap@k", clean, solution, k)
-        out["mean_ap"] = metrics.per_query_scores("ap", clean, solution)
-        out[f"ndcg@{k}"] = metrics.per_query_scores("ndcg@k", clean, solution, k)
-        out["nmrr"] = metrics.per_query_scores("nmrr", clean, solution)
-        out["top1"] = metrics.per_query_scores("top@k", clean, solution, 1)
-        out["top10"] = metrics.per_query_scores("top@k", clean, solution, 10)
-        out["precision@10"] = metrics.per_query_scores("precision@k", clean, solution, 10)
-        out[f"recall@{k}"] = metrics.per_query_scores("recall@k", clean, solution, k)
-    if protocol == "gldv2" or (protocol == "all" and _has_usage(dataset)):
-        _check_scored_truth(dataset)
-        out[f"map@{k}"] = metrics.per_query_scores("ap@k", clean, dataset.solution(), k)
-        for split in USAGE_SPLITS:
-            solution = dataset.solution([split])
-            if solution:
-                out[f"map@{k}_{split.lower()}"] = metrics.per_query_scores("ap@k", clean, solution, k)
-    if protocol == "landmark":
-        solution = landmark_solution(dataset)
-        own = {q: [d for d in preds.get(q, []) if d != q] for q in solution}
-        out["landmark_map"] = metrics.per_query_scores("ap", own, solution)
-    if protocol in ("oxford", "all"):
-        truths = list(_query_truths(dataset))
-        out["oxford_map"] = metrics.oxford_map(preds, {q: t.positives for q, t in truths},
-                                               {q: t.junk for q, t in truths}, per_query=True)
-    if protocol == "holidays":
-        truths = list(_query_truths(dataset))
-        out["holidays_map"] = metrics.oxford_map(preds, {q: t.positives for q, t in truths},
-                                                 {q: t.junk for q, t in truths}, per_query=True)
-    if protocol == "ukbench":
-        solution = dataset.solution()
-        out["ns_score"] = {q: 4 * v for q, v in metrics.per_query_scores("precision@k", preds, solution, 4).items()}
-        out["mean_ap"] = metrics.per_query_scores("ap", preds, solution)
-    if protocol == "revisited" or (protocol == "all" and _has_revisited(dataset)):
-        if not _has_revisited(dataset):
+    return TruthTables(dataset, protocol, k).scores(preds)
+
+
+def _only(mapping: Mapping, only) -> Dict:
+    return dict(mapping) if only is None else {q: v for q, v in mapping.items() if q in only}
+
+
+class TruthTables:
+    """The relevance tables of one protocol on one dataset, built once, so that rankings can be
+    scored a block of queries at a time (:mod:`retrieval.evaluation.streaming`) with exactly the
+    figures of :func:`evaluate_per_query`."""
+
+    def __init__(self, dataset: RetrievalDataset, protocol: str, k: int = 100):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+        self.dataset, self.protocol, self.k = dataset, protocol, k
+        self.solution = dataset.solution()
+        # NMRR normalises by the largest relevant set over ALL queries, not a block's
+        self.max_ground_truth = max((len(r) for r in self.solution.values()), default=0)
+        self.usage = protocol == "gldv2" or (protocol == "all" and _has_usage(dataset))
+        if self.usage:
+            _check_scored_truth(dataset)
+            self.splits = {split: dataset.solution([split]) for split in USAGE_SPLITS}
+        self.landmark = landmark_solution(dataset) if protocol == "landmark" else None
+        self.truths = list(_query_truths(dataset))
+        self.revisited = protocol == "revisited" or (protocol == "all" and _has_revisited(dataset))
+        if self.revisited and not _has_revisited(dataset):
             raise ValueError(f"dataset {dataset.name!r} has no revisited easy/hard ground truth; use "
                              "protocol='oxford'")
-        truths = list(_query_truths(dataset))
-        easy = {q: t.easy for q, t in truths}
-        hard = {q: t.hard for q, t in truths}
-        junk = {q: t.junk for q, t in truths}
-        for level in metrics.REVISITED_PROTOCOLS:
-            out[f"revisited_map_{level}"] = metrics.revisited_map(preds, easy, hard, junk, level, per_query=True)
-        for level in metrics.REVISITED_PROTOCOLS:
-            for k_p in REVISITED_PRECISION_AT:
-                out[f"revisited_mp@{k_p}_{level}"] = revisited_precision(preds, easy, hard, junk, level, k_p)
-    return out
+
+    def scores(self, preds: Dict[Hashable, List], only=None) -> Dict[str, Dict[Hashable, float]]:
+        """Per-query scores of ``preds`` for the queries in ``only`` (all queries when None; a query
+        without a prediction scores as an empty ranking)."""
+        protocol, k = self.protocol, self.k
+        out: Dict[str, Dict[Hashable, float]] = {}
+        # the Oxford / revisited APs remove junk themselves; the other metrics get junk-free rankings
+        clean = drop_junk(self.dataset, preds) if protocol in ("general", "gldv2", "all") else preds
+        solution = _only(self.solution, only)
+        if protocol in ("general", "all"):
+            out[f"map@{k}"] = metrics.per_query_scores("ap@k", clean, solution, k)
+            out["mean_ap"] = metrics.per_query_scores("ap", clean, solution)
+            out[f"ndcg@{k}"] = metrics.per_query_scores("ndcg@k", clean, solution, k)
+            out["nmrr"] = metrics.per_query_scores("nmrr", clean, solution, max_ground_truth=self.max_ground_truth)
+            out["top1"] = metrics.per_query_scores("top@k", clean, solution, 1)
+            out["top10"] = metrics.per_query_scores("top@k", clean, solution, 10)
+            out["precision@10"] = metrics.per_query_scores("precision@k", clean, solution, 10)
+            out[f"recall@{k}"] = metrics.per_query_scores("recall@k", clean, solution, k)
+        if self.usage:
+            out[f"map@{k}"] = metrics.per_query_scores("ap@k", clean, solution, k)
+            for split, split_solution in self.splits.items():
+                if split_solution:
+                    out[f"map@{k}_{split.lower()}"] = metrics.per_query_scores(
+                        "ap@k", clean, _only(split_solution, only), k)
+        if protocol == "landmark":
+            landmark = _only(self.landmark, only)
+            own = {q: [d for d in preds.get(q, []) if d != q] for q in landmark}
+            out["landmark_map"] = metrics.per_query_scores("ap", own, landmark)
+        truths = [(q, t) for q, t in self.truths if only is None or q in only]
+        if protocol in ("oxford", "all", "holidays"):
+            name = "holidays_map" if protocol == "holidays" else "oxford_map"
+            out[name] = metrics.oxford_map(preds, {q: t.positives for q, t in truths},
+                                           {q: t.junk for q, t in truths}, per_query=True)
+        if protocol == "ukbench":
+            out["ns_score"] = {q: 4 * v for q, v in metrics.per_query_scores("precision@k", preds, solution, 4).items()}
+            out["mean_ap"] = metrics.per_query_scores("ap", preds, solution)
+        if self.revisited:
+            easy = {q: t.easy for q, t in truths}
+            hard = {q: t.hard for q, t in truths}
+            junk = {q: t.junk for q, t in truths}
+            for level in metrics.REVISITED_PROTOCOLS:
+                out[f"revisited_map_{level}"] = metrics.revisited_map(preds, easy, hard, junk, level, per_query=True)
+            for level in metrics.REVISITED_PROTOCOLS:
+                for k_p in REVISITED_PRECISION_AT:
+                    out[f"revisited_mp@{k_p}_{level}"] = revisited_precision(preds, easy, hard, junk, level, k_p)
+        return out
 
 
-def evaluate(dataset: RetrievalDataset, predictions, protocol: str = "all", k: int = 100,
-             check_ids: bool = True) -> Dict[str, Union[float, int]]:
-    """Metrics of ``protocol`` as ``{name: value}`` (means over scored queries; ``anmrr`` is the
-    mean NMRR, lower is better), plus ``num_queries`` (queries scored by the protocol's main
-    metric). With ``check_ids`` predictions naming ids unknown to the dataset are refused."""
-    per_query = evaluate_per_query(dataset, predictions, protocol, k, check_ids)
+def summarize(dataset: RetrievalDataset, per_query: Dict[str, Dict[Hashable, float]]) -> Dict[str, Union[float, int]]:
+    """:func:`evaluate`'s result from per-query scores: means (``nmrr`` reported as ``anmrr``),
+    ``num_queries`` and the dataset's distractor count."""
     result: Dict[str, Union[float, int]] = {}
     for name, scores in per_query.items():
         value = float(sum(scores.values()) / len(scores)) if scores else math.nan
@@ -248,6 +270,14 @@ def evaluate(dataset: RetrievalDataset, predictions, protocol: str = "all", k: i
     if "distractors" in dataset.metadata:
         result["distractors"] = int(dataset.metadata["distractors"])
     return result
+
+
+def evaluate(dataset: RetrievalDataset, predictions, protocol: str = "all", k: int = 100,
+             check_ids: bool = True) -> Dict[str, Union[float, int]]:
+    """Metrics of ``protocol`` as ``{name: value}`` (means over scored queries; ``anmrr`` is the
+    mean NMRR, lower is better), plus ``num_queries`` (queries scored by the protocol's main
+    metric). With ``check_ids`` predictions naming ids unknown to the dataset are refused."""
+    return summarize(dataset, evaluate_per_query(dataset, predictions, protocol, k, check_ids))
 
 
 def main_metric(protocol: str, k: int = 100) -> str:

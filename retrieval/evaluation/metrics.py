@@ -266,11 +266,12 @@ def _ranking(predictions: Predictions, qid: Hashable) -> Sequence[Hashable]:
 
 
 def per_query_scores(metric: str, predictions: Predictions, solution: Solution,
-                     k: int = 100) -> Dict[Hashable, float]:
+                     k: int = 100, max_ground_truth: Optional[int] = None) -> Dict[Hashable, float]:
     """``{query_id: score}`` for every scored query (relevant set not empty) of ``solution``.
 
     ``metric`` is one of ``"ap@k"`` (GLDv2 AP@k), ``"ap"`` (full-ranking AP), ``"ndcg@k"``,
-    ``"nmrr"``, ``"top@k"`` (1 if a hit in the first k), ``"precision@k"``, ``"recall@k"``."""
+    ``"nmrr"``, ``"top@k"`` (1 if a hit in the first k), ``"precision@k"``, ``"recall@k"``.
+    ``max_ground_truth``: NMRR's GTM (default: the largest relevant set of ``solution``)."""
     _check_inputs(predictions, solution)
     scored = _scored(solution)
     if metric in ("ap@k", "ndcg@k", "top@k", "precision@k", "recall@k"):
@@ -282,7 +283,8 @@ def per_query_scores(metric: str, predictions: Predictions, solution: Solution,
     elif metric == "ndcg@k":
         fn = lambda r, rel: ndcg(r, rel, k)
     elif metric == "nmrr":
-        gtm = max((len(rel) for rel in scored.values()), default=0)
+        gtm = max_ground_truth if max_ground_truth is not None else max((len(rel) for rel in scored.values()),
+                                                                        default=0)
         fn = lambda r, rel: nmrr(r, rel, gtm)
     elif metric == "top@k":
         fn = lambda r, rel: float(first_hit_ranks(r, rel, k).size > 0)

@@ -4,13 +4,13 @@ deterministically (equal scores: lower database row first). The ``"exact"`` back
 :class:`retrieval.indexing.index.Index`."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 
 from retrieval.indexing.index_options import DEFAULT_MEMORY_MB
 
-__all__ = ["exact_search", "exact_block_shape"]
+__all__ = ["exact_search", "exact_block_shape", "merge_topk"]
 
 
 def exact_block_shape(num_queries: int, num_db: int, k: int, memory_mb: float) -> Tuple[int, int]:
@@ -103,3 +103,13 @@ def exact_search(database: np.ndarray, queries: np.ndarray, k: int,
             out_scores[q0:q0 + qb] = best_vals.numpy()
             out_rows[q0:q0 + qb] = best_idx.numpy()
     return out_scores, out_rows, (qb, dbb)
+
+
+def merge_topk(scores: Sequence[np.ndarray], rows: Sequence[np.ndarray], k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of per-part results (``(Q, k_i)`` scores and global rows, -1 = missing): best score
+    first, equal scores by lower row."""
+    s = np.concatenate([np.asarray(x, dtype=np.float32) for x in scores], axis=1)
+    r = np.concatenate([np.asarray(x, dtype=np.int64) for x in rows], axis=1)
+    s = np.where(r < 0, -np.inf, s)
+    order = np.lexsort((np.where(r < 0, np.iinfo(np.int64).max, r), -s.astype(np.float64)), axis=1)[:, :k]
+    return np.take_along_axis(s, order, 1), np.take_along_axis(r, order, 1)

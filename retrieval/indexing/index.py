@@ -46,35 +46,33 @@ everything, database or query.
 
 Files
 -----
-:meth:`Index.save` writes one ``.npz`` archive (no pickle) holding the arrays (vectors or the
-serialised faiss index as uint8, ids) and a JSON header: format name and version, dimension,
-count, metric, backend, backend options, the extractor configuration given at construction and a
-SHA-256 checksum of the header and arrays. :meth:`Index.load` refuses truncated, altered or
-other-version files with :class:`IndexFileError`.
+:meth:`Index.save` writes one ``.npz`` archive (no pickle): the arrays (vectors or the serialised faiss
+index as uint8, ids, removed rows) and a JSON header (format, version, dimension, count, backend and
+options, extractor configuration, SHA-256 of it all); :meth:`Index.load` refuses truncated, altered or
+other-version files with :class:`IndexFileError`. Growing collections: :mod:`retrieval.indexing.collection`.
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from retrieval.core.config import ConfigError
 from retrieval.indexing.exact_bf16 import max_row_norm, topk_bf16, use_bf16
 from retrieval.indexing.exact import exact_block_shape, exact_search
 from retrieval.indexing.faiss_backend import build_faiss, faiss_search, import_faiss
-from retrieval.core.fileio import check_header, digest, pop_header, read_npz, save_npz
-from retrieval.indexing.index_file import check_index_arrays, read_faiss_bytes
+from retrieval.core.fileio import digest, save_npz
+from retrieval.indexing.filtered import allowed_mask, exact_filtered, faiss_filtered, missing_results
+from retrieval.indexing.index_file import index_from_parts, load_index
 from retrieval.indexing.index_options import DEFAULT_MEMORY_MB, resolve_options, search_options as _search_options
 from retrieval.indexing.ranking import FORMAT_VERSION, IndexFileError, Ranking
 from retrieval.core.vectors import as_matrix as _as_matrix, check_unit_norm as _check_unit_norm, id_array as _id_array
 from retrieval.core.vectors import l2_normalize_rows, normalize_rows
 
-# Ranking, IndexFileError, exact_search, exact_block_shape, DEFAULT_MEMORY_MB and normalize_rows live in
-# their own modules (retrieval.indexing.ranking, .exact_search, .index_options, .vectors) and are importable here
+# Ranking, IndexFileError, exact_search, exact_block_shape, DEFAULT_MEMORY_MB, normalize_rows: importable here
 __all__ = ["Index", "Ranking", "IndexFileError", "BACKENDS", "normalize_rows", "exact_search", "exact_block_shape",
            "DEFAULT_MEMORY_MB"]
 
@@ -122,6 +120,7 @@ class Index:
         self._vectors = np.zeros((0, self.dim), dtype=np.float32)  # exact backend only
         self._pending: List[np.ndarray] = []  # exact: vectors added since the last consolidation
         self._faiss = None
+        self.removed: Optional[np.ndarray] = None  # faiss backends: rows removed but still stored
         if backend != "exact":
             self._faiss = self._build_faiss(vectors)
         self._append(vectors, ids)
@@ -182,19 +181,16 @@ class Index:
         new_list = new_ids.tolist()
         new_set = set(new_list)
         if len(new_set) != n_new:
-            seen, dup = set(), None
-            for x in new_list:
-                if x in seen:
-                    dup = x
-                    break
-                seen.add(x)
+            dup = next(x for x, c in Counter(new_list).items() if c > 1)
             raise ValueError(f"ids must be unique; {dup!r} appears more than once")
-        clash = new_set & self._id_set
+        clash = new_set & self._id_set  # a removed id may come back (as a new row)
         if clash:
             raise ValueError(f"ids already in the index: {sorted(clash, key=str)[:5]}")
         if self._faiss is not None:
             if n_new:
                 self._faiss.add(vectors)
+                if self.removed is not None:
+                    self.removed = np.concatenate([self.removed, np.zeros(n_new, bool)])
         elif n_new:
             # concatenated once, at the next search or save: many small adds stay linear
             self._pending.append(vectors)
@@ -209,25 +205,60 @@ class Index:
             raise ValueError(f"added vectors have dimension {arr.shape[1]} but the index has dimension {self.dim}")
         self._append(arr, ids)
 
+    def remove(self, ids: Sequence[Hashable]) -> int:
+        """Remove the rows of ``ids`` (every one must be in the index); returns how many. The exact
+        backend drops them; faiss backends keep them stored but never return them (:attr:`removed`)
+        until the index is rebuilt (:mod:`retrieval.indexing.collection` compacts)."""
+        wanted = _id_array(ids).tolist()
+        unknown = [i for i in wanted if i not in self._id_set]
+        if unknown:
+            raise KeyError(f"ids not in the index: {unknown[:5]}")
+        drop = np.isin(self._ids, np.asarray(wanted, dtype=self._ids.dtype))
+        if self.removed is not None:
+            drop &= ~self.removed
+        if self._faiss is None:
+            with self._lock:
+                self._vectors, self._pending = self._matrix_unlocked()[~drop], []
+                self._ids = self._ids[~drop]
+                self._bf16 = None
+        else:
+            self.removed = drop if self.removed is None else (self.removed | drop)
+        self._id_set -= set(wanted)
+        return int(drop.sum())
+
+    def _matrix_unlocked(self) -> np.ndarray:
+        if self._pending:
+            parts = ([self._vectors] if len(self._vectors) else []) + self._pending
+            self._vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            self._pending = []
+        return self._vectors
+
     def _matrix(self) -> np.ndarray:
         """The exact backend's (N, D) matrix, with pending additions concatenated in (under a lock:
         threads searching one index must not concatenate the same additions twice)."""
         with self._lock:
-            if self._pending:
-                parts = ([self._vectors] if len(self._vectors) else []) + self._pending
-                self._vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
-                self._pending = []
-            return self._vectors
+            return self._matrix_unlocked()
 
     # -- properties ----------------------------------------------------------------------------
 
     def __len__(self) -> int:
+        """Searchable vectors (removed rows not counted)."""
+        return len(self._ids) - (int(self.removed.sum()) if self.removed is not None else 0)
+
+    @property
+    def rows(self) -> int:
+        """Stored rows, removed ones included."""
         return len(self._ids)
 
     @property
     def ids(self) -> np.ndarray:
-        """Database ids in row order."""
+        """Database ids in row order (removed rows included: see :attr:`live_ids`)."""
         return self._ids
+
+    @property
+    def live_ids(self) -> np.ndarray:
+        """Ids of the rows a search may return, in row order."""
+        return self._ids if self.removed is None else self._ids[~self.removed]
 
     @property
     def vectors(self) -> np.ndarray:
@@ -236,7 +267,7 @@ class Index:
         if self._faiss is None:
             return self._matrix()
         if self.backend in ("faiss-flat", "faiss-hnsw"):
-            return self._faiss.reconstruct_n(0, len(self)) if len(self) else np.zeros((0, self.dim), np.float32)
+            return self._faiss.reconstruct_n(0, self.rows) if self.rows else np.zeros((0, self.dim), np.float32)
         raise ValueError(f"backend {self.backend!r} does not keep the original vectors")
 
     def __repr__(self) -> str:
@@ -245,9 +276,11 @@ class Index:
     # -- search --------------------------------------------------------------------------------
 
     def search(self, queries, k: int = 100, query_ids: Optional[Sequence[Hashable]] = None,
-               **search_options) -> Ranking:
+               allowed=None, **search_options) -> Ranking:
         """Top-``k`` database items for each query, best first. ``k`` larger than the database is
-        clamped to its size. ``search_options`` override ``memory_mb`` (exact), ``nprobe`` (IVF) or
+        clamped to its size. ``allowed``: a boolean mask over rows (or row positions) a result may
+        come from, applied inside the search (:mod:`retrieval.indexing.filtered`); a query then has
+        ``min(k, allowed rows)`` results, the rest missing. ``search_options`` override ``memory_mb`` (exact), ``nprobe`` (IVF) or
         ``ef_search`` (HNSW) for this call only: they are passed to faiss per call (its
         SearchParameters), never set on the shared index, so threads may search one index with
         different options at once and each gets exactly its serial result."""
@@ -262,7 +295,12 @@ class Index:
         options = _search_options(self.backend, self.option_config, search_options)
         k = int(min(k, len(self)))
         nq = arr.shape[0]
-        if k == 0 or nq == 0:
+        if allowed is not None or self.removed is not None:
+            mask = allowed_mask(allowed, self.rows, where) if allowed is not None else ~self.removed
+            if self.removed is not None and allowed is not None:
+                mask = mask & ~self.removed
+            scores, rows = self._filtered_search(arr, k, mask, options)
+        elif k == 0 or nq == 0:
             scores = np.zeros((nq, k), np.float32)
             rows = np.zeros((nq, k), np.int64)
         elif self._faiss is None:
@@ -290,6 +328,15 @@ class Index:
         self.last_precision, self.last_candidates = "float32", None
         return scores, rows
 
+    def _filtered_search(self, queries: np.ndarray, k: int, mask: np.ndarray, options):
+        if k == 0 or len(queries) == 0:
+            return missing_results(len(queries), k)
+        if self._faiss is None:
+            def search(sub, q, kk):
+                return exact_search(sub, q, kk, options.memory_mb)[:2]
+            return exact_filtered(self._matrix(), queries, k, mask, search)
+        return faiss_filtered(self._faiss, self.backend, queries, k, mask, options, self._faiss.reconstruct_batch)
+
     def _faiss_search(self, queries: np.ndarray, k: int, options) -> Tuple[np.ndarray, np.ndarray]:
         return faiss_search(self._faiss, self.backend, queries, k, options)
 
@@ -313,12 +360,14 @@ class Index:
         else:
             faiss = import_faiss()
             arrays["faiss_index"] = faiss.serialize_index(self._faiss)
+            if self.removed is not None and self.removed.any():
+                arrays["removed"] = self.removed
         return arrays
 
     def _header(self) -> dict:
         return {
             "format": INDEX_FORMAT, "format_version": FORMAT_VERSION,
-            "dim": self.dim, "count": len(self), "metric": METRIC,
+            "dim": self.dim, "count": self.rows, "metric": METRIC,
             "backend": self.backend, "backend_options": self.options,
             "normalize": self.normalize, "config": self.config, "zero_rows": self.zero_rows,
             "id_type": "int" if np.issubdtype(self._ids.dtype, np.integer) else "str",
@@ -336,65 +385,16 @@ class Index:
         """Read an index written by :meth:`save`. Refuses (:class:`IndexFileError`) a missing,
         truncated or altered file (SHA-256 mismatch), another format or format version, and, with
         ``expect_config``, an index built with another extractor configuration."""
-        path = Path(path)
-        contents = read_npz(path, "index", error=IndexFileError)
-        header = pop_header(path, contents, error=IndexFileError)
-        check_header(path, header, INDEX_FORMAT, FORMAT_VERSION, version_key="format_version",
-                     error=IndexFileError, hint="rebuild the index")
-        stored = header.pop("sha256", None)
-        if stored != digest(contents, header):
-            raise IndexFileError(path, "checksum mismatch: the file was altered or damaged; rebuild the index")
-        if expect_config is not None and json.dumps(expect_config, sort_keys=True, default=str) != \
-                json.dumps(header["config"], sort_keys=True, default=str):
-            raise IndexFileError(path, f"built with extractor configuration {header['config']}, expected "
-                                       f"{expect_config}")
-        check_index_arrays(path, header, contents)  # a re-signed header must still match its arrays
-        if header["backend"] == "exact":
-            parts = {"vectors": contents["vectors"]}
-        else:
-            parts = {"faiss_index": read_faiss_bytes(path, contents["faiss_index"], header["dim"], header["count"])}
-        index = cls.from_parts(header["backend"], header["backend_options"], contents["ids"], int(header["dim"]),
-                               normalize=header["normalize"], config=header["config"], source=path,
-                               int_ids=header["id_type"] == "int", zero_rows=header.get("zero_rows", "error"),
-                               **parts)
-        if len(index) != header["count"]:
-            raise IndexFileError(path, f"header says {header['count']} vectors, file holds {len(index)}")
-        return index
+        return load_index(cls, path, INDEX_FORMAT, expect_config)
 
     @classmethod
     def from_parts(cls, backend: str, options: dict, ids: np.ndarray, dim: int, normalize: bool = True,
                    config: Optional[dict] = None, source: Optional[PathLike] = None, int_ids: bool = True,
                    vectors: Optional[np.ndarray] = None, faiss_index: Any = None,
-                   zero_rows: str = "error") -> "Index":
+                   zero_rows: str = "error", removed: Optional[np.ndarray] = None) -> "Index":
         """An index around stored parts: ``vectors`` (exact backend) or a ready ``faiss_index``
         (e.g. one whose inverted lists stay on disk, :mod:`retrieval.scale.ondisk`), its ``ids``
-        (row order) and backend ``options``. Inconsistent parts are an :class:`IndexFileError`
-        naming ``source``."""
-        where = Path(source) if source is not None else Path("<index>")
-        index = cls.__new__(cls)
-        index.backend, index.normalize, index.config = backend, bool(normalize), dict(config or {})
-        index.zero_rows = "keep" if zero_rows == "keep" else "error"
-        try:
-            if backend not in BACKENDS:
-                raise ConfigError(f"unknown backend {backend!r}")
-            index.option_config = resolve_options(backend, options)
-        except (ConfigError, TypeError, AttributeError) as exc:
-            raise IndexFileError(where, f"invalid backend options ({exc}); rebuild the index") from None
-        index._lock = threading.Lock()
-        index.dim = int(dim)
-        index.source = None if source is None else str(source)
-        index._reset_search_state()
-        index._ids = ids.astype(np.int64) if int_ids else ids
-        index._id_set = set(index._ids.tolist())
-        index._pending = []
-        index._vectors = np.zeros((0, index.dim), dtype=np.float32)
-        index._faiss = faiss_index
-        if backend == "exact":
-            index._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-            count = index._vectors.shape[0]
-        else:
-            count = int(faiss_index.ntotal)
-        if len(index._ids) != count:
-            raise IndexFileError(where, f"holds {count} vectors and {len(index._ids)} ids")
-        return index
-
+        (row order), backend ``options`` and the ``removed`` rows mask (faiss backends of a
+        collection). Inconsistent parts are an :class:`IndexFileError` naming ``source``."""
+        return index_from_parts(cls.__new__(cls), BACKENDS, backend, options, ids, dim, normalize, config, source, int_ids,
+                                vectors, faiss_index, zero_rows, removed)

@@ -28,6 +28,7 @@ from typing import Hashable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from retrieval.indexing.faiss_backend import default_nlist
+from retrieval.indexing.exact import merge_topk
 from retrieval.indexing.index import Index, IndexFileError, Ranking, exact_search, normalize_rows
 from retrieval.scale.manifest import (MANIFEST, SHARDED_FORMAT, SHARDED_VERSION, check_shard, check_unique_ids, ids_digest,
                        read_manifest, write_manifest)
@@ -148,16 +149,6 @@ def build_sharded_index(source, out_dir: PathLike, backend: str = "faiss-ivfpq",
 
         merge_on_disk(out, progress=progress)
     return out
-
-
-def merge_topk(scores: Sequence[np.ndarray], rows: Sequence[np.ndarray], k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` of per-part results (``(Q, k_i)`` scores and global rows, -1 = missing): best score
-    first, equal scores by lower row."""
-    s = np.concatenate([np.asarray(x, dtype=np.float32) for x in scores], axis=1)
-    r = np.concatenate([np.asarray(x, dtype=np.int64) for x in rows], axis=1)
-    s = np.where(r < 0, -np.inf, s)
-    order = np.lexsort((np.where(r < 0, np.iinfo(np.int64).max, r), -s.astype(np.float64)), axis=1)[:, :k]
-    return np.take_along_axis(s, order, 1), np.take_along_axis(r, order, 1)
 
 
 class ShardedIndex:

@@ -35,7 +35,7 @@ import numpy as np
 
 from retrieval.indexing.faiss_backend import import_faiss
 from retrieval.core.fileio import atomic_write, file_hash
-from retrieval.indexing.index import Index, IndexFileError
+from retrieval.indexing.index import Index, IndexFileError, Ranking
 from retrieval.indexing.index_file import load_ids
 from retrieval.scale.manifest import check_shard, check_unique_ids, read_manifest, write_manifest
 
@@ -48,9 +48,18 @@ ON_DISK_FILES = {"index": "on-disk.faiss", "lists": "on-disk.ivfdata", "ids": "o
 
 class OnDiskIndex(Index):
     """An IVF :class:`~retrieval.indexing.index.Index` whose inverted lists are memory-mapped from a
-    ``.ivfdata`` file (:func:`load_on_disk`)."""
+    ``.ivfdata`` file (:func:`load_on_disk`), plus the shards added since the merge, searched in memory
+    (:mod:`retrieval.scale.add_shard`)."""
 
     folder: Optional[Path] = None
+    since_merge = None
+
+    def search(self, queries, k: int = 100, query_ids=None, **search_options) -> Ranking:  # noqa: D102
+        base = super().search(queries, k=k, query_ids=query_ids, **search_options)
+        if not self.since_merge or not len(self.since_merge):
+            return base
+        all_ids = np.concatenate([self.ids] + self.since_merge.ids)
+        return self.since_merge.merged(base, queries, k, all_ids, **search_options)
 
     def save(self, path: PathLike) -> Path:  # noqa: D102 - refuses, with the reason
         raise ValueError(f"this index keeps its inverted lists on disk in {self.folder}; it cannot be "
@@ -197,11 +206,18 @@ def load_on_disk(folder: PathLike, verify: bool = True) -> OnDiskIndex:
         raise IndexFileError(index_path, f"faiss cannot read it ({str(exc).splitlines()[0]})") from None
     ids = load_ids(folder / entry["files"]["ids"]["file"])
     check_unique_ids(folder, [entry["files"]["ids"]["file"]], [ids])
-    if faiss_index.d != manifest["dim"] or faiss_index.ntotal != manifest["count"]:
+    if faiss_index.d != manifest["dim"] or faiss_index.ntotal != entry["count"]:
         raise IndexFileError(index_path, f"holds {faiss_index.ntotal} vectors of dimension {faiss_index.d}, "
-                                         f"the manifest says {manifest['count']} of {manifest['dim']}")
+                                         f"the manifest says {entry['count']} of {manifest['dim']}")
     index = OnDiskIndex.from_parts(trained.backend, trained.options, ids, trained.dim, normalize=trained.normalize,
                                    config=trained.config, source=index_path, int_ids=ids.dtype.kind in "iu",
                                    faiss_index=faiss_index)
     index.folder = folder
+    from retrieval.scale.add_shard import ShardsSinceMerge
+
+    merged = [source["file"] for source in entry.get("sources", [])]
+    index.since_merge = ShardsSinceMerge(folder, manifest, merged, offset=faiss_index.ntotal)
+    if len(index.since_merge):
+        check_unique_ids(folder, ["on-disk index"] + [f"shard {i}" for i in range(len(index.since_merge.ids))],
+                         [ids] + index.since_merge.ids)
     return index

@@ -8,12 +8,17 @@ row. A request never waits for a timer: a worker thread takes whatever is queued
 Each row is what a search of that query alone returns (:meth:`retrieval.Index.search` ranks rows
 independently, ties by lower database row; scores equal up to float32 rounding of a matrix product
 against a matrix-vector product), cut to that request's k.
+
+A filtered request (``allowed``: a row mask, ``key``: what identifies the filter) is batched only with
+requests of the same filter: one pass applies one mask. The worker thread ends after ``idle`` seconds
+without requests and the next request starts another, so the batchers of a served collection's past
+generations (:mod:`retrieval.serve.live`) do not keep threads.
 """
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Hashable, List, Optional
 
 import numpy as np
 
@@ -27,6 +32,8 @@ class _Request:
     vector: np.ndarray
     k: int
     query_id: str
+    allowed: Optional[np.ndarray] = None
+    key: Hashable = None
     done: threading.Event = field(default_factory=threading.Event)
     ranking: Optional[Ranking] = None
     error: Optional[BaseException] = None
@@ -36,17 +43,21 @@ class SearchBatcher:
     """``search(vector, k, query_id) -> Ranking`` (one row), batched with concurrent calls (at most
     ``max_batch`` queries per pass)."""
 
-    def __init__(self, index: Index, max_batch: int = 64):
+    def __init__(self, index: Index, max_batch: int = 64, idle: float = 10.0):
         self.index = index
         self.max_batch = int(max_batch)
+        self.idle = float(idle)
         self._queue: List[_Request] = []
         self._cond = threading.Condition()
         self._worker: Optional[threading.Thread] = None
         self.batches = 0  # passes over the database so far (for tests and the load report)
         self.searched = 0
 
-    def search(self, vector: np.ndarray, k: int, query_id: str) -> Ranking:
-        request = _Request(np.asarray(vector, np.float32).reshape(-1), int(k), query_id)
+    def search(self, vector: np.ndarray, k: int, query_id: str, allowed: Optional[np.ndarray] = None,
+               key: Hashable = None) -> Ranking:
+        """``allowed``: rows the results may come from (None: all); ``key``: equal for equal masks."""
+        request = _Request(np.asarray(vector, np.float32).reshape(-1), int(k), query_id, allowed,
+                           key if allowed is not None else None)
         with self._cond:
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._work, name="search-batcher", daemon=True)
@@ -61,15 +72,23 @@ class SearchBatcher:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+                if not self._queue:
+                    self._cond.wait(self.idle)
+                if not self._queue:  # idle: end (under the lock, so a new request starts a new worker)
+                    self._worker = None
+                    return
+                key = self._queue[0].key
+                batch: List[_Request] = []
+                rest: List[_Request] = []
+                for r in self._queue:
+                    (batch if r.key == key and len(batch) < self.max_batch else rest).append(r)
+                self._queue = rest
             self._run(batch)
 
     def _run(self, batch: List[_Request]) -> None:
         try:
             k = max(r.k for r in batch)
-            ranking = self.index.search(np.stack([r.vector for r in batch]), k=k)
+            ranking = self.index.search(np.stack([r.vector for r in batch]), k=k, allowed=batch[0].allowed)
             self.batches += 1
             self.searched += len(batch)
             for i, r in enumerate(batch):

@@ -10,11 +10,17 @@ A :class:`Catalog` holds
   queries. A request names an id; an id not in that table is a 404. No text of a request ever becomes a
   path;
 * optionally the query vectors of a feature file (queries that are not in the index, e.g. Oxford's
-  cropped queries), a local-feature store (spatial verification or the ratio test on the shortlist) and a
-  dataset (ground truth: positives and junk per query; a labelled database also gives every database
-  image its same-label images as positives).
+  cropped queries), local-feature stores (spatial verification or the ratio test on the shortlist; of
+  several, the last one holding an id wins, as a collection's adds replace ids) and a dataset (ground
+  truth: positives and junk per query; a labelled database also gives every database image its
+  same-label images as positives);
+* optionally the rows' :class:`~retrieval.indexing.metadata.Metadata` (a collection's), which a search
+  may be restricted by (``where``, applied inside the search) and which the results show.
 
-Searching is in :mod:`retrieval.serve.search`.
+A catalog is not changed once it serves: a collection that grows is served by swapping in a new catalog
+per generation (:mod:`retrieval.serve.live`); what is costly to rebuild (the upload extractors, the open
+local stores, recent uploads) is shared between the generations' catalogs. Searching is in
+:mod:`retrieval.serve.search`.
 """
 from __future__ import annotations
 
@@ -25,23 +31,26 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Set, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
 from retrieval.features.local import LocalFeatures
-from retrieval.features.store import LocalFeatureStore, config_json, load_global
+from retrieval.features.store import config_json, load_global
 from retrieval.indexing.index import Index
+from retrieval.indexing.metadata import Metadata
+from retrieval.serve.shared import Shared, UnsupportedUpload, build_extractor
 
-__all__ = ["Catalog", "Query", "Truth", "build_extractor", "UnsupportedUpload", "UPLOAD_PREFIX"]
+__all__ = ["Catalog", "Query", "Truth", "build_extractor", "UnsupportedUpload", "FilterError", "UPLOAD_PREFIX",
+           "scan_images", "appended_to"]
 
 log = logging.getLogger("retrieval.serve")
 PathLike = Union[str, os.PathLike]
 UPLOAD_PREFIX = "upload:"
 
 
-class UnsupportedUpload(ValueError):
-    """Upload search cannot describe a new image with this index's extractor."""
+class FilterError(ValueError):
+    """A metadata filter that cannot be applied (malformed, an unknown column, no metadata served)."""
 
 
 @dataclass
@@ -64,25 +73,7 @@ class Query:
     truth: Optional[Truth] = None
 
 
-def build_extractor(config: dict):
-    """The global extractor that made vectors with ``config`` (as recorded in the index or feature file),
-    rebuilt and checked: its configuration must equal the recorded one."""
-    kind = config.get("extractor")
-    if kind != "efficientnet":
-        raise UnsupportedUpload(f"upload search needs the extractor that made the index; its configuration "
-                                f"names extractor {kind!r}, which cannot be rebuilt from the configuration "
-                                "alone (EfficientNet indexes can); search by id instead")
-    from retrieval.features.efficientnet import EfficientNetExtractor
-
-    extractor = EfficientNetExtractor({k: v for k, v in config.items() if k != "extractor"})
-    if config_json(extractor.config) != config_json(config):
-        raise UnsupportedUpload(f"the extractor rebuilt from the recorded configuration differs from it "
-                                f"({config_json(extractor.config)} vs {config_json(config)}); were its "
-                                "weights changed since the index was built?")
-    return extractor
-
-
-def _scan_images(root: Path) -> Dict[str, Path]:
+def scan_images(root: Path) -> Dict[str, Path]:
     """``id -> file`` for the images under ``root``: an id may be the path relative to ``root`` (with or
     without its suffix) or the file's stem; a stem shared by several files is left out."""
     from retrieval.datasets import list_images
@@ -100,29 +91,60 @@ def _scan_images(root: Path) -> Dict[str, Path]:
     return out
 
 
+def appended_to(previous: Optional["Catalog"], index: Index) -> Optional[int]:
+    """The previous catalog's row count when ``index`` is its index with rows appended (nothing
+    removed), else None."""
+    if previous is None or index.removed is not None or previous.index.removed is not None:
+        return None
+    rows = previous.index.rows
+    same = rows <= index.rows and np.array_equal(previous.index.ids, index.ids[:rows])
+    return rows if same else None
+
+
 class Catalog:
     """See the module docstring; build one with :meth:`open`."""
 
     def __init__(self, index: Index, paths: Dict[str, Path], config: dict,
-                 query_vectors: Optional[Dict[str, np.ndarray]] = None, local_store: Optional[PathLike] = None,
-                 dataset=None, source: Optional[dict] = None, extractor=None):
+                 query_vectors: Optional[Dict[str, np.ndarray]] = None,
+                 local_store: Union[None, PathLike, Sequence[PathLike]] = None,
+                 dataset=None, source: Optional[dict] = None, extractor=None, metadata: Optional[Metadata] = None,
+                 generation: Optional[int] = None, previous: Optional["Catalog"] = None):
+        """``metadata``: aligned with the index's rows; ``previous``: the catalog of the generation
+        before (its extractors, open stores, uploads and fusion are carried over; when ``index`` is
+        its index with rows appended, its tables are extended and ``paths`` need only name the new ids)."""
         self.index = index
         self.config = dict(config or {})
         self.source = dict(source or {})
         self.dataset = dataset
-        ids = [str(i) for i in index.ids.tolist()]
-        self.db_ids: List[str] = ids
-        self._row = {i: r for r, i in enumerate(ids)}
+        self.metadata = metadata
+        self.generation = generation
+        if metadata is not None and metadata.rows != index.rows:
+            raise ValueError(f"metadata has {metadata.rows} rows for an index of {index.rows}")
+        kept = appended_to(previous, index)
+        if kept is not None:  # the previous generation plus appended rows: extend its tables (cheap)
+            new_ids = [str(i) for i in index.ids[kept:].tolist()]
+            self._row = {**previous._row, **{i: kept + r for r, i in enumerate(new_ids)}}
+            self.db_ids: List[str] = previous.db_ids + new_ids
+        else:
+            all_ids = [str(i) for i in index.ids.tolist()]
+            live = range(len(all_ids)) if index.removed is None else np.flatnonzero(~index.removed).tolist()
+            self._row = {all_ids[r]: r for r in live}  # rows removed (or replaced) are never served
+            self.db_ids = list(self._row) if index.removed is not None else all_ids
         self.query_vectors = {str(k): np.asarray(v, np.float32) for k, v in (query_vectors or {}).items()}
         self.query_ids = [q for q in (dataset.query_ids if dataset is not None else self.query_vectors)
                           if str(q) in self.query_vectors or str(q) in self._row]
         self.query_ids = [str(q) for q in self.query_ids]
         # only ids the catalog knows may be served: indexed images and the dataset's queries
-        known = set(ids) | set(self.query_ids)
-        self._paths = {i: Path(p) for i, p in paths.items() if i in known}
-        missing = sum(1 for i in ids if i not in self._paths)
-        if missing:
-            log.warning("%d of %d indexed images have no image file (shown without a picture)", missing, len(ids))
+        if kept is not None:
+            fresh = set(new_ids)
+            self._paths = {**previous._paths, **{i: Path(p) for i, p in paths.items() if i in fresh}}
+        else:
+            known = set(self._row) | set(self.query_ids)
+            self._paths = {i: Path(p) for i, p in paths.items() if i in known}
+            missing = sum(1 for i in self._row if i not in self._paths)
+            if missing and previous is None:
+                log.warning("%d of %d indexed images have no image file (shown without a picture)", missing,
+                            len(self._row))
         self._labels: Dict[str, str] = {}
         if dataset is not None and dataset.db_labels is not None:
             self._labels = {str(i): str(lab) for i, lab in zip(dataset.db_ids, dataset.db_labels)}
@@ -130,25 +152,29 @@ class Catalog:
         for i, lab in self._labels.items():
             if i in self._row:
                 self._by_label.setdefault(lab, set()).add(i)
-        self._store: Optional[LocalFeatureStore] = None
-        self.local_config: Optional[dict] = None
-        if local_store is not None:
-            self._store = LocalFeatureStore(local_store, mode="r")
-            self.local_config = self._store.config
-        self._lock = threading.Lock()  # h5py and the extractors are used by one thread at a time
-        self._local_cache: "OrderedDict[str, LocalFeatures]" = OrderedDict()
-        self._uploads: "OrderedDict[str, Query]" = OrderedDict()
+        self._shared = previous._shared if previous is not None else Shared(extractor)
+        if local_store is None:
+            stores: List[PathLike] = []
+        elif isinstance(local_store, (str, os.PathLike)):
+            stores = [local_store]
+        else:
+            stores = list(local_store)
+        # the last store holding an id wins: searched newest first
+        self._stores = [self._shared.store(p) for p in reversed(stores)]
+        self.local_config: Optional[dict] = self._stores[-1].config if self._stores else None
+        self._local_cache: "OrderedDict[str, Optional[LocalFeatures]]" = OrderedDict()
+        self._masks: "OrderedDict[Tuple[str, ...], np.ndarray]" = OrderedDict()
+        self._masks_lock = threading.Lock()
         from retrieval.serve.batching import SearchBatcher
 
         self.batcher = SearchBatcher(index)  # concurrent searches share one pass over the vectors
-        self._extractor = None
-        self._given_extractor = extractor  # checked against the recorded configuration on first use
-        self._local_extractor = None
         from retrieval.rerank.fusion import DEFAULT_FUSION
 
         # the one fusion configuration: the documented default until an experiment's choice is set
         self.fusion = DEFAULT_FUSION["count"]
         self.fusion_source = "default (retrieval.rerank.fusion.DEFAULT_FUSION: no ground truth chose it)"
+        if previous is not None:
+            self.fusion, self.fusion_source = previous.fusion, previous.fusion_source
 
     def use_fusion(self, fusion, source: str) -> None:
         """Serve ``fusion`` (a :class:`~retrieval.rerank.fusion.FusionConfig`, e.g. the one an experiment
@@ -185,7 +211,7 @@ class Catalog:
             root = Path(images)
             if not root.is_dir():
                 raise ValueError(f"{root}: no such image folder")
-            paths.update(_scan_images(root))
+            paths.update(scan_images(root))
         if dataset is not None:
             paths.update({str(i): Path(p) for i, p in zip(dataset.db_ids, dataset.db_paths)})
             paths.update({str(i): Path(p) for i, p in zip(dataset.query_ids, dataset.query_paths)})
@@ -206,8 +232,8 @@ class Catalog:
                    source=source, extractor=extractor)
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
+        """Close the local stores (shared by every generation's catalog: call once, when serving ends)."""
+        self._shared.close()
 
     # -- ids, vectors, images -----------------------------------------------------------------------
     def __contains__(self, image_id: str) -> bool:
@@ -248,17 +274,17 @@ class Catalog:
     # -- local features ----------------------------------------------------------------------------
     @property
     def has_local(self) -> bool:
-        return self._store is not None
+        return bool(self._stores)
 
     def local_features(self, image_id: str) -> Optional[LocalFeatures]:
-        """Stored local features of an id (None when the store has none for it)."""
-        if self._store is None:
+        """Stored local features of an id (None when no store has them; the last store holding it wins)."""
+        if not self._stores:
             return None
-        with self._lock:
+        with self._shared.lock:
             if image_id in self._local_cache:
                 self._local_cache.move_to_end(image_id)
                 return self._local_cache[image_id]
-            feats = self._store.get(image_id) if image_id in self._store else None
+            feats = next((store.get(image_id) for store in self._stores if image_id in store), None)
             self._local_cache[image_id] = feats
             while len(self._local_cache) > 4096:
                 self._local_cache.popitem(last=False)
@@ -268,10 +294,10 @@ class Catalog:
     def query(self, image_id: str) -> Query:
         """A stored id as a query (KeyError when unknown)."""
         if image_id.startswith(UPLOAD_PREFIX):
-            with self._lock:
-                if image_id not in self._uploads:
+            with self._shared.lock:
+                if image_id not in self._shared.uploads:
                     raise KeyError(image_id)
-                return self._uploads[image_id]
+                return self._shared.uploads[image_id]
         return Query(image_id, self.kind(image_id), self.vector(image_id), self.local_features(image_id),
                      self.truth(image_id))
 
@@ -280,43 +306,35 @@ class Catalog:
         own extractor (and the local store's, when that is SIFT); kept for later /api/matches calls
         (the 32 most recent)."""
         token = UPLOAD_PREFIX + hashlib.sha256(data).hexdigest()[:20]
-        with self._lock:
-            if token in self._uploads:
-                self._uploads.move_to_end(token)
-                return self._uploads[token]
+        shared = self._shared
+        with shared.lock:
+            if token in shared.uploads:
+                shared.uploads.move_to_end(token)
+                return shared.uploads[token]
             self._ensure_extractor()
-            vector = self._extractor.extract(image)
+            vector = shared.extractor.extract(image)
             local = None
             if self.local_config is not None and self.local_config.get("type") in ("sift", "xfeat", "disk"):
-                if self._local_extractor is None:
+                if shared.local_extractor is None:
                     from retrieval.features.local_extractors import local_extractor
 
-                    self._local_extractor = local_extractor(dict(self.local_config))
-                local = self._local_extractor.extract(image)
+                    shared.local_extractor = local_extractor(dict(self.local_config))
+                local = shared.local_extractor.extract(image)
             query = Query(token, "upload", np.asarray(vector, np.float32), local, None)
-            self._uploads[token] = query
-            while len(self._uploads) > 32:
-                self._uploads.popitem(last=False)
+            shared.uploads[token] = query
+            while len(shared.uploads) > 32:
+                shared.uploads.popitem(last=False)
         return query
 
     def _ensure_extractor(self) -> None:
         """Build (once) the global extractor for uploads; the caller holds the lock."""
-        if self._extractor is not None:
-            return
-        if not self.config:
-            raise UnsupportedUpload("the index records no extractor configuration, so an uploaded image "
-                                    "cannot be described as the database was; search by id")
-        given = self._given_extractor
-        if given is not None and config_json(given.config) != config_json(self.config):
-            raise UnsupportedUpload(f"the extractor given has configuration {config_json(given.config)}, "
-                                    f"the index records {config_json(self.config)}")
-        self._extractor = given if given is not None else build_extractor(self.config)
+        self._shared.ensure_extractor(self.config)
 
     def warm_up(self) -> Optional[str]:
         """Build the upload extractor now (a server calls this in the background at start, so the first
         upload does not wait for it). Returns why uploads are unsupported, or None."""
         try:
-            with self._lock:
+            with self._shared.lock:
                 self._ensure_extractor()
         except UnsupportedUpload as exc:
             return str(exc)
@@ -325,10 +343,43 @@ class Catalog:
     def describe(self) -> dict:
         """What is served, for the page and /api/info."""
         return {"count": len(self.index), "dim": self.index.dim, "backend": self.index.backend,
+                "generation": self.generation,
+                "metadata": sorted(self.metadata.columns) if self.metadata is not None else None,
                 "extractor": self.config, "queries": len(self.query_ids),
                 "local": self.local_config, "ground_truth": self.dataset is not None,
                 "images": len(self._paths), "source": self.source,
                 "fusion": {"label": self.fusion.label, **self.fusion.to_dict(), "source": self.fusion_source}}
+
+    # -- metadata -----------------------------------------------------------------------------------
+    def mask(self, where: Sequence[str]) -> Optional[np.ndarray]:
+        """The rows meeting every condition of ``where`` (None: no condition), or :class:`FilterError`
+        with a one-line message. Recent filters' masks are kept (a page asks for the same one again)."""
+        key = tuple(w for w in where if w.strip())
+        if not key:
+            return None
+        if self.metadata is None:
+            raise FilterError("this index has no metadata to filter by (serve a collection: retrieval index "
+                              "build --collection)")
+        with self._masks_lock:
+            if key in self._masks:
+                self._masks.move_to_end(key)
+                return self._masks[key]
+        try:
+            mask = self.metadata.mask(list(key))
+        except ValueError as exc:
+            raise FilterError(str(exc)) from None
+        if self.index.removed is not None:
+            mask = mask & ~self.index.removed
+        with self._masks_lock:
+            self._masks[key] = mask
+            while len(self._masks) > 64:
+                self._masks.popitem(last=False)
+        return mask
+
+    def record(self, image_id: str) -> Optional[Dict[str, str]]:
+        """The metadata of a database id (None without metadata or for an unknown id)."""
+        row = self._row.get(image_id)
+        return None if self.metadata is None or row is None else self.metadata.record(row)
 
     def page_of_ids(self, which: str, offset: int, limit: int) -> Tuple[List[str], int]:
         ids = self.query_ids if which == "queries" else self.db_ids

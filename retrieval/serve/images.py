@@ -33,32 +33,35 @@ class ImageCache:
     def __init__(self, catalog: Catalog, capacity: int = 1024):
         self.catalog = catalog
         self.capacity = int(capacity)
-        self._cache: "OrderedDict[Tuple[str, Optional[int]], Tuple[bytes, str]]" = OrderedDict()
+        self._cache: "OrderedDict[Tuple[str, Optional[int], str], Tuple[bytes, str]]" = OrderedDict()
         self._lock = threading.Lock()
         ds = catalog.dataset
         self._boxes: Dict[str, tuple] = {}
         if ds is not None and ds.query_boxes is not None:
             self._boxes = {str(q): b for q, b in zip(ds.query_ids, ds.query_boxes) if b is not None}
 
-    def get(self, image_id: str, size: Optional[int] = None) -> Tuple[bytes, str]:
-        key = (image_id, size)
+    def get(self, image_id: str, size: Optional[int] = None, catalog: Optional[Catalog] = None) -> Tuple[bytes, str]:
+        """``catalog``: the one the request is served from (a collection's generation; default: the
+        catalog given at construction)."""
+        catalog = catalog or self.catalog
+        path = catalog.image_path(image_id)
+        if path is None:
+            raise KeyError(image_id)
+        key = (image_id, size, str(path))  # an id replaced by an add may have another file
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        answer = self._load(image_id, size)
+        answer = self._load(image_id, size, path)
         with self._lock:
             self._cache[key] = answer
             while len(self._cache) > self.capacity:
                 self._cache.popitem(last=False)
         return answer
 
-    def _load(self, image_id: str, size: Optional[int]) -> Tuple[bytes, str]:
+    def _load(self, image_id: str, size: Optional[int], path) -> Tuple[bytes, str]:
         from retrieval.core.imageio import ImageLoadError, load_image, resize_longest_side
 
-        path = self.catalog.image_path(image_id)
-        if path is None:
-            raise KeyError(image_id)
         box = self._boxes.get(image_id)
         media = _AS_IS.get(path.suffix.lower())
         if size is None and box is None and media is not None:

@@ -53,6 +53,11 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 def _serve_synthetic(n: int, dim: int, seed: int, port: int, ready) -> None:
     """Child process: serve :func:`synthetic_catalog` on loopback; ``ready`` is set once it listens."""
+    serve_until_killed(synthetic_catalog(n, dim, seed), port, ready)
+
+
+def serve_until_killed(catalog, port: int, ready) -> None:
+    """Serve ``catalog`` (a Catalog or a live one) on loopback ``port``; ``ready`` is set once it listens."""
     import logging
 
     import uvicorn
@@ -60,8 +65,7 @@ def _serve_synthetic(n: int, dim: int, seed: int, port: int, ready) -> None:
     from retrieval.serve.app import create_app
 
     logging.getLogger("retrieval.serve").setLevel(logging.ERROR)  # no "no image file" warning
-    server = uvicorn.Server(uvicorn.Config(create_app(synthetic_catalog(n, dim, seed)), host=HOST, port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(catalog), host=HOST, port=port, log_level="warning"))
 
     def announce():
         while not server.started:

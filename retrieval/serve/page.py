@@ -37,7 +37,7 @@ def _norm_text(fusion) -> str:
 
 
 def render_page(catalog: Catalog, has_results: bool, default_k: int, default_v: float,
-                limits: UploadLimits) -> str:
+                limits: UploadLimits, allow_add: bool = False) -> str:
     info = catalog.describe()
     cfg = info["extractor"] or {}
     summary = (f"{info['count']:,} images, {info['dim']}-d, {escape(str(info['backend']))}; extractor "
@@ -46,14 +46,24 @@ def render_page(catalog: Catalog, has_results: bool, default_k: int, default_v: 
         summary += f"; local features {escape(str(info['local'].get('name') or info['local'].get('type')))}"
     if info["ground_truth"]:
         summary += "; ground truth"
+    if info["generation"] is not None:
+        summary += f"; collection generation <span id='generation'>{info['generation']}</span>"
+    columns = info["metadata"]
     settings = {"k": default_k, "v": default_v, "maxBytes": limits.max_bytes, "local": catalog.has_local,
-                "queries": len(catalog.query_ids)}
+                "queries": len(catalog.query_ids), "allowAdd": bool(allow_add)}
+    filter_box = "" if columns is None else f"""
+  <label>filter <input type="text" id="where" size="34" placeholder="label=cat; date>=2024-01-01"
+    title="conditions COLUMN OP VALUE separated by ';' (OP: = != < <= > >= ~ for a prefix); columns:
+    {escape(', '.join(columns))}"></label>"""
+    add_form = "" if not allow_add else """
+  <form id="add-form"><label>Add images to the collection <input type="file" id="add" name="files"
+    accept="image/*" multiple></label></form>"""
     return _HEAD.format(title="hybrid-retrieval", nav=_nav(has_results)) + f"""
 <main>
 <section id="about" class="muted">{summary}</section>
 <section id="controls">
   <form id="upload-form"><label>Search with an image <input type="file" id="upload" name="file"
-    accept="image/*"></label></form>
+    accept="image/*"></label></form>{add_form}{filter_box}
   <label>k <input type="number" id="k" min="1" max="200" value="{default_k}"></label>
   <label id="v-box" {'hidden' if not catalog.has_local else ''}>v <input type="range" id="v-slider" min="0"
     max="1" step="0.05" value="{default_v}"> <output id="v-value">{default_v}</output>

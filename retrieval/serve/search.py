@@ -3,7 +3,9 @@ evidence on the shortlist, the fused order at a weight v, right / wrong / junk a
 
 * Global: ``Catalog.index.search(vector, k)`` (concurrent requests batched into one call,
   :mod:`.batching`); the JSON lists exactly that Ranking's ids, scores and rows (``results`` in global
-  order).
+  order). ``where`` (metadata conditions ``COLUMN OP VALUE``, :mod:`retrieval.indexing.metadata`)
+  restricts the search to the rows meeting them, inside the search; each result carries its row's
+  metadata record when the catalog has metadata.
 * Local evidence (when a local-feature store is served and the query has local features): spatial
   verification inliers (:class:`retrieval.rerank.SpatialVerifier`, its default configuration) for SIFT
   stores, else the ratio-test score (:class:`retrieval.rerank.RatioTestScorer`). An image without
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -47,6 +49,8 @@ class SearchResult:
     local_missing: List[bool] = field(default_factory=list)
     fused: Optional[np.ndarray] = None
     order: Optional[np.ndarray] = None
+    where: List[str] = field(default_factory=list)
+    records: Optional[List[Optional[Dict[str, str]]]] = None  # each result's metadata (a collection's)
 
     @property
     def ids(self) -> List[str]:
@@ -83,6 +87,8 @@ class SearchResult:
         for j, image_id in enumerate(ids):
             item = {"rank": j + 1, "id": image_id, "row": int(self.ranking.indices[0][j]), "score": float(g[j]),
                     "label": self.label(image_id), "image": image_url(image_id)}
+            if self.records is not None:
+                item["metadata"] = self.records[j]
             if self.local is not None:
                 item.update(local=float(self.local[j]), local_norm=float(local_norm[j]),
                             local_missing=bool(self.local_missing[j]), fused=float(self.fused[j]))
@@ -91,7 +97,7 @@ class SearchResult:
         return {
             "query": {"id": self.query.id, "kind": self.query.kind, "image": image_url(self.query.id),
                       "keypoints": None if self.query.local is None else len(self.query.local)},
-            "k": len(ids), "v": f.v,
+            "k": len(ids), "v": f.v, "where": self.where,
             "fusion": {"label": f.label, **f.to_dict()},
             "local": None if self.local is None else {"method": self.local_method, "norm": f.norm, "T": f.T,
                                                       "formula": "v * score + (1 - v) * local_norm"},
@@ -129,14 +135,22 @@ def fusion_at(fusion: FusionConfig, v: Optional[float]) -> FusionConfig:
     return FusionConfig("linear", v=float(v), norm=base.norm, T=base.T, gate=base.gate)
 
 
-def search(catalog: Catalog, query: Query, k: int = 20, v: Optional[float] = None) -> SearchResult:
-    """Search ``catalog`` with ``query``: top ``k`` (clamped to the index size), local evidence and
-    the catalog's fusion (at weight ``v`` when given) when local features exist for the query."""
+def search(catalog: Catalog, query: Query, k: int = 20, v: Optional[float] = None,
+           where: Sequence[str] = ()) -> SearchResult:
+    """Search ``catalog`` with ``query``: top ``k`` (clamped to the index size) of the rows meeting
+    ``where`` (:class:`~retrieval.serve.catalog.FilterError` when it cannot be applied), local evidence
+    and the catalog's fusion (at weight ``v`` when given) when local features exist for the query."""
     if not 1 <= k <= MAX_K:
         raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
     fusion = fusion_at(catalog.fusion, v)
-    ranking = catalog.batcher.search(query.vector, k=k, query_id=query.id)
-    result = SearchResult(query, ranking, fusion)
+    where = [w for w in where if w.strip()]
+    allowed = catalog.mask(where)
+    ranking = catalog.batcher.search(query.vector, k=k, query_id=query.id, allowed=allowed, key=tuple(where))
+    result = SearchResult(query, ranking, fusion, where=where)
+    if catalog.metadata is not None:
+        rows = ranking.indices[0][: len(result.ids)].tolist()
+        # the recorded file path stays on the server (ids, never paths, are what a client sees)
+        result.records = [{c: v for c, v in catalog.metadata.record(int(r)).items() if c != "path"} for r in rows]
     if catalog.has_local and query.local is not None:
         ids = result.ids
         feats = [catalog.local_features(i) for i in ids]

@@ -15,13 +15,16 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterable, Optional, Union
 
 from retrieval.core.config import Config, ConfigError
 from retrieval.datasets.dataset import RetrievalDataset
 from retrieval.datasets.open import DEFAULT_PROTOCOL, DatasetConfig, open_dataset
 
-__all__ = ["EvaluateConfig", "ShortRankingError", "main", "score", "score_per_query"]
+__all__ = ["EvaluateConfig", "ShortRankingError", "main", "score", "score_blocks", "score_per_query"]
+
+#: query x result entries per block of the streaming evaluation (about 16 MB of references + the lists)
+BLOCK_ENTRIES = 2_000_000
 
 
 class ShortRankingError(ValueError):
@@ -55,32 +58,69 @@ def score(conf: EvaluateConfig, predictions: Dict[Any, list], dataset: Retrieval
           dataset_kind: Optional[str] = None, source: str = "ranking") -> Dict[str, Any]:
     """Metrics of ``predictions`` (``{query id: [db ids best first]}``) under every protocol of
     ``conf``, after the depth check (module docstring)."""
-    from retrieval.evaluation.evaluate import evaluate, required_depth
+    ranked = [len(predictions[q]) for q in dataset.solution() if q in predictions]
+    return score_blocks(conf, [predictions], dataset, dataset_kind, source, depth_bound=min(ranked, default=None))
+
+
+def score_blocks(conf: EvaluateConfig, blocks: Iterable[Dict[Any, list]], dataset: RetrievalDataset,
+                 dataset_kind: Optional[str] = None, source: str = "ranking",
+                 depth_bound: Optional[int] = None) -> Dict[str, Any]:
+    """:func:`score` of a ranking given as consecutive blocks of ``{query id: [db ids]}`` (one
+    pass, one block in memory at a time: :mod:`retrieval.evaluation.streaming`); ``depth_bound``
+    (the ranking's k, when known) refuses a too-short ranking before the pass."""
+    from retrieval.evaluation.evaluate import required_depth
+    from retrieval.evaluation.streaming import StreamingEvaluation
 
     protocols = conf.protocols(dataset_kind)
     scored = dataset.solution()
-    ranked = [len(predictions[q]) for q in scored if q in predictions]
-    depth = min(ranked) if ranked else 0
     result: Dict[str, Any] = {"protocol": ",".join(protocols)}
     need = max(required_depth(dataset, p, conf.k) for p in protocols)
-    if ranked and depth < need:
-        message = (f"{source}: ranks {depth} of {len(dataset.db_ids)} database images for some query; "
-                   f"protocol {result['protocol']!r} needs {need} (a positive that is not ranked counts as "
-                   f"missed, so the figures would be too low)")
-        if not conf.allow_short:
-            raise ShortRankingError(f"{message}; search again with the default k (the whole database) or "
-                                    f"--k {need}, or pass --allow-short to score it as a lower bound")
-        print(f"retrieval: WARNING: {message}; scoring it anyway as a lower bound", file=sys.stderr)
-        result["short_ranking"] = {"depth": depth, "needed": need}
-    for protocol in protocols:
+    if depth_bound is not None and depth_bound < need and scored:
+        _short(conf, source, dataset, result, depth_bound, need)
+    try:
+        evaluations = [StreamingEvaluation(dataset, p, conf.k,
+                                           prepare=lambda block, p=p: _without_junk(dataset, block, p))
+                       for p in protocols]
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    depth: Optional[int] = None
+    seen: set = set()
+    for block in blocks:
+        lengths = [len(ranked) for q, ranked in block.items() if q in scored]
+        if lengths:
+            depth = min(lengths) if depth is None else min(depth, min(lengths))
+        seen.update(block)
+        for evaluation in evaluations:
+            try:
+                evaluation.add(block)
+            except ValueError as exc:
+                raise ValueError(f"{source}: {exc}") from None
+    if depth is not None and depth < need:
+        if "short_ranking" in result:  # missing results (approximate search) make it shorter than k
+            result["short_ranking"]["depth"] = min(depth, result["short_ranking"]["depth"])
+        else:
+            _short(conf, source, dataset, result, depth, need)
+    for evaluation in evaluations:
         try:
-            metrics = evaluate(dataset, _without_junk(dataset, predictions, protocol), protocol=protocol, k=conf.k)
+            result.update(evaluation.result())
         except ValueError as exc:
             raise ValueError(f"{source}: {exc}") from None
-        result.update(metrics)
-    result["queries_without_prediction"] = sum(1 for q in scored if q not in predictions)
+    result["queries_without_prediction"] = sum(1 for q in scored if q not in seen)
     result["bad_files"] = len(dataset.bad_files)
     return result
+
+
+def _short(conf: EvaluateConfig, source: str, dataset: RetrievalDataset, result: Dict[str, Any], depth: int,
+           need: int) -> None:
+    """Refuse a ranking of ``depth`` results where ``need`` are needed, or (``allow_short``) warn and note it."""
+    message = (f"{source}: ranks {depth} of {len(dataset.db_ids)} database images for some query; "
+               f"protocol {result['protocol']!r} needs {need} (a positive that is not ranked counts as "
+               f"missed, so the figures would be too low)")
+    if not conf.allow_short:
+        raise ShortRankingError(f"{message}; search again with the default k (the whole database) or "
+                                f"--k {need}, or pass --allow-short to score it as a lower bound")
+    print(f"retrieval: WARNING: {message}; scoring it anyway as a lower bound", file=sys.stderr)
+    result["short_ranking"] = {"depth": depth, "needed": need}
 
 
 def score_per_query(conf: EvaluateConfig, predictions: Dict[Any, list], dataset: RetrievalDataset, protocol: str,
@@ -112,17 +152,19 @@ def main(conf: EvaluateConfig, ranking: Path, dataset: Union[DatasetConfig, Retr
     import json
 
     from retrieval.core.fileio import atomic_write_text
-    from retrieval.indexing.index import Ranking
+    from retrieval.indexing.ranking import open_ranking
     from retrieval.core.report import finite_metrics
 
     ranking = Path(ranking)
-    loaded = Ranking.load(ranking)
+    loaded = open_ranking(ranking)
     if loaded.query_ids is None:
         raise ConfigError(f"{ranking}: the ranking does not name its queries (no query_ids); search with a "
                           f"feature file, whose ids name them")
     kind = dataset.kind if isinstance(dataset, DatasetConfig) else None
     ds = open_dataset(dataset) if isinstance(dataset, DatasetConfig) else dataset
-    metrics = score(conf, loaded.to_predictions(), ds, kind, source=str(ranking))
+    # a block of queries at a time: memory does not grow with the number of queries x results
+    metrics = score_blocks(conf, loaded.prediction_blocks(BLOCK_ENTRIES), ds, kind, source=str(ranking),
+                           depth_bound=loaded.k)
     result = {"ranking": str(ranking), "dataset": ds.name, "data": str(ds.root), **finite_metrics(metrics)}
     if "upright" in ds.metadata:  # Holidays: whether the rotated photos were read upright
         result["upright"] = ds.metadata["upright"]

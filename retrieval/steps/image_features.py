@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from retrieval.core.config import ConfigError
 
-__all__ = ["KINDS", "make_extractor", "extract_into", "remove"]
+__all__ = ["KINDS", "make_extractor", "extractor_from_record", "extract_into", "remove"]
 
 KINDS = ("local", "global", "patches")
 
@@ -42,6 +42,26 @@ def make_extractor(kind: str, config: Any, overrides: Optional[Mapping[str, Any]
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"{kind} features {config if isinstance(config, str) else ''}: {exc}") from None
+
+
+def extractor_from_record(config: Mapping[str, Any]):
+    """The global extractor that made vectors with ``config`` (as recorded in a feature, index or collection
+    file), rebuilt from the whole record and checked equal to it; a ConfigError when it cannot be (encoded
+    vectors such as BoW or VLAD are not rebuilt from a configuration alone; changed weights)."""
+    from retrieval.features.store import config_json
+
+    kind = config.get("extractor")
+    if kind != "efficientnet":
+        raise ConfigError(f"the vectors were made by {kind!r}, which cannot be rebuilt from the recorded "
+                          "configuration alone (EfficientNet vectors can)")
+    from retrieval.features.efficientnet import EfficientNetExtractor
+
+    # the whole record: one without a precision was made in float32 (resolve_config reads it so)
+    extractor = EfficientNetExtractor(dict(config))
+    if config_json(extractor.config) != config_json(config):
+        raise ConfigError(f"the extractor rebuilt from the recorded configuration differs from it "
+                          f"({config_json(extractor.config)} vs {config_json(config)}); were its weights changed?")
+    return extractor
 
 
 def remove(*paths) -> None:

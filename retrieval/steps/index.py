@@ -27,16 +27,20 @@ class IndexConfig(Config):
     (nlist, nprobe, m, nbits, hnsw_m, ef_search, memory_mb ...; see :mod:`retrieval.indexing.index`);
     ``zero_rows``: what to do with an all-zero vector (an image without keypoints): ``keep`` it (it
     scores 0 against every query, so it ranks last) or ``drop`` it from the index; either is counted
-    in a warning naming the images."""
+    in a warning naming the images; ``collection``: write a collection folder
+    (:mod:`retrieval.indexing.collection`: add, remove, metadata filters) instead of one index file."""
 
     backend: Backend = "exact"
     options: Dict[str, Any] = field(default_factory=dict)
     zero_rows: Literal["keep", "drop"] = "keep"
+    collection: bool = False
 
 
-def main(conf: IndexConfig, features: Path, out: Path, info: Optional[dict] = None) -> Path:
+def main(conf: IndexConfig, features: Path, out: Path, info: Optional[dict] = None, labels: Optional[Path] = None,
+         images: Optional[Path] = None, local: Optional[Path] = None) -> Path:
     """Build the index of the global feature file ``features`` and write it to ``out``; returns ``out``.
-    ``info``, when given, receives count, dim and seconds."""
+    ``info``, when given, receives count, dim and seconds. A collection (``conf.collection``) also keeps
+    the metadata of a ``labels`` CSV and of the image files under ``images``, and a ``local`` store."""
     import numpy as np
 
     from retrieval.features.store import load_global
@@ -60,6 +64,17 @@ def main(conf: IndexConfig, features: Path, out: Path, info: Optional[dict] = No
             ids, vectors = [i for i, k in zip(ids, keep) if k], vectors[keep]
             if not ids:
                 raise ConfigError(f"{features}: every vector is all zero; nothing to index")
+    if conf.collection:
+        from retrieval.indexing.collection import Collection
+
+        try:
+            coll = Collection.create(out, ids, vectors, backend=conf.backend, options=conf.options,
+                                     config=feature_config, metadata=_metadata(ids, labels, images), local_store=local)
+        except ValueError as exc:
+            raise ValueError(f"{features}: {exc}") from None
+        if info is not None:
+            info.update(coll.info(), seconds=round(time.perf_counter() - start, 3))
+        return Path(out)
     try:
         index = Index(vectors, ids=ids, backend=conf.backend, config=feature_config, zero_rows="keep", **conf.options)
     except ValueError as exc:
@@ -69,3 +84,27 @@ def main(conf: IndexConfig, features: Path, out: Path, info: Optional[dict] = No
         info.update(count=len(index), dim=index.dim, options=index.options, zero_rows=int(zero.size),
                     seconds=round(time.perf_counter() - start, 3))
     return Path(out)
+
+
+def _metadata(ids, labels: Optional[Path], images: Optional[Path]):
+    """The metadata of a new collection's rows: a labels CSV's columns and, for ids that name an image under
+    ``images`` (relative path without suffix, or file stem), its folder, file, path and EXIF date."""
+    from retrieval.indexing.metadata import Metadata
+    from retrieval.steps.add import image_metadata, labels_metadata
+
+    records = [dict() for _ in ids]
+    if images is not None:
+        from retrieval.datasets.files import list_images
+
+        found = {}
+        for path in list_images(images):
+            rel = path.relative_to(images)
+            found.setdefault(path.stem, path)
+            found[rel.with_suffix("").as_posix()] = path
+            found[rel.as_posix()] = path
+        hits = [(r, found[str(i)]) for r, i in enumerate(ids) if str(i) in found]
+        for (r, _), meta in zip(hits, image_metadata([p for _, p in hits], Path(images))):
+            records[r].update(meta)
+    if labels is not None:
+        records = [{**r, **extra} for r, extra in zip(records, labels_metadata(labels, [str(i) for i in ids]))]
+    return Metadata.from_records(records)

@@ -1,4 +1,10 @@
-"""``retrieval search``: an index x a query feature file -> a ranking (JSON), best first.
+"""``retrieval search``: an index x a query feature file -> a ranking file, best first.
+
+Which file. ``format`` auto (the default) writes the compact binary ranking
+(:mod:`retrieval.indexing.ranking_file`: int32 rows, float32 scores, one id table) unless the output
+path ends in ``.json``; ``json`` / ``binary`` force one. The binary file is written a batch of queries
+at a time, so memory does not grow with queries x k; JSON (for small rankings a person reads) is built
+in memory.
 
 How many results per query. A protocol that scores the full ranking (Oxford / Paris mAP, the
 landmark-level mAP, mean AP and NMRR on labelled folders) counts a positive that is not ranked as
@@ -18,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from retrieval.core.config import Config, ConfigError
 
@@ -28,6 +34,9 @@ __all__ = ["SearchConfig", "main", "default_k"]
 FULL_RANKING_ENTRIES = 20_000_000
 #: the default k beyond that size (at least what map@100 needs)
 LARGE_DEFAULT_K = 1000
+#: query x result entries per search call at most (``batch`` is lowered for long rankings): the
+#: batch's ids, scores and rows stay within about 100 MB
+BATCH_ENTRIES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -35,14 +44,21 @@ class SearchConfig(Config):
     """``k``: results per query (None: the whole database for small sets, see the module docstring);
     ``batch``: queries per search call; ``options``: memory_mb (exact), nprobe (IVF), ef_search (HNSW);
     ``allow_mixed``: search queries described otherwise than the index (another network, weights,
-    pooling, whitening or encoder: incomparable vectors) with a warning instead of refusing them."""
+    pooling, whitening or encoder: incomparable vectors) with a warning instead of refusing them;
+    ``where``: metadata conditions (``label=cat``, ``date>=2024-01-01``) a result must meet, applied inside
+    the search (an index that is a collection folder: :mod:`retrieval.indexing.metadata`);
+    ``format``: auto (binary unless the output ends in .json), binary or json."""
 
     k: Optional[int] = None
     batch: int = 4096
     options: Dict[str, Any] = field(default_factory=dict)
     allow_mixed: bool = False
+    where: Tuple[str, ...] = ()
+    format: str = "auto"
 
     def check(self) -> None:
+        if self.format not in ("auto", "binary", "json"):
+            raise ConfigError(f"format must be auto, binary or json, got {self.format!r}")
         if self.k is not None and self.k < 1:
             raise ConfigError(f"k must be positive (or omitted for the full ranking), got {self.k}")
         if self.batch < 1:
@@ -59,16 +75,23 @@ def default_k(num_queries: int, num_db: int) -> int:
 def main(conf: SearchConfig, index: Path, queries: Path, out: Path, progress: bool = True,
          info: Optional[dict] = None) -> Path:
     """Rank the index ``index`` for every query of the feature file ``queries``; writes the ranking to
-    ``out`` (:class:`retrieval.indexing.index.Ranking` JSON) and returns ``out``."""
+    ``out`` (binary or JSON, module docstring) and returns ``out``."""
     import numpy as np
     from tqdm.auto import tqdm
 
     from retrieval.features.store import config_json, load_global
 
     from retrieval.indexing.index import Index, Ranking
+    from retrieval.indexing.ranking import ranking_format
+    from retrieval.indexing.ranking_file import RankingWriter
     from retrieval.core.vectors import check_file_rows
 
-    idx = Index.load(index)
+    from retrieval.indexing.collection import open_index
+
+    try:
+        idx, allowed = open_index(index, conf.where)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     query_ids, vectors, query_config = load_global(queries)
     if len(query_ids) == 0:
         raise ConfigError(f"{queries}: feature file holds no query vectors")
@@ -98,24 +121,42 @@ def main(conf: SearchConfig, index: Path, queries: Path, out: Path, progress: bo
         print(f"retrieval: note: ranking the top {k} of {len(idx)} database images per query (a full "
               f"ranking of {len(query_ids)} queries would be too large); protocols that score the full "
               f"ranking need --k {len(idx)}", file=sys.stderr)
+    k = min(k, len(idx))
     start = time.perf_counter()
-    parts = []
-    steps = range(0, len(query_ids), conf.batch)
-    for lo in tqdm(steps, desc="search", unit="batch", disable=not progress or len(steps) < 2, leave=False):
-        hi = min(lo + conf.batch, len(query_ids))
-        parts.append(idx.search(vectors[lo:hi], k=k, query_ids=query_ids[lo:hi], **conf.options))
-    ranking = parts[0] if len(parts) == 1 else Ranking(
-        ids=np.concatenate([p.ids for p in parts]), scores=np.concatenate([p.scores for p in parts]),
-        indices=np.concatenate([p.indices for p in parts]), query_ids=list(query_ids))
-    ranking.save(out)
+    binary = ranking_format(out, conf.format) == "binary"
+    # the binary file is written batch by batch: bound a batch's results; JSON holds them all anyway
+    batch = min(conf.batch, max(1, BATCH_ENTRIES // max(k, 1))) if binary else conf.batch
+    steps = range(0, len(query_ids), batch)
+    batches = (idx.search(vectors[lo:lo + batch], k=k, query_ids=query_ids[lo:lo + batch], allowed=allowed,
+                           **conf.options)
+               for lo in tqdm(steps, desc="search", unit="batch", disable=not progress or len(steps) < 2,
+                              leave=False))
+    if not binary:
+        if len(query_ids) * k > FULL_RANKING_ENTRIES:  # JSON: ~48 bytes a result on disk, ~10x that in memory
+            print(f"retrieval: warning: {out}: a JSON ranking of {len(query_ids) * k:,} results (about "
+                  f"{len(query_ids) * k * 48 / 1e9:.1f} GB) is built in memory; a name not ending in .json writes "
+                  "the binary file (8 bytes a result, written as it goes)", file=sys.stderr)
+        parts = list(batches)
+        ranking = parts[0] if len(parts) == 1 else Ranking(
+            ids=np.concatenate([p.ids for p in parts]), scores=np.concatenate([p.scores for p in parts]),
+            indices=np.concatenate([p.indices for p in parts]), query_ids=list(query_ids))
+        ranking.save(out, format="json")
+    else:
+        with RankingWriter(out, list(query_ids), idx.ids, k) as writer:
+            for part in batches:
+                writer.write(part.indices, part.scores)
     if info is not None:
-        info.update(queries=len(query_ids), k=ranking.k, database=len(idx),
+        info.update(queries=len(query_ids), k=k, database=len(idx),
                     seconds=round(time.perf_counter() - start, 3))
     return Path(out)
 
 
-#: extractor settings a query file may legitimately change (the query image size of the same network)
-QUERY_SIDE_KEYS = frozenset({"size", "name", "input", "upscale", "scales", "max_side", "max_keypoints"})
+#: extractor settings a query file may legitimately change (the query image size of the same network;
+#: the arithmetic precision of the same network and weights: int8 or bfloat16 descriptors approximate the
+#: float32 ones, cosine >= 0.99 by the probe of retrieval.features.precision, so a float32 query against
+#: an int8 database ranks as the E1 bound allows)
+QUERY_SIDE_KEYS = frozenset({"size", "name", "input", "upscale", "scales", "max_side", "max_keypoints",
+                             "precision", "calibration", "calibration_sha256"})
 
 
 def _flat(config: Any, prefix: str = "") -> Dict[str, Any]:

@@ -25,7 +25,7 @@ from retrieval.training.checkpoint import load_state_dict_checked, save_checkpoi
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["PixelNormalize", "build_embedding_model", "prepare_embedding_model", "run_embedding_training", "set_trainable", "bn_aware_train_mode",
+__all__ = ["uses_channels_last", "PixelNormalize", "build_embedding_model", "prepare_embedding_model", "run_embedding_training", "set_trainable", "bn_aware_train_mode",
            "embed_augmented", "save_trained_model", "load_trained_efficientnet", "read_trained_config",
            "embed_uint8", "MODEL_KIND", "MODEL_FILE"]
 
@@ -97,14 +97,20 @@ def bn_aware_train_mode(model: nn.Module, bn: str = "frozen") -> Callable[[], No
 
 def embed_augmented(model: nn.Module, normalize: nn.Module, images: torch.Tensor, aug: AugmentConfig,
                     ctx, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (B, H, W, 3) batch -> augmented, normalised input on ``ctx.device`` -> (B, D) embeddings
-    (under ``ctx.autocast()``)."""
+    """uint8 (B, H, W, 3) batch -> augmented, normalised input on ``ctx.device`` -> (B, D) float32
+    embeddings (the backbone under ``ctx.autocast()``, pooling and L2 normalisation in float32)."""
     x = uint8_to_float(images, ctx.device)
     x = normalize(augment_batch(x, aug, ctx.generator))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    if not hasattr(model, "pool_map"):
+        with ctx.autocast():
+            return model(x).float()
     with ctx.autocast():
-        return model(x)
+        fmap = model.feature_map(x)
+    # GeM's cube and root and the unit vectors the losses compare stay float32: bfloat16's 8-bit
+    # mantissa cannot resolve the cosines near 1 that contrastive distances and cosine logits use
+    return model.pool_map(fmap.float())
 
 
 def save_trained_model(path: PathLike, model: EfficientNetGlobal, cfg, data_description: dict,
@@ -152,7 +158,8 @@ def run_embedding_training(cfg, model: EfficientNetGlobal, params: Dict[str, lis
     from retrieval.training.loop import run_training
 
     out_dir = Path(out_dir)
-    if cfg.channels_last:
+    channels_last = uses_channels_last(cfg)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     normalize = PixelNormalize.for_efficientnet(cfg.backbone)
     modules: Dict[str, nn.Module] = {"model": model, **(extra_modules or {})}
@@ -171,9 +178,8 @@ def run_embedding_training(cfg, model: EfficientNetGlobal, params: Dict[str, lis
         normalize.to(ctx.device)
         x_uint8, labels = batch
         labels = labels.to(ctx.device)
-        emb = embed_augmented(model, normalize, x_uint8, cfg.augment, ctx, cfg.channels_last)
-        with ctx.autocast():
-            return loss_fn(emb.float(), labels)
+        emb = embed_augmented(model, normalize, x_uint8, cfg.augment, ctx, channels_last)
+        return loss_fn(emb, labels)  # the head and the loss in float32 (embed_augmented)
 
     run_config = {"train_config": cfg.to_dict(), "data": images.describe(), "init": init_info,
                   **(run_extra or {})}
@@ -188,8 +194,21 @@ def run_embedding_training(cfg, model: EfficientNetGlobal, params: Dict[str, lis
         save_trained_model(model_path, model.to("cpu").to(memory_format=torch.contiguous_format), cfg,
                            images.describe(),
                            extra={"init": init_info, "train_seconds": result.seconds,
-                                  "steps": result.steps})
+                                  "steps": result.steps, "precision": result.precision,
+                                  "channels_last": channels_last})
     return (model_path if finished else None), result
+
+
+def uses_channels_last(cfg) -> bool:
+    """``cfg.channels_last``, or when it is None (auto): NHWC for reduced precision on CUDA (the layout
+    tensor cores read), NCHW on CPU, where NHWC made Lite0's bfloat16 steps slower, not faster (E2
+    0.86 against 0.75 s of CPU a step, E3 0.82 against 0.80: ``retrieval bench train-speed``)."""
+    from retrieval.training.loop import run_precision
+
+    if cfg.channels_last is not None:
+        return bool(cfg.channels_last)
+    precision = run_precision(cfg.loop)
+    return precision.device_type == "cuda" and precision.dtype is not None
 
 
 def _sidecar_hash(path: Path) -> Optional[str]:

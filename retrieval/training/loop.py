@@ -1,6 +1,6 @@
 """The generic training loop every trainer here (E2 classification, E3/E4 Siamese, the multi-view
-distillation) runs: optimiser, learning-rate schedule, seeding, AMP, checkpoint / resume, progress
-bar, loss curves.
+distillation) runs: optimiser, learning-rate schedule, seeding, precision (float32, bfloat16 autocast,
+CUDA AMP), checkpoint / resume, progress bar, loss curves.
 
 The caller supplies what is specific to a method:
 
@@ -31,7 +31,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -45,10 +45,11 @@ from retrieval.features.trained import resolve_device
 
 from retrieval.training.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_state_dict_checked, save_checkpoint
 from retrieval.training.data import BatchPrefetcher
+from retrieval.training.precision import PRECISIONS, resolve_precision
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["LoopConfig", "StepContext", "TrainResult", "run_training", "resolve_device", "seeded_init", "seed_everything",
+__all__ = ["LoopConfig", "StepContext", "TrainResult", "run_training", "run_precision", "resolve_device", "seeded_init", "seed_everything",
            "lr_factor", "plot_losses", "LAST_CHECKPOINT", "LOSSES_JSON", "LOSSES_PNG"]
 
 LAST_CHECKPOINT = "last.pt"
@@ -61,8 +62,11 @@ SCHEDULES = ("cosine", "constant", "step")
 @dataclass(frozen=True)
 class LoopConfig(Config):
     """Optimisation settings. ``device``: 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'...
-    ``amp``: mixed precision on CUDA (ignored on CPU), ``amp_dtype`` 'float16' (with loss scaling)
-    or 'bfloat16'. ``checkpoint_every``: also checkpoint every that many steps (0: at epoch ends only).
+    ``precision``: 'auto' | 'float32' | 'bfloat16', the forward pass's autocast dtype on CPU or CUDA
+    (:mod:`retrieval.training.precision`; auto: bfloat16 where the hardware has it natively; the
+    EfficientNet trainers' :class:`~retrieval.training.settings.TrainConfig` sets its own default).
+    ``amp``: the older CUDA mixed precision (ignored on CPU; wins over ``precision`` on CUDA),
+    ``amp_dtype`` 'float16' (with loss scaling) or 'bfloat16'. ``checkpoint_every``: also checkpoint every that many steps (0: at epoch ends only).
     ``max_steps_per_epoch``: cap the batches of an epoch (0: no cap)."""
 
     epochs: int = 3
@@ -78,6 +82,7 @@ class LoopConfig(Config):
     grad_clip: float = 0.0
     seed: int = 0
     device: str = "auto"
+    precision: str = "float32"
     amp: bool = False
     amp_dtype: str = "float16"
     checkpoint_every: int = 0
@@ -93,6 +98,8 @@ class LoopConfig(Config):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.amp_dtype not in ("float16", "bfloat16"):
             raise ConfigError(f"amp_dtype must be float16 or bfloat16, got {self.amp_dtype!r}")
 
@@ -123,6 +130,9 @@ class TrainResult:
     seconds: float
     resumed_from_step: int
     loss_curve: Optional[Path] = None
+    precision: str = "float32"
+    step_seconds: List[float] = field(default_factory=list)
+    step_cpu_seconds: List[float] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -133,6 +143,12 @@ def seeded_init(seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def run_precision(cfg: LoopConfig):
+    """The :class:`~retrieval.training.precision.Precision` a run of ``cfg`` computes in on this machine
+    ('auto' resolved)."""
+    return resolve_precision(cfg.precision, resolve_device(cfg.device), cfg.amp, cfg.amp_dtype)
 
 
 def seed_everything(seed: int) -> None:
@@ -231,7 +247,9 @@ def run_training(modules: Dict[str, nn.Module], param_groups: Sequence[dict], sa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    full_config = {"run": run_config, "loop": cfg.resume_key()}
+    precision = run_precision(cfg)
+    # the resolved precision, not 'auto': a run resumed on other hardware must not change arithmetic
+    full_config = {"run": run_config, "loop": cfg.resume_key(), "precision": precision.name}
     last = out_dir / LAST_CHECKPOINT
     for m in modules.values():
         m.to(device)
@@ -240,14 +258,8 @@ def run_training(modules: Dict[str, nn.Module], param_groups: Sequence[dict], sa
     generator = torch.Generator()  # CPU: same augmentation on any device
     generator.manual_seed(cfg.seed)
     optimizer = _make_optimizer(cfg, param_groups)
-    use_amp = bool(cfg.amp) and device.type == "cuda"
-    amp_dtype = torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    def autocast():
-        if use_amp:
-            return torch.autocast(device_type="cuda", dtype=amp_dtype)
-        return contextlib.nullcontext()
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.loss_scaling)
+    autocast = precision.autocast
 
     epoch_lengths = [len(sampler.batches(e)) for e in range(cfg.epochs)]
     if cfg.max_steps_per_epoch > 0:
@@ -284,12 +296,19 @@ def run_training(modules: Dict[str, nn.Module], param_groups: Sequence[dict], sa
                  "global_step": global_step, "finished": finished_now,
                  "losses": torch.tensor(losses, dtype=torch.float64)}
         save_checkpoint(last, state, full_config, kind="training-state",
-                        meta={"epochs_done": epoch, "global_step": global_step, "total_steps": total_steps})
+                        meta={"epochs_done": epoch, "global_step": global_step, "total_steps": total_steps,
+                              "precision": precision.name})
         atomic_write_text(out_dir / LOSSES_JSON, json.dumps(
             {"losses": losses, "steps_per_epoch": epoch_lengths, "global_step": global_step,
-             "total_steps": total_steps, "finished": finished_now}, indent=1))
+             "total_steps": total_steps, "finished": finished_now, "precision": precision.name,
+             # wall seconds of each optimiser step of this call (batch wait, forward, backward, update)
+             "step_seconds_this_call": step_seconds,
+             # and the CPU seconds of the process (all threads): the work, less the wait for a shared CPU
+             "step_cpu_seconds_this_call": step_cpu_seconds}, indent=1))
 
     start = time.perf_counter()
+    step_seconds: List[float] = []
+    step_cpu_seconds: List[float] = []
     steps_this_call = 0
     interrupted = False
     while not finished and epoch < cfg.epochs:
@@ -301,6 +320,7 @@ def run_training(modules: Dict[str, nn.Module], param_groups: Sequence[dict], sa
                 m.train()
         bar = tqdm(total=len(batches), initial=step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="step", disable=not progress, leave=False)
+        step_start, step_cpu_start = time.perf_counter(), time.process_time()
         for batch in BatchPrefetcher(batches[step_in_epoch:], fetch, depth=cfg.prefetch):
             factor = lr_factor(cfg, global_step, epoch, total_steps)
             for g in optimizer.param_groups:
@@ -322,6 +342,10 @@ def run_training(modules: Dict[str, nn.Module], param_groups: Sequence[dict], sa
             scaler.step(optimizer)
             scaler.update()
             losses.append(float(loss.detach()))
+            now, cpu_now = time.perf_counter(), time.process_time()
+            step_seconds.append(now - step_start)
+            step_cpu_seconds.append(cpu_now - step_cpu_start)
+            step_start, step_cpu_start = now, cpu_now
             step_in_epoch += 1
             global_step += 1
             steps_this_call += 1
@@ -356,4 +380,5 @@ def run_training(modules: Dict[str, nn.Module], param_groups: Sequence[dict], sa
         curve = plot_losses(losses, epoch_lengths, out_dir / LOSSES_PNG, title=title)
     return TrainResult(checkpoint=last, losses=list(losses), epochs=epoch, steps=global_step,
                        seconds=time.perf_counter() - start, resumed_from_step=resumed_from,
-                       loss_curve=curve)
+                       loss_curve=curve, precision=precision.name, step_seconds=step_seconds,
+                       step_cpu_seconds=step_cpu_seconds)

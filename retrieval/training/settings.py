@@ -21,6 +21,8 @@ from retrieval.training.loop import LoopConfig
 __all__ = ["TrainConfig", "TRAIN_CONFIGS", "METHODS"]
 
 METHODS = ("classifier", "siamese")
+#: the EfficientNet trainers' arithmetic (LoopConfig.precision; retrieval bench train-speed measures it)
+TRAIN_PRECISION = "auto"
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,9 @@ class TrainConfig(Config):
     keeps every BatchNorm in eval mode (ImageNet statistics; affine weights of trained layers still
     learn), 'train' updates batch statistics. ``image_size``: side of the square network input
     (``augment.out_size`` follows it). ``load_size``/``fit``: how decoded images are stored (see
-    :mod:`retrieval.training.data`). ``backbone_lr_mult``/``head_lr_mult`` scale ``loop.lr``."""
+    :mod:`retrieval.training.data`). ``backbone_lr_mult``/``head_lr_mult`` scale ``loop.lr``.
+    ``channels_last``: NHWC activations; None (auto) = on for bfloat16 / float16 on CUDA, off on CPU
+    (:func:`~retrieval.training.embedding.uses_channels_last`)."""
 
     name: str = "custom"
     method: str = "siamese"
@@ -42,7 +46,7 @@ class TrainConfig(Config):
     learn_p: bool = False
     train_blocks: int = 6
     bn: str = "frozen"
-    channels_last: bool = False
+    channels_last: Optional[bool] = None
     # images
     image_size: int = 128
     load_size: Optional[int] = None
@@ -69,7 +73,7 @@ class TrainConfig(Config):
     small_classes: str = "replace"
     # optimisation
     backbone_lr_mult: float = 1.0
-    loop: LoopConfig = field(default_factory=LoopConfig)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(precision=TRAIN_PRECISION))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -106,21 +110,24 @@ for _conf in (
         name="coil-e2", method="classifier", image_size=128, train_blocks=6, bn="frozen",
         head="cosine", head_scale=16.0, batch_size=64, head_lr_mult=10.0, augment=_coil_augment(),
         loop=LoopConfig(epochs=3, lr=3e-4, optimizer="adamw", weight_decay=1e-4, schedule="cosine",
-                        warmup_steps=10, seed=0, device="auto", checkpoint_every=20)),
+                        warmup_steps=10, seed=0, device="auto", checkpoint_every=20,
+                        precision=TRAIN_PRECISION)),
     # E3 from ImageNet: lr 1e-4 keeps more of the ImageNet features than 3e-4 (measured 91.3 vs
     # 89.8 mAP@100 on objects 51-100)
     TrainConfig(
         name="coil-e3", method="siamese", image_size=128, train_blocks=6, bn="frozen",
         loss="contrastive", margin=0.7, reduction="balanced", P=16, K=4, augment=_coil_augment(),
         loop=LoopConfig(epochs=3, lr=1e-4, optimizer="adamw", weight_decay=1e-4, schedule="cosine",
-                        warmup_steps=10, seed=0, device="auto", checkpoint_every=20)),
+                        warmup_steps=10, seed=0, device="auto", checkpoint_every=20,
+                        precision=TRAIN_PRECISION)),
     # E4 starts from E2's optimum: a third of E3's learning rate and two epochs (measured: 3
     # epochs at 3e-4 fell below E2, 91.5 vs 92.8 mAP@100; 2 at 1e-4 gave 93.4)
     TrainConfig(
         name="coil-e4", method="siamese", image_size=128, train_blocks=6, bn="frozen",
         loss="contrastive", margin=0.7, reduction="balanced", P=16, K=4, augment=_coil_augment(),
         loop=LoopConfig(epochs=2, lr=1e-4, optimizer="adamw", weight_decay=1e-4, schedule="cosine",
-                        warmup_steps=10, seed=0, device="auto", checkpoint_every=20)),
+                        warmup_steps=10, seed=0, device="auto", checkpoint_every=20,
+                        precision=TRAIN_PRECISION)),
     # GLDv2 (train split, ~4M images / 200k landmarks, or the 1.5M "clean" subset) on one GPU:
     # streaming decode with parallel workers, every layer trains, BN statistics update, AMP
     TrainConfig(

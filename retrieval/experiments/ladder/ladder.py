@@ -97,7 +97,7 @@ def run_object(conf: LadderConfig, cache: RunCache) -> HalfResult:
     """E1-E4 (ImageNet, then trained on the training images) and the re-rankers on E4's shortlist."""
     from retrieval.datasets import DatasetError
 
-    from retrieval.experiments.ladder.training import train_models
+    from retrieval.experiments.ladder.training import train_models, trained_precision
 
     dataset, name = object_dataset(conf, cache)
     say(dataset.summary())
@@ -116,8 +116,9 @@ def run_object(conf: LadderConfig, cache: RunCache) -> HalfResult:
     base = None
     for rung in ("E1", "E2", "E3", "E4"):
         weights = "imagenet" if rung == "E1" else str(models[rung])
+        note = "" if rung == "E1" else f"{GLOBAL_NOTES[rung]}; trained in {trained_precision(models[rung])}"
         base = _global_rung(result, rung, extractor("global", gconf, cache, weights=weights), dataset, gfolder, cache, "",
-                            groups, conf.shortlist, extra_seconds=cache.timer[f"train {rung}"])
+                            groups, conf.shortlist, extra_seconds=cache.timer[f"train {rung}"], note=note)
     db, q, ranking, econf = base
     result.score = _cosine(dataset, db, q)
     sl_path = cache.root / "shortlist" / "e4"

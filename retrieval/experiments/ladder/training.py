@@ -12,7 +12,7 @@ from retrieval.core.config import parse_overrides
 from retrieval.experiments.ladder.settings import LadderConfig
 from retrieval.experiments.ladder.stages import RunCache, remove, say
 
-__all__ = ["quick_train_overrides", "resolve_train_config", "rung_overrides", "train_models"]
+__all__ = ["quick_train_overrides", "resolve_train_config", "rung_overrides", "train_models", "trained_precision"]
 
 
 def quick_train_overrides() -> Dict[str, object]:
@@ -54,6 +54,7 @@ def train_models(dataset, conf: LadderConfig, cache: RunCache) -> Dict[str, Path
     configuration is reused. Returns ``{"E2": model.pt, ...}``."""
     from retrieval.training import train_classifier, train_siamese
     from retrieval.training.finetune import images_for
+    from retrieval.training.loop import run_precision
 
     root = cache.root / "train"
     cache.fresh("train", root)
@@ -66,7 +67,9 @@ def train_models(dataset, conf: LadderConfig, cache: RunCache) -> Dict[str, Path
         model = out / "model.pt"
         if model.is_file() and model.with_suffix(".json").is_file():
             stored = json.loads(model.with_suffix(".json").read_text()).get("config", {})
-            if stored.get("train_config") == json.loads(json.dumps(cfg.to_dict())):
+            # 'auto' precision: the arithmetic this machine would use must be the one the model had
+            same_precision = stored.get("precision", "float32") == run_precision(cfg.loop).name
+            if stored.get("train_config") == json.loads(json.dumps(cfg.to_dict())) and same_precision:
                 paths[rung.upper()] = model
                 if cache.timer[f"train {rung.upper()}"] == 0.0 and stored.get("train_seconds"):
                     cache.timer.add(f"train {rung.upper()}", float(stored["train_seconds"]))
@@ -89,3 +92,12 @@ def train_models(dataset, conf: LadderConfig, cache: RunCache) -> Dict[str, Path
                                      images=images, progress=conf.progress)
         paths[rung.upper()] = Path(path)
     return paths
+
+
+def trained_precision(model: Path) -> str:
+    """The arithmetic ``model`` was trained in, from its ``model.json`` (before the setting existed:
+    float32)."""
+    try:
+        return str(json.loads(Path(model).with_suffix(".json").read_text())["config"].get("precision", "float32"))
+    except (OSError, ValueError, KeyError):
+        return "unknown"

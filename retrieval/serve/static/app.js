@@ -23,11 +23,17 @@ async function call(url, options) {
 
 function k() { return Math.max(1, Math.min(200, parseInt($("k").value || settings.k, 10))); }
 function v() { return parseFloat($("v-slider").value); }
+// the filter box: conditions separated by ';', each sent as one repeated `where` parameter
+function where() {
+  const box = $("where");
+  return box ? box.value.split(";").map((w) => w.trim()).filter((w) => w.length) : [];
+}
+function whereQuery() { return where().map((w) => "&where=" + encodeURIComponent(w)).join(""); }
 
 async function searchId(id, push) {
   status("searching " + id + " ...");
   try {
-    const result = await call(`/api/search?id=${encodeURIComponent(id)}&k=${k()}&v=${v()}`);
+    const result = await call(`/api/search?id=${encodeURIComponent(id)}&k=${k()}&v=${v()}${whereQuery()}`);
     queryImageURL = result.query.image;
     if (push !== false) history.pushState({id: id}, "", "/?id=" + encodeURIComponent(id));
     show(result);
@@ -44,6 +50,7 @@ async function searchUpload(file) {
   form.append("file", file);
   form.append("k", k());
   form.append("v", v());
+  for (const w of where()) form.append("where", w);
   try {
     const result = await call("/api/search", {method: "POST", body: form});
     if (queryImageURL && queryImageURL.startsWith("blob:")) URL.revokeObjectURL(queryImageURL);
@@ -106,6 +113,11 @@ function render() {
     if (result.local) {
       lines.push(`${result.local.method} ${it.local_missing ? "n/a" : fmt(it.local)}`);
       lines.push(`fused ${it.fusedNow.toFixed(4)} <span class="muted">(global #${it.rank})</span>`);
+    }
+    if (it.metadata) {
+      const meta = Object.entries(it.metadata).filter(([key]) => key !== "path")
+        .map(([key, value]) => `${escapeHTML(key)}: ${escapeHTML(value)}`);
+      if (meta.length) lines.push(`<span class="muted">${meta.join("<br>")}</span>`);
     }
     if (it.label) lines.push(`<span class="tag">${it.label === "positive" ? "right" : it.label === "junk" ? "junk" : "wrong"}</span>`);
     const text = document.createElement("div");
@@ -195,6 +207,27 @@ async function loadBrowse() {
   } catch (e) { status(e.message, true); }
 }
 
+async function addImages(files) {
+  for (const file of files) {
+    if (file.size > settings.maxBytes) {
+      status(`${file.name}: ${file.size} bytes is more than the ${settings.maxBytes} bytes an upload may have`, true);
+      return;
+    }
+  }
+  status(`adding ${files.length} image(s) ...`);
+  const form = new FormData();
+  for (const file of files) form.append("files", file);
+  try {
+    const answer = await call("/api/add", {method: "POST", body: form});
+    status(`added ${answer.added.length} image(s)` + (answer.present.length ? `, ${answer.present.length} already there` : "") +
+           `; the collection holds ${answer.count} (generation ${answer.generation})`);
+    if ($("generation")) $("generation").textContent = String(answer.generation);
+    loadBrowse();
+  } catch (e) { status(e.message, true); }
+}
+
+if (settings.allowAdd) $("add").addEventListener("change", (e) => { if (e.target.files.length) addImages(Array.from(e.target.files)); });
+if ($("where")) $("where").addEventListener("change", () => { if (current && current.query.kind !== "upload") searchId(current.query.id, false); });
 $("upload").addEventListener("change", (e) => { if (e.target.files.length) searchUpload(e.target.files[0]); });
 $("v-slider").addEventListener("input", () => { $("v-value").textContent = v().toFixed(2); render(); });
 $("k").addEventListener("change", () => { if (current && current.query.kind !== "upload") searchId(current.query.id, false); });

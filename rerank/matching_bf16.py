@@ -1,0 +1,283 @@
+"""Shortlist matching with a bfloat16 product and an exact check: the matches of
+:func:`retrieval.rerank.matching.match_shortlist` (same nearest neighbours, ratio test and mutual test),
+with the products that decide them re-scored in float64 and rounded to float32 as the float32 path
+rounds them.
+
+Why: on CPUs with native bfloat16 (AVX512-BF16, AMX) torch's bfloat16 GEMM runs 4-5x faster than its
+float32 GEMM for the shapes of matching (~1,000 x 1,500 x 128 per pair), and the GEMM was most of the
+float32 path's time. The bfloat16 scores are off by at most ``E_i``
+(:func:`retrieval.rerank.bf16_products.error_bound_rows`: input rounding from the actual residual norms,
+float32 accumulation, output rounding at the row's largest magnitude), so they only pre-select; every
+number that decides a match comes from the exact check.
+
+For one pair (query rows a_i, database rows b_j), with ``s_ij = a_i . b_j``, ``beta_j = |b_j|^2 / 2``
+and ``h_ij = s_ij - beta_j`` (half the float32 path's ``G``; the nearest neighbour maximises it):
+
+* ``t_ij``: the bfloat16 estimate of ``s_ij``, ``|t_ij - s_ij| <= E_i``; ``T1_i >= T2_i`` the two
+  largest ``t`` of row i; ``beta`` lies in ``[beta_lo, beta_hi]`` (``spread = beta_hi - beta_lo``:
+  ~0 for L2-normalised descriptors such as RootSIFT);
+* the true second-largest ``h`` is ``>= T2 - E - beta_hi`` (both rows of the two largest estimates are),
+  and ``h_ij <= t_ij + E - beta_lo``; so the exact top two of row i are among the candidates
+  ``t_ij >= T2 - 2E - spread`` (less a slack of a few float32 ulps, so that a float32 tie with the
+  runner-up is re-scored too). The candidates (~4 a row on RootSIFT) are re-scored exactly;
+* Lowe's test ``d1 < r d2`` (``d^2 = |a|^2 - 2h``) can only pass when it passes with the bounds most
+  in its favour (``h1 <= T1 + E - beta_lo``, ``h2 >= T2 - E - beta_hi``); the other rows certainly fail
+  and are not re-scored (on the Oxford subset two thirds of the rows at ratio 0.9, 94% at 0.8);
+* mutual test of a passing match (i, j): column j's scores ``2 s - |a|^2`` against every query row,
+  exactly (one small float64 GEMM of the matched columns: they are few), first row on ties as the
+  float32 path's argmax.
+
+Database images of similar sizes go through one GEMM in groups of ``group_size`` (each padded to the
+group's width; the reductions then run over all of them at once), and the bfloat16 rows are kept per
+array across queries (:func:`retrieval.rerank.bf16_products.prepared`). The argmax passes read int16
+keys that order the bfloat16 products (:func:`retrieval.rerank.bf16_products.order_keys`).
+
+The exact check computes each candidate product in float64 (exact for float32 / float16 / uint8
+inputs up to ~1e-16) and rounds ``2 s - |b|^2`` to float32, as the float32 path's ``addmm`` does; that
+path's own rounding can therefore differ only where two float32 scores tie to within its accumulation
+error (a few ulps), where the float32 path's choice is itself arbitrary.
+
+Pairs whose database norms spread too widely for the pre-selection to pay (unnormalised SIFT), and
+images with fewer than two descriptors, go through the float32 path; so does everything on a CPU
+without native bfloat16 (:func:`retrieval.indexing.exact_bf16.bf16_available`).
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from retrieval.indexing.exact_bf16 import bf16_available
+from retrieval.rerank.bf16_products import (KEY_FLOOR, PreparedDescriptors, cut_keys, error_bound_rows, key_values,
+                                            order_keys, padded, prepared)
+from retrieval.rerank.matching import (PairMatches, ShortlistMatches, _check, _match_one, _Query, _torch_threads,
+                                       default_workers)
+
+__all__ = ["match_shortlist_bf16", "PreparedDescriptors", "prepared", "PRECISIONS", "use_bf16_matching"]
+
+#: ``float32``: the float32 path (one float32 GEMM per pair); ``bfloat16``: this module's path;
+#: ``auto``: ``bfloat16`` where the CPU multiplies bfloat16 natively, else ``float32``
+PRECISIONS = ("auto", "float32", "bfloat16")
+#: a pair goes through the float32 path when its database's squared norms spread more than this
+#: fraction of the largest (unnormalised SIFT: the candidate window would hold much of each row)
+MAX_SPREAD = 0.01
+_F32_EPS = 2.0 ** -23
+_ARGMAX_PASSES = 4
+_QUERY_ROWS = 64   # query rows likewise
+  # candidates beyond the top two found by argmax before a full comparison
+
+
+def use_bf16_matching(precision: str) -> bool:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision == "bfloat16" or (precision == "auto" and bf16_available())
+
+
+class _QueryBF16(_Query):
+    """The query side: the float32 path's fields plus the prepared bfloat16 rows."""
+
+    def __init__(self, desc: np.ndarray):
+        super().__init__(desc)
+        self.f32 = self.t.numpy()
+        self.t64 = self.t.double()
+        self.sqnorm32 = self.sqnorm.astype(np.float32)
+        self.half_sq = self.sqnorm / 2
+        self.prep = PreparedDescriptors(self.f32, _QUERY_ROWS)
+        self.bf16 = self.prep.bf16
+
+
+def _exact_dots(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """float64 ``a[rows] . b[cols]`` (products of float32 numbers are exact in float64)."""
+    return np.einsum("ij,ij->i", a[rows].astype(np.float64), b[cols].astype(np.float64))
+
+
+def _segments_top2(rows: np.ndarray, cols: np.ndarray, score: np.ndarray):
+    """Per row, the column of the largest ``score`` (lowest column on ties) and the two largest
+    scores: ``(row ids, best col, best, second)``; every row has >= 2 entries."""
+    order = np.lexsort((cols, -score, rows))
+    r, c, s = rows[order], cols[order], score[order]
+    first = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+    return r[first], c[first], s[first], s[first + 1]
+
+
+def _mutual_owners(query: _QueryBF16, db32: np.ndarray, qi: np.ndarray, dj: np.ndarray) -> np.ndarray:
+    """For matches (qi[k], dj[k]): is qi[k] the float32 path's argmax of column dj[k] of
+    ``2 a.b - |a|^2`` (first query row on ties)? The matched columns are few (the matches that
+    passed), so their scores against every query row are computed exactly (one small float64 GEMM)."""
+    cols, inverse = np.unique(dj, return_inverse=True)
+    # torch's float64 GEMM, single-threaded in the pool (numpy's BLAS would start its own threads)
+    exact = torch.mm(torch.from_numpy(db32[cols]).double(), query.t64.T).numpy()  # (|cols|, n)
+    score = (2 * exact - query.sqnorm32[None, :]).astype(np.float32)
+    return score.argmax(1)[inverse] == qi
+
+
+class _Group:
+    """Database images matched by one GEMM: their bfloat16 rows stacked, each padded to the
+    group's width ``width`` (the images of a group have similar sizes), and per image the
+    constants of the bound."""
+
+    def __init__(self, descs: Sequence[np.ndarray], preps: Sequence[PreparedDescriptors]):
+        self.descs = [p.float32(d) for d, p in zip(descs, preps)]
+        self.preps = preps
+        self.sizes = np.array([len(d) for d in self.descs])
+        self.width = max(p.bf16.shape[0] for p in preps)
+        dim = self.descs[0].shape[1]
+        self.stack = torch.zeros((len(preps) * self.width, dim), dtype=torch.bfloat16)
+        for k, p in enumerate(preps):
+            self.stack[k * self.width:k * self.width + len(p.bf16)] = p.bf16
+        self.nonneg = all(p.nonneg for p in preps)
+        self.norm_bf = np.array([p.norm_bf.max() for p in preps])
+        self.norm_res = np.array([p.norm_res.max() for p in preps])
+        self.beta_lo = np.array([p.half_sq.min() for p in preps])
+        self.beta_hi = np.array([p.half_sq.max() for p in preps])
+
+
+def _candidates(query: _QueryBF16, group: _Group, r0: int, r1: int, ratio: Optional[float]):
+    """Query rows ``r0:r1`` against every image of ``group``: ``(rows, images, cols)`` of the
+    candidates that may hold each (row, image)'s exact top two, for the (row, image)s whose ratio
+    test may pass (module docstring)."""
+    q = query.prep
+    g, width = len(group.preps), group.width
+    nonneg = group.nonneg and q.nonneg
+    t = torch.mm(query.bf16[r0:r0 + padded(r1 - r0, _QUERY_ROWS)], group.stack.T)  # bfloat16 estimates
+    keys = order_keys(t, nonneg)[:r1 - r0].reshape(r1 - r0, g, width)
+    lowest = None if nonneg else key_values(keys.min(2), nonneg)  # padding (+0) included: harmless
+    for k, m in enumerate(group.sizes):
+        keys[:, k, m:] = KEY_FLOOR  # padding never wins
+    i1 = keys.argmax(2)
+    k1 = np.take_along_axis(keys, i1[:, :, None], 2)
+    t1 = key_values(k1[:, :, 0], nonneg)
+    magnitude = t1 if nonneg else np.maximum(np.abs(t1), np.abs(lowest))
+    np.put_along_axis(keys, i1[:, :, None], KEY_FLOOR, 2)
+    i2 = keys.argmax(2)
+    t2 = key_values(np.take_along_axis(keys, i2[:, :, None], 2)[:, :, 0], nonneg)
+    np.put_along_axis(keys, i1[:, :, None], k1, 2)
+    E = error_bound_rows(q.norm_bf[r0:r1, None], q.norm_res[r0:r1, None], group.norm_bf, group.norm_res,
+               query.f32.shape[1], magnitude)
+    a2 = query.sqnorm[r0:r1, None]
+    # a float32 rounding of |a|^2 - 2h is ~ulps of its terms: widen every test by that much
+    slack = 8 * _F32_EPS * (a2 + 2 * group.beta_hi + 2 * np.abs(t1) + 2 * E)
+    if ratio is None:
+        maybe = np.ones((r1 - r0, g), bool)
+    else:
+        d1_lo = np.maximum(a2 - 2 * (t1 + E - group.beta_lo) - slack, 0.0)
+        d2_hi = a2 - 2 * (t2 - E - group.beta_hi) + slack
+        maybe = d1_lo < (ratio * ratio) * d2_hi
+    flat = np.flatnonzero(maybe)  # (row, image) pairs, row-major
+    cut = cut_keys((t2 - 2 * E - (group.beta_hi - group.beta_lo) - slack).ravel()[flat], nonneg)
+    # the candidates: the two largest estimates, then the next largest while they reach the cut
+    # (argmax passes over those rows), the rest by a full comparison
+    sub = keys.reshape(-1, width)[flat]
+    ar = np.arange(len(flat))
+    i1f, i2f = i1.ravel()[flat], i2.ravel()[flat]
+    out_flat, out_cols = [flat, flat], [i1f, i2f]
+    sub[ar, i1f] = KEY_FLOOR
+    sub[ar, i2f] = KEY_FLOOR
+    live = np.ones(len(flat), bool)
+    for _ in range(_ARGMAX_PASSES):
+        ik = sub.argmax(1)
+        live &= sub[ar, ik] >= cut
+        if not live.any():
+            break
+        out_flat.append(flat[live])
+        out_cols.append(ik[live])
+        sub[ar[live], ik[live]] = KEY_FLOOR
+    rest = np.flatnonzero(live)
+    if len(rest):
+        rr, cc = np.nonzero(sub[rest] >= cut[rest, None])
+        out_flat.append(flat[rest[rr]])
+        out_cols.append(cc)
+    flat, cols = np.concatenate(out_flat), np.concatenate(out_cols)
+    return flat // g + r0, flat % g, cols
+
+
+def _match_group(query: _QueryBF16, group: _Group, ratio: Optional[float], mutual: bool,
+                 row_block: int) -> List[PairMatches]:
+    n, g = len(query.f32), len(group.preps)
+    best = np.zeros((n, g), np.int64)
+    g1 = np.zeros((n, g))
+    g2 = np.zeros((n, g))
+    done = np.zeros((n, g), bool)
+    for r0 in range(0, n, row_block):
+        rows, images, cols = _candidates(query, group, r0, min(n, r0 + row_block), ratio)
+        if len(rows) == 0:  # every row of the block certainly fails the ratio test
+            continue
+        score = np.empty(len(rows), np.float32)
+        for k in range(g):
+            at = np.flatnonzero(images == k)
+            # the float32 path's G = fl32(2 a.b - |b|^2), here from the exact product
+            exact = _exact_dots(query.f32, group.descs[k], rows[at], cols[at])
+            score[at] = (2 * exact - group.preps[k].sqnorm32[cols[at]]).astype(np.float32)
+        ids, col, s1, s2 = _segments_top2(rows * g + images, cols, score)
+        best.flat[ids], g1.flat[ids], g2.flat[ids], done.flat[ids] = col, s1, s2, True
+    d1sq = np.maximum(query.sqnorm[:, None] - g1, 0.0)
+    d2sq = np.maximum(query.sqnorm[:, None] - g2, 0.0)
+    keep = done.copy() if ratio is None else done & (d1sq < (ratio * ratio) * d2sq)
+    out = []
+    for k in range(g):
+        cand = np.flatnonzero(keep[:, k])
+        if mutual and len(cand):
+            cand = cand[_mutual_owners(query, group.descs[k], cand, best[cand, k])]
+        d1, d2 = np.sqrt(d1sq[cand, k]), np.sqrt(d2sq[cand, k])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rat = d1 / d2
+        rat[(d1 == 0) & (d2 == 0)] = 1.0
+        out.append(PairMatches(cand, best[cand, k], d1.astype(np.float32), rat.astype(np.float32), n_tentative=n))
+    return out
+
+
+def _plan(db_descs: Sequence[np.ndarray], group_size: int):
+    """``(groups, singles)``: images for the bfloat16 path in groups of similar sizes (index lists),
+    and the images the float32 path answers (fewer than two descriptors, or norms spread widely)."""
+    fast, singles = [], []
+    for j, d in enumerate(db_descs):
+        if len(d) < 2:
+            singles.append(j)
+            continue
+        p = prepared(d)
+        spread = float(p.half_sq.max() - p.half_sq.min())
+        (singles if spread > MAX_SPREAD * float(p.half_sq.max()) else fast).append(j)
+    fast.sort(key=lambda j: len(db_descs[j]))
+    return [fast[i:i + group_size] for i in range(0, len(fast), group_size)], singles
+
+
+def match_shortlist_bf16(query_desc: np.ndarray, db_descs: Sequence[np.ndarray], ratio: Optional[float] = 0.8,
+                         mutual: bool = False, n_workers: Optional[int] = None,
+                         row_block: int = 512, group_size: int = 4) -> ShortlistMatches:
+    """:func:`retrieval.rerank.matching.match_shortlist` (same arguments, same matches) with the
+    bfloat16 pre-selection and exact check of the module docstring: ``group_size`` database images
+    of similar sizes per GEMM, the groups in ``n_workers`` threads. Database descriptors are
+    prepared once per array and reused while the array lives (:func:`prepared`)."""
+    _check(query_desc, db_descs)
+    if ratio is not None and not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    if len(query_desc) == 0:
+        return ShortlistMatches([PairMatches.empty(0) for _ in db_descs])
+    workers = default_workers() if n_workers is None else max(1, int(n_workers))
+    workers = min(workers, max(1, len(db_descs)))
+    # every torch op here, the preparation included, single-threaded when the pool runs in parallel:
+    # torch's own threads would wait on each other under the pool (and spin on a loaded machine)
+    with _torch_threads(1 if workers > 1 else torch.get_num_threads()):
+        query = _QueryBF16(query_desc)
+        groups, singles = _plan(db_descs, max(1, int(group_size)))
+        tasks = [("group", idx) for idx in groups] + [("single", [j]) for j in singles]
+
+        def one(task):
+            kind, idx = task
+            if kind == "single":
+                return [_match_one(query, db_descs[idx[0]], ratio, mutual, row_block)]
+            group = _Group([db_descs[j] for j in idx], [prepared(db_descs[j]) for j in idx])
+            return _match_group(query, group, ratio, mutual, row_block)
+
+        if workers == 1 or len(tasks) < 2:
+            results = [one(t) for t in tasks]
+        else:
+            with ThreadPoolExecutor(min(workers, len(tasks))) as pool:
+                results = list(pool.map(one, tasks))
+    pairs: List[Optional[PairMatches]] = [None] * len(db_descs)
+    for (_, idx), res in zip(tasks, results):
+        for j, pm in zip(idx, res):
+            pairs[j] = pm
+    return ShortlistMatches(pairs)  # type: ignore[arg-type]

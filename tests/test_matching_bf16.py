@@ -1,0 +1,192 @@
+"""The bfloat16 matcher with an exact check against the float32 matcher: the same matches on real image
+pairs and on synthetic descriptors built to sit right at the ratio threshold, on near-tied nearest
+neighbours and near-tied mutual owners (closer than bfloat16 can tell apart); the scorers' scores."""
+import gc
+
+import numpy as np
+import pytest
+
+from retrieval.features.sift import SiftExtractor
+from retrieval.rerank import bf16_products
+from retrieval.rerank.matching import match_shortlist
+from retrieval.rerank.bf16_products import prepared
+from retrieval.rerank.matching_bf16 import match_shortlist_bf16
+from retrieval.rerank.ratio import RatioTestScorer
+from retrieval.rerank.spatial import SpatialConfig, SpatialVerifier
+
+
+@pytest.fixture(scope="module")
+def rootsift(pairs_dir):
+    ex = SiftExtractor("rootsift-1k")
+    names = ["opencv/box.png", "opencv/box_in_scene.png", "kornia/matching_kn_church-2.jpg", "opencv/leuvenA.jpg",
+             "opencv/graf1.png", "opencv/graf3.png"]
+    return [ex(pairs_dir / n) for n in names]
+
+
+def _assert_same(old, new):
+    assert len(old) == len(new)
+    for a, b in zip(old, new):
+        np.testing.assert_array_equal(a.query_idx, b.query_idx)
+        np.testing.assert_array_equal(a.db_idx, b.db_idx)
+        assert a.n_tentative == b.n_tentative
+        # the float32 path's own rounding: |a|^2 - G cancels to ~1e-6 absolute
+        np.testing.assert_allclose(a.distance, b.distance, rtol=1e-4, atol=2e-5)
+        np.testing.assert_allclose(a.ratio, b.ratio, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("ratio,mutual", [(0.8, False), (0.9, True), (None, True), (None, False), (0.7, True)])
+def test_real_pairs_same_matches(rootsift, ratio, mutual):
+    for q in (rootsift[0], rootsift[4]):
+        db = [f.descriptors for f in rootsift if f is not q]
+        old = match_shortlist(q.descriptors, db, ratio=ratio, mutual=mutual)
+        new = match_shortlist_bf16(q.descriptors, db, ratio=ratio, mutual=mutual, row_block=128)
+        _assert_same(old, new)
+        assert new.n_matches.sum() > 0
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _at_distance(a, d, rng):
+    """A unit vector at Euclidean distance ``d`` from unit vector ``a`` (in a random direction)."""
+    u = rng.standard_normal(a.shape)
+    u -= (u @ a) * a
+    u /= np.linalg.norm(u)
+    theta = 2 * np.arcsin(d / 2)
+    return np.cos(theta) * a + np.sin(theta) * u
+
+
+def _exact(q, db):
+    """float64 nearest index, d1, d2 per query row."""
+    d = np.sqrt(np.maximum(((q.astype(np.float64)[:, None, :] - db.astype(np.float64)[None]) ** 2).sum(-1), 0))
+    order = np.argsort(d, axis=1, kind="stable")
+    rows = np.arange(len(q))
+    return order[:, 0], d[rows, order[:, 0]], d[rows, order[:, 1]]
+
+
+def test_ratio_threshold_near_ties(rng):
+    """Query rows whose d1 / d2 lies within 1e-3 .. 1e-5 of the threshold on both sides: bfloat16
+    estimates (error ~1e-2) cannot decide them, the exact check must, exactly as float32 does."""
+    ratio = 0.8
+    n = 400
+    q = _unit(rng.standard_normal((n, 128)))
+    offsets = np.concatenate([-np.logspace(-3, -5, n // 2), np.logspace(-5, -3, n - n // 2)])
+    d2 = rng.uniform(0.6, 1.2, n)
+    near = np.stack([_at_distance(q[i], ratio * (1 + offsets[i]) * d2[i], rng) for i in range(n)])
+    second = np.stack([_at_distance(q[i], d2[i], rng) for i in range(n)])
+    far = _unit(rng.standard_normal((600, 128)))
+    db = np.concatenate([far[:300], near, second, far[300:]]).astype(np.float32)
+    db = _unit(db)
+    nn, e1, e2 = _exact(q, db)
+    truth = e1 < ratio * e2
+    gap = np.abs(e1 / e2 - ratio)
+    assert truth.sum() > 50 and (~truth).sum() > 50 and (gap < 1e-4).sum() > 50
+    old = match_shortlist(q, [db], ratio=ratio)[0]
+    new = match_shortlist_bf16(q, [db], ratio=ratio)[0]
+    _assert_same([old], [new])
+    np.testing.assert_array_equal(new.query_idx, np.flatnonzero(truth))
+    np.testing.assert_array_equal(new.db_idx, nn[truth])
+
+
+def test_near_tied_neighbours_and_mutual_owners(rng):
+    """Two database descriptors 1e-4 apart in distance from a query row (which one is nearest?), and
+    two query rows 1e-4 apart from one database descriptor (which one owns it, mutually?)."""
+    n = 200
+    q = _unit(rng.standard_normal((n, 128)))
+    d = rng.uniform(0.3, 0.6, n)
+    first = np.stack([_at_distance(q[i], d[i], rng) for i in range(n)])
+    runner = np.stack([_at_distance(q[i], d[i] * (1 + rng.choice([-1, 1]) * 1e-4), rng) for i in range(n)])
+    db = _unit(np.concatenate([first, runner, rng.standard_normal((400, 128))]))
+    # query rows near-tied for the same database descriptor: a second query row close to q[i]'s target
+    twins = np.stack([_at_distance(db[i], np.linalg.norm(q[i] - db[i]) * (1 + 1e-4), rng) for i in range(0, n, 2)])
+    q2 = _unit(np.concatenate([q, twins]))
+    nn, _, _ = _exact(q2, db)
+    for ratio in (None, 1.0):
+        old = match_shortlist(q2, [db], ratio=ratio, mutual=True)[0]
+        new = match_shortlist_bf16(q2, [db], ratio=ratio, mutual=True)[0]
+        _assert_same([old], [new])
+        np.testing.assert_array_equal(new.db_idx, nn[new.query_idx])
+    every = match_shortlist_bf16(q2, [db], ratio=None)[0]
+    np.testing.assert_array_equal(every.db_idx, nn)
+
+
+def test_edge_cases_and_dtypes(rootsift, pairs_dir):
+    q = rootsift[0].descriptors
+    empty = np.zeros((0, 128), np.float32)
+    single = rootsift[1].descriptors[:1]
+    for ratio in (0.8, None):
+        old = match_shortlist(q, [empty, single, rootsift[1].descriptors], ratio=ratio)
+        new = match_shortlist_bf16(q, [empty, single, rootsift[1].descriptors], ratio=ratio)
+        _assert_same(old, new)
+    assert len(match_shortlist_bf16(empty, [rootsift[1].descriptors])[0]) == 0
+    # a ratio so strict that every row of a block certainly fails: no candidate at all
+    strict = match_shortlist_bf16(q, [f.descriptors for f in rootsift[2:]], ratio=0.05, row_block=64)
+    assert strict.n_matches.sum() == 0 and strict.n_tentative.tolist() == [len(q)] * 4
+    half = [f.descriptors.astype(np.float16) for f in rootsift[1:4]]
+    _assert_same(match_shortlist(q.astype(np.float16), half, ratio=0.8, mutual=True),
+                 match_shortlist_bf16(q.astype(np.float16), half, ratio=0.8, mutual=True))
+    # unnormalised uint8 SIFT: norms spread too widely for the pre-selection, the float32 path answers
+    sift = SiftExtractor("sift-1k")
+    a, b = sift(pairs_dir / "opencv/box.png").descriptors, sift(pairs_dir / "opencv/box_in_scene.png").descriptors
+    assert a.dtype == np.uint8
+    _assert_same(match_shortlist(a, [b], ratio=0.8), match_shortlist_bf16(a, [b], ratio=0.8))
+
+
+def test_prepared_descriptors_are_cached_while_the_array_lives(rootsift):
+    arr = rootsift[2].descriptors.copy()
+    first = prepared(arr)
+    assert prepared(arr) is first
+    size = len(bf16_products._CACHE)
+    del arr
+    gc.collect()
+    assert len(bf16_products._CACHE) == size - 1
+    other = rootsift[2].descriptors.copy()
+    assert prepared(other) is not first  # an equal but distinct array is prepared afresh
+
+
+def test_scorers_give_equal_scores(rootsift):
+    q, shortlist = rootsift[0], rootsift[1:] * 3
+    old = SpatialVerifier(SpatialConfig(precision="float32"))
+    new = SpatialVerifier(SpatialConfig(precision="bfloat16"))
+    inliers = new.score(q, shortlist)
+    np.testing.assert_array_equal(old.score(q, shortlist), inliers)
+    assert inliers[0] > 20 and inliers[0] > 2 * max(inliers[1:4].max(), 1)  # the box in its scene
+    ratio_old = RatioTestScorer(0.8, precision="float32").score(q, shortlist)
+    ratio_new = RatioTestScorer(0.8, precision="bfloat16").score(q, shortlist)
+    np.testing.assert_array_equal(ratio_old, ratio_new)
+    assert ratio_new[0] > 2 * ratio_new[1:4].max()
+    with pytest.raises(ValueError, match="precision"):
+        RatioTestScorer(0.8, precision="half")
+
+
+def test_shortlist_scoring_reads_each_database_image_once(rootsift, tmp_path):
+    from retrieval.features.store import LocalFeatureStore
+    from retrieval.rerank import Shortlist
+
+    ids = [f"img{i}" for i in range(len(rootsift))]
+    with LocalFeatureStore(tmp_path / "local.h5", "a", config={"name": "rootsift-1k"}) as store:
+        for i, f in zip(ids, rootsift):
+            store.put(i, f)
+    db_ids = [[ids[1], ids[2], ids[3]], [ids[2], ids[3], ids[1]], [ids[3], ids[1], ids[2]]]
+    shortlist = Shortlist([ids[0], ids[4], ids[5]], db_ids, np.ones((3, 3)))
+    reads = []
+    with LocalFeatureStore(tmp_path / "local.h5", "r") as store:
+        class Counting:
+            path, config = store.path, store.config
+
+            def put(self, *a):
+                raise AssertionError("read only")
+
+            def get(self, image_id):
+                reads.append(image_id)
+                return store.get(image_id)
+
+            def __getitem__(self, image_id):
+                return self.get(image_id)
+
+        scores = shortlist.score_with(RatioTestScorer(0.8), Counting(), Counting(), progress=False)
+    queries = [r for r in reads if r in (ids[0], ids[4], ids[5])]
+    assert sorted(r for r in reads if r not in queries) == sorted(ids[1:4])  # each database image once
+    plain = RatioTestScorer(0.8, precision="float32")
+    np.testing.assert_array_equal(scores[0], plain.score(rootsift[0], [rootsift[1], rootsift[2], rootsift[3]]))
