@@ -211,7 +211,8 @@ def lancedb_job(work: str, k: int, single: int, build: Dict, settings: List[Dict
     o = opt.with_search(**settings[0], exact_below=0)
     (_, found), seconds = _timed(lambda: ldb.search(store, queries, k, o, allowed=mask))
     filtered.append(_filter_result(found, seconds, bucket, FILTERS[1], truth[f"f{FILTERS[1]}"], k,
-                                   route="bool mask (exact, table streamed)"))
+                                   route="bool mask, " + ("exact, table streamed" if int(mask.sum()) > ldb.MASK_IN_LIMIT
+                                                          else "row IN (...) prefiltered")))
     shutil.rmtree(folder, ignore_errors=True)
     return {"build_s": round(build_s, 1), "rss_after_build_mb": round(rss_after_build), "disk_mb": round(disk_mb),
             "searches": rows, "filtered": filtered, "threads": os.cpu_count()}
