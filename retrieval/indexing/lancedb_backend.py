@@ -1,8 +1,8 @@
 """An embedded vector database as a ranking backend: LanceDB (a Lance table in a folder, its ANN index
 beside it), with the search contract of :class:`retrieval.indexing.index.Index`: inner product over unit
 float32 vectors, ``(scores (Q, k) float32, rows (Q, k) int64)`` best first, missing results row -1 and
-score -inf. Chosen against Qdrant's local mode and Milvus Lite by ``retrieval bench vector-db``
-(README, "Vector database backends").
+score -inf. Chosen against Qdrant's local mode and Milvus Lite by a screen (``docs/vector_db_screen.py``)
+and measured against faiss by ``retrieval bench vector-db`` (README, "Vector database backends").
 
 Rows are positions: row ``r`` is the ``r``-th vector given to :func:`build` / :func:`add`; they stay
 the same when other rows are removed (never renumbered, never reused), so the Index maps them to ids.
