@@ -158,3 +158,33 @@ def test_large_mask_is_scored_exactly_by_a_scan(store, data, monkeypatch):
     ref_scores, ref_rows = exact(x, q, K, allowed & (bucket >= 20))
     np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
     assert (rows == ref_rows).mean() > 0.99
+
+
+def test_lancedb_is_an_index_backend_of_the_step_chain(tmp_path, data):
+    """retrieval index build --backend lancedb, then retrieval search: the same ranking as the exact Index
+    (ids and scores), added vectors found at once, a damaged id table named."""
+    from retrieval.features.store import save_global
+    from retrieval.indexing.index import Index
+    from retrieval.indexing.lancedb_index import LanceDBIndex
+    from retrieval.indexing.ranking import IndexFileError, Ranking
+
+    x, q, _ = data
+    ids = [f"im{i}" for i in range(len(x))]
+    save_global(tmp_path / "db.h5", ids, x, config={"extractor": "test"})
+    save_global(tmp_path / "q.h5", [f"q{i}" for i in range(len(q))], q, config={"extractor": "test"})
+    run = [sys.executable, "-m", "retrieval.cli", "--quiet"]
+    subprocess.run(run + ["index", "build", str(tmp_path / "db.h5"), "--backend", "lancedb", "--out",
+                          str(tmp_path / "ldb"), "--option", "index_type=IVF_FLAT", "--option", "num_partitions=4", "--option", "nprobes=4"],
+                   check=True, capture_output=True)
+    proc = subprocess.run(run + ["search", str(tmp_path / "ldb"), str(tmp_path / "q.h5"), "--k", "10", "--out",
+                                 str(tmp_path / "r.rank")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    got, want = Ranking.load(tmp_path / "r.rank"), Index(x, ids=ids).search(q, k=10)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+    index = LanceDBIndex.open(tmp_path / "ldb")
+    index.add(q[:2] * 3, ["new0", "new1"])
+    assert LanceDBIndex.open(tmp_path / "ldb").search(q[:2], k=1).ids[:, 0].tolist() == ["new0", "new1"]
+    (tmp_path / "ldb" / "ids.npy").write_bytes(b"\x80\x04 not an array")
+    with pytest.raises(IndexFileError, match="ids.npy"):
+        LanceDBIndex.open(tmp_path / "ldb")

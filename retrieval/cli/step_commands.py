@@ -137,7 +137,8 @@ def _register_index(subparsers) -> None:
     build.add_argument("--local", help="collection: local-feature store of the database, kept with it "
                                        "(spatial verification in serve; retrieval add extracts the same)")
     build.add_argument("--backend", default="exact",
-                       help="exact, faiss-flat, faiss-ivf, faiss-ivfpq or faiss-hnsw (default exact)")
+                       help="exact, faiss-flat, faiss-ivf, faiss-ivfpq, faiss-hnsw (default exact), or lancedb (an "
+                            "embedded vector database in the folder --out; the vectordb extra)")
     build.add_argument("--zero-rows", choices=("keep", "drop"), default="keep",
                        help="all-zero vectors (images without keypoints): keep them (they score 0 against "
                             "every query) or drop them from the index (default keep; counted either way)")
@@ -154,10 +155,12 @@ def _index_build(args) -> int:
     from retrieval.indexing.index import BACKENDS
     from retrieval.steps.index import IndexConfig, main
 
-    if args.backend not in BACKENDS:
-        raise CLIError(f"unknown backend {args.backend!r}; choose from {', '.join(BACKENDS)}")
+    if args.backend not in BACKENDS + ("lancedb",):
+        raise CLIError(f"unknown backend {args.backend!r}; choose from {', '.join(BACKENDS + ('lancedb',))}")
+    if args.backend == "lancedb" and args.collection:
+        raise CLIError("a collection keeps its own segments: use an exact or faiss backend with --collection")
     features = require_file(args.features, "feature file", "hdf5")
-    out = require_output(args.out, "index", folder=args.collection)
+    out = require_output(args.out, "index", folder=args.collection or args.backend == "lancedb")
     if not args.collection and (args.labels or args.images or args.local):
         raise CLIError("--labels, --images and --local describe a collection: add --collection")
     conf = IndexConfig(backend=args.backend, options=parse_options(args.option), zero_rows=args.zero_rows,
@@ -205,7 +208,10 @@ def _search(args) -> int:
     from retrieval.indexing.collection_files import is_collection
     from retrieval.steps.search import SearchConfig, main
 
-    index = Path(args.index) if is_collection(args.index) else require_file(args.index, "index file", "npz")
+    from retrieval.indexing.lancedb_index import is_lancedb_index
+
+    index = Path(args.index) if is_collection(args.index) or is_lancedb_index(args.index) else \
+        require_file(args.index, "index file", "npz")
     queries = require_file(args.queries, "query feature file", "hdf5")
     require_output(args.out, "ranking")
     k: Optional[int] = None

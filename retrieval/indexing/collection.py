@@ -261,10 +261,13 @@ class Collection:
 
 
 def open_index(path: PathLike, where=None):
-    """(index, allowed rows or None) of an index file or a collection folder, with the filter ``where``
-    (metadata conditions; collections only) as a row mask."""
+    """(index, allowed rows or None) of an index file, a collection folder or a LanceDB index folder, with the
+    filter ``where`` (metadata conditions; collections only) as a row mask."""
     from retrieval.indexing.collection_files import is_collection
+    from retrieval.indexing.lancedb_index import LanceDBIndex, is_lancedb_index
 
+    if is_lancedb_index(path) and not where:
+        return LanceDBIndex.open(path), None
     if is_collection(path):
         snap = Collection(path).snapshot()
         return snap.index, snap.metadata.mask(where)

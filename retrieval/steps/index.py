@@ -18,7 +18,7 @@ from retrieval.core.config import Config, ConfigError
 
 __all__ = ["IndexConfig", "main"]
 
-Backend = Literal["exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw"]
+Backend = Literal["exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw", "lancedb"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,15 @@ def main(conf: IndexConfig, features: Path, out: Path, info: Optional[dict] = No
             ids, vectors = [i for i, k in zip(ids, keep) if k], vectors[keep]
             if not ids:
                 raise ConfigError(f"{features}: every vector is all zero; nothing to index")
+    if conf.backend == "lancedb":  # an embedded vector database in the folder out (the vectordb extra)
+        from retrieval.core.extras import require
+        from retrieval.indexing.lancedb_index import LanceDBIndex
+
+        require("vectordb", "lancedb", "the lancedb backend")
+        index = LanceDBIndex.build(out, vectors, ids=ids, options=conf.options, config=feature_config)
+        if info is not None:
+            info.update(count=len(index), dim=index.dim, seconds=round(time.perf_counter() - start, 3))
+        return Path(out)
     if conf.collection:
         from retrieval.indexing.collection import Collection
 
