@@ -19,26 +19,21 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Set
 
 __all__ = ["TYPICAL_SECONDS", "TYPICAL_QUICK_SECONDS", "expected_stages", "LadderEta", "format_duration"]
 
-# Derived from the README's quiet per-rung seconds of dc3204e (E1 13 s, E2 ~170 s, E3 314 s, E4 203 s,
-# E5-SV 50-64 s, Oxford E1 58 s, its re-rankers 32-54 s), split over each rung's stages by hand: about
-# 19 min for a full cold run. A cold run on a quiet machine refreshes them: `python -m
+# A cold `make bench` of this version on the quiet 2-core machine (int8 extraction, bfloat16 training; 9 min 26 s
+# wall, the ladder 550 s; README). A cold run on a quiet machine refreshes them: `python -m
 # retrieval.experiments.ladder.eta results/e1_e7/results.json` prints the table to paste (and for a quick run's).
 TYPICAL_SECONDS: Dict[str, float] = {
-    "data": 3, "train E2": 170, "train E3": 314, "train E4": 203,
-    "extract E1": 12, "search E1": 1, "extract E2": 12, "search E2": 1,
-    "extract E3": 12, "search E3": 1, "extract E4": 12, "search E4": 1,
-    "sift rootsift-small": 25, "read sift": 3, "score E5": 20, "choose E5": 2,
-    "vlad codebook": 25, "score E6": 3, "choose E6": 2,
-    "patches": 40, "read patches": 5, "score E7": 12, "choose E7": 2,
-    "read sift rootsift-small": 3, "score SV": 35, "choose SV": 2,
-    "choose E8 alpha-QE": 1, "choose E8 DBA": 2, "choose E8 DBA+alpha-QE": 3,
-    "landmark extract E1": 58, "landmark search E1": 1,
-    "landmark sift rootsift-1k": 20, "landmark read sift": 2, "landmark score E5": 8, "landmark choose E5": 1,
-    "landmark vlad codebook": 10, "landmark score E6": 1, "landmark choose E6": 1,
-    "landmark patches": 40, "landmark read patches": 5, "landmark score E7": 8, "landmark choose E7": 1,
-    "landmark sift rootsift-upright-c02-4k": 30, "landmark read sift rootsift-upright-c02-4k": 3,
-    "landmark score SV": 20, "landmark choose SV": 1,
-    "landmark choose E8 alpha-QE": 1, "landmark choose E8 DBA": 1, "landmark choose E8 DBA+alpha-QE": 1,
+    "data": 3, "train E2": 86, "train E3": 86, "train E4": 59, "extract E1": 6, "search E1": 1, "extract E2": 6,
+    "search E2": 1, "extract E3": 6, "search E3": 1, "extract E4": 6, "search E4": 1, "sift rootsift-small": 24,
+    "read sift": 3, "score E5": 12, "choose E5": 1, "vlad codebook": 7, "score E6": 5, "choose E6": 1, "patches": 19,
+    "read patches": 1, "score E7": 12, "choose E7": 1, "read sift rootsift-small": 1, "score SV": 28, "choose SV": 1,
+    "choose E8 alpha-QE": 2, "choose E8 DBA": 4, "choose E8 DBA+alpha-QE": 5, "landmark extract E1": 45,
+    "landmark search E1": 1, "landmark sift rootsift-1k": 16, "landmark read sift": 1, "landmark score E5": 4,
+    "landmark choose E5": 1, "landmark vlad codebook": 1, "landmark score E6": 3, "landmark choose E6": 1,
+    "landmark patches": 13, "landmark read patches": 1, "landmark score E7": 7, "landmark choose E7": 1,
+    "landmark sift rootsift-upright-c02-4k": 26, "landmark read sift rootsift-upright-c02-4k": 1,
+    "landmark score SV": 12, "landmark choose SV": 1, "landmark choose E8 alpha-QE": 1, "landmark choose E8 DBA": 1,
+    "landmark choose E8 DBA+alpha-QE": 1,
 }
 # the quick subset (objects 1-8 / 51-58, a few training steps, a small Oxford subset): rough guesses
 TYPICAL_QUICK_SECONDS: Dict[str, float] = {
