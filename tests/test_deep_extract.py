@@ -3,7 +3,6 @@ mixed sizes, with a corrupt file in the middle."""
 
 import numpy as np
 import pytest
-import torch
 
 from retrieval.features.deep_extract import ExtractionError, extract_global, extract_patches
 from retrieval.features.efficientnet import EfficientNetExtractor
@@ -11,13 +10,7 @@ from retrieval.features.store import FeatureFileError, LocalFeatureStore, load_g
 from retrieval.core.imageio import load_image
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: a 2-thread forward pass is many times slower on a loaded shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from retrieval.core.config import ConfigError
 from retrieval.core.imageio import load_image
@@ -28,12 +27,7 @@ def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("RETRIEVAL_CACHE", str(tmp_path_factory.getbasetemp() / "model-cache"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", "
 ON_ERROR_CHOICES = ("raise", "collect")
 
 __all__ = ["IMAGE_EXTENSIONS", "DatasetError", "DatasetWarning", "natural_key", "list_images", "scan_images",
-           "check_folder", "check_images", "apply_on_error", "require_dir", "read_bytes", "read_text", "check_safe_id",
-           "check_inside"]
+           "images_by_id", "check_folder", "check_images", "apply_on_error", "require_dir", "read_bytes", "read_text",
+           "check_safe_id", "check_inside"]
 
 
 class DatasetError(ValueError):
@@ -261,4 +261,21 @@ def missing_files(paths: Iterable[PathLike]) -> List[Tuple[str, str]]:
             out.append((str(p), "no such file"))
         elif size == 0:
             out.append((str(p), "file is empty (0 bytes)"))
+    return out
+
+
+def images_by_id(root: PathLike) -> Dict[str, Path]:
+    """``id -> file`` for the images under ``root``: an id may be the path relative to ``root`` (with or
+    without its suffix) or the file's stem; a stem shared by several files is left out."""
+    root = Path(root)
+    out: Dict[str, Path] = {}
+    stems: Dict[str, List[Path]] = {}
+    for path in list_images(root):
+        rel = path.relative_to(root)
+        out[rel.as_posix()] = path
+        out[rel.with_suffix("").as_posix()] = path
+        stems.setdefault(path.stem, []).append(path)
+    for stem, paths in stems.items():
+        if len(paths) == 1:
+            out.setdefault(stem, paths[0])
     return out

@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
+from retrieval.datasets.files import images_by_id
 from retrieval.features.local import LocalFeatures
 from retrieval.features.store import config_json, load_global
 from retrieval.indexing.index import Index
@@ -42,7 +43,7 @@ from retrieval.indexing.metadata import Metadata
 from retrieval.serve.shared import Shared, UnsupportedUpload, build_extractor
 
 __all__ = ["Catalog", "Query", "Truth", "build_extractor", "UnsupportedUpload", "FilterError", "UPLOAD_PREFIX",
-           "scan_images", "appended_to"]
+           "appended_to"]
 
 log = logging.getLogger("retrieval.serve")
 PathLike = Union[str, os.PathLike]
@@ -71,24 +72,6 @@ class Query:
     vector: np.ndarray
     local: Optional[LocalFeatures] = None
     truth: Optional[Truth] = None
-
-
-def scan_images(root: Path) -> Dict[str, Path]:
-    """``id -> file`` for the images under ``root``: an id may be the path relative to ``root`` (with or
-    without its suffix) or the file's stem; a stem shared by several files is left out."""
-    from retrieval.datasets import list_images
-
-    out: Dict[str, Path] = {}
-    stems: Dict[str, List[Path]] = {}
-    for path in list_images(root):
-        rel = path.relative_to(root)
-        out[rel.as_posix()] = path
-        out[rel.with_suffix("").as_posix()] = path
-        stems.setdefault(path.stem, []).append(path)
-    for stem, paths in stems.items():
-        if len(paths) == 1:
-            out.setdefault(stem, paths[0])
-    return out
 
 
 def appended_to(previous: Optional["Catalog"], index: Index) -> Optional[int]:
@@ -211,7 +194,7 @@ class Catalog:
             root = Path(images)
             if not root.is_dir():
                 raise ValueError(f"{root}: no such image folder")
-            paths.update(scan_images(root))
+            paths.update(images_by_id(root))
         if dataset is not None:
             paths.update({str(i): Path(p) for i, p in zip(dataset.db_ids, dataset.db_paths)})
             paths.update({str(i): Path(p) for i, p in zip(dataset.query_ids, dataset.query_paths)})

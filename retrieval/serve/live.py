@@ -24,7 +24,8 @@ from typing import Dict, Optional, Union
 import numpy as np
 
 from retrieval.indexing.collection import Collection, Snapshot
-from retrieval.serve.catalog import Catalog, appended_to, scan_images
+from retrieval.datasets.files import images_by_id
+from retrieval.serve.catalog import Catalog, appended_to
 
 __all__ = ["LiveCatalog", "catalog_of_snapshot"]
 
@@ -72,7 +73,7 @@ class LiveCatalog:
         if images is not None:
             if not Path(images).is_dir():
                 raise ValueError(f"{images}: no such image folder")
-            self._base_paths.update(scan_images(Path(images)))
+            self._base_paths.update(images_by_id(Path(images)))
         if dataset is not None:
             self._base_paths.update({str(i): Path(p) for i, p in zip(dataset.db_ids, dataset.db_paths)})
             self._base_paths.update({str(i): Path(p) for i, p in zip(dataset.query_ids, dataset.query_paths)})

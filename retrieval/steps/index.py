@@ -103,14 +103,9 @@ def _metadata(ids, labels: Optional[Path], images: Optional[Path]):
 
     records = [dict() for _ in ids]
     if images is not None:
-        from retrieval.datasets.files import list_images
+        from retrieval.datasets.files import images_by_id
 
-        found = {}
-        for path in list_images(images):
-            rel = path.relative_to(images)
-            found.setdefault(path.stem, path)
-            found[rel.with_suffix("").as_posix()] = path
-            found[rel.as_posix()] = path
+        found = images_by_id(images)
         hits = [(r, found[str(i)]) for r, i in enumerate(ids) if str(i) in found]
         for (r, _), meta in zip(hits, image_metadata([p for _, p in hits], Path(images))):
             records[r].update(meta)
