@@ -23,13 +23,17 @@ and ``h_ij = s_ij - beta_j`` (half the float32 path's ``G``; the nearest neighbo
 * Lowe's test ``d1 < r d2`` (``d^2 = |a|^2 - 2h``) can only pass when it passes with the bounds most
   in its favour (``h1 <= T1 + E - beta_lo``, ``h2 >= T2 - E - beta_hi``); the other rows certainly fail
   and are not re-scored (on the Oxford subset two thirds of the rows at ratio 0.9, 94% at 0.8);
-* mutual test of a passing match (i, j): column j's scores ``2 s - |a|^2`` against every query row,
-  exactly (one small float64 GEMM of the matched columns: they are few), first row on ties as the
-  float32 path's argmax.
+* ``T1`` and a lower bound of ``T2`` come from one reduction pass (the maxima of interleaved column
+  classes, :func:`_candidates`), and the candidates are looked for only in the classes that reach the
+  cut;
+* mutual test of a passing match (i, j): the same pre-selection along column j (one small bfloat16
+  GEMM of the matched columns against every query row, ``alpha_i = |a_i|^2 / 2`` in the role of
+  ``beta``), then the scores ``2 s - |a|^2`` of the rows that may own the column, exactly; first row
+  on ties as the float32 path's argmax.
 
 Database images of similar sizes go through one GEMM in groups of ``group_size`` (each padded to the
 group's width; the reductions then run over all of them at once), and the bfloat16 rows are kept per
-array across queries (:func:`retrieval.rerank.bf16_products.prepared`). The argmax passes read int16
+array across queries (:func:`retrieval.rerank.bf16_products.prepared`). The reductions read int16
 keys that order the bfloat16 products (:func:`retrieval.rerank.bf16_products.order_keys`).
 
 The exact check computes each candidate product in float64 (exact for float32 / float16 / uint8
@@ -64,9 +68,8 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 #: fraction of the largest (unnormalised SIFT: the candidate window would hold much of each row)
 MAX_SPREAD = 0.01
 _F32_EPS = 2.0 ** -23
-_ARGMAX_PASSES = 4
-_QUERY_ROWS = 64   # query rows likewise
-  # candidates beyond the top two found by argmax before a full comparison
+_QUERY_ROWS = 64  # query rows padded to a multiple of this (repeating GEMM shapes)
+_STRIDE = 64  # interleaved column classes of the one reduction pass (divides the padded widths)
 
 
 def use_bf16_matching(precision: str) -> bool:
@@ -81,9 +84,9 @@ class _QueryBF16(_Query):
     def __init__(self, desc: np.ndarray):
         super().__init__(desc)
         self.f32 = self.t.numpy()
-        self.t64 = self.t.double()
         self.sqnorm32 = self.sqnorm.astype(np.float32)
         self.half_sq = self.sqnorm / 2
+        self.alpha_lo, self.alpha_hi = float(self.half_sq.min()), float(self.half_sq.max())
         self.prep = PreparedDescriptors(self.f32, _QUERY_ROWS)
         self.bf16 = self.prep.bf16
 
@@ -102,15 +105,41 @@ def _segments_top2(rows: np.ndarray, cols: np.ndarray, score: np.ndarray):
     return r[first], c[first], s[first], s[first + 1]
 
 
-def _mutual_owners(query: _QueryBF16, db32: np.ndarray, qi: np.ndarray, dj: np.ndarray) -> np.ndarray:
-    """For matches (qi[k], dj[k]): is qi[k] the float32 path's argmax of column dj[k] of
-    ``2 a.b - |a|^2`` (first query row on ties)? The matched columns are few (the matches that
-    passed), so their scores against every query row are computed exactly (one small float64 GEMM)."""
-    cols, inverse = np.unique(dj, return_inverse=True)
-    # torch's float64 GEMM, single-threaded in the pool (numpy's BLAS would start its own threads)
-    exact = torch.mm(torch.from_numpy(db32[cols]).double(), query.t64.T).numpy()  # (|cols|, n)
-    score = (2 * exact - query.sqnorm32[None, :]).astype(np.float32)
-    return score.argmax(1)[inverse] == qi
+def _mutual_owners(query: _QueryBF16, group: "_Group", images: np.ndarray, qi: np.ndarray,
+                   dj: np.ndarray) -> np.ndarray:
+    """For matches (query row ``qi[m]``, column ``dj[m]`` of the group's image ``images[m]``): is
+    ``qi[m]`` the float32 path's argmax of that column of ``2 a.b - |a|^2`` (first query row on
+    ties)? The matched columns (few: the matches that passed) against every query row in one
+    bfloat16 GEMM; per column, the rows that may own it, as for the rows' top two (module
+    docstring, with the query's ``|a|^2 / 2`` in ``[alpha_lo, alpha_hi]``): ``t >= T - 2E - spread``,
+    ``T`` the column's largest estimate; those are scored exactly."""
+    n, q = len(query.f32), query.prep
+    cols, inverse = np.unique(images * group.width + dj, return_inverse=True)  # rows of the stack
+    m = len(cols)
+    stacked = torch.zeros((padded(m, _QUERY_ROWS), group.stack.shape[1]), dtype=torch.bfloat16)
+    stacked[:m] = group.stack[torch.from_numpy(cols)]
+    nonneg = group.nonneg and q.nonneg
+    keys = order_keys(torch.mm(stacked, query.bf16.T), nonneg)[:m, :n]  # (columns, query rows)
+    image_of, col_of = cols // group.width, cols % group.width
+    norm_bf, norm_res = np.empty(m), np.empty(m)
+    db32 = np.empty((m, query.f32.shape[1]), np.float32)
+    for k in np.unique(image_of):
+        at = image_of == k
+        prep = group.preps[k]
+        norm_bf[at], norm_res[at] = prep.norm_bf[col_of[at]], prep.norm_res[col_of[at]]
+        db32[at] = group.descs[k][col_of[at]]
+    top = key_values(keys.max(1), nonneg)
+    magnitude = top if nonneg else np.maximum(np.abs(top), np.abs(key_values(keys.min(1), nonneg)))
+    E = error_bound_rows(norm_bf, norm_res, q.norm_bf.max(), q.norm_res.max(), query.f32.shape[1], magnitude)
+    slack = 8 * _F32_EPS * (2 * query.alpha_hi + 2 * np.abs(top) + 2 * E)
+    cut = cut_keys(top - 2 * E - (query.alpha_hi - query.alpha_lo) - slack, nonneg)
+    col, row = np.nonzero(keys >= cut[:, None])
+    exact = _exact_dots(query.f32, db32, row, col)
+    score = (2 * exact - query.sqnorm32[row]).astype(np.float32)
+    order = np.lexsort((row, -score, col))  # per column: best score, then the first row
+    col, row = col[order], row[order]
+    owner = row[np.flatnonzero(np.r_[True, col[1:] != col[:-1]])]
+    return owner[inverse] == qi
 
 
 class _Group:
@@ -137,60 +166,51 @@ class _Group:
 def _candidates(query: _QueryBF16, group: _Group, r0: int, r1: int, ratio: Optional[float]):
     """Query rows ``r0:r1`` against every image of ``group``: ``(rows, images, cols)`` of the
     candidates that may hold each (row, image)'s exact top two, for the (row, image)s whose ratio
-    test may pass (module docstring)."""
+    test may pass (module docstring).
+
+    One reduction pass over the estimates: the maxima of the ``_STRIDE`` interleaved column classes
+    of each (row, image) (columns ``o, o + _STRIDE, ...``; a vertical max, which torch vectorises
+    well). Their largest is ``T1``; their second largest is a value of another entry than ``T1``'s,
+    so it is at most the true ``T2`` (equal unless the top two share a class), and a lower ``T2``
+    only widens the cut and the ratio test's doubt. The candidates are then looked for in the
+    classes whose maximum reaches the cut (a few per row) instead of in the whole row."""
     q = query.prep
     g, width = len(group.preps), group.width
     nonneg = group.nonneg and q.nonneg
-    t = torch.mm(query.bf16[r0:r0 + padded(r1 - r0, _QUERY_ROWS)], group.stack.T)  # bfloat16 estimates
-    keys = order_keys(t, nonneg)[:r1 - r0].reshape(r1 - r0, g, width)
-    lowest = None if nonneg else key_values(keys.min(2), nonneg)  # padding (+0) included: harmless
+    rows_n, classes = r1 - r0, width // _STRIDE
+    t = torch.mm(query.bf16[r0:r0 + padded(rows_n, _QUERY_ROWS)], group.stack.T)  # bfloat16 estimates
+    if not nonneg:
+        t = torch.from_numpy(order_keys(t, nonneg))
+    keys_t = t.view(torch.int16)[:rows_n].view(rows_n, g, classes, _STRIDE)
+    keys = keys_t.numpy()
+    if not nonneg:  # padding (+0) included: harmless
+        lowest = key_values(keys.reshape(rows_n, g, width).min(2), nonneg)
     for k, m in enumerate(group.sizes):
-        keys[:, k, m:] = KEY_FLOOR  # padding never wins
-    i1 = keys.argmax(2)
-    k1 = np.take_along_axis(keys, i1[:, :, None], 2)
-    t1 = key_values(k1[:, :, 0], nonneg)
+        keys.reshape(rows_n, g, width)[:, k, m:] = KEY_FLOOR  # padding never wins
+    class_max = keys_t.amax(2).numpy()  # (rows, images, _STRIDE)
+    top2 = np.partition(class_max, _STRIDE - 2, axis=2)[:, :, _STRIDE - 2:]
+    t1 = key_values(top2[:, :, 1], nonneg)
+    t2 = key_values(top2[:, :, 0], nonneg)  # <= the true second largest estimate
     magnitude = t1 if nonneg else np.maximum(np.abs(t1), np.abs(lowest))
-    np.put_along_axis(keys, i1[:, :, None], KEY_FLOOR, 2)
-    i2 = keys.argmax(2)
-    t2 = key_values(np.take_along_axis(keys, i2[:, :, None], 2)[:, :, 0], nonneg)
-    np.put_along_axis(keys, i1[:, :, None], k1, 2)
     E = error_bound_rows(q.norm_bf[r0:r1, None], q.norm_res[r0:r1, None], group.norm_bf, group.norm_res,
-               query.f32.shape[1], magnitude)
+                         query.f32.shape[1], magnitude)
     a2 = query.sqnorm[r0:r1, None]
     # a float32 rounding of |a|^2 - 2h is ~ulps of its terms: widen every test by that much
     slack = 8 * _F32_EPS * (a2 + 2 * group.beta_hi + 2 * np.abs(t1) + 2 * E)
     if ratio is None:
-        maybe = np.ones((r1 - r0, g), bool)
+        maybe = np.ones((rows_n, g), bool)
     else:
         d1_lo = np.maximum(a2 - 2 * (t1 + E - group.beta_lo) - slack, 0.0)
         d2_hi = a2 - 2 * (t2 - E - group.beta_hi) + slack
         maybe = d1_lo < (ratio * ratio) * d2_hi
-    flat = np.flatnonzero(maybe)  # (row, image) pairs, row-major
-    cut = cut_keys((t2 - 2 * E - (group.beta_hi - group.beta_lo) - slack).ravel()[flat], nonneg)
-    # the candidates: the two largest estimates, then the next largest while they reach the cut
-    # (argmax passes over those rows), the rest by a full comparison
-    sub = keys.reshape(-1, width)[flat]
-    ar = np.arange(len(flat))
-    i1f, i2f = i1.ravel()[flat], i2.ravel()[flat]
-    out_flat, out_cols = [flat, flat], [i1f, i2f]
-    sub[ar, i1f] = KEY_FLOOR
-    sub[ar, i2f] = KEY_FLOOR
-    live = np.ones(len(flat), bool)
-    for _ in range(_ARGMAX_PASSES):
-        ik = sub.argmax(1)
-        live &= sub[ar, ik] >= cut
-        if not live.any():
-            break
-        out_flat.append(flat[live])
-        out_cols.append(ik[live])
-        sub[ar[live], ik[live]] = KEY_FLOOR
-    rest = np.flatnonzero(live)
-    if len(rest):
-        rr, cc = np.nonzero(sub[rest] >= cut[rest, None])
-        out_flat.append(flat[rest[rr]])
-        out_cols.append(cc)
-    flat, cols = np.concatenate(out_flat), np.concatenate(out_cols)
-    return flat // g + r0, flat % g, cols
+    ri, gi = np.nonzero(maybe)
+    cut = cut_keys((t2 - 2 * E - (group.beta_hi - group.beta_lo) - slack)[ri, gi], nonneg)
+    # the classes that hold a candidate, then the candidates among their entries
+    at, oi = np.nonzero(class_max[ri, gi] >= cut[:, None])
+    ri, gi = ri[at], gi[at]
+    entries = keys[ri, gi, :, oi]  # (classes found, width / _STRIDE)
+    hit, ci = np.nonzero(entries >= cut[at][:, None])
+    return ri[hit] + r0, gi[hit], ci * _STRIDE + oi[hit]
 
 
 def _match_group(query: _QueryBF16, group: _Group, ratio: Optional[float], mutual: bool,
@@ -215,11 +235,13 @@ def _match_group(query: _QueryBF16, group: _Group, ratio: Optional[float], mutua
     d1sq = np.maximum(query.sqnorm[:, None] - g1, 0.0)
     d2sq = np.maximum(query.sqnorm[:, None] - g2, 0.0)
     keep = done.copy() if ratio is None else done & (d1sq < (ratio * ratio) * d2sq)
+    if mutual:
+        rows, images = np.nonzero(keep)
+        if len(rows):
+            keep[rows, images] = _mutual_owners(query, group, images, rows, best[rows, images])
     out = []
     for k in range(g):
         cand = np.flatnonzero(keep[:, k])
-        if mutual and len(cand):
-            cand = cand[_mutual_owners(query, group.descs[k], cand, best[cand, k])]
         d1, d2 = np.sqrt(d1sq[cand, k]), np.sqrt(d2sq[cand, k])
         with np.errstate(divide="ignore", invalid="ignore"):
             rat = d1 / d2

@@ -111,6 +111,35 @@ def test_near_tied_neighbours_and_mutual_owners(rng):
     np.testing.assert_array_equal(every.db_idx, nn)
 
 
+def test_top_two_in_one_column_class(rng):
+    """The one reduction pass bounds the second-largest estimate by the maxima of interleaved column
+    classes (columns ``o, o + 64, ...``): a nearest neighbour and its runner-up in the same class
+    (64 columns apart) leave the bound below the true runner-up; the matches must not change."""
+    from retrieval.rerank.matching_bf16 import _STRIDE
+
+    n = 96
+    q = _unit(rng.standard_normal((n, 128)))
+    d1 = rng.uniform(0.3, 0.6, n)
+    ratio = 0.9
+    db = _unit(rng.standard_normal((n * _STRIDE // 32 + 3 * _STRIDE, 128)))
+    # row i's nearest neighbour at column cols[i] (every other class of a block of 2 * _STRIDE
+    # columns), its runner-up _STRIDE columns later, at d1 / ratio give or take 0.1%
+    cols = (np.arange(n) % (_STRIDE // 2)) * 2 + (np.arange(n) // (_STRIDE // 2)) * 2 * _STRIDE
+    for i, c in enumerate(cols):
+        db[c] = _at_distance(q[i], d1[i], rng)
+        db[c + _STRIDE] = _at_distance(q[i], d1[i] / ratio * (1 + rng.choice([-1, 1]) * 1e-3), rng)
+    db = _unit(db)
+    nn, e1, e2 = _exact(q, db)
+    assert np.array_equal(nn, cols)  # the planted pairs are each row's top two
+    for mutual in (False, True):
+        old = match_shortlist(q, [db], ratio=ratio, mutual=mutual)[0]
+        new = match_shortlist_bf16(q, [db], ratio=ratio, mutual=mutual)[0]
+        _assert_same([old], [new])
+    truth = e1 < ratio * e2
+    assert 10 < truth.sum() < n - 10
+    np.testing.assert_array_equal(match_shortlist_bf16(q, [db], ratio=ratio)[0].query_idx, np.flatnonzero(truth))
+
+
 def test_edge_cases_and_dtypes(rootsift, pairs_dir):
     q = rootsift[0].descriptors
     empty = np.zeros((0, 128), np.float32)
