@@ -219,3 +219,16 @@ def test_shortlist_scoring_reads_each_database_image_once(rootsift, tmp_path):
     assert sorted(r for r in reads if r not in queries) == sorted(ids[1:4])  # each database image once
     plain = RatioTestScorer(0.8, precision="float32")
     np.testing.assert_array_equal(scores[0], plain.score(rootsift[0], [rootsift[1], rootsift[2], rootsift[3]]))
+
+
+def test_best_first_order_is_the_lexsort_order(rng):
+    """The one-key sort of the exact check orders as ``np.lexsort((tie, -score, segment))``: ties in
+    score (+0.0 and -0.0 among them) by the lower tie index, negative scores below positive ones."""
+    from retrieval.rerank.matching_bf16 import _best_first
+
+    n = 5000
+    segment = rng.integers(0, 300, n)
+    tie = rng.permutation(n)  # (segment, tie) unique, as (row, column) pairs are
+    score = rng.choice(np.float32([0.5, -0.25, -0.0, 0.0, 1e-30, -1e-30, 3.0]), n)
+    score = np.where(rng.random(n) < 0.5, score, rng.standard_normal(n)).astype(np.float32)
+    np.testing.assert_array_equal(_best_first(segment, tie, score), np.lexsort((tie, -score, segment)))
