@@ -12,9 +12,10 @@ ratio is kept cannot be stacked otherwise, and runs the network on full batches 
 forward, no padding). Where the network runs on the CPU, decoding and the network take turns
 (``overlap=False``, the default there): the workers decode a wave of ``2 n_jobs`` chunks of images,
 then the network runs on them with every core. Decoding beside a forward pass whose intra-op threads
-already fill the cores only makes those threads wait for each other at every operator: Oxford at
-512 px, int8, 2 cores, end to end 0.63-0.81 of the bare forward pass when overlapped, 0.92-0.94 in
-turns (``benchmarks/deep_speed.py``). On a GPU decoding overlaps the network (``overlap=True``).
+already fill the cores makes those threads wait for each other at every operator
+(``benchmarks/deep_speed.py --targets``, 2 loaded cores: float32 ONNX Runtime on Oxford at 512 px
+1.20x faster end to end in turns than beside, COIL-100 at 224 px 0.99x). On a GPU decoding overlaps
+the network (``overlap=True``).
 
 Resuming: computed rows are written in chunks (``write_every``) and whatever is computed is written
 when an error or an interruption ends the run; a rerun skips ids already in the file and computes
