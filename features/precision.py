@@ -136,8 +136,8 @@ def same_pad_convs(model) -> int:
     exported from ``SamePadConv2d`` modules (whose only Pad nodes are the TensorFlow "same" padding of the
     strided convolutions, computed from the input size at run time), becomes that convolution's
     ``auto_pad="SAME_UPPER"``: the same padding (the odd pixel after). Left in, each stays float in the
-    quantized graph between a dequantization and a quantization, with layout transposes around them:
-    46% of the int8 forward time at 512 px (ONNX Runtime's profiler). In place; returns the count."""
+    quantized graph between a dequantization and a quantization, with layout transposes around them
+    (ONNX Runtime's profiler, Oxford at 512 px: as long as the int8 convolutions). In place; returns the count."""
     import onnx
 
     graph, value = model.graph, onnx.helper.get_attribute_value

@@ -113,11 +113,16 @@ def test_bad_arguments(extractor, images, tmp_path):
 
 
 def test_decoding_in_turns_or_beside_the_network_gives_the_same_file(extractor, images, tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
     from retrieval.features.deep_extract import decode_overlaps
 
     ids, paths = images
     ids, paths = ids[:5] + ids[6:], paths[:5] + paths[6:]  # without the broken file
     assert not decode_overlaps(extractor) and decode_overlaps(extractor, True)  # the network runs on the CPU
+    assert decode_overlaps(SimpleNamespace(device=torch.device("cuda")))  # a GPU network: decoding beside it
     files = {}
     for overlap in (False, True):
         files[overlap] = tmp_path / f"overlap-{overlap}.h5"

@@ -152,8 +152,8 @@ def load_image(path: PathLike, max_side: Optional[int] = None, upscale: bool = F
                 _check_pixels(path, img.size, cap)
                 img.load()  # forces a full decode: truncated files fail here
                 if img.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):
-                    # only a rotated or mirrored image: exif_transpose copies every other one (0.5 to
-                    # 2.5 ms of a 3 to 5 ms load at 512 px, where decoding feeds a network)
+                    # only a rotated or mirrored image: exif_transpose returns a full copy of every
+                    # other one, a cost on every image where decoding feeds a network
                     img = ImageOps.exif_transpose(img)
                 rgb = _pil_to_rgb(img)
     except UnidentifiedImageError:
