@@ -5,12 +5,17 @@
 * :func:`extract_patches`: patch tokens of every image into a :class:`retrieval.features.store.LocalFeatureStore`
   (keypoints at feature-map cell centres), like any local features.
 
-Pipeline: worker threads (joblib, ``n_jobs``) read, decode, crop, resize and normalise images ahead
-of the network (Pillow and OpenCV release the GIL, so decoding overlaps inference); the main thread groups the
-prepared images by size, since images whose aspect ratio is kept cannot be stacked otherwise, and runs
-the network on full batches of one size (``batch_size``); at the end each partial group runs as it
-is (a batch of one is a plain per-image forward, no padding). ``benchmarks/deep_speed.py`` compares
-this with per-image processing.
+Pipeline: worker threads (``n_jobs``) read, decode, crop, resize and normalise images (Pillow and
+OpenCV release the GIL); the main thread groups the prepared images by size, since images whose aspect
+ratio is kept cannot be stacked otherwise, and runs the network on full batches of one size
+(``batch_size``); at the end each partial group runs as it is (a batch of one is a plain per-image
+forward, no padding). Where the network runs on the CPU, decoding and the network take turns
+(``overlap=False``, the default there): the workers decode a wave of ``2 n_jobs`` chunks of images,
+then the network runs on them with every core. Decoding beside a forward pass whose intra-op threads
+already fill the cores makes those threads wait for each other at every operator
+(``benchmarks/deep_speed.py --targets``, 2 loaded cores: float32 ONNX Runtime on Oxford at 512 px
+1.20x faster end to end in turns than beside, COIL-100 at 224 px 0.99x). On a GPU decoding overlaps
+the network (``overlap=True``).
 
 Resuming: computed rows are written in chunks (``write_every``) and whatever is computed is written
 when an error or an interruption ends the run; a rerun skips ids already in the file and computes
@@ -38,7 +43,8 @@ from retrieval.features.store import GlobalFeatureWriter, LocalFeatureStore
 PathLike = Union[str, os.PathLike]
 Box = Tuple[float, float, float, float]
 
-__all__ = ["extract_global", "extract_patches", "patch_config", "ExtractionError", "ExtractionResult"]
+__all__ = ["extract_global", "extract_patches", "patch_config", "decode_overlaps", "ExtractionError",
+           "ExtractionResult"]
 
 
 def _prepare_one(extractor, image_id: str, path: str, box: Optional[Box]):
@@ -73,10 +79,20 @@ def _check_inputs(ids, paths, boxes):
     return ids, paths
 
 
+def decode_overlaps(extractor, overlap: Optional[bool] = None) -> bool:
+    """Whether decoding runs beside the network (``overlap``; None: only where the extractor's network
+    runs off the CPU, module docstring)."""
+    if overlap is not None:
+        return bool(overlap)
+    return torch.device(getattr(extractor, "device", "cpu")).type != "cpu"
+
+
 def _run(extractor, ids: List[str], paths: List[str], todo: List[int], boxes, batch_size: int, n_jobs: int,
-         on_error: str, consume, result: ExtractionResult, desc: str, progress: bool, chunk: int = 8) -> None:
+         on_error: str, consume, result: ExtractionResult, desc: str, progress: bool, chunk: int = 8,
+         overlap: Optional[bool] = None) -> None:
     """Decode ``todo`` in worker threads, group by input size, call ``consume(ids, inputs (B, 3, H, W),
-    image_sizes)`` per batch; errors per ``on_error``."""
+    image_sizes)`` per batch; errors per ``on_error``; decoding beside ``consume`` or in turns with it
+    (:func:`decode_overlaps`)."""
     groups: Dict[tuple, list] = {}
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False)
 
@@ -95,7 +111,8 @@ def _run(extractor, ids: List[str], paths: List[str], todo: List[int], boxes, ba
     try:
         # one OpenCV thread per worker: the workers are the parallelism (features.extract does the same)
         # (and the workers have stopped, by ordered_results, before its thread count is restored)
-        with _opencv_threads(1), ordered_results(_prepare_many, tasks, n_jobs, ahead=max(2, 2 * n_jobs)) as parts:
+        with _opencv_threads(1), ordered_results(_prepare_many, tasks, n_jobs, ahead=max(2, 2 * n_jobs),
+                                                 in_waves=not decode_overlaps(extractor, overlap)) as parts:
             for image_id, prepared, in_size, error in (item for part in parts for item in part):
                 if error is not None:
                     if on_error == "raise":
@@ -119,13 +136,15 @@ def extract_global(extractor, ids: Sequence, paths: Sequence[PathLike], out_path
                    batch_size: Optional[int] = None, n_jobs: int = 2,
                    boxes: Optional[Sequence[Optional[Box]]] = None, on_error: str = "raise",
                    overwrite: bool = False, progress: bool = True, write_every: int = 64,
-                   desc: str = "global features") -> ExtractionResult:
+                   desc: str = "global features", overlap: Optional[bool] = None) -> ExtractionResult:
     """Global descriptors of every image into the feature file ``out_path`` (resumable).
 
     ``extractor``: an :class:`retrieval.features.efficientnet.EfficientNetExtractor` (or anything with its
     ``prepare``, ``to_input``, ``describe_inputs``, ``dim`` and ``config``). ``boxes`` (one per image,
     or None) crop first, in pixels of the stored file. ``batch_size`` images of one input size go
-    through the network together (default: the extractor's). ``n_jobs`` decoding threads. Rows are
+    through the network together (default: the extractor's). ``n_jobs`` decoding threads, running beside
+    the network (``overlap=True``) or in turns with it (False); default: beside it only where the
+    network runs off the CPU (:func:`decode_overlaps`). Rows are
     written every ``write_every`` images (and whatever is computed when an error or an interruption
     ends the run). Returns an :class:`ExtractionResult`; read the file with
     :func:`retrieval.features.store.load_global`."""
@@ -157,7 +176,7 @@ def extract_global(extractor, ids: Sequence, paths: Sequence[PathLike], out_path
         try:
             if todo:
                 _run(extractor, ids, paths, todo, boxes, batch_size, n_jobs, on_error, consume, result, desc,
-                     progress)
+                     progress, overlap=overlap)
         except BaseException:
             # whatever was computed is kept, even on an error or an interruption; a failing write
             # (e.g. the disk is full) must not hide the error or the Ctrl-C that ended the run
@@ -185,10 +204,11 @@ def extract_patches(extractor, ids: Sequence, paths: Sequence[PathLike], store_p
                     batch_size: Optional[int] = None, n_jobs: int = 2,
                     boxes: Optional[Sequence[Optional[Box]]] = None, on_error: str = "raise",
                     overwrite: bool = False, progress: bool = True, write_every: int = 64,
-                    desc: str = "patch tokens") -> ExtractionResult:
+                    desc: str = "patch tokens", overlap: Optional[bool] = None) -> ExtractionResult:
     """Patch tokens (L2-normalised feature-map cells, keypoints at cell centres in pixels of the
     (cropped) stored image) of every image into the :class:`LocalFeatureStore` ``store_path``
-    (float16, resumable; flushed every ``write_every`` images and when the store closes).
+    (float16, resumable; flushed every ``write_every`` images and when the store closes); ``n_jobs`` and
+    ``overlap`` as for :func:`extract_global`.
     ``extractor`` needs ``prepare``, ``to_input``, ``feature_maps_inputs`` and ``patches_from_map``
     (:class:`retrieval.features.efficientnet.EfficientNetExtractor`)."""
     if on_error not in ("raise", "skip"):
@@ -215,6 +235,7 @@ def extract_patches(extractor, ids: Sequence, paths: Sequence[PathLike], store_p
                 since_flush[0] = 0
 
         if todo:
-            _run(extractor, ids, paths, todo, boxes, batch_size, n_jobs, on_error, consume, result, desc, progress)
+            _run(extractor, ids, paths, todo, boxes, batch_size, n_jobs, on_error, consume, result, desc, progress,
+                 overlap=overlap)
     result.seconds = time.perf_counter() - start
     return result

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
@@ -87,7 +87,7 @@ def _opencv_threads(n: Optional[int]):
 
 @contextmanager
 def ordered_results(work: Callable, tasks: Iterable[tuple], n_jobs: int, ahead: int,
-                    backend: str = "threading") -> Iterator[Iterator]:
+                    backend: str = "threading", in_waves: bool = False) -> Iterator[Iterator]:
     """``work(*task)`` for every task, in task order, computed by ``n_jobs`` workers with at most
     ``ahead`` tasks submitted beyond the one being consumed; use as ``with ordered_results(...) as
     results: for r in results: ...``.
@@ -98,7 +98,13 @@ def ordered_results(work: Callable, tasks: Iterable[tuple], n_jobs: int, ahead: 
     process aborts ("FATAL: exception not rethrown", exit 134) even after the caller handled the
     error: joblib's threading backend, used before, left such threads running. ``backend="loky"``
     (separate processes, which have no such problem) still goes through joblib. ``n_jobs=1``
-    computes in the calling thread."""
+    computes in the calling thread.
+
+    ``in_waves`` (threads): ``ahead`` tasks are submitted, all of them finish, their results are
+    handed over, and only when the caller asks for the result after them is the next wave
+    submitted: the workers never run while the caller works on their results. For a caller whose
+    own work already uses every core (a multi-threaded ONNX Runtime forward pass), running workers
+    beside it only makes its threads wait for each other (:mod:`retrieval.features.deep_extract`)."""
     n_jobs = max(1, effective_n_jobs(n_jobs))
     if backend not in ("threading", "loky"):
         raise ValueError(f"backend must be 'threading' or 'loky', not {backend!r}")
@@ -116,6 +122,11 @@ def ordered_results(work: Callable, tasks: Iterable[tuple], n_jobs: int, ahead: 
     def generate():
         queue = iter(tasks)
         pending.extend(pool.submit(work, *task) for task in islice(queue, max(1, ahead)))
+        while in_waves and pending:
+            wait(list(pending))
+            while pending:
+                yield pending.popleft().result()
+            pending.extend(pool.submit(work, *task) for task in islice(queue, max(1, ahead)))
         while pending:
             result = pending.popleft().result()
             pending.extend(pool.submit(work, *task) for task in islice(queue, 1))

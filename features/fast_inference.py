@@ -262,16 +262,17 @@ class FastBackbone:
                                                     enabled=self.autocast is not None):
             return self.module(x)
 
-    def _run_session(self, x: torch.Tensor):
+    def _run_session(self, x: torch.Tensor, output: str):
         feed = x.detach().numpy()
         if feed.dtype != np.float32 or not feed.flags.c_contiguous:
             feed = np.ascontiguousarray(feed, dtype=np.float32)
-        return self.session.run(None, {"image": feed})
+        # only the output asked for is copied out (a descriptor needs no (B, C, h, w) feature map)
+        return self.session.run([output], {"image": feed})[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map (B, C, h, w), on the CPU."""
         if self.session is not None:
-            return torch.from_numpy(self._run_session(x)[0])
+            return torch.from_numpy(self._run_session(x, "fmap"))
         return self._run_module(x).float().cpu()
 
     def describe(self, x: torch.Tensor) -> np.ndarray:
@@ -280,7 +281,7 @@ class FastBackbone:
         if self.pool is None:
             raise ValueError("this backbone was built without a pooling module (make_backbone(..., pool=))")
         if self.session is not None:
-            return self._run_session(x)[1]
+            return self._run_session(x, "desc")
         fmap = self._run_module(x).float()
         with torch.inference_mode():
             desc = self.pool(fmap)

@@ -1,6 +1,7 @@
 """Reduced-precision inference for the EfficientNet extractor, and ``precision="auto"``.
 
-* ``int8``: the folded network (backbone + pooling + L2, one graph) exported to ONNX and quantized by
+* ``int8``: the folded network (backbone + pooling + L2, one graph) exported to ONNX, its strided
+  convolutions padding themselves (:func:`same_pad_convs`), and quantized by
   ONNX Runtime's static quantization (QDQ, per-channel int8 weights, uint8 activations, MinMax ranges)
   calibrated on images that are NOT in the searched set: the folder ``calibration`` names (default
   ``pairs`` of the data root, the local-matching pairs; a user's folder otherwise), prepared exactly as
@@ -24,6 +25,7 @@ is one option away.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -41,7 +43,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["PRECISIONS", "MIN_COSINE", "MIN_SPEEDUP", "DEFAULT_CALIBRATION", "cache_dir", "calibration_files",
-           "calibration_digest", "int8_backbone", "bf16_available", "probe", "auto_decision"]
+           "calibration_digest", "same_pad_convs", "int8_backbone", "bf16_available", "probe", "auto_decision"]
 
 PRECISIONS = ("float32", "int8", "bfloat16")
 DEFAULT_CALIBRATION = "pairs"
@@ -56,7 +58,7 @@ PROBE_IMAGES = 3
 PROBE_ROUNDS = 3
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 #: changes whenever the quantization recipe changes, so that cached models are rebuilt
-INT8_RECIPE = "qdq-perchannel-s8u8-minmax-v1"
+INT8_RECIPE = "qdq-perchannel-s8u8-minmax-samepad-v2"
 
 
 def cache_dir() -> Path:
@@ -129,8 +131,44 @@ def _export(module: nn.Module, example: torch.Tensor, path: str) -> None:
                           opset_version=17, dynamo=False)
 
 
+def same_pad_convs(model) -> int:
+    """Every constant zero ``Pad`` feeding only a ``Conv`` (with no padding of its own) of the ONNX ``model``,
+    exported from ``SamePadConv2d`` modules (whose only Pad nodes are the TensorFlow "same" padding of the
+    strided convolutions, computed from the input size at run time), becomes that convolution's
+    ``auto_pad="SAME_UPPER"``: the same padding (the odd pixel after). Left in, each stays float in the
+    quantized graph between a dequantization and a quantization, with layout transposes around them
+    (ONNX Runtime's profiler, Oxford at 512 px: as long as the int8 convolutions). In place; returns the count."""
+    import onnx
+
+    graph, value = model.graph, onnx.helper.get_attribute_value
+    producer = {out: node for node in graph.node for out in node.output}
+    uses = collections.Counter(name for node in graph.node for name in node.input)
+    rewritten = 0
+    for conv in list(graph.node):
+        pad = producer.get(conv.input[0]) if conv.op_type == "Conv" else None
+        if (pad is None or pad.op_type != "Pad" or uses[pad.output[0]] != 1 or (len(pad.input) > 2 and pad.input[2])
+                or {a.name: value(a) for a in pad.attribute}.get("mode", b"constant") != b"constant"
+                or any(any(value(a)) for a in conv.attribute if a.name == "pads")):
+            continue  # not a zero padding used by this convolution alone
+        conv.input[0] = pad.input[0]
+        kept = [a for a in conv.attribute if a.name not in ("pads", "auto_pad")]
+        del conv.attribute[:]
+        conv.attribute.extend(kept + [onnx.helper.make_attribute("auto_pad", "SAME_UPPER")])
+        graph.node.remove(pad)
+        rewritten += 1
+    dead = True
+    while dead:  # the size arithmetic that fed the removed pads: nodes none of whose outputs is used
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [node for node in graph.node if not any(out in used for out in node.output)]
+        for node in dead:
+            graph.node.remove(node)
+    return rewritten
+
+
 def _quantize(module: nn.Module, inputs: List[np.ndarray], out: Path) -> None:
-    """Export ``module`` and quantize it statically into ``out`` (atomically)."""
+    """Export ``module``, let its strided convolutions pad themselves (:func:`same_pad_convs`) and quantize
+    it statically into ``out`` (atomically)."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from retrieval.core.fileio import atomic_path
@@ -148,6 +186,9 @@ def _quantize(module: nn.Module, inputs: List[np.ndarray], out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp, atomic_path(out) as target:
         fp32 = os.path.join(tmp, "float32.onnx")
         _export(module, torch.from_numpy(inputs[0]), fp32)
+        model = onnx.load(fp32)
+        same_pad_convs(model)
+        onnx.save(model, fp32)
         root.setLevel(logging.ERROR)  # the quantizer logs a warning per shape tensor it leaves alone
         try:
             quantize_static(fp32, str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -245,11 +286,11 @@ def probe(candidates: Dict[str, object], inputs: Sequence[torch.Tensor], rounds:
 def auto_decision(key_parts: tuple, run_probe: Callable[[], dict]) -> Tuple[str, dict]:
     """The cached ``precision="auto"`` decision for this machine and network, else ``run_probe()``'s
     (stored atomically for the next extractor). Returns (precision, decision record)."""
-    from retrieval.core.fileio import atomic_write_text
-
     import onnxruntime
 
-    key = _key("auto-v1", _cpu_name(), torch.__version__, onnxruntime.__version__, *key_parts)
+    from retrieval.core.fileio import atomic_write_text
+
+    key = _key("auto-v1", _cpu_name(), torch.__version__, onnxruntime.__version__, INT8_RECIPE, *key_parts)
     path = cache_dir() / "precision" / f"auto-{key}.json"
     with _waiting_lock(path.with_suffix(".lock")):
         try:

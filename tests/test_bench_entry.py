@@ -45,12 +45,18 @@ def test_deep_speed_on_a_few_images(coil100_dir, tmp_path):
     # a backend named explicitly: the default path is float32 on it
     assert results["auto_precision"] == "float32"
     for row in results["rows"]:
-        assert set(row) == {"dataset", "variant", "batch", "img_per_s", "vs_eager", "vs_old_default", "e2e_vs_bare",
-                            "min_cos", "default"}
-        assert row["dataset"] == "coil" and row["img_per_s"] > 0
+        assert set(row) == {"dataset", "config", "variant", "batch", "img_per_s", "vs_eager", "vs_old_default",
+                            "e2e_vs_bare", "min_cos", "default"}
+        assert row["dataset"] == "coil" and row["config"] == "lite0-gem-224" and row["img_per_s"] > 0
     variants = [row["variant"] for row in results["rows"]]
     assert "bare forward: eager" in variants and "end to end: eager" in variants
-    assert variants[-2:] == ["end to end, all 4 images: eager"] * 2
+    # the old default decodes beside the network, the other paths take turns with it
+    old = [row for row in results["rows"] if row["default"] == "old" and row["variant"].startswith("end to end:")]
+    assert [row["variant"] for row in old] == ["end to end: eager, decoding beside the network"]
+    assert old[0]["vs_old_default"] == 1.0
+    assert variants[-2:] == ["end to end, all 4 images: eager, decoding beside the network",
+                             "end to end, all 4 images: eager"]
+    assert [row["min_cos"] > 0.9999 for row in results["rows"][-2:]] == [True, True]
     e2e = [row for row in results["rows"] if row["variant"] == "end to end: eager"]
     assert [row["min_cos"] > 0.9999 for row in e2e] == [True] * len(e2e)  # float32 at every batch size
     assert (tmp_path / "out" / "results.md").is_file()

@@ -110,3 +110,24 @@ def test_bad_arguments(extractor, images, tmp_path):
         extract_global(extractor, ids, paths, tmp_path / "x.h5", on_error="ignore", progress=False)
     empty = extract_global(extractor, [], [], tmp_path / "empty.h5", progress=False)
     assert empty.computed == 0 and load_global(tmp_path / "empty.h5")[1].shape == (0, 1280)
+
+
+def test_decoding_in_turns_or_beside_the_network_gives_the_same_file(extractor, images, tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from retrieval.features.deep_extract import decode_overlaps
+
+    ids, paths = images
+    ids, paths = ids[:5] + ids[6:], paths[:5] + paths[6:]  # without the broken file
+    assert not decode_overlaps(extractor) and decode_overlaps(extractor, True)  # the network runs on the CPU
+    assert decode_overlaps(SimpleNamespace(device=torch.device("cuda")))  # a GPU network: decoding beside it
+    files = {}
+    for overlap in (False, True):
+        files[overlap] = tmp_path / f"overlap-{overlap}.h5"
+        result = extract_global(extractor, ids, paths, files[overlap], n_jobs=2, overlap=overlap, progress=False)
+        assert result.computed == len(ids)
+    (ids_a, a, _), (ids_b, b, _) = load_global(files[False]), load_global(files[True])
+    assert sorted(ids_a) == sorted(ids)
+    np.testing.assert_allclose(a[np.argsort(ids_a)], b[np.argsort(ids_b)], atol=1e-6)

@@ -102,3 +102,33 @@ def test_boxes_crop_queries(tmp_path, oxford_dir):
         assert s.get("q").image_size == (200, 100)
     with pytest.raises(ValueError, match="boxes"):
         extract_local_features(["q"], [path], ex, tmp_path / "x.h5", boxes=[], progress=False)
+
+
+def test_ordered_results_in_waves_never_work_beside_the_caller():
+    """In waves, every task of a wave has finished when its first result is handed over, and no task of
+    the next wave is drawn while the caller holds a result (the caller may use every core)."""
+    import threading
+
+    from retrieval.features.extract import ordered_results
+
+    lock, drawn, finished = threading.Lock(), [], []
+
+    def tasks():
+        for k in range(7):
+            drawn.append(k)
+            yield (k,)
+
+    def work(k):
+        with lock:
+            finished.append(k)
+        return k
+
+    seen = []
+    with ordered_results(work, tasks(), n_jobs=2, ahead=3, in_waves=True) as results:
+        for k in results:
+            end = min(7, 3 * (k // 3) + 3)
+            assert drawn == list(range(end))  # this wave's tasks, none of the next
+            with lock:
+                assert set(range(3 * (k // 3), end)) <= set(finished)
+            seen.append(k)
+    assert seen == list(range(7))

@@ -34,6 +34,9 @@ def _close(c1, c2, tol=40):
     (6, lambda a: np.rot90(a, -1)),   # stored image must be turned 90 degrees clockwise to display
     (8, lambda a: np.rot90(a, 1)),
     (2, lambda a: a[:, ::-1]),
+    (4, lambda a: a[::-1]),
+    (5, lambda a: a.transpose(1, 0, 2)),
+    (7, lambda a: np.rot90(a, 2).transpose(1, 0, 2)),
 ])
 def test_exif_orientation_applied(tmp_path, orientation, expected):
     raw = _blocks()

@@ -153,3 +153,34 @@ def test_bad_precision_settings_are_refused(calibration, tmp_path):
     # a configuration recorded before precision existed reads as float32
     legacy = EfficientNetExtractor("lite0-gem-512", size=64, precision="float32").config
     assert resolve_config(legacy)["precision"] == "float32"
+
+
+def test_strided_convolutions_pad_themselves_exactly(calibration):
+    """same_pad_convs: the float32 graph without its run-time Pad nodes gives the same numbers at odd and
+    even input sizes, and the cached int8 model has no Pad left (every strided convolution is int8)."""
+    import tempfile
+
+    import onnx
+    import torch
+
+    from retrieval.features.fast_inference import _FeaturesAndDescriptor, fold_efficientnet, ort_session
+    from retrieval.features.precision import _export, cache_dir, same_pad_convs
+
+    ext = EfficientNetExtractor("lite0-gem-512", size=64, weights="random", precision="float32")
+    module = _FeaturesAndDescriptor(fold_efficientnet(ext.model.net, True), ext.model.pool).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        _export(module, torch.zeros(1, 3, 64, 64), f"{tmp}/m.onnx")
+        model = onnx.load(f"{tmp}/m.onnx")
+    before = ort_session(model.SerializeToString(), 1)
+    assert same_pad_convs(model) == 5  # the stem and the four stride-2 depthwise convolutions of Lite0
+    assert [n for n in model.graph.node if n.op_type in ("Pad", "Shape")] == []
+    after = ort_session(model.SerializeToString(), 1)
+    rng = np.random.default_rng(0)
+    for h, w in ((64, 64), (65, 96), (64, 97), (33, 17)):
+        x = rng.standard_normal((1, 3, h, w), dtype=np.float32)
+        for want, got in zip(before.run(None, {"image": x}), after.run(None, {"image": x})):
+            assert want.shape == got.shape
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    _int8(calibration)
+    quantized = [onnx.load(p) for p in (cache_dir() / "onnx").glob("int8-*.onnx")]
+    assert quantized and all(n.op_type != "Pad" for m in quantized for n in m.graph.node)

@@ -2,7 +2,9 @@
 against the bare forward pass, measured in one run on one dataset (``--dataset KIND --data PATH``,
 opened with :func:`retrieval.datasets.open.open_dataset`; default the Oxford subset of the data root,
 ``--config lite0-gem-512``: 512 px longest side, aspect kept; COIL-100 was timed with
-``--dataset folder --data .../coil100 --config lite0-gem-224``, 224 x 224).
+``--dataset folder --data .../coil100 --config lite0-gem-224``, 224 x 224), or on both inputs of the speed
+targets in one run (``--targets``: :data:`TARGETS`, the Oxford subset at ``lite0-gem-512`` and COIL-100 at
+``lite0-gem-224``).
 
 ``--bare-images`` database images, spread evenly over the database, are timed in ``--rounds``
 interleaved rounds; in each:
@@ -11,23 +13,27 @@ interleaved rounds; in each:
    ``onnxruntime``) and per reduced precision (``--precisions``: ``int8``, ONNX Runtime static
    quantization; ``bfloat16``, channels-last torch under autocast): images decoded and normalised
    beforehand, batched by size exactly as extraction batches them; backbone + pooling + L2; images/s;
-2. **end to end** for every precision path: float32 (the old default: ONNX Runtime, batch 1 for
-   aspect-kept input, 4 for squares), each of ``--precisions`` and the new default (``precision="auto"``,
-   its batch size):
-   :func:`retrieval.features.deep_extract.extract_global` from the files (decode in ``--n-jobs``
-   threads, resize, normalise, network, pooling, written to a feature file), at each batch size.
+2. **end to end** :func:`retrieval.features.deep_extract.extract_global` from the files (decode in
+   ``--n-jobs`` threads, resize, normalise, network, pooling, written to a feature file): first the
+   old default, float32 ONNX Runtime at batch 1 for aspect-kept input, 4 for squares, with decoding
+   beside the network (``overlap=True``, the pipeline before decoding and the network took turns on
+   the CPU); then every precision path (float32, each of ``--precisions`` and the new default,
+   ``precision="auto"``) at each batch size, decoding in turns with the network (the default on the CPU).
 
 Reported ratios, medians over rounds of ratios taken seconds apart (the machine is shared and its load
 drifts, so absolute figures are noisy): ``vs_eager`` = variant / eager forward at the same batch size,
-``vs_old_default`` = variant / the old default (float32 ONNX Runtime at its old batch size, bare or end to
-end alike), ``e2e_vs_bare`` = end to end / bare forward of the same path and batch size, and ``min_cos``
-= the smallest cosine of an end-to-end file's descriptors to the old default's (1.0 to float rounding
-where a path is float32: batching by size buckets changes nothing). ``--full`` adds one end-to-end pass
-of the old and the new default over the whole database (``--limit`` images of it, spread evenly).
+``vs_old_default`` = variant / the old default (bare: float32 ONNX Runtime at its old batch size; end to
+end: the same with decoding beside the network), ``e2e_vs_bare`` = end to end / bare forward of the
+same path and batch size, and ``min_cos`` = the smallest cosine of an end-to-end file's descriptors to
+the old default's (1.0 to float rounding where a path is float32: batching by size buckets and the
+order of decoding change nothing). ``--full`` adds the old and the new default end to end over the
+whole database (``--limit`` images of it, spread evenly), side by side: the images split into
+``--rounds`` interleaved parts, each extracted by the old default then the new.
 
-Writes ``results.json`` (rows: dataset, variant, batch, img_per_s, vs_eager, vs_old_default, e2e_vs_bare,
-min_cos, default; plus torch_threads, n_jobs, quick, torch, and the default's choice: auto_precision,
-auto_batch, auto_probe) and ``results.md`` to ``--out``; :func:`main` returns that folder.
+Writes ``results.json`` (rows: dataset, config, variant, batch, img_per_s, vs_eager, vs_old_default,
+e2e_vs_bare, min_cos, default; plus torch_threads, n_jobs, quick, torch, and the default's choice:
+auto_precision, auto_batch, auto_probe, prefixed by the configuration with ``--targets``) and
+``results.md`` to ``--out``; :func:`run` returns that folder.
 """
 from __future__ import annotations
 
@@ -38,10 +44,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["NAME", "run", "spread", "size_batches"]
+__all__ = ["NAME", "TARGETS", "run", "spread", "size_batches"]
 
 NAME = "deep_speed"
-COLUMNS = ["dataset", "variant", "batch", "img_per_s", "vs_eager", "vs_old_default", "e2e_vs_bare", "min_cos",
+COLUMNS = ["dataset", "config", "variant", "batch", "img_per_s", "vs_eager", "vs_old_default", "e2e_vs_bare", "min_cos",
            "default"]
 
 
@@ -153,22 +159,25 @@ def time_dataset(name: str, ext, timed: List[Path], every: List[Path], args, tmp
     variants = _variants(ext, prepared, batch_sizes, args.backends)
     variants += _precision_variants(paths[1:], prepared, batch_sizes)
     ids = [str(k) for k in range(len(timed))]  # unique even where file names repeat across class folders
+    base = _path_label(ext)
+    # the old default: float32 at its batch size, decoding beside the network (the pipeline before
+    # decoding and the network took turns on the CPU); every other end-to-end path takes turns
+    old_key = ("e2e", f"{base}, decoding beside the network", old_batch)
+    e2e = [(old_key, ext, old_batch, True)] + [(("e2e", _path_label(p), bs), p, bs, None)
+                                                for p in paths for bs in batch_sizes]
     measured: Dict[tuple, List[float]] = {}
     files: Dict[tuple, Path] = {}
     for r in range(args.rounds):
         for label, bs, backbone, tensors in variants:
             measured.setdefault(("bare", label, bs), []).append(_time_forward(backbone, tensors))
-        for pext in paths:
-            for bs in batch_sizes:
-                key = ("e2e", _path_label(pext), bs)
-                files[key] = tmp / f"e2e-{pext.precision}-{bs}.h5"
-                res = extract_global(pext, ids, timed, files[key], batch_size=bs, n_jobs=args.n_jobs,
-                                     overwrite=True, progress=False)
-                measured.setdefault(key, []).append(res.computed / res.seconds)
+        for n, (key, pext, bs, overlap) in enumerate(e2e):
+            files[key] = tmp / f"e2e-{n}.h5"
+            res = extract_global(pext, ids, timed, files[key], batch_size=bs, n_jobs=args.n_jobs,
+                                 overwrite=True, progress=False, overlap=overlap)
+            measured.setdefault(key, []).append(res.computed / res.seconds)
         print(f"  round {r + 1}: " + ", ".join(f"{k[0]} {k[1]} b{k[2]} {v[-1]:.1f}" for k, v in measured.items()),
               flush=True)
-    base = _path_label(ext)
-    cosines = _min_cosines(files, ("e2e", base, old_batch))
+    cosines = _min_cosines(files, old_key)
 
     def ratio(a, b):
         if a not in measured or b not in measured:
@@ -177,24 +186,46 @@ def time_dataset(name: str, ext, timed: List[Path], every: List[Path], args, tmp
 
     rows = []
     for (kind, label, bs), values in measured.items():
-        default = "old" if (label, bs) == (base, old_batch) else ""
+        default = "old" if (kind, label, bs) in (old_key, ("bare", base, old_batch)) else ""
         default = "new (auto)" if (label, bs) == new_default else default
+        bare_label = base if (kind, label, bs) == old_key else label
         rows.append({"dataset": name, "variant": f"{'bare forward' if kind == 'bare' else 'end to end'}: {label}",
                      "batch": bs, "img_per_s": float(np.median(values)),
                      "vs_eager": ratio((kind, label, bs), ("bare", "eager", bs)) if kind == "bare" else None,
-                     "vs_old_default": ratio((kind, label, bs), (kind, base, old_batch)),
-                     "e2e_vs_bare": ratio((kind, label, bs), ("bare", label, bs)) if kind == "e2e" else None,
+                     "vs_old_default": ratio((kind, label, bs), old_key if kind == "e2e" else ("bare", base, old_batch)),
+                     "e2e_vs_bare": ratio((kind, label, bs), ("bare", bare_label, bs)) if kind == "e2e" else None,
                      "min_cos": cosines.get((kind, label, bs)), "default": default})
     if args.full:
-        chosen = next(p for p in paths if _path_label(p) == new_default[0])
-        for pext, bs in ((ext, old_batch), (chosen, new_default[1])):
-            res = extract_global(pext, [str(k) for k in range(len(every))], every, tmp / "all.h5", n_jobs=args.n_jobs,
-                                 batch_size=bs, progress=False, overwrite=True)
-            rows.append({"dataset": name, "variant": f"end to end, all {len(every)} images: {_path_label(pext)}",
-                         "batch": bs, "img_per_s": res.computed / res.seconds, "vs_eager": None,
-                         "vs_old_default": None, "e2e_vs_bare": None, "min_cos": None,
-                         "default": "old" if (pext, bs) == (ext, old_batch) else "new (auto)"})
+        rows += _full_pass(name, ext, old_batch, next(p for p in paths if _path_label(p) == new_default[0]),
+                           new_default[1], every, args, tmp)
     return rows
+
+
+def _full_pass(name: str, old, old_batch: int, new, new_batch: int, every: List[Path], args, tmp: Path) -> List[dict]:
+    """The old default (float32, decoding beside the network) and the new default end to end over
+    ``every`` file, side by side: the files split into ``args.rounds`` interleaved parts, each extracted
+    by the old path then by the new one (appended to each path's feature file, as a resumed run), so
+    both see the same drift of a shared machine's load. Rows: img/s over all parts, the new default's
+    ratio to the old, the smallest cosine between the two files."""
+    from retrieval.features.deep_extract import extract_global
+
+    ids = [str(k) for k in range(len(every))]
+    parts = [range(len(every))[r::args.rounds] for r in range(args.rounds)]
+    spent = {"old": [0, 0.0], "new": [0, 0.0]}
+    files = {"old": tmp / "all-old.h5", "new": tmp / "all-new.h5"}
+    for n, part in enumerate(parts):
+        for which, pext, bs, overlap in (("old", old, old_batch, True), ("new", new, new_batch, None)):
+            res = extract_global(pext, [ids[i] for i in part], [every[i] for i in part], files[which],
+                                 batch_size=bs, n_jobs=args.n_jobs, overwrite=n == 0, progress=False, overlap=overlap)
+            spent[which][0] += res.computed
+            spent[which][1] += res.seconds
+    ips = {which: done / seconds for which, (done, seconds) in spent.items()}
+    cos = _min_cosines({"old": files["old"], "new": files["new"]}, "old")
+    return [{"dataset": name, "variant": f"end to end, all {len(every)} images: "
+                                         f"{_path_label(pext)}{', decoding beside the network' if w == 'old' else ''}",
+             "batch": bs, "img_per_s": ips[w], "vs_eager": None, "vs_old_default": ips[w] / ips["old"],
+             "e2e_vs_bare": None, "min_cos": cos[w], "default": "old" if w == "old" else "new (auto)"}
+            for w, pext, bs in (("old", old, old_batch), ("new", new, new_batch))]
 
 
 def _precision_variants(paths, prepared, batch_sizes):
@@ -211,50 +242,72 @@ def _precision_variants(paths, prepared, batch_sizes):
     return out
 
 
-def run(args) -> Path:
-    """Run the benchmark (module docstring) with the options ``args`` (``retrieval bench deep-speed``,
-    :mod:`retrieval.cli.bench_commands`: dataset, data, config, options (extractor keys), backend, out,
-    quick, backends, precisions, threads, n_jobs, batch_size, compare_batch, rounds, limit, bare_images, full);
-    returns the results folder."""
-    import torch
+#: ``--targets``: the two inputs of the speed targets, in one run: (dataset kind, folder of the data root,
+#: configuration, images of the full pass (None: all), images timed in the rounds)
+TARGETS = (("oxford", "oxford5k_subset", "lite0-gem-512", None, 32),
+           ("folder", "coil100", "lite0-gem-224", 1000, 64))
 
+
+def _time_one(args, kind: str, path: str, config: str, limit: Optional[int], bare_images: int):
+    """Rows of one dataset at one configuration (the module docstring's rounds and full pass) and the new
+    default's choice."""
     from retrieval.core.config import ConfigError
     from retrieval.datasets.open import DatasetConfig, open_dataset
     from retrieval.features.efficientnet import EfficientNetExtractor
-    from retrieval.core.paths import data_root
-    from retrieval.core.report import write_results
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.data is None and args.dataset != "oxford":
-        raise ConfigError(f"--dataset {args.dataset} needs its folder (--data PATH)")
-    path = args.data if args.data is not None else str(data_root() / "oxford5k_subset")
-    ds = open_dataset(DatasetConfig(kind=args.dataset, path=path))
-    args.rounds = args.rounds or (1 if args.quick else 3)
-    args.bare_images = args.bare_images or (12 if args.quick else 48)
+    ds = open_dataset(DatasetConfig(kind=kind, path=path))
     files = [Path(p) for p in ds.db_paths]
     backend = "onnxruntime" if args.backend == "auto" else args.backend
     try:
         # the float32 reference at the old default (ONNX Runtime, batch 1 for aspect-kept input, 4 for
         # squares), then each reduced precision, then the new default (precision and batch "auto")
         options = {k: v for k, v in args.options.items() if k != "precision"}
-        ext = EfficientNetExtractor(args.config, backend=backend, batch_size=args.batch_size,
+        ext = EfficientNetExtractor(config, backend=backend, batch_size=args.batch_size,
                                     precision="float32", **options)
         old_batch = args.batch_size or (4 if ext.config["input"] == "square" else 1)
-        paths = [ext] + [EfficientNetExtractor(args.config, precision=p, **options) for p in args.precisions]
-        auto = EfficientNetExtractor(args.config, backend=args.backend, **options)
+        paths = [ext] + [EfficientNetExtractor(config, precision=p, **options) for p in args.precisions]
+        auto = EfficientNetExtractor(config, backend=args.backend, **options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"extractor: {exc}") from None
     if all(_path_label(p) != _path_label(auto) for p in paths):
         paths.append(auto)  # else the default's path is timed once, at every batch size (its own included)
     new_default = (_path_label(auto), auto.batch_size)
-    timed, every = spread(files, args.bare_images), (spread(files, args.limit) if args.full else [])
+    timed, every = spread(files, bare_images), (spread(files, limit) if args.full else [])
     with tempfile.TemporaryDirectory() as tmp:
-        rows = time_dataset(ds.root.resolve().name, ext, timed, every, args, Path(tmp), paths, old_batch,
-                            new_default)
-    extra = {"torch_threads": torch.get_num_threads(), "n_jobs": args.n_jobs, "quick": args.quick,
-             "torch": torch.__version__, "auto_precision": auto.precision, "auto_batch": auto.batch_size,
-             "auto_probe": auto.precision_probe}
+        rows = time_dataset(ds.root.resolve().name, ext, timed, every, args, Path(tmp), paths,
+                            old_batch, new_default)
+    return [dict(row, config=config) for row in rows], {"auto_precision": auto.precision, "auto_batch": auto.batch_size, "auto_probe": auto.precision_probe}
+
+
+def run(args) -> Path:
+    """Run the benchmark (module docstring) with the options ``args`` (``retrieval bench deep-speed``,
+    :mod:`retrieval.cli.bench_commands`: dataset, data, config, options (extractor keys), backend, out,
+    quick, backends, precisions, threads, n_jobs, batch_size, compare_batch, rounds, limit, bare_images, full,
+    targets); returns the results folder."""
+    import torch
+
+    from retrieval.core.config import ConfigError
+    from retrieval.core.paths import data_root
+    from retrieval.core.report import write_results
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    if getattr(args, "targets", False):
+        root = data_root()
+        runs = [(kind, str(root / folder), config, args.limit or limit, args.bare_images or n)
+                for kind, folder, config, limit, n in TARGETS]
+    else:
+        if args.data is None and args.dataset != "oxford":
+            raise ConfigError(f"--dataset {args.dataset} needs its folder (--data PATH)")
+        path = args.data if args.data is not None else str(data_root() / "oxford5k_subset")
+        runs = [(args.dataset, path, args.config, args.limit, args.bare_images or (12 if args.quick else 48))]
+    rows, extra = [], {"torch_threads": torch.get_num_threads(), "n_jobs": args.n_jobs, "quick": args.quick,
+                       "torch": torch.__version__}
+    for kind, path, config, limit, bare_images in runs:
+        got, choice = _time_one(args, kind, path, config, limit, bare_images)
+        rows += got
+        extra.update(choice if len(runs) == 1 else {f"{config}: {k}": v for k, v in choice.items()})
     out = Path(args.out)
     table = write_results(rows, out, COLUMNS, extra=extra,
                           title=f"EfficientNet-Lite0 extraction speed (CPU, {torch.get_num_threads()} threads)")

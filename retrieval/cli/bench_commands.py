@@ -3,7 +3,7 @@ data or one dataset timed), each a function of :mod:`retrieval.bench` or :mod:`r
 ``benchmarks/*.py`` are one-line aliases of these commands and of ``retrieval run NAME``.
 
     retrieval bench index-speed [--quick] [--approx] [--clusters 1000] [--repeats 3]   # benchmarks/bench_index.py
-    retrieval bench deep-speed [--quick|--full] [--dataset KIND --data PATH]          # benchmarks/deep_speed.py
+    retrieval bench deep-speed [--quick|--full|--targets] [--dataset KIND --data PATH]  # benchmarks/deep_speed.py
     retrieval bench scale [--quick]                                                   # benchmarks/scale.py
     retrieval bench store-integrity [--entries N --rows N --rounds N]                 # benchmarks/store_integrity.py
     retrieval bench serve-load [--vectors N --dim D]                                  # benchmarks/serve_load.py
@@ -101,8 +101,7 @@ def _deep_speed_parser(sub) -> None:
     p = _described(sub, "deep-speed", "EfficientNet-Lite0 extraction speed on CPU: every inference path, and end "
                    "to end against the bare forward pass", "retrieval.bench.deep_speed")
     p.add_argument("--dataset", choices=DATASET_KINDS, default="oxford", help="dataset kind (default oxford)")
-    p.add_argument("--data", default=None,
-                   help="dataset folder (default: the oxford5k_subset folder of retrieval.core.paths.data_root())")
+    p.add_argument("--data", default=None, help="dataset folder (default: oxford5k_subset of the data root)")
     p.add_argument("--config", default="lite0-gem-512", help="EfficientNet extractor configuration")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the extractor configuration (size=320, weights=random ...)")
@@ -118,12 +117,13 @@ def _deep_speed_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime intra-op threads")
     p.add_argument("--n-jobs", type=int, default=2, help="decoding threads")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward (default: extractor's)")
-    p.add_argument("--compare-batch", type=int, default=8,
-                   help="a second batch size timed for the default backend and eager")
+    p.add_argument("--compare-batch", type=int, default=8, help="a second batch size timed (default 8)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 3, quick 1)")
     p.add_argument("--limit", type=int, default=None, help="images in the --full pass (default: all)")
     p.add_argument("--bare-images", type=int, default=None, help="images timed in the rounds (default 48, quick 12)")
-    p.add_argument("--full", action="store_true", help="also extract every image once (absolute figure)")
+    p.add_argument("--full", action="store_true", help="also the old and the new default over every image, side by side")
+    p.add_argument("--targets", action="store_true", help="Oxford at lite0-gem-512 and COIL-100 at lite0-gem-224 of "
+                   "the data root in one run (retrieval.bench.deep_speed.TARGETS; not --dataset, --data, --config)")
     p.set_defaults(func=_deep_speed)
 
 
@@ -138,7 +138,7 @@ def _deep_speed(args) -> int:
     bad = sorted(set(args.precisions) - {"int8", "bfloat16"})
     if bad:
         raise CLIError(f"--precisions: unknown precision(s) {bad}; known: int8, bfloat16")
-    if args.data is None and args.dataset != "oxford":
+    if args.data is None and args.dataset != "oxford" and not args.targets:
         raise CLIError(f"--dataset {args.dataset} needs its folder (--data PATH)")
     require_output(args.out, "results", folder=True)
     args.options = parse_options(args.set)

@@ -151,7 +151,10 @@ def load_image(path: PathLike, max_side: Optional[int] = None, upscale: bool = F
             with Image.open(path) as img:
                 _check_pixels(path, img.size, cap)
                 img.load()  # forces a full decode: truncated files fail here
-                img = ImageOps.exif_transpose(img)
+                if img.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):
+                    # only a rotated or mirrored image: exif_transpose returns a full copy of every
+                    # other one, a cost on every image where decoding feeds a network
+                    img = ImageOps.exif_transpose(img)
                 rgb = _pil_to_rgb(img)
     except UnidentifiedImageError:
         raise ImageLoadError(path, "not an image file Pillow can identify") from None
