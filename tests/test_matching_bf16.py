@@ -232,3 +232,40 @@ def test_best_first_order_is_the_lexsort_order(rng):
     score = rng.choice(np.float32([0.5, -0.25, -0.0, 0.0, 1e-30, -1e-30, 3.0]), n)
     score = np.where(rng.random(n) < 0.5, score, rng.standard_normal(n)).astype(np.float32)
     np.testing.assert_array_equal(_best_first(segment, tie, score), np.lexsort((tie, -score, segment)))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_mutual_owners_in_one_row_class_and_padding_rows(rng, signed):
+    """The mutual test's one reduction pass takes the maxima of interleaved query-row classes (rows
+    ``o, o + 64, ...``) of each matched column: near-tied owners of a column 64 rows apart share a
+    class; and the query's padding rows (its row count is no multiple of 64) must never own a
+    column, not even one whose every product is 0 (the cut then lies below the padding's zero
+    products). The owners must be the float32 path's."""
+    from retrieval.rerank.matching_bf16 import _STRIDE
+
+    def draw(shape):
+        x = rng.standard_normal(shape)
+        return x if signed else np.abs(x)
+
+    n = 3 * _STRIDE + 5
+    q = np.zeros((n, 128))
+    q[:-1, :64] = draw((n - 1, 64))
+    # rows i and i + _STRIDE near-tied (1e-4 relative) for whichever column is nearest to both
+    for i in range(0, 2 * _STRIDE, 3):
+        q[i + _STRIDE, :64] = q[i, :64] * (1 + 1e-4 * rng.standard_normal(64))
+    q[-1, 64:96] = draw(32)  # the last row: orthogonal to every database row
+    db = np.zeros((301, 128))
+    db[:300, :64] = draw((300, 64))
+    db[300, 96:] = draw(32)  # orthogonal to every query row: its products are all 0
+    q, db = _unit(q), _unit(db)
+    # all products of the last row and of the last column are 0: the shortest column is the last
+    # row's nearest, and the shortest row owns the last column
+    db[300] *= np.float32(0.999)
+    q[-1] *= np.float32(0.999)
+    for ratio in (None, 1.0, 0.9):
+        old = match_shortlist(q, [db], ratio=ratio, mutual=True)[0]
+        new = match_shortlist_bf16(q, [db], ratio=ratio, mutual=True)[0]
+        _assert_same([old], [new])
+        assert len(new) > (10 if ratio is None else 0)
+    every = match_shortlist_bf16(q, [db], ratio=None, mutual=True)[0]
+    assert every.db_idx[every.query_idx == n - 1].tolist() == [300]  # the zero column, owned by the last row
