@@ -254,13 +254,15 @@ def test_speed_benchmark_writes_every_figure(oxford_dir, tmp_path, capsys):
 
     out = tmp_path / "speed"
     assert main(["bench", "learned-speed", "--data", str(oxford_dir), "--out", str(out), "--images", "2",
-                 "--features", "rootsift-1k,xfeat-512", "--matchers", "xfeat-512:lighterglue-xfeat",
-                 "--glue-pairs", "2"]) == 0
+                 "--features", "rootsift-1k,xfeat-512,xfeat-512+precision=float32", "--matchers",
+                 "xfeat-512:lighterglue-xfeat", "--glue-pairs", "2"]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [(r["what"], r["features"]) for r in rows] == [("extraction", "rootsift-1k"), ("extraction", "xfeat-512"),
-                                                          ("re-ranking top 100", "xfeat-512")]
-    assert all(r["ms_per_image"] > 0 for r in rows[:2]) and rows[2]["ms_per_query"] > 0
-    assert rows[2]["estimated"] == "2 pairs x 50" and "| xfeat-512 |" in (out / "results.md").read_text()
+    assert [(r["what"], r["features"]) for r in rows] == [
+        ("extraction", "rootsift-1k"), ("extraction", "xfeat-512"), ("extraction", "xfeat-512+precision=float32"),
+        ("re-ranking top 100", "xfeat-512")]
+    assert all(r["ms_per_image"] > 0 for r in rows[:3]) and rows[3]["ms_per_query"] > 0
+    assert rows[2]["precision"] == "float32" and rows[1]["precision"] in ("float32", "bfloat16")
+    assert rows[3]["estimated"] == "2 pairs x 50" and "| xfeat-512 |" in (out / "results.md").read_text()
     assert main(["bench", "learned-speed", "--data", str(oxford_dir), "--out", str(tmp_path / "x"),
                  "--features", "xfeat-512", "--matchers", "sift-9k:affine-ransac-mnn"]) == 2
     assert "FEATURES:SPATIAL" in capsys.readouterr().err
