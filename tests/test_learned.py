@@ -75,8 +75,12 @@ def test_one_entry_point_for_every_local_configuration():
     assert isinstance(xf, LearnedExtractor) and xf.dim == 64 and xf.config["max_side"] == 512
     assert xf.config["name"] == "xfeat-2k+max_side=512"
     assert local_extractor("disk-2k").dim == 128
-    # a recorded configuration (what a store holds) rebuilds the same extractor
+    # a recorded configuration (what a store holds) rebuilds the same extractor, and so does its name
     assert local_extractor(xf.config).config == xf.config
+    assert local_extractor(xf.config["name"]).config == xf.config
+    assert local_extractor("rootsift-2k+max_side=800,max_keypoints=900").config["max_keypoints"] == 900
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        local_extractor("xfeat-2k+max_side")
     with pytest.raises(ConfigError, match="unknown local feature configuration 'xfeat-9k'.*disk-2k"):
         local_extractor("xfeat-9k")
     with pytest.raises(ConfigError, match="max_keypoints"):

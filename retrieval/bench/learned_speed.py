@@ -12,7 +12,7 @@ seconds per pair on CPU, so ``--glue-pairs`` pairs of one query are timed and th
 100 times the mean per pair (the ``estimated`` column says so). Matchers use the default thread pool
 of :class:`retrieval.rerank.spatial.SpatialVerifier` (the usable CPUs, single-threaded torch per pair).
 
-A feature or matcher entry may carry overrides, ``NAME+KEY=VALUE[+KEY=VALUE]``: ``xfeat-4k+precision=float32`` is
+A feature or matcher entry may carry overrides, ``NAME+KEY=VALUE[,KEY=VALUE]``: ``xfeat-4k+precision=float32`` is
 XFeat's float32 network beside the default ``xfeat-4k`` (``precision="auto"``: bfloat16 where this CPU
 has it natively, :mod:`retrieval.features.learned_precision`), so the extraction rows compare them in one
 run, and ``xfeat-512:affine-ransac-mnn+precision=bfloat16`` times the bfloat16 products of matching
@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence
 
 import numpy as np
 
-__all__ = ["run", "split_name", "COLUMNS"]
+__all__ = ["run", "COLUMNS"]
 
 COLUMNS = ["what", "features", "precision", "matcher", "images", "ms_per_image", "keypoints", "ms_per_query",
            "estimated", "split"]
@@ -49,19 +49,10 @@ def _spread(items: Sequence, n: int) -> list:
     return [items[i] for i in idx]
 
 
-def split_name(entry: str) -> Tuple[str, Dict[str, str]]:
-    """``"xfeat-4k+precision=float32"`` -> ``("xfeat-4k", {"precision": "float32"})``."""
-    from retrieval.core.config import parse_overrides
-
-    name, *overrides = entry.split("+")
-    return name, parse_overrides(overrides)
-
-
 def _extractor(entry: str):
     from retrieval.features.local_extractors import local_extractor
 
-    name, overrides = split_name(entry)
-    return local_extractor(name, **overrides)
+    return local_extractor(entry)  # NAME+KEY=VALUE,... overrides included
 
 
 def extraction_rows(names: Sequence[str], paths: Sequence[str]) -> List[dict]:
@@ -108,7 +99,9 @@ def rerank_row(name: str, spatial: str, ds, cache: Path, n_queries: int, glue_pa
     from retrieval.rerank.matching_bf16 import use_bf16_matching
     from retrieval.rerank.spatial import SPATIAL_CONFIGS, GlueSpatialConfig, SpatialVerifier
 
-    spatial_name, spatial_overrides = split_name(spatial)
+    from retrieval.features.local_extractors import split_config_name
+
+    spatial_name, spatial_overrides = split_config_name(spatial)
     verifier = SpatialVerifier(SPATIAL_CONFIGS.get(spatial_name), **spatial_overrides)
     glue = isinstance(verifier.config, GlueSpatialConfig)
     rows = _spread(list(range(len(ds.query_ids))), 1 if glue else n_queries)
@@ -142,12 +135,12 @@ def run(args) -> Path:
 
     from retrieval.core.config import ConfigError
     from retrieval.datasets.open import DatasetConfig, open_dataset
-    from retrieval.features.local_extractors import local_config_names
+    from retrieval.features.local_extractors import local_config_names, split_config_name
     from retrieval.core.paths import data_root
     from retrieval.core.report import write_results
 
     names = [n for n in (args.features if args.features is not None else ",".join(FEATURES)).split(",") if n]
-    unknown = [n for n in names if split_name(n)[0] not in local_config_names()]
+    unknown = [n for n in names if split_config_name(n)[0] not in local_config_names()]
     if unknown:
         raise ConfigError(f"unknown local feature configurations {unknown}; known: {', '.join(local_config_names())}")
     path = args.data if args.data is not None else str(data_root() / "oxford5k_subset")
@@ -161,7 +154,7 @@ def run(args) -> Path:
     rows: List[dict] = extraction_rows(names, paths)
     matchers = args.matchers if args.matchers is not None else ",".join(MATCHERS)
     pairs = [m.split(":", 1) for m in matchers.split(",") if m]
-    bad = [m for m in pairs if len(m) != 2 or split_name(m[0])[0] not in local_config_names()]
+    bad = [m for m in pairs if len(m) != 2 or split_config_name(m[0])[0] not in local_config_names()]
     if bad:
         raise ConfigError(f"--matchers: not FEATURES:SPATIAL pairs of known configurations: {bad}")
     torch.set_num_threads(2)  # the matchers' own pools decide (see the module docstring)
