@@ -6,10 +6,11 @@ rest is image loading, the heatmap's non-maximum suppression and the bicubic rea
 native bfloat16 where the CPU has AVX512-BF16 / AMX) and hands its three maps back in float32, so the
 keypoint selection, the descriptor interpolation and the L2 normalisation stay kornia's float32 code.
 
-ONNX Runtime's int8 static quantization (:mod:`retrieval.features.precision`) was faster still on this
-2-core EPYC (28 against 37 ms for bfloat16 and 48-64 ms for float32, one thread, load 4-5) but moved
-the keypoints: 79 % of float32's 4096 at the same pixel on Oxford images (bfloat16: 97 %), 7 % fewer
-correct mutual matches on the kornia homography pair. It is not offered.
+ONNX Runtime's int8 static quantization (:mod:`retrieval.features.precision`'s recipe, calibrated on
+the ``pairs`` images) was faster still on this 2-core EPYC in a one-off comparison (network 28 against
+37 ms for bfloat16 and 48-64 ms for float32, one thread, load 4-5) but moved the keypoints: 79 % of
+float32's 4096 at the same pixel on 10 Oxford images (bfloat16: 97 %), 7 % fewer correct mutual
+matches on the kornia homography pair. It is not offered.
 
 ``precision="auto"`` (the default for XFeat) keeps bfloat16 when the CPU has native bfloat16 and the
 probe finds it equivalent and faster: on :data:`retrieval.features.precision.PROBE_IMAGES` images of
