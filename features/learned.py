@@ -143,6 +143,21 @@ def strict_maxima(heatmap, threshold: float, kernel_size: int = 5):
     return out
 
 
+def _skip_same_size_resize(xfeat) -> None:
+    """Make ``xfeat`` skip its resize to multiples of 32 when the image already has such sides: a
+    bilinear resize to the same size returns its input exactly (``align_corners=False`` samples every
+    pixel at its centre) but took 5 ms of 35 for a 512 x 384 image on the shared 2-core CPU."""
+    resize = xfeat._preprocess_tensor  # kornia's, bound to this instance
+
+    def preprocess(x):
+        h, w = x.shape[-2:]
+        if xfeat._resized_size(h, w) == (h, w):
+            return x.to(next(xfeat.net.parameters()).dtype), 1.0, 1.0
+        return resize(x)
+
+    xfeat._preprocess_tensor = preprocess
+
+
 @lru_cache(maxsize=None)
 def _network(kind: str, precision: str = "float32"):
     """The pretrained network ``kind`` in evaluation mode running in ``precision``, built once per process
@@ -159,6 +174,7 @@ def _network(kind: str, precision: str = "float32"):
         net = KF.XFeat()
         net.net.load_state_dict(load_state_dict("xfeat"))
         net._nms = strict_maxima  # the same keypoints, faster (strict_maxima's docstring)
+        _skip_same_size_resize(net)
     else:
         net = KF.DISK()
         net.load_state_dict(load_state_dict("disk")["extractor"])

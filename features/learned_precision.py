@@ -70,7 +70,8 @@ def with_precision(xfeat, precision: str):
         raise ValueError(f"XFeat precision must be one of {XFEAT_PRECISIONS}, got {precision!r}")
     out = KF.XFeat()
     out.net = Bf16Maps(xfeat.net)
-    out._nms = xfeat._nms  # the extractor's keypoint selection, whichever it is
+    out._nms = xfeat._nms  # the extractor's keypoint selection and resize, whichever they are
+    out._preprocess_tensor = xfeat._preprocess_tensor
     return out.eval()
 
 

@@ -294,6 +294,26 @@ def test_xfeat_keypoint_selection_is_korniass_strict_nms():
     assert found.shape[1] > 100 and torch.equal(found, KF.XFeat._nms(heat, threshold=0.05, kernel_size=5))
 
 
+@pytest.mark.parametrize("size", [(384, 512), (341, 512)])
+def test_float32_xfeat_equals_stock_kornia_with_its_faster_steps(size):
+    """The extractor's XFeat (its own strict-maximum search, no resize of sides already multiples of 32)
+    gives exactly stock kornia's keypoints and descriptors, resized (341) or not (384 x 512)."""
+    import kornia.feature as KF
+    import torch
+
+    from retrieval.features.learned import network
+    from retrieval.features.weights import load_state_dict
+
+    stock = KF.XFeat()
+    stock.net.load_state_dict(load_state_dict("xfeat"))
+    stock.eval()
+    x = torch.from_numpy(cv2.resize(_scene(5), size[::-1])).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        ref, got = stock.detectAndCompute(x, top_k=2048)[0], network("xfeat").detectAndCompute(x, top_k=2048)[0]
+    assert len(ref["keypoints"]) > 500
+    assert torch.equal(ref["keypoints"], got["keypoints"]) and torch.equal(ref["descriptors"], got["descriptors"])
+
+
 def _correct_matches(ex, pairs_dir: Path, a: str, b: str, H: np.ndarray, px: float = 3.0) -> int:
     """Mutual nearest-neighbour matches within ``px`` of the ground-truth homography."""
     fa, fb = ex.extract_path(pairs_dir / a), ex.extract_path(pairs_dir / b)
