@@ -32,19 +32,44 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["XFEAT_PRECISIONS", "MIN_SHARED_KEYPOINTS", "MIN_DESCRIPTOR_COSINE", "Bf16Maps", "with_precision",
-           "detect", "agreement", "probe_xfeat", "auto_xfeat_precision"]
+__all__ = ["XFEAT_PRECISIONS", "MIN_SHARED_KEYPOINTS", "MIN_DESCRIPTOR_COSINE", "fold_batch_norms", "Bf16Maps",
+           "with_precision", "detect", "agreement", "probe_xfeat", "auto_xfeat_precision"]
 
 XFEAT_PRECISIONS = ("float32", "bfloat16")
 #: share of float32's keypoints a reduced precision must find at the same pixel (bfloat16: 0.95-0.97 on
 #: Oxford images at 512 px, 4096 keypoints; int8: 0.75-0.80)
 MIN_SHARED_KEYPOINTS = 0.9
-#: median cosine of the descriptors at the shared keypoints (bfloat16: 0.9999)
+#: changes whenever the bfloat16 network changes, so that cached "auto" decisions are probed again
+BF16_RECIPE = "channels-last-autocast-folded-bn-v1"
+#: median cosine of the descriptors at the shared keypoints (bfloat16: 0.9998)
 MIN_DESCRIPTOR_COSINE = 0.99
 
 
+def fold_batch_norms(net: nn.Module) -> nn.Module:
+    """``net`` (an ``XFeatModel`` in eval mode) with the batch norm of every conv -> BN -> ReLU layer
+    folded into its convolution (:func:`retrieval.features.fast_inference.fold_conv_bn`), in place: equal
+    to float rounding (1e-5 on the maps), and in bfloat16 the network 18 % faster (21.2 against 17.4 ms
+    on a 384 x 512 image, one thread, load 4)."""
+    from retrieval.features.fast_inference import fold_conv_bn
+
+    for module in net.modules():
+        layers = getattr(module, "layer", None)
+        if (isinstance(layers, nn.Sequential) and len(layers) == 3 and isinstance(layers[0], nn.Conv2d)
+                and isinstance(layers[1], nn.BatchNorm2d)):
+            conv = layers[0]
+            weight, bias = fold_conv_bn(conv, layers[1])
+            folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                               conv.dilation, conv.groups, bias=True)
+            with torch.no_grad():
+                folded.weight.copy_(weight)
+                folded.bias.copy_(bias)
+            layers[0], layers[1] = folded, nn.Identity()
+    return net
+
+
 class Bf16Maps(nn.Module):
-    """An ``XFeatModel`` with channels-last weights run under bfloat16 autocast; its maps come back in
+    """An ``XFeatModel`` with its batch norms folded (:func:`fold_batch_norms`) and channels-last weights
+    run under bfloat16 autocast; its maps come back in
     float32 (its own parameters stay float32, so kornia's ``XFeat`` post-processing runs in float32 on
     them). The input stays in the default layout: the network first averages it to one channel, where
     both layouts are one, and a channels-last 3-channel input made that average 5x slower (the whole
@@ -52,7 +77,7 @@ class Bf16Maps(nn.Module):
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.net = copy.deepcopy(net).eval().to(memory_format=torch.channels_last)
+        self.net = fold_batch_norms(copy.deepcopy(net).eval()).to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -158,6 +183,6 @@ def auto_xfeat_precision(xfeat, config: dict, prepare: Callable[[np.ndarray], np
         return dict(probe_xfeat(candidates, _probe_images(config, prepare), top_k, threshold),
                     candidates=list(XFEAT_PRECISIONS))
 
-    key = ("xfeat", _state_digest(xfeat.net), int(config["max_side"]), bool(config["upscale"]), top_k, threshold,
+    key = ("xfeat", BF16_RECIPE, _state_digest(xfeat.net), int(config["max_side"]), bool(config["upscale"]), top_k, threshold,
            XFEAT_PRECISIONS)
     return auto_decision(key, run_probe)
