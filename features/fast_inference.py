@@ -80,15 +80,18 @@ def onnxruntime_available() -> bool:
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]):
-    """(weight, bias) of the single convolution equal to ``bn(conv(x))`` in eval mode."""
+    """(weight, bias) of the single convolution equal to ``bn(conv(x))`` in eval mode (a batch norm
+    without affine parameters, ``affine=False``, has gamma 1 and beta 0)."""
     weight = conv.weight.detach().clone()
     bias = (conv.bias.detach().clone() if conv.bias is not None
             else torch.zeros(weight.shape[0], dtype=weight.dtype))
     if bn is None:
         return weight, bias
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var.detach() + bn.eps)
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
+    beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_var)
+    scale = gamma / torch.sqrt(bn.running_var.detach() + bn.eps)
     weight = weight * scale.view(-1, 1, 1, 1)
-    bias = bn.bias.detach() + (bias - bn.running_mean.detach()) * scale
+    bias = beta + (bias - bn.running_mean.detach()) * scale
     return weight, bias
 
 

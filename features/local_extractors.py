@@ -4,6 +4,7 @@ feature store's configuration stands for.
 
 >>> local_extractor("rootsift-2k")          # SiftExtractor
 >>> local_extractor("xfeat-4k", max_side=512)  # LearnedExtractor with an override
+>>> local_extractor("xfeat-4k+precision=float32")  # the same, in the form recorded names take
 
 Descriptors of different kinds live in different spaces (uint8 SIFT against RootSIFT gives 0 inliers
 on the same image; XFeat's 64-d against DISK's 128-d does not even compare), so every store records
@@ -12,9 +13,10 @@ its kind through its configuration and scorers refuse a mix (:func:`check_same_k
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-__all__ = ["local_extractor", "local_config_names", "descriptor_kind", "check_same_kind", "MixedKindsError"]
+__all__ = ["local_extractor", "local_config_names", "split_config_name", "descriptor_kind", "check_same_kind",
+           "MixedKindsError"]
 
 
 def local_config_names() -> Tuple[str, ...]:
@@ -25,15 +27,30 @@ def local_config_names() -> Tuple[str, ...]:
     return tuple(SIFT_CONFIGS.names()) + tuple(LEARNED_CONFIGS.names())
 
 
+def split_config_name(name: str) -> Tuple[str, Dict[str, str]]:
+    """``"xfeat-4k+precision=float32,max_side=640"`` -> ``("xfeat-4k", {"precision": "float32", "max_side":
+    "640"})``: a configuration name with overrides, the form a store records them in
+    (:meth:`retrieval.core.config.Registry.recorded`), so that settings that take a name (the ladder's
+    ``spatial_sift``, a benchmark's list) take overrides too. A name without ``+`` has none."""
+    from retrieval.core.config import parse_overrides
+
+    base, plus, rest = str(name).partition("+")
+    return base, (parse_overrides(rest.split(",")) if plus else {})
+
+
 def local_extractor(config: Union[str, Mapping[str, Any], None] = "rootsift-2k", **overrides):
     """The extractor of ``config``: a name of :data:`retrieval.features.sift.SIFT_CONFIGS` or
-    :data:`retrieval.features.learned.LEARNED_CONFIGS`, or a recorded configuration dict (its ``type`` says
-    which), with keyword overrides. Unknown names and keys are a :class:`~retrieval.core.config.ConfigError`."""
+    :data:`retrieval.features.learned.LEARNED_CONFIGS` (with ``+KEY=VALUE,...`` overrides:
+    :func:`split_config_name`), or a recorded configuration dict (its ``type`` says which), with keyword
+    overrides. Unknown names and keys are a :class:`~retrieval.core.config.ConfigError`."""
     from retrieval.core.config import ConfigError
 
     from retrieval.features.learned import LEARNED_CONFIGS, LearnedExtractor
     from retrieval.features.sift import SIFT_CONFIGS, SiftExtractor
 
+    if isinstance(config, str) and "+" in config:
+        config, named = split_config_name(config)
+        overrides = {**named, **overrides}
     if isinstance(config, str):
         if config in LEARNED_CONFIGS:
             return LearnedExtractor(config, **overrides)

@@ -62,8 +62,17 @@ from retrieval.rerank.matching import (PairMatches, ShortlistMatches, _check, _m
 __all__ = ["match_shortlist_bf16", "PreparedDescriptors", "prepared", "PRECISIONS", "use_bf16_matching"]
 
 #: ``float32``: the float32 path (one float32 GEMM per pair); ``bfloat16``: this module's path;
-#: ``auto``: ``bfloat16`` where the CPU multiplies bfloat16 natively, else ``float32``
+#: ``auto``: ``bfloat16`` where the CPU multiplies bfloat16 natively and the matching is of the kind
+#: where it pays (:func:`use_bf16_matching`), else ``float32``
 PRECISIONS = ("auto", "float32", "bfloat16")
+#: ``auto`` takes the bfloat16 path only for descriptors of at least this many dimensions with a ratio
+#: test. Without a ratio test no row can be skipped and every nearest neighbour is re-scored exactly; and
+#: a 64-d float32 GEMM is cheap next to the pre-selection's bookkeeping. Measured on the Oxford subset
+#: (100 database images a query, mutual NN, 2 threads, loaded machine) by ``retrieval bench learned-speed``
+#: with matchers ``...:affine-ransac-mnn+precision=float32`` / ``+precision=bfloat16`` (README, "Learned
+#: local features"): XFeat 512 and 1k keypoints without a ratio test 3-4x slower in bfloat16, with ratio
+#: 0.9 1.3-1.6x slower; RootSIFT 4k (128-d) with ratio 0.9 about 10 % faster, the case it was made for
+MIN_BF16_DIM = 128
 #: a pair goes through the float32 path when its database's squared norms spread more than this
 #: fraction of the largest (unnormalised SIFT: the candidate window would hold much of each row)
 MAX_SPREAD = 0.01
@@ -72,10 +81,14 @@ _QUERY_ROWS = 64  # query rows padded to a multiple of this (repeating GEMM shap
 _STRIDE = 64  # interleaved column classes of the one reduction pass (divides the padded widths)
 
 
-def use_bf16_matching(precision: str) -> bool:
+def use_bf16_matching(precision: str, ratio: Optional[float] = 0.8, dim: int = MIN_BF16_DIM) -> bool:
+    """Whether matching with Lowe's ``ratio`` (None: none) on ``dim``-d descriptors takes this module's
+    path for ``precision`` (one of :data:`PRECISIONS`; an unknown one is refused)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return precision == "bfloat16" or (precision == "auto" and bf16_available())
+    if precision == "auto":
+        return ratio is not None and int(dim) >= MIN_BF16_DIM and bf16_available()
+    return precision == "bfloat16"
 
 
 class _QueryBF16(_Query):

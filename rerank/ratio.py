@@ -56,7 +56,8 @@ class RatioTestScorer(LocalScorer):
         return {"scorer": self.name, "ratio": self.ratio, "mutual": self.mutual, "precision": self.precision}
 
     def score(self, query: LocalFeatures, shortlist: Sequence[LocalFeatures]) -> np.ndarray:
-        match = match_shortlist_bf16 if use_bf16_matching(self.precision) else match_shortlist
+        bf16 = use_bf16_matching(self.precision, self.ratio, query.descriptors.shape[1])
+        match = match_shortlist_bf16 if bf16 else match_shortlist
         matches = match(query.descriptors, [f.descriptors for f in shortlist], ratio=self.ratio,
                         mutual=self.mutual, n_workers=self.n_workers)
         return ratio_scores(matches)

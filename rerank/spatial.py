@@ -252,7 +252,8 @@ class SpatialVerifier(LocalScorer):
             from retrieval.rerank.glue import glue_shortlist
 
             return glue_shortlist(query, shortlist, c.features, c.filter_threshold, c.n_workers)
-        match = match_shortlist_bf16 if use_bf16_matching(c.precision) else match_shortlist
+        bf16 = use_bf16_matching(c.precision, c.ratio, query.descriptors.shape[1])
+        match = match_shortlist_bf16 if bf16 else match_shortlist
         return match(query.descriptors, [f.descriptors for f in shortlist], ratio=c.ratio, mutual=c.mutual,
                      n_workers=c.n_workers)
 

@@ -51,6 +51,18 @@ def _warped(img: np.ndarray) -> np.ndarray:
     return cv2.warpAffine(img, WARP, (img.shape[1], img.shape[0]), borderMode=cv2.BORDER_REFLECT)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def model_cache(tmp_path_factory):
+    """XFeat's precision="auto" decision is probed into a cache of the test session, not the user's."""
+    from retrieval.features.learned import _auto_precision
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RETRIEVAL_CACHE", str(tmp_path_factory.mktemp("model-cache")))
+        _auto_precision.cache_clear()
+        yield
+    _auto_precision.cache_clear()
+
+
 @pytest.fixture(scope="module")
 def scenes():
     a = _scene(0)
@@ -63,8 +75,12 @@ def test_one_entry_point_for_every_local_configuration():
     assert isinstance(xf, LearnedExtractor) and xf.dim == 64 and xf.config["max_side"] == 512
     assert xf.config["name"] == "xfeat-2k+max_side=512"
     assert local_extractor("disk-2k").dim == 128
-    # a recorded configuration (what a store holds) rebuilds the same extractor
+    # a recorded configuration (what a store holds) rebuilds the same extractor, and so does its name
     assert local_extractor(xf.config).config == xf.config
+    assert local_extractor(xf.config["name"]).config == xf.config
+    assert local_extractor("rootsift-2k+max_side=800,max_keypoints=900").config["max_keypoints"] == 900
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        local_extractor("xfeat-2k+max_side")
     with pytest.raises(ConfigError, match="unknown local feature configuration 'xfeat-9k'.*disk-2k"):
         local_extractor("xfeat-9k")
     with pytest.raises(ConfigError, match="max_keypoints"):
@@ -242,13 +258,119 @@ def test_speed_benchmark_writes_every_figure(oxford_dir, tmp_path, capsys):
 
     out = tmp_path / "speed"
     assert main(["bench", "learned-speed", "--data", str(oxford_dir), "--out", str(out), "--images", "2",
-                 "--features", "rootsift-1k,xfeat-512", "--matchers", "xfeat-512:lighterglue-xfeat",
-                 "--glue-pairs", "2"]) == 0
+                 "--features", "rootsift-1k,xfeat-512,xfeat-512+precision=float32", "--matchers",
+                 "xfeat-512:lighterglue-xfeat", "--glue-pairs", "2"]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [(r["what"], r["features"]) for r in rows] == [("extraction", "rootsift-1k"), ("extraction", "xfeat-512"),
-                                                          ("re-ranking top 100", "xfeat-512")]
-    assert all(r["ms_per_image"] > 0 for r in rows[:2]) and rows[2]["ms_per_query"] > 0
-    assert rows[2]["estimated"] == "2 pairs x 50" and "| xfeat-512 |" in (out / "results.md").read_text()
+    assert [(r["what"], r["features"]) for r in rows] == [
+        ("extraction", "rootsift-1k"), ("extraction", "xfeat-512"), ("extraction", "xfeat-512+precision=float32"),
+        ("re-ranking top 100", "xfeat-512")]
+    assert all(r["ms_per_image"] > 0 for r in rows[:3]) and rows[3]["ms_per_query"] > 0
+    assert rows[2]["precision"] == "float32" and rows[1]["precision"] in ("float32", "bfloat16")
+    assert rows[3]["estimated"] == "2 pairs x 50" and "| xfeat-512 |" in (out / "results.md").read_text()
     assert main(["bench", "learned-speed", "--data", str(oxford_dir), "--out", str(tmp_path / "x"),
                  "--features", "xfeat-512", "--matchers", "sift-9k:affine-ransac-mnn"]) == 2
     assert "FEATURES:SPATIAL" in capsys.readouterr().err
+
+
+def test_xfeat_keypoint_selection_is_korniass_strict_nms():
+    """The faster strict-maximum search finds kornia's XFeat candidates, in kornia's order, ties and
+    plateaus included, on maps of every small size and on a real keypoint heatmap."""
+    import kornia.feature as KF
+    import torch
+
+    from retrieval.features.learned import network, strict_maxima
+
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(12):
+        heat = torch.rand(2, 1, 5 + 3 * trial, 4 + 5 * trial, generator=gen)
+        if trial % 2:
+            heat = (heat * 4).round() / 4  # plateaus: tied maxima are never keypoints
+        assert torch.equal(strict_maxima(heat, 0.05, 5), KF.XFeat._nms(heat, threshold=0.05, kernel_size=5)), trial
+    xfeat = network("xfeat")
+    x = torch.from_numpy(_scene(3)).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        heat = xfeat._get_kpts_heatmap(xfeat.net(x)[1])
+    found = strict_maxima(heat, 0.05, 5)
+    assert found.shape[1] > 100 and torch.equal(found, KF.XFeat._nms(heat, threshold=0.05, kernel_size=5))
+
+
+@pytest.mark.parametrize("size", [(384, 512), (341, 512)])
+def test_float32_xfeat_equals_stock_kornia_with_its_faster_steps(size):
+    """The extractor's XFeat (its own strict-maximum search, no resize of sides already multiples of 32)
+    gives exactly stock kornia's keypoints and descriptors, resized (341) or not (384 x 512)."""
+    import kornia.feature as KF
+    import torch
+
+    from retrieval.features.learned import network
+    from retrieval.features.weights import load_state_dict
+
+    stock = KF.XFeat()
+    stock.net.load_state_dict(load_state_dict("xfeat"))
+    stock.eval()
+    x = torch.from_numpy(cv2.resize(_scene(5), size[::-1])).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        ref, got = stock.detectAndCompute(x, top_k=2048)[0], network("xfeat").detectAndCompute(x, top_k=2048)[0]
+    assert len(ref["keypoints"]) > 500
+    assert torch.equal(ref["keypoints"], got["keypoints"]) and torch.equal(ref["descriptors"], got["descriptors"])
+
+
+def _correct_matches(ex, pairs_dir: Path, a: str, b: str, H: np.ndarray, px: float = 3.0) -> int:
+    """Mutual nearest-neighbour matches within ``px`` of the ground-truth homography."""
+    fa, fb = ex.extract_path(pairs_dir / a), ex.extract_path(pairs_dir / b)
+    sim = fa.descriptors @ fb.descriptors.T
+    m12, m21 = sim.argmax(1), sim.argmax(0)
+    rows = np.nonzero(m21[m12] == np.arange(len(fa)))[0]
+    mapped = cv2.perspectiveTransform(fa.xy[rows][None].astype(np.float64), H)[0]
+    return int((np.linalg.norm(mapped - fb.xy[m12[rows]], axis=1) < px).sum())
+
+
+def test_bfloat16_xfeat_keeps_float32_keypoints_descriptors_and_matches(pairs_dir):
+    from retrieval.features.learned_precision import MIN_DESCRIPTOR_COSINE, MIN_SHARED_KEYPOINTS, agreement
+
+    f32 = LearnedExtractor("xfeat-2k", precision="float32")
+    bf16 = LearnedExtractor("xfeat-2k", precision="bfloat16")
+    assert f32.precision == "float32" and "precision" not in f32.config  # as every store made before
+    assert bf16.config["precision"] == "bfloat16"
+    for name in ("opencv/graf1.png", "kornia/homography_img1.ppm"):
+        a, b = f32.extract_path(pairs_dir / name), bf16.extract_path(pairs_dir / name)
+        shared, cosine = agreement((a.xy, a.descriptors), (b.xy, b.descriptors))
+        assert shared >= MIN_SHARED_KEYPOINTS and cosine >= MIN_DESCRIPTOR_COSINE, (name, shared, cosine)
+    storage = cv2.FileStorage(str(pairs_dir / "opencv/H1to3p.xml"), cv2.FILE_STORAGE_READ)
+    graf = storage.getFirstTopLevelNode().mat()
+    for a, b, H in [("opencv/graf1.png", "opencv/graf3.png", graf),
+                    ("kornia/homography_img1.ppm", "kornia/homography_img2.ppm",
+                     np.loadtxt(pairs_dir / "kornia/homography_H1to2p"))]:
+        ref, got = _correct_matches(f32, pairs_dir, a, b, H), _correct_matches(bf16, pairs_dir, a, b, H)
+        assert ref > 200 and got >= 0.95 * ref, (a, ref, got)
+
+
+def test_auto_precision_is_probed_once_recorded_and_refused_by_a_store_of_another(tmp_path, scenes, monkeypatch):
+    from retrieval.features.learned import _auto_precision
+    from retrieval.features.precision import bf16_available, cache_dir
+
+    monkeypatch.setenv("RETRIEVAL_CACHE", str(tmp_path / "cache"))  # this test's decisions only
+    _auto_precision.cache_clear()
+
+    with pytest.raises(ConfigError, match="xfeat only"):
+        LearnedExtractor("disk-1k", precision="bfloat16")
+    with pytest.raises(ConfigError, match="precision must be"):
+        LearnedExtractor("xfeat-512", precision="int8")
+    assert "precision" not in LearnedExtractor("disk-1k").config  # DISK runs in float32
+    auto = LearnedExtractor("xfeat-512", max_side=256)
+    assert auto.precision in ("float32", "bfloat16")
+    assert auto.config.get("precision", "float32") == auto.precision
+    decisions = list((cache_dir() / "precision").glob("auto-*.json"))
+    if bf16_available():  # the probe ran and its decision is kept for every later extractor
+        assert len(decisions) == 1
+        record = json.loads(decisions[0].read_text())
+        assert record["precision"] == auto.precision and set(record["shared_keypoints"]) == {"float32", "bfloat16"}
+        _auto_precision.cache_clear()
+        assert LearnedExtractor("xfeat-512", max_side=256).precision == auto.precision
+        assert list((cache_dir() / "precision").glob("auto-*.json")) == decisions
+    path = tmp_path / "a.png"
+    cv2.imwrite(str(path), scenes[0][:, :, ::-1])
+    other = "float32" if auto.precision == "bfloat16" else "bfloat16"
+    extract_local_features(["a"], [path], auto, tmp_path / "s.h5", progress=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        extract_local_features(["a"], [path], LearnedExtractor("xfeat-512", max_side=256, precision=other),
+                               tmp_path / "s.h5", progress=False)
