@@ -188,17 +188,20 @@ def test_tiny_object_half_end_to_end(coil100_dir, tmp_path, monkeypatch, capsys)
 
 def test_tiny_landmark_half_needs_no_training(oxford_dir, tmp_path):
     """The landmark half alone (no COIL, no training) on a small Oxford subset, every protocol (the
-    revisited ones with the official gnd_roxford5k.pkl when the data folder has it)."""
+    revisited ones with the official gnd_roxford5k.pkl when the data folder has it), with the opt-in
+    ASMK rung (a 64-word codebook learned on the database's RootSIFT)."""
+    pytest.importorskip("asmk")
     from retrieval.experiments.ladder.run import main
 
     protocols = ["official", "landmark"]
     revisited = (oxford_dir.parent / "revisitop" / "gnd_roxford5k.pkl").is_file()
     if revisited:
-        protocols += ["revisited-medium", "revisited-hard"]
+        protocols += ["revisited-easy", "revisited-medium", "revisited-hard"]
     conf = _tiny(tmp_path, **{"object.enabled": False, "landmark.data": str(oxford_dir),
                               "landmark.global_config": "lite0-gem-224", "landmark.patch_size": 224,
-                              "landmark.spatial_sift": "rootsift-1k", "rerankers": ["E5", "SV", "E8"],
-                              "landmark.protocols": protocols, "data_root": str(oxford_dir.parent)})
+                              "landmark.spatial_sift": "rootsift-1k", "rerankers": ["E5", "SV", "ASMK", "E8"],
+                              "landmark.asmk_words": 64, "landmark.protocols": protocols,
+                              "data_root": str(oxford_dir.parent)})
     out = main(conf, tmp_path / "out", tmp_path / "cache")
     rows = json.loads((out / "results.json").read_text())["rows"]
     datasets = sorted({r["dataset"] for r in rows})
@@ -211,6 +214,11 @@ def test_tiny_landmark_half_needs_no_training(oxford_dir, tmp_path):
     assert not (tmp_path / "cache" / "quick" / "train").exists()
     text = (out / "results.md").read_text()
     assert "| SV |" in text and "oxford mAP" in text
+    asmk = [r for r in rows if r["experiment"] == "ASMK" and r["split"] == "all"]
+    assert len(asmk) == len(protocols) and all("ASMK*" in r["note"] for r in asmk)
+    assert any(tmp_path.joinpath("cache").rglob("encoder_rootsift-1k_64.npz"))
+    if revisited:
+        assert any("Easy mAP" in r["metrics"] for r in rows if "revisited-easy" in r["dataset"])
 
 
 def test_tiny_object_half_on_a_labelled_folder(coil100_dir, tmp_path):
