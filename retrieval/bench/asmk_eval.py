@@ -92,12 +92,12 @@ def run(args) -> Path:
             row = {"method": method, "protocol": protocol}
             for fold in sorted(set(groups[q] for q in per_query)):
                 values = [v for q, v in per_query.items() if groups[q] == fold]
-                row[f"fold {fold}"] = round(100 * sum(values) / len(values), 2)
+                row[str(fold)] = round(100 * sum(values) / len(values), 2)
             row["mAP"] = round(100 * sum(per_query.values()) / len(per_query), 2)
             row["queries"] = len(per_query)
             rows.append(row)
             print(f"  ma={ma} {protocol}: mAP {row['mAP']}", flush=True)
-    folds = [c for c in rows[0] if c.startswith("fold ")]
+    folds = [c for c in rows[0] if c not in ("method", "protocol", "mAP", "queries")]
     extra = {"seconds": {"features": round(t1 - t0, 1), "codebook": round(t2 - t1, 1), "index": round(t3 - t2, 1),
                          "search_per_query": search},
              "encoder": {k: v for k, v in encoder.config.items() if k not in ("codebook", "query_assignment")},
