@@ -4,6 +4,7 @@ subset, user errors, and tiny end-to-end runs of both halves (object: 2 + 2 COIL
 training step per model; landmark: a small Oxford subset, no training)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -239,11 +240,12 @@ def test_tiny_object_half_on_a_labelled_folder(coil100_dir, tmp_path):
             shutil.copy(coil100_dir / "images" / name, folder / "images" / name)
             lines.append(f"{name},toy{obj}")
     (folder / "labels.csv").write_text("\n".join(lines) + "\n")
-    conf = with_dataset(_tiny(tmp_path, rerankers=["E5"]), "folder", str(folder))
+    rerankers = ["E5", "ASMK"] if importlib.util.find_spec("asmk") else ["E5"]   # ASMK: codebook on the training images
+    conf = with_dataset(_tiny(tmp_path, rerankers=rerankers, **{"object.asmk_words": 16}), "folder", str(folder))
     out = main(conf, tmp_path / "out", tmp_path / "cache")
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["dataset"] for r in rows} == {"my_objects-gldv2-quick"}
-    assert [r["experiment"] for r in rows if r["split"] == "all"] == ["E1", "E2", "E3", "E4", "E5"]
+    assert [r["experiment"] for r in rows if r["split"] == "all"] == ["E1", "E2", "E3", "E4", *rerankers]
     assert {r["split"] for r in rows} == {"Public", "Private", "all"}
 
 
