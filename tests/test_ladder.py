@@ -217,7 +217,7 @@ def test_tiny_landmark_half_needs_no_training(oxford_dir, tmp_path):
     assert "| SV |" in text and "oxford mAP" in text
     asmk = [r for r in rows if r["experiment"] == "ASMK" and r["split"] == "all"]
     assert len(asmk) == len(protocols) and all("ASMK*" in r["note"] for r in asmk)
-    assert any(tmp_path.joinpath("cache").rglob("encoder_rootsift-1k_64.npz"))
+    assert any(tmp_path.joinpath("cache").rglob("encoder_rootsift-1k_64_100000.npz"))
     if revisited:
         assert any("Easy mAP" in r["metrics"] for r in rows if "revisited-easy" in r["dataset"])
 

@@ -185,6 +185,11 @@ def rung_sv(half: Half, conf: LadderConfig, cache: RunCache):
     return _candidates(conf, "count"), fusion_rankings(half.shortlist, name), seconds
 
 
+def _asmk_key(half: Half) -> str:
+    """What the ASMK rung's cached codebook and scores depend on."""
+    return f"{half.spatial_sift}_{half.asmk_words}_{half.asmk_sample}"
+
+
 def _asmk_encoder(half: Half, cache: RunCache, sift, store_path: Path):
     """The ASMK* codebook: learned on the database descriptors (landmark data, as VLAD's) or on the
     training images (object data), cached in the half's ``asmk/`` folder."""
@@ -193,7 +198,7 @@ def _asmk_encoder(half: Half, cache: RunCache, sift, store_path: Path):
 
     asmk_dir = half.folder / "asmk"
     cache.fresh("asmk", asmk_dir)
-    enc_path = asmk_dir / f"encoder_{half.spatial_sift}_{half.asmk_words}.npz"
+    enc_path = asmk_dir / f"encoder_{_asmk_key(half)}.npz"
     if enc_path.is_file():
         encoder = AsmkEncoder.load(enc_path)
     else:
@@ -217,7 +222,7 @@ def rung_asmk(half: Half, conf: LadderConfig, cache: RunCache):
 
     file = "sift.h5" if half.spatial_sift == half.sift else f"sift_{half.spatial_sift}.h5"
     sift, path = _sift_store(half, conf, cache, half.spatial_sift, file)
-    name = f"asmk:{half.spatial_sift}:{half.asmk_words}"
+    name = f"asmk:{_asmk_key(half)}"
     if "asmk" in cache.recompute:
         half.shortlist.local.pop(name, None)
     encoder = _asmk_encoder(half, cache, sift, path)
