@@ -4,6 +4,7 @@ subset, user errors, and tiny end-to-end runs of both halves (object: 2 + 2 COIL
 training step per model; landmark: a small Oxford subset, no training)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -188,17 +189,20 @@ def test_tiny_object_half_end_to_end(coil100_dir, tmp_path, monkeypatch, capsys)
 
 def test_tiny_landmark_half_needs_no_training(oxford_dir, tmp_path):
     """The landmark half alone (no COIL, no training) on a small Oxford subset, every protocol (the
-    revisited ones with the official gnd_roxford5k.pkl when the data folder has it)."""
+    revisited ones with the official gnd_roxford5k.pkl when the data folder has it), with the opt-in
+    ASMK rung (a 64-word codebook learned on the database's RootSIFT)."""
+    pytest.importorskip("asmk")
     from retrieval.experiments.ladder.run import main
 
     protocols = ["official", "landmark"]
     revisited = (oxford_dir.parent / "revisitop" / "gnd_roxford5k.pkl").is_file()
     if revisited:
-        protocols += ["revisited-medium", "revisited-hard"]
+        protocols += ["revisited-easy", "revisited-medium", "revisited-hard"]
     conf = _tiny(tmp_path, **{"object.enabled": False, "landmark.data": str(oxford_dir),
                               "landmark.global_config": "lite0-gem-224", "landmark.patch_size": 224,
-                              "landmark.spatial_sift": "rootsift-1k", "rerankers": ["E5", "SV", "E8"],
-                              "landmark.protocols": protocols, "data_root": str(oxford_dir.parent)})
+                              "landmark.spatial_sift": "rootsift-1k", "rerankers": ["E5", "SV", "ASMK", "E8"],
+                              "landmark.asmk_words": 64, "landmark.protocols": protocols,
+                              "data_root": str(oxford_dir.parent)})
     out = main(conf, tmp_path / "out", tmp_path / "cache")
     rows = json.loads((out / "results.json").read_text())["rows"]
     datasets = sorted({r["dataset"] for r in rows})
@@ -211,6 +215,11 @@ def test_tiny_landmark_half_needs_no_training(oxford_dir, tmp_path):
     assert not (tmp_path / "cache" / "quick" / "train").exists()
     text = (out / "results.md").read_text()
     assert "| SV |" in text and "oxford mAP" in text
+    asmk = [r for r in rows if r["experiment"] == "ASMK" and r["split"] == "all"]
+    assert len(asmk) == len(protocols) and all("ASMK*" in r["note"] for r in asmk)
+    assert any(tmp_path.joinpath("cache").rglob("encoder_rootsift-1k_64_100000.npz"))
+    if revisited:
+        assert any("Easy mAP" in r["metrics"] for r in rows if "revisited-easy" in r["dataset"])
 
 
 def test_tiny_object_half_on_a_labelled_folder(coil100_dir, tmp_path):
@@ -231,11 +240,12 @@ def test_tiny_object_half_on_a_labelled_folder(coil100_dir, tmp_path):
             shutil.copy(coil100_dir / "images" / name, folder / "images" / name)
             lines.append(f"{name},toy{obj}")
     (folder / "labels.csv").write_text("\n".join(lines) + "\n")
-    conf = with_dataset(_tiny(tmp_path, rerankers=["E5"]), "folder", str(folder))
+    rerankers = ["E5", "ASMK"] if importlib.util.find_spec("asmk") else ["E5"]   # ASMK: codebook on the training images
+    conf = with_dataset(_tiny(tmp_path, rerankers=rerankers, **{"object.asmk_words": 16}), "folder", str(folder))
     out = main(conf, tmp_path / "out", tmp_path / "cache")
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert {r["dataset"] for r in rows} == {"my_objects-gldv2-quick"}
-    assert [r["experiment"] for r in rows if r["split"] == "all"] == ["E1", "E2", "E3", "E4", "E5"]
+    assert [r["experiment"] for r in rows if r["split"] == "all"] == ["E1", "E2", "E3", "E4", *rerankers]
     assert {r["split"] for r in rows} == {"Public", "Private", "all"}
 
 

@@ -23,6 +23,7 @@ from retrieval.core.checks import CLIError, require_output
 from retrieval.core.dataset_kinds import DATASET_KINDS
 from retrieval.cli.arguments import parse_options
 from retrieval.cli.output import emit_json
+from retrieval.cli.bench_learned import asmk_eval_parser, learned_speed_parser, rerank_speed_parser
 from retrieval.cli.bench_vector_db import vector_db_parser
 
 __all__ = ["register"]
@@ -40,9 +41,9 @@ def register(subparsers) -> None:
     _scale_parser(sub)
     _store_integrity_parser(sub)
     _serve_load_parser(sub)
-    _learned_speed_parser(sub)
-    _rerank_speed_parser(sub)
-    _asmk_eval_parser(sub)
+    learned_speed_parser(sub)
+    rerank_speed_parser(sub)
+    asmk_eval_parser(sub)
     _fusion_default_parser(sub)
     _rankings_parser(sub)
     _train_speed_parser(sub)
@@ -250,61 +251,6 @@ def _serve_load_during_add(args) -> int:
           f"{during['p50']} ms, p95 {during['p95']} ms over {during['requests']} requests (target p95 < 150 ms); "
           f"the add took {report['add_seconds']} s, shown {report['visible_after_add_ms']} ms after it returned "
           f"(target < 1000 ms); load average {report['load_average']} on {report['cpu_count']} CPUs")
-    return 0
-
-
-# ---------------------------------------------------------------------- learned features, ASMK
-
-def _learned_speed_parser(sub) -> None:
-    p = _described(sub, "learned-speed", "CPU cost of the local extractors (ms/image) and matchers (ms/query, "
-                   "top 100)", "retrieval.bench.learned_speed")
-    p.add_argument("--dataset", default="oxford", help="dataset kind (default oxford)")
-    p.add_argument("--data", default=None, help="dataset folder (default: the Oxford subset of the data root)")
-    p.add_argument("--out", default="results/learned_speed", help="results folder")
-    p.add_argument("--cache", default=None, help="local feature stores of the shortlist (default OUT/cache)")
-    p.add_argument("--images", type=int, default=20, help="images timed per extractor (default 20)")
-    p.add_argument("--queries", type=int, default=3, help="queries timed per NN matcher (default 3)")
-    p.add_argument("--glue-pairs", type=int, default=8, help="pairs timed per learned matcher (default 8)")
-    p.add_argument("--features", default=None,
-                   help="extractors to time, comma-separated (default: learned_speed.FEATURES)")
-    p.add_argument("--matchers", default=None,
-                   help="FEATURES:SPATIAL pairs timed for re-ranking, comma-separated ('' for none; default: "
-                        "learned_speed.MATCHERS)")
-    p.set_defaults(func=lambda args: _run_bench("learned_speed", args))
-
-
-def _rerank_speed_parser(sub) -> None:
-    p = _described(sub, "rerank-speed", "spatial verification and the ratio test of a top 100, the float32 matcher "
-                   "beside the bfloat16 one (ms/query, scores, mAP)", "retrieval.bench.rerank_speed")
-    p.add_argument("--cache", default="cache/spatial/full/landmark/oxford5k_subset",
-                   help="the landmark cache of 'retrieval run spatial' (E1 shortlist, RootSIFT stores)")
-    p.add_argument("--data", default=None, help="Oxford folder (default: the subset of the data root)")
-    p.add_argument("--queries", type=int, default=None, help="first N queries only (no mAP then)")
-    p.add_argument("--out", default="results/rerank_speed", help="results folder")
-    p.set_defaults(func=lambda args: _run_bench("rerank_speed", args))
-
-
-def _asmk_eval_parser(sub) -> None:
-    p = _described(sub, "asmk-eval", "ASMK* as a first-stage search on Oxford", "retrieval.bench.asmk_eval")
-    p.add_argument("--data", default=None, help="Oxford folder (default: the subset of the data root)")
-    p.add_argument("--features", default="rootsift-upright-c02-4k", help="local feature configuration")
-    p.add_argument("--words", type=int, default=8192, help="codebook size (default 8192)")
-    p.add_argument("--sample", type=int, default=300_000, help="descriptors sampled for k-means")
-    p.add_argument("--query-assignment", type=int, default=1, help="nearest words per query descriptor")
-    p.add_argument("--cache", default=None, help="feature stores and codebook (default OUT/cache)")
-    p.add_argument("--out", default="results/asmk", help="results folder")
-    p.set_defaults(func=lambda args: _run_bench("asmk_eval", args))
-
-
-def _run_bench(module: str, args) -> int:
-    require_output(args.out, "results", folder=True)
-    if module == "learned_speed":
-        from ..bench.learned_speed import run
-    elif module == "rerank_speed":
-        from ..bench.rerank_speed import run
-    else:
-        from ..bench.asmk_eval import run
-    run(_options(args))
     return 0
 
 

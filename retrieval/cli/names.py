@@ -6,7 +6,8 @@ __all__ = ["SIFT_CONFIG_NAMES", "EFFICIENTNET_CONFIG_NAMES", "EXTRACT_IMAGES", "
 
 # retrieval.features.sift.SIFT_CONFIGS
 SIFT_CONFIG_NAMES = ("sift-1k", "sift-2k", "rootsift-1k", "rootsift-2k", "rootsift-4k", "rootsift-c02-4k",
-                     "rootsift-upright-c02-4k", "rootsift-upright-4k", "rootsift-small", "rootsift-small-upright")
+                     "rootsift-upright-c02-4k", "rootsift-upright-c01-8k", "rootsift-upright-4k", "rootsift-small",
+                     "rootsift-small-upright")
 # retrieval.features.efficientnet_configs.EXTRACTOR_CONFIGS
 EFFICIENTNET_CONFIG_NAMES = ("lite0-gem-512", "lite0-gem-ms-512", "lite0-gem-ms2-512", "lite0-avg-512",
                              "lite0-avg-ms-512", "lite0-max-512", "lite0-max-ms-512", "lite0-blocks-gem-512",

@@ -6,7 +6,8 @@ Rungs (global descriptor: EfficientNet-Lite0, GeM, L2; exact cosine search):
 * E2  fine-tuned with a classification head on the training images; E3 Siamese from ImageNet;
   E4 Siamese from E2 (object data only: they need training images);
 * E5  the base rung's shortlist re-ranked with the RootSIFT ratio-test score; E6 with the RootSIFT
-  VLAD similarity; E7 with EfficientNet patch tokens; SV with spatial verification (inliers);
+  VLAD similarity; E7 with EfficientNet patch tokens; SV with spatial verification (inliers); ASMK
+  (opt-in: ``rerankers`` must name it) with the ASMK* similarity over the spatial-verification RootSIFT;
 * E8  alpha query expansion and database-side augmentation of the base rung's vectors.
 
 The base rung is E4 on object data (GLDv2 format, COIL-100 by default) and E1 on landmark data

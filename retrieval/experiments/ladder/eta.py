@@ -46,7 +46,8 @@ TYPICAL_QUICK_SECONDS: Dict[str, float] = {
 }
 
 # the re-ranker each stage belongs to (a stage serves every re-ranker named; others: always run)
-_STAGE_RUNGS = {"sift": ("E5", "E6", "SV"), "read sift": ("E5", "E6", "SV"), "vlad codebook": ("E6",),
+_STAGE_RUNGS = {"sift": ("E5", "E6", "SV", "ASMK"), "read sift": ("E5", "E6", "SV", "ASMK"), "vlad codebook": ("E6",),
+                "asmk codebook": ("ASMK",),
                 "patches": ("E7",), "read patches": ("E7",)}
 
 

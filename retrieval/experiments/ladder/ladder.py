@@ -13,13 +13,14 @@ from retrieval.steps.choose import relevances as relevance_list
 from retrieval.experiments.ladder.settings import LadderConfig
 from retrieval.experiments.ladder.data import landmark_dataset, object_dataset
 from retrieval.experiments.ladder.revisited import revisited_relevances
-from retrieval.experiments.ladder.rungs import RERANK_NOTES, Half, rung_e5, rung_e6, rung_e7, rung_e8, rung_sv
+from retrieval.experiments.ladder.rungs import (RERANK_NOTES, Half, rung_asmk, rung_e5, rung_e6, rung_e7, rung_e8,
+                                                rung_sv)
 from retrieval.experiments.ladder.stages import RunCache, build_shortlist, extractor, global_features, rank, say
 from retrieval.experiments.ladder.tables import result_rows
 
 __all__ = ["HalfResult", "run_object", "run_landmark", "GLOBAL_NOTES"]
 
-LOCAL_RUNGS = {"E5": rung_e5, "E6": rung_e6, "E7": rung_e7, "SV": rung_sv}
+LOCAL_RUNGS = {"E5": rung_e5, "E6": rung_e6, "E7": rung_e7, "SV": rung_sv, "ASMK": rung_asmk}
 GLOBAL_NOTES = {"E1": "ImageNet", "E2": "classifier head", "E3": "Siamese from ImageNet", "E4": "Siamese from E2"}
 
 
@@ -133,7 +134,8 @@ def run_object(conf: LadderConfig, cache: RunCache) -> HalfResult:
 
     half = Half("object", dataset, name, cache.root / "local", "", "E4", db, q, shortlist, sl_path, o.sift,
                 o.spatial_sift or o.sift, o.spatial, o.vlad_words,
-                extractor("patches", o.patch_config, cache, weights=str(models["E4"])), vlad_images, full_ranking=False)
+                extractor("patches", o.patch_config, cache, weights=str(models["E4"])), vlad_images, full_ranking=False,
+                asmk_words=o.asmk_words, asmk_sample=o.asmk_sample)
     half.folder.mkdir(parents=True, exist_ok=True)
     _rerank(result, half, conf, cache, groups)
     return result
@@ -169,6 +171,7 @@ def run_landmark(conf: LadderConfig, cache: RunCache) -> HalfResult:
 
     patch = extractor("patches", lm.patch_config, cache, input="longest", size=lm.patch_size)
     half = Half("landmark", dataset, name, folder, "landmark ", "E1", db, q, shortlist, sl_path, lm.sift,
-                lm.spatial_sift, lm.spatial, lm.vlad_words, patch, vlad_images, full_ranking=protocol == "oxford")
+                lm.spatial_sift, lm.spatial, lm.vlad_words, patch, vlad_images, full_ranking=protocol == "oxford",
+                asmk_words=lm.asmk_words, asmk_sample=lm.asmk_sample)
     _rerank(result, half, conf, cache, groups)
     return result

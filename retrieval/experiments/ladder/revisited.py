@@ -1,5 +1,5 @@
-"""The landmark half's revisited relevance protocols (``landmark.protocols`` ``revisited-medium`` /
-``revisited-hard``): the official revisited ground truth (``landmark.revisited_gnd``, default
+"""The landmark half's revisited relevance protocols (``landmark.protocols`` ``revisited-easy`` /
+``revisited-medium`` / ``revisited-hard``): the official revisited ground truth (``landmark.revisited_gnd``, default
 ``<data>/revisitop/gnd_roxford5k.pkl``) restricted to the images the landmark dataset holds, no
 distractors (:mod:`retrieval.evaluation.revisited_subset`). The dataset gains the revisited queries it lacks
 (the 15 beyond Oxford's 55), which the standard protocols do not score.
@@ -21,7 +21,7 @@ from retrieval.experiments.ladder.settings import LadderConfig
 
 __all__ = ["REVISITED_LEVELS", "revisited_gnd", "add_revisited_queries", "revisited_relevances"]
 
-REVISITED_LEVELS = {"revisited-medium": "medium", "revisited-hard": "hard"}
+REVISITED_LEVELS = {"revisited-easy": "easy", "revisited-medium": "medium", "revisited-hard": "hard"}
 
 
 def _wanted(conf: LadderConfig) -> List[str]:

@@ -5,6 +5,8 @@ ranking: E4 on object data, E1 on landmark data):
 * E6  RootSIFT VLAD similarity (k words: :class:`retrieval.rerank.vlad.VladSimilarityScorer`);
 * E7  EfficientNet patch tokens (mean of each query patch's best cosine, :class:`retrieval.rerank.patch.PatchScorer`);
 * SV  spatial verification (inliers of an affine RANSAC, :class:`retrieval.rerank.spatial.SpatialVerifier`);
+* ASMK (opt-in) the ASMK* similarity over the spatial-verification RootSIFT (:class:`retrieval.rerank.asmk.AsmkScorer`,
+  the paper's kernel: query descriptors on their 5 nearest words, alpha 3, tau 0);
 * E8  alpha-QE and DBA of the base global vectors (:mod:`retrieval.rerank.expansion`).
 
 Each returns ``(candidates, rankings, seconds)`` for :func:`retrieval.steps.choose.choose`: local scores are
@@ -26,10 +28,12 @@ from retrieval.steps.choose import fusion_rankings
 from retrieval.experiments.ladder.settings import LadderConfig
 from retrieval.experiments.ladder.stages import RunCache, extract_local, extractor, preload, remove, score_local, shortlisted_images
 
-__all__ = ["Half", "RERANK_NOTES", "rung_e5", "rung_e6", "rung_e7", "rung_sv", "rung_e8"]
+__all__ = ["Half", "RERANK_NOTES", "rung_e5", "rung_e6", "rung_e7", "rung_sv", "rung_asmk", "rung_e8"]
 
 PATCH_METHOD = "mean_max"
 RATIO = 0.8
+#: the ASMK paper's query-side multiple assignment (database descriptors take one word)
+ASMK_QUERY_ASSIGNMENT = 5
 
 
 @dataclass
@@ -55,6 +59,8 @@ class Half:
     full_ranking: bool             # landmark AP needs every database image ranked
     sift_path: Path = None
     stores: Dict[str, dict] = field(default_factory=dict)
+    asmk_words: int = 1024
+    asmk_sample: int = 100_000
 
     def seconds(self, cache: RunCache, *stages: str) -> float:
         return cache.timer.total(*(self.prefix + s for s in stages))
@@ -62,6 +68,7 @@ class Half:
 
 RERANK_NOTES = {"E5": "RootSIFT ratio test", "E6": "RootSIFT VLAD", "E7": "patch tokens",
                 "SV": "spatial verification (RootSIFT, affine RANSAC inliers)",
+                "ASMK": "ASMK* (RootSIFT, binarised residuals, selective kernel)",
                 "E8 alpha-QE": "alpha query expansion", "E8 DBA": "database-side augmentation",
                 "E8 DBA+alpha-QE": "DBA then alpha-QE"}
 
@@ -176,6 +183,55 @@ def rung_sv(half: Half, conf: LadderConfig, cache: RunCache):
                 cache, half.prefix + "score SV")
     seconds = half.seconds(cache, f"sift {half.spatial_sift}", f"read sift {half.spatial_sift}", "score SV")
     return _candidates(conf, "count"), fusion_rankings(half.shortlist, name), seconds
+
+
+def _asmk_key(half: Half) -> str:
+    """What the ASMK rung's cached codebook and scores depend on."""
+    return f"{half.spatial_sift}_{half.asmk_words}_{half.asmk_sample}"
+
+
+def _asmk_encoder(half: Half, cache: RunCache, sift, store_path: Path):
+    """The ASMK* codebook: learned on the database descriptors (landmark data, as VLAD's) or on the
+    training images (object data), cached in the half's ``asmk/`` folder."""
+    from retrieval.features.encoders.asmk import AsmkEncoder
+    from retrieval.features.store import LocalFeatureStore
+
+    asmk_dir = half.folder / "asmk"
+    cache.fresh("asmk", asmk_dir)
+    enc_path = asmk_dir / f"encoder_{_asmk_key(half)}.npz"
+    if enc_path.is_file():
+        encoder = AsmkEncoder.load(enc_path)
+    else:
+        ids, paths, what = half.vlad_images()
+        with cache.stage(half.prefix + "asmk codebook"):
+            if half.kind != "landmark":
+                store_path = asmk_dir / f"sift_train_{half.spatial_sift}.h5"
+                cache.extract("local", sift, ids, paths, None, store_path, "RootSIFT (codebook images)")
+            with LocalFeatureStore(store_path, mode="r") as store:
+                feats = [store.get(i) for i in ids]
+            encoder = AsmkEncoder(k=half.asmk_words).fit(feats, n_sample=half.asmk_sample, trained_on=what,
+                                                         n_threads=1)
+            asmk_dir.mkdir(parents=True, exist_ok=True)
+            encoder.save(enc_path)
+    encoder.query_assignment = ASMK_QUERY_ASSIGNMENT
+    return encoder
+
+
+def rung_asmk(half: Half, conf: LadderConfig, cache: RunCache):
+    from retrieval.rerank.asmk import AsmkScorer
+
+    file = "sift.h5" if half.spatial_sift == half.sift else f"sift_{half.spatial_sift}.h5"
+    sift, path = _sift_store(half, conf, cache, half.spatial_sift, file)
+    name = f"asmk:{_asmk_key(half)}"
+    if "asmk" in cache.recompute:
+        half.shortlist.local.pop(name, None)
+    encoder = _asmk_encoder(half, cache, sift, path)
+    store = _features(half, cache, path, f"read sift {half.spatial_sift}", bool(half.shortlist.pending(name)))
+    score_local(half.shortlist, half.shortlist_path, AsmkScorer(encoder), name, store, cache,
+                half.prefix + "score ASMK")
+    seconds = half.seconds(cache, f"sift {half.spatial_sift}", f"read sift {half.spatial_sift}", "asmk codebook",
+                           "score ASMK")
+    return _candidates(conf, "similarity"), fusion_rankings(half.shortlist, name), seconds
 
 
 def rung_e8(half: Half, conf: LadderConfig, cache: RunCache, mode: str):
