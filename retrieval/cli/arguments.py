@@ -1,5 +1,6 @@
 """Options several commands share: ``--dataset KIND --data PATH`` with the reader options (the fields of
-:class:`retrieval.datasets.open.DatasetConfig`), ``KEY=VALUE`` lists, label lists."""
+:class:`retrieval.datasets.open.DatasetConfig`), ``KEY=VALUE`` lists, label lists; the benchmarks' parsers
+and the options they hand to their measurement."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from retrieval.core.checks import CLIError
 from retrieval.core.dataset_kinds import DATASET_KINDS
 
-__all__ = ["add_dataset_arguments", "dataset_config", "load_dataset", "parse_options", "label_list",
+__all__ = ["bench_options", "described_parser", "add_dataset_arguments", "dataset_config", "load_dataset", "parse_options", "label_list",
            "progress_enabled"]
 
 
@@ -126,3 +127,14 @@ def load_dataset(args: argparse.Namespace):
 
 def progress_enabled(args) -> bool:
     return not getattr(args, "quiet", False)
+
+
+def bench_options(args: argparse.Namespace) -> argparse.Namespace:
+    """A benchmark's own options (not the command line's bookkeeping: handler, command names, flags)."""
+    skip = {"func", "command", "bench_command", "debug", "quiet"}
+    return argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in skip})
+
+
+def described_parser(sub, name: str, help_text: str, module_doc_of: str) -> argparse.ArgumentParser:
+    """A ``retrieval bench NAME`` parser whose description names the module holding the measurement."""
+    return sub.add_parser(name, help=help_text, description=f"{help_text} (the measurement: {module_doc_of})")

@@ -16,12 +16,11 @@ The experiments (the E1-E8 ladder, the classical and descriptor studies, multi-v
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from retrieval.core.checks import CLIError, require_output
 from retrieval.core.dataset_kinds import DATASET_KINDS
-from retrieval.cli.arguments import parse_options
+from retrieval.cli.arguments import bench_options, described_parser, parse_options
 from retrieval.cli.output import emit_json
 from retrieval.cli.bench_learned import asmk_eval_parser, learned_speed_parser, rerank_speed_parser
 from retrieval.cli.bench_vector_db import vector_db_parser
@@ -50,20 +49,10 @@ def register(subparsers) -> None:
     vector_db_parser(sub)
 
 
-def _options(args) -> argparse.Namespace:
-    """The benchmark's own options (not the command line's bookkeeping: handler, command names, flags)."""
-    skip = {"func", "command", "bench_command", "debug", "quiet"}
-    return argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in skip})
-
-
-def _described(sub, name: str, help_text: str, module_doc_of: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=f"{help_text} (the measurement: {module_doc_of})")
-
-
 # -------------------------------------------------------------------------------- index-speed
 
 def _index_speed_parser(sub) -> None:
-    p = _described(sub, "index-speed", "the exact backend against faiss Flat (and the approximate backends) on "
+    p = described_parser(sub, "index-speed", "the exact backend against faiss Flat (and the approximate backends) on "
                    "seeded random unit vectors", "retrieval.bench.index_speed")
     p.add_argument("--n", type=int, default=100_000, help="database vectors (default 100000)")
     p.add_argument("--dim", type=int, default=1280, help="dimension (default 1280)")
@@ -93,13 +82,13 @@ def _index_speed(args) -> int:
     require_output(args.out, "results", folder=True)
     if args.memory_mb is None:
         args.memory_mb = DEFAULT_MEMORY_MB
-    return run(_options(args))
+    return run(bench_options(args))
 
 
 # --------------------------------------------------------------------------------- deep-speed
 
 def _deep_speed_parser(sub) -> None:
-    p = _described(sub, "deep-speed", "EfficientNet-Lite0 extraction speed on CPU: every inference path, and end "
+    p = described_parser(sub, "deep-speed", "EfficientNet-Lite0 extraction speed on CPU: every inference path, and end "
                    "to end against the bare forward pass", "retrieval.bench.deep_speed")
     p.add_argument("--dataset", choices=DATASET_KINDS, default="oxford", help="dataset kind (default oxford)")
     p.add_argument("--data", default=None, help="dataset folder (default: oxford5k_subset of the data root)")
@@ -143,14 +132,14 @@ def _deep_speed(args) -> int:
         raise CLIError(f"--dataset {args.dataset} needs its folder (--data PATH)")
     require_output(args.out, "results", folder=True)
     args.options = parse_options(args.set)
-    run(_options(args))
+    run(bench_options(args))
     return 0
 
 
 # -------------------------------------------------------------------------------------- scale
 
 def _scale_parser(sub) -> None:
-    p = _described(sub, "scale", "IVF-PQ from shards, GLDv2 CSVs at full size, the Ray engine's figures and the "
+    p = described_parser(sub, "scale", "IVF-PQ from shards, GLDv2 CSVs at full size, the Ray engine's figures and the "
                    "E1-E7 cost model", "retrieval.bench.scale")
     p.add_argument("--quick", action="store_true", help="small sizes for CI")
     p.add_argument("--data-root", default=None, help="data folder (default: retrieval.core.paths.data_root())")
@@ -181,7 +170,7 @@ def _scale(args) -> int:
 # ---------------------------------------------------------------------------- store-integrity
 
 def _store_integrity_parser(sub) -> None:
-    p = _described(sub, "store-integrity", "what the feature stores' checksums and space reservation cost",
+    p = described_parser(sub, "store-integrity", "what the feature stores' checksums and space reservation cost",
                    "retrieval.bench.store_integrity")
     p.add_argument("--entries", type=int, default=300, help="local feature entries (default 300)")
     p.add_argument("--rows", type=int, default=20000, help="global feature rows (default 20000)")
@@ -202,7 +191,7 @@ def _store_integrity(args) -> int:
 # --------------------------------------------------------------------------------- serve-load
 
 def _serve_load_parser(sub) -> None:
-    p = _described(sub, "serve-load", "bounded load test of retrieval serve's /api/search on loopback (at most "
+    p = described_parser(sub, "serve-load", "bounded load test of retrieval serve's /api/search on loopback (at most "
                    "500 requests, at most 8 at a time)", "retrieval.serve.load")
     p.add_argument("--vectors", type=int, default=100_000, help="index size (default 100,000)")
     p.add_argument("--dim", type=int, default=320,
@@ -255,7 +244,7 @@ def _serve_load_during_add(args) -> int:
 
 
 def _fusion_default_parser(sub) -> None:
-    p = _described(sub, "fusion-default", "the fusion applied without ground truth, picked from experiments' "
+    p = described_parser(sub, "fusion-default", "the fusion applied without ground truth, picked from experiments' "
                    "per-candidate means", "retrieval.bench.fusion_default")
     p.add_argument("results", nargs="*", default=["results/e1_e7"],
                    help="results folders of the ladder or of retrieval run (default results/e1_e7)")
@@ -270,11 +259,10 @@ def _fusion_default(args) -> int:
     return 0
 
 
-
 # -------------------------------------------------------------------------------- rankings
 
 def _rankings_parser(sub) -> None:
-    p = _described(sub, "rankings", "ranking files: size, write time and peak memory, JSON against the binary "
+    p = described_parser(sub, "rankings", "ranking files: size, write time and peak memory, JSON against the binary "
                    "file, and a 10,000 x 100,000 full ranking written and evaluated streaming",
                    "retrieval.bench.rankings")
     p.add_argument("--images", type=int, default=3280, help="(a) images, each also a query (default 3280)")
@@ -310,7 +298,7 @@ def _rankings(args) -> int:
 # -------------------------------------------------------------------------------- train-speed
 
 def _train_speed_parser(sub) -> None:
-    p = _described(sub, "train-speed", "EfficientNet training ms/step, float32 against bfloat16 autocast, NCHW "
+    p = described_parser(sub, "train-speed", "EfficientNet training ms/step, float32 against bfloat16 autocast, NCHW "
                    "against channels-last, for the ladder's E2-E4 configurations", "retrieval.bench.train_speed")
     p.add_argument("--data", default=None, help="COIL-100 folder (images/ + labels.csv; default: the data root's)")
     p.add_argument("--synthetic", action="store_true", help="random 128 px images instead of COIL-100")
@@ -342,5 +330,5 @@ def _train_speed(args) -> int:
     if min(args.steps, args.rounds, args.classes) < 1 or args.warmup < 0:
         raise CLIError("--steps, --rounds and --classes must be >= 1, --warmup >= 0")
     require_output(args.out, "results", folder=True)
-    run(_options(args))
+    run(bench_options(args))
     return 0

@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import argparse
 
+from retrieval.cli.arguments import bench_options, described_parser
 from retrieval.core.checks import require_output
 
 __all__ = ["learned_speed_parser", "rerank_speed_parser", "asmk_eval_parser"]
 
 
-def _options(args) -> argparse.Namespace:
-    skip = {"func", "command", "bench_command", "debug", "quiet"}
-    return argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in skip})
-
-
-def _described(sub, name: str, help_text: str, module_doc_of: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=f"{help_text} (the measurement: {module_doc_of})")
-
-
 def learned_speed_parser(sub) -> None:
-    p = _described(sub, "learned-speed", "CPU cost of the local extractors (ms/image) and matchers (ms/query, "
+    p = described_parser(sub, "learned-speed", "CPU cost of the local extractors (ms/image) and matchers (ms/query, "
                    "top 100)", "retrieval.bench.learned_speed")
     p.add_argument("--dataset", default="oxford", help="dataset kind (default oxford)")
     p.add_argument("--data", default=None, help="dataset folder (default: the Oxford subset of the data root)")
@@ -38,7 +30,7 @@ def learned_speed_parser(sub) -> None:
 
 
 def rerank_speed_parser(sub) -> None:
-    p = _described(sub, "rerank-speed", "spatial verification and the ratio test of a top 100, the float32 matcher "
+    p = described_parser(sub, "rerank-speed", "spatial verification and the ratio test of a top 100, the float32 matcher "
                    "beside the bfloat16 one (ms/query, scores, mAP)", "retrieval.bench.rerank_speed")
     p.add_argument("--cache", default="cache/spatial/full/landmark/oxford5k_subset",
                    help="the landmark cache of 'retrieval run spatial' (E1 shortlist, RootSIFT stores)")
@@ -49,7 +41,7 @@ def rerank_speed_parser(sub) -> None:
 
 
 def asmk_eval_parser(sub) -> None:
-    p = _described(sub, "asmk-eval", "ASMK* as a first-stage search on Oxford (and revisited Oxford)", "retrieval.bench.asmk_eval")
+    p = described_parser(sub, "asmk-eval", "ASMK* as a first-stage search on Oxford (and revisited Oxford)", "retrieval.bench.asmk_eval")
     p.add_argument("--data", default=None, help="Oxford folder (default: the subset of the data root)")
     p.add_argument("--features", default="rootsift-upright-c02-4k", help="local feature configuration")
     p.add_argument("--words", type=int, default=8192, help="codebook size (default 8192)")
@@ -87,5 +79,5 @@ def _run_bench(module: str, args) -> int:
         from ..bench.rerank_speed import run
     else:
         from ..bench.asmk_eval import run
-    run(_options(args))
+    run(bench_options(args))
     return 0

@@ -3,16 +3,10 @@ vectors (:mod:`retrieval.bench.vector_db`; ``benchmarks/vector_db.py``). Registe
 :mod:`retrieval.cli.bench_commands`."""
 from __future__ import annotations
 
-import argparse
-
+from retrieval.cli.arguments import bench_options
 from retrieval.core.checks import CLIError, require_output
 
 __all__ = ["vector_db_parser"]
-
-
-def _options(args) -> argparse.Namespace:
-    skip = {"func", "command", "bench_command", "debug", "quiet"}
-    return argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in skip})
 
 
 def vector_db_parser(sub) -> None:
@@ -52,5 +46,5 @@ def _vector_db(args) -> int:
     args.single = min(args.single, args.queries)
     args.work = args.work or ("cache/vector_db-quick" if args.quick else "cache/vector_db")
     require_output(args.out, "results", folder=True)
-    run(_options(args))
+    run(bench_options(args))
     return 0
