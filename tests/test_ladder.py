@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 
+import numpy as np
 import pytest
 
 from retrieval.experiments.ladder import data, tables, training
@@ -220,6 +221,29 @@ def test_tiny_landmark_half_needs_no_training(oxford_dir, tmp_path):
     assert any(tmp_path.joinpath("cache").rglob("encoder_rootsift-1k_64_100000.npz"))
     if revisited:
         assert any("Easy mAP" in r["metrics"] for r in rows if "revisited-easy" in r["dataset"])
+
+
+def test_spatial_scores_follow_the_spatial_features(oxford_dir, tmp_path):
+    """SV rerun on one cache with other spatial_sift features scores again with those features instead of
+    reusing the inlier counts cached for the previous ones."""
+    from retrieval.experiments.ladder.run import main
+    from retrieval.rerank.shortlist import Shortlist
+
+    def run(spatial_sift):
+        conf = _tiny(tmp_path, **{"object.enabled": False, "landmark.data": str(oxford_dir),
+                                  "landmark.global_config": "lite0-gem-224", "landmark.patch_size": 224,
+                                  "landmark.sift": "rootsift-1k", "landmark.spatial_sift": spatial_sift,
+                                  "rerankers": ["SV"], "landmark.protocols": ["official"],
+                                  "data_root": str(oxford_dir.parent)})
+        main(conf, tmp_path / "out", tmp_path / "cache")
+
+    run("rootsift-1k")
+    run("rootsift-1k+max_keypoints=40")
+    (path,) = list((tmp_path / "cache").rglob("shortlist_e1.json"))
+    local = Shortlist.load(path).local
+    many, few = local["inliers:affine-ransac-mutual@rootsift-1k"], local["inliers:affine-ransac-mutual@rootsift-1k+max_keypoints=40"]
+    assert not np.isnan(many).any() and not np.isnan(few).any()
+    assert few.sum() < many.sum()  # 40 keypoints an image find fewer inliers than up to 1,000
 
 
 def test_tiny_object_half_on_a_labelled_folder(coil100_dir, tmp_path):

@@ -177,7 +177,9 @@ def rung_sv(half: Half, conf: LadderConfig, cache: RunCache):
     verifier = SpatialVerifier(SPATIAL_CONFIGS.get(half.spatial))
     file = "sift.h5" if half.spatial_sift == half.sift else f"sift_{half.spatial_sift}.h5"
     _, path = _sift_store(half, conf, cache, half.spatial_sift, file)
-    name = f"inliers:{half.spatial}"
+    # the scores depend on the features as much as on the matcher: a run with other spatial_sift must not
+    # reuse the cached inlier counts of the previous features
+    name = f"inliers:{half.spatial}@{half.spatial_sift}"
     store = _features(half, cache, path, f"read sift {half.spatial_sift}", bool(half.shortlist.pending(name)))
     score_local(half.shortlist, half.shortlist_path, verifier, name, store,
                 cache, half.prefix + "score SV")
