@@ -223,6 +223,19 @@ def test_tiny_landmark_half_needs_no_training(oxford_dir, tmp_path):
         assert any("Easy mAP" in r["metrics"] for r in rows if "revisited-easy" in r["dataset"])
 
 
+def test_rerank_notes_name_the_local_features_that_are_not_rootsift():
+    from types import SimpleNamespace
+
+    from retrieval.experiments.ladder.rungs import RERANK_NOTES, rerank_note
+
+    default = SimpleNamespace(sift="rootsift-1k", spatial_sift="rootsift-upright-c02-4k+max_keypoints=500")
+    assert all(rerank_note(exp, default) == RERANK_NOTES[exp] for exp in ("E5", "E6", "E7", "SV", "ASMK"))
+    learned = SimpleNamespace(sift="sift-2k", spatial_sift="xfeat-4k+precision=float32")
+    assert rerank_note("SV", learned) == "spatial verification (xfeat-4k+precision=float32, affine RANSAC inliers)"
+    assert "xfeat-4k" in rerank_note("ASMK", learned) and "RootSIFT" not in rerank_note("ASMK", learned)
+    assert rerank_note("E5", learned) == "sift-2k ratio test" and rerank_note("E7", learned) == RERANK_NOTES["E7"]
+
+
 def test_spatial_scores_follow_the_spatial_features(oxford_dir, tmp_path):
     """SV rerun on one cache with other spatial_sift features scores again with those features instead of
     reusing the inlier counts cached for the previous ones."""

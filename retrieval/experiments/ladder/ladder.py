@@ -13,7 +13,7 @@ from retrieval.steps.choose import relevances as relevance_list
 from retrieval.experiments.ladder.settings import LadderConfig
 from retrieval.experiments.ladder.data import landmark_dataset, object_dataset
 from retrieval.experiments.ladder.revisited import revisited_relevances
-from retrieval.experiments.ladder.rungs import (RERANK_NOTES, Half, rung_asmk, rung_e5, rung_e6, rung_e7, rung_e8,
+from retrieval.experiments.ladder.rungs import (Half, rerank_note, rung_asmk, rung_e5, rung_e6, rung_e7, rung_e8,
                                                 rung_sv)
 from retrieval.experiments.ladder.stages import RunCache, build_shortlist, extractor, global_features, rank, say
 from retrieval.experiments.ladder.tables import result_rows
@@ -87,7 +87,7 @@ def _rerank(result: HalfResult, half: Half, conf: LadderConfig, cache: RunCache,
             c = choices[r.name]
             chosen = {g: label for g, label in c.fit["chosen"].items()}
             result.rows += result_rows(exp, r.name, c.fit["score"], metric=r.label, chosen=chosen, seconds=seconds,
-                                       note=f"{half.base} + {RERANK_NOTES[exp]}")
+                                       note=f"{half.base} + {rerank_note(exp, half)}")
             result.choices.setdefault(r.name, {})[exp] = c
             result.predictions.setdefault(r.name, {})[exp] = c.predictions
             say(f"{r.name} {exp}: {r.label} {100 * c.fit['score']['all']:.2f} (chosen {chosen})")

@@ -28,7 +28,7 @@ from retrieval.steps.choose import fusion_rankings
 from retrieval.experiments.ladder.settings import LadderConfig
 from retrieval.experiments.ladder.stages import RunCache, extract_local, extractor, preload, remove, score_local, shortlisted_images
 
-__all__ = ["Half", "RERANK_NOTES", "rung_e5", "rung_e6", "rung_e7", "rung_sv", "rung_asmk", "rung_e8"]
+__all__ = ["Half", "RERANK_NOTES", "rerank_note", "rung_e5", "rung_e6", "rung_e7", "rung_sv", "rung_asmk", "rung_e8"]
 
 PATCH_METHOD = "mean_max"
 RATIO = 0.8
@@ -71,6 +71,20 @@ RERANK_NOTES = {"E5": "RootSIFT ratio test", "E6": "RootSIFT VLAD", "E7": "patch
                 "ASMK": "ASMK* (RootSIFT, binarised residuals, selective kernel)",
                 "E8 alpha-QE": "alpha query expansion", "E8 DBA": "database-side augmentation",
                 "E8 DBA+alpha-QE": "DBA then alpha-QE"}
+
+
+def rerank_note(exp: str, half: "Half") -> str:
+    """The results' note for re-ranker ``exp``: :data:`RERANK_NOTES`, naming the local features instead of
+    "RootSIFT" where the half's setting is not a RootSIFT configuration (``spatial_sift=xfeat-4k``)."""
+    from retrieval.features.local_extractors import split_config_name
+    from retrieval.features.sift import SIFT_CONFIGS
+
+    note = RERANK_NOTES[exp]
+    features = {"E5": half.sift, "E6": half.sift, "SV": half.spatial_sift, "ASMK": half.spatial_sift}.get(exp)
+    base = split_config_name(features)[0] if features else None
+    if base is not None and not (base in SIFT_CONFIGS and SIFT_CONFIGS[base].root):
+        note = note.replace("RootSIFT", features)
+    return note
 
 
 def _candidates(conf: LadderConfig, kind: str) -> Dict[str, object]:
