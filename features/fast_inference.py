@@ -80,13 +80,17 @@ def onnxruntime_available() -> bool:
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]):
-    """(weight, bias) of the single convolution equal to ``bn(conv(x))`` in eval mode (a batch norm
-    without affine parameters, ``affine=False``, has gamma 1 and beta 0)."""
-    weight = conv.weight.detach().clone()
-    bias = (conv.bias.detach().clone() if conv.bias is not None
-            else torch.zeros(weight.shape[0], dtype=weight.dtype))
+    """(weight, bias) of the single convolution equal to ``bn(conv(x))`` in eval mode (torch's
+    ``fuse_conv_bn_weights``; a batch norm without affine parameters has gamma 1 and beta 0)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
     if bn is None:
-        return weight, bias
+        bias = (conv.bias.detach().clone() if conv.bias is not None
+                else torch.zeros(conv.weight.shape[0], dtype=conv.weight.dtype))
+        return conv.weight.detach().clone(), bias
+    weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                                        bn.weight, bn.bias)
+    return weight.detach(), bias.detach()
     gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
     beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_var)
     scale = gamma / torch.sqrt(bn.running_var.detach() + bn.eps)

@@ -47,23 +47,16 @@ MIN_DESCRIPTOR_COSINE = 0.99
 
 def fold_batch_norms(net: nn.Module) -> nn.Module:
     """``net`` (an ``XFeatModel`` in eval mode) with the batch norm of every conv -> BN -> ReLU layer
-    folded into its convolution (:func:`retrieval.features.fast_inference.fold_conv_bn`), in place: equal
+    folded into its convolution (torch's ``fuse_conv_bn_eval``), in place: equal
     to float rounding (1e-5 on the maps), and in bfloat16 the network 18 % faster (21.2 against 17.4 ms
     on a 384 x 512 image, one thread, load 4)."""
-    from retrieval.features.fast_inference import fold_conv_bn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     for module in net.modules():
         layers = getattr(module, "layer", None)
         if (isinstance(layers, nn.Sequential) and len(layers) == 3 and isinstance(layers[0], nn.Conv2d)
                 and isinstance(layers[1], nn.BatchNorm2d)):
-            conv = layers[0]
-            weight, bias = fold_conv_bn(conv, layers[1])
-            folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                               conv.dilation, conv.groups, bias=True)
-            with torch.no_grad():
-                folded.weight.copy_(weight)
-                folded.bias.copy_(bias)
-            layers[0], layers[1] = folded, nn.Identity()
+            layers[0], layers[1] = fuse_conv_bn_eval(layers[0], layers[1]), nn.Identity()
     return net
 
 
