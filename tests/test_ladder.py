@@ -226,7 +226,7 @@ def test_tiny_landmark_half_needs_no_training(oxford_dir, tmp_path):
 def test_rerank_notes_name_the_local_features_that_are_not_rootsift():
     from types import SimpleNamespace
 
-    from retrieval.experiments.ladder.rungs import RERANK_NOTES, rerank_note
+    from retrieval.experiments.ladder.rungs import RERANK_NOTES, features_label, rerank_note
 
     default = SimpleNamespace(sift="rootsift-1k", spatial_sift="rootsift-upright-c02-4k+max_keypoints=500")
     assert all(rerank_note(exp, default) == RERANK_NOTES[exp] for exp in ("E5", "E6", "E7", "SV", "ASMK"))
@@ -234,6 +234,10 @@ def test_rerank_notes_name_the_local_features_that_are_not_rootsift():
     assert rerank_note("SV", learned) == "spatial verification (xfeat-4k+precision=float32, affine RANSAC inliers)"
     assert "xfeat-4k" in rerank_note("ASMK", learned) and "RootSIFT" not in rerank_note("ASMK", learned)
     assert rerank_note("E5", learned) == "sift-2k ratio test" and rerank_note("E7", learned) == RERANK_NOTES["E7"]
+    # progress bars name them the same way
+    assert features_label("rootsift-1k") == "RootSIFT rootsift-1k"
+    assert features_label("disk-2k") == "disk-2k"
+    assert features_label("sift-2k", "codebook images") == "sift-2k (codebook images)"
 
 
 def test_spatial_scores_follow_the_spatial_features(oxford_dir, tmp_path):

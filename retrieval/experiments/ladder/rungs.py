@@ -76,15 +76,26 @@ RERANK_NOTES = {"E5": "RootSIFT ratio test", "E6": "RootSIFT VLAD", "E7": "patch
 def rerank_note(exp: str, half: "Half") -> str:
     """The results' note for re-ranker ``exp``: :data:`RERANK_NOTES`, naming the local features instead of
     "RootSIFT" where the half's setting is not a RootSIFT configuration (``spatial_sift=xfeat-4k``)."""
+    note = RERANK_NOTES[exp]
+    features = {"E5": half.sift, "E6": half.sift, "SV": half.spatial_sift, "ASMK": half.spatial_sift}.get(exp)
+    if features is not None and not _is_rootsift(features):
+        note = note.replace("RootSIFT", features)
+    return note
+
+
+def _is_rootsift(name: str) -> bool:
     from retrieval.features.local_extractors import split_config_name
     from retrieval.features.sift import SIFT_CONFIGS
 
-    note = RERANK_NOTES[exp]
-    features = {"E5": half.sift, "E6": half.sift, "SV": half.spatial_sift, "ASMK": half.spatial_sift}.get(exp)
-    base = split_config_name(features)[0] if features else None
-    if base is not None and not (base in SIFT_CONFIGS and SIFT_CONFIGS[base].root):
-        note = note.replace("RootSIFT", features)
-    return note
+    base = split_config_name(name)[0]
+    return base in SIFT_CONFIGS and SIFT_CONFIGS[base].root
+
+
+def features_label(name: str, what: str = "") -> str:
+    """How progress bars name local features ``name``: "RootSIFT rootsift-2k", "xfeat-4k" (no "RootSIFT"
+    on learned features), with ``what`` in brackets."""
+    label = f"RootSIFT {name}" if _is_rootsift(name) else name
+    return f"{label} ({what})" if what else label
 
 
 def _candidates(conf: LadderConfig, kind: str) -> Dict[str, object]:
@@ -103,7 +114,7 @@ def _sift_store(half: Half, conf: LadderConfig, cache: RunCache, sift_name: str,
                   [None] * len(ds.db_ids) + list(ds.query_boxes or [None] * len(ds.query_ids)))
     else:
         images = shortlisted_images(ds, half.shortlist)
-    extract_local(sift, images, path, cache, half.prefix + f"sift {sift_name}", f"RootSIFT {sift_name}")
+    extract_local(sift, images, path, cache, half.prefix + f"sift {sift_name}", features_label(sift_name))
     return sift, path
 
 
@@ -145,7 +156,7 @@ def _vlad_encoder(half: Half, conf: LadderConfig, cache: RunCache, sift):
             store_path = half.sift_path
         else:
             store_path = vlad_dir / "sift_train.h5"
-            cache.extract("local", sift, ids, paths, None, store_path, "RootSIFT (codebook images)")
+            cache.extract("local", sift, ids, paths, None, store_path, features_label(half.sift, "codebook images"))
         with LocalFeatureStore(store_path, mode="r") as store:
             feats = [store.get(i) for i in ids]
         encoder = VladEncoder(k=half.vlad_words, trained_on=what).fit(feats)
@@ -222,7 +233,8 @@ def _asmk_encoder(half: Half, cache: RunCache, sift, store_path: Path):
         with cache.stage(half.prefix + "asmk codebook"):
             if half.kind != "landmark":
                 store_path = asmk_dir / f"sift_train_{half.spatial_sift}.h5"
-                cache.extract("local", sift, ids, paths, None, store_path, "RootSIFT (codebook images)")
+                cache.extract("local", sift, ids, paths, None, store_path,
+                              features_label(half.spatial_sift, "codebook images"))
             with LocalFeatureStore(store_path, mode="r") as store:
                 feats = [store.get(i) for i in ids]
             encoder = AsmkEncoder(k=half.asmk_words).fit(feats, n_sample=half.asmk_sample, trained_on=what,
