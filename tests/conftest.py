@@ -58,3 +58,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture
+def tiny_oxford(oxford_dir, tmp_path) -> Path:
+    """An Oxford-layout folder of 13 images: one query (all_souls_1) with 4 good, 2 ok and 1 junk images and
+    5 images of another landmark (linked from the subset)."""
+    root, source = tmp_path / "ox", oxford_dir
+    gt = source / "gt"
+    (root / "gt").mkdir(parents=True)
+    (root / "images").mkdir()
+    lists = {t: (gt / f"all_souls_1_{t}.txt").read_text().split() for t in ("good", "ok", "junk")}
+    keep = {"good": lists["good"][:4], "ok": lists["ok"][:2], "junk": lists["junk"][:1]}
+    query_line = (gt / "all_souls_1_query.txt").read_text()
+    query_stem = query_line.split()[0].replace("oxc1_", "")
+    listed = {s for names in lists.values() for s in names}
+    others = [p.stem for p in sorted((source / "images").glob("radcliffe_camera_*.jpg")) if p.stem not in listed][:5]
+    (root / "gt" / "all_souls_1_query.txt").write_text(query_line)
+    for t, names in keep.items():
+        (root / "gt" / f"all_souls_1_{t}.txt").write_text("\n".join(names) + "\n")
+    for stem in {query_stem, *others, *(s for names in keep.values() for s in names)}:
+        (root / "images" / f"{stem}.jpg").symlink_to(source / "images" / f"{stem}.jpg")
+    return root

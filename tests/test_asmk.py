@@ -97,3 +97,34 @@ def test_asmk_bench_revisited_figures_are_the_revisited_scores(oxford, data_root
     official = {str(q): order for q in oxford.query_ids}
     assert figures["official"][0] == pytest.approx(100 * evaluate(oxford, official, protocol="oxford")["oxford_map"])
     assert 0 < figures["revisited hard"][0] < figures["revisited medium"][0] < 50
+
+
+def test_asmk_bench_reads_and_completes_one_shared_store(tiny_oxford, tmp_path, monkeypatch, capsys):
+    """``--store``: the database images and the cropped queries in one store (as a ladder cache keeps them):
+    a first run fills it, a second one extracts nothing and gives the same figures as two separate stores."""
+    import json
+
+    from retrieval.cli import main as cli_main
+    from retrieval.features.store import LocalFeatureStore
+
+    monkeypatch.setenv("RETRIEVAL_DATA", str(tmp_path / "no-data"))  # no revisited ground truth here
+    common = ["--quiet", "bench", "asmk-eval", "--data", str(tiny_oxford), "--features", "rootsift-1k",
+              "--words", "16", "--niter", "3", "--query-assignment", "1,5"]
+    shared = tmp_path / "shared.h5"
+
+    def figures(out, *extra):
+        assert cli_main([*common, "--out", str(out), "--cache", str(out / "cache"), *extra]) == 0
+        capsys.readouterr()
+        return [(r["method"], r["protocol"], r["mAP"]) for r in json.loads((out / "results.json").read_text())["rows"]]
+
+    first = figures(tmp_path / "a", "--store", str(shared))
+    with LocalFeatureStore(shared, mode="r") as store:
+        assert "all_souls_1" in store and len(store) == 13  # 12 database images and the cropped query
+    assert figures(tmp_path / "c") == first
+    assert {p for _, p, _ in first} == {"official", "landmark"} and all(0 < m <= 100 for *_, m in first)
+    # extraction broken now: a run on the full store reads features only
+    def broken(*_args, **_kwargs):
+        raise AssertionError("extracted again")
+
+    monkeypatch.setattr(SiftExtractor, "extract", broken)
+    assert figures(tmp_path / "b", "--store", str(shared)) == first

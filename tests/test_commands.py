@@ -95,25 +95,6 @@ def make_multiview(root: Path) -> Path:
     return root
 
 
-def make_oxford(root: Path, source: Path) -> Path:
-    """One query (all_souls_1) with 4 good, 2 ok and 1 junk images and 5 images of another landmark."""
-    gt = source / "gt"
-    (root / "gt").mkdir(parents=True)
-    (root / "images").mkdir()
-    lists = {t: (gt / f"all_souls_1_{t}.txt").read_text().split() for t in ("good", "ok", "junk")}
-    keep = {"good": lists["good"][:4], "ok": lists["ok"][:2], "junk": lists["junk"][:1]}
-    query_line = (gt / "all_souls_1_query.txt").read_text()
-    query_stem = query_line.split()[0].replace("oxc1_", "")
-    listed = {s for names in lists.values() for s in names}
-    others = [p.stem for p in sorted((source / "images").glob("radcliffe_camera_*.jpg")) if p.stem not in listed][:5]
-    (root / "gt" / "all_souls_1_query.txt").write_text(query_line)
-    for t, names in keep.items():
-        (root / "gt" / f"all_souls_1_{t}.txt").write_text("\n".join(names) + "\n")
-    for stem in {query_stem, *others, *(s for names in keep.values() for s in names)}:
-        (root / "images" / f"{stem}.jpg").symlink_to(source / "images" / f"{stem}.jpg")
-    return root
-
-
 def make_gldv2(root: Path, tmp: Path) -> Path:
     labelled = read_labelled_folder(make_labelled(tmp / "labelled-for-gldv2"))
     split = labelled_gldv2_split(labelled, train_labels=["1"], test_labels=["2", "3", "4"], query_step=3)
@@ -202,8 +183,8 @@ def test_class_tree_every_command(tmp_path, capsys):
     assert code == 2 and "encoder file" in err
 
 
-def test_oxford_slice_every_command(oxford_dir, tmp_path, capsys):
-    data = make_oxford(tmp_path / "ox", oxford_dir)
+def test_oxford_slice_every_command(tiny_oxford, tmp_path, capsys):
+    data = tiny_oxford
     plain, reranked = chain(capsys, tmp_path, "oxford", data)
     # the official and the landmark-level protocols side by side; the landmark one counts junk as relevant
     for metrics in (plain, reranked):

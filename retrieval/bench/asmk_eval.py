@@ -58,13 +58,19 @@ def run(args) -> Path:
     cache = Path(args.cache) if args.cache else out / "cache"
     ex = local_extractor(args.features)
     db_ids, q_ids = [str(i) for i in ds.db_ids], [str(q) for q in ds.query_ids]
+    # a shared store (the ladder's) holds both sides: Oxford's query ids differ from its image ids
+    db_store, q_store = ((Path(args.store),) * 2 if getattr(args, "store", None) else
+                         (cache / f"{args.features}_db.h5", cache / f"{args.features}_q.h5"))
+    if db_store == q_store and set(db_ids) & set(q_ids):
+        raise ValueError(f"{db_store}: query ids that are also image ids ({sorted(set(db_ids) & set(q_ids))[0]}) "
+                         "cannot share one store with the database (a query is a cropped image)")
     t0 = time.perf_counter()
-    extract_local_features(db_ids, ds.db_paths, ex, cache / f"{args.features}_db.h5", n_jobs=2, desc="database")
-    extract_local_features(q_ids, ds.query_paths, ex, cache / f"{args.features}_q.h5", n_jobs=2,
+    extract_local_features(db_ids, ds.db_paths, ex, db_store, n_jobs=2, desc="database")
+    extract_local_features(q_ids, ds.query_paths, ex, q_store, n_jobs=2,
                            boxes=list(ds.query_boxes or [None] * len(q_ids)), desc="queries")
-    with LocalFeatureStore(cache / f"{args.features}_db.h5") as s:
+    with LocalFeatureStore(db_store) as s:
         db = [s.get(i) for i in db_ids]
-    with LocalFeatureStore(cache / f"{args.features}_q.h5") as s:
+    with LocalFeatureStore(q_store) as s:
         queries = [s.get(i) for i in q_ids]
     t1 = time.perf_counter()
     enc_path = cache / f"asmk_{args.features}_{args.words}_{args.sample}_{args.niter}.npz"

@@ -56,6 +56,9 @@ def asmk_eval_parser(sub) -> None:
     p.add_argument("--gnd", default=None,
                    help="revisited ground-truth pickle (default <data root>/revisitop/gnd_roxford5k.pkl when there)")
     p.add_argument("--cache", default=None, help="feature stores and codebook (default OUT/cache)")
+    p.add_argument("--store", default=None,
+                   help="one local feature store for the database images and the (cropped) queries, reused and "
+                        "completed, e.g. a ladder cache's sift_<features>.h5 (default: two stores in the cache)")
     p.add_argument("--out", default="results/asmk", help="results folder")
     p.set_defaults(func=lambda args: _run_bench("asmk_eval", args))
 
