@@ -63,9 +63,10 @@ PERDOCH_MAGNIFICATION = 3.0 * math.sqrt(3.0)
 _MIN_OCTAVE = 32
 #: Perdoch's second-moment window (pixels) for the shape adaptation
 _SHAPE_WINDOW = 19
-#: responses at or below this are float32 rounding, not structure: flat gray images give maxima of at most
-#: 1e-13 (measured), one gray level of contrast about 1e-5; kornia sets no threshold, so without it a
-#: flat 16 x 16 image of gray 100 gives 9 detections
+#: responses at or below this are float32 rounding, not structure: flat gray images gave maxima of at most
+#: 1e-13 (measured), while the scale-normalised response of a blob grows with its contrast squared (one gray
+#: level: (1/255)^2, about 1.5e-5); kornia sets no threshold, so without it a flat 16 x 16 image of gray 100
+#: gives 9 detections
 _NOISE_FLOOR = 1e-9
 
 
