@@ -32,8 +32,8 @@ upright); the affine shape itself is used for the descriptor only. ``descriptor_
 ``hesaff-rootsift``, so a store of these is never scored against DoG RootSIFT.
 
 An extractor pickles with only its configuration: kornia's modules are built on first use in each
-process. torch runs single-threaded inside ``extract_local_features``'s worker threads
-(:func:`retrieval.features.extract._torch_threads`, ``uses_torch`` below).
+process. torch runs single-threaded inside ``extract_local_features``'s worker threads and in each sharded
+extraction worker (:func:`retrieval.features.extract._torch_threads`, ``uses_torch`` below).
 """
 from __future__ import annotations
 

@@ -182,3 +182,24 @@ def test_images_without_features_and_unreadable_files(tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(ImageLoadError, match="broken.jpg"):
         ex.extract_path(bad)
+
+
+def test_sharded_extraction_in_worker_processes_equals_the_single_store(tmp_path, oxford_paths):
+    """The extractor travels to joblib processes with only its configuration (its modules are built there,
+    torch one thread a worker) and fills shards equal to a single-file store."""
+    from retrieval.features.shards import ShardedStore
+    from retrieval.features.sharded_extract import extract_local_sharded
+
+    ex = HesAffExtractor("hesaff-rootsift-upright-2k", max_keypoints=300)
+    ids, paths = [p.stem for p in oxford_paths[:2]], oxford_paths[:2]
+    run = extract_local_sharded(ex, ids, paths, tmp_path / "h.shards", n_jobs=2, shard_size=1, progress=False)
+    assert (run.computed, run.images) == (2, 2)
+    extract_local_features(ids, paths, ex, tmp_path / "single.h5", n_jobs=1, progress=False)
+    shards = ShardedStore(tmp_path / "h.shards")
+    with LocalFeatureStore(tmp_path / "single.h5") as single:
+        assert descriptor_kind(shards.config) == "hesaff-rootsift"
+        for i in ids:
+            a, b = shards.get(i), single.get(i)
+            assert len(a) == 300 and a.image_size == b.image_size
+            np.testing.assert_allclose(a.keypoints, b.keypoints, atol=1e-4)
+            np.testing.assert_allclose(a.descriptors, b.descriptors, atol=1e-3)
