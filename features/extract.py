@@ -86,6 +86,24 @@ def _opencv_threads(n: Optional[int]):
 
 
 @contextmanager
+def _torch_threads(n: Optional[int], extractor: Any):
+    """With several workers, an extractor that runs torch (``uses_torch``) runs it single-threaded in each:
+    torch's intra-op pool defaults to every core, so two workers would run twice as many threads as
+    cores. Set before the workers start, so their threads take it up on their first torch call."""
+    if n is None or not getattr(extractor, "uses_torch", False):
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextmanager
 def ordered_results(work: Callable, tasks: Iterable[tuple], n_jobs: int, ahead: int,
                     backend: str = "threading", in_waves: bool = False) -> Iterator[Iterator]:
     """``work(*task)`` for every task, in task order, computed by ``n_jobs`` workers with at most
@@ -188,8 +206,8 @@ def extract_local_features(image_ids: Sequence[str], image_paths: Sequence[PathL
         path_of = {image_ids[i]: image_paths[i] for i in todo}
         bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False)
         pending = 0
-        # the workers finish (ordered_results) before OpenCV's thread count is restored
-        with _opencv_threads(1 if n_jobs != 1 else None), \
+        # the workers finish (ordered_results) before OpenCV's and torch's thread counts are restored
+        with _opencv_threads(1 if n_jobs != 1 else None), _torch_threads(1 if n_jobs != 1 else None, extractor), \
                 ordered_results(_extract_one, tasks, n_jobs, ahead=max(2 * n_jobs, min(32, batch_size)),
                                 backend=backend) as results:
             for image_id, feats, error in results:

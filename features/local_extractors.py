@@ -1,13 +1,14 @@
-"""One entry point for every local feature extractor: SIFT / RootSIFT (:mod:`retrieval.features.sift`) and the
-learned ones (:mod:`retrieval.features.learned`), chosen by configuration name; and the descriptor kind a
-feature store's configuration stands for.
+"""One entry point for every local feature extractor: SIFT / RootSIFT (:mod:`retrieval.features.sift`),
+Hessian-affine RootSIFT (:mod:`retrieval.features.hesaff`) and the learned ones (:mod:`retrieval.features.learned`),
+chosen by configuration name; and the descriptor kind a feature store's configuration stands for.
 
 >>> local_extractor("rootsift-2k")          # SiftExtractor
 >>> local_extractor("xfeat-4k", max_side=512)  # LearnedExtractor with an override
 >>> local_extractor("xfeat-4k+precision=float32")  # the same, in the form recorded names take
 
 Descriptors of different kinds live in different spaces (uint8 SIFT against RootSIFT gives 0 inliers
-on the same image; XFeat's 64-d against DISK's 128-d does not even compare), so every store records
+on the same image; XFeat's 64-d against DISK's 128-d does not even compare; Hessian-affine RootSIFT describes
+other regions than DoG RootSIFT, so their words and matches mean other things), so every store records
 its kind through its configuration and scorers refuse a mix (:func:`check_same_kind`).
 """
 from __future__ import annotations
@@ -20,11 +21,12 @@ __all__ = ["local_extractor", "local_config_names", "split_config_name", "descri
 
 
 def local_config_names() -> Tuple[str, ...]:
-    """Every named local feature configuration (SIFT family first)."""
+    """Every named local feature configuration (SIFT family first, then Hessian-affine, then learned)."""
+    from retrieval.features.hesaff import HESAFF_CONFIGS
     from retrieval.features.learned import LEARNED_CONFIGS
     from retrieval.features.sift import SIFT_CONFIGS
 
-    return tuple(SIFT_CONFIGS.names()) + tuple(LEARNED_CONFIGS.names())
+    return tuple(SIFT_CONFIGS.names()) + tuple(HESAFF_CONFIGS.names()) + tuple(LEARNED_CONFIGS.names())
 
 
 def split_config_name(name: str) -> Tuple[str, Dict[str, str]]:
@@ -39,12 +41,13 @@ def split_config_name(name: str) -> Tuple[str, Dict[str, str]]:
 
 
 def local_extractor(config: Union[str, Mapping[str, Any], None] = "rootsift-2k", **overrides):
-    """The extractor of ``config``: a name of :data:`retrieval.features.sift.SIFT_CONFIGS` or
-    :data:`retrieval.features.learned.LEARNED_CONFIGS` (with ``+KEY=VALUE,...`` overrides:
+    """The extractor of ``config``: a name of :data:`retrieval.features.sift.SIFT_CONFIGS`,
+    :data:`retrieval.features.hesaff.HESAFF_CONFIGS` or :data:`retrieval.features.learned.LEARNED_CONFIGS` (with ``+KEY=VALUE,...`` overrides:
     :func:`split_config_name`), or a recorded configuration dict (its ``type`` says which), with keyword
     overrides. Unknown names and keys are a :class:`~retrieval.core.config.ConfigError`."""
     from retrieval.core.config import ConfigError
 
+    from retrieval.features.hesaff import HESAFF_CONFIGS, HesAffExtractor
     from retrieval.features.learned import LEARNED_CONFIGS, LearnedExtractor
     from retrieval.features.sift import SIFT_CONFIGS, SiftExtractor
 
@@ -54,18 +57,23 @@ def local_extractor(config: Union[str, Mapping[str, Any], None] = "rootsift-2k",
     if isinstance(config, str):
         if config in LEARNED_CONFIGS:
             return LearnedExtractor(config, **overrides)
+        if config in HESAFF_CONFIGS:
+            return HesAffExtractor(config, **overrides)
         if config not in SIFT_CONFIGS:
             raise ConfigError(f"unknown local feature configuration {config!r}; known: "
                               f"{', '.join(local_config_names())}")
         return SiftExtractor(config, **overrides)
     if isinstance(config, Mapping) and config.get("type") in ("xfeat", "disk"):
         return LearnedExtractor(config, **overrides)
+    if isinstance(config, Mapping) and config.get("type") == "hesaff":
+        return HesAffExtractor(config, **overrides)
     return SiftExtractor(config, **overrides)
 
 
 def descriptor_kind(config: Optional[Mapping[str, Any]]) -> str:
     """The kind of descriptors a store made with ``config`` holds: ``sift`` (uint8), ``rootsift``,
-    ``xfeat``, ``disk``, ``patch-tokens`` (EfficientNet cells), or ``unknown`` (no configuration)."""
+    ``hesaff-rootsift`` (RootSIFT of Hessian-affine regions), ``xfeat``, ``disk``, ``patch-tokens``
+    (EfficientNet cells), or ``unknown`` (no configuration)."""
     if not config:
         return "unknown"
     if config.get("features") == "patch-tokens":
@@ -73,6 +81,8 @@ def descriptor_kind(config: Optional[Mapping[str, Any]]) -> str:
     kind = config.get("type")
     if kind == "sift":
         return "rootsift" if config.get("root", True) else "sift"
+    if kind == "hesaff":
+        return "hesaff-rootsift"
     return str(kind) if kind else "unknown"
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from retrieval.scale.engine import check_engine, map_actors, map_units
 
-from retrieval.features.extract import _opencv_threads, extract_local_features
+from retrieval.features.extract import _opencv_threads, _torch_threads, extract_local_features
 from retrieval.features.shards import ShardedStore, plan_shards, write_shard
 
 PathLike = Union[str, os.PathLike]
@@ -110,8 +110,9 @@ def _local_task(unit: dict, ctx: dict) -> dict:
                                         boxes=_boxes(unit), on_error=ctx["on_error"], progress=False)
         return _facts(result, ctx.get("kill_once"))
 
-    # one OpenCV thread per worker: the workers are the parallelism (measured in retrieval.bench.engine_speed)
-    with _opencv_threads(1):
+    # one OpenCV (and, for an extractor that runs torch, one torch) thread per worker: the workers are the
+    # parallelism (measured in retrieval.bench.engine_speed)
+    with _opencv_threads(1), _torch_threads(1, ctx["extractor"]):
         return write_shard(ctx["root"], unit, compute)
 
 

@@ -297,7 +297,7 @@ class Catalog:
             self._ensure_extractor()
             vector = shared.extractor.extract(image)
             local = None
-            if self.local_config is not None and self.local_config.get("type") in ("sift", "xfeat", "disk"):
+            if self.local_config is not None and self.local_config.get("type") in ("sift", "hesaff", "xfeat", "disk"):
                 if shared.local_extractor is None:
                     from retrieval.features.local_extractors import local_extractor
 
