@@ -49,7 +49,7 @@ import numpy as np
 from retrieval.core.config import Config, ConfigError, Registry
 from retrieval.core.imageio import load_image
 
-from retrieval.features.local import LocalFeatures
+from retrieval.features.local import ConfiguredExtractor, LocalFeatures
 from retrieval.features.sift import resize_and_crop, to_gray
 
 PathLike = Union[str, os.PathLike]
@@ -139,7 +139,7 @@ def modules(config: Mapping[str, Any]):
                         int(c["patch_size"]), bool(c["affine"]), bool(c["upright"]))
 
 
-class HesAffExtractor:
+class HesAffExtractor(ConfiguredExtractor):
     """Hessian-affine RootSIFT for one named or explicit configuration.
 
     >>> ex = HesAffExtractor("hesaff-rootsift-upright-4k")
@@ -149,14 +149,8 @@ class HesAffExtractor:
     #: runs torch: extract_local_features keeps it to one thread per worker
     uses_torch = True
 
-    def __init__(self, config: Union[str, Mapping[str, Any], HesAffConfig, None] = "hesaff-rootsift-upright-4k",
-                 overrides: Union[None, Mapping[str, Any], Sequence[str]] = None, **kwargs):
-        self._config = hesaff_config(config, overrides, **kwargs)
-        self.name = str(self._config["name"])
-
-    @property
-    def config(self) -> Dict[str, object]:
-        return dict(self._config)
+    CONFIGS = HESAFF_CONFIGS
+    DEFAULT = "hesaff-rootsift-upright-4k"
 
     @property
     def dim(self) -> int:

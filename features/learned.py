@@ -42,7 +42,7 @@ import numpy as np
 from retrieval.core.config import Config, ConfigError, Registry
 from retrieval.core.imageio import load_image
 
-from retrieval.features.local import LocalFeatures
+from retrieval.features.local import ConfiguredExtractor, LocalFeatures
 from retrieval.features.sift import resize_and_crop
 
 PathLike = Union[str, os.PathLike]
@@ -199,17 +199,15 @@ def _auto_precision(kind: str, max_side: int, upscale: bool, max_keypoints: int,
                                 LearnedExtractor(dict(config, type="xfeat", precision="float32")).prepare)[0]
 
 
-class LearnedExtractor:
+class LearnedExtractor(ConfiguredExtractor):
     """XFeat or DISK local features for one named or explicit configuration.
 
     >>> ex = LearnedExtractor("xfeat-4k")
     >>> feats = ex.extract_path("image.jpg")               # LocalFeatures, (N, 64) float32 descriptors
     """
 
-    def __init__(self, config: Union[str, Mapping[str, Any], LearnedConfig, None] = "xfeat-4k",
-                 overrides: Union[None, Mapping[str, Any], Sequence[str]] = None, **kwargs):
-        self._config = learned_config(config, overrides, **kwargs)
-        self.name = str(self._config["name"])
+    CONFIGS = LEARNED_CONFIGS
+    DEFAULT = "xfeat-4k"
 
     @property
     def precision(self) -> str:

@@ -3,7 +3,7 @@ re-ranker consumes (SIFT, RootSIFT and deep patch tokens alike)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Any, Dict, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -39,3 +39,26 @@ class LocalFeatures:
     @classmethod
     def empty(cls, dim: int, image_size: Tuple[int, int], dtype=np.float32) -> "LocalFeatures":
         return cls(np.zeros((0, 4), np.float32), np.zeros((0, dim), dtype), tuple(image_size))
+
+
+_DEFAULT_CONFIG = object()
+
+
+class ConfiguredExtractor:
+    """What every local extractor (SIFT, Hessian-affine, learned) shares: one configuration of its registry
+    ``CONFIGS`` (:class:`retrieval.core.config.Registry`), recorded as feature stores keep it (a name, a dict
+    or a configuration object, with dotted or keyword overrides; None: the class defaults, named ``custom``);
+    its ``name``; and ``config``, the recorded dict. Subclasses set ``CONFIGS`` and ``DEFAULT``, the
+    configuration name used when none is given."""
+
+    CONFIGS: Any = None
+    DEFAULT: str = ""
+
+    def __init__(self, config: Any = _DEFAULT_CONFIG,
+                 overrides: Union[None, Mapping[str, Any], Sequence[str]] = None, **kwargs: Any):
+        self._config = self.CONFIGS.recorded(self.DEFAULT if config is _DEFAULT_CONFIG else config, overrides, **kwargs)
+        self.name = str(self._config["name"])
+
+    @property
+    def config(self) -> Dict[str, object]:
+        return dict(self._config)

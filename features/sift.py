@@ -37,7 +37,7 @@ import numpy as np
 from retrieval.core.config import Config, ConfigError, Registry
 from retrieval.core.imageio import _to_uint8, load_image, resize_longest_side
 
-from retrieval.features.local import LocalFeatures
+from retrieval.features.local import ConfiguredExtractor, LocalFeatures
 
 PathLike = Union[str, os.PathLike]
 Box = Tuple[float, float, float, float]
@@ -138,7 +138,7 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
 
 
-class SiftExtractor:
+class SiftExtractor(ConfiguredExtractor):
     """SIFT / RootSIFT extractor for one named or explicit configuration.
 
     >>> ex = SiftExtractor("rootsift-2k")
@@ -149,16 +149,8 @@ class SiftExtractor:
     thread pool.
     """
 
-    name = "sift"
-
-    def __init__(self, config: Union[str, Mapping[str, Any], SiftConfig, None] = "rootsift-2k",
-                 overrides: Union[None, Mapping[str, Any], Sequence[str]] = None, **kwargs):
-        self._config = sift_config(config, overrides, **kwargs)
-        self.name = str(self._config["name"])
-
-    @property
-    def config(self) -> Dict[str, object]:
-        return dict(self._config)
+    CONFIGS = SIFT_CONFIGS
+    DEFAULT = "rootsift-2k"
 
     @property
     def dim(self) -> int:
