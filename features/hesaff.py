@@ -38,7 +38,6 @@ extraction worker (:func:`retrieval.features.extract._torch_threads`, ``uses_tor
 from __future__ import annotations
 
 import math
-import os
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -47,12 +46,10 @@ from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from retrieval.core.config import Config, ConfigError, Registry
-from retrieval.core.imageio import load_image
 
 from retrieval.features.local import ConfiguredExtractor, LocalFeatures
 from retrieval.features.sift import resize_and_crop, to_gray
 
-PathLike = Union[str, os.PathLike]
 Box = Tuple[float, float, float, float]
 
 __all__ = ["HesAffConfig", "HESAFF_CONFIGS", "HesAffExtractor", "hesaff_config"]
@@ -190,17 +187,3 @@ class HesAffExtractor(ConfiguredExtractor):
         kps[:, 2] = 2.0 * half_width.numpy() / float(self._config["magnification"])
         kps[:, 3] = 0.0 if self._config["upright"] else np.mod(angle.numpy(), 360.0)
         return LocalFeatures(kps, np.ascontiguousarray(desc.float().numpy()), image_size)
-
-    def extract_path(self, path: PathLike, box: Optional[Box] = None) -> LocalFeatures:
-        """Local features of an image file; :class:`~retrieval.core.imageio.ImageLoadError` names a file that
-        cannot be read, and a bad box is reported with the file's name."""
-        image = load_image(path)
-        try:
-            return self.extract(image, box)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-
-    __call__ = extract_path
-
-    def __repr__(self) -> str:
-        return f"HesAffExtractor({self._config!r})"

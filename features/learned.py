@@ -31,7 +31,6 @@ that reads keypoint sizes.
 """
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,12 +39,10 @@ from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from retrieval.core.config import Config, ConfigError, Registry
-from retrieval.core.imageio import load_image
 
 from retrieval.features.local import ConfiguredExtractor, LocalFeatures
 from retrieval.features.sift import resize_and_crop
 
-PathLike = Union[str, os.PathLike]
 Box = Tuple[float, float, float, float]
 
 __all__ = ["LearnedConfig", "LEARNED_CONFIGS", "LearnedExtractor", "learned_config"]
@@ -288,15 +285,3 @@ class LearnedExtractor(ConfiguredExtractor):
         kps[:, :2] = xy
         kps[:, 2] = support
         return LocalFeatures(kps, np.ascontiguousarray(desc.float().numpy()), image_size)
-
-    def extract_path(self, path: PathLike, box: Optional[Box] = None) -> LocalFeatures:
-        image = load_image(path)
-        try:
-            return self.extract(image, box)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-
-    __call__ = extract_path
-
-    def __repr__(self) -> str:
-        return f"LearnedExtractor({self._config!r})"

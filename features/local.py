@@ -2,10 +2,13 @@
 re-ranker consumes (SIFT, RootSIFT and deep patch tokens alike)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from retrieval.core.imageio import load_image
 
 
 @dataclass
@@ -62,3 +65,21 @@ class ConfiguredExtractor:
     @property
     def config(self) -> Dict[str, object]:
         return dict(self._config)
+
+    def extract_path(self, path: Union[str, os.PathLike], box: Optional[Tuple[float, float, float, float]] = None
+                     ) -> LocalFeatures:
+        """Local features of an image file (``extract`` of the subclass, on the decoded image, cropped to
+        ``box``); :class:`~retrieval.core.imageio.ImageLoadError` names a file that cannot be read, and a bad
+        box or image is reported with the file's name."""
+        image = load_image(path)
+        try:
+            return self.extract(image, box)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+    def __call__(self, path: Union[str, os.PathLike], box: Optional[Tuple[float, float, float, float]] = None
+                 ) -> LocalFeatures:
+        return self.extract_path(path, box)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._config!r})"

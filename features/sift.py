@@ -27,7 +27,6 @@ refused rather than mixed in.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Dict, Literal, Mapping, Optional, Sequence, Tuple, Union
 
@@ -35,11 +34,10 @@ import cv2
 import numpy as np
 
 from retrieval.core.config import Config, ConfigError, Registry
-from retrieval.core.imageio import _to_uint8, load_image, resize_longest_side
+from retrieval.core.imageio import _to_uint8, resize_longest_side
 
 from retrieval.features.local import ConfiguredExtractor, LocalFeatures
 
-PathLike = Union[str, os.PathLike]
 Box = Tuple[float, float, float, float]
 
 __all__ = ["SiftConfig", "SIFT_CONFIGS", "DEFAULT_SIFT", "SiftExtractor", "root_sift", "sift_config", "to_gray", "resize_and_crop"]
@@ -211,20 +209,6 @@ class SiftExtractor(ConfiguredExtractor):
         if cap is None or len(keypoints) <= cap:
             return list(keypoints)
         return [keypoints[i] for i in _strongest_order(keypoints, int(cap))]
-
-    def extract_path(self, path: PathLike, box: Optional[Box] = None) -> LocalFeatures:
-        """Local features of an image file; :class:`~retrieval.core.imageio.ImageLoadError` names a file that
-        cannot be read, and a bad box is reported with the file's name."""
-        image = load_image(path)
-        try:
-            return self.extract(image, box)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-
-    __call__ = extract_path
-
-    def __repr__(self) -> str:
-        return f"SiftExtractor({self._config!r})"
 
 
 def resize_and_crop(image: np.ndarray, max_side: int, upscale: bool, box: Optional[Box]) -> np.ndarray:
