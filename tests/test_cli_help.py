@@ -8,17 +8,22 @@ from pathlib import Path
 
 from retrieval import __version__
 from retrieval.cli import main
-from retrieval.cli.names import EFFICIENTNET_CONFIG_NAMES, EXTRACT_IMAGES, SIFT_CONFIG_NAMES
+from retrieval.cli.names import (EFFICIENTNET_CONFIG_NAMES, EXTRACT_IMAGES, HESAFF_CONFIG_NAMES, LEARNED_CONFIG_NAMES,
+                                  SIFT_CONFIG_NAMES)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_cli_names_are_the_registries():
     from retrieval.features.efficientnet_configs import EXTRACTOR_CONFIGS
+    from retrieval.features.hesaff import HESAFF_CONFIGS
+    from retrieval.features.learned import LEARNED_CONFIGS
     from retrieval.features.sift import SIFT_CONFIGS
     from retrieval.steps.extract import ExtractConfig
 
     assert tuple(SIFT_CONFIGS.names()) == SIFT_CONFIG_NAMES
+    assert tuple(HESAFF_CONFIGS.names()) == HESAFF_CONFIG_NAMES
+    assert tuple(LEARNED_CONFIGS.names()) == LEARNED_CONFIG_NAMES
     assert tuple(EXTRACTOR_CONFIGS.names()) == EFFICIENTNET_CONFIG_NAMES
     assert typing.get_args(typing.get_type_hints(ExtractConfig)["images"]) == EXTRACT_IMAGES
 
@@ -26,7 +31,8 @@ def test_cli_names_are_the_registries():
 def test_extract_help_lists_configs_and_image_choices(capsys):
     assert main(["extract", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    for name in ("rootsift-2k", "rootsift-upright-c02-4k", "lite0-gem-512", "lite0-blocks-gem-ms-512", "lite0-coil-128"):
+    for name in ("rootsift-2k", "rootsift-upright-c02-4k", "hesaff-rootsift-upright-4k", "xfeat-4k", "disk-2k",
+                 "lite0-gem-512", "lite0-blocks-gem-ms-512", "lite0-coil-128"):
         assert name in text.replace("- ", "-")   # argparse may wrap a name at its hyphen
     assert "images=db|queries|all" in text
 
