@@ -91,12 +91,6 @@ def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]):
     weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
                                         bn.weight, bn.bias)
     return weight.detach(), bias.detach()
-    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
-    beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_var)
-    scale = gamma / torch.sqrt(bn.running_var.detach() + bn.eps)
-    weight = weight * scale.view(-1, 1, 1, 1)
-    bias = beta + (bias - bn.running_mean.detach()) * scale
-    return weight, bias
 
 
 class SamePadConv2d(nn.Module):

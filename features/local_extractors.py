@@ -16,8 +16,11 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-__all__ = ["local_extractor", "local_config_names", "split_config_name", "descriptor_kind", "check_same_kind",
-           "MixedKindsError"]
+#: the ``type`` a recorded local extractor configuration holds, one per extractor family
+LOCAL_TYPES = ("sift", "hesaff", "xfeat", "disk")
+
+__all__ = ["LOCAL_TYPES", "local_extractor", "local_config_names", "split_config_name", "descriptor_kind",
+           "check_same_kind", "MixedKindsError"]
 
 
 def local_config_names() -> Tuple[str, ...]:
@@ -42,9 +45,10 @@ def split_config_name(name: str) -> Tuple[str, Dict[str, str]]:
 
 def local_extractor(config: Union[str, Mapping[str, Any], None] = "rootsift-2k", **overrides):
     """The extractor of ``config``: a name of :data:`retrieval.features.sift.SIFT_CONFIGS`,
-    :data:`retrieval.features.hesaff.HESAFF_CONFIGS` or :data:`retrieval.features.learned.LEARNED_CONFIGS` (with ``+KEY=VALUE,...`` overrides:
-    :func:`split_config_name`), or a recorded configuration dict (its ``type`` says which), with keyword
-    overrides. Unknown names and keys are a :class:`~retrieval.core.config.ConfigError`."""
+    :data:`retrieval.features.hesaff.HESAFF_CONFIGS` or :data:`retrieval.features.learned.LEARNED_CONFIGS`
+    (with ``+KEY=VALUE,...`` overrides: :func:`split_config_name`), or a recorded configuration dict (its
+    ``type``, one of :data:`LOCAL_TYPES`, says which), with keyword overrides. Unknown names and keys are a
+    :class:`~retrieval.core.config.ConfigError`."""
     from retrieval.core.config import ConfigError
 
     from retrieval.features.hesaff import HESAFF_CONFIGS, HesAffExtractor
@@ -55,19 +59,15 @@ def local_extractor(config: Union[str, Mapping[str, Any], None] = "rootsift-2k",
         config, named = split_config_name(config)
         overrides = {**named, **overrides}
     if isinstance(config, str):
-        if config in LEARNED_CONFIGS:
-            return LearnedExtractor(config, **overrides)
-        if config in HESAFF_CONFIGS:
-            return HesAffExtractor(config, **overrides)
-        if config not in SIFT_CONFIGS:
-            raise ConfigError(f"unknown local feature configuration {config!r}; known: "
-                              f"{', '.join(local_config_names())}")
-        return SiftExtractor(config, **overrides)
-    if isinstance(config, Mapping) and config.get("type") in ("xfeat", "disk"):
-        return LearnedExtractor(config, **overrides)
-    if isinstance(config, Mapping) and config.get("type") == "hesaff":
-        return HesAffExtractor(config, **overrides)
-    return SiftExtractor(config, **overrides)
+        for configs, cls in ((LEARNED_CONFIGS, LearnedExtractor), (HESAFF_CONFIGS, HesAffExtractor),
+                             (SIFT_CONFIGS, SiftExtractor)):
+            if config in configs:
+                return cls(config, **overrides)
+        raise ConfigError(f"unknown local feature configuration {config!r}; known: "
+                          f"{', '.join(local_config_names())}")
+    by_type = dict(zip(LOCAL_TYPES, (SiftExtractor, HesAffExtractor, LearnedExtractor, LearnedExtractor)))
+    kind = config.get("type") if isinstance(config, Mapping) else None
+    return by_type.get(kind, SiftExtractor)(config, **overrides)
 
 
 def descriptor_kind(config: Optional[Mapping[str, Any]]) -> str:

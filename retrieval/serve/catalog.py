@@ -297,10 +297,10 @@ class Catalog:
             self._ensure_extractor()
             vector = shared.extractor.extract(image)
             local = None
-            if self.local_config is not None and self.local_config.get("type") in ("sift", "hesaff", "xfeat", "disk"):
-                if shared.local_extractor is None:
-                    from retrieval.features.local_extractors import local_extractor
+            from retrieval.features.local_extractors import LOCAL_TYPES, local_extractor
 
+            if self.local_config is not None and self.local_config.get("type") in LOCAL_TYPES:
+                if shared.local_extractor is None:
                     shared.local_extractor = local_extractor(dict(self.local_config))
                 local = shared.local_extractor.extract(image)
             query = Query(token, "upload", np.asarray(vector, np.float32), local, None)
